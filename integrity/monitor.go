@@ -212,7 +212,6 @@ func (m *Monitor) Accept(ctx context.Context, paths []string) (string, error) {
 	return digest, nil
 }
 
-
 // Status is what `parry integrity status` shows.
 type Status struct {
 	Roots           []string      `json:"roots"`
@@ -254,7 +253,6 @@ func (m *Monitor) openLocked() []Finding {
 	}
 	return out
 }
-
 
 // evaluate judges path in state cur and reports what is new. Unless force,
 // a state equal to the last one seen is skipped (its verdict was given).

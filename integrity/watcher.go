@@ -308,4 +308,3 @@ func (ws *watchState) check(ctx context.Context, paths []string) {
 		m.evaluate(r.Path, r.Entry, false)
 	}
 }
-

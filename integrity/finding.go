@@ -147,6 +147,9 @@ func classify(path string, base, cur *Entry, now time.Time) *Finding {
 	case !base.Exists():
 		f.Kind, f.Severity = KindAdded, SevMedium
 		f.Detail = fmt.Sprintf("new %s, mode %s, uid %d, gid %d, size %d", cur.Type, modeStr(cur.Mode), cur.UID, cur.GID, cur.Size)
+		if h := cur.HashHex(); h != "" {
+			f.Detail += ", hash " + h
+		}
 	case !cur.Exists():
 		f.Kind, f.Severity = KindRemoved, SevHigh
 		f.Detail = fmt.Sprintf("%s removed", base.Type)

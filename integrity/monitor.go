@@ -134,6 +134,18 @@ func (m *Monitor) Baseline(ctx context.Context) (BaselineResult, error) {
 	if err != nil {
 		return BaselineResult{}, err
 	}
+	// Rules hold from the start: remediate before recording, and report
+	// what was put back.
+	paths := slices.Sorted(maps.Keys(ents))
+	for _, p := range paths {
+		fs, after := m.checker.Rules.Check(p, ents[p], m.opt.Now())
+		ents[p] = after
+		for _, f := range fs {
+			if f.Remediation != "" {
+				m.report(f)
+			}
+		}
+	}
 	b := &Baseline{Algo: m.scanner.Algo(), Created: m.opt.Now().UTC(), Entries: ents}
 	digest, err := SaveBaseline(m.opt.StateDir, b)
 	if err != nil {
@@ -141,14 +153,11 @@ func (m *Monitor) Baseline(ctx context.Context) (BaselineResult, error) {
 	}
 	m.setBaseline(b, digest)
 	res := BaselineResult{Digest: digest, Entries: len(ents), Took: time.Since(start)}
-	for _, p := range b.Paths() {
+	for _, p := range paths {
 		if ents[p].Err != "" {
 			res.Unreadable = append(res.Unreadable, p)
 		}
-	}
-	// Rules hold from the start: report violations present in the baseline.
-	for _, p := range b.Paths() {
-		m.evaluate(p, ents[p], true)
+		m.evaluate(p, ents[p], true) // violations not remediated
 	}
 	return res, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -219,12 +218,18 @@ func (ws *watchState) onEvent(ctx context.Context, ev fsnotify.Event) {
 			ws.addTree(ctx, p)
 		}
 	}
+	ws.pend(p)
+}
+
+// pend schedules a check of p once it has been quiet for the debounce time
+// (or, if it never is, after maxDelay).
+func (ws *watchState) pend(p string) {
 	now := time.Now()
 	pd, ok := ws.pending[p]
 	if !ok {
 		pd.first = now
 	}
-	pd.due = now.Add(m.cfg.Debounce)
+	pd.due = now.Add(ws.m.cfg.Debounce)
 	if limit := pd.first.Add(ws.maxDelay); limit.Before(pd.due) {
 		pd.due = limit // a path that never goes quiet is still checked
 	}
@@ -235,15 +240,17 @@ func (ws *watchState) onEvent(ctx context.Context, ev fsnotify.Event) {
 	}
 }
 
-// addTree watches directory p and everything below it, and judges what it
-// finds there now.
+// addTree watches directory p and everything below it at once, and
+// schedules a check of everything it finds there: entries created before
+// the watches were in place are not missed, and files still being written
+// are judged once they are quiet.
 func (ws *watchState) addTree(ctx context.Context, p string) {
 	ents, err := ws.m.scanner.ScanTree(ctx, p, ws.watchDir)
 	if err != nil {
 		return
 	}
-	for _, q := range slices.Sorted(maps.Keys(ents)) {
-		ws.m.evaluate(q, ents[q], false)
+	for q := range ents {
+		ws.pend(q)
 	}
 }
 
@@ -276,11 +283,10 @@ func (ws *watchState) fire(ctx context.Context) {
 // directory and is one no more takes everything known below it along.
 func (ws *watchState) check(ctx context.Context, paths []string) {
 	m := ws.m
-	var gone []string
 	for _, r := range m.scanner.ScanPaths(ctx, paths) {
 		p, cur := r.Path, r.Entry
 		if cur.Type == TypeDir && !ws.watched[p] && m.sel.watchable(p) {
-			ws.addTree(ctx, p)
+			ws.addTree(ctx, p) // p itself is checked again shortly
 			continue
 		}
 		wasDir := m.base.Entries[p].Type == TypeDir || m.observed[p].Type == TypeDir
@@ -289,19 +295,18 @@ func (ws *watchState) check(ctx context.Context, paths []string) {
 		}
 		m.evaluate(p, cur, false)
 		if wasDir && cur.Type != TypeDir {
-			gone = append(gone, p)
+			ws.checkBelow(ctx, p)
 		}
 	}
-	if len(gone) == 0 {
-		return
-	}
+}
+
+// checkBelow judges everything known below dir, which is gone.
+func (ws *watchState) checkBelow(ctx context.Context, dir string) {
+	m := ws.m
 	var below []string
 	for _, q := range unionPaths(m.base.Entries, m.observed) {
-		for _, g := range gone {
-			if strings.HasPrefix(q, g+"/") {
-				below = append(below, q)
-				break
-			}
+		if strings.HasPrefix(q, dir+"/") {
+			below = append(below, q)
 		}
 	}
 	for _, r := range m.scanner.ScanPaths(ctx, below) {

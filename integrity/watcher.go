@@ -81,6 +81,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 		return ErrNoBaseline
 	}
 	m.w = ws
+	m.checker.Dpkg.Len() // read the package sums now, not on the first change
 	ws.watchFileRoots()
 	err = m.fullRescan(ctx, true)
 	m.mu.Unlock()

@@ -82,8 +82,7 @@ type NFT struct {
 
 	mu    sync.Mutex // serialises use of conn's message buffer
 	sets  map[string]*nftables.Set
-	maxTx int    // learned transaction bound (bytes), <= cfg.MaxTxBytes
-	nonce string // tag in rule comments of the table as we last built it
+	maxTx int // learned transaction bound (bytes), <= cfg.MaxTxBytes
 }
 
 // New wraps a connection (production: nftables.New(firewall.ConnOptions()...);

@@ -1,10 +1,7 @@
 package firewall
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -168,14 +165,10 @@ func neighbourDiscovery() []expr.Any {
 	}
 }
 
-func ruleComment(nonce, chain string, i int) string {
-	return fmt.Sprintf("parry/%s %s %s#%d", layoutVersion, nonce, chain, i)
-}
-
-func newNonce() string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+// ruleComment tags each rule we build; check compares the tags, so a rule
+// added, removed or replaced by someone else (or an older layout) shows.
+func ruleComment(chain string, i int) string {
+	return fmt.Sprintf("parry/%s %s#%d", layoutVersion, chain, i)
 }
 
 // buildTable queues, into the connection's buffer, the creation of the whole
@@ -192,23 +185,21 @@ func (f *NFT) buildTable(replace bool) error {
 			return fmt.Errorf("add set %s: %w", sp.name, err)
 		}
 	}
-	nonce := newNonce()
 	for _, cs := range chainSpecs() {
 		c := f.conn.AddChain(f.chain(cs))
 		for i, e := range f.rules(cs.name) {
 			f.conn.AddRule(&nftables.Rule{
 				Table: f.table, Chain: c, Exprs: e,
-				UserData: userdata.AppendString(nil, userdata.TypeComment, ruleComment(nonce, cs.name, i)),
+				UserData: userdata.AppendString(nil, userdata.TypeComment, ruleComment(cs.name, i)),
 			})
 		}
 	}
-	f.nonce = nonce
 	return nil
 }
 
 // check compares the kernel's table with the layout: sets (names, key types,
 // flags), base chains (hook, priority, type, policy) and rules (count and
-// the comment tag of the build). It returns "" when intact, else why not.
+// their comment tags). It returns "" when intact, else why not.
 // It never reads set elements.
 func (f *NFT) check() (string, error) {
 	if _, err := f.conn.ListTableOfFamily(f.cfg.Table, nftables.TableFamilyINet); err != nil {
@@ -256,7 +247,6 @@ func (f *NFT) checkChains() (string, error) {
 			have[c.Name] = c
 		}
 	}
-	nonce := f.nonce
 	for _, cs := range chainSpecs() {
 		c, ok := have[cs.name]
 		if !ok {
@@ -275,16 +265,10 @@ func (f *NFT) checkChains() (string, error) {
 		}
 		for i, r := range rules {
 			got, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-			if nonce == "" { // first look at a table built by an earlier run: adopt its tag
-				if fields := strings.Fields(got); len(fields) == 3 {
-					nonce = fields[1]
-				}
-			}
-			if got != ruleComment(nonce, cs.name, i) {
+			if got != ruleComment(cs.name, i) {
 				return fmt.Sprintf("chain %s rule %d differs (%q)", cs.name, i, got), nil
 			}
 		}
 	}
-	f.nonce = nonce
 	return "", nil
 }

@@ -63,7 +63,6 @@ func (f *NFT) Remove() error {
 	if err != nil {
 		return fmt.Errorf("remove table: %w", err)
 	}
-	f.nonce = ""
 	return nil
 }
 

@@ -82,6 +82,8 @@ type Daemon struct {
 
 	uninstalled bool // the table was removed on request: no self-heal
 
+	integ integrityState // integrity monitor (agent/integrity.go)
+
 	reload   func() error // set by Main: re-read and apply the config
 	shutdown func()       // set by Main: stop the daemon
 }

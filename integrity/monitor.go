@@ -43,6 +43,7 @@ type Monitor struct {
 	mu       sync.Mutex
 	base     *Baseline
 	digest   string
+	loadErr  error                // why Load failed: given instead of ErrNoBaseline
 	observed map[string]Entry     // last state seen, where it differs from the baseline
 	open     map[string][]Finding // current deviations per path
 	st       stats
@@ -98,6 +99,9 @@ func (m *Monitor) Config() Config { return m.cfg }
 func (m *Monitor) Load() (string, error) {
 	b, digest, err := LoadBaseline(m.opt.StateDir, m.opt.WantDigest)
 	if err != nil {
+		m.mu.Lock()
+		m.loadErr = err
+		m.mu.Unlock()
 		return digest, err
 	}
 	if b.Algo != m.scanner.Algo() {
@@ -110,7 +114,7 @@ func (m *Monitor) Load() (string, error) {
 }
 
 func (m *Monitor) setBaseline(b *Baseline, digest string) {
-	m.base, m.digest = b, digest
+	m.base, m.digest, m.loadErr = b, digest, nil
 	m.opt.WantDigest = digest
 	clear(m.observed)
 	clear(m.open)
@@ -179,7 +183,7 @@ func (m *Monitor) Accept(ctx context.Context, paths []string) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.base == nil {
-		return "", ErrNoBaseline
+		return "", m.noBaseline()
 	}
 	for _, p := range paths {
 		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
@@ -332,7 +336,7 @@ func (m *Monitor) scanWatching(ctx context.Context) (map[string]Entry, error) {
 // baseline, earlier observations, or the scan.
 func (m *Monitor) fullRescan(ctx context.Context, force bool) error {
 	if m.base == nil {
-		return ErrNoBaseline
+		return m.noBaseline()
 	}
 	ents, err := m.scanWatching(ctx)
 	if err != nil {
@@ -350,4 +354,13 @@ func (m *Monitor) fullRescan(ctx context.Context, force bool) error {
 		}
 	}
 	return nil
+}
+
+// noBaseline is the error for "no usable baseline": the load error if
+// loading failed (tampering), else ErrNoBaseline.
+func (m *Monitor) noBaseline() error {
+	if m.loadErr != nil {
+		return m.loadErr
+	}
+	return ErrNoBaseline
 }

@@ -19,9 +19,10 @@ type Options struct {
 	// WantDigest, when set, is the baseline digest the caller recorded in
 	// its audit chain; a stored baseline with another digest is refused.
 	WantDigest string
-	// Report receives each new finding once. It is called from the
-	// monitor's goroutine with the monitor locked: it must not call back
-	// into the Monitor, and should hand the finding off quickly.
+	// Report receives each new finding once. It is called with the
+	// monitor locked, possibly from more than one goroutine at a time (a
+	// full scan reports as it goes): it must be safe for concurrent use,
+	// must not call back into the Monitor, and should return quickly.
 	Report func(Finding)
 	Logger *slog.Logger
 	Now    func() time.Time
@@ -333,22 +334,50 @@ func (m *Monitor) scanWatching(ctx context.Context) (map[string]Entry, error) {
 }
 
 // fullRescan scans everything and evaluates every path known from the
-// baseline, earlier observations, or the scan.
+// baseline, earlier observations, or the scan. Entries are judged as they
+// come (no second copy of the whole tree in memory); what was not seen is
+// judged absent afterwards.
 func (m *Monitor) fullRescan(ctx context.Context, force bool) error {
 	if m.base == nil {
 		return m.noBaseline()
 	}
-	ents, err := m.scanWatching(ctx)
+	start := time.Now()
+	var onDir func(string)
+	if m.w != nil {
+		onDir = m.w.watchDir
+	}
+	seen := make(map[string]bool, len(m.base.Entries))
+	dirs := map[string]bool{}
+	err := m.scanner.scanEach(ctx, m.sel.Roots(), onDir, func(r Result) {
+		seen[r.Path] = true
+		if r.Entry.Type == TypeDir {
+			dirs[r.Path] = true
+		}
+		m.evaluate(r.Path, r.Entry, force)
+	})
 	if err != nil {
 		return err
 	}
+	m.st.lastScan, m.st.lastScanTook = m.opt.Now(), time.Since(start)
 	m.st.rescans++
-	for _, p := range unionPaths(m.base.Entries, m.observed, ents) {
-		m.evaluate(p, ents[p], force)
+	var gone []string
+	for p := range m.base.Entries {
+		if !seen[p] {
+			gone = append(gone, p)
+		}
+	}
+	for p := range m.observed {
+		if !seen[p] && m.base.Entries[p].Type == TypeNone {
+			gone = append(gone, p)
+		}
+	}
+	slices.Sort(gone)
+	for _, p := range gone {
+		m.evaluate(p, Entry{}, force)
 	}
 	if m.w != nil {
 		for d := range m.w.watched {
-			if ents[d].Type != TypeDir {
+			if !dirs[d] {
 				m.w.unwatchTree(d)
 			}
 		}

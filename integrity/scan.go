@@ -171,16 +171,28 @@ func (s *Scanner) ScanTree(ctx context.Context, root string, onDir func(string))
 }
 
 func (s *Scanner) scan(ctx context.Context, roots []string, onDir func(string)) (map[string]Entry, error) {
+	out := make(map[string]Entry, 1024)
+	err := s.scanEach(ctx, roots, onDir, func(r Result) { out[r.Path] = r.Entry })
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// scanEach walks roots and calls each for every result, from one goroutine
+// while the caller waits (so each may use the caller's locked state). A
+// path may come twice (a directory that could not be read completely); the
+// later result wins.
+func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(string), each func(Result)) error {
 	jobs := make(chan []string, 4*s.workers)
 	results := make(chan []Result, 4*s.workers)
-	out := make(map[string]Entry, 1024)
 	var collect sync.WaitGroup
 	collect.Add(1)
 	go func() {
 		defer collect.Done()
 		for batch := range results {
 			for _, r := range batch {
-				out[r.Path] = r.Entry
+				each(r)
 			}
 		}
 	}()
@@ -212,9 +224,9 @@ func (s *Scanner) scan(ctx context.Context, roots []string, onDir func(string)) 
 	close(results)
 	collect.Wait()
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("scan: %w", err)
+		return fmt.Errorf("scan: %w", err)
 	}
-	return out, nil
+	return nil
 }
 
 // ScanPaths records the given paths (not their subtrees) in parallel.

@@ -2,14 +2,19 @@ package integrity
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
 )
 
 // fakeSource is an injected event source.
@@ -18,6 +23,7 @@ type fakeSource struct {
 	errs chan error
 	mu   sync.Mutex
 	dirs map[string]bool
+	fail map[string]error // Add fails for these directories
 }
 
 func newFakeSource() *fakeSource {
@@ -27,6 +33,9 @@ func newFakeSource() *fakeSource {
 func (s *fakeSource) Add(d string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fail[d]; err != nil {
+		return err
+	}
 	s.dirs[d] = true
 	return nil
 }
@@ -133,4 +142,91 @@ func TestDebounceWithInjectedEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestWatchLimitReported: a directory whose watch cannot be added (ENOSPC)
+// is reported once and scanned at once; the others are watched.
+func TestWatchLimitReported(t *testing.T) {
+	dir := genTree(t)
+	synctest.Test(t, func(t *testing.T) {
+		src := newFakeSource()
+		src.fail = map[string]error{filepath.Join(dir, "sub"): unix.ENOSPC}
+		col := &collector{}
+		m, err := NewMonitor(testConfig(dir), Options{StateDir: t.TempDir(), Report: col.report,
+			NewSource: func() (EventSource, error) { return src, nil }})
+		must(t, err)
+		_, err = m.Baseline(context.Background())
+		must(t, err)
+		writeFile(t, filepath.Join(dir, "sub", "while-down"), "x")
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- m.Run(ctx) }()
+		synctest.Wait()
+		st := m.Status()
+		if st.Watches != 1 || st.WatchFailures != 1 {
+			t.Errorf("watches %d, failures %d; want 1 and 1", st.Watches, st.WatchFailures)
+		}
+		var limit, found int
+		for _, f := range col.snapshot() {
+			if f.Kind == KindWatchLimit && f.Path == filepath.Join(dir, "sub") {
+				limit++
+			}
+			if f.Kind == KindAdded && f.Path == filepath.Join(dir, "sub", "while-down") {
+				found++
+			}
+		}
+		if limit != 1 || found != 1 {
+			t.Errorf("watch_limit findings %d, added findings %d; want 1 and 1: %v", limit, found, col.snapshot())
+		}
+		cancel()
+		must(t, <-done)
+	})
+}
+
+// TestIORateLimit reads 3 MiB at 1 MiB/s on the fake clock: the first MiB
+// is the burst, the other two take two seconds.
+func TestIORateLimit(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "big"), strings.Repeat("z", 3<<20))
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig(dir)
+		cfg.IORate = "1MiB"
+		sc, err := NewScanner(cfg)
+		must(t, err)
+		start := time.Now()
+		ents, err := sc.Scan(context.Background())
+		must(t, err)
+		if took := time.Since(start); took < 2*time.Second || took > 3*time.Second {
+			t.Errorf("3 MiB at 1 MiB/s took %s on the fake clock, want 2s..3s", took)
+		}
+		e := ents[filepath.Join(dir, "big")]
+		if want := blake3OrSHA(t, HashSHA256, strings.Repeat("z", 3<<20)); e.HashHex() != want {
+			t.Error("rate-limited read hashed wrongly")
+		}
+	})
+}
+
+func blake3OrSHA(t *testing.T, algo, content string) string {
+	t.Helper()
+	if algo == HashBLAKE3 {
+		sum := blake3.Sum256([]byte(content))
+		return hex.EncodeToString(sum[:])
+	}
+	sum := sha256.Sum256([]byte(content))
+	return hex.EncodeToString(sum[:])
+}
+
+func TestHashAlgorithms(t *testing.T) {
+	dir := t.TempDir()
+	content := strings.Repeat("parry", 500000) // 2.5 MB: several reads
+	writeFile(t, filepath.Join(dir, "f"), content)
+	for _, algo := range []string{HashSHA256, HashBLAKE3} {
+		cfg := testConfig(dir)
+		cfg.Hash = algo
+		e := scanMap(t, cfg)[filepath.Join(dir, "f")]
+		got := e.HashHex()
+		if want := blake3OrSHA(t, algo, content); got != want {
+			t.Errorf("%s: got %s, want %s", algo, got, want)
+		}
+	}
 }

@@ -83,10 +83,10 @@ type Entry struct {
 }
 
 // Exists reports whether the entry describes a present object.
-func (e *Entry) Exists() bool { return e.Type != TypeNone }
+func (e Entry) Exists() bool { return e.Type != TypeNone }
 
 // HashHex is the content hash in hex, or "" when the file was not hashed.
-func (e *Entry) HashHex() string {
+func (e Entry) HashHex() string {
 	if e.Hash == ([32]byte{}) {
 		return ""
 	}

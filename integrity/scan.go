@@ -102,15 +102,39 @@ func (w *worker) entry(ctx context.Context, path string) Entry {
 	return e
 }
 
-// hashFile opens path without following symlinks (O_NOATIME where the
-// kernel allows it), re-checks it is the file lstat saw, reads its xattrs
-// and hashes its content in large reads.
-func (w *worker) hashFile(ctx context.Context, path string, e *Entry) {
+// regularEntry records a path the directory listing says is a regular
+// file, without a separate lstat: open (never following a symlink), fstat,
+// hash. It returns false when the path turns out to be something else or
+// cannot be opened, and the caller falls back to entry.
+func (w *worker) regularEntry(ctx context.Context, path string, e *Entry) bool {
+	fd, err := openNoFollow(path)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || typeOf(st.Mode) != TypeFile {
+		return false
+	}
+	*e = entryFromStat(&st)
+	w.readAndHash(ctx, fd, e)
+	return true
+}
+
+func openNoFollow(path string) (int, error) {
 	const flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC | unix.O_NOCTTY
 	fd, err := unix.Open(path, flags|unix.O_NOATIME, 0)
 	if errors.Is(err, unix.EPERM) {
 		fd, err = unix.Open(path, flags, 0)
 	}
+	return fd, err
+}
+
+// hashFile opens path without following symlinks (O_NOATIME where the
+// kernel allows it), re-checks it is the file lstat saw, reads its xattrs
+// and hashes its content in large reads.
+func (w *worker) hashFile(ctx context.Context, path string, e *Entry) {
+	fd, err := openNoFollow(path)
 	if err != nil {
 		e.Err = fmt.Sprintf("open: %v", err)
 		return
@@ -125,17 +149,17 @@ func (w *worker) hashFile(ctx context.Context, path string, e *Entry) {
 	if e.Type != TypeFile {
 		return
 	}
+	w.readAndHash(ctx, fd, e)
+}
+
+// readAndHash reads the xattrs and content of the open regular file fd.
+func (w *worker) readAndHash(ctx context.Context, fd int, e *Entry) {
+	var err error
 	if e.Xattrs, err = fdXattrs(fd, &w.xbuf); err != nil {
 		e.Err = fmt.Sprintf("xattrs: %v", err)
 	}
 	w.h.Reset()
 	for {
-		if w.s.limiter != nil {
-			if err := w.s.limiter.WaitN(ctx, len(w.buf)); err != nil {
-				e.Err = fmt.Sprintf("read: %v", err)
-				return
-			}
-		}
 		n, err := unix.Read(fd, w.buf)
 		if errors.Is(err, unix.EINTR) {
 			continue
@@ -148,6 +172,12 @@ func (w *worker) hashFile(ctx context.Context, path string, e *Entry) {
 			break
 		}
 		w.h.Write(w.buf[:n])
+		if w.s.limiter != nil { // n <= chunk <= burst
+			if err := w.s.limiter.WaitN(ctx, n); err != nil {
+				e.Err = fmt.Sprintf("read: %v", err)
+				return
+			}
+		}
 	}
 	w.h.Sum(e.Hash[:0])
 }
@@ -184,7 +214,7 @@ func (s *Scanner) scan(ctx context.Context, roots []string, onDir func(string)) 
 // path may come twice (a directory that could not be read completely); the
 // later result wins.
 func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(string), each func(Result)) error {
-	jobs := make(chan []string, 4*s.workers)
+	jobs := make(chan []job, 4*s.workers)
 	results := make(chan []Result, 4*s.workers)
 	var collect sync.WaitGroup
 	collect.Add(1)
@@ -192,6 +222,9 @@ func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(strin
 		defer collect.Done()
 		for batch := range results {
 			for _, r := range batch {
+				if r.Entry.Type == TypeNone && r.Entry.Err == "" {
+					continue // gone since the directory was read
+				}
 				each(r)
 			}
 		}
@@ -207,8 +240,12 @@ func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(strin
 			w := s.newWorker()
 			for batch := range jobs {
 				res := make([]Result, 0, len(batch))
-				for _, p := range batch {
-					res = append(res, Result{Path: p, Entry: w.entry(ctx, p)})
+				for _, j := range batch {
+					var e Entry
+					if !j.regular || !w.regularEntry(ctx, j.path, &e) {
+						e = w.entry(ctx, j.path)
+					}
+					res = append(res, Result{Path: j.path, Entry: e})
 				}
 				results <- res
 			}
@@ -259,11 +296,11 @@ func (s *Scanner) ScanPaths(ctx context.Context, paths []string) []Result {
 type walker struct {
 	s       *Scanner
 	ctx     context.Context
-	jobs    chan<- []string
+	jobs    chan<- []job
 	results chan<- []Result
 	onDir   func(string)
 	seen    map[[2]uint64]bool // directories entered, by (dev, inode)
-	batch   []string
+	batch   []job
 	w       *worker
 }
 
@@ -295,7 +332,7 @@ func (wk *walker) visit(r *selRoot, path string, depth int) {
 	}
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil || typeOf(st.Mode) != TypeDir {
-		wk.add(path)
+		wk.add(job{path: path})
 		return
 	}
 	e := wk.w.entry(wk.ctx, path)
@@ -330,7 +367,7 @@ func (wk *walker) visit(r *selRoot, path string, depth int) {
 		if de.IsDir() {
 			dirs = append(dirs, child)
 		} else {
-			wk.add(child)
+			wk.add(job{path: child, regular: de.Type().IsRegular()})
 		}
 	}
 	for _, d := range dirs {
@@ -343,8 +380,15 @@ func withErr(e Entry, op string, err error) Entry {
 	return e
 }
 
-func (wk *walker) add(p string) {
-	wk.batch = append(wk.batch, p)
+// job is one path for the workers; regular when the directory listing
+// said it is a regular file (a hint: verified with fstat).
+type job struct {
+	path    string
+	regular bool
+}
+
+func (wk *walker) add(j job) {
+	wk.batch = append(wk.batch, j)
 	if len(wk.batch) == 64 {
 		wk.flush()
 	}

@@ -307,7 +307,7 @@ func sameFinding(a, b Finding) bool {
 }
 
 func (m *Monitor) report(f Finding) {
-	m.log.Info("integrity finding", "kind", f.Kind, "severity", f.Severity, "path", f.Path, "detail", f.Detail)
+	m.log.Debug("integrity finding", "kind", f.Kind, "severity", f.Severity, "path", f.Path, "detail", f.Detail)
 	m.opt.Report(f)
 }
 

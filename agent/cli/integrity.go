@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/parryhq/parry/agent"
@@ -131,10 +132,10 @@ func (a *App) integrityStatusCmd() *cobra.Command {
 			}
 			fmt.Fprintf(w, "integrity: %s\n", state)
 			fmt.Fprintf(w, "paths: %v\n", st.Roots)
-			fmt.Fprintf(w, "watches: %d directories (%d could not be watched), %d events, %d overflows\n",
-				st.Watches, st.WatchFailures, st.Events, st.Overflows)
+			fmt.Fprintf(w, "watches: %s (%d could not be watched), %s, %s\n",
+				plural(st.Watches, "directory"), st.WatchFailures, plural(int(st.Events), "event"), plural(st.Overflows, "overflow"))
 			if st.BaselineDigest != "" {
-				fmt.Fprintf(w, "baseline: %d entries, recorded %s, %s %s\n", st.BaselineEntries,
+				fmt.Fprintf(w, "baseline: %s, recorded %s, content hash %s, digest %s\n", plural(st.BaselineEntries, "entry"),
 					st.BaselineTime.Local().Format(time.RFC3339), st.Hash, st.BaselineDigest)
 			} else {
 				fmt.Fprintln(w, "baseline: none (run 'parry integrity baseline')")
@@ -206,8 +207,11 @@ func printFindings(w io.Writer, fs []integrity.Finding) {
 }
 
 func plural(n int, what string) string {
-	if n == 1 {
+	switch {
+	case n == 1:
 		return "1 " + what
+	case strings.HasSuffix(what, "y"):
+		return fmt.Sprintf("%d %sies", n, strings.TrimSuffix(what, "y"))
 	}
 	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -94,7 +94,17 @@ func TestIntegrityEndToEnd(t *testing.T) {
 		return false
 	})
 	t.Logf("finding visible in `parry integrity status` %s after the write", time.Since(start).Round(time.Millisecond))
-	out, _, code := d.parry("integrity", "check", "--json")
+	human := d.mustParry("integrity", "status")
+	if !strings.Contains(human, "integrity: watching") || !strings.Contains(human, changed) || !strings.Contains(human, "hash") {
+		t.Errorf("parry integrity status:\n%s", human)
+	}
+	t.Logf("parry integrity status:\n%s", human)
+	out, _, code := d.parry("integrity", "check")
+	t.Logf("parry integrity check:\n%s", out)
+	if code != 1 || !strings.Contains(out, "changed") || !strings.Contains(out, changed) || !strings.Contains(out, "1 finding") {
+		t.Errorf("parry integrity check: exit %d\n%s", code, out)
+	}
+	out, _, code = d.parry("integrity", "check", "--json")
 	if code != 1 || !strings.Contains(out, changed) || !strings.Contains(out, `"attr": "hash"`) {
 		t.Fatalf("check after a change: exit %d\n%s", code, out)
 	}

@@ -38,12 +38,13 @@ func main() {
 	changes := flag.Int("changes", 1000, "latency: number of changes")
 	watched := flag.Int("watched", 100000, "memory: number of watched files")
 	keep := flag.Bool("keep", false, "keep the generated tree")
+	hash := flag.String("hash", "sha256", "speed: parry's content hash, sha256 or blake3")
 	flag.Parse()
 
 	var err error
 	switch *mode {
 	case "speed":
-		err = speed(*files, *big, *runs, !*noAIDE, *keep)
+		err = speed(*files, *big, *runs, *hash, !*noAIDE, *keep)
 	case "latency":
 		err = latency(*changes, *keep)
 	case "memory":
@@ -156,12 +157,16 @@ func lastLines(s string, n int) string {
 }
 
 func monitorFor(tree, state string) (*integrity.Monitor, error) {
+	return monitorWith(tree, state, integrity.HashSHA256)
+}
+
+func monitorWith(tree, state, hash string) (*integrity.Monitor, error) {
 	iv := time.Duration(0)
-	cfg := integrity.Config{Paths: []integrity.PathSpec{{Path: tree}}, Rules: []integrity.Rule{}, ScanInterval: &iv}
+	cfg := integrity.Config{Paths: []integrity.PathSpec{{Path: tree}}, Rules: []integrity.Rule{}, ScanInterval: &iv, Hash: hash}
 	return integrity.NewMonitor(cfg, integrity.Options{StateDir: state})
 }
 
-func speed(n, big, runs int, withAIDE, keep bool) error {
+func speed(n, big, runs int, hash string, withAIDE, keep bool) error {
 	dir, cleanup, err := workdir(keep)
 	if err != nil {
 		return err
@@ -183,7 +188,7 @@ func speed(n, big, runs int, withAIDE, keep bool) error {
 		took measured
 	}
 	var rows []row
-	m, err := monitorFor(tree, state)
+	m, err := monitorWith(tree, state, hash)
 	if err != nil {
 		return err
 	}
@@ -207,8 +212,8 @@ func speed(n, big, runs int, withAIDE, keep bool) error {
 		}
 		cs = append(cs, d)
 	}
-	rows = append(rows, row{fmt.Sprintf("parry baseline (median of %d)", runs), median(bs)},
-		row{fmt.Sprintf("parry check (median of %d)", runs), median(cs)})
+	rows = append(rows, row{fmt.Sprintf("parry baseline, %s (median of %d)", hash, runs), median(bs)},
+		row{fmt.Sprintf("parry check, %s (median of %d)", hash, runs), median(cs)})
 	if withAIDE {
 		for _, workers := range []string{"1", "2"} {
 			conf := filepath.Join(dir, "aide.conf")

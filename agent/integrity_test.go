@@ -1,0 +1,34 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestIntegrityConfigStrict(t *testing.T) {
+	for doc, want := range map[string]string{
+		"integrity:\n  hash: md5\n":                                     "integrity.hash",
+		"integrity:\n  bogus: 1\n":                                      "bogus",
+		"integrity:\n  paths:\n    - path: etc\n":                       "absolute",
+		"integrity:\n  rules:\n    - path: /x\n      mode_max: \"9\"\n": "mode_max",
+	} {
+		p := filepath.Join(t.TempDir(), "parry.yaml")
+		if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadConfig(p, false)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want an error about %s", doc, err, want)
+		}
+	}
+	p := filepath.Join(t.TempDir(), "parry.yaml")
+	ok := "integrity:\n  paths:\n    - path: /etc\n      exclude: [\"*.swp\"]\n  rules:\n    - path: /etc/shadow\n      mode_max: \"0640\"\n      owner: root\n  scan_interval: 30m\n  io_rate: 50MiB\n"
+	if err := os.WriteFile(p, []byte(ok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(p, false); err != nil {
+		t.Fatalf("valid integrity config refused: %v", err)
+	}
+}

@@ -159,8 +159,15 @@ func (w *worker) readAndHash(ctx context.Context, fd int, e *Entry) {
 		e.Err = fmt.Sprintf("xattrs: %v", err)
 	}
 	w.h.Reset()
-	for {
-		n, err := unix.Read(fd, w.buf)
+	// Read until EOF, or stop once the size fstat gave has been read (one
+	// read for most files instead of a data read and an EOF read). A file
+	// growing meanwhile is hashed as it was at fstat; the next check sees it.
+	for total := int64(0); e.Size == 0 || total < e.Size; {
+		buf := w.buf
+		if rem := e.Size - total; e.Size > 0 && rem < int64(len(buf)) {
+			buf = buf[:rem]
+		}
+		n, err := unix.Read(fd, buf)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -171,7 +178,8 @@ func (w *worker) readAndHash(ctx context.Context, fd int, e *Entry) {
 		if n == 0 {
 			break
 		}
-		w.h.Write(w.buf[:n])
+		w.h.Write(buf[:n])
+		total += int64(n)
 		if w.s.limiter != nil { // n <= chunk <= burst
 			if err := w.s.limiter.WaitN(ctx, n); err != nil {
 				e.Err = fmt.Sprintf("read: %v", err)

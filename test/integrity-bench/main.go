@@ -8,8 +8,8 @@
 //	go run ./test/integrity-bench -mode memory    # RSS with 100,000 watched files
 //	go run ./test/integrity-bench -files 5000 -big 6   # a smaller tree
 //
-// It needs root only for nothing in particular; aide, sha256sum, openssl,
-// find and xargs must be installed for the speed comparison.
+// Root is not required. aide, sha256sum, openssl, find and xargs must be
+// installed for the speed comparison (-no-aide skips AIDE).
 package main
 
 import (

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -149,6 +150,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := d.Reconcile("start"); err != nil {
 		return err
 	}
+	debug.FreeOSMemory() // the re-assert's netlink buffers are garbage now
 	m.Logger.Info("table ready and store re-asserted", "table", cfg.Table, "blocks", d.Status().ActiveBlocks, "took", time.Since(start).String())
 	if m.ln, err = m.listener(cfg); err != nil {
 		return err
@@ -159,9 +161,35 @@ func (m *Main) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- d.Serve(ctx, m.ln) }()
 	ping := m.watchdog()
+	maintained := make(chan struct{})
+	go func() {
+		defer close(maintained)
+		d.maintain(ctx, m.tick(ping))
+	}()
+	integrityDone := make(chan struct{})
+	go func() {
+		defer close(integrityDone)
+		d.runIntegrity(ctx) // agent/integrity.go
+	}()
+	select {
+	case <-ctx.Done():
+		notify(m.Logger, sddaemon.SdNotifyStopping)
+		err = <-serveErr // connections closed, handlers done
+	case err = <-serveErr:
+		notify(m.Logger, sddaemon.SdNotifyStopping)
+	}
+	cancel()
+	<-maintained
+	<-integrityDone
+	d.Audit("stop", map[string]any{"pid": os.Getpid()})
+	return err
+}
+
+// tick is what the maintenance loop runs every second besides its own work:
+// the watchdog ping and a STATUS= line every 10 s.
+func (m *Main) tick(ping func()) func() {
 	lastStatus := time.Now()
-	go d.runIntegrity(ctx)
-	go d.maintain(ctx, func() {
+	return func() {
 		if ping != nil {
 			ping()
 		}
@@ -169,16 +197,7 @@ func (m *Main) Run(ctx context.Context) error {
 			m.notifyStatus()
 			lastStatus = time.Now()
 		}
-	})
-	select {
-	case <-ctx.Done():
-		err = nil
-	case err = <-serveErr:
 	}
-	notify(m.Logger, sddaemon.SdNotifyStopping)
-	cancel()
-	d.Audit("stop", map[string]any{"pid": os.Getpid()})
-	return err
 }
 
 // listener takes the systemd socket named "control" if activated, else

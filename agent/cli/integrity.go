@@ -94,7 +94,7 @@ Exit status: 0 nothing changed, 1 changes found (or the check failed),
 				}
 			} else {
 				printFindings(a.Stdout, res.Findings)
-				fmt.Fprintf(a.Stdout, "checked in %s: %s\n", res.TookNs.Round(time.Millisecond), plural(len(res.Findings), "finding"))
+				fmt.Fprintf(a.Stdout, "checked in %s: %s\n", res.TookNs.Round(time.Millisecond), countOf(len(res.Findings), "finding"))
 			}
 			if !res.Clean {
 				return &exitError{code: ExitFailed, quiet: true, err: errors.New("integrity changes found")}
@@ -133,9 +133,9 @@ func (a *App) integrityStatusCmd() *cobra.Command {
 			fmt.Fprintf(w, "integrity: %s\n", state)
 			fmt.Fprintf(w, "paths: %v\n", st.Roots)
 			fmt.Fprintf(w, "watches: %s (%d could not be watched), %s, %s\n",
-				plural(st.Watches, "directory"), st.WatchFailures, plural(int(st.Events), "event"), plural(st.Overflows, "overflow"))
+				countOf(st.Watches, "directory"), st.WatchFailures, countOf(int(st.Events), "event"), countOf(st.Overflows, "overflow"))
 			if st.BaselineDigest != "" {
-				fmt.Fprintf(w, "baseline: %s, recorded %s, content hash %s, digest %s\n", plural(st.BaselineEntries, "entry"),
+				fmt.Fprintf(w, "baseline: %s, recorded %s, content hash %s, digest %s\n", countOf(st.BaselineEntries, "entry"),
 					st.BaselineTime.Local().Format(time.RFC3339), st.Hash, st.BaselineDigest)
 			} else {
 				fmt.Fprintln(w, "baseline: none (run 'parry integrity baseline')")
@@ -180,7 +180,7 @@ baseline digest goes into the audit chain, with who accepted what.`,
 			if asJSON {
 				return printJSON(a.Stdout, res)
 			}
-			fmt.Fprintf(a.Stdout, "accepted %s; baseline digest now %s\n", plural(len(res.Accepted), "path"), res.Digest)
+			fmt.Fprintf(a.Stdout, "accepted %s; baseline digest now %s\n", countOf(len(res.Accepted), "path"), res.Digest)
 			return nil
 		},
 	}
@@ -206,7 +206,8 @@ func printFindings(w io.Writer, fs []integrity.Finding) {
 	}
 }
 
-func plural(n int, what string) string {
+// countOf is "1 entry", "2 entries", "3 paths".
+func countOf(n int, what string) string {
 	switch {
 	case n == 1:
 		return "1 " + what

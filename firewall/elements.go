@@ -136,15 +136,19 @@ func (b *changeBuilder) add(s *nftables.Set, unit ...nftables.SetElement) {
 	for _, e := range unit {
 		n += elemBytes(e)
 	}
+	fresh := func() change {
+		return change{set: s, del: b.del, elems: make([]nftables.SetElement, 0, maxListBytes/n+2)}
+	}
 	c := b.pending[s]
 	if c == nil {
-		c = &change{set: s, del: b.del}
+		c = new(change)
+		*c = fresh()
 		b.pending[s] = c
 		b.order = append(b.order, s)
 	}
 	if c.bytes+n > maxListBytes && len(c.elems) > 0 {
 		b.out = append(b.out, *c)
-		*c = change{set: s, del: b.del}
+		*c = fresh()
 	}
 	c.elems = append(c.elems, unit...)
 	c.bytes += n

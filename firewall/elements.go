@@ -36,7 +36,8 @@ type change struct {
 	set   *nftables.Set
 	del   bool
 	elems []nftables.SetElement
-	bytes int // estimate of the encoded element list
+	bytes int  // estimate of the encoded element list
+	glued bool // must go in the same transaction as the next change
 }
 
 // elemBytes estimates the encoded size of one element, as makeElemList
@@ -171,7 +172,7 @@ func (f *NFT) apply(pre func() error, changes []change) error {
 	start, first := 0, true
 	for first || start < len(changes) {
 		end, size := start, 0
-		for end < len(changes) && (end == start || size+msgOverhead+changes[end].bytes <= f.maxTx) {
+		for end < len(changes) && (end == start || changes[end-1].glued || size+msgOverhead+changes[end].bytes <= f.maxTx) {
 			size += msgOverhead + changes[end].bytes
 			end++
 		}

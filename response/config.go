@@ -74,8 +74,8 @@ type Limits struct {
 	MaxKeys      int     `yaml:"max_keys"`      // counting state entries across all rules; default 100000
 	MaxOffenders int     `yaml:"max_offenders"` // escalation memory entries; default 100000
 	CauseSignals int     `yaml:"cause_signals"` // signals kept per decision as its cause; default 10
-	SenderRate   float64 `yaml:"sender_rate"`   // signals per second per sender uid; default 200
-	SenderBurst  int     `yaml:"sender_burst"`  // bucket size; default 400
+	SenderRate   float64 `yaml:"sender_rate"`   // signals per second per sender uid; default 1000
+	SenderBurst  int     `yaml:"sender_burst"`  // bucket size; default 2000
 	MaxSenders   int     `yaml:"max_senders"`   // rate-limit buckets kept; default 4096
 }
 
@@ -84,8 +84,8 @@ const (
 	DefaultMaxKeys      = 100_000
 	DefaultMaxOffenders = 100_000
 	DefaultCauseSignals = 10
-	DefaultSenderRate   = 200
-	DefaultSenderBurst  = 400
+	DefaultSenderRate   = 1000
+	DefaultSenderBurst  = 2000
 	DefaultMaxSenders   = 4096
 	DefaultFactor       = 2
 	DefaultMaxBlock     = 7 * 24 * time.Hour
@@ -126,6 +126,8 @@ func DefaultRules() []Rule {
 		{Name: "rate-exceeded", Kind: "rate_exceeded", Key: KeyIP, Threshold: 10, Window: time.Minute,
 			Action: ActionBlock, Duration: 10 * time.Minute},
 		{Name: "scan-detected", Kind: "scan_detected", Key: KeyIP, Threshold: 1,
+			Action: ActionBlock, Duration: time.Hour},
+		{Name: "ban-requested", Kind: "ban_requested", Key: KeyIP, Threshold: 1,
 			Action: ActionBlock, Duration: time.Hour},
 		{Name: "data-breach-attempt", Kind: "data_breach_attempt", Key: KeyIP, Threshold: 1,
 			Action: ActionBlock, Duration: 24 * time.Hour},

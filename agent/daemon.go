@@ -86,6 +86,8 @@ type Daemon struct {
 
 	bulk atomic.Bool // a large change just happened: return freed memory to the OS
 
+	integ integrityState // integrity monitor (agent/integrity.go)
+
 	reload   func() error // set by Main: re-read and apply the config
 	shutdown func()       // set by Main: stop the daemon
 }

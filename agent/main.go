@@ -162,6 +162,7 @@ func (m *Main) Run(ctx context.Context) error {
 	go func() { serveErr <- d.Serve(ctx, m.ln) }()
 	ping := m.watchdog()
 	lastStatus := time.Now()
+	go d.runIntegrity(ctx)
 	go d.maintain(ctx, func() {
 		if ping != nil {
 			ping()

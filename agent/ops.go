@@ -54,6 +54,10 @@ func (d *Daemon) registerOps() {
 	d.handle("audit_verify", PermAdmin, d.opAuditVerify)
 	d.handle("reload", PermAdmin, d.opReload)
 	d.handle("uninstall_rules", PermAdmin, d.opUninstallRules)
+	d.handle("integrity_status", PermAdmin, d.opIntegrityStatus)
+	d.handle("integrity_baseline", PermAdmin, d.opIntegrityBaseline)
+	d.handle("integrity_check", PermAdmin, d.opIntegrityCheck)
+	d.handle("integrity_accept", PermAdmin, d.opIntegrityAccept)
 }
 
 func (d *Daemon) opPing(context.Context, *Call) (any, error) {

@@ -70,16 +70,16 @@ var (
 // Validate reports the first invalid knob.
 func (c Config) Validate() error {
 	switch {
-	case c.Timeout < 0 || c.Timeout > 5*time.Minute:
-		return fmt.Errorf("evidence.timeout: %v out of range 0..5m", c.Timeout)
-	case c.BlockTimeout < 0 || c.BlockTimeout > time.Minute:
-		return fmt.Errorf("evidence.block_timeout: %v out of range 0..1m", c.BlockTimeout)
+	case c.Timeout != 0 && (c.Timeout < 100*time.Millisecond || c.Timeout > 5*time.Minute):
+		return fmt.Errorf("timeout: %v out of range 100ms..5m (write a unit: 5s)", c.Timeout)
+	case c.BlockTimeout != 0 && (c.BlockTimeout < 100*time.Millisecond || c.BlockTimeout > time.Minute):
+		return fmt.Errorf("block_timeout: %v out of range 100ms..1m (write a unit: 2s)", c.BlockTimeout)
 	case c.MaxProcesses < 0 || c.MaxProcesses > maxProcessesLimit:
-		return fmt.Errorf("evidence.max_processes: %d out of range 0..%d", c.MaxProcesses, maxProcessesLimit)
+		return fmt.Errorf("max_processes: %d out of range 0..%d", c.MaxProcesses, maxProcessesLimit)
 	case c.MaxConnections < 0 || c.MaxConnections > maxConnectionsLimit:
-		return fmt.Errorf("evidence.max_connections: %d out of range 0..%d", c.MaxConnections, maxConnectionsLimit)
+		return fmt.Errorf("max_connections: %d out of range 0..%d", c.MaxConnections, maxConnectionsLimit)
 	case c.MaxCmdline < 0 || c.MaxCmdline > maxCmdlineLimit:
-		return fmt.Errorf("evidence.max_cmdline: %d out of range 0..%d", c.MaxCmdline, maxCmdlineLimit)
+		return fmt.Errorf("max_cmdline: %d out of range 0..%d", c.MaxCmdline, maxCmdlineLimit)
 	}
 	return nil
 }

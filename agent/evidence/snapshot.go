@@ -31,9 +31,11 @@ type Snapshot struct {
 	Listening          []Connection `json:"listening"`
 	ListeningTruncated bool         `json:"listening_truncated,omitempty"`
 
-	Blocks   []Block   `json:"blocks"`   // filled by the agent: active blocks
-	Lockdown *Lockdown `json:"lockdown"` // filled by the agent: active lockdown, if any
-	Findings []Finding `json:"findings"` // filled by the agent: open integrity findings
+	Blocks          []Block   `json:"blocks"` // filled by the agent: active blocks
+	BlocksTotal     int       `json:"blocks_total"`
+	BlocksTruncated bool      `json:"blocks_truncated,omitempty"`
+	Lockdown        *Lockdown `json:"lockdown"` // filled by the agent: active lockdown, if any
+	Findings        []Finding `json:"findings"` // filled by the agent: open integrity findings
 }
 
 // Load is the load average.

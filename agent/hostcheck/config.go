@@ -54,27 +54,27 @@ type Config struct {
 // Validate reports the first invalid knob.
 func (c Config) Validate() error {
 	if c.Root != "" && !filepath.IsAbs(c.Root) {
-		return fmt.Errorf("check.root: %q is not an absolute path", c.Root)
+		return fmt.Errorf("root: %q is not an absolute path", c.Root)
 	}
 	for _, list := range [][]string{c.KeyDirs, c.EnvDirs, c.ShadowFiles, c.CertPaths} {
 		for _, p := range list {
 			if !filepath.IsAbs(p) {
-				return fmt.Errorf("check: path %q is not absolute", p)
+				return fmt.Errorf("path %q is not absolute", p)
 			}
 			if _, err := filepath.Match(p, ""); err != nil {
-				return fmt.Errorf("check: bad pattern %q: %w", p, err)
+				return fmt.Errorf("bad pattern %q: %w", p, err)
 			}
 		}
 	}
 	switch {
 	case c.SSHDConfig != "" && !filepath.IsAbs(c.SSHDConfig):
-		return fmt.Errorf("check.sshd_config: %q is not absolute", c.SSHDConfig)
+		return fmt.Errorf("sshd_config: %q is not absolute", c.SSHDConfig)
 	case c.CertWarn < 0:
-		return fmt.Errorf("check.cert_warn: negative")
+		return fmt.Errorf("cert_warn: negative")
 	case c.MaxFiles < 0 || c.MaxFiles > 10_000_000:
-		return fmt.Errorf("check.max_files: %d out of range", c.MaxFiles)
+		return fmt.Errorf("max_files: %d out of range", c.MaxFiles)
 	case c.EnvDepth < 0 || c.EnvDepth > 32:
-		return fmt.Errorf("check.env_depth: %d out of range 0..32", c.EnvDepth)
+		return fmt.Errorf("env_depth: %d out of range 0..32", c.EnvDepth)
 	}
 	return nil
 }

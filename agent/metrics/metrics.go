@@ -41,14 +41,14 @@ func (c Config) Validate() error {
 	if c.Listen != "" {
 		host, port, err := net.SplitHostPort(c.Listen)
 		if err != nil {
-			return fmt.Errorf("metrics.listen: %w", err)
+			return fmt.Errorf("listen: %w", err)
 		}
 		if host == "" {
-			return fmt.Errorf("metrics.listen: %q has no host; write 0.0.0.0:%s to listen everywhere on purpose", c.Listen, port)
+			return fmt.Errorf("listen: %q has no host; write 0.0.0.0:%s to listen everywhere on purpose", c.Listen, port)
 		}
 	}
 	if c.Path != "" && !strings.HasPrefix(c.Path, "/") {
-		return fmt.Errorf("metrics.path: %q must start with /", c.Path)
+		return fmt.Errorf("path: %q must start with /", c.Path)
 	}
 	return nil
 }

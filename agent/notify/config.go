@@ -68,7 +68,7 @@ type Webhook struct {
 	Headers map[string]string `yaml:"headers"` // e.g. Authorization; values never logged
 }
 
-var errInvalid = errors.New("invalid notify config")
+var errInvalid = errors.New("invalid")
 
 // Validate reports the first invalid knob, without echoing URLs or header values.
 func (c Config) Validate() error {
@@ -109,6 +109,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: retries %d out of range -1..100", errInvalid, c.Retries)
 	case c.Backoff < 0 || c.MaxBackoff < 0 || c.Timeout < 0:
 		return fmt.Errorf("%w: negative duration", errInvalid)
+	case c.Timeout != 0 && c.Timeout < 100*time.Millisecond:
+		return fmt.Errorf("%w: timeout %v below 100ms (write a unit: 10s)", errInvalid, c.Timeout)
 	}
 	return nil
 }

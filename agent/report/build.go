@@ -335,3 +335,19 @@ func compareAddr(a, b string) int {
 	}
 	return strings.Compare(a, b)
 }
+
+// EvidenceLines returns every evidence event among the lines (uncapped),
+// for looking up the hash the chain recorded for a snapshot.
+func EvidenceLines(in Lines) []Ev {
+	var out []Ev
+	for _, l := range in.Lines {
+		if l.Event != "evidence" {
+			continue
+		}
+		var f fields
+		if json.Unmarshal(l.Fields, &f) == nil && f.ID != "" {
+			out = append(out, Ev{Time: l.Time.UTC(), ID: f.ID, SHA256: f.SHA256, Reason: f.Reason, Trigger: f.Trigger})
+		}
+	}
+	return out
+}

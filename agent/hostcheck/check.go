@@ -43,8 +43,12 @@ func ParseSeverity(s string) (Severity, error) {
 // MarshalText writes the name.
 func (s Severity) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
-// UnmarshalText reads the name.
+// UnmarshalText reads the name; empty (a clean report's "worst") is info.
 func (s *Severity) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		*s = SevInfo
+		return nil
+	}
 	v, err := ParseSeverity(string(b))
 	*s = v
 	return err

@@ -134,6 +134,11 @@ func TestCheckCleanHost(t *testing.T) {
 	if len(rep.Findings) != 0 || rep.Exit != ExitClean {
 		t.Errorf("clean host: %+v", rep)
 	}
+	b, _ := json.Marshal(rep)
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil || back.Exit != ExitClean {
+		t.Errorf("clean report does not round-trip: %s: %v", b, err)
+	}
 }
 
 func TestCheckSSHDefaultPasswordAuthAndTableError(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -200,10 +201,16 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 		return Outcome{ID: dec.ID, Action: dec.Action}, &Error{Code: CodeStore, Message: err.Error()}
 	}
 	if err := d.fw.Block(elems); err != nil {
+		if errors.Is(err, firewall.ErrOverlap) {
+			err = &Error{Code: CodeOverlap, Message: err.Error()}
+		}
 		if uerr := d.store.Commit(undo); uerr != nil {
 			d.log.Error("store undo after firewall failure failed; reconcile will re-assert", "err", uerr)
 		}
 		d.noteFirewallError(err)
+		if e, ok := err.(*Error); ok {
+			return Outcome{ID: dec.ID, Action: dec.Action}, e
+		}
 		return Outcome{ID: dec.ID, Action: dec.Action}, &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
 	}
 	d.blocks.addDecision(dr)

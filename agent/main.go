@@ -107,7 +107,7 @@ func (m *Main) LoadConfig() (Config, error) {
 }
 
 func (m *Main) openFirewall(cfg Config) (*firewall.NFT, error) {
-	conn, err := nftables.New(nftables.AsLasting())
+	conn, err := nftables.New(firewall.ConnOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}

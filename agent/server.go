@@ -224,4 +224,3 @@ func errorLine(id json.RawMessage, err error) []byte {
 	b, _ := json.Marshal(resp)
 	return append(b, '\n')
 }
-

@@ -142,4 +142,3 @@ here, without the daemon (e.g. a copy, or while parryd is stopped).`,
 	cmd.AddCommand(verify)
 	return cmd
 }
-

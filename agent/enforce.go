@@ -221,6 +221,9 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 	applied := dec
 	applied.Targets = targets
 	d.Audit("block", decisionFields(applied, out))
+	if len(targets) >= bulkTargets {
+		d.bulk.Store(true)
+	}
 	return out, nil
 }
 
@@ -244,10 +247,10 @@ func (d *Daemon) orphansAfterReplace(targets []netip.Prefix) []uint64 {
 
 // checkTargets runs the guard and the overlap check; duplicates collapse.
 func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, []*Error) {
-	var ok []netip.Prefix
+	ok := make([]netip.Prefix, 0, len(in))
 	var refused []*Error
 	seen := make(map[netip.Prefix]struct{}, len(in))
-	var batch *index // the request's own CIDRs, to refuse overlaps among them
+	cidrs := false
 	for _, p := range in {
 		if _, dup := seen[p]; dup {
 			continue
@@ -263,18 +266,24 @@ func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, [
 				Message: fmt.Sprintf("%s overlaps the existing block %s; unblock it first or block the same prefix", FormatTarget(p), FormatTarget(q))})
 			continue
 		}
-		if batch == nil {
-			batch = newIndex()
-		}
+		cidrs = cidrs || !p.IsSingleIP()
+		ok = append(ok, p)
+	}
+	if !cidrs { // distinct single addresses cannot overlap each other
+		return ok, refused
+	}
+	batch := newIndex()
+	kept := ok[:0]
+	for _, p := range ok {
 		if q, hit := batch.overlapping(p, 0); hit {
 			refused = append(refused, &Error{Code: CodeOverlap, Target: FormatTarget(p),
 				Message: fmt.Sprintf("%s overlaps %s in the same request", FormatTarget(p), FormatTarget(q))})
 			continue
 		}
 		batch.put(p, entry{})
-		ok = append(ok, p)
+		kept = append(kept, p)
 	}
-	return ok, refused
+	return kept, refused
 }
 
 // unblock enforces an unblock decision. Caller holds d.mu.

@@ -21,10 +21,12 @@ import (
 
 // Bounds of the incident tooling's background work.
 const (
-	incidentQueue   = 64    // pending evidence captures and connection lookups
-	maxFindingsKept = 256   // recent integrity findings kept for evidence
-	maxEvidenceBlks = 10000 // active blocks written into one snapshot
-	maxBlockConns   = 256   // connections recorded per block decision
+	incidentQueue   = 64                     // pending evidence captures
+	maxFindingsKept = 256                    // recent integrity findings kept for evidence
+	maxEvidenceBlks = 10000                  // active blocks written into one snapshot
+	maxBlockConns   = 256                    // connections recorded per block decision
+	maxPendingBlks  = 1024                   // block decisions waiting for their connection lookup
+	connLookupGap   = 250 * time.Millisecond // between two /proc walks for blocks
 )
 
 // Incident wires evidence capture, notifications, metrics, the report and
@@ -47,6 +49,12 @@ type Incident struct {
 	jobs    chan incidentJob
 	dropped atomic.Uint64
 
+	// Block decisions waiting for one shared connection lookup: a burst of
+	// blocks costs one /proc walk, and walks are at least connLookupGap apart.
+	pendMu  sync.Mutex
+	pending []pendingBlock
+	pendSig chan struct{}
+
 	mu       sync.Mutex
 	findings []evidence.Finding // recent integrity findings, oldest first
 }
@@ -62,7 +70,7 @@ type incidentJob struct {
 func AttachIncident(d *Daemon, configPath string) (*Incident, error) {
 	cfg := d.Config()
 	in := &Incident{d: d, log: d.log.With("part", "incident"), cfg: cfg, configPath: configPath,
-		jobs: make(chan incidentJob, incidentQueue)}
+		jobs: make(chan incidentJob, incidentQueue), pendSig: make(chan struct{}, 1)}
 	in.host, _ = os.Hostname()
 	in.collector = evidence.NewCollector(cfg.Evidence, d.now)
 	st, err := evidence.OpenStore(filepath.Join(cfg.StateDir, "evidence"), d.now)
@@ -93,6 +101,7 @@ func (in *Incident) Metrics() *metrics.Metrics { return in.metrics }
 func (in *Incident) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { in.work(ctx) })
+	wg.Go(func() { in.lookupBlocks(ctx) })
 	wg.Go(func() { in.notifier.Run(ctx) })
 	if in.metrics != nil {
 		wg.Go(func() { in.serveMetrics(ctx) })
@@ -223,8 +232,7 @@ func (in *Incident) observe(dec response.Decision, out Outcome) {
 	switch dec.Action {
 	case response.ActionBlock:
 		if ecfg.RecordBlockConnections() {
-			id, targets := dec.ID, out.Applied
-			in.enqueue("block_connections", func(ctx context.Context) { in.recordConnections(ctx, id, targets) })
+			in.queueLookup(pendingBlock{id: dec.ID, targets: out.Applied})
 		}
 	case response.ActionLockdown:
 		if ecfg.AutoOnLockdown() {
@@ -315,23 +323,97 @@ func decisionTitle(dec response.Decision, out Outcome) string {
 	return b.String()
 }
 
-// recordConnections audits what the blocked addresses were connected to,
-// looked up after the block is in place.
-func (in *Incident) recordConnections(ctx context.Context, id string, targets []netip.Prefix) {
-	conns, err := in.collector.ConnectionsOf(ctx, targets)
+type pendingBlock struct {
+	id      string
+	targets []netip.Prefix
+}
+
+// queueLookup never blocks; beyond maxPendingBlks decisions are dropped.
+func (in *Incident) queueLookup(p pendingBlock) {
+	in.pendMu.Lock()
+	full := len(in.pending) >= maxPendingBlks
+	if !full {
+		in.pending = append(in.pending, p)
+	}
+	in.pendMu.Unlock()
+	if full {
+		n := in.dropped.Add(1)
+		in.log.Warn("too many blocks waiting for their connection lookup; skipped", "decision", p.id, "dropped_total", n)
+		return
+	}
+	select {
+	case in.pendSig <- struct{}{}:
+	default:
+	}
+}
+
+// lookupBlocks records, after the fact, what blocked addresses were
+// connected to: one /proc walk for every block decision pending, then a
+// pause, so a flood of blocks costs a bounded share of a CPU.
+func (in *Incident) lookupBlocks(ctx context.Context) {
+	gap := time.NewTimer(0)
+	defer gap.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-in.pendSig:
+		}
+		select { // keep walks connLookupGap apart
+		case <-ctx.Done():
+			return
+		case <-gap.C:
+		}
+		in.pendMu.Lock()
+		batch := in.pending
+		in.pending = nil
+		in.pendMu.Unlock()
+		in.recordConnections(ctx, batch)
+		gap.Reset(connLookupGap)
+	}
+}
+
+// recordConnections audits one block_connections event per decision whose
+// addresses had connections.
+func (in *Incident) recordConnections(ctx context.Context, batch []pendingBlock) {
+	var all []netip.Prefix
+	for _, p := range batch {
+		all = append(all, p.targets...)
+	}
+	if len(all) == 0 {
+		return
+	}
+	conns, err := in.collector.ConnectionsOf(ctx, all)
 	if err != nil {
-		in.log.Warn("connections of blocked addresses not recorded", "decision", id, "err", err)
+		in.log.Warn("connections of blocked addresses not recorded", "decisions", len(batch), "err", err)
 		return
 	}
-	if len(conns) == 0 {
-		return
+	for _, p := range batch {
+		var mine []evidence.Connection
+		for _, c := range conns {
+			if prefixesContain(p.targets, c.Remote.Addr()) {
+				mine = append(mine, c)
+			}
+		}
+		if len(mine) == 0 {
+			continue
+		}
+		f := map[string]any{"decision": p.id, "targets": targetStrings(p.targets), "count": len(mine)}
+		if len(mine) > maxBlockConns {
+			mine, f["truncated"] = mine[:maxBlockConns], true
+		}
+		f["connections"] = mine
+		in.d.Audit("block_connections", f)
 	}
-	f := map[string]any{"decision": id, "targets": targetStrings(targets), "count": len(conns)}
-	if len(conns) > maxBlockConns {
-		conns, f["truncated"] = conns[:maxBlockConns], true
+}
+
+func prefixesContain(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
 	}
-	f["connections"] = conns
-	in.d.Audit("block_connections", f)
+	return false
 }
 
 func (in *Incident) captureLogged(ctx context.Context, reason, trigger string) {

@@ -90,6 +90,7 @@ func AttachIncident(d *Daemon, configPath string) (*Incident, error) {
 	}
 	in.registerOps()
 	d.Observe(in.observe)
+	d.incident.Store(in)
 	return in, nil
 }
 
@@ -180,10 +181,10 @@ func (in *Incident) enqueue(name string, run func(ctx context.Context)) {
 	}
 }
 
-// Signal is the hook for whoever receives signals (the control socket's
-// signal op, the policy): it counts them in the metrics.
-func (in *Incident) Signal(s response.Signal, result string) {
-	if in.metrics != nil {
+// observeSignal tells the incident tooling of a signal and what became of
+// it (the policy's outcome, or why it was refused): metrics count it.
+func (d *Daemon) observeSignal(s response.Signal, result string) {
+	if in := d.incident.Load(); in != nil && in.metrics != nil {
 		in.metrics.Signal(s, result)
 	}
 }

@@ -326,3 +326,43 @@ func TestIncidentOpsOverSocket(t *testing.T) {
 		t.Errorf("check: %+v", w)
 	}
 }
+
+func TestSignalsCountedInMetrics(t *testing.T) {
+	d, in := incidentDaemon(t, func(c *Config) { c.Metrics.Enabled = true; c.Metrics.Listen = "127.0.0.1:0" })
+	dial := serve(t, d)
+	c := dial()
+	r := bufio.NewReader(c)
+	for range 2 {
+		c.Write([]byte(`{"op":"signal","kind":"auth_failure","ip":"203.0.113.5","source":"webapp"}` + "\n"))
+		if w := readResp(t, r); !w.OK {
+			t.Fatalf("signal: %+v", w.Error)
+		}
+	}
+	c.Write([]byte(`{"op":"signal","kind":"weird_kind"}` + "\n"))
+	readResp(t, r)
+	mfs, err := in.Metrics().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	kinds := map[string]bool{}
+	for _, mf := range mfs {
+		if mf.GetName() != "parry_signals_total" {
+			continue
+		}
+		for _, m := range mf.Metric {
+			total += m.GetCounter().GetValue()
+			for _, lp := range m.Label {
+				if lp.GetName() == "kind" {
+					kinds[lp.GetValue()] = true
+				}
+				if lp.GetName() == "sender" && lp.GetValue() != "root" {
+					t.Errorf("sender label %q, want root", lp.GetValue())
+				}
+			}
+		}
+	}
+	if total != 3 || !kinds["auth_failure"] || !kinds["weird_kind"] {
+		t.Errorf("signals counted %v, kinds %v", total, kinds)
+	}
+}

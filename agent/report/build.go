@@ -266,7 +266,11 @@ func (b *builder) add(l Line, f fields) {
 func (b *builder) signal(l Line, f fields) {
 	b.r.Totals.Signals++
 	b.kinds[cmp.Or(f.Kind, "unknown")]++
-	b.senders[cmp.Or(f.sender(), f.Source, "unknown")]++
+	sender := f.sender()
+	if i := strings.Index(sender, " pid="); i >= 0 { // one sender, whatever process it used
+		sender = sender[:i]
+	}
+	b.senders[cmp.Or(sender, f.Source, "unknown")]++
 	if f.IP != "" {
 		b.source(f.IP).Signals++
 	}

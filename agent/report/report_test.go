@@ -70,7 +70,7 @@ func scriptedDay(t *testing.T) []byte {
 	c.add(t, "2026-03-10T03:14:05Z", "expire", map[string]any{"targets": []string{"203.0.113.7"}, "count": 1})
 	for i := range 3 {
 		c.add(t, "2026-03-10T09:00:0"+string(rune('0'+i))+"Z", "signal", map[string]any{"kind": "port_scan", "ip": "198.51.100." + string(rune('1'+i)),
-			"source": "fail2ban", "sender": "uid=0(root)", "result": "accepted"})
+			"source": "fail2ban", "sender": "uid=0(root) pid=" + string(rune('7'+i)), "outcome": "decided"})
 	}
 	c.add(t, "2026-03-10T09:01:00Z", "block", map[string]any{"id": "d-scan", "action": "block", "targets": []string{"198.51.100.0/24"},
 		"until": "permanent", "reason": "scanner network | ticket #42", "source": "cli", "sender": "uid=0(root)", "added": 1})

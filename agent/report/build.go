@@ -274,9 +274,6 @@ func (b *builder) signal(l Line, f fields) {
 	if f.IP != "" {
 		b.source(f.IP).Signals++
 	}
-	if f.Kind == "integrity_violation" {
-		b.finding(l, f)
-	}
 }
 
 func (b *builder) finding(l Line, f fields) {

@@ -76,6 +76,8 @@ func scriptedDay(t *testing.T) []byte {
 		"until": "permanent", "reason": "scanner network | ticket #42", "source": "cli", "sender": "uid=0(root)", "added": 1})
 	c.add(t, "2026-03-10T10:30:00Z", "refuse", map[string]any{"id": "d-lo", "action": "block", "targets": []string{"127.0.0.1"},
 		"source": "cli", "sender": "uid=1000(alice)", "code": "guarded", "error": "127.0.0.1 is loopback: never blocked"})
+	c.add(t, "2026-03-10T11:00:00Z", "integrity_finding", map[string]any{"kind": "modified", "path": "/usr/bin/sudo",
+		"severity": "critical", "detail": "sha256 changed; not from a package upgrade", "rule": "system-binaries"})
 	c.add(t, "2026-03-10T11:00:00Z", "signal", map[string]any{"kind": "integrity_violation", "path": "/usr/bin/sudo", "severity": "critical",
 		"detail": "sha256 changed; not from a package upgrade", "source": "integrity", "result": "accepted"})
 	c.add(t, "2026-03-10T11:00:01Z", "lockdown", map[string]any{"id": "d-lock", "action": "lockdown", "until": "2026-03-10T12:00:01Z",
@@ -106,7 +108,7 @@ func TestGoldenDay(t *testing.T) {
 	if lines.Malformed != 1 || lines.Before != 1 {
 		t.Errorf("malformed %d before %d, want 1 and 1", lines.Malformed, lines.Before)
 	}
-	rep := Build(lines, Chain{Checked: true, OK: true, Lines: 21}, "web1", dayFrom, dayTo)
+	rep := Build(lines, Chain{Checked: true, OK: true, Lines: 22}, "web1", dayFrom, dayTo)
 	for _, format := range []string{"text", "markdown", "json"} {
 		t.Run(format, func(t *testing.T) {
 			var out bytes.Buffer

@@ -73,6 +73,7 @@ type Daemon struct {
 	blocks    *index
 	lockdown  *store.Lockdown
 	observers []Observer
+	incident  atomic.Pointer[Incident] // set by AttachIncident; told of every signal
 	health    Health
 
 	ops     map[string]opEntry

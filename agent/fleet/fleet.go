@@ -46,6 +46,11 @@ func (f ApplierFunc) ApplyRemote(ctx context.Context, d response.Decision) error
 type Options struct {
 	Logger *slog.Logger     // default slog.Default()
 	Now    func() time.Time // default time.Now
+	// Local lists this host's own active blocks (the agent's store). When
+	// set, the fleet republishes the ones the stream lacks once caught up
+	// (decisions queued before a restart while NATS was away) and after a
+	// reconnect that followed a queue overflow.
+	Local func(ctx context.Context) ([]response.Decision, error)
 	// NATSOptions are appended to the connection options (tests: short
 	// reconnect waits).
 	NATSOptions []nats.Option
@@ -76,7 +81,11 @@ type Fleet struct {
 	mu      sync.Mutex
 	lastErr string
 	lastAt  time.Time
-	expiry  map[string]time.Time // subject → expiry of the latest block seen (zero: permanent)
+	known   map[string]known // subject → the latest entry seen in the stream or sent to it
+	local   func(context.Context) ([]response.Decision, error)
+	resync  chan struct{}
+	synced  uint64 // queue drops already covered by a resync
+	cons    atomic.Pointer[jetstream.Consumer]
 
 	published, received, applied, refused, rejected, echoes, duplicates, expired atomic.Uint64
 }
@@ -101,7 +110,8 @@ func New(cfg Config, apply Applier, opt Options) (*Fleet, error) {
 	f := &Fleet{
 		cfg: cfg, apply: apply, log: opt.Logger, now: opt.Now,
 		q: newQueue(cfg.QueueSize), seen: newIDSet(1 << 16),
-		caughtUp: make(chan struct{}), expiry: make(map[string]time.Time),
+		caughtUp: make(chan struct{}), known: make(map[string]known),
+		local: opt.Local, resync: make(chan struct{}, 1),
 		trusted: make(map[string]nkeys.KeyPair, len(cfg.Trusted)),
 	}
 	if f.log == nil {
@@ -144,6 +154,9 @@ func (f *Fleet) connOptions() ([]nats.Option, error) {
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			f.log.Info("fleet reconnected", "server", nc.ConnectedUrlRedacted())
 			f.q.kick()
+			if _, dropped := f.q.len(); dropped > f.syncedDrops() {
+				f.requestResync()
+			}
 		}),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			f.log.Info("fleet connected", "server", nc.ConnectedUrlRedacted())
@@ -212,9 +225,10 @@ func (f *Fleet) Start(ctx context.Context) error {
 	f.nc, f.js = nc, js
 	runCtx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
-	f.wg.Add(2)
+	f.wg.Add(3)
 	go func() { defer f.wg.Done(); f.sendLoop(runCtx) }()
 	go func() { defer f.wg.Done(); f.receiveLoop(runCtx) }()
+	go func() { defer f.wg.Done(); f.resyncLoop(runCtx) }()
 
 	wait, cancelWait := context.WithTimeout(ctx, f.cfg.CatchupTimeout)
 	defer cancelWait()
@@ -259,23 +273,32 @@ func (f *Fleet) Close(ctx context.Context) error {
 func (f *Fleet) Publish(d response.Decision) {
 	now := f.now()
 	for _, e := range entries(d, f.cfg.Name, now) {
-		body, sig, err := encode(e, f.kp)
-		if err != nil {
-			f.setErr(err)
-			continue
-		}
-		m := outMsg{
-			subject: subjectFor(f.cfg.SubjectPrefix, e.Target), msgID: e.ID + "|" + string(e.Action),
-			body: body, sig: sig, unblock: e.Action == response.ActionUnblock, until: e.Until,
-		}
-		if m.unblock {
-			m.until = f.tombstoneUntil(m.subject, now)
-		}
-		f.noteExpiry(m.subject, e)
-		if f.q.push(m) {
-			f.log.Warn("fleet queue full: dropped the oldest outgoing decision", "queue_size", f.cfg.QueueSize)
-		}
+		f.enqueue(e, now)
 	}
+}
+
+func (f *Fleet) enqueue(e entry, now time.Time) {
+	if m, ok := f.outMsg(e, now); ok && f.q.push(m) {
+		f.log.Warn("fleet queue full: dropped the oldest outgoing decision", "queue_size", f.cfg.QueueSize)
+	}
+}
+
+// outMsg encodes e for the queue and notes it as ours.
+func (f *Fleet) outMsg(e entry, now time.Time) (outMsg, bool) {
+	body, sig, err := encode(e, f.kp)
+	if err != nil {
+		f.setErr(err)
+		return outMsg{}, false
+	}
+	m := outMsg{
+		subject: subjectFor(f.cfg.SubjectPrefix, e.Target), msgID: e.ID + "|" + string(e.Action),
+		body: body, sig: sig, unblock: e.Action == response.ActionUnblock, until: e.Until,
+	}
+	if m.unblock {
+		m.until = f.tombstoneUntil(m.subject, now)
+	}
+	f.note(m.subject, e, false)
+	return m, true
 }
 
 func (f *Fleet) setErr(err error) {
@@ -284,27 +307,32 @@ func (f *Fleet) setErr(err error) {
 	f.mu.Unlock()
 }
 
-// noteExpiry remembers the expiry of the latest block about a subject, so
-// that an unblock's tombstone lives as long as the block it lifts.
-func (f *Fleet) noteExpiry(subject string, e entry) {
+// known is what the stream holds about one target, as far as we know.
+type known struct {
+	id     string
+	until  time.Time // block expiry (zero: permanent)
+	block  bool
+	stored bool // read back from the stream (not only queued by us)
+}
+
+// note remembers the latest entry about a subject: an unblock's tombstone
+// lives as long as the block it lifts, and a resync skips targets the stream
+// already has something about.
+func (f *Fleet) note(subject string, e entry, stored bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if e.Action == response.ActionBlock {
-		f.expiry[subject] = e.Until
-	} else {
-		delete(f.expiry, subject)
+	if len(f.known) >= 1<<20 { // bounded: forget everything rather than grow
+		clear(f.known)
 	}
-	if len(f.expiry) > 1<<20 { // bounded: forget everything rather than grow
-		clear(f.expiry)
-	}
+	f.known[subject] = known{id: e.ID, until: e.Until, block: e.Action == response.ActionBlock, stored: stored}
 }
 
 func (f *Fleet) tombstoneUntil(subject string, now time.Time) time.Time {
 	f.mu.Lock()
-	until, known := f.expiry[subject]
+	k, ok := f.known[subject]
 	f.mu.Unlock()
-	if known && !until.IsZero() && until.Before(now.Add(f.cfg.UnblockTTL)) {
-		return until.Add(time.Minute)
+	if ok && k.block && !k.until.IsZero() && k.until.Before(now.Add(f.cfg.UnblockTTL)) {
+		return k.until.Add(time.Minute)
 	}
 	return now.Add(f.cfg.UnblockTTL)
 }

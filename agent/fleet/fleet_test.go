@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -308,4 +310,80 @@ func TestStartWithoutServerDoesNotBlockLocalEnforcement(t *testing.T) {
 	}
 	_, recB := startAgent(t, url, "b", nil)
 	eventually(t, 15*time.Second, "the queued block reaches b", func() bool { return len(recB.blocked()) == 1 })
+}
+
+// TestResyncRepublishesWhatTheStreamLacks: an agent restarted while NATS was
+// away lost its queue; once connected and caught up it republishes its own
+// active blocks the stream has nothing about, and leaves alone a target the
+// fleet already decided on.
+func TestResyncRepublishesWhatTheStreamLacks(t *testing.T) {
+	n := startNATS(t, nil)
+	b, recB := startAgent(t, n.URL, "b", nil)
+	b.Publish(block("b-z", time.Now().Add(time.Hour), "203.0.113.30/32"))
+	eventually(t, 5*time.Second, "b's block stored", func() bool { return b.Status().Echoes == 1 })
+
+	until := time.Now().Add(time.Hour)
+	local := []response.Decision{
+		block("a-x", until, "203.0.113.10/32", "203.0.113.11/32"),
+		block("a-z", until, "203.0.113.30/32"), // the fleet already has b's decision
+		unblock("a-u", "203.0.113.40/32"),      // not a block: never resynced
+	}
+	rec := &recorder{}
+	cfg := Config{Servers: []string{n.URL}, Name: "a", CatchupTimeout: 10 * time.Second}
+	a, err := New(cfg, rec, Options{Logger: testLogger(), Local: func(context.Context) ([]response.Decision, error) { return local, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close(context.Background()) })
+	eventually(t, 5*time.Second, "b receives a's two lost blocks", func() bool { return len(recB.all()) == 2 })
+	for _, d := range recB.all() {
+		if d.Origin != "a" || d.Targets[0].Addr().String() == "203.0.113.30" {
+			t.Errorf("b applied %+v; want only a's blocks of .10 and .11", d)
+		}
+	}
+}
+
+func TestResyncAfterQueueOverflow(t *testing.T) {
+	n := startNATS(t, nil)
+	_, recB := startAgent(t, n.URL, "b", nil)
+	var (
+		mu    sync.Mutex
+		local []response.Decision
+	)
+	rec := &recorder{}
+	cfg := Config{Servers: []string{n.URL}, Name: "a", QueueSize: 2}
+	a, err := New(cfg, rec, Options{
+		Logger: testLogger(),
+		Local: func(context.Context) ([]response.Decision, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return slices.Clone(local), nil
+		},
+		NATSOptions: []nats.Option{nats.ReconnectWait(50 * time.Millisecond)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close(context.Background()) })
+
+	n.Stop()
+	eventually(t, 5*time.Second, "a notices the outage", func() bool { return !a.Status().Connected })
+	for i := range 5 {
+		d := block(fmt.Sprintf("o%d", i), time.Now().Add(time.Hour), fmt.Sprintf("198.51.100.%d/32", i))
+		mu.Lock()
+		local = append(local, d) // the agent's store keeps every one
+		mu.Unlock()
+		a.Publish(d)
+	}
+	if st := a.Status(); st.Dropped != 3 {
+		t.Fatalf("dropped %d; want 3", st.Dropped)
+	}
+	n.Start(t)
+	eventually(t, 15*time.Second, "b gets all five after the resync", func() bool { return len(recB.blocked()) == 5 })
 }

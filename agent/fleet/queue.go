@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"context"
 	"sync"
 	"time"
 )
@@ -23,10 +24,11 @@ type queue struct {
 	head, n int
 	dropped uint64
 	ready   chan struct{} // signalled (non-blocking) on every push
+	space   chan struct{} // signalled (non-blocking) on every pop
 }
 
 func newQueue(size int) *queue {
-	return &queue{buf: make([]outMsg, size), ready: make(chan struct{}, 1)}
+	return &queue{buf: make([]outMsg, size), ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 }
 
 // push appends m, dropping the oldest entry if full. It reports whether one was dropped.
@@ -48,6 +50,26 @@ func (q *queue) push(m outMsg) bool {
 	default:
 	}
 	return dropped
+}
+
+// pushWait appends m, waiting for room rather than dropping anything
+// (resync: what it sends is already in the store, so it may take its time).
+func (q *queue) pushWait(ctx context.Context, m outMsg) error {
+	for {
+		q.mu.Lock()
+		room := q.n < len(q.buf)
+		q.mu.Unlock()
+		if room { // only this goroutine waits for room, so it is still there
+			q.push(m)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.space:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // peek returns up to max entries from the front, stopping before the first
@@ -76,6 +98,12 @@ func (q *queue) peek(max int) []outMsg {
 func (q *queue) pop(batch []outMsg, done []bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	defer func() {
+		select {
+		case q.space <- struct{}{}:
+		default:
+		}
+	}()
 	for i := range batch {
 		if !done[i] || q.n == 0 {
 			return

@@ -178,9 +178,6 @@ func (f *Fleet) subscribe(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("fleet stream info: %w", err)
 	}
-	if info.State.Msgs == 0 {
-		f.markCaughtUp()
-	}
 	cons, err := s.OrderedConsumer(actx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{f.filter()},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
@@ -202,6 +199,10 @@ func (f *Fleet) subscribe(ctx context.Context) error {
 		return fmt.Errorf("fleet consume: %w", err)
 	}
 	defer cc.Stop()
+	f.cons.Store(&cons)
+	if info.State.Msgs == 0 {
+		f.markCaughtUp()
+	}
 	go f.watchCatchUp(ctx, cons)
 	select {
 	case <-ctx.Done():
@@ -235,7 +236,12 @@ func (f *Fleet) watchCatchUp(ctx context.Context, cons jetstream.Consumer) {
 	}
 }
 
-func (f *Fleet) markCaughtUp() { f.catchOnce.Do(func() { close(f.caughtUp) }) }
+func (f *Fleet) markCaughtUp() {
+	f.catchOnce.Do(func() {
+		close(f.caughtUp)
+		f.requestResync()
+	})
+}
 
 // handle checks one received message and hands it to the agent.
 func (f *Fleet) handle(ctx context.Context, m jetstream.Msg) {
@@ -256,7 +262,7 @@ func (f *Fleet) handle(ctx context.Context, m jetstream.Msg) {
 		f.log.Warn("fleet decision rejected", "subject", m.Subject(), "err", err)
 		return
 	}
-	f.noteExpiry(m.Subject(), e)
+	f.note(m.Subject(), e, true)
 	if e.Origin == f.cfg.Name {
 		f.echoes.Add(1)
 		return

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/integrity"
 	"github.com/parryhq/parry/response"
 	"go.yaml.in/yaml/v3"
@@ -42,6 +43,7 @@ type Config struct {
 
 	Response  response.Config  `yaml:"response"`
 	Integrity integrity.Config `yaml:"integrity"`
+	Fleet     fleet.Config     `yaml:"fleet"`
 
 	allow []netip.Prefix // parsed Allowlist, set by Validate
 }

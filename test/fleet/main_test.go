@@ -4,10 +4,10 @@
 //
 // Topology (all inside namespaces the test creates; documentation range only):
 //
-//	 a 192.0.2.1 ─┐
-//	 b 192.0.2.2 ─┤  hub: bridge br0 192.0.2.254, nats-server :4222
-//	 c 192.0.2.3 ─┤
-//	 x 192.0.2.100-104 ─┘  (the "attacker": pings a, b and c)
+//	a 192.0.2.1 ─┐
+//	b 192.0.2.2 ─┤  hub: bridge br0 192.0.2.254, nats-server :4222
+//	c 192.0.2.3 ─┤
+//	x 192.0.2.100-104 ─┘  (the "attacker": pings a, b and c)
 //
 // The nats-server runs as a child process (this test binary re-executed in
 // helper mode) inside the hub namespace, so it can be stopped and started

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,7 +38,11 @@ func parrydBin(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			buildErr = fmt.Errorf("the go tool is needed to build parryd: %w", err)
+			return
+		}
 		out, err := exec.Command(goBin, "build", "-o", filepath.Join(buildDir, "parryd"), "github.com/parryhq/parry/cmd/parryd").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build parryd: %w: %s", err, out)

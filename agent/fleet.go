@@ -16,16 +16,24 @@ import (
 
 // ApplyRemote enforces a decision from another host through the normal path:
 // the guard refuses what the allowlist, loopback and our own addresses
-// protect, and Enforce records the refusal in the audit log (with its origin).
-func (d *Daemon) ApplyRemote(ctx context.Context, dec response.Decision) error {
+// protect, and Enforce records it in the audit log with its origin. A block
+// is applied in partial mode: the fleet merges the targets of one remote
+// decision, and a protected one must not keep the others out. It returns
+// how many targets the guard refused.
+func (d *Daemon) ApplyRemote(ctx context.Context, dec response.Decision) (int, error) {
 	if dec.Origin == "" {
-		return errorf(CodeBadRequest, "remote decision without an origin")
+		return 0, errorf(CodeBadRequest, "remote decision without an origin")
 	}
-	if dec.Action != response.ActionBlock && dec.Action != response.ActionUnblock {
-		return errorf(CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
+	switch dec.Action {
+	case response.ActionBlock:
+		out, err := d.EnforceWith(ctx, dec, EnforceOptions{Partial: true})
+		return len(out.Refused), err
+	case response.ActionUnblock:
+		_, err := d.Enforce(ctx, dec)
+		return 0, err
+	default:
+		return 0, errorf(CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
 	}
-	_, err := d.Enforce(ctx, dec)
-	return err
 }
 
 var _ fleet.Applier = (*Daemon)(nil)

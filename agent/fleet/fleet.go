@@ -30,17 +30,12 @@ import (
 )
 
 // Applier enforces a remote decision through the agent's normal path (guard,
-// store, firewall, audit). An error means the decision was refused or failed;
-// the agent has recorded why.
+// store, firewall, audit). The guard may refuse some targets of a block and
+// apply the rest: refused says how many. An error means nothing was applied
+// (refused or failed); the agent has recorded why.
 type Applier interface {
-	ApplyRemote(ctx context.Context, d response.Decision) error
+	ApplyRemote(ctx context.Context, d response.Decision) (refused int, err error)
 }
-
-// ApplierFunc adapts a function to Applier.
-type ApplierFunc func(ctx context.Context, d response.Decision) error
-
-// ApplyRemote calls f.
-func (f ApplierFunc) ApplyRemote(ctx context.Context, d response.Decision) error { return f(ctx, d) }
 
 // Options are the injected dependencies of a Fleet.
 type Options struct {
@@ -76,7 +71,8 @@ type Fleet struct {
 
 	caughtUp  chan struct{} // closed once the first catch-up is done
 	catchOnce sync.Once
-	lastSeq   atomic.Uint64 // stream sequence of the last handled message
+	lastSeq   atomic.Uint64 // stream sequence of the last message applied (or skipped)
+	inbox     chan inbound  // checked messages, in stream order, for applyLoop
 
 	mu      sync.Mutex
 	lastErr string
@@ -109,7 +105,7 @@ func New(cfg Config, apply Applier, opt Options) (*Fleet, error) {
 	}
 	f := &Fleet{
 		cfg: cfg, apply: apply, log: opt.Logger, now: opt.Now,
-		q: newQueue(cfg.QueueSize), seen: newIDSet(1 << 16),
+		q: newQueue(cfg.QueueSize), seen: newIDSet(1 << 16), inbox: make(chan inbound, 4*maxGroup),
 		caughtUp: make(chan struct{}), known: make(map[string]known),
 		local: opt.Local, resync: make(chan struct{}, 1),
 		trusted: make(map[string]nkeys.KeyPair, len(cfg.Trusted)),
@@ -225,10 +221,11 @@ func (f *Fleet) Start(ctx context.Context) error {
 	f.nc, f.js = nc, js
 	runCtx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
-	f.wg.Add(3)
+	f.wg.Add(4)
 	go func() { defer f.wg.Done(); f.sendLoop(runCtx) }()
 	go func() { defer f.wg.Done(); f.receiveLoop(runCtx) }()
 	go func() { defer f.wg.Done(); f.resyncLoop(runCtx) }()
+	go func() { defer f.wg.Done(); f.applyLoop(runCtx) }()
 
 	wait, cancelWait := context.WithTimeout(ctx, f.cfg.CatchupTimeout)
 	defer cancelWait()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -70,27 +71,34 @@ func (n *natsd) Stop() {
 // recorder is the agent side: it records what it was asked to enforce, and
 // refuses targets in its allowlist like the agent's guard.
 type recorder struct {
-	mu     sync.Mutex
-	got    []response.Decision
-	allow  []netip.Prefix
-	refuse int
+	mu    sync.Mutex
+	got   []response.Decision
+	allow []netip.Prefix
+	calls int // ApplyRemote calls
 }
 
 var errGuarded = errors.New("target protected by the allowlist")
 
-func (r *recorder) ApplyRemote(_ context.Context, d response.Decision) error {
+// ApplyRemote refuses the targets its allowlist covers, like the agent in
+// partial mode, and records each applied target as its own decision.
+func (r *recorder) ApplyRemote(_ context.Context, d response.Decision) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, a := range r.allow {
-		for _, t := range d.Targets {
-			if a.Overlaps(t) {
-				r.refuse++
-				return errGuarded
-			}
+	r.calls++
+	refused := 0
+	for _, t := range d.Targets {
+		if slices.ContainsFunc(r.allow, t.Overlaps) {
+			refused++
+			continue
 		}
+		one := d
+		one.Targets = []netip.Prefix{t}
+		r.got = append(r.got, one)
 	}
-	r.got = append(r.got, d)
-	return nil
+	if refused == len(d.Targets) {
+		return 0, errGuarded
+	}
+	return refused, nil
 }
 
 func (r *recorder) all() []response.Decision {

@@ -243,42 +243,36 @@ func (f *Fleet) markCaughtUp() {
 	})
 }
 
-// handle checks one received message and hands it to the agent.
+// handle checks one received message and queues it for the applier, in
+// stream order. Messages that need no enforcement still pass through the
+// queue, so that lastSeq only moves once everything before is applied.
 func (f *Fleet) handle(ctx context.Context, m jetstream.Msg) {
-	md, mdErr := m.Metadata()
-	defer func() {
-		if mdErr == nil {
-			f.lastSeq.Store(md.Sequence.Stream)
-			if md.NumPending == 0 {
-				f.markCaughtUp()
-			}
-		}
-	}()
+	in := inbound{}
+	if md, err := m.Metadata(); err == nil {
+		in.seq, in.last = md.Sequence.Stream, md.NumPending == 0
+	}
 	f.received.Add(1)
 	e, err := decode(m.Subject(), m.Data(), m.Headers().Get(sigHeader), f.cfg.SubjectPrefix, f.trusted)
-	if err != nil {
+	switch {
+	case err != nil:
 		f.rejected.Add(1)
 		f.setErr(err)
 		f.log.Warn("fleet decision rejected", "subject", m.Subject(), "err", err)
-		return
-	}
-	f.note(m.Subject(), e, true)
-	if e.Origin == f.cfg.Name {
+	case e.Origin == f.cfg.Name:
+		f.note(m.Subject(), e, true)
 		f.echoes.Add(1)
-		return
-	}
-	if !f.seen.add(e.ID + "|" + string(e.Action)) {
+	case !f.seen.add(e.ID + "|" + string(e.Action)):
+		f.note(m.Subject(), e, true)
 		f.duplicates.Add(1)
-		return
-	}
-	if e.Action == response.ActionBlock && !e.Until.IsZero() && !e.Until.After(f.now()) {
+	case e.Action == response.ActionBlock && !e.Until.IsZero() && !e.Until.After(f.now()):
+		f.note(m.Subject(), e, true)
 		f.expired.Add(1)
-		return
+	default:
+		f.note(m.Subject(), e, true)
+		in.e, in.apply = e, true
 	}
-	if err := f.apply.ApplyRemote(ctx, e.decision()); err != nil {
-		f.refused.Add(1)
-		f.log.Info("fleet decision not applied here", "id", e.ID, "origin", e.Origin, "target", e.Target, "err", err)
-		return
+	select {
+	case f.inbox <- in:
+	case <-ctx.Done():
 	}
-	f.applied.Add(1)
 }

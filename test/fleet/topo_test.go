@@ -157,7 +157,7 @@ func (l *lab) trusted() string {
 	return b.String()
 }
 
-func (l *lab) writeConfig(h *host) {
+func (l *lab) writeConfig(h *host, extra ...string) {
 	if err := os.MkdirAll(h.dir, 0o755); err != nil {
 		l.t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ fleet:
   credentials: %s
   catchup_timeout: 15s
   trusted:
-%s`, h.sock, filepath.Join(h.dir, "state"), allow, hubAddr, h.name, filepath.Join(l.dir, h.name+".nk"), l.trusted())
+%s%s`, h.sock, filepath.Join(h.dir, "state"), allow, hubAddr, h.name, filepath.Join(l.dir, h.name+".nk"), l.trusted(), strings.Join(extra, ""))
 	h.cfg = filepath.Join(h.dir, "parry.yaml")
 	if err := os.WriteFile(h.cfg, []byte(cfg), 0o644); err != nil {
 		l.t.Fatal(err)

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -142,6 +144,24 @@ func bulk(b *testing.B, what string, reqs [][]byte) {
 			what, answered.Round(time.Millisecond), reached["a"].Round(time.Millisecond), reached["b"].Round(time.Millisecond),
 			reached["c"].Round(time.Millisecond), all.Round(time.Millisecond), float64(bulkDecisions)/all.Seconds())
 		b.ReportMetric(all.Seconds(), "s-all-three")
+
+		// A host that lost everything catches up from the stream.
+		hc := l.hosts["c"]
+		l.stop(hc)
+		if err := os.RemoveAll(filepath.Join(hc.dir, "state")); err != nil {
+			b.Fatal(err)
+		}
+		hc.ns.MustRun(b, "nft", "delete", "table", "inet", "parry")
+		start = time.Now()
+		l.start(hc)
+		for time.Since(start) < benchDeadline {
+			if els, err := hc.nft.Elements(); err == nil && len(els) >= bulkDecisions {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		fmt.Printf("fleet catch-up, %s: a wiped c reported READY after %v (catchup_timeout 15s) and held all %d after %v\n",
+			what, hc.readyT.Round(time.Millisecond), bulkDecisions, time.Since(start).Round(time.Millisecond))
 	}
 }
 

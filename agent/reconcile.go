@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"runtime/debug"
 	"time"
 
 	"github.com/parryhq/parry/agent/store"
@@ -82,6 +83,9 @@ func (d *Daemon) reconcile(reason string) error {
 		d.log.Warn("reconcile removed set elements the store does not know", "count", len(unknown))
 	}
 	d.Audit("reconcile", f)
+	if len(elems) >= bulkTargets {
+		d.bulk.Store(true)
+	}
 	return nil
 }
 
@@ -151,7 +155,9 @@ func (d *Daemon) checkTable() {
 // 1 s presence check), pruning of expired blocks, and the watchdog ping,
 // which therefore only goes out while this loop is doing its work.
 func (d *Daemon) maintain(ctx context.Context, ping func()) {
+	poll := time.Second // presence check when the firewall cannot watch
 	if w, ok := d.fw.(watcher); ok {
+		poll = 10 * time.Second // Watch reports damage within its interval; this is a backstop
 		go func() {
 			err := w.Watch(ctx, func() {
 				select {
@@ -166,7 +172,7 @@ func (d *Daemon) maintain(ctx context.Context, ping func()) {
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	lastPrune, lastAddrs := time.Now(), time.Now()
+	lastPrune, lastAddrs, lastPoll := time.Now(), time.Now(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -174,7 +180,10 @@ func (d *Daemon) maintain(ctx context.Context, ping func()) {
 		case <-d.heal:
 			d.checkTable()
 		case <-tick.C:
-			d.checkTable()
+			if time.Since(lastPoll) >= poll {
+				d.checkTable()
+				lastPoll = time.Now()
+			}
 			if time.Since(lastPrune) >= d.Config().Prune.D() {
 				d.prune()
 				lastPrune = time.Now()
@@ -182,6 +191,9 @@ func (d *Daemon) maintain(ctx context.Context, ping func()) {
 			if time.Since(lastAddrs) >= 30*time.Second {
 				d.RefreshHostAddrs()
 				lastAddrs = time.Now()
+			}
+			if d.bulk.Swap(false) {
+				debug.FreeOSMemory()
 			}
 			if err := d.audit.Sync(); err != nil {
 				d.log.Error("audit sync", "err", err)

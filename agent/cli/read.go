@@ -147,4 +147,3 @@ here, without the daemon (e.g. a copy, or while parryd is stopped).`,
 	cmd.AddCommand(verify)
 	return cmd
 }
-

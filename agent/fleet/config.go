@@ -126,43 +126,43 @@ func (c Config) Validate() error {
 		u, err := url.Parse(s)
 		switch {
 		case err != nil:
-			errs = append(errs, fmt.Errorf("fleet.servers: %q: %w", s, err))
+			errs = append(errs, fmt.Errorf("servers: %q: %w", s, err))
 		case u.Scheme != "nats" && u.Scheme != "tls" && u.Scheme != "ws" && u.Scheme != "wss":
-			errs = append(errs, fmt.Errorf("fleet.servers: %q: scheme must be nats://, tls://, ws:// or wss://", s))
+			errs = append(errs, fmt.Errorf("servers: %q: scheme must be nats://, tls://, ws:// or wss://", s))
 		case u.Host == "":
-			errs = append(errs, fmt.Errorf("fleet.servers: %q: no host", s))
+			errs = append(errs, fmt.Errorf("servers: %q: no host", s))
 		}
 	}
 	if c.Name != "" && !nameRE.MatchString(c.Name) {
-		errs = append(errs, fmt.Errorf("fleet.name: %q: use 1-64 letters, digits, '.', '_' or '-'", c.Name))
+		errs = append(errs, fmt.Errorf("name: %q: use 1-64 letters, digits, '.', '_' or '-'", c.Name))
 	}
 	if c.SubjectPrefix != "" && !tokenRE.MatchString(c.SubjectPrefix) {
-		errs = append(errs, fmt.Errorf("fleet.subject_prefix: %q: use up to 4 dot-separated tokens of letters, digits, '_' or '-'", c.SubjectPrefix))
+		errs = append(errs, fmt.Errorf("subject_prefix: %q: use up to 4 dot-separated tokens of letters, digits, '_' or '-'", c.SubjectPrefix))
 	}
 	if c.Stream != "" && !streamRE.MatchString(c.Stream) {
-		errs = append(errs, fmt.Errorf("fleet.stream: %q: use 1-64 letters, digits, '_' or '-'", c.Stream))
+		errs = append(errs, fmt.Errorf("stream: %q: use 1-64 letters, digits, '_' or '-'", c.Stream))
 	}
 	if c.Replicas < 0 || c.Replicas > 5 {
-		errs = append(errs, fmt.Errorf("fleet.replicas: %d: must be 1 to 5", c.Replicas))
+		errs = append(errs, fmt.Errorf("replicas: %d: must be 1 to 5", c.Replicas))
 	}
 	if c.QueueSize < 0 || c.QueueSize > maxQueueSize {
-		errs = append(errs, fmt.Errorf("fleet.queue_size: %d: must be 1 to %d", c.QueueSize, maxQueueSize))
+		errs = append(errs, fmt.Errorf("queue_size: %d: must be 1 to %d", c.QueueSize, maxQueueSize))
 	}
 	if c.CatchupTimeout < 0 || c.UnblockTTL < 0 {
-		errs = append(errs, errors.New("fleet: catchup_timeout and unblock_ttl must not be negative"))
+		errs = append(errs, errors.New("catchup_timeout and unblock_ttl must not be negative"))
 	}
 	if c.UnblockTTL != 0 && c.UnblockTTL < time.Second {
-		errs = append(errs, fmt.Errorf("fleet.unblock_ttl: %v: must be at least 1s", c.UnblockTTL))
+		errs = append(errs, fmt.Errorf("unblock_ttl: %v: must be at least 1s", c.UnblockTTL))
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
-		errs = append(errs, errors.New("fleet.tls: cert and key go together"))
+		errs = append(errs, errors.New("tls: cert and key go together"))
 	}
 	for name, key := range c.Trusted {
 		if !nameRE.MatchString(name) {
-			errs = append(errs, fmt.Errorf("fleet.trusted: host name %q: use 1-64 letters, digits, '.', '_' or '-'", name))
+			errs = append(errs, fmt.Errorf("trusted: host name %q: use 1-64 letters, digits, '.', '_' or '-'", name))
 		}
 		if !nkeys.IsValidPublicUserKey(key) {
-			errs = append(errs, fmt.Errorf("fleet.trusted[%s]: %q is not a public user nkey (U...)", name, key))
+			errs = append(errs, fmt.Errorf("trusted[%s]: %q is not a public user nkey (U...)", name, key))
 		}
 	}
 	return errors.Join(errs...)

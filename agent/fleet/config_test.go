@@ -72,9 +72,9 @@ func TestConfigValidateRejects(t *testing.T) {
 	}{
 		"scheme":      {func(c *Config) { c.Servers = []string{"http://x:1"} }, "scheme"},
 		"no host":     {func(c *Config) { c.Servers = []string{"nats://"} }, "no host"},
-		"name":        {func(c *Config) { c.Name = "web 1" }, "fleet.name"},
+		"name":        {func(c *Config) { c.Name = "web 1" }, "name"},
 		"wildcard":    {func(c *Config) { c.SubjectPrefix = "parry.>" }, "subject_prefix"},
-		"stream":      {func(c *Config) { c.Stream = "a.b" }, "fleet.stream"},
+		"stream":      {func(c *Config) { c.Stream = "a.b" }, "stream"},
 		"queue":       {func(c *Config) { c.QueueSize = -1 }, "queue_size"},
 		"replicas":    {func(c *Config) { c.Replicas = 9 }, "replicas"},
 		"tls pair":    {func(c *Config) { c.TLS.Cert = "/c.pem" }, "cert and key"},

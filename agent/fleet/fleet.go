@@ -90,10 +90,10 @@ type Fleet struct {
 // credentials, and returns a Fleet that is not yet connected: call Start.
 func New(cfg Config, apply Applier, opt Options) (*Fleet, error) {
 	if !cfg.Enabled() {
-		return nil, errors.New("fleet: no servers configured")
+		return nil, errors.New("no servers configured")
 	}
 	if apply == nil {
-		return nil, errors.New("fleet: nil applier")
+		return nil, errors.New("nil applier")
 	}
 	host, _ := os.Hostname()
 	cfg = cfg.WithDefaults(host)
@@ -101,7 +101,7 @@ func New(cfg Config, apply Applier, opt Options) (*Fleet, error) {
 		return nil, err
 	}
 	if cfg.Name == "" {
-		return nil, errors.New("fleet.name: empty and no hostname to default to")
+		return nil, errors.New("name: empty and no hostname to default to")
 	}
 	f := &Fleet{
 		cfg: cfg, apply: apply, log: opt.Logger, now: opt.Now,
@@ -120,7 +120,7 @@ func New(cfg Config, apply Applier, opt Options) (*Fleet, error) {
 	for name, key := range cfg.Trusted {
 		kp, err := nkeys.FromPublicKey(key)
 		if err != nil {
-			return nil, fmt.Errorf("fleet.trusted[%s]: %w", name, err)
+			return nil, fmt.Errorf("trusted[%s]: %w", name, err)
 		}
 		f.trusted[name] = kp
 	}
@@ -166,11 +166,11 @@ func (f *Fleet) connOptions() ([]nats.Option, error) {
 	if c := f.cfg.Credentials; c != "" {
 		raw, err := os.ReadFile(c)
 		if err != nil {
-			return nil, fmt.Errorf("fleet.credentials: %w", err)
+			return nil, fmt.Errorf("credentials: %w", err)
 		}
 		kp, err := nkeys.ParseDecoratedUserNKey(raw)
 		if err != nil {
-			return nil, fmt.Errorf("fleet.credentials: %s: no user nkey seed (SU...): %w", c, err)
+			return nil, fmt.Errorf("credentials: %s: no user nkey seed (SU...): %w", c, err)
 		}
 		f.kp = kp
 		if strings.Contains(string(raw), "BEGIN NATS USER JWT") {
@@ -178,13 +178,13 @@ func (f *Fleet) connOptions() ([]nats.Option, error) {
 		} else {
 			pub, err := kp.PublicKey()
 			if err != nil {
-				return nil, fmt.Errorf("fleet.credentials: %w", err)
+				return nil, fmt.Errorf("credentials: %w", err)
 			}
 			opts = append(opts, nats.Nkey(pub, kp.Sign))
 		}
 		if want, ok := f.cfg.Trusted[f.cfg.Name]; ok {
 			if pub, _ := kp.PublicKey(); pub != want {
-				return nil, fmt.Errorf("fleet.trusted[%s]: %s is not the key in %s (%s)", f.cfg.Name, want, c, pub)
+				return nil, fmt.Errorf("trusted[%s]: %s is not the key in %s (%s)", f.cfg.Name, want, c, pub)
 			}
 		}
 	}

@@ -275,27 +275,22 @@ func (f *Fleet) Publish(d response.Decision) {
 }
 
 func (f *Fleet) enqueue(e entry, now time.Time) {
-	if m, ok := f.outMsg(e, now); ok && f.q.push(m) {
+	if f.q.push(f.outMsg(e, now)) {
 		f.log.Warn("fleet queue full: dropped the oldest outgoing decision", "queue_size", f.cfg.QueueSize)
 	}
 }
 
-// outMsg encodes e for the queue and notes it as ours.
-func (f *Fleet) outMsg(e entry, now time.Time) (outMsg, bool) {
-	body, sig, err := encode(e, f.kp)
-	if err != nil {
-		f.setErr(err)
-		return outMsg{}, false
-	}
+// outMsg prepares e for the queue and notes it as ours.
+func (f *Fleet) outMsg(e entry, now time.Time) outMsg {
 	m := outMsg{
 		subject: subjectFor(f.cfg.SubjectPrefix, e.Target), msgID: e.ID + "|" + string(e.Action),
-		body: body, sig: sig, unblock: e.Action == response.ActionUnblock, until: e.Until,
+		e: e, unblock: e.Action == response.ActionUnblock, until: e.Until,
 	}
 	if m.unblock {
 		m.until = f.tombstoneUntil(m.subject, now)
 	}
 	f.note(m.subject, e, false)
-	return m, true
+	return m
 }
 
 func (f *Fleet) setErr(err error) {

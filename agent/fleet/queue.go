@@ -10,8 +10,7 @@ import (
 type outMsg struct {
 	subject string
 	msgID   string // Nats-Msg-Id: JetStream drops a retried duplicate
-	body    []byte
-	sig     string
+	e       entry  // encoded and signed when sent, off the agent's lock
 	unblock bool
 	until   time.Time // block expiry (zero: permanent); unblock: how long to keep the tombstone
 }

@@ -55,12 +55,10 @@ func (f *Fleet) resyncLoop(ctx context.Context) {
 				if k.stored || e.Action != response.ActionBlock {
 					continue
 				}
-				if m, ok := f.outMsg(e, now); ok {
-					if err := f.q.pushWait(ctx, m); err != nil {
-						return
-					}
-					sent++
+				if err := f.q.pushWait(ctx, f.outMsg(e, now)); err != nil {
+					return
 				}
+				sent++
 			}
 		}
 		f.mu.Lock()

@@ -104,10 +104,16 @@ func (f *Fleet) publish(ctx context.Context, batch []outMsg) ([]bool, error) {
 			}
 			ttl = time.Duration(math.Ceil(left.Seconds())) * time.Second
 		}
+		body, sig, err := encode(m.e, f.kp)
+		if err != nil {
+			f.setErr(err)
+			done[i] = true // cannot ever be sent; logged as last error
+			continue
+		}
 		msg := nats.NewMsg(m.subject)
-		msg.Data = m.body
-		if m.sig != "" {
-			msg.Header.Set(sigHeader, m.sig)
+		msg.Data = body
+		if sig != "" {
+			msg.Header.Set(sigHeader, sig)
 		}
 		opts := []jetstream.PublishOpt{jetstream.WithMsgID(m.msgID)}
 		if ttl > 0 {

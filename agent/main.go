@@ -159,6 +159,10 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.ln, err = m.listener(cfg); err != nil {
 		return err
 	}
+	if err := m.startFleet(ctx, cfg); err != nil {
+		return err
+	}
+	defer m.stopFleet()
 	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": d.Status().ActiveBlocks})
 	incDone := make(chan struct{})
 	go func() { inc.Run(ctx); close(incDone) }()

@@ -81,13 +81,13 @@ pkg-stage:
 	CGO_ENABLED=0 $(GO) build $(PKG_GOFLAGS) -ldflags '$(PKG_LDFLAGS)' -o $(STAGE)/bin/parry ./cmd/parry
 	packaging/gendocs.sh $(STAGE)/bin $(STAGE) $(VERSION)
 	install -m 0644 packaging/parry.yaml $(STAGE)/etc/parry/parry.yaml
-	@if ls packaging/fail2ban/*.conf >/dev/null 2>&1; then \
-	  mkdir -p $(STAGE)/etc/fail2ban/action.d && \
-	  install -m 0644 packaging/fail2ban/*.conf $(STAGE)/etc/fail2ban/action.d/; \
-	else echo "note: packaging/fail2ban/*.conf not there yet: package ships without the fail2ban action"; fi
+	@if [ -d packaging/fail2ban ]; then \
+	  mkdir -p $(STAGE)/etc/fail2ban && cp -R packaging/fail2ban/. $(STAGE)/etc/fail2ban/; \
+	else echo "note: no packaging/fail2ban yet (response branch): package ships without the fail2ban action"; fi
 	packaging/copyright.sh LICENSE > $(STAGE)/doc/copyright
 	packaging/changelog.sh $(VERSION) | gzip -9n > $(STAGE)/doc/changelog.gz
 	@if ls docs/*.md >/dev/null 2>&1; then install -m 0644 docs/*.md $(STAGE)/doc/; fi
+	@if [ -d packaging/examples ]; then mkdir -p $(STAGE)/doc/examples && cp -R packaging/examples/. $(STAGE)/doc/examples/; fi
 
 ## deb: packaging/dist/parry_<version>_<arch>.deb
 deb: pkg-stage

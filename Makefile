@@ -67,10 +67,9 @@ PKG_ARCH ?= $(shell $(GO) env GOARCH)
 NFPM ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 DIST := packaging/dist
 STAGE := $(DIST)/stage
-# Static PIE (no libc dependency), stripped, reproducible; main.version is stamped
-# when the mains declare it.
+# Static PIE (no libc dependency), stripped, reproducible, agent.Version stamped.
 PKG_GOFLAGS := -trimpath -buildvcs=false -buildmode=pie
-PKG_LDFLAGS := -s -w -X main.version=$(VERSION)
+PKG_LDFLAGS := -s -w -X github.com/parryhq/parry/agent.Version=$(VERSION)
 DEB := $(DIST)/parry_$(VERSION)_$(PKG_ARCH).deb
 
 ## pkg-stage: binaries, man pages, completions, conffiles and docs under packaging/dist/stage.

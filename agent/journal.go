@@ -41,7 +41,9 @@ type JournalOptions struct {
 // becomes MESSAGE, the level becomes PRIORITY, and every attribute becomes a
 // field named PARRY_ plus its key (groups joined with _) in upper case,
 // with anything outside [A-Z0-9_] replaced by _: "action" is PARRY_ACTION,
-// "req.peer" PARRY_REQ_PEER.
+// "req.peer" PARRY_REQ_PEER. A []string value is joined with spaces, and a
+// top-level "targets" list is also given as PARRY_TARGET, so that
+// `journalctl PARRY_TARGET=203.0.113.7/32` finds one-target decisions.
 //
 // A JournalHandler is safe for concurrent use.
 type JournalHandler struct {
@@ -91,6 +93,13 @@ func (h *JournalHandler) Handle(ctx context.Context, r slog.Record) error {
 		addField(fields, h.prefix, a)
 		return true
 	})
+	// Decisions log their targets as a list; PARRY_TARGET makes them
+	// searchable under the same name as single-target entries.
+	if t, ok := fields["PARRY_TARGETS"]; ok {
+		if _, dup := fields["PARRY_TARGET"]; !dup {
+			fields["PARRY_TARGET"] = t
+		}
+	}
 	fields["SYSLOG_IDENTIFIER"] = h.opts.Identifier
 	fields["PARRY_LEVEL"] = r.Level.String()
 	if h.opts.AddSource && r.PC != 0 {
@@ -195,8 +204,13 @@ func valueString(v slog.Value) string {
 	case slog.KindDuration:
 		return v.Duration().String()
 	case slog.KindAny:
-		if err, ok := v.Any().(error); ok {
-			return err.Error()
+		switch x := v.Any().(type) {
+		case error:
+			return x.Error()
+		case []string:
+			return strings.Join(x, " ")
+		case fmt.Stringer:
+			return x.String()
 		}
 	}
 	return v.String()

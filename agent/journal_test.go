@@ -48,6 +48,7 @@ func TestJournalHandlerFields(t *testing.T) {
 		"odd-key.name", "x", slog.Attr{})
 	log.Debug("not logged: below Info")
 	log.Error("failed", "action", "lockdown")
+	log.Info("audit", "event", "block", "targets", []string{"192.0.2.2/32", "2001:db8::/48"})
 
 	want := []journalEntry{
 		{"blocked", journal.PriInfo, map[string]string{
@@ -68,6 +69,14 @@ func TestJournalHandlerFields(t *testing.T) {
 			"PARRY_SOURCE":      "cli",
 			"PARRY_ACTION":      "lockdown",
 			"PARRY_LEVEL":       "ERROR",
+			"SYSLOG_IDENTIFIER": "parryd",
+		}},
+		{"audit", journal.PriInfo, map[string]string{
+			"PARRY_SOURCE":      "cli",
+			"PARRY_EVENT":       "block",
+			"PARRY_TARGETS":     "192.0.2.2/32 2001:db8::/48",
+			"PARRY_TARGET":      "192.0.2.2/32 2001:db8::/48",
+			"PARRY_LEVEL":       "INFO",
 			"SYSLOG_IDENTIFIER": "parryd",
 		}},
 	}

@@ -135,7 +135,7 @@ func TestBoot(t *testing.T) {
 	if reachable(pair) {
 		t.Fatalf("peer %s still reaches the host after parry block\n%s", peer, c.journal())
 	}
-	netns.Eventually(t, 10*time.Second, "journal entry with PARRY_ACTION=block for the peer", func() bool {
+	c.eventually(10*time.Second, "journal entry with PARRY_ACTION=block for the peer", func() bool {
 		return c.journalHas(peer, "-u", "parry", "PARRY_ACTION=block")
 	})
 
@@ -187,7 +187,7 @@ func (c *container) show(prop string) string {
 func (c *container) waitActive(what string, oldPID int) int {
 	c.t.Helper()
 	pid := 0
-	netns.Eventually(c.t, 60*time.Second, "parry.service active with a new main pid "+what, func() bool {
+	c.eventually(60*time.Second, "parry.service active with a new main pid "+what, func() bool {
 		out, _ := c.run("systemctl", "show", "-p", "ActiveState,SubState,MainPID", "parry.service")
 		var state, sub string
 		for _, line := range strings.Split(out, "\n") {
@@ -215,7 +215,7 @@ func (c *container) checkRestart(pair *netns.Pair, what string, do func()) {
 	before := time.Now()
 	do()
 	c.waitActive("after "+what, old)
-	netns.Eventually(c.t, 10*time.Second, "block enforced after "+what, func() bool { return !reachable(pair) })
+	c.eventually(10*time.Second, "block enforced after "+what, func() bool { return !reachable(pair) })
 	c.t.Logf("%s: back and enforcing in %v", what, time.Since(before).Round(100*time.Millisecond))
 }
 

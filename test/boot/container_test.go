@@ -208,6 +208,9 @@ func boot(t *testing.T, root string, ns *netns.NS, hostDir string) *container {
 	}
 	cmd := exec.Command("systemd-nspawn", "-D", root, "-x", "-b", "--register=no", "--keep-unit",
 		"--console=pipe", "--network-namespace-path="+ns.Path,
+		// nspawn keeps CAP_NET_ADMIN only for networks it creates itself;
+		// this namespace is the test's own, so parryd may manage its firewall.
+		"--capability=CAP_NET_ADMIN",
 		"--machine="+ns.Name, "--bind-ro="+hostDir+":/parry-pkg")
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -313,6 +316,21 @@ func (c *container) run(name string, args ...string) (string, error) {
 		return string(out), fmt.Errorf("in container: %s %s: %w: %s", name, strings.Join(args, " "), err, tail(string(out), 30))
 	}
 	return string(out), nil
+}
+
+// eventually polls cond every 20 ms until it holds or timeout passes; on
+// timeout it fails the test with parry's status and journal.
+func (c *container) eventually(timeout time.Duration, what string, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			status, _ := c.run("systemctl", "status", "--no-pager", "parry.service")
+			c.t.Fatalf("timed out after %v waiting for: %s\n--- systemctl status parry:\n%s\n--- parry journal:\n%s",
+				timeout, what, status, c.journal())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // must runs a command inside the container and fails the test on error.

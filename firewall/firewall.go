@@ -4,18 +4,25 @@
 // element carries its own timeout. It never flushes the ruleset and never
 // touches another table.
 //
-// API CONTRACT (stub written by the lead; the firewall owner fills it in and
-// may extend it, but keeps these names and meanings so the agent can build
-// against them).
+// The layout, the rules and the measured limits are documented in
+// docs/firewall.md.
 package firewall
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/google/nftables"
+)
+
+// DefaultTable and DefaultPriority are used when Config leaves them zero.
+const (
+	DefaultTable    = "parry"
+	DefaultPriority = -10
 )
 
 // Config tunes the table. The zero value of each field means its default.
@@ -24,6 +31,15 @@ type Config struct {
 	Priority int          // hook priority of our chains; default -10 (set DefaultPriority explicitly for 0)
 	Logger   *slog.Logger // default slog.Default()
 	Now      func() time.Time
+
+	// MaxTxBytes bounds the netlink bytes sent in one transaction. 0 means
+	// DefaultMaxTxBytes. A transaction larger than the socket's send
+	// buffer fails with EMSGSIZE; Block then halves the bound and retries,
+	// so a connection without the large buffer of ConnOptions still works.
+	MaxTxBytes int
+
+	// WatchInterval is how often Watch polls the ruleset generation; default 250ms.
+	WatchInterval time.Duration
 }
 
 // Element is one block: a single address (/32, /128) or a CIDR, and how long
@@ -41,47 +57,75 @@ type Lockdown struct {
 	Timeout time.Duration  // > 0, always
 }
 
-var errNotImplemented = errors.New("firewall: not implemented yet")
+// Sentinel errors callers branch on with errors.Is.
+var (
+	// ErrOverlap: a CIDR overlaps one already in the same interval set
+	// (e.g. 10.0.0.0/8 and 10.1.0.0/16). The kernel refuses the whole
+	// transaction; nothing was changed.
+	ErrOverlap = errors.New("firewall: prefix overlaps one already blocked")
+	// ErrInvalidPrefix: a prefix that is not a valid IPv4 or IPv6 CIDR.
+	ErrInvalidPrefix = errors.New("firewall: invalid prefix")
+	// ErrInvalidTimeout: a negative timeout, or a lockdown without one.
+	ErrInvalidTimeout = errors.New("firewall: invalid timeout")
+	// ErrNotEnsured: the table is not there; call Ensure.
+	ErrNotEnsured = errors.New("firewall: table missing, call Ensure")
+)
 
-// NFT is parry's table in one network namespace.
+// NFT is parry's table in one network namespace. Its methods are safe for
+// concurrent use; each change is one netlink transaction (Block with more
+// elements than fit one transaction is split, see MaxTxBytes).
 type NFT struct {
-	conn *nftables.Conn
-	cfg  Config
+	conn  *nftables.Conn
+	cfg   Config
+	log   *slog.Logger
+	table *nftables.Table
+
+	mu    sync.Mutex // serialises use of conn's message buffer
+	sets  map[string]*nftables.Set
+	maxTx int // learned transaction bound (bytes), <= cfg.MaxTxBytes
 }
 
-// New wraps a connection (production: nftables.New(nftables.AsLasting());
+// New wraps a connection (production: nftables.New(firewall.ConnOptions()...);
 // tests: a connection into a throwaway namespace). It does not touch the
 // kernel; call Ensure.
-func New(conn *nftables.Conn, cfg Config) (*NFT, error) { return &NFT{conn: conn, cfg: cfg}, nil }
+func New(conn *nftables.Conn, cfg Config) (*NFT, error) {
+	if conn == nil {
+		return nil, errors.New("firewall: nil nftables connection")
+	}
+	if cfg.Table == "" {
+		cfg.Table = DefaultTable
+	}
+	if len(cfg.Table) > 255 {
+		return nil, fmt.Errorf("firewall: table name %q too long", cfg.Table)
+	}
+	if cfg.Priority == 0 {
+		cfg.Priority = DefaultPriority
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxTxBytes <= 0 {
+		cfg.MaxTxBytes = DefaultMaxTxBytes
+	}
+	if cfg.WatchInterval <= 0 {
+		cfg.WatchInterval = 250 * time.Millisecond
+	}
+	f := &NFT{
+		conn:  conn,
+		cfg:   cfg,
+		log:   cfg.Logger.With("table", "inet "+cfg.Table),
+		table: &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet},
+		maxTx: cfg.MaxTxBytes,
+	}
+	f.sets = make(map[string]*nftables.Set)
+	for i, s := range setSpecs() {
+		f.sets[s.name] = s.set(f.table, uint32(i+1))
+	}
+	return f, nil
+}
 
-// Ensure creates the table, sets and chains if any is missing, in one
-// transaction. It is idempotent and never removes elements from an intact table.
-func (f *NFT) Ensure() error { return errNotImplemented }
-
-// Block adds elements, or replaces them with the new timeout if present.
-// Large inputs are split into batches below the netlink message limit.
-func (f *NFT) Block(elems []Element) error { return errNotImplemented }
-
-// Unblock removes prefixes; ones not present are not an error.
-func (f *NFT) Unblock(prefixes []netip.Prefix) error { return errNotImplemented }
-
-// SetAllow replaces the permanent allowlist (never blocked, reachable in lockdown).
-func (f *NFT) SetAllow(prefixes []netip.Prefix) error { return errNotImplemented }
-
-// Lockdown starts or replaces a lockdown.
-func (f *NFT) Lockdown(l Lockdown) error { return errNotImplemented }
-
-// Release ends a lockdown now; no lockdown is not an error.
-func (f *NFT) Release() error { return errNotImplemented }
-
-// Elements returns the kernel's view of the block sets with remaining
-// timeouts. For reconcile at start and for tests; never on a hot path.
-func (f *NFT) Elements() ([]Element, error) { return nil, errNotImplemented }
-
-// Present reports cheaply whether the table and its chains and sets are in
-// the kernel as built.
-func (f *NFT) Present() (bool, error) { return false, errNotImplemented }
-
-// Remove deletes parry's table (package purge, `parry uninstall-rules`).
-// A missing table is not an error.
-func (f *NFT) Remove() error { return errNotImplemented }
+// Table is the name of our table (family inet).
+func (f *NFT) Table() string { return f.cfg.Table }

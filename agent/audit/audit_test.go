@@ -1,0 +1,95 @@
+package audit
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func fixedNow() time.Time { return time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC) }
+
+func writeLog(t *testing.T, n int) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := Open(path, fixedNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := l.Append("block", map[string]any{"i": i, "targets": []string{"203.0.113.7"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestChainVerifiesAndContinuesAcrossReopen(t *testing.T) {
+	path := writeLog(t, 3)
+	l, err := Open(path, fixedNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Seq() != 3 {
+		t.Fatalf("reopened seq = %d, want 3", l.Seq())
+	}
+	if err := l.Append("unblock", nil); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	res, err := VerifyFile(path)
+	if err != nil || !res.OK || res.Lines != 4 || res.LastSeq != 4 {
+		t.Fatalf("verify = %+v, %v", res, err)
+	}
+}
+
+func TestTamperDetected(t *testing.T) {
+	tests := []struct {
+		name    string
+		tamper  func(lines []string) []string
+		badLine int
+	}{
+		{"edit a field", func(l []string) []string {
+			l[2] = strings.Replace(l[2], "203.0.113.7", "203.0.113.8", 1)
+			return l
+		}, 3},
+		{"delete a line", func(l []string) []string { return append(l[:1], l[2:]...) }, 2},
+		{"swap lines", func(l []string) []string { l[1], l[2] = l[2], l[1]; return l }, 2},
+		{"recompute the hash of an edited line", func(l []string) []string {
+			// an attacker who edits and re-hashes one line still breaks the next link
+			l[1] = strings.Replace(l[1], `"i":1`, `"i":9`, 1)
+			body := l[1][:strings.LastIndex(l[1], `,"hash":"`)] + "}"
+			l[1] = body[:len(body)-1] + `,"hash":"` + hashOf([]byte(body)) + `"}`
+			return l
+		}, 3},
+		{"truncate the last line", func(l []string) []string { l[4] = l[4][:20]; return l }, 5},
+		{"garbage line", func(l []string) []string { l[0] = "hello"; return l }, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeLog(t, 5)
+			b, _ := os.ReadFile(path)
+			lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+			out := strings.Join(tt.tamper(lines), "\n") + "\n"
+			res, err := Verify(bytes.NewReader([]byte(out)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.OK || res.FirstBad != tt.badLine {
+				t.Fatalf("verify = %+v, want first bad line %d", res, tt.badLine)
+			}
+		})
+	}
+}
+
+func TestIntactLogOK(t *testing.T) {
+	res, err := VerifyFile(writeLog(t, 50))
+	if err != nil || !res.OK || res.Lines != 50 {
+		t.Fatalf("%+v %v", res, err)
+	}
+}

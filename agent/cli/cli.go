@@ -1,0 +1,159 @@
+// Package cli is the parry command line: cobra commands over the control
+// socket (agent/client). cmd/parry only calls Main.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/parryhq/parry/agent/client"
+	"github.com/spf13/cobra"
+)
+
+// Exit codes.
+const (
+	ExitOK     = 0
+	ExitFailed = 1 // refused or failed
+	ExitUsage  = 2 // bad command line
+)
+
+// exitError carries an exit code; its message is already printed if quiet.
+type exitError struct {
+	code  int
+	err   error
+	quiet bool
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageErr(format string, args ...any) error {
+	return &exitError{code: ExitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// App is one invocation of the CLI.
+type App struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	socket         string
+}
+
+// Main runs the CLI and returns the process exit code.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	a := &App{Stdin: stdin, Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
+	root := a.rootCmd()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if !ee.quiet {
+			fmt.Fprintln(stderr, "parry:", ee.err)
+		}
+		if ee.code == ExitUsage {
+			fmt.Fprintln(stderr, "Run 'parry --help' for usage.")
+		}
+		return ee.code
+	}
+	fmt.Fprintln(stderr, "parry:", err)
+	if isUsage(err) {
+		fmt.Fprintln(stderr, "Run 'parry --help' for usage.")
+		return ExitUsage
+	}
+	return ExitFailed
+}
+
+// isUsage recognises cobra's own command-line errors (unknown command or
+// flag, wrong argument count), which it reports as plain errors.
+func isUsage(err error) bool {
+	s := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires ", "invalid argument", "flag needs an argument", "if any flags in the group"} {
+		if strings.Contains(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *App) rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "parry",
+		Short: "Block IPs and CIDRs on this host through parryd",
+		Long: `parry drives parryd, the host-level threat response daemon.
+
+Blocks go into parryd's own nftables table (inet parry) with kernel-side
+expiry: a block ends on time even if the daemon is down. Every action is
+stored durably and recorded in a hash-chained audit log.
+
+Examples:
+  parry block 203.0.113.7 --for 1h --reason "ssh brute force"
+  parry block 198.51.100.0/24 2001:db8::/48 --for 30m
+  parry block --file bad-ips.txt --for 1d     # one target per line, '-' for stdin
+  parry list
+  parry unblock 203.0.113.7
+  parry status
+  parry audit verify
+
+Exit status: 0 ok, 1 refused or failed, 2 usage error.
+The socket is --socket, else $PARRY_SOCKET, else ` + client.DefaultSocket + `.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&a.socket, "socket", "", "control socket (default $PARRY_SOCKET or "+client.DefaultSocket+")")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
+	root.AddCommand(a.blockCmd(), a.unblockCmd(), a.listCmd(), a.statusCmd(), a.auditCmd(),
+		a.lockdownCmd(), a.releaseCmd(), a.uninstallCmd())
+	return root
+}
+
+func (a *App) socketPath() string {
+	if a.socket != "" {
+		return a.socket
+	}
+	if s := a.Getenv("PARRY_SOCKET"); s != "" {
+		return s
+	}
+	return client.DefaultSocket
+}
+
+func (a *App) dial() (*client.Client, error) {
+	c, err := client.Dial(a.socketPath())
+	if err != nil {
+		return nil, &exitError{code: ExitFailed, err: err}
+	}
+	return c, nil
+}
+
+// call runs one request and decodes the response into out.
+func (a *App) call(req map[string]any, out any) error {
+	c, err := a.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Call(req, out); err != nil {
+		var pe *client.Error
+		if errors.As(err, &pe) {
+			return &exitError{code: ExitFailed, err: fmt.Errorf("%s (%s)", pe.Message, pe.Code)}
+		}
+		return &exitError{code: ExitFailed, err: err}
+	}
+	return nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

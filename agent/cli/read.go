@@ -1,0 +1,144 @@
+package cli
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/parryhq/parry/agent"
+	"github.com/parryhq/parry/agent/audit"
+	"github.com/spf13/cobra"
+)
+
+func (a *App) listCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List active blocks",
+		Long:  "List the active blocks, in address order: target, time left, reason, source.\nRead from parryd's memory; the kernel is not queried.",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var resp struct {
+				Count  int               `json:"count"`
+				Blocks []agent.BlockInfo `json:"blocks"`
+			}
+			if err := a.call(map[string]any{"op": "list"}, &resp); err != nil {
+				return err
+			}
+			if asJSON {
+				if resp.Blocks == nil {
+					resp.Blocks = []agent.BlockInfo{}
+				}
+				return printJSON(a.Stdout, resp)
+			}
+			if resp.Count == 0 {
+				fmt.Fprintln(a.Stdout, "no active blocks")
+				return nil
+			}
+			tw := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TARGET\tEXPIRES IN\tREASON\tSOURCE")
+			now := time.Now()
+			for _, b := range resp.Blocks {
+				left := "never"
+				if !b.Until.IsZero() {
+					left = agent.FormatDuration(b.Until.Sub(now).Truncate(time.Second))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", b.Target, left, dash(b.Reason), dash(b.Source))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (a *App) statusCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show parryd's version, uptime, active blocks, lockdown and table health",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var st agent.Status
+			if err := a.call(map[string]any{"op": "status"}, &st); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.Stdout, st)
+			}
+			fmt.Fprintf(a.Stdout, "parryd %s (pid %d), up %s\n", st.Version, st.PID, st.Uptime)
+			fmt.Fprintf(a.Stdout, "active blocks: %d\n", st.ActiveBlocks)
+			health := "present"
+			if !st.TableHealth.Present {
+				health = "MISSING (self-heal retrying: " + st.TableHealth.LastError + ")"
+			}
+			fmt.Fprintf(a.Stdout, "table: %s %s, rebuilt %d times\n", st.Table, health, st.TableHealth.Heals)
+			if st.Lockdown.Active {
+				fmt.Fprintf(a.Stdout, "lockdown: ACTIVE until %s (%s)\n", st.Lockdown.Until.Local().Format(time.RFC3339), dash(st.Lockdown.Reason))
+			} else {
+				fmt.Fprintln(a.Stdout, "lockdown: off")
+			}
+			fmt.Fprintf(a.Stdout, "state: %s (audit seq %d)\n", st.StateDir, st.AuditSeq)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func (a *App) auditCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Work with the audit log"}
+	var asJSON bool
+	var file string
+	verify := &cobra.Command{
+		Use:   "verify",
+		Short: "Check the hash chain of the audit log",
+		Long: `Check the hash chain of the audit log: every line's hash, its link to the
+line before, and the sequence numbers. Reports the first bad line.
+
+By default parryd checks its own log. With --log FILE the file is checked
+here, without the daemon (e.g. a copy, or while parryd is stopped).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var res audit.Result
+			if file != "" {
+				r, err := audit.VerifyFile(file)
+				if err != nil {
+					return &exitError{code: ExitFailed, err: err}
+				}
+				res = r
+			} else {
+				var resp struct {
+					Audit audit.Result `json:"audit"`
+				}
+				if err := a.call(map[string]any{"op": "audit_verify"}, &resp); err != nil {
+					return err
+				}
+				res = resp.Audit
+			}
+			if asJSON {
+				if err := printJSON(a.Stdout, res); err != nil {
+					return err
+				}
+			} else if res.OK {
+				fmt.Fprintf(a.Stdout, "audit log ok: %d lines, chain intact (last seq %d)\n", res.Lines, res.LastSeq)
+			}
+			if !res.OK {
+				return &exitError{code: ExitFailed, quiet: asJSON,
+					err: fmt.Errorf("audit log BROKEN at line %d: %s (%d lines before it are intact)", res.FirstBad, res.Reason, res.Lines)}
+			}
+			return nil
+		},
+	}
+	verify.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	verify.Flags().StringVar(&file, "log", "", "check this audit.log file directly instead of asking parryd")
+	cmd.AddCommand(verify)
+	return cmd
+}

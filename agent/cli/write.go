@@ -1,0 +1,348 @@
+package cli
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/parryhq/parry/agent"
+	"github.com/parryhq/parry/agent/client"
+	"github.com/parryhq/parry/firewall"
+	"github.com/spf13/cobra"
+)
+
+// chunkBytes keeps each request line under parryd's 64 KiB line limit.
+const chunkBytes = 60 << 10
+
+// outcome is the answer to block and unblock.
+type outcome struct {
+	ID       string         `json:"decision_id"`
+	Added    int            `json:"added"`
+	Updated  int            `json:"updated"`
+	Removed  int            `json:"removed"`
+	NotFound []string       `json:"not_found"`
+	Refused  []client.Error `json:"refused"`
+}
+
+func (a *App) blockCmd() *cobra.Command {
+	var forS, reason, file string
+	var permanent, skipInvalid, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "block TARGET... [--for D | --permanent] [--reason TEXT]",
+		Short: "Block IPs or CIDRs",
+		Long: `Block IPv4/IPv6 addresses or CIDR prefixes: packets from them are dropped on
+the input and forward hooks until the block ends (the kernel ends it, even if
+parryd is down). Re-blocking a blocked target sets its new expiry.
+
+Durations are Go syntax plus d and w: 90s, 30m, 12h, 7d, 2w. Without --for the
+configured default_block applies; a block that never ends needs --permanent.
+
+--file reads one target per line ('-' for stdin; blank lines and # comments
+are skipped). Large files are sent in chunks of about 60 KiB, pipelined; each
+chunk is one transaction. With --file, targets parryd refuses (allowlist,
+loopback, ...) are reported and the rest are blocked.
+
+parryd refuses loopback, link-local, multicast, the host's own addresses, the
+allowlist, and prefixes broader than min_prefix_v4/v6 (default /16 and /32).`,
+		Example: `  parry block 203.0.113.7 --for 1h --reason "ssh brute force"
+  parry block 198.51.100.0/24 2001:db8::/48 --for 30m
+  parry block --file bad-ips.txt --for 1d
+  curl -s https://example.org/feed.txt | parry block --file - --for 12h`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if permanent && forS != "" {
+				return usageErr("give either --for or --permanent, not both")
+			}
+			if forS != "" {
+				if _, err := agent.ParseDuration(forS); err != nil {
+					return usageErr("--for: %v", err)
+				}
+			}
+			targets, err := a.gatherTargets(args, file, skipInvalid)
+			if err != nil {
+				return err
+			}
+			base := map[string]any{"op": "block", "reason": reason, "source": "cli"}
+			if forS != "" {
+				base["for"] = forS
+			}
+			if permanent {
+				base["permanent"] = true
+			}
+			if file != "" {
+				base["partial"] = true
+			}
+			return a.sendChunks(base, targets, asJSON)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&forS, "for", "", "how long (90s, 12h, 7d, 2w); default: the configured default_block")
+	f.BoolVar(&permanent, "permanent", false, "block until unblocked")
+	f.StringVar(&reason, "reason", "", "why (recorded in the audit log and shown by list)")
+	f.StringVar(&file, "file", "", "read targets from FILE, one per line ('-' for stdin)")
+	f.BoolVar(&skipInvalid, "skip-invalid", false, "with --file: skip lines that are not IPs/CIDRs instead of refusing the file")
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+func (a *App) unblockCmd() *cobra.Command {
+	var file, reason string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "unblock TARGET... | --file F",
+		Short: "Remove blocks",
+		Long: `Remove blocks now. Give the targets exactly as blocked (a CIDR block is
+removed by its CIDR). Targets that are not blocked are reported, not an error.`,
+		Example: "  parry unblock 203.0.113.7\n  parry unblock --file old.txt",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			targets, err := a.gatherTargets(args, file, false)
+			if err != nil {
+				return err
+			}
+			return a.sendChunks(map[string]any{"op": "unblock", "reason": reason, "source": "cli"}, targets, asJSON)
+		},
+	}
+	cmd.Flags().StringVar(&file, "file", "", "read targets from FILE, one per line ('-' for stdin)")
+	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded in the audit log)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+// gatherTargets collects targets from args and --file, checks their syntax
+// locally (so a typo on line 70,000 is reported with its line number before
+// anything is sent) and canonicalises them.
+func (a *App) gatherTargets(args []string, file string, skipInvalid bool) ([]string, error) {
+	if len(args) == 0 && file == "" {
+		return nil, usageErr("give at least one target, or --file")
+	}
+	var out []string
+	var bad []string
+	add := func(where, s string) {
+		p, err := agent.ParseTarget(s)
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("%s: %v", where, err))
+			return
+		}
+		out = append(out, agent.FormatTarget(p))
+	}
+	for i, s := range args {
+		add(fmt.Sprintf("argument %d", i+1), s)
+	}
+	if file != "" {
+		var r io.Reader = a.Stdin
+		name := "stdin"
+		if file != "-" {
+			f, err := os.Open(file)
+			if err != nil {
+				return nil, &exitError{code: ExitFailed, err: err}
+			}
+			defer f.Close()
+			r, name = f, file
+		}
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64<<10), 64<<10)
+		for n := 1; sc.Scan(); n++ {
+			line := sc.Text()
+			if i := strings.IndexByte(line, '#'); i >= 0 {
+				line = line[:i]
+			}
+			if line = strings.TrimSpace(line); line != "" {
+				add(fmt.Sprintf("%s:%d", name, n), line)
+			}
+		}
+		if err := sc.Err(); err != nil {
+			return nil, &exitError{code: ExitFailed, err: fmt.Errorf("read %s: %w", name, err)}
+		}
+	}
+	if len(bad) > 0 && !(skipInvalid && file != "") {
+		for i, b := range bad {
+			if i == 20 {
+				fmt.Fprintf(a.Stderr, "... and %d more\n", len(bad)-20)
+				break
+			}
+			fmt.Fprintln(a.Stderr, b)
+		}
+		return nil, &exitError{code: ExitFailed, err: fmt.Errorf("%d invalid targets; nothing was sent (fix them, or --skip-invalid with --file)", len(bad))}
+	}
+	if len(out) == 0 {
+		return nil, &exitError{code: ExitFailed, err: errors.New("no targets")}
+	}
+	return out, nil
+}
+
+// sendChunks splits targets into request lines under chunkBytes, pipelines
+// them on one connection and sums the outcomes.
+func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) error {
+	head, err := json.Marshal(base)
+	if err != nil {
+		return err
+	}
+	prefix := append(head[:len(head)-1:len(head)-1], `,"targets":[`...)
+	var reqs [][]byte
+	cur := append([]byte(nil), prefix...)
+	n := 0
+	for _, t := range targets {
+		q, _ := json.Marshal(t)
+		if n > 0 && len(cur)+len(q)+3 > chunkBytes {
+			reqs = append(reqs, append(cur, "]}"...))
+			cur, n = append([]byte(nil), prefix...), 0
+		}
+		if n > 0 {
+			cur = append(cur, ',')
+		}
+		cur = append(cur, q...)
+		n++
+	}
+	reqs = append(reqs, append(cur, "]}"...))
+	c, err := a.dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var total outcome
+	var failures []string
+	err = c.Pipeline(reqs, func(i int, r client.Response) error {
+		if !r.OK {
+			failures = append(failures, fmt.Sprintf("%s (%s)", r.Error.Message, r.Error.Code))
+			return nil
+		}
+		var o outcome
+		if err := json.Unmarshal(r.Raw, &o); err != nil {
+			return err
+		}
+		total.ID = o.ID
+		total.Added += o.Added
+		total.Updated += o.Updated
+		total.Removed += o.Removed
+		total.NotFound = append(total.NotFound, o.NotFound...)
+		total.Refused = append(total.Refused, o.Refused...)
+		return nil
+	})
+	if err != nil {
+		return &exitError{code: ExitFailed, err: err}
+	}
+	a.report(base["op"].(string), total, failures, asJSON, len(reqs))
+	if len(failures) > 0 || len(total.Refused) > 0 {
+		msg := fmt.Sprintf("%d refused", len(total.Refused))
+		if len(failures) > 0 {
+			msg = failures[0]
+			if len(reqs) > 1 {
+				msg = fmt.Sprintf("%d of %d chunks failed; first: %s", len(failures), len(reqs), failures[0])
+			}
+		}
+		return &exitError{code: ExitFailed, err: errors.New(msg), quiet: asJSON}
+	}
+	return nil
+}
+
+func (a *App) report(op string, o outcome, failures []string, asJSON bool, chunks int) {
+	if asJSON {
+		_ = printJSON(a.Stdout, map[string]any{"ok": len(failures) == 0 && len(o.Refused) == 0, "added": o.Added,
+			"updated": o.Updated, "removed": o.Removed, "not_found": o.NotFound, "refused": o.Refused, "errors": failures})
+		return
+	}
+	switch op {
+	case "block":
+		if o.Added+o.Updated > 0 {
+			fmt.Fprintf(a.Stdout, "blocked %d targets (%d new, %d updated)\n", o.Added+o.Updated, o.Added, o.Updated)
+		}
+	case "unblock":
+		if o.Removed > 0 {
+			fmt.Fprintf(a.Stdout, "unblocked %d targets\n", o.Removed)
+		}
+		for _, t := range o.NotFound {
+			fmt.Fprintf(a.Stdout, "%s was not blocked\n", t)
+		}
+	}
+	for i, r := range o.Refused {
+		if i == 20 {
+			fmt.Fprintf(a.Stderr, "... and %d more refused\n", len(o.Refused)-20)
+			break
+		}
+		fmt.Fprintf(a.Stderr, "refused %s: %s (%s)\n", r.Target, r.Message, r.Code)
+	}
+}
+
+func (a *App) lockdownCmd() *cobra.Command {
+	var forS, reason string
+	var allow []string
+	var isolate bool
+	cmd := &cobra.Command{
+		Use:   "lockdown --for D [--allow CIDR]... [--isolate]",
+		Short: "Drop all new inbound traffic except the allowlist, for a while",
+		Long: `Lock the host down: drop all new inbound connections except from the
+allowlist (config) and --allow, until --for has passed (the kernel ends it
+even if parryd is down). --isolate drops outbound traffic too. A lockdown is
+never permanent. End it early with 'parry release'.`,
+		Example: "  parry lockdown --for 15m --allow 198.51.100.10 --reason \"investigating\"",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if forS == "" {
+				return usageErr("lockdown needs --for (e.g. --for 15m)")
+			}
+			var out outcome
+			return a.call(map[string]any{"op": "lockdown", "for": forS, "allow": allow, "isolate": isolate, "reason": reason}, &out)
+		},
+	}
+	cmd.Flags().StringVar(&forS, "for", "", "how long (required)")
+	cmd.Flags().StringSliceVar(&allow, "allow", nil, "extra IP/CIDR reachable during this lockdown (repeatable)")
+	cmd.Flags().BoolVar(&isolate, "isolate", false, "drop outbound traffic too, except to the allowlist")
+	cmd.Flags().StringVar(&reason, "reason", "", "why")
+	return cmd
+}
+
+func (a *App) releaseCmd() *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "release",
+		Short: "End a lockdown now",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(map[string]any{"op": "release", "reason": reason}, nil)
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why")
+	return cmd
+}
+
+func (a *App) uninstallCmd() *cobra.Command {
+	var table string
+	cmd := &cobra.Command{
+		Use:   "uninstall-rules",
+		Short: "Delete parry's nftables table (package purge)",
+		Long: `Delete parry's nftables table and every block in it. If parryd is running it
+removes the table and stops (otherwise it would rebuild it); if not, the table
+is removed directly (needs root). The store keeps the blocks: starting parryd
+again re-creates the table with them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			err := a.call(map[string]any{"op": "uninstall_rules"}, nil)
+			if err == nil {
+				fmt.Fprintln(a.Stdout, "removed the nftables table; parryd is stopping")
+				return nil
+			}
+			if !errors.Is(err, client.ErrNotRunning) {
+				return err
+			}
+			conn, cerr := nftables.New()
+			if cerr != nil {
+				return &exitError{code: ExitFailed, err: cerr}
+			}
+			fw, ferr := firewall.New(conn, firewall.Config{Table: table})
+			if ferr == nil {
+				ferr = fw.Remove()
+			}
+			if ferr != nil {
+				return &exitError{code: ExitFailed, err: fmt.Errorf("remove table inet %s: %w", table, ferr)}
+			}
+			fmt.Fprintf(a.Stdout, "parryd is not running; removed table inet %s\n", table)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&table, "table", "parry", "table name (used when parryd is not running)")
+	return cmd
+}

@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/response"
+)
+
+var t0 = time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
+
+func pfx(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		p, err := ParseTarget(s)
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func TestEnforceBlockUnblockExpire(t *testing.T) {
+	clk := &clock{t: t0}
+	fw := newFakeFW()
+	cfg := testConfig(t)
+	d := newTestDaemon(t, cfg, fw, clk)
+	ctx := context.Background()
+	var seen []string
+	d.Observe(func(dec response.Decision, o Outcome) { seen = append(seen, string(dec.Action)) })
+
+	out, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "198.51.100.0/24"), Until: t0.Add(time.Hour), Reason: "r"})
+	if err == nil {
+		t.Fatalf("198.51.100.0/24 contains the allowlisted 198.51.100.10: want a refusal, got %+v", out)
+	}
+	if CodeOf(err) != CodeAllowlisted || fw.state() != "" {
+		t.Fatalf("code %s, kernel %q: an atomic refusal must change nothing", CodeOf(err), fw.state())
+	}
+	out, err = d.EnforceWith(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "198.51.100.0/24", "2001:db8:5::/48"), Until: t0.Add(time.Hour)}, EnforceOptions{Partial: true})
+	if err != nil || out.Added != 2 || len(out.Refused) != 1 || out.Refused[0].Target != "198.51.100.0/24" {
+		t.Fatalf("partial block: %+v %v", out, err)
+	}
+	want := "block 2001:db8:5::/48 timeout=1h0m0s\nblock 203.0.113.7/32 timeout=1h0m0s"
+	if diff := cmp.Diff(want, fw.state()); diff != "" {
+		t.Fatalf("kernel (-want +got):\n%s", diff)
+	}
+	// Re-block updates the expiry.
+	clk.Add(10 * time.Minute)
+	out, err = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: clk.Now().Add(2 * time.Hour)})
+	if err != nil || out.Updated != 1 || out.Added != 0 {
+		t.Fatalf("re-block: %+v %v", out, err)
+	}
+	// Overlap with an existing block of another length.
+	_, err = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.0/24"), Until: clk.Now().Add(time.Hour)})
+	if CodeOf(err) != CodeOverlap {
+		t.Fatalf("overlap: got %v", err)
+	}
+	_, err = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("2001:db8:5:1::7"), Until: clk.Now().Add(time.Hour)})
+	if CodeOf(err) != CodeOverlap {
+		t.Fatalf("overlap inside a /48: got %v", err)
+	}
+	// Unblock.
+	out, err = d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: pfx("203.0.113.7", "203.0.113.8")})
+	if err != nil || out.Removed != 1 || len(out.NotFound) != 1 {
+		t.Fatalf("unblock: %+v %v", out, err)
+	}
+	// Expiry: the /48 had 1h from t0.
+	clk.Add(51 * time.Minute)
+	d.prune()
+	if n := d.Status().ActiveBlocks; n != 0 {
+		t.Fatalf("after expiry: %d active", n)
+	}
+	if len(d.blocks.decs) != 0 {
+		t.Errorf("decisions leak after every block ended: %d left", len(d.blocks.decs))
+	}
+	if diff := cmp.Diff([]string{"block", "block", "block", "block", "block", "unblock"}, seen); diff != "" {
+		t.Errorf("observer calls (-want +got):\n%s", diff)
+	}
+	d.audit.Sync()
+	res, err := audit.VerifyFile(filepath.Join(cfg.StateDir, "audit.log"))
+	if err != nil || !res.OK || res.Lines < 7 {
+		t.Errorf("audit: %+v %v", res, err)
+	}
+}
+
+func TestFirewallFailureChangesNothing(t *testing.T) {
+	clk := &clock{t: t0}
+	fw := newFakeFW()
+	cfg := testConfig(t)
+	d := newTestDaemon(t, cfg, fw, clk)
+	ctx := context.Background()
+	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	fw.failBlock = errors.New("netlink: EPERM")
+	_, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "203.0.113.9"), Until: t0.Add(5 * time.Hour)})
+	if CodeOf(err) != CodeFirewall {
+		t.Fatalf("want %s, got %v", CodeFirewall, err)
+	}
+	d.Close()
+	// The store must hold exactly what it held before: reopen and compare.
+	fw.failBlock = nil
+	d2 := newTestDaemon(t, cfg, fw, clk)
+	got := d2.Blocks()
+	if len(got) != 1 || got[0].Target != "203.0.113.7" || !got[0].Until.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("after a failed block the store changed: %+v", got)
+	}
+}
+
+func TestRestartRestoresRemainingTime(t *testing.T) {
+	clk := &clock{t: t0}
+	fw := newFakeFW()
+	cfg := testConfig(t)
+	d := newTestDaemon(t, cfg, fw, clk)
+	ctx := context.Background()
+	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.8")}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	fw.drop()
+	fw.elems[netip.MustParsePrefix("192.0.2.99/32")] = time.Minute // unknown to the store
+	fw.present = true
+	clk.Add(20 * time.Minute)
+	newTestDaemon(t, cfg, fw, clk)
+	want := "block 203.0.113.7/32 timeout=40m0s\nblock 203.0.113.8/32 timeout=0s"
+	if diff := cmp.Diff(want, fw.state()); diff != "" {
+		t.Fatalf("kernel after restart (-want +got):\n%s", diff)
+	}
+}
+
+func TestSelfHeal(t *testing.T) {
+	clk := &clock{t: t0}
+	fw := newFakeFW()
+	d := newTestDaemon(t, testConfig(t), fw, clk)
+	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	fw.drop()
+	d.checkTable()
+	if fw.state() != "block 203.0.113.7/32 timeout=1h0m0s" || d.Status().TableHealth.Heals != 1 {
+		t.Fatalf("after heal: %q %+v", fw.state(), d.Status().TableHealth)
+	}
+}
+
+func TestOverlapIndex(t *testing.T) {
+	x := newIndex()
+	for _, s := range []string{"10.1.2.3", "10.9.0.0/16", "2001:db8::/48"} {
+		x.put(pfx(s)[0], entry{dec: 1})
+	}
+	for s, want := range map[string]string{
+		"10.1.2.0/24":     "10.1.2.3/32",
+		"10.1.0.0/16":     "10.1.2.3/32",
+		"10.9.5.5":        "10.9.0.0/16",
+		"10.9.0.0/24":     "10.9.0.0/16",
+		"10.1.2.4":        "",
+		"10.1.3.0/24":     "",
+		"2001:db8:0:1::1": "2001:db8::/48",
+		"2001:db8:1::/48": "",
+		"2001:db8::/32":   "2001:db8::/48",
+		"10.1.2.3":        "", // same prefix: an update, not an overlap
+	} {
+		q, ok := x.overlapping(pfx(s)[0], 0)
+		got := ""
+		if ok {
+			got = q.String()
+		}
+		if got != want {
+			t.Errorf("overlapping(%s) = %q, want %q", s, got, want)
+		}
+	}
+}

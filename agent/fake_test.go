@@ -1,0 +1,155 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/parryhq/parry/firewall"
+)
+
+// fakeFW is an in-memory firewall with failure injection.
+type fakeFW struct {
+	mu        sync.Mutex
+	present   bool
+	elems     map[netip.Prefix]time.Duration
+	allow     []netip.Prefix
+	lockdown  *firewall.Lockdown
+	failBlock error
+	ensures   int
+}
+
+func newFakeFW() *fakeFW { return &fakeFW{elems: map[netip.Prefix]time.Duration{}} }
+
+func (f *fakeFW) Ensure() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.present = true
+	f.ensures++
+	return nil
+}
+
+func (f *fakeFW) Block(elems []firewall.Element) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failBlock != nil {
+		return f.failBlock
+	}
+	if !f.present {
+		return errors.New("no table")
+	}
+	for _, e := range elems {
+		f.elems[e.Prefix] = e.Timeout
+	}
+	return nil
+}
+
+func (f *fakeFW) Unblock(ps []netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range ps {
+		delete(f.elems, p)
+	}
+	return nil
+}
+
+func (f *fakeFW) SetAllow(ps []netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.allow = ps
+	return nil
+}
+
+func (f *fakeFW) Lockdown(l firewall.Lockdown) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lockdown = &l
+	return nil
+}
+
+func (f *fakeFW) Release() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lockdown = nil
+	return nil
+}
+
+func (f *fakeFW) Elements() ([]firewall.Element, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []firewall.Element
+	for p, t := range f.elems {
+		out = append(out, firewall.Element{Prefix: p, Timeout: t})
+	}
+	return out, nil
+}
+
+func (f *fakeFW) Present() (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.present, nil
+}
+
+func (f *fakeFW) Remove() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.present = false
+	clear(f.elems)
+	return nil
+}
+
+// drop simulates `nft flush ruleset`.
+func (f *fakeFW) drop() { _ = f.Remove() }
+
+// state renders the kernel view as sorted golden lines.
+func (f *fakeFW) state() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var lines []string
+	for p, t := range f.elems {
+		lines = append(lines, fmt.Sprintf("block %s timeout=%s", p, t.Round(time.Second)))
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+// clock is a settable fake clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+func testConfig(t *testing.T) Config {
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	cfg.Socket = cfg.StateDir + "/s.sock"
+	cfg.Allowlist = []string{"198.51.100.10"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func newTestDaemon(t *testing.T, cfg Config, fw *fakeFW, clk *clock) *Daemon {
+	t.Helper()
+	d, err := New(cfg, Options{Firewall: fw, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		HostAddrs: func() ([]netip.Addr, error) { return []netip.Addr{netip.MustParseAddr("192.0.2.1")}, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if err := d.Reconcile("start"); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}

@@ -1,0 +1,238 @@
+package agent
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/parryhq/parry/agent/store"
+)
+
+// entry is one active block in memory: 24 bytes, the text lives in its
+// decision, shared by all the blocks one decision made.
+type entry struct {
+	created int64  // unix ms
+	until   int64  // unix ms; 0 = permanent
+	dec     uint64 // decision seq
+}
+
+func (e entry) expired(nowMs int64) bool { return e.until != 0 && e.until <= nowMs }
+
+// decMeta is a decision's text in memory, shared by its blocks.
+type decMeta struct {
+	store.Decision
+	refs int
+}
+
+// index is the in-memory view of the store's active blocks, so list and
+// status never touch the kernel. Not safe for concurrent use: the daemon's
+// lock guards it.
+type index struct {
+	m       map[netip.Prefix]entry
+	lens    [2][129]int32 // number of blocks per family and prefix length
+	decs    map[uint64]*decMeta
+	lastSeq uint64
+}
+
+func newIndex() *index {
+	return &index{m: make(map[netip.Prefix]entry), decs: make(map[uint64]*decMeta)}
+}
+
+func fam(p netip.Prefix) int {
+	if p.Addr().Is4() {
+		return 0
+	}
+	return 1
+}
+
+func (x *index) len() int { return len(x.m) }
+
+func (x *index) get(p netip.Prefix) (entry, bool) { e, ok := x.m[p]; return e, ok }
+
+// put adds or replaces a block, keeping the decisions' reference counts.
+func (x *index) put(p netip.Prefix, e entry) {
+	if old, ok := x.m[p]; ok {
+		x.unref(old.dec)
+	} else {
+		x.lens[fam(p)][p.Bits()]++
+	}
+	x.m[p] = e
+	if d := x.decs[e.dec]; d != nil {
+		d.refs++
+	} else {
+		x.decs[e.dec] = &decMeta{Decision: store.Decision{Seq: e.dec}, refs: 1}
+	}
+	if e.dec > x.lastSeq {
+		x.lastSeq = e.dec
+	}
+}
+
+// del removes a block; it reports the decision seq if that decision has no
+// blocks left.
+func (x *index) del(p netip.Prefix) (orphan uint64, ok bool) {
+	old, found := x.m[p]
+	if !found {
+		return 0, false
+	}
+	delete(x.m, p)
+	x.lens[fam(p)][p.Bits()]--
+	if x.unref(old.dec) {
+		return old.dec, true
+	}
+	return 0, false
+}
+
+func (x *index) unref(seq uint64) bool {
+	d := x.decs[seq]
+	if d == nil {
+		return false
+	}
+	d.refs--
+	if d.refs <= 0 {
+		delete(x.decs, seq)
+		return true
+	}
+	return false
+}
+
+// addDecision records a decision's text (loaded or new). Blocks may refer
+// to it before or after.
+func (x *index) addDecision(dr store.Decision) {
+	dr.Cause = nil // stays in the store only
+	if d := x.decs[dr.Seq]; d != nil {
+		d.Decision = dr
+	} else {
+		x.decs[dr.Seq] = &decMeta{Decision: dr}
+	}
+	if dr.Seq > x.lastSeq {
+		x.lastSeq = dr.Seq
+	}
+}
+
+// nextSeq allocates a decision sequence number.
+func (x *index) nextSeq() uint64 { x.lastSeq++; return x.lastSeq }
+
+func (x *index) decision(seq uint64) store.Decision {
+	if d := x.decs[seq]; d != nil {
+		return d.Decision
+	}
+	return store.Decision{Seq: seq}
+}
+
+// overlapping returns an active block of another length that overlaps p.
+func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
+	f, bits := fam(p), p.Bits()
+	lens := &x.lens[f]
+	for l := 0; l < bits; l++ {
+		if lens[l] == 0 {
+			continue
+		}
+		q := netip.PrefixFrom(p.Addr(), l).Masked()
+		if e, ok := x.m[q]; ok && !e.expired(nowMs) {
+			return q, true
+		}
+	}
+	// Longer blocks inside p: enumerate when cheap, else scan.
+	cost, longer := 0, false
+	for l := bits + 1; l < len(lens); l++ {
+		if lens[l] == 0 {
+			continue
+		}
+		longer = true
+		if l-bits > 12 {
+			cost = 1 << 30
+			break
+		}
+		cost += 1 << (l - bits)
+	}
+	if !longer {
+		return netip.Prefix{}, false
+	}
+	if cost > 4096 || cost > len(x.m) {
+		for q, e := range x.m {
+			if q.Bits() > bits && p.Contains(q.Addr()) && !e.expired(nowMs) {
+				return q, true
+			}
+		}
+		return netip.Prefix{}, false
+	}
+	for l := bits + 1; l < len(lens); l++ {
+		if lens[l] == 0 {
+			continue
+		}
+		if found, ok := x.enumerate(p, l, nowMs); ok {
+			return found, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// enumerate looks up every /l inside p.
+func (x *index) enumerate(p netip.Prefix, l int, nowMs int64) (netip.Prefix, bool) {
+	n := 1 << (l - p.Bits())
+	a := p.Addr()
+	for i := 0; i < n; i++ {
+		q := netip.PrefixFrom(a, l)
+		if e, ok := x.m[q]; ok && !e.expired(nowMs) {
+			return q, true
+		}
+		a = nextPrefixAddr(a, l)
+	}
+	return netip.Prefix{}, false
+}
+
+// nextPrefixAddr adds 1 at bit position l-1 of a (the next /l block).
+func nextPrefixAddr(a netip.Addr, l int) netip.Addr {
+	b := a.As16()
+	off := 0
+	if a.Is4() {
+		off = 96
+	}
+	bit := off + l - 1
+	for i := bit / 8; i >= 0; i-- {
+		inc := byte(1) << (7 - uint(bit%8))
+		if i != bit/8 {
+			inc = 1
+		}
+		s := b[i] + inc
+		carry := s < b[i]
+		b[i] = s
+		if !carry {
+			break
+		}
+	}
+	n := netip.AddrFrom16(b)
+	if a.Is4() {
+		n = n.Unmap()
+	}
+	return n
+}
+
+// expired returns the blocks whose time is up.
+func (x *index) expiredBlocks(nowMs int64) []netip.Prefix {
+	var out []netip.Prefix
+	for p, e := range x.m {
+		if e.expired(nowMs) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (x *index) countExpired(nowMs int64) int { return len(x.expiredBlocks(nowMs)) }
+
+// sorted returns the active prefixes in address order.
+func (x *index) sorted(nowMs int64) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(x.m))
+	for p, e := range x.m {
+		if !e.expired(nowMs) {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return out
+}

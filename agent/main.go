@@ -1,0 +1,274 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/google/nftables"
+	"github.com/parryhq/parry/firewall"
+)
+
+// ErrUsage marks a command-line error (exit code 2).
+var ErrUsage = errors.New("usage")
+
+// Main is parryd's process: flags, config, firewall connection, daemon,
+// control socket, systemd notification, reload. cmd/parryd only wires it to
+// os.Args and signals; tests can run it in-process too.
+type Main struct {
+	ConfigPath  string // --config; empty: DefaultConfigPath, optional
+	Socket      string // --socket override
+	StateDir    string // --state-dir override
+	Table       string // --table override
+	RemoveRules bool   // --remove-rules: delete the table and exit
+	Logger      *slog.Logger
+	Stderr      io.Writer
+
+	Daemon *Daemon
+	conn   *nftables.Conn
+	ln     net.Listener
+}
+
+// ParseFlags reads parryd's command line.
+func (m *Main) ParseFlags(args []string) error {
+	fs := flag.NewFlagSet("parryd", flag.ContinueOnError)
+	if m.Stderr != nil {
+		fs.SetOutput(m.Stderr)
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `parryd: parry's daemon. Blocks IPs and CIDRs in its own nftables table,
+with kernel-side expiry, a durable store and a hash-chained audit log.
+
+Usage: parryd [flags]
+
+Runs in the foreground (systemd: parry.service). Talk to it with the parry CLI.
+Flags override the config file (default %s, optional).
+
+`, DefaultConfigPath)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&m.ConfigPath, "config", "", "config file (YAML; default "+DefaultConfigPath+" if it exists)")
+	fs.StringVar(&m.Socket, "socket", "", "control socket path (default /run/parry/parry.sock)")
+	fs.StringVar(&m.StateDir, "state-dir", "", "state directory: store.db, audit.log (default /var/lib/parry)")
+	fs.StringVar(&m.Table, "table", "", "nftables table name in family inet (default parry)")
+	fs.BoolVar(&m.RemoveRules, "remove-rules", false, "delete parry's nftables table and exit (package purge)")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", ErrUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", ErrUsage, fs.Arg(0))
+	}
+	if *version {
+		fmt.Fprintln(m.out(), "parryd", Version)
+		os.Exit(0)
+	}
+	return nil
+}
+
+func (m *Main) out() io.Writer {
+	if m.Stderr != nil {
+		return m.Stderr
+	}
+	return os.Stderr
+}
+
+// LoadConfig reads the config file and applies the flag overrides.
+func (m *Main) LoadConfig() (Config, error) {
+	path, optional := m.ConfigPath, false
+	if path == "" {
+		path, optional = DefaultConfigPath, true
+	}
+	cfg, err := LoadConfig(path, optional)
+	if err != nil {
+		return cfg, err
+	}
+	if m.Socket != "" {
+		cfg.Socket = m.Socket
+	}
+	if m.StateDir != "" {
+		cfg.StateDir = m.StateDir
+	}
+	if m.Table != "" {
+		cfg.Table = m.Table
+	}
+	return cfg, cfg.Validate()
+}
+
+func (m *Main) openFirewall(cfg Config) (*firewall.NFT, error) {
+	conn, err := nftables.New(firewall.ConnOptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	m.conn = conn
+	return firewall.New(conn, firewall.Config{Table: cfg.Table, Priority: cfg.Priority, Logger: m.Logger, Now: time.Now})
+}
+
+// Run starts the daemon and serves until ctx ends. READY=1 goes to systemd
+// only once the table exists and the store is re-asserted into it.
+func (m *Main) Run(ctx context.Context) error {
+	if m.Logger == nil {
+		m.Logger = slog.New(slog.NewJSONHandler(m.out(), nil))
+	}
+	cfg, err := m.LoadConfig()
+	if err != nil {
+		return err
+	}
+	fw, err := m.openFirewall(cfg)
+	if err != nil {
+		return err
+	}
+	if m.RemoveRules {
+		if err := fw.Remove(); err != nil {
+			return fmt.Errorf("remove table inet %s: %w", cfg.Table, err)
+		}
+		m.Logger.Info("removed nftables table", "table", cfg.Table)
+		return nil
+	}
+	d, err := New(cfg, Options{Firewall: fw, Logger: m.Logger})
+	if err != nil {
+		return err
+	}
+	m.Daemon = d
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d.shutdown = cancel
+	d.reload = m.reload
+	start := time.Now()
+	if err := d.Reconcile("start"); err != nil {
+		return err
+	}
+	debug.FreeOSMemory() // the re-assert's netlink buffers are garbage now
+	m.Logger.Info("table ready and store re-asserted", "table", cfg.Table, "blocks", d.Status().ActiveBlocks, "took", time.Since(start).String())
+	if m.ln, err = m.listener(cfg); err != nil {
+		return err
+	}
+	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": d.Status().ActiveBlocks})
+	notify(m.Logger, sddaemon.SdNotifyReady)
+	m.notifyStatus()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- d.Serve(ctx, m.ln) }()
+	ping := m.watchdog()
+	lastStatus := time.Now()
+	go d.maintain(ctx, func() {
+		if ping != nil {
+			ping()
+		}
+		if time.Since(lastStatus) >= 10*time.Second {
+			m.notifyStatus()
+			lastStatus = time.Now()
+		}
+	})
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-serveErr:
+	}
+	notify(m.Logger, sddaemon.SdNotifyStopping)
+	cancel()
+	d.Audit("stop", map[string]any{"pid": os.Getpid()})
+	return err
+}
+
+// listener takes the systemd socket named "control" if activated, else
+// creates the socket itself.
+func (m *Main) listener(cfg Config) (net.Listener, error) {
+	named, err := activation.ListenersWithNames()
+	if err == nil {
+		if ls := named["control"]; len(ls) > 0 && ls[0] != nil {
+			m.Logger.Info("control socket from systemd", "name", "control")
+			return ls[0], nil
+		}
+	}
+	return Listen(cfg)
+}
+
+func (m *Main) watchdog() func() {
+	iv, err := sddaemon.SdWatchdogEnabled(false)
+	if err != nil || iv == 0 {
+		return nil
+	}
+	last := time.Time{}
+	return func() {
+		if time.Since(last) >= iv/3 {
+			notify(m.Logger, sddaemon.SdNotifyWatchdog)
+			last = time.Now()
+		}
+	}
+}
+
+func (m *Main) notifyStatus() {
+	st := m.Daemon.Status()
+	table := "ok"
+	if !st.TableHealth.Present {
+		table = "missing"
+	}
+	lock := "off"
+	if st.Lockdown.Active {
+		lock = "until " + st.Lockdown.Until.Format(time.RFC3339)
+	}
+	notify(m.Logger, fmt.Sprintf("STATUS=%d active blocks, lockdown %s, table %s", st.ActiveBlocks, lock, table))
+}
+
+func notify(log *slog.Logger, state string) {
+	if _, err := sddaemon.SdNotify(false, state); err != nil {
+		log.Warn("sd_notify", "state", state, "err", err)
+	}
+}
+
+// Reload re-reads the config (SIGHUP). An invalid config is refused and the
+// old one kept.
+func (m *Main) Reload() error {
+	if m.Daemon == nil {
+		return errors.New("reload: not running")
+	}
+	return m.reload()
+}
+
+func (m *Main) reload() error {
+	d := m.Daemon
+	notify(m.Logger, sddaemon.SdNotifyReloading)
+	defer notify(m.Logger, sddaemon.SdNotifyReady)
+	cfg, err := m.LoadConfig()
+	if err != nil {
+		m.Logger.Error("config reload refused; keeping the old config", "err", err)
+		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
+		return err
+	}
+	return d.ApplyConfig(cfg)
+}
+
+// Close releases the daemon, the socket and the netlink connection. The
+// nftables table stays.
+func (m *Main) Close() error {
+	var errs []error
+	if m.ln != nil {
+		errs = append(errs, ignoreClosed(m.ln.Close()))
+	}
+	if m.Daemon != nil {
+		errs = append(errs, m.Daemon.Close())
+	}
+	if m.conn != nil {
+		errs = append(errs, m.conn.CloseLasting())
+	}
+	return errors.Join(errs...)
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}

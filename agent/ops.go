@@ -1,0 +1,251 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/response"
+)
+
+// Perm decides whether a peer may use an op.
+type Perm func(d *Daemon, p Peer) bool
+
+// PermAnyone lets every peer that can open the socket use the op.
+func PermAnyone(*Daemon, Peer) bool { return true }
+
+// PermAdmin allows root and members of control.admin_groups.
+func PermAdmin(_ *Daemon, p Peer) bool { return p.Admin }
+
+// Handler runs one op. Its result is marshalled as a JSON object whose
+// fields join "ok" and "id" at the top level of the response; an error with
+// a code (*Error) becomes {"ok":false,"error":{...}}.
+type Handler func(ctx context.Context, c *Call) (any, error)
+
+type opEntry struct {
+	perm Perm
+	fn   Handler
+}
+
+// handle registers an op. Other parts add theirs with one line in
+// registerOps, the handler in their own file.
+func (d *Daemon) handle(name string, perm Perm, fn Handler) {
+	if d.ops == nil {
+		d.ops = map[string]opEntry{}
+	}
+	if _, dup := d.ops[name]; dup {
+		panic("agent: op registered twice: " + name)
+	}
+	d.ops[name] = opEntry{perm: perm, fn: fn}
+}
+
+// registerOps is the op registry: one line per op.
+func (d *Daemon) registerOps() {
+	d.handle("ping", PermAnyone, d.opPing)
+	d.handle("status", PermAdmin, d.opStatus)
+	d.handle("list", PermAdmin, d.opList)
+	d.handle("block", PermAdmin, d.opBlock)
+	d.handle("unblock", PermAdmin, d.opUnblock)
+	d.handle("lockdown", PermAdmin, d.opLockdown)
+	d.handle("release", PermAdmin, d.opRelease)
+	d.handle("audit_verify", PermAdmin, d.opAuditVerify)
+	d.handle("reload", PermAdmin, d.opReload)
+	d.handle("uninstall_rules", PermAdmin, d.opUninstallRules)
+}
+
+func (d *Daemon) opPing(context.Context, *Call) (any, error) {
+	return map[string]any{"pong": true, "version": Version}, nil
+}
+
+// Status is the answer to op status.
+type Status struct {
+	Version      string        `json:"version"`
+	PID          int           `json:"pid"`
+	Started      time.Time     `json:"started"`
+	Uptime       string        `json:"uptime"`
+	ActiveBlocks int           `json:"active_blocks"`
+	Table        string        `json:"table"`
+	TableHealth  Health        `json:"table_health"`
+	Lockdown     LockdownState `json:"lockdown"`
+	StateDir     string        `json:"state_dir"`
+	AuditSeq     uint64        `json:"audit_seq"`
+}
+
+// Status reports the daemon's state from memory (never the kernel).
+func (d *Daemon) Status() Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.now()
+	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
+	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
+		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq()}
+}
+
+func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
+
+// BlockInfo is one active block as op list reports it.
+type BlockInfo struct {
+	Target  string    `json:"target"`
+	ID      string    `json:"id"`
+	Created time.Time `json:"created"`
+	Until   time.Time `json:"until,omitzero"` // absent: permanent
+	Reason  string    `json:"reason,omitempty"`
+	Source  string    `json:"source,omitempty"`
+	Origin  string    `json:"origin,omitempty"`
+	Rule    string    `json:"rule,omitempty"`
+	Sender  string    `json:"sender,omitempty"`
+}
+
+// Blocks lists the active blocks in address order, from memory.
+func (d *Daemon) Blocks() []BlockInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	nowMs := d.now().UnixMilli()
+	ps := d.blocks.sorted(nowMs)
+	out := make([]BlockInfo, len(ps))
+	for i, p := range ps {
+		e, _ := d.blocks.get(p)
+		dr := d.blocks.decision(e.dec)
+		bi := BlockInfo{Target: FormatTarget(p), ID: dr.ID, Created: time.UnixMilli(e.created).UTC(),
+			Reason: dr.Reason, Source: dr.Source, Origin: dr.Origin, Rule: dr.Rule, Sender: dr.Sender}
+		if e.until != 0 {
+			bi.Until = time.UnixMilli(e.until).UTC()
+		}
+		out[i] = bi
+	}
+	return out
+}
+
+func (d *Daemon) opList(_ context.Context, c *Call) (any, error) {
+	if err := c.Decode(&struct{}{}); err != nil {
+		return nil, err
+	}
+	b := d.Blocks()
+	return map[string]any{"count": len(b), "blocks": b}, nil
+}
+
+func (d *Daemon) opBlock(ctx context.Context, c *Call) (any, error) {
+	var p blockParams
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	targets, bad, err := parseTargets(p.Targets, p.Partial)
+	if err != nil {
+		return nil, err
+	}
+	cfg := d.Config()
+	until, err := p.until(d.now(), &cfg)
+	if err != nil {
+		return nil, err
+	}
+	if p.Source == "" {
+		p.Source = "control"
+	}
+	dec := response.Decision{Action: response.ActionBlock, Targets: targets, Until: until,
+		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String()}
+	if len(targets) == 0 { // every target was unparseable (partial mode)
+		return Outcome{Action: response.ActionBlock, Refused: bad}, nil
+	}
+	out, err := d.EnforceWith(ctx, dec, EnforceOptions{Partial: p.Partial})
+	if err != nil {
+		return nil, err
+	}
+	out.Refused = append(bad, out.Refused...)
+	return out, nil
+}
+
+func (d *Daemon) opUnblock(ctx context.Context, c *Call) (any, error) {
+	var p struct {
+		Targets []string `json:"targets"`
+		Reason  string   `json:"reason"`
+		Source  string   `json:"source"`
+	}
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	targets, _, err := parseTargets(p.Targets, false)
+	if err != nil {
+		return nil, err
+	}
+	if p.Source == "" {
+		p.Source = "control"
+	}
+	return d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: targets,
+		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String()})
+}
+
+func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
+	var p struct {
+		For     string   `json:"for"`
+		Allow   []string `json:"allow"`
+		Isolate bool     `json:"isolate"`
+		Reason  string   `json:"reason"`
+	}
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	dur, err := ParseDuration(p.For)
+	if err != nil || dur < time.Second {
+		return nil, errorf(CodeInvalidDuration, `lockdown needs "for" (at least 1s, e.g. "15m"); it is never permanent`)
+	}
+	dec := response.Decision{Action: response.ActionLockdown, Until: d.now().Add(dur), Isolate: p.Isolate,
+		Reason: truncate(p.Reason, 1024), Source: "control", Sender: c.Peer.String()}
+	for i, s := range p.Allow {
+		pr, err := ParseTarget(s)
+		if err != nil {
+			return nil, errorf(CodeInvalidTarget, "allow[%d]: %v", i, err)
+		}
+		dec.Allow = append(dec.Allow, pr)
+	}
+	return d.Enforce(ctx, dec)
+}
+
+func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {
+	var p struct {
+		Reason string `json:"reason"`
+	}
+	if err := c.Decode(&p); err != nil {
+		return nil, err
+	}
+	return d.Enforce(ctx, response.Decision{Action: response.ActionRelease, Reason: truncate(p.Reason, 1024),
+		Source: "control", Sender: c.Peer.String()})
+}
+
+func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {
+	if err := d.audit.Sync(); err != nil {
+		return nil, err
+	}
+	res, err := audit.VerifyFile(filepath.Join(d.Config().StateDir, "audit.log"))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"audit": res}, nil
+}
+
+func (d *Daemon) opReload(context.Context, *Call) (any, error) {
+	if d.reload == nil {
+		return nil, errorf(CodeInternal, "reload is not wired in this daemon")
+	}
+	if err := d.reload(); err != nil {
+		return nil, errorf(CodeBadRequest, "reload refused, old config kept: %v", err)
+	}
+	return nil, nil
+}
+
+func (d *Daemon) opUninstallRules(_ context.Context, c *Call) (any, error) {
+	d.mu.Lock()
+	err := d.fw.Remove()
+	d.uninstalled = err == nil
+	d.mu.Unlock()
+	if err != nil {
+		return nil, errorf(CodeFirewall, "remove table: %v", err)
+	}
+	d.Audit("uninstall_rules", map[string]any{"table": d.Config().Table, "sender": c.Peer.String()})
+	if d.shutdown != nil {
+		d.shutdown() // else self-heal would put the table back
+	}
+	return map[string]any{"removed": "inet " + d.Config().Table, "daemon": "stopping"}, nil
+}

@@ -1,0 +1,284 @@
+// Package store is parryd's durable state: active blocks, the decisions
+// that made them, the lockdown state, and a small key/value space for other
+// parts of the daemon. It is a bbolt file; every Commit is one fsync'd
+// transaction, so a block the agent acknowledged survives kill -9.
+//
+// Records are kept compact (100,000 blocks are a few MiB on disk): a block
+// is its prefix as key and three varints as value; the decision's text
+// (reason, source, cause) lives once in its own bucket.
+package store
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketBlocks    = []byte("blocks")
+	bucketDecisions = []byte("decisions")
+	bucketState     = []byte("state")
+	bucketKV        = []byte("kv")
+	keyLockdown     = []byte("lockdown")
+)
+
+// Sentinel errors.
+var (
+	ErrCorrupt = errors.New("store: corrupt record")
+)
+
+// Block is one active block.
+type Block struct {
+	Prefix   netip.Prefix
+	Created  int64  // unix milliseconds
+	Until    int64  // unix milliseconds; 0 means permanent
+	Decision uint64 // Seq of the Decision record that set it
+}
+
+// Decision is the shared text of the decision behind one or more blocks.
+type Decision struct {
+	Seq    uint64          `json:"seq"`
+	ID     string          `json:"id"`
+	Time   time.Time       `json:"time"`
+	Reason string          `json:"reason,omitempty"`
+	Source string          `json:"source,omitempty"`
+	Origin string          `json:"origin,omitempty"`
+	Rule   string          `json:"rule,omitempty"`
+	Sender string          `json:"sender,omitempty"`
+	Cause  json.RawMessage `json:"cause,omitempty"`
+}
+
+// Lockdown is the persisted lockdown state.
+type Lockdown struct {
+	ID      string         `json:"id"`
+	Since   time.Time      `json:"since"`
+	Until   time.Time      `json:"until"`
+	Allow   []netip.Prefix `json:"allow,omitempty"`
+	Isolate bool           `json:"isolate,omitempty"`
+	Reason  string         `json:"reason,omitempty"`
+	Source  string         `json:"source,omitempty"`
+	Sender  string         `json:"sender,omitempty"`
+}
+
+// Store is the open database.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the store file at path.
+func Open(path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        2 * time.Second, // another parryd holds the lock
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketBlocks, bucketDecisions, bucketState, bucketKV} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: create buckets: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Change is one transaction: blocks to put and delete, decisions to put and
+// delete.
+type Change struct {
+	PutBlocks     []Block
+	DelBlocks     []netip.Prefix
+	PutDecisions  []Decision
+	DelDecisions  []uint64
+	SetLockdown   *Lockdown // non-nil: store it
+	ClearLockdown bool
+}
+
+// Commit applies c in one fsync'd transaction.
+func (s *Store) Commit(c Change) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		bb, db := tx.Bucket(bucketBlocks), tx.Bucket(bucketDecisions)
+		// bbolt keeps pointers to keys and values until commit: carve them
+		// from one slab that never reallocates.
+		slab := make([]byte, 0, (len(c.PutBlocks)+len(c.DelBlocks))*(17+3*binary.MaxVarintLen64))
+		carve := func(b []byte) []byte {
+			start := len(slab)
+			slab = append(slab, b...)
+			return slab[start:len(slab):len(slab)]
+		}
+		var kbuf [17]byte
+		var vbuf [3 * binary.MaxVarintLen64]byte
+		for _, d := range c.PutDecisions {
+			v, err := json.Marshal(d)
+			if err != nil {
+				return err
+			}
+			if err := db.Put(seqKey(d.Seq), v); err != nil {
+				return err
+			}
+		}
+		for _, p := range c.DelBlocks {
+			if err := bb.Delete(carve(prefixKey(kbuf[:0], p))); err != nil {
+				return err
+			}
+		}
+		for _, b := range c.PutBlocks {
+			v := binary.AppendUvarint(vbuf[:0], uint64(b.Created))
+			v = binary.AppendUvarint(v, uint64(b.Until))
+			v = binary.AppendUvarint(v, b.Decision)
+			if err := bb.Put(carve(prefixKey(kbuf[:0], b.Prefix)), carve(v)); err != nil {
+				return err
+			}
+		}
+		for _, seq := range c.DelDecisions {
+			if err := db.Delete(seqKey(seq)); err != nil {
+				return err
+			}
+		}
+		st := tx.Bucket(bucketState)
+		if c.ClearLockdown {
+			if err := st.Delete(keyLockdown); err != nil {
+				return err
+			}
+		}
+		if c.SetLockdown != nil {
+			v, err := json.Marshal(c.SetLockdown)
+			if err != nil {
+				return err
+			}
+			if err := st.Put(keyLockdown, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store commit: %w", err)
+	}
+	return nil
+}
+
+// Load calls block for every stored block and decision for every stored
+// decision, in one read transaction.
+func (s *Store) Load(block func(Block), decision func(Decision)) error {
+	err := s.db.View(func(tx *bolt.Tx) error {
+		err := tx.Bucket(bucketDecisions).ForEach(func(k, v []byte) error {
+			var d Decision
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("%w: decision %x: %v", ErrCorrupt, k, err)
+			}
+			decision(d)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketBlocks).ForEach(func(k, v []byte) error {
+			b, err := decodeBlock(k, v)
+			if err != nil {
+				return err
+			}
+			block(b)
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("store load: %w", err)
+	}
+	return nil
+}
+
+// Lockdown returns the stored lockdown, or nil.
+func (s *Store) Lockdown() (*Lockdown, error) {
+	var l *Lockdown
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketState).Get(keyLockdown)
+		if v == nil {
+			return nil
+		}
+		l = new(Lockdown)
+		return json.Unmarshal(v, l)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store lockdown: %w", err)
+	}
+	return l, nil
+}
+
+// Get reads key from the key/value space (nil if absent). Namespace keys by
+// owner ("fleet/last_seq").
+func (s *Store) Get(key string) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketKV).Get([]byte(key)); v != nil {
+			out = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Put writes key in the key/value space (fsync'd); a nil value deletes it.
+func (s *Store) Put(key string, value []byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if value == nil {
+			return tx.Bucket(bucketKV).Delete([]byte(key))
+		}
+		return tx.Bucket(bucketKV).Put([]byte(key), value)
+	})
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+// prefixKey is 4 or 16 address bytes then the prefix length.
+func prefixKey(buf []byte, p netip.Prefix) []byte {
+	a := p.Addr()
+	if a.Is4() {
+		b := a.As4()
+		buf = append(buf[:0], b[:]...)
+	} else {
+		b := a.As16()
+		buf = append(buf[:0], b[:]...)
+	}
+	return append(buf, byte(p.Bits()))
+}
+
+func decodeBlock(k, v []byte) (Block, error) {
+	if len(k) != 5 && len(k) != 17 {
+		return Block{}, fmt.Errorf("%w: block key %x", ErrCorrupt, k)
+	}
+	a, _ := netip.AddrFromSlice(k[:len(k)-1])
+	p, err := a.Prefix(int(k[len(k)-1]))
+	if err != nil {
+		return Block{}, fmt.Errorf("%w: block key %x", ErrCorrupt, k)
+	}
+	var vals [3]uint64
+	for i := range vals {
+		x, n := binary.Uvarint(v)
+		if n <= 0 {
+			return Block{}, fmt.Errorf("%w: block %s value %x", ErrCorrupt, p, v)
+		}
+		vals[i], v = x, v[n:]
+	}
+	return Block{Prefix: p, Created: int64(vals[0]), Until: int64(vals[1]), Decision: vals[2]}, nil
+}

@@ -1,0 +1,323 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"math/big"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+)
+
+// Limits of one netlink message and one transaction; see docs/firewall.md.
+const (
+	// maxListBytes bounds the encoded element list of one NEWSETELEM or
+	// DELSETELEM message. The list is a netlink attribute whose length is a
+	// uint16: past 65,535 bytes google/nftables silently wraps the length,
+	// so we stay well below it.
+	maxListBytes = 60 << 10
+	// DefaultMaxTxBytes is the default bound on the bytes sent in one
+	// transaction (one sendmsg). It must fit the socket send buffer:
+	// ConnOptions raises that to sendBufferBytes.
+	DefaultMaxTxBytes = 8 << 20
+	// minTxBytes is the floor of the adaptive bound after EMSGSIZE.
+	minTxBytes = 64 << 10
+	// msgOverhead is a generous bound on a NEWSETELEM message without its
+	// element list (netlink and nfgen headers, table and set names, set id).
+	msgOverhead = 16 + 4 + 2*(4+256) + 8 + 4
+)
+
+// change is one message's worth of work: add or delete elements of a set.
+// Interval start/end pairs are never split between changes.
+type change struct {
+	set   *nftables.Set
+	del   bool
+	elems []nftables.SetElement
+	bytes int // estimate of the encoded element list
+}
+
+// elemBytes estimates the encoded size of one element, as makeElemList
+// encodes it (attribute headers, 4-byte alignment).
+func elemBytes(e nftables.SetElement) int {
+	n := 4 + 4 + 4 + (len(e.Key)+3)&^3 // element, key nest, key value
+	if e.IntervalEnd {
+		n += 8
+	}
+	if e.Timeout != 0 {
+		n += 12
+	}
+	return n
+}
+
+// normPrefix validates p and returns it masked, with IPv4-mapped IPv6
+// prefixes turned into IPv4.
+func normPrefix(p netip.Prefix) (netip.Prefix, error) {
+	if !p.IsValid() || p.Addr().Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%w: %v", ErrInvalidPrefix, p)
+	}
+	if a := p.Addr(); a.Is4In6() {
+		if p.Bits() < 96 {
+			return netip.Prefix{}, fmt.Errorf("%w: %v (IPv4-mapped prefix shorter than /96)", ErrInvalidPrefix, p)
+		}
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}
+
+// isSingle reports whether p is one address (it goes into a hash set).
+func isSingle(p netip.Prefix) bool { return p.Bits() == p.Addr().BitLen() }
+
+// lastAddr is the highest address in p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// intervalElems encodes a prefix as an interval: a start element carrying the
+// timeout and, unless the prefix reaches the top of the address space, an
+// end element (exclusive) flagged IntervalEnd.
+func intervalElems(p netip.Prefix, timeout time.Duration) []nftables.SetElement {
+	out := []nftables.SetElement{{Key: p.Addr().AsSlice(), Timeout: timeout}}
+	if end := lastAddr(p).Next(); end.IsValid() {
+		out = append(out, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+	}
+	return out
+}
+
+// blockSet picks the set for a normalised prefix.
+func (f *NFT) blockSet(p netip.Prefix) *nftables.Set {
+	switch {
+	case p.Addr().Is4() && isSingle(p):
+		return f.sets[setBlock4]
+	case p.Addr().Is4():
+		return f.sets[setBlock4Net]
+	case isSingle(p):
+		return f.sets[setBlock6]
+	default:
+		return f.sets[setBlock6Net]
+	}
+}
+
+// msTimeout converts a timeout to what the kernel stores (milliseconds),
+// rounding a positive sub-millisecond timeout up so it is not permanent.
+func msTimeout(d time.Duration) (time.Duration, error) {
+	if d < 0 {
+		return 0, fmt.Errorf("%w: %v", ErrInvalidTimeout, d)
+	}
+	if d > 0 && d < time.Millisecond {
+		return time.Millisecond, nil
+	}
+	return d.Truncate(time.Millisecond), nil
+}
+
+// changeBuilder accumulates per-set element lists and cuts them into
+// changes of at most maxListBytes.
+type changeBuilder struct {
+	order   []*nftables.Set
+	pending map[*nftables.Set]*change
+	out     []change
+	del     bool
+}
+
+func newChangeBuilder(del bool) *changeBuilder {
+	return &changeBuilder{pending: make(map[*nftables.Set]*change), del: del}
+}
+
+// add appends one unit (an address, or an interval's start+end).
+func (b *changeBuilder) add(s *nftables.Set, unit ...nftables.SetElement) {
+	n := 0
+	for _, e := range unit {
+		n += elemBytes(e)
+	}
+	c := b.pending[s]
+	if c == nil {
+		c = &change{set: s, del: b.del}
+		b.pending[s] = c
+		b.order = append(b.order, s)
+	}
+	if c.bytes+n > maxListBytes && len(c.elems) > 0 {
+		b.out = append(b.out, *c)
+		*c = change{set: s, del: b.del}
+	}
+	c.elems = append(c.elems, unit...)
+	c.bytes += n
+}
+
+func (b *changeBuilder) changes() []change {
+	for _, s := range b.order {
+		if c := b.pending[s]; len(c.elems) > 0 {
+			b.out = append(b.out, *c)
+		}
+	}
+	return b.out
+}
+
+// apply sends changes in as few transactions as fit f.maxTx; each
+// transaction is atomic. pre, if not nil, queues messages that must lead the
+// first transaction. On EMSGSIZE (the batch did not fit the socket send
+// buffer; nothing was applied) it halves the bound and retries.
+func (f *NFT) apply(pre func() error, changes []change) error {
+	start, first := 0, true
+	for first || start < len(changes) {
+		end, size := start, 0
+		for end < len(changes) && (end == start || size+msgOverhead+changes[end].bytes <= f.maxTx) {
+			size += msgOverhead + changes[end].bytes
+			end++
+		}
+		withPre := first && pre != nil
+		err := f.flush(func() error {
+			if withPre {
+				if err := pre(); err != nil {
+					return err
+				}
+			}
+			return f.queue(changes[start:end])
+		})
+		if errors.Is(err, unix.EMSGSIZE) && end-start > 1 && f.maxTx > minTxBytes {
+			f.maxTx = max(f.maxTx/2, minTxBytes)
+			f.log.Warn("netlink batch too large for the socket send buffer; splitting smaller", "max_tx_bytes", f.maxTx)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		start, first = end, false
+	}
+	return nil
+}
+
+func (f *NFT) queue(changes []change) error {
+	for _, c := range changes {
+		var err error
+		if c.del {
+			err = f.conn.SetDeleteElements(c.set, c.elems)
+		} else {
+			err = f.conn.SetAddElements(c.set, c.elems)
+		}
+		if err != nil {
+			return fmt.Errorf("encode %s elements: %w", c.set.Name, err)
+		}
+	}
+	return nil
+}
+
+// flush queues messages with fill and sends them as one transaction. If fill
+// fails, the queued messages are discarded by an empty-but-harmless flush.
+func (f *NFT) flush(fill func() error) error {
+	if err := fill(); err != nil {
+		f.discard()
+		return err
+	}
+	if err := f.conn.Flush(); err != nil {
+		return mapKernelErr(err)
+	}
+	return nil
+}
+
+// discard drops queued messages. google/nftables has no API for that, but
+// Flush clears the buffer whatever happens; an invalid set name makes the
+// batch fail in the kernel before anything is committed.
+func (f *NFT) discard() {
+	_ = f.conn.SetAddElements(&nftables.Set{Table: f.table, Name: "\x01discard"}, []nftables.SetElement{{Key: []byte{0, 0, 0, 0}}})
+	_ = f.conn.Flush()
+}
+
+func mapKernelErr(err error) error {
+	switch {
+	case errors.Is(err, unix.ENOTEMPTY), errors.Is(err, unix.EEXIST):
+		return fmt.Errorf("%w: %w", ErrOverlap, err)
+	case errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("%w: %w", ErrNotEnsured, err)
+	}
+	return err
+}
+
+func isNotFound(err error) bool { return errors.Is(err, unix.ENOENT) }
+
+// prefixesOfRange returns the CIDRs that exactly cover [first, last].
+func prefixesOfRange(first, last netip.Addr) []netip.Prefix {
+	var out []netip.Prefix
+	bits := first.BitLen()
+	one := big.NewInt(1)
+	lo, hi := new(big.Int).SetBytes(first.AsSlice()), new(big.Int).SetBytes(last.AsSlice())
+	for lo.Cmp(hi) <= 0 {
+		// largest block aligned at lo that does not pass hi
+		size := bits
+		for size > 0 {
+			step := new(big.Int).Lsh(one, uint(bits-size+1))
+			if new(big.Int).Mod(lo, step).Sign() != 0 {
+				break
+			}
+			if new(big.Int).Sub(new(big.Int).Add(lo, step), one).Cmp(hi) > 0 {
+				break
+			}
+			size--
+		}
+		b := lo.FillBytes(make([]byte, bits/8))
+		a, _ := netip.AddrFromSlice(b)
+		out = append(out, netip.PrefixFrom(a, size))
+		lo.Add(lo, new(big.Int).Lsh(one, uint(bits-size)))
+	}
+	return out
+}
+
+// intervalsToElements pairs the start and end elements of an interval set
+// dump into prefixes. Each start's interval ends at the next end element
+// above it (exclusive), or at the top of the address space.
+func intervalsToElements(elems []nftables.SetElement) []Element {
+	type start struct {
+		a  netip.Addr
+		el nftables.SetElement
+	}
+	var starts []start
+	var ends []netip.Addr
+	for _, e := range elems {
+		a, ok := netip.AddrFromSlice(e.Key)
+		if !ok {
+			continue
+		}
+		if e.IntervalEnd {
+			ends = append(ends, a)
+		} else {
+			starts = append(starts, start{a, e})
+		}
+	}
+	slices.SortFunc(starts, func(x, y start) int { return x.a.Compare(y.a) })
+	slices.SortFunc(ends, func(x, y netip.Addr) int { return x.Compare(y) })
+	var out []Element
+	for _, s := range starts {
+		last := netip.PrefixFrom(s.a, 0).Masked()
+		last = netip.PrefixFrom(lastAddr(last), s.a.BitLen()) // top of the address space
+		i, _ := slices.BinarySearchFunc(ends, s.a, func(e, t netip.Addr) int {
+			if e.Compare(t) <= 0 {
+				return -1
+			}
+			return 1
+		})
+		lastA := last.Addr()
+		if i < len(ends) {
+			lastA = ends[i].Prev()
+		}
+		for _, p := range prefixesOfRange(s.a, lastA) {
+			out = append(out, Element{Prefix: p, Timeout: remaining(s.el)})
+		}
+	}
+	return out
+}
+
+func remaining(e nftables.SetElement) time.Duration {
+	if e.Timeout == 0 {
+		return 0
+	}
+	if e.Expires <= 0 {
+		return time.Millisecond // expired, not yet collected
+	}
+	return e.Expires
+}

@@ -1,0 +1,86 @@
+package firewall_test
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/parryhq/parry/firewall"
+	"github.com/parryhq/parry/test/netns"
+)
+
+func v4Elements(n int, second byte) []firewall.Element {
+	out := make([]firewall.Element, 0, n)
+	for i := range n {
+		a := netip.AddrFrom4([4]byte{10, second ^ byte(i>>16), byte(i >> 8), byte(i)})
+		out = append(out, firewall.Element{Prefix: netip.PrefixFrom(a, 32), Timeout: time.Hour})
+	}
+	return out
+}
+
+// TestNetlinkMessageLimit measures, with raw google/nftables calls, where
+// one NEWSETELEM message breaks (its element list is an attribute with a
+// uint16 length), and checks that Block never gets there.
+func TestNetlinkMessageLimit(t *testing.T) {
+	ns := netns.New(t)
+	c := ns.Conn(t, firewall.ConnOptions()...)
+	f, err := firewall.New(c, firewall.Config{Table: "lim"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	set := &nftables.Set{Table: &nftables.Table{Name: "lim", Family: nftables.TableFamilyINet}, Name: "block4",
+		KeyType: nftables.TypeIPAddr, HasTimeout: true, KeyByteOrder: binaryutil.BigEndian}
+	// An IPv4 element with a timeout is 28 bytes of list: 2,340 fit 65,520.
+	for _, n := range []int{2340, 2341, 5000} {
+		els := make([]nftables.SetElement, 0, n)
+		for i := range n {
+			els = append(els, nftables.SetElement{Key: []byte{10, 9, byte(i >> 8), byte(i)}, Timeout: time.Hour})
+		}
+		c.FlushSet(set)
+		if err := c.SetAddElements(set, els); err != nil {
+			t.Fatal(err)
+		}
+		err := c.Flush()
+		got, _ := c.GetSetElements(set)
+		t.Logf("raw: one message of %d IPv4 elements (%d bytes of list): err=%v; set holds %d", n, 28*n, err, len(got))
+	}
+	// Block cuts messages well below the limit: all 5,000 arrive.
+	if err := f.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Block(v4Elements(5000, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if els, err := f.Elements(); err != nil || len(els) != 5000 {
+		t.Fatalf("Elements = %d, %v; want 5000", len(els), err)
+	}
+}
+
+// TestDefaultSendBufferSplits: on a connection without ConnOptions' send
+// buffer, a transaction over ~212 KB fails with EMSGSIZE before anything is
+// applied, and Block halves its transaction size until it fits.
+func TestDefaultSendBufferSplits(t *testing.T) {
+	ns := netns.New(t)
+	c := ns.Conn(t) // default buffers (net.core.wmem_default)
+	f, err := firewall.New(c, firewall.Config{Table: netns.UniqueName("pry")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Block(v4Elements(30_000, 0)); err != nil {
+		t.Fatalf("Block of 30,000 over a default-buffer connection: %v", err)
+	}
+	if els, err := f.Elements(); err != nil || len(els) != 30_000 {
+		t.Fatalf("Elements = %d, %v; want 30000", len(els), err)
+	}
+}

@@ -135,9 +135,9 @@ func TestBoot(t *testing.T) {
 	if reachable(pair) {
 		t.Fatalf("peer %s still reaches the host after parry block\n%s", peer, c.journal())
 	}
-	c.eventually(10*time.Second, "journal entry with PARRY_ACTION=block for the peer", func() bool {
-		return c.journalHas(peer, "-u", "parry", "PARRY_ACTION=block")
-	})
+	if !poll(10*time.Second, func() bool { return c.journalHas(peer, "-u", "parry", "PARRY_ACTION=block") }) {
+		t.Errorf("no journal entry with PARRY_ACTION=block for %s (journalctl -u parry PARRY_ACTION=block)\n%s", peer, c.diagnostics())
+	}
 
 	c.checkRestart(pair, "systemctl restart parry", func() { c.must("systemctl", "restart", "parry") })
 	c.checkRestart(pair, "systemctl restart nftables (flushes the ruleset; PartOf restarts parry)",
@@ -224,7 +224,9 @@ func (c *container) checkRestart(pair *netns.Pair, what string, do func()) {
 func (c *container) checkReload() {
 	c.t.Helper()
 	pid := c.show("MainPID")
-	c.must("systemctl", "reload", "parry")
+	if out, err := c.run("systemctl", "reload", "parry"); err != nil {
+		c.t.Errorf("systemctl reload parry with the shipped config failed: %v\n%s\n%s", err, out, c.diagnostics())
+	}
 	c.must("cp", "/etc/parry/parry.yaml", "/root/parry.yaml.orig")
 	c.must("sh", "-c", "echo 'no_such_setting: 1' >> /etc/parry/parry.yaml")
 	if out, err := c.run("systemctl", "reload", "parry"); err == nil {
@@ -234,7 +236,6 @@ func (c *container) checkReload() {
 		c.t.Errorf("after refused reload: MainPID %s (was %s), state %s", got, pid, c.show("ActiveState"))
 	}
 	c.must("mv", "/root/parry.yaml.orig", "/etc/parry/parry.yaml")
-	c.must("systemctl", "reload", "parry")
 }
 
 // journalHas reports whether journalctl with args has an entry whose JSON

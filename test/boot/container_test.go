@@ -318,19 +318,31 @@ func (c *container) run(name string, args ...string) (string, error) {
 	return string(out), nil
 }
 
-// eventually polls cond every 20 ms until it holds or timeout passes; on
-// timeout it fails the test with parry's status and journal.
-func (c *container) eventually(timeout time.Duration, what string, cond func() bool) {
-	c.t.Helper()
+// poll checks cond every 20 ms until it holds (true) or timeout passes (false).
+func poll(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			status, _ := c.run("systemctl", "status", "--no-pager", "parry.service")
-			c.t.Fatalf("timed out after %v waiting for: %s\n--- systemctl status parry:\n%s\n--- parry journal:\n%s",
-				timeout, what, status, c.journal())
+			return false
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return true
+}
+
+// eventually polls cond until it holds; on timeout it fails the test with
+// parry's status and journal.
+func (c *container) eventually(timeout time.Duration, what string, cond func() bool) {
+	c.t.Helper()
+	if !poll(timeout, cond) {
+		c.t.Fatalf("timed out after %v waiting for: %s\n%s", timeout, what, c.diagnostics())
+	}
+}
+
+// diagnostics returns parry's status and journal, for failure messages.
+func (c *container) diagnostics() string {
+	status, _ := c.run("systemctl", "status", "--no-pager", "parry.service")
+	return "--- systemctl status parry:\n" + status + "\n--- parry journal:\n" + c.journal()
 }
 
 // must runs a command inside the container and fails the test on error.

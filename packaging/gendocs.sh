@@ -1,7 +1,8 @@
 #!/bin/sh
 # Generates man pages and shell completions from the built binaries'
-# --help text and cobra's `completion` command, so the installed docs are
-# always exactly what the binaries say.
+# --help text (stdout or stderr: Go's flag package prints usage on stderr)
+# and cobra's `completion` command, so the installed docs are always
+# exactly what the binaries say.
 #
 #   gendocs.sh BINDIR OUTDIR VERSION
 #
@@ -17,7 +18,7 @@ esc() { sed -e 's/\\/\\e/g' -e "s/^\\([.']\\)/\\\\\\&\\1/"; }
 
 # subcommands listed under "Available Commands:" in cobra's help
 subcommands() {
-	"$@" --help 2>/dev/null | awk '/^Available Commands:/{on=1; next} on && /^$/{exit} on {print $1}' |
+	"$@" --help 2>&1 | awk '/^Available Commands:/{on=1; next} on && /^$/{exit} on {print $1}' |
 		grep -v -x -e help -e completion || true
 }
 
@@ -29,18 +30,23 @@ page() {
 		printf '.TH %s %s "%s" "parry %s" "parry manual"\n' "$(echo "$name" | tr a-z A-Z)" "$section" "$date" "$version"
 		printf '.SH NAME\n%s \\- %s\n' "$name" "$summary"
 		printf '.SH DESCRIPTION\nThis page is generated from the output of\n.B %s \\-\\-help\n.PP\n.nf\n' "$name"
-		"$@" --help | esc
+		help=$("$@" --help 2>&1) || true
+		if [ -z "$help" ]; then
+			echo "gendocs: $* --help printed nothing" >&2
+			exit 1
+		fi
+		printf '%s\n' "$help" | esc
 		printf '.fi\n'
 		subs=$(subcommands "$@")
 		if [ -n "$subs" ]; then
 			printf '.SH COMMANDS\n'
 			for s in $subs; do
 				printf '.SS %s %s\n.nf\n' "$name" "$s"
-				"$@" "$s" --help | esc
+				"$@" "$s" --help 2>&1 | esc
 				printf '.fi\n'
 				for s2 in $(subcommands "$@" "$s"); do
 					printf '.SS %s %s %s\n.nf\n' "$name" "$s" "$s2"
-					"$@" "$s" "$s2" --help | esc
+					"$@" "$s" "$s2" --help 2>&1 | esc
 					printf '.fi\n'
 				done
 			done

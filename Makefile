@@ -93,7 +93,7 @@ deb: pkg-stage
 	PARRY_VERSION=$(VERSION) PARRY_ARCH=$(PKG_ARCH) $(NFPM) package -f packaging/nfpm.yaml -p deb -t $(DEB)
 	@echo "built $(DEB)"
 
-## rpm: packaging/dist/parry-<version>.<arch>.rpm
+## rpm: packaging/dist/parry-<version>-1.<arch>.rpm
 rpm: pkg-stage
 	PARRY_VERSION=$(VERSION) PARRY_ARCH=$(PKG_ARCH) $(NFPM) package -f packaging/nfpm.yaml -p rpm -t $(DIST)/
 

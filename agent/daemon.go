@@ -77,6 +77,7 @@ type Daemon struct {
 
 	ops     map[string]opEntry
 	limiter *peerLimiter
+	policy  atomic.Pointer[response.Engine] // swapped on reload
 	closing chan struct{}
 	closeMu sync.Once
 	heal    chan struct{}
@@ -148,6 +149,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.refreshGuard()
+	eng, err := d.newPolicy(cfg, d.guard.Own, nil)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.policy.Store(eng)
 	return d, nil
 }
 
@@ -255,8 +262,14 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
 		return fmt.Errorf("reload: allowlist: %w", err)
 	}
+	eng, err := d.newPolicy(cfg, d.guard.Own, d.Policy())
+	if err != nil {
+		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
+		return fmt.Errorf("reload: %w", err)
+	}
 	d.cfg = cfg
 	d.refreshGuard()
+	d.policy.Store(eng)
 	d.limiter.reset(cfg.Control.Rate, cfg.Control.Burst)
 	f := map[string]any{"ok": true, "allowlist": len(cfg.AllowPrefixes())}
 	if len(restart) > 0 {

@@ -13,11 +13,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/response"
@@ -73,18 +75,22 @@ type Daemon struct {
 	blocks    *index
 	lockdown  *store.Lockdown
 	observers []Observer
+	incident  atomic.Pointer[Incident] // set by AttachIncident; told of every signal
+	fleet     *fleet.Fleet             // nil: fleet off
 	health    Health
 
 	ops     map[string]opEntry
 	limiter *peerLimiter
+	policy  atomic.Pointer[response.Engine] // swapped on reload
 	closing chan struct{}
 	closeMu sync.Once
 	heal    chan struct{}
 
 	uninstalled bool // the table was removed on request: no self-heal
 
+	bulk atomic.Bool // a large change just happened: return freed memory to the OS
+
 	integ integrityState // integrity monitor (agent/integrity.go)
-	bulk  atomic.Bool    // a large change just happened: return freed memory to the OS
 
 	reload   func() error // set by Main: re-read and apply the config
 	shutdown func()       // set by Main: stop the daemon
@@ -149,6 +155,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.refreshGuard()
+	eng, err := d.newPolicy(cfg, d.guard.Own, nil)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.policy.Store(eng)
 	return d, nil
 }
 
@@ -249,6 +261,10 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		restart = append(restart, "socket/state_dir")
 		cfg.Socket, cfg.StateDir = old.Socket, old.StateDir
 	}
+	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
+		restart = append(restart, "fleet")
+		cfg.Fleet = old.Fleet
+	}
 	if cfg.Control.MaxConnections != old.Control.MaxConnections {
 		restart = append(restart, "control.max_connections")
 	}
@@ -256,8 +272,14 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
 		return fmt.Errorf("reload: allowlist: %w", err)
 	}
+	eng, err := d.newPolicy(cfg, d.guard.Own, d.Policy())
+	if err != nil {
+		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
+		return fmt.Errorf("reload: %w", err)
+	}
 	d.cfg = cfg
 	d.refreshGuard()
+	d.policy.Store(eng)
 	d.limiter.reset(cfg.Control.Rate, cfg.Control.Burst)
 	f := map[string]any{"ok": true, "allowlist": len(cfg.AllowPrefixes())}
 	if len(restart) > 0 {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/response"
 )
 
@@ -44,6 +45,7 @@ func (d *Daemon) handle(name string, perm Perm, fn Handler) {
 // registerOps is the op registry: one line per op.
 func (d *Daemon) registerOps() {
 	d.handle("ping", PermAnyone, d.opPing)
+	d.handle("signal", PermAnyone, d.opSignal) // per-kind authorisation inside
 	d.handle("status", PermAdmin, d.opStatus)
 	d.handle("list", PermAdmin, d.opList)
 	d.handle("block", PermAdmin, d.opBlock)
@@ -75,6 +77,7 @@ type Status struct {
 	Lockdown     LockdownState `json:"lockdown"`
 	StateDir     string        `json:"state_dir"`
 	AuditSeq     uint64        `json:"audit_seq"`
+	Fleet        *fleet.Status `json:"fleet,omitempty"` // absent: fleet off
 }
 
 // Status reports the daemon's state from memory (never the kernel).
@@ -85,7 +88,7 @@ func (d *Daemon) Status() Status {
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
 	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq()}
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
@@ -179,32 +182,6 @@ func (d *Daemon) opUnblock(ctx context.Context, c *Call) (any, error) {
 	}
 	return d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: targets,
 		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String()})
-}
-
-func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
-	var p struct {
-		For     string   `json:"for"`
-		Allow   []string `json:"allow"`
-		Isolate bool     `json:"isolate"`
-		Reason  string   `json:"reason"`
-	}
-	if err := c.Decode(&p); err != nil {
-		return nil, err
-	}
-	dur, err := ParseDuration(p.For)
-	if err != nil || dur < time.Second {
-		return nil, errorf(CodeInvalidDuration, `lockdown needs "for" (at least 1s, e.g. "15m"); it is never permanent`)
-	}
-	dec := response.Decision{Action: response.ActionLockdown, Until: d.now().Add(dur), Isolate: p.Isolate,
-		Reason: truncate(p.Reason, 1024), Source: "control", Sender: c.Peer.String()}
-	for i, s := range p.Allow {
-		pr, err := ParseTarget(s)
-		if err != nil {
-			return nil, errorf(CodeInvalidTarget, "allow[%d]: %v", i, err)
-		}
-		dec.Allow = append(dec.Allow, pr)
-	}
-	return d.Enforce(ctx, dec)
 }
 
 func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {

@@ -120,8 +120,7 @@ func (f *NFT) Block(elems []Element) error {
 	return nil
 }
 
-// asChanges is delete+add of a permanent element: one change each, kept in
-// one transaction by apply because they are small.
+// asChanges is delete+add of a permanent element, glued into one transaction.
 func (e Element) asChanges(s *nftables.Set) []change {
 	var el []nftables.SetElement
 	if isSingle(e.Prefix) {
@@ -133,7 +132,7 @@ func (e Element) asChanges(s *nftables.Set) []change {
 	for _, x := range el {
 		n += elemBytes(x)
 	}
-	return []change{{set: s, del: true, elems: el, bytes: n}, {set: s, elems: el, bytes: n}}
+	return []change{{set: s, del: true, elems: el, bytes: n, glued: true}, {set: s, elems: el, bytes: n}}
 }
 
 // Unblock removes prefixes; ones not present are not an error. Each prefix
@@ -186,11 +185,12 @@ func (f *NFT) addThenDelete(prefixes []netip.Prefix) []change {
 		add.add(s, el...)
 		del.add(s, el...)
 	}
-	// Interleave per chunk so that a split across transactions never
-	// separates a chunk's add from its delete.
+	// Interleave per chunk, each add glued to its delete, so that a split
+	// across transactions never leaves an added element behind.
 	a, d := add.changes(), del.changes()
 	out := make([]change, 0, len(a)+len(d))
 	for i := range a {
+		a[i].glued = true
 		out = append(out, a[i], d[i])
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -172,19 +173,54 @@ func (d *Daemon) integritySignals(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case sig := <-d.integ.signals:
-			d.handleIntegritySignal(sig)
+			d.handleIntegritySignal(ctx, sig)
 		}
 	}
 }
 
-// handleIntegritySignal is the HOOK into the response policy engine.
-// HOOK(policy): the response engine (response.Engine.Handle) is not on this
-// branch yet; once the agent holds one, hand sig to it here and enforce its
-// decisions through d.Enforce. Until then the signal is only logged: the
-// finding itself is already in the audit chain.
-func (d *Daemon) handleIntegritySignal(sig response.Signal) {
-	d.log.Info("integrity_violation signal (no policy engine wired yet)",
-		"severity", sig.Severity, "path", sig.Path, "finding", sig.Attrs["finding"])
+// integritySender is how the integrity watcher appears as a signal sender
+// and in the audit log.
+func integritySender() Peer {
+	return Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), User: "parryd-integrity", Admin: true}
+}
+
+// handleIntegritySignal runs one integrity_violation signal through the
+// response policy (which may notify, log, block or lock down, as its rules
+// for kind integrity_violation say) and enforces what it decides, exactly
+// as op signal does for signals from the socket.
+func (d *Daemon) handleIntegritySignal(ctx context.Context, sig response.Signal) {
+	eng := d.Policy()
+	if eng == nil {
+		d.log.Warn("integrity_violation signal dropped: no policy engine", "path", sig.Path)
+		return
+	}
+	peer := integritySender()
+	sig.Sender = peerSender(peer)
+	if sig.Time.IsZero() {
+		sig.Time = d.now().UTC()
+	}
+	if err := response.ValidateSignal(sig); err != nil {
+		d.log.Error("integrity_violation signal invalid", "path", sig.Path, "err", err)
+		return
+	}
+	res, err := eng.Handle(sig)
+	if err != nil {
+		d.log.Error("policy refused an integrity_violation signal", "path", sig.Path, "err", err)
+		return
+	}
+	d.recordSignal(sig, peer, res)
+	d.observeSignal(sig, string(res.Outcome))
+	blocked := false
+	for _, dec := range res.Decisions {
+		if _, err := d.Enforce(ctx, dec); err != nil {
+			d.log.Error("enforcing the policy's answer to an integrity finding failed", "action", dec.Action, "path", sig.Path, "err", err)
+			continue
+		}
+		blocked = blocked || (dec.Action == response.ActionBlock && !dec.DryRun)
+	}
+	if blocked {
+		d.saveOffenders(eng)
+	}
 }
 
 // IntegrityStatus is the answer to op integrity_status.

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/parryhq/parry/response"
 )
@@ -53,22 +54,32 @@ type Finding struct {
 	Detail      string    `json:"detail"`
 }
 
-// Signal turns f into the signal the response policy receives.
+// Signal turns f into the signal the response policy receives. Text is
+// made valid UTF-8 (paths are bytes) and cut to the signal's limits.
 func (f Finding) Signal() response.Signal {
 	attrs := map[string]string{"finding": f.Kind}
-	if f.Rule != "" {
-		attrs["rule"] = f.Rule
-	}
-	if f.Package != "" {
-		attrs["package"] = f.Package
-	}
-	if f.Remediation != "" {
-		attrs["remediation"] = f.Remediation
+	for k, v := range map[string]string{"rule": f.Rule, "package": f.Package, "remediation": f.Remediation} {
+		if v != "" {
+			attrs[k] = clip(v, response.MaxAttrValue)
+		}
 	}
 	return response.Signal{
 		Kind: SignalKind, Source: "integrity", Severity: f.Severity,
-		Path: f.Path, Detail: f.Detail, Time: f.Time, Attrs: attrs,
+		Path: clip(f.Path, response.MaxTextLen), Detail: clip(f.Detail, response.MaxTextLen), Time: f.Time, Attrs: attrs,
 	}
+}
+
+// clip makes s valid UTF-8 of at most n bytes.
+func clip(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n-len("…")]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + "…"
 }
 
 // String is the one-line human form used in logs and the CLI.

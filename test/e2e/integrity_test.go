@@ -112,6 +112,18 @@ func TestIntegrityEndToEnd(t *testing.T) {
 		b, _ := os.ReadFile(filepath.Join(d.dir, "audit.log"))
 		return strings.Contains(string(b), `"integrity_finding"`) && strings.Contains(string(b), changed)
 	})
+	// The finding went to the policy as an integrity_violation signal, and
+	// the built-in rule (notify) decided on it.
+	netns.Eventually(t, 5*time.Second, "integrity_violation signal decided by the policy", func() bool {
+		b, _ := os.ReadFile(filepath.Join(d.dir, "audit.log"))
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, `"event":"signal"`) && strings.Contains(line, `"integrity_violation"`) &&
+				strings.Contains(line, changed) && strings.Contains(line, `"outcome":"decided"`) {
+				return true
+			}
+		}
+		return false
+	})
 
 	// The permission rule puts the mode back at once.
 	secret := filepath.Join(watched, "secret")

@@ -230,3 +230,39 @@ func TestHashAlgorithms(t *testing.T) {
 		}
 	}
 }
+
+// TestScheduledCheck: a change that produced no event is found by the
+// scheduled full check, on the fake clock.
+func TestScheduledCheck(t *testing.T) {
+	dir := genTree(t)
+	synctest.Test(t, func(t *testing.T) {
+		src := newFakeSource()
+		col := &collector{}
+		cfg := testConfig(dir)
+		iv := 10 * time.Minute
+		cfg.ScanInterval = &iv
+		m, err := NewMonitor(cfg, Options{StateDir: t.TempDir(), Report: col.report,
+			NewSource: func() (EventSource, error) { return src, nil }})
+		must(t, err)
+		_, err = m.Baseline(context.Background())
+		must(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- m.Run(ctx) }()
+		synctest.Wait()
+		p := filepath.Join(dir, "f2.txt")
+		writeFile(t, p, "silently changed")
+		time.Sleep(iv - time.Second)
+		synctest.Wait()
+		if col.has(func(f Finding) bool { return f.Path == p }) {
+			t.Fatal("found before the scheduled check")
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if !col.has(func(f Finding) bool { return f.Path == p && f.Kind == KindChanged }) {
+			t.Fatalf("scheduled check missed the change: %v", col.snapshot())
+		}
+		cancel()
+		must(t, <-done)
+	})
+}

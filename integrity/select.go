@@ -139,8 +139,8 @@ func (s *Selection) selectedBy(r *selRoot, p string) bool {
 	return !s.excluded(r, r.path)
 }
 
-// Descend reports whether the walker should enter directory p, found under
-// root r.
+// excluded reports whether p, found under root r, matches a global or a
+// per-root exclude (an excluded directory is not entered).
 func (s *Selection) excluded(r *selRoot, p string) bool {
 	for _, g := range s.exclude {
 		if g.match(p) {

@@ -151,10 +151,11 @@ const privBits = 0o6000 // setuid | setgid
 // classify builds the finding for a change from base to cur at path (nil
 // when they are equal). Gaining setuid/setgid is critical.
 func classify(path string, base, cur *Entry, now time.Time) *Finding {
+	if *base == *cur || (!base.Exists() && !cur.Exists()) {
+		return nil // the common case: nothing allocated
+	}
 	f := &Finding{Time: now, Path: path}
 	switch {
-	case !base.Exists() && !cur.Exists():
-		return nil
 	case !base.Exists():
 		f.Kind, f.Severity = KindAdded, SevMedium
 		f.Detail = fmt.Sprintf("new %s, mode %s, uid %d, gid %d, size %d", cur.Type, modeStr(cur.Mode), cur.UID, cur.GID, cur.Size)

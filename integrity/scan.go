@@ -224,6 +224,7 @@ func (s *Scanner) scan(ctx context.Context, roots []string, onDir func(string)) 
 func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(string), each func(Result)) error {
 	jobs := make(chan []job, 4*s.workers)
 	results := make(chan []Result, 4*s.workers)
+	free := make(chan []Result, 8*s.workers)
 	var collect sync.WaitGroup
 	collect.Add(1)
 	go func() {
@@ -234,6 +235,13 @@ func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(strin
 					continue // gone since the directory was read
 				}
 				each(r)
+			}
+			if cap(batch) >= 64 { // recycle: a full scan makes no garbage per file here
+				clear(batch)
+				select {
+				case free <- batch[:0]:
+				default:
+				}
 			}
 		}
 	}()
@@ -247,7 +255,12 @@ func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(strin
 			}
 			w := s.newWorker()
 			for batch := range jobs {
-				res := make([]Result, 0, len(batch))
+				var res []Result
+				select {
+				case res = <-free:
+				default:
+					res = make([]Result, 0, 64)
+				}
 				for _, j := range batch {
 					var e Entry
 					if !j.regular || !w.regularEntry(ctx, j.path, &e) {

@@ -165,6 +165,7 @@ func memoryChild(tree, state string) error {
 	if _, err := m.Load(); err != nil {
 		return err
 	}
+	afterLoad := procStatus("VmHWM")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -179,7 +180,8 @@ func memoryChild(tree, state string) error {
 	runtime.ReadMemStats(&ms)
 	rss, hwm := procStatus("VmRSS"), procStatus("VmHWM")
 	fmt.Printf("watching %d entries in %d directories (%d watches):\n", st.BaselineEntries, st.Watches, st.Watches)
-	fmt.Printf("  RSS %s (peak %s during the start-up rescan); Go heap in use %.1f MiB\n", rss, hwm, float64(ms.HeapInuse)/(1<<20))
+	fmt.Printf("  RSS %s (peak %s: %s after loading the baseline, the rest during the start-up check); Go heap in use %.1f MiB\n",
+		rss, hwm, afterLoad, float64(ms.HeapInuse)/(1<<20))
 	cancel()
 	return <-done
 }

@@ -137,7 +137,18 @@ func (m *Main) Run(ctx context.Context) error {
 		m.Logger.Info("removed nftables table", "table", cfg.Table)
 		return nil
 	}
-	d, err := New(cfg, Options{Firewall: fw, Logger: m.Logger})
+	d, err := New(cfg, Options{Firewall: fw, Logger: m.Logger, Sweeper: func() (ElementReader, func(), error) {
+		conn, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return nil, nil, err
+		}
+		r, err := firewall.New(conn, firewall.Config{Table: cfg.Table, Priority: cfg.Priority, Logger: m.Logger})
+		if err != nil {
+			conn.CloseLasting()
+			return nil, nil, err
+		}
+		return r, func() { _ = conn.CloseLasting() }, nil
+	}})
 	if err != nil {
 		return err
 	}

@@ -136,7 +136,7 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 	}
 
 	// Lockdown captures evidence on its own.
-	d.mustParry("lockdown", "--for", "10m", "--reason", "e2e lockdown")
+	d.mustParry("lockdown", "--for", "10m", "--force", "--reason", "e2e lockdown")
 	netns.Eventually(t, 20*time.Second, "evidence captured for the lockdown", func() bool {
 		return len(auditEvents(t, d.dir, "evidence")) == 2
 	})
@@ -146,10 +146,7 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 	d.mustParry("release")
 
 	// Metrics, scraped inside the namespace (loopback there).
-	metrics, err := p.Host.Run("curl", "-sf", "http://127.0.0.1:9477/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
+	metrics := scrapeInNS(t, p.Host, "127.0.0.1:9477", "/metrics")
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(strings.NewReader(metrics))
 	if err != nil {
@@ -208,4 +205,23 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 	if out := d.mustParry("audit", "verify"); !strings.Contains(out, "audit log ok") {
 		t.Errorf("audit verify: %q", out)
 	}
+}
+
+// scrapeInNS fetches an HTTP page from inside ns with socat (HTTP/1.0, so the
+// server closes after the body) and returns the body.
+func scrapeInNS(t *testing.T, ns *netns.NS, addr, path string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := ns.Command(ctx, "socat", "-t", "5", "-", "TCP:"+addr+",shut-none") // no half-close: net/http would cancel the request
+	cmd.Stdin = strings.NewReader("GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("scrape %s%s: %v", addr, path, err)
+	}
+	head, body, ok := strings.Cut(string(out), "\r\n\r\n")
+	if !ok || !strings.HasPrefix(head, "HTTP/1.0 200") && !strings.HasPrefix(head, "HTTP/1.1 200") {
+		t.Fatalf("scrape %s%s: %q", addr, path, head)
+	}
+	return body
 }

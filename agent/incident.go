@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -448,17 +450,9 @@ func (in *Incident) Capture(ctx context.Context, reason, trigger string) (eviden
 }
 
 func (in *Incident) fill(s *evidence.Snapshot) {
-	blocks := in.d.Blocks()
-	s.BlocksTotal = len(blocks)
-	if len(blocks) > maxEvidenceBlks {
-		blocks, s.BlocksTruncated = blocks[:maxEvidenceBlks], true
-	}
-	for _, b := range blocks {
-		p, err := ParseTarget(b.Target)
-		if err != nil {
-			continue
-		}
-		s.Blocks = append(s.Blocks, evidence.Block{Prefix: p, Until: b.Until, Reason: b.Reason})
+	s.Blocks, s.BlocksTotal = in.activeBlocks()
+	if len(s.Blocks) > maxEvidenceBlks {
+		s.Blocks, s.BlocksTruncated = s.Blocks[:maxEvidenceBlks], true
 	}
 	if l := in.d.Status().Lockdown; l.Active {
 		s.Lockdown = &evidence.Lockdown{Until: l.Until, Isolate: l.Isolate, Reason: l.Reason}
@@ -466,6 +460,30 @@ func (in *Incident) fill(s *evidence.Snapshot) {
 	in.mu.Lock()
 	s.Findings = append(s.Findings, in.findings...)
 	in.mu.Unlock()
+}
+
+// activeBlocks copies the active blocks out of the daemon's index with a
+// short hold of its lock (a copy, no sort), then sorts them outside it.
+func (in *Incident) activeBlocks() ([]evidence.Block, int) {
+	d := in.d
+	d.mu.Lock()
+	nowMs := d.now().UnixMilli()
+	out := make([]evidence.Block, 0, d.blocks.len())
+	for p, e := range d.blocks.m {
+		if e.expired(nowMs) {
+			continue
+		}
+		b := evidence.Block{Prefix: p, Reason: d.blocks.decision(e.dec).Reason}
+		if e.until != 0 {
+			b.Until = time.UnixMilli(e.until).UTC()
+		}
+		out = append(out, b)
+	}
+	d.mu.Unlock()
+	slices.SortFunc(out, func(a, b evidence.Block) int {
+		return cmp.Or(a.Prefix.Addr().Compare(b.Prefix.Addr()), cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()))
+	})
+	return out, len(out)
 }
 
 // applyTimer is implemented by the firewall wrapper that times Block.

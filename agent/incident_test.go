@@ -366,3 +366,50 @@ func TestSignalsCountedInMetrics(t *testing.T) {
 		t.Errorf("signals counted %v, kinds %v", total, kinds)
 	}
 }
+
+func TestIncidentConfigSections(t *testing.T) {
+	good := `
+evidence:
+  timeout: 3s
+  max_processes: 100
+  on_lockdown: false
+notify:
+  min_severity: critical
+  webhooks:
+    - name: ops
+      url: https://hooks.example.org/T/secret
+      format: slack
+metrics:
+  enabled: true
+  listen: 127.0.0.1:9100
+check:
+  cert_warn: 240h
+  key_dirs: [/etc/ssl/private]
+`
+	path := filepath.Join(t.TempDir(), "parry.yaml")
+	os.WriteFile(path, []byte(good), 0o600)
+	cfg, err := LoadConfig(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Evidence.Timeout != 3*time.Second || cfg.Evidence.AutoOnLockdown() || !cfg.Metrics.Enabled ||
+		cfg.Notify.Webhooks[0].Format != "slack" || cfg.Check.CertWarn != 240*time.Hour {
+		t.Errorf("decoded %+v %+v %+v %+v", cfg.Evidence, cfg.Notify, cfg.Metrics, cfg.Check)
+	}
+	for _, bad := range []string{
+		"evidence:\n  timout: 3s\n",                                     // unknown key
+		"evidence:\n  timeout: 5\n",                                     // 5ns: no unit
+		"notify:\n  webhooks:\n    - url: ftp://x/secret\n",             // scheme
+		"metrics:\n  enabled: true\n  listen: ':9100'\n",                // no host
+		"check:\n  key_dirs: [relative]\n",                              // not absolute
+		"notify:\n  webhooks:\n    - url: https://x/\n      token: t\n", // unknown key in a webhook
+	} {
+		os.WriteFile(path, []byte(bad), 0o600)
+		_, err := LoadConfig(path, false)
+		if err == nil {
+			t.Errorf("config accepted:\n%s", bad)
+		} else if strings.Contains(err.Error(), "secret") {
+			t.Errorf("error leaks the webhook URL: %v", err)
+		}
+	}
+}

@@ -307,6 +307,16 @@ func TestIncidentOpsOverSocket(t *testing.T) {
 	if w := call(`{"op":"evidence_show","evidence_id":"20260101T000000Z-00000000"}`, nil); w.OK || w.Error.Code != CodeNotFound {
 		t.Errorf("missing id: %+v", w)
 	}
+	// Tamper with the file: list and show now say so.
+	path := filepath.Join(d.Config().StateDir, "evidence", capResp.Evidence.ID+".json")
+	os.Chmod(path, 0o600)
+	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString(" ")
+	f.Close()
+	call(`{"op":"evidence_list"}`, &list)
+	if list.Evidence[0].Intact || list.Evidence[0].SHA256 == list.Evidence[0].Recorded {
+		t.Errorf("tampered evidence reported intact: %+v", list.Evidence[0])
+	}
 	var rep struct {
 		Report report.Report `json:"report"`
 	}

@@ -178,8 +178,9 @@ func (in *Incident) enqueue(name string, run func(ctx context.Context)) {
 	select {
 	case in.jobs <- incidentJob{name: name, run: run}:
 	default:
-		n := in.dropped.Add(1)
-		in.log.Warn("incident work queue full; job dropped", "job", name, "dropped_total", n)
+		if n := in.dropped.Add(1); logDrop(n) {
+			in.log.Warn("incident work queue full; job dropped", "job", name, "dropped_total", n)
+		}
 	}
 }
 
@@ -326,6 +327,10 @@ func decisionTitle(dec response.Decision, out Outcome) string {
 	return b.String()
 }
 
+// logDrop keeps a flood from flooding the journal too: the first drop and
+// every 1000th are logged, with the running total.
+func logDrop(n uint64) bool { return n == 1 || n%1000 == 0 }
+
 type pendingBlock struct {
 	id      string
 	targets []netip.Prefix
@@ -340,8 +345,9 @@ func (in *Incident) queueLookup(p pendingBlock) {
 	}
 	in.pendMu.Unlock()
 	if full {
-		n := in.dropped.Add(1)
-		in.log.Warn("too many blocks waiting for their connection lookup; skipped", "decision", p.id, "dropped_total", n)
+		if n := in.dropped.Add(1); logDrop(n) {
+			in.log.Warn("too many blocks waiting for their connection lookup; skipped", "decision", p.id, "dropped_total", n)
+		}
 		return
 	}
 	select {

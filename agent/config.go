@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/evidence"
+	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/hostcheck"
 	"github.com/parryhq/parry/agent/metrics"
 	webhook "github.com/parryhq/parry/agent/notify"
@@ -46,6 +47,7 @@ type Config struct {
 
 	Response  response.Config  `yaml:"response"`
 	Integrity integrity.Config `yaml:"integrity"`
+	Fleet     fleet.Config     `yaml:"fleet"`
 
 	// Incident tooling (docs/incident.md).
 	Evidence evidence.Config  `yaml:"evidence"`

@@ -159,6 +159,10 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.ln, err = m.listener(cfg); err != nil {
 		return err
 	}
+	if err := m.startFleet(ctx, cfg); err != nil {
+		return err
+	}
+	defer m.stopFleet()
 	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": d.Status().ActiveBlocks})
 	incDone := make(chan struct{})
 	go func() { inc.Run(ctx); close(incDone) }()
@@ -168,6 +172,7 @@ func (m *Main) Run(ctx context.Context) error {
 	go func() { serveErr <- d.Serve(ctx, m.ln) }()
 	ping := m.watchdog()
 	lastStatus := time.Now()
+	go d.runIntegrity(ctx)
 	go d.maintain(ctx, func() {
 		if ping != nil {
 			ping()

@@ -227,7 +227,6 @@ func (in *Incident) observe(dec response.Decision, out Outcome) {
 	if !ok {
 		return
 	}
-	critical := in.noteFindings(dec)
 	in.notifyDecision(dec, out)
 	if out.DryRun {
 		return
@@ -242,41 +241,40 @@ func (in *Incident) observe(dec response.Decision, out Outcome) {
 		if ecfg.AutoOnLockdown() {
 			reason := fmt.Sprintf("lockdown %s: %s", dec.ID, dec.Reason)
 			in.enqueue("evidence", func(ctx context.Context) { in.captureLogged(ctx, reason, "lockdown") })
-			return // one snapshot per lockdown, even when a finding caused it
 		}
-	}
-	if critical != "" && ecfg.AutoOnCritical() {
-		reason := "critical integrity finding: " + critical
-		in.enqueue("evidence", func(ctx context.Context) { in.captureLogged(ctx, reason, "integrity") })
 	}
 }
 
-// noteFindings records the integrity findings among the decision's
-// causes, counts and notifies them; it returns the path of a critical one.
-func (in *Incident) noteFindings(dec response.Decision) (critical string) {
-	for _, s := range dec.Cause {
-		if s.Kind != "integrity_violation" && s.Path == "" {
-			continue
-		}
-		f := evidence.Finding{Path: s.Path, Kind: s.Kind, Severity: s.Severity, Detail: s.Detail, Time: s.Time}
-		in.mu.Lock()
-		in.findings = append(in.findings, f)
-		if len(in.findings) > maxFindingsKept {
-			in.findings = in.findings[len(in.findings)-maxFindingsKept:]
-		}
-		open := len(in.findings)
-		in.mu.Unlock()
-		if in.metrics != nil {
-			in.metrics.Finding(s.Severity, open)
-		}
-		sig := s
-		in.notifier.Notify(webhook.Event{Kind: webhook.KindFinding, Severity: s.Severity,
-			Title: fmt.Sprintf("integrity finding on %s: %s", s.Path, s.Detail), Finding: &sig})
-		if strings.EqualFold(s.Severity, "critical") && critical == "" {
-			critical = s.Path
-		}
+// observeFinding tells the incident tooling of an integrity finding, as
+// the integrity wiring audits it (whether or not a policy rule turns it
+// into a decision).
+func (d *Daemon) observeFinding(s response.Signal) {
+	if in := d.incident.Load(); in != nil {
+		in.finding(s)
 	}
-	return critical
+}
+
+// finding keeps the finding for evidence, counts it, notifies it when at
+// or above notify.min_severity, and captures evidence when it is critical.
+// It never blocks.
+func (in *Incident) finding(s response.Signal) {
+	f := evidence.Finding{Path: s.Path, Kind: s.Attrs["finding"], Severity: s.Severity, Detail: s.Detail, Time: s.Time}
+	in.mu.Lock()
+	in.findings = append(in.findings, f)
+	if len(in.findings) > maxFindingsKept {
+		in.findings = in.findings[len(in.findings)-maxFindingsKept:]
+	}
+	kept := len(in.findings)
+	in.mu.Unlock()
+	if in.metrics != nil {
+		in.metrics.Finding(s.Severity, kept)
+	}
+	in.notifier.Notify(webhook.Event{Kind: webhook.KindFinding, Severity: s.Severity,
+		Title: fmt.Sprintf("integrity %s on %s: %s", cmp.Or(f.Kind, "finding"), s.Path, s.Detail), Finding: &s})
+	if strings.EqualFold(s.Severity, "critical") && in.cfg.Evidence.AutoOnCritical() {
+		reason := fmt.Sprintf("critical integrity finding on %s: %s", s.Path, s.Detail)
+		in.enqueue("evidence", func(ctx context.Context) { in.captureLogged(ctx, reason, "integrity") })
+	}
 }
 
 func (in *Incident) notifyDecision(dec response.Decision, out Outcome) {
@@ -463,9 +461,29 @@ func (in *Incident) fill(s *evidence.Snapshot) {
 	if l := in.d.Status().Lockdown; l.Active {
 		s.Lockdown = &evidence.Lockdown{Until: l.Until, Isolate: l.Isolate, Reason: l.Reason}
 	}
+	if open, ok := in.openFindings(); ok {
+		s.Findings = append(s.Findings, open...)
+		return
+	}
 	in.mu.Lock()
 	s.Findings = append(s.Findings, in.findings...)
 	in.mu.Unlock()
+}
+
+// openFindings are the integrity monitor's unresolved findings, when it runs.
+func (in *Incident) openFindings() ([]evidence.Finding, bool) {
+	s := &in.d.integ
+	s.mu.Lock()
+	mon := s.mon
+	s.mu.Unlock()
+	if mon == nil {
+		return nil, false
+	}
+	var out []evidence.Finding
+	for _, f := range mon.Status().Open {
+		out = append(out, evidence.Finding{Path: f.Path, Kind: f.Kind, Severity: f.Severity, Detail: f.Detail, Time: f.Time})
+	}
+	return out, true
 }
 
 // activeBlocks copies the active blocks out of the daemon's index with a

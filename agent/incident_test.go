@@ -122,11 +122,18 @@ func TestLockdownCapturesEvidenceAsync(t *testing.T) {
 }
 
 func TestCriticalFindingCapturesEvidence(t *testing.T) {
-	d, in := incidentDaemon(t, nil)
-	cause := []response.Signal{{Kind: "integrity_violation", Path: "/usr/bin/sudo", Severity: "critical", Detail: "hash changed"}}
-	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionNotify, Source: "integrity", Cause: cause}); err != nil {
-		t.Fatal(err)
-	}
+	got := make(chan []byte, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- b
+	}))
+	defer srv.Close()
+	d, in := incidentDaemon(t, func(c *Config) {
+		c.Notify = webhook.Config{Webhooks: []webhook.Webhook{{URL: srv.URL}}, MinSeverity: "critical", Events: []string{"finding"}}
+	})
+	sig := response.Signal{Kind: "integrity_violation", Source: "integrity", Path: "/usr/bin/sudo", Severity: "critical",
+		Detail: "mode 0755 → 4755 (gained setuid)", Attrs: map[string]string{"finding": "changed"}}
+	d.observeFinding(sig)
 	var ev []map[string]any
 	netns.Eventually(t, 20*time.Second, "evidence for the critical finding", func() bool {
 		ev = auditEvents(t, d, "evidence")
@@ -135,16 +142,28 @@ func TestCriticalFindingCapturesEvidence(t *testing.T) {
 	if ev[0]["trigger"] != "integrity" {
 		t.Errorf("trigger %v", ev[0]["trigger"])
 	}
+	checkEvidenceFile(t, d, ev[0])
 	snap, _, err := in.evidence.Show(ev[0]["id"].(string))
-	if err != nil || len(snap.Findings) != 1 || snap.Findings[0].Path != "/usr/bin/sudo" {
-		t.Errorf("findings in snapshot: %+v %v", snap, err)
+	if err != nil || len(snap.Findings) != 1 || snap.Findings[0].Path != "/usr/bin/sudo" || snap.Findings[0].Kind != "changed" {
+		t.Errorf("findings in snapshot: %+v %v", snap.Findings, err)
 	}
-	// A medium finding does not capture.
-	cause[0].Severity = "medium"
-	d.Enforce(context.Background(), response.Decision{Action: response.ActionNotify, Source: "integrity", Cause: cause})
+	select {
+	case b := <-got:
+		if !strings.Contains(string(b), `"kind":"finding"`) || !strings.Contains(string(b), "/usr/bin/sudo") {
+			t.Errorf("webhook body %s", b)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no webhook for the critical finding")
+	}
+	// A medium finding neither captures nor notifies (min_severity critical).
+	sig.Severity = "medium"
+	d.observeFinding(sig)
 	barrier(t, in)
 	if n := len(auditEvents(t, d, "evidence")); n != 1 {
 		t.Errorf("%d evidence events, want 1", n)
+	}
+	if st := in.notifier.Stats()[0]; st.Delivered != 1 || st.Queued != 0 {
+		t.Errorf("webhook stats %+v", st)
 	}
 }
 

@@ -156,6 +156,7 @@ func (d *Daemon) integrityFinding(f integrity.Finding) {
 		fields["changes"] = f.Changes
 	}
 	d.Audit("integrity_finding", fields)
+	d.observeFinding(f.Signal()) // incident tooling: metrics, webhook, evidence on critical
 	select {
 	case d.integ.signals <- f.Signal():
 	default:

@@ -30,6 +30,7 @@ type Main struct {
 	StateDir    string // --state-dir override
 	Table       string // --table override
 	RemoveRules bool   // --remove-rules: delete the table and exit
+	CheckConfig bool   // --check-config: validate the config and exit
 	Logger      *slog.Logger
 	Stderr      io.Writer
 
@@ -61,6 +62,7 @@ Flags override the config file (default %s, optional).
 	fs.StringVar(&m.StateDir, "state-dir", "", "state directory: store.db, audit.log (default /var/lib/parry)")
 	fs.StringVar(&m.Table, "table", "", "nftables table name in family inet (default parry)")
 	fs.BoolVar(&m.RemoveRules, "remove-rules", false, "delete parry's nftables table and exit (package purge)")
+	fs.BoolVar(&m.CheckConfig, "check-config", false, "validate the config file (and flags) and exit: 0 valid, 1 invalid (systemctl reload runs this first)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -120,11 +122,15 @@ func (m *Main) openFirewall(cfg Config) (*firewall.NFT, error) {
 // only once the table exists and the store is re-asserted into it.
 func (m *Main) Run(ctx context.Context) error {
 	if m.Logger == nil {
-		m.Logger = slog.New(slog.NewJSONHandler(m.out(), nil))
+		m.Logger = m.defaultLogger()
 	}
 	cfg, err := m.LoadConfig()
 	if err != nil {
 		return err
+	}
+	if m.CheckConfig {
+		fmt.Fprintln(m.out(), "parryd: config ok")
+		return nil
 	}
 	fw, err := m.openFirewall(cfg)
 	if err != nil {
@@ -192,6 +198,16 @@ func (m *Main) Run(ctx context.Context) error {
 	<-incDone // evidence in flight is written and audited before the log closes
 	d.Audit("stop", map[string]any{"pid": os.Getpid()})
 	return err
+}
+
+// defaultLogger logs structured journal entries (PARRY_* fields) when stderr
+// is connected to the journal under systemd, and JSON lines to stderr
+// otherwise.
+func (m *Main) defaultLogger() *slog.Logger {
+	if m.Stderr == nil && JournalAvailable() {
+		return slog.New(NewJournalHandler(JournalOptions{}))
+	}
+	return slog.New(slog.NewJSONHandler(m.out(), nil))
 }
 
 // configFile is the config file in use, for the host check; empty when

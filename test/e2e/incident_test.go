@@ -136,7 +136,7 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 	}
 
 	// Lockdown captures evidence on its own.
-	d.mustParry("lockdown", "--for", "10m", "--force", "--reason", "e2e lockdown")
+	d.mustParry("lockdown", "--for", "10m", "--reason", "e2e lockdown", "--force")
 	netns.Eventually(t, 20*time.Second, "evidence captured for the lockdown", func() bool {
 		return len(auditEvents(t, d.dir, "evidence")) == 2
 	})

@@ -129,6 +129,10 @@ func TestBoot(t *testing.T) {
 	if out := c.must("systemd-analyze", "verify", "--man=no", "parry.service", "parry.socket"); strings.TrimSpace(out) != "" {
 		t.Errorf("systemd-analyze verify on the installed units:\n%s", out)
 	}
+	// The next boot's transaction, parry included, has no ordering cycle.
+	if out := c.must("systemd-analyze", "verify", "--man=no", "default.target"); strings.Contains(out, "cycle") {
+		t.Errorf("ordering cycle in the boot transaction with parry enabled:\n%s", out)
+	}
 
 	// Block the peer: packets from it are dropped, and the journal has it.
 	c.must("parry", "block", peer, "--for", "1h", "--reason", "boot test")

@@ -110,7 +110,7 @@ func TestBoot(t *testing.T) {
 		t.Fatal("the peer cannot reach the host before parry is installed: test network broken")
 	}
 	start := time.Now()
-	c := boot(t, root, pair.Host, filepath.Dir(deb))
+	c := boot(t, machine{root: root, upper: t.TempDir(), ns: pair.Host, hostDir: filepath.Dir(deb)})
 	t.Logf("booted in %v", time.Since(start).Round(100*time.Millisecond))
 	pkg := "/parry-pkg/" + filepath.Base(deb)
 	peer := pair.PeerV4.String()
@@ -155,6 +155,20 @@ func TestBoot(t *testing.T) {
 	c.checkRestart(pair, "upgrade (dpkg -i of the package again)", func() { c.must("dpkg", "-i", pkg) })
 	if out := c.must("parry", "list"); !strings.Contains(out, peer) {
 		t.Errorf("parry list after upgrade does not show %s:\n%s", peer, out)
+	}
+
+	// Reboot: parryd starts at boot before network-pre.target, from the
+	// store, with the block in place.
+	c = c.reboot()
+	c.waitActive("after reboot", 0)
+	if reachable(pair) {
+		t.Errorf("peer reaches the host after a reboot\n%s", c.diagnostics())
+	}
+	var parryUp, netPre int64
+	fmt.Sscan(c.show("ActiveEnterTimestampMonotonic"), &parryUp)
+	fmt.Sscan(strings.TrimSpace(c.must("systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "--value", "network-pre.target")), &netPre)
+	if parryUp == 0 || netPre == 0 || parryUp > netPre {
+		t.Errorf("parry.service active at %d µs, network-pre.target at %d µs: parry must come first", parryUp, netPre)
 	}
 
 	// Purge: service, table and state are gone; the peer gets through again.

@@ -137,11 +137,15 @@ func (m *Main) Run(ctx context.Context) error {
 		m.Logger.Info("removed nftables table", "table", cfg.Table)
 		return nil
 	}
-	d, err := New(cfg, Options{Firewall: fw, Logger: m.Logger})
+	d, err := New(cfg, Options{Firewall: TimeApply(fw), Logger: m.Logger})
 	if err != nil {
 		return err
 	}
 	m.Daemon = d
+	inc, err := AttachIncident(d, m.configFile())
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	d.shutdown = cancel
@@ -155,13 +159,20 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.ln, err = m.listener(cfg); err != nil {
 		return err
 	}
+	if err := m.startFleet(ctx, cfg); err != nil {
+		return err
+	}
+	defer m.stopFleet()
 	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": d.Status().ActiveBlocks})
+	incDone := make(chan struct{})
+	go func() { inc.Run(ctx); close(incDone) }()
 	notify(m.Logger, sddaemon.SdNotifyReady)
 	m.notifyStatus()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- d.Serve(ctx, m.ln) }()
 	ping := m.watchdog()
 	lastStatus := time.Now()
+	go d.runIntegrity(ctx)
 	go d.maintain(ctx, func() {
 		if ping != nil {
 			ping()
@@ -178,8 +189,21 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	notify(m.Logger, sddaemon.SdNotifyStopping)
 	cancel()
+	<-incDone // evidence in flight is written and audited before the log closes
 	d.Audit("stop", map[string]any{"pid": os.Getpid()})
 	return err
+}
+
+// configFile is the config file in use, for the host check; empty when
+// running on built-in defaults.
+func (m *Main) configFile() string {
+	if m.ConfigPath != "" {
+		return m.ConfigPath
+	}
+	if _, err := os.Stat(DefaultConfigPath); err == nil {
+		return DefaultConfigPath
+	}
+	return ""
 }
 
 // listener takes the systemd socket named "control" if activated, else

@@ -120,10 +120,12 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	if !c.Peer.Admin {
 		if err := eng.Authorize(sig.Sender, sig.Kind); err != nil {
 			d.Audit("refuse", map[string]any{"op": "signal", "kind": sig.Kind, "code": CodeForbidden, "sender": c.Peer.String()})
+			d.observeSignal(sig, "forbidden")
 			return nil, errorf(CodeForbidden, "%v", err)
 		}
 	}
 	if err := eng.Admit(sig.Sender); err != nil {
+		d.observeSignal(sig, "rate_limited")
 		return nil, errorf(CodeRateLimited, "%v; slow down", err)
 	}
 	res, err := eng.Handle(sig)
@@ -131,6 +133,7 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 		return nil, errorf(CodeInvalidSignal, "%v", err)
 	}
 	d.recordSignal(sig, c.Peer, res)
+	d.observeSignal(sig, string(res.Outcome))
 	out := SignalResult{Outcome: res.Outcome, Progress: res.Progress}
 	blocked := false
 	for _, dec := range res.Decisions {

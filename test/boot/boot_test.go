@@ -167,7 +167,7 @@ func TestBoot(t *testing.T) {
 	var parryUp, netPre int64
 	fmt.Sscan(c.show("ActiveEnterTimestampMonotonic"), &parryUp)
 	fmt.Sscan(strings.TrimSpace(c.must("systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "--value", "network-pre.target")), &netPre)
-	t.Logf("rebooted: parry.service active %.3f s after boot, network-pre.target %.3f s", float64(parryUp)/1e6, float64(netPre)/1e6)
+	t.Logf("rebooted: parry.service active at %.3f s, network-pre.target at %.3f s (monotonic clock)", float64(parryUp)/1e6, float64(netPre)/1e6)
 	if parryUp == 0 || netPre == 0 || parryUp > netPre {
 		t.Errorf("parry.service active at %d µs, network-pre.target at %d µs: parry must come first", parryUp, netPre)
 	}

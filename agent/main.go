@@ -205,7 +205,7 @@ func (m *Main) Run(ctx context.Context) error {
 // otherwise.
 func (m *Main) defaultLogger() *slog.Logger {
 	if m.Stderr == nil && JournalAvailable() {
-		return slog.New(NewJournalHandler(JournalOptions{}))
+		return slog.New(NewJournalHandler(JournalOptions{Fallback: slog.NewJSONHandler(m.out(), nil)}))
 	}
 	return slog.New(slog.NewJSONHandler(m.out(), nil))
 }

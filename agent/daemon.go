@@ -78,6 +78,7 @@ type Daemon struct {
 	ops     map[string]opEntry
 	limiter *peerLimiter
 	policy  atomic.Pointer[response.Engine] // swapped on reload
+	signals signalLog                       // signal records waiting for the audit log
 	closing chan struct{}
 	closeMu sync.Once
 	heal    chan struct{}
@@ -157,6 +158,7 @@ func (d *Daemon) Close() error {
 	d.closeMu.Do(func() { close(d.closing) })
 	var errs []error
 	if d.audit != nil {
+		d.flushSignals()
 		errs = append(errs, d.audit.Close())
 	}
 	if d.store != nil {

@@ -159,6 +159,11 @@ func (d *Daemon) Close() error {
 	var errs []error
 	if d.audit != nil {
 		d.flushSignals()
+	}
+	if d.store != nil && d.Policy() != nil {
+		d.flushOffenders()
+	}
+	if d.audit != nil {
 		errs = append(errs, d.audit.Close())
 	}
 	if d.store != nil {

@@ -57,9 +57,40 @@ func (d *Daemon) newPolicy(cfg Config, own []netip.Addr, old *response.Engine) (
 // Policy returns the policy engine in force.
 func (d *Daemon) Policy() *response.Engine { return d.policy.Load() }
 
-// saveOffenders persists the escalation memory (after a policy block).
-func (d *Daemon) saveOffenders(eng *response.Engine) {
-	b, err := json.Marshal(eng.Snapshot())
+// offendersSave is how long a change to the escalation memory may wait
+// before it is written: blocks are durable at once (the store), the memory
+// that lengthens the next block may lag this much, and one write covers
+// every block within it instead of an fsync each.
+const offendersSave = time.Second
+
+// saveOffenders schedules a write of the escalation memory.
+func (d *Daemon) saveOffenders() {
+	d.signals.mu.Lock()
+	defer d.signals.mu.Unlock()
+	if d.signals.saveTimer == nil {
+		d.signals.saveTimer = time.AfterFunc(offendersSave, d.writeOffenders)
+	}
+}
+
+// flushOffenders writes the escalation memory if a write is pending (on close).
+func (d *Daemon) flushOffenders() {
+	d.signals.mu.Lock()
+	pending := d.signals.saveTimer != nil
+	d.signals.mu.Unlock()
+	if pending {
+		d.writeOffenders()
+	}
+}
+
+// writeOffenders writes the escalation memory now.
+func (d *Daemon) writeOffenders() {
+	d.signals.mu.Lock()
+	if d.signals.saveTimer != nil {
+		d.signals.saveTimer.Stop()
+		d.signals.saveTimer = nil
+	}
+	d.signals.mu.Unlock()
+	b, err := json.Marshal(d.Policy().Snapshot())
 	if err == nil {
 		err = d.store.Put(offendersKey, b)
 	}
@@ -157,7 +188,7 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 		out.Decisions = append(out.Decisions, sd)
 	}
 	if blocked {
-		d.saveOffenders(eng)
+		d.saveOffenders()
 	}
 	return out, nil
 }
@@ -191,9 +222,10 @@ const (
 
 // signalLog holds signal records not yet in the audit log.
 type signalLog struct {
-	mu      sync.Mutex
-	pending []signalRecord
-	timer   *time.Timer
+	mu        sync.Mutex
+	pending   []signalRecord
+	timer     *time.Timer
+	saveTimer *time.Timer // escalation memory write pending
 }
 
 // recordSignal queues the audit record of a signal and what became of it.

@@ -137,9 +137,17 @@ func pump(b *testing.B, sock string, c, stride, n, batch int, deadline time.Time
 // Run: go test ./test/response -run '^$' -bench SignalLatency -benchtime=1x
 func BenchmarkSignalLatency(b *testing.B) {
 	d := benchDaemon(b)
+	for _, rate := range []int{1000, 10_000} {
+		for _, decideEvery := range []int{0, 500} {
+			b.Run(fmt.Sprintf("rate=%d/decide_every=%d", rate, decideEvery), func(b *testing.B) { latency(b, d, rate, decideEvery) })
+		}
+	}
+}
+
+func latency(b *testing.B, d *daemon, rate, decideEvery int) {
 	for b.Loop() {
-		const rate, dur, decideEvery = 10_000, 3 * time.Second, 500
-		total := int(rate * dur / time.Second)
+		const dur = 3 * time.Second
+		total := rate * int(dur/time.Second)
 		conn, err := net.Dial("unix", d.sock)
 		if err != nil {
 			b.Fatal(err)
@@ -172,7 +180,7 @@ func BenchmarkSignalLatency(b *testing.B) {
 		start := time.Now()
 		cpu0 := d.cpu(b)
 		const tick = time.Millisecond
-		per := rate / int(time.Second/tick)
+		per := max(1, rate/int(time.Second/tick))
 		w := bufio.NewWriterSize(conn, 64<<10)
 		for i := 0; i < total; {
 			next := start.Add(time.Duration(i/per) * tick)

@@ -85,9 +85,16 @@ type Daemon struct {
 
 	uninstalled bool // the table was removed on request: no self-heal
 
+	bulk atomic.Bool // a large change just happened: return freed memory to the OS
+
 	reload   func() error // set by Main: re-read and apply the config
 	shutdown func()       // set by Main: stop the daemon
 }
+
+// bulkTargets is the size of a change after which the maintenance loop
+// returns freed memory to the OS (netlink and store buffers of a 100k-block
+// load would otherwise stay in RSS).
+const bulkTargets = 1000
 
 // Health is the state of the nftables table as last seen.
 type Health struct {

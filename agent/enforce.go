@@ -196,22 +196,16 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 	for _, o := range orphans {
 		undo.PutDecisions = append(undo.PutDecisions, d.blocks.decision(o))
 	}
-	if err := d.store.Commit(ch); err != nil {
+	// The store commit (fsync) and the kernel update run in parallel; the
+	// client hears ok only when both succeeded. If either fails, the other
+	// is undone, so nothing changes.
+	fwDone := make(chan error, 1)
+	go func() { fwDone <- d.fw.Block(elems) }()
+	stErr := d.store.Commit(ch)
+	fwErr := <-fwDone
+	if stErr != nil || fwErr != nil {
 		d.blocks.lastSeq--
-		return Outcome{ID: dec.ID, Action: dec.Action}, &Error{Code: CodeStore, Message: err.Error()}
-	}
-	if err := d.fw.Block(elems); err != nil {
-		if errors.Is(err, firewall.ErrOverlap) {
-			err = &Error{Code: CodeOverlap, Message: err.Error()}
-		}
-		if uerr := d.store.Commit(undo); uerr != nil {
-			d.log.Error("store undo after firewall failure failed; reconcile will re-assert", "err", uerr)
-		}
-		d.noteFirewallError(err)
-		if e, ok := err.(*Error); ok {
-			return Outcome{ID: dec.ID, Action: dec.Action}, e
-		}
-		return Outcome{ID: dec.ID, Action: dec.Action}, &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
+		return Outcome{ID: dec.ID, Action: dec.Action}, d.undoBlock(undo, now, stErr, fwErr)
 	}
 	d.blocks.addDecision(dr)
 	for _, b := range ch.PutBlocks {
@@ -221,7 +215,57 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 	applied := dec
 	applied.Targets = targets
 	d.Audit("block", decisionFields(applied, out))
+	if len(targets) >= bulkTargets {
+		d.bulk.Store(true)
+	}
 	return out, nil
+}
+
+// undoBlock puts back whichever of store and kernel succeeded, and returns
+// the error for the client.
+func (d *Daemon) undoBlock(undo store.Change, now time.Time, stErr, fwErr error) error {
+	if fwErr != nil {
+		d.noteFirewallError(fwErr)
+	}
+	// The kernel may hold part of a multi-transaction batch even when Block
+	// failed; put it back as the store has it.
+	d.restoreKernel(undo, now)
+	if stErr != nil {
+		return &Error{Code: CodeStore, Message: stErr.Error()}
+	}
+	if uerr := d.store.Commit(undo); uerr != nil {
+		d.log.Error("store undo after firewall failure failed; reconcile will re-assert", "err", uerr)
+	}
+	if errors.Is(fwErr, firewall.ErrOverlap) {
+		return &Error{Code: CodeOverlap, Message: fwErr.Error()}
+	}
+	return &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", fwErr)}
+}
+
+// restoreKernel undoes a block in the kernel, best effort: removes what
+// was added, re-asserts the previous expiry of what was updated.
+func (d *Daemon) restoreKernel(undo store.Change, now time.Time) {
+	if len(undo.DelBlocks) > 0 {
+		if err := d.fw.Unblock(undo.DelBlocks); err != nil {
+			d.log.Error("undo in the kernel failed; reconcile will correct it", "err", err)
+		}
+	}
+	var back []firewall.Element
+	for _, b := range undo.PutBlocks {
+		var t time.Duration
+		if b.Until != 0 {
+			t = time.Duration(b.Until-now.UnixMilli()) * time.Millisecond
+			if t <= 0 {
+				continue
+			}
+		}
+		back = append(back, firewall.Element{Prefix: b.Prefix, Timeout: t})
+	}
+	if len(back) > 0 {
+		if err := d.fw.Block(back); err != nil {
+			d.log.Error("undo in the kernel failed; reconcile will correct it", "err", err)
+		}
+	}
 }
 
 // orphansAfterReplace lists the decisions that will have no blocks once
@@ -244,10 +288,10 @@ func (d *Daemon) orphansAfterReplace(targets []netip.Prefix) []uint64 {
 
 // checkTargets runs the guard and the overlap check; duplicates collapse.
 func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, []*Error) {
-	var ok []netip.Prefix
+	ok := make([]netip.Prefix, 0, len(in))
 	var refused []*Error
 	seen := make(map[netip.Prefix]struct{}, len(in))
-	var batch *index // the request's own CIDRs, to refuse overlaps among them
+	cidrs := false
 	for _, p := range in {
 		if _, dup := seen[p]; dup {
 			continue
@@ -263,18 +307,24 @@ func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, [
 				Message: fmt.Sprintf("%s overlaps the existing block %s; unblock it first or block the same prefix", FormatTarget(p), FormatTarget(q))})
 			continue
 		}
-		if batch == nil {
-			batch = newIndex()
-		}
+		cidrs = cidrs || !p.IsSingleIP()
+		ok = append(ok, p)
+	}
+	if !cidrs { // distinct single addresses cannot overlap each other
+		return ok, refused
+	}
+	batch := newIndex()
+	kept := ok[:0]
+	for _, p := range ok {
 		if q, hit := batch.overlapping(p, 0); hit {
 			refused = append(refused, &Error{Code: CodeOverlap, Target: FormatTarget(p),
 				Message: fmt.Sprintf("%s overlaps %s in the same request", FormatTarget(p), FormatTarget(q))})
 			continue
 		}
 		batch.put(p, entry{})
-		ok = append(ok, p)
+		kept = append(kept, p)
 	}
-	return ok, refused
+	return kept, refused
 }
 
 // unblock enforces an unblock decision. Caller holds d.mu.

@@ -179,3 +179,25 @@ func TestOverlapIndex(t *testing.T) {
 		}
 	}
 }
+
+func TestStoreFailureUndoesKernel(t *testing.T) {
+	clk := &clock{t: t0}
+	fw := newFakeFW()
+	d := newTestDaemon(t, testConfig(t), fw, clk)
+	ctx := context.Background()
+	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	before := fw.state()
+	d.store.Close() // every commit now fails
+	_, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "203.0.113.9"), Until: t0.Add(5 * time.Hour)})
+	if CodeOf(err) != CodeStore {
+		t.Fatalf("want %s, got %v", CodeStore, err)
+	}
+	if diff := cmp.Diff(before, fw.state()); diff != "" {
+		t.Fatalf("kernel not restored after a store failure (-want +got):\n%s", diff)
+	}
+	if n := d.Status().ActiveBlocks; n != 1 {
+		t.Fatalf("index changed: %d", n)
+	}
+}

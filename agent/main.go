@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -149,6 +150,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := d.Reconcile("start"); err != nil {
 		return err
 	}
+	debug.FreeOSMemory() // the re-assert's netlink buffers are garbage now
 	m.Logger.Info("table ready and store re-asserted", "table", cfg.Table, "blocks", d.Status().ActiveBlocks, "took", time.Since(start).String())
 	if m.ln, err = m.listener(cfg); err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"runtime/debug"
 	"time"
 
 	"github.com/parryhq/parry/agent/store"
@@ -82,6 +83,9 @@ func (d *Daemon) reconcile(reason string) error {
 		d.log.Warn("reconcile removed set elements the store does not know", "count", len(unknown))
 	}
 	d.Audit("reconcile", f)
+	if len(elems) >= bulkTargets {
+		d.bulk.Store(true)
+	}
 	return nil
 }
 
@@ -187,6 +191,9 @@ func (d *Daemon) maintain(ctx context.Context, ping func()) {
 			if time.Since(lastAddrs) >= 30*time.Second {
 				d.RefreshHostAddrs()
 				lastAddrs = time.Now()
+			}
+			if d.bulk.Swap(false) {
+				debug.FreeOSMemory()
 			}
 			if err := d.audit.Sync(); err != nil {
 				d.log.Error("audit sync", "err", err)

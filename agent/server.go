@@ -161,6 +161,9 @@ func (d *Daemon) handleLine(ctx context.Context, peer Peer, line []byte) (resp [
 		return errorLine(call.rawID(), err)
 	}
 	call.Peer = peer
+	if ctx.Err() != nil {
+		return errorLine(call.rawID(), errorf(CodeShuttingDown, "parryd is stopping; retry when it is back"))
+	}
 	op, ok := d.ops[call.Op]
 	if !ok {
 		return errorLine(call.rawID(), errorf(CodeUnknownOp, "unknown op %q; see docs/protocol.md", call.Op))

@@ -13,7 +13,9 @@ import (
 )
 
 // notifySocket listens for sd_notify datagrams like systemd does.
-func notifySocket(t *testing.T) (string, <-chan string) {
+func notifySocket(t *testing.T) (string, <-chan string) { return notifySocketB(t) }
+
+func notifySocketB(t testing.TB) (string, <-chan string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "notify.sock")
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})

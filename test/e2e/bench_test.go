@@ -1,0 +1,207 @@
+package e2e
+
+// Benchmarks of the whole daemon. They print figures and assert nothing
+// about time. Run as root, e.g.:
+//
+//	go test ./test/e2e -run '^$' -bench . -benchtime 1x
+//	go test ./test/e2e -run '^$' -bench BlockLatency -benchtime 2000x
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/parryhq/parry/agent/store"
+	"github.com/parryhq/parry/test/netns"
+)
+
+func ipN(i int) string { return fmt.Sprintf("10.%d.%d.%d", 1+i>>16, (i>>8)&255, i&255) }
+
+func writeIPs(b *testing.B, n int) string {
+	var sb strings.Builder
+	for i := range n {
+		sb.WriteString(ipN(i))
+		sb.WriteByte('\n')
+	}
+	path := filepath.Join(b.TempDir(), "ips.txt")
+	if err := os.WriteFile(path, []byte(sb.String()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return path
+}
+
+func percentile(ds []time.Duration, q float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[int(q*float64(len(s)-1))]
+}
+
+// BenchmarkBlockLatency: one block request over the socket until the
+// kernel has it (parryd answers ok only after store fsync and netlink
+// commit). Also measures a bare store commit (bbolt + fsync) in the same
+// directory for comparison.
+func BenchmarkBlockLatency(b *testing.B) {
+	ns := netns.New(b)
+	d := newDaemon(b, ns)
+	d.start()
+	s := d.raw()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		req := `{"op":"block","targets":["` + ipN(i) + `"],"for":"1h"}` + "\n"
+		t0 := time.Now()
+		if err := s.send([]byte(req)); err != nil {
+			b.Fatal(err)
+		}
+		resp, err := s.read()
+		if err != nil || resp["ok"] != true {
+			b.Fatalf("block: %v %v", resp, err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds()), "median-µs")
+	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds()), "p99-µs")
+	if n := len(kernelElems(b, ns, d.table)); n != b.N {
+		b.Fatalf("kernel has %d elements, want %d", n, b.N)
+	}
+
+	// The fsync floor: one bbolt transaction with one block, same filesystem.
+	st, err := store.Open(filepath.Join(b.TempDir(), "fsync.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	var commits []time.Duration
+	for i := range min(b.N, 500) {
+		t0 := time.Now()
+		if err := st.Commit(store.Change{PutBlocks: []store.Block{{Prefix: mustPrefix(ipN(i)), Until: 1}}}); err != nil {
+			b.Fatal(err)
+		}
+		commits = append(commits, time.Since(t0))
+	}
+	b.ReportMetric(float64(percentile(commits, 0.5).Microseconds()), "store-commit-median-µs")
+	b.Logf("block over the socket: median %v p99 %v (n=%d); bare store commit (fsync): median %v",
+		percentile(lat, 0.5), percentile(lat, 0.99), b.N, percentile(commits, 0.5))
+}
+
+// BenchmarkBlockFile100k: `parry block --file` with 100,000 IPs end to end
+// (CLI process start to exit, all in the kernel), against `nft -f` loading
+// the same 100,000 elements with timeouts into the same kind of set (a hash
+// set with timeouts, like block4) in the same namespace.
+func BenchmarkBlockFile100k(b *testing.B) {
+	const n = 100_000
+	file := writeIPs(b, n)
+	nftFile := filepath.Join(b.TempDir(), "load.nft")
+	var sb strings.Builder
+	sb.WriteString("add table inet cmp\nadd set inet cmp s { type ipv4_addr; flags timeout; }\nadd element inet cmp s {")
+	for i := range n {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(ipN(i) + " timeout 1d")
+	}
+	sb.WriteString("}\n")
+	os.WriteFile(nftFile, []byte(sb.String()), 0o600)
+	var parryT, nftT []time.Duration
+	for range b.N {
+		ns := netns.New(b)
+		d := newDaemon(b, ns)
+		d.start()
+		t0 := time.Now()
+		out := d.mustParry("block", "--file", file, "--for", "1d")
+		parryT = append(parryT, time.Since(t0))
+		if !strings.Contains(out, fmt.Sprintf("blocked %d targets", n)) {
+			b.Fatalf("parry: %q", out)
+		}
+		t0 = time.Now()
+		ns.MustRun(b, "nft", "-f", nftFile)
+		nftT = append(nftT, time.Since(t0))
+		if got := len(kernelElems(b, ns, d.table)); got != n {
+			b.Fatalf("kernel has %d, want %d", got, n)
+		}
+		b.ReportMetric(float64(rss(b, d)>>10), "RSS-at-ok-KiB")
+		b.ReportMetric(float64(settledRSS(b, d.cmd.Process.Pid)>>10), "RSS-settled-KiB")
+		d.kill()
+	}
+	pm, nm := percentile(parryT, 0.5), percentile(nftT, 0.5)
+	b.ReportMetric(float64(pm.Milliseconds()), "parry-ms")
+	b.ReportMetric(float64(nm.Milliseconds()), "nft-f-ms")
+	b.Logf("100k block --file: parry median %v, nft -f median %v (ratio %.2fx)", pm, nm, float64(pm)/float64(nm))
+}
+
+// BenchmarkStart100k: daemon start with 100,000 stored blocks and no table,
+// from exec to READY=1 (sent only after all blocks are in the kernel).
+func BenchmarkStart100k(b *testing.B) {
+	const n = 100_000
+	ns := netns.New(b)
+	d := newDaemon(b, ns)
+	d.start()
+	d.mustParry("block", "--file", writeIPs(b, n), "--for", "1d")
+	d.stop()
+	parryd, _ := binaries(b)
+	var ts []time.Duration
+	for range b.N {
+		ns.MustRun(b, "nft", "delete", "table", "inet", d.table)
+		path, ch := notifySocketB(b)
+		cmd := ns.Command(context.Background(), parryd, "--state-dir", d.dir, "--socket", d.sock, "--table", d.table)
+		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+path)
+		t0 := time.Now()
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		for m := range ch {
+			if m == "READY=1" {
+				break
+			}
+		}
+		ts = append(ts, time.Since(t0))
+		if got := len(kernelElems(b, ns, d.table)); got != n {
+			b.Fatalf("kernel has %d at READY, want %d", got, n)
+		}
+		d.cmd = cmd
+		b.ReportMetric(float64(settledRSS(b, cmd.Process.Pid)>>10), "RSS-settled-KiB")
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	b.ReportMetric(float64(percentile(ts, 0.5).Milliseconds()), "start-to-ready-ms")
+	b.Logf("start with %d stored blocks to READY=1 (all in the kernel): median %v", n, percentile(ts, 0.5))
+}
+
+// settledRSS is the lowest RSS seen within 3 s: parryd returns the
+// buffers of a bulk change to the OS on its next maintenance tick (1 s).
+func settledRSS(b *testing.B, pid int) int64 {
+	low := rssPID(b, pid)
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		low = min(low, rssPID(b, pid))
+	}
+	return low
+}
+
+func rss(b *testing.B, d *daemon) int64 { return rssPID(b, d.cmd.Process.Pid) }
+
+// rssPID reads VmRSS in bytes.
+func rssPID(b *testing.B, pid int) int64 {
+	s, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(s), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
+
+func mustPrefix(s string) netip.Prefix { return netip.PrefixFrom(netip.MustParseAddr(s), 32) }

@@ -171,6 +171,9 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	out := SignalResult{Outcome: res.Outcome, Progress: res.Progress}
 	blocked := false
 	for _, dec := range res.Decisions {
+		if dec.Action == response.ActionLockdown && !dec.DryRun {
+			dec = d.mergeLockdown(dec)
+		}
 		sd := SignalDecision{Decision: dec}
 		o, err := d.Enforce(ctx, dec)
 		if err != nil {
@@ -219,6 +222,25 @@ const (
 	signalBatch = 256
 	signalFlush = 200 * time.Millisecond
 )
+
+// mergeLockdown keeps a policy lockdown from shortening or loosening an
+// active one (an operator's, typically): it ends no earlier, isolates if
+// either does, and keeps the active lockdown's allowlist.
+func (d *Daemon) mergeLockdown(dec response.Decision) response.Decision {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur := d.lockdownState()
+	if !cur.Active {
+		return dec
+	}
+	if cur.Until.After(dec.Until) {
+		dec.Until = cur.Until
+	}
+	dec.Isolate = dec.Isolate || cur.Isolate
+	dec.Allow = slices.Clone(d.lockdown.Allow)
+	dec.Reason += fmt.Sprintf(" (merged with the active lockdown %s)", cur.ID)
+	return dec
+}
 
 // signalLog holds signal records not yet in the audit log.
 type signalLog struct {

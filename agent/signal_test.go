@@ -230,3 +230,27 @@ func BenchmarkOpSignal(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "signals/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/signal")
 }
+
+// A policy lockdown never shortens or loosens an active operator lockdown.
+func TestPolicyLockdownMerges(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	cfg := testConfig(t)
+	cfg.Response.Rules = []response.Rule{{Name: "tamper", Kind: "tamper", Key: response.KeyNone,
+		Action: response.ActionLockdown, Duration: 10 * time.Minute, Allow: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}}}
+	fw := newFakeFW()
+	d := newTestDaemon(t, cfg, fw, clk)
+	signal(t, d, rootPeer, `{"op":"signal","kind":"tamper"}`)
+	if fw.lockdown == nil || fw.lockdown.Timeout != 10*time.Minute || len(fw.lockdown.Allow) != 1 {
+		t.Fatalf("policy lockdown: %+v", fw.lockdown)
+	}
+	d.handleLine(context.Background(), rootPeer, []byte(`{"op":"lockdown","for":"2h","isolate":true,"allow":["10.0.0.0/24"]}`))
+	clk.Add(time.Minute)
+	a := signal(t, d, rootPeer, `{"op":"signal","kind":"tamper"}`)
+	if len(a.Decisions) != 1 || a.Decisions[0].Error != nil {
+		t.Fatalf("second policy lockdown: %+v", a)
+	}
+	l := fw.lockdown
+	if l.Timeout != 119*time.Minute || !l.Isolate || len(l.Allow) != 1 || l.Allow[0] != netip.MustParsePrefix("10.0.0.0/24") {
+		t.Errorf("after a policy lockdown during an operator's: %+v, want the operator's 119m left, isolated, 10.0.0.0/24", l)
+	}
+}

@@ -84,6 +84,29 @@ func BenchmarkMemory(b *testing.B) {
 	}
 }
 
+// BenchmarkMemoryOffenders blocks 100,000 distinct addresses (scan_detected,
+// threshold 1) and reports the heap held by the escalation memory.
+func BenchmarkMemoryOffenders(b *testing.B) {
+	for b.Loop() {
+		before := heap()
+		c := &clock{t: t0}
+		e := newEngine(b, Config{}, c)
+		sig := Signal{Kind: "scan_detected", Source: "ids", Sender: webapp}
+		for i := range 100_000 {
+			sig.IP = addrN(i)
+			if _, err := e.Handle(sig); err != nil {
+				b.Fatal(err)
+			}
+		}
+		after := heap()
+		n := e.Stats().Offenders
+		b.ReportMetric(float64(after-before)/1e6, "MB")
+		b.ReportMetric(float64(after-before)/float64(n), "B/offender")
+		b.ReportMetric(float64(n), "offenders")
+		runtime.KeepAlive(e)
+	}
+}
+
 func heap() uint64 {
 	runtime.GC()
 	runtime.GC()

@@ -202,7 +202,7 @@ func (f *NFT) addThenDelete(prefixes []netip.Prefix) []change {
 func (f *NFT) presentOf(prefixes []netip.Prefix) ([]netip.Prefix, error) {
 	have := map[netip.Prefix]bool{}
 	for _, name := range []string{setBlock4Net, setBlock6Net} {
-		els, err := f.conn.GetSetElements(f.sets[name])
+		els, err := f.dumpSet(f.sets[name])
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %w", name, err)
 		}
@@ -298,7 +298,7 @@ func (f *NFT) Elements() ([]Element, error) {
 	defer f.mu.Unlock()
 	var out []Element
 	for _, name := range []string{setBlock4, setBlock6, setBlock4Net, setBlock6Net} {
-		els, err := f.conn.GetSetElements(f.sets[name])
+		els, err := f.dumpSet(f.sets[name])
 		if err != nil {
 			if _, terr := f.conn.ListTableOfFamily(f.cfg.Table, nftables.TableFamilyINet); isNotFound(terr) {
 				return nil, fmt.Errorf("list %s: %w", name, ErrNotEnsured)

@@ -110,6 +110,25 @@ func BenchmarkBlock100k(b *testing.B) {
 		}
 		b.ReportMetric(100_000*float64(b.N)/b.Elapsed().Seconds(), "elems/s")
 	})
+	// The same on a kernel older than 6.10, where Block sends add+delete+add.
+	b.Run("ipv4-addr-reassert-delete+add/parry", func(b *testing.B) {
+		g, err := firewall.New(ns.Conn(b, firewall.ConnOptions()...), firewall.Config{Table: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		firewall.UseDeleteAdd(g)
+		els := v4Elements(100_000, 0)
+		fresh()
+		if err := g.Block(els); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if err := g.Block(els); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(100_000*float64(b.N)/b.Elapsed().Seconds(), "elems/s")
+	})
 }
 
 // nftFile writes an `nft -f` script adding elems to set with a 1h timeout.

@@ -36,7 +36,8 @@ type change struct {
 	set   *nftables.Set
 	del   bool
 	elems []nftables.SetElement
-	bytes int // estimate of the encoded element list
+	bytes int  // estimate of the encoded element list
+	glued bool // must go in the same transaction as the next change
 }
 
 // elemBytes estimates the encoded size of one element, as makeElemList
@@ -136,15 +137,19 @@ func (b *changeBuilder) add(s *nftables.Set, unit ...nftables.SetElement) {
 	for _, e := range unit {
 		n += elemBytes(e)
 	}
+	fresh := func() change {
+		return change{set: s, del: b.del, elems: make([]nftables.SetElement, 0, maxListBytes/n+2)}
+	}
 	c := b.pending[s]
 	if c == nil {
-		c = &change{set: s, del: b.del}
+		c = new(change)
+		*c = fresh()
 		b.pending[s] = c
 		b.order = append(b.order, s)
 	}
 	if c.bytes+n > maxListBytes && len(c.elems) > 0 {
 		b.out = append(b.out, *c)
-		*c = change{set: s, del: b.del}
+		*c = fresh()
 	}
 	c.elems = append(c.elems, unit...)
 	c.bytes += n
@@ -167,7 +172,7 @@ func (f *NFT) apply(pre func() error, changes []change) error {
 	start, first := 0, true
 	for first || start < len(changes) {
 		end, size := start, 0
-		for end < len(changes) && (end == start || size+msgOverhead+changes[end].bytes <= f.maxTx) {
+		for end < len(changes) && (end == start || changes[end-1].glued || size+msgOverhead+changes[end].bytes <= f.maxTx) {
 			size += msgOverhead + changes[end].bytes
 			end++
 		}

@@ -84,3 +84,41 @@ func TestDefaultSendBufferSplits(t *testing.T) {
 		t.Fatalf("Elements = %d, %v; want 30000", len(els), err)
 	}
 }
+
+// TestManySmallTransactions forces one message per transaction: Block,
+// permanent re-blocks and Unblock still come out right (an Unblock's add is
+// glued to its delete, so no prefix is left behind between transactions).
+func TestManySmallTransactions(t *testing.T) {
+	ns := netns.New(t)
+	f, err := firewall.New(ns.Conn(t, firewall.ConnOptions()...), firewall.Config{Table: "small", MaxTxBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	els := v4Elements(10_000, 0)
+	if err := f.Block(els); err != nil {
+		t.Fatal(err)
+	}
+	for i := range els {
+		els[i].Timeout = 0
+	}
+	if err := f.Block(els[:5000]); err != nil {
+		t.Fatal(err)
+	}
+	var gone []netip.Prefix
+	for _, e := range els[:9000] {
+		gone = append(gone, e.Prefix)
+	}
+	for _, e := range v4Elements(3000, 1) { // absent ones
+		gone = append(gone, e.Prefix)
+	}
+	if err := f.Unblock(gone); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.Elements()
+	if err != nil || len(got) != 1000 {
+		t.Fatalf("Elements = %d, %v; want 1000", len(got), err)
+	}
+}

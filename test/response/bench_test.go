@@ -138,7 +138,9 @@ func pump(b *testing.B, sock string, c, stride, n, batch int, deadline time.Time
 func BenchmarkSignalLatency(b *testing.B) {
 	d := benchDaemon(b)
 	for _, rate := range []int{1000, 10_000} {
-		for _, decideEvery := range []int{0, 500} {
+		// decide_every=-1 sends ping instead: the socket alone, the baseline
+		// for what this machine's scheduling adds to every request
+		for _, decideEvery := range []int{-1, 0, 500} {
 			b.Run(fmt.Sprintf("rate=%d/decide_every=%d", rate, decideEvery), func(b *testing.B) { latency(b, d, rate, decideEvery) })
 		}
 	}
@@ -189,7 +191,11 @@ func latency(b *testing.B, d *daemon, rate, decideEvery int) {
 			}
 			for j := 0; j < per && i < total; j++ {
 				sentAt[i] = time.Now()
-				w.Write(signalLine(i, decideEvery))
+				if decideEvery < 0 {
+					w.WriteString(`{"op":"ping"}` + "\n")
+				} else {
+					w.Write(signalLine(i, decideEvery))
+				}
 				i++
 			}
 			if err := w.Flush(); err != nil {

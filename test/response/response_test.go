@@ -3,6 +3,7 @@ package response_test
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -273,5 +274,29 @@ func TestUnprivilegedSender(t *testing.T) {
 	json.Unmarshal([]byte(d.mustParry("list", "--json")), &resp)
 	if len(resp.Blocks) != 1 || resp.Blocks[0].Rule != "auth-failure" || !strings.Contains(resp.Blocks[0].Sender, web.name) {
 		t.Errorf("block's cause: %+v, want rule auth-failure and sender %s", resp.Blocks, web.name)
+	}
+}
+
+// TestAuthFailuresBlockPeerIPv6: the same over IPv6.
+func TestAuthFailuresBlockPeerIPv6(t *testing.T) {
+	netns.RequireRoot(t)
+	top := newTopology(t)
+	host6, peer6 := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2")
+	netns.Eventually(t, 10*time.Second, "peer reaches the host over IPv6", func() bool {
+		return top.peer.CanConnect(host6, port)
+	})
+	d := newDaemon(t, top.host, "")
+	d.start()
+	if out := d.failLogins(peer6.String(), 5); !strings.Contains(out, "decided block by rule auth-failure") {
+		t.Fatalf("fifth signal: %q", out)
+	}
+	netns.Eventually(t, 5*time.Second, "peer's IPv6 connections dropped", func() bool {
+		return !top.peer.CanConnect(host6, port)
+	})
+	if !top.peer.CanConnect(top.hostAddr, port) {
+		t.Error("blocking the peer's IPv6 address dropped its IPv4 too")
+	}
+	if _, ok := d.blockLeft("2001:db8::2"); !ok {
+		t.Error("2001:db8::2 not in parry list")
 	}
 }

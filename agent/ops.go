@@ -72,6 +72,7 @@ type Status struct {
 	Lockdown     LockdownState `json:"lockdown"`
 	StateDir     string        `json:"state_dir"`
 	AuditSeq     uint64        `json:"audit_seq"`
+	Policy       PolicyStatus  `json:"policy"`
 }
 
 // Status reports the daemon's state from memory (never the kernel).
@@ -82,7 +83,7 @@ func (d *Daemon) Status() Status {
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
 	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq()}
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), Policy: d.policyStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }

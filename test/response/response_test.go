@@ -96,6 +96,11 @@ func TestAuthFailuresBlockPeer(t *testing.T) {
 		return !top.peer.CanConnect(top.hostAddr, port)
 	})
 
+	// the user key (alice, 5 of 20) is still counting
+	if out := d.mustParry("status"); !strings.Contains(out, "policy: 8 rules; 5 signals (0 no rule, 0 rate-limited), 1 decisions; 1 keys counting, 1 offenders remembered") {
+		t.Errorf("status after restart and one block: %q", out)
+	}
+
 	// unknown kinds are recorded, not acted on; malformed signals change nothing
 	if out := d.mustParry("signal", "printer_on_fire", "--ip", "203.0.113.9"); !strings.Contains(out, "recorded, no rule") {
 		t.Errorf("unknown kind: %q", out)

@@ -13,11 +13,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/response"
@@ -73,6 +75,8 @@ type Daemon struct {
 	blocks    *index
 	lockdown  *store.Lockdown
 	observers []Observer
+	incident  atomic.Pointer[Incident] // set by AttachIncident; told of every signal
+	fleet     *fleet.Fleet             // nil: fleet off
 	health    Health
 
 	ops     map[string]opEntry
@@ -86,6 +90,8 @@ type Daemon struct {
 	uninstalled bool // the table was removed on request: no self-heal
 
 	bulk atomic.Bool // a large change just happened: return freed memory to the OS
+
+	integ integrityState // integrity monitor (agent/integrity.go)
 
 	reload   func() error // set by Main: re-read and apply the config
 	shutdown func()       // set by Main: stop the daemon
@@ -261,6 +267,10 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 	if cfg.Socket != old.Socket || cfg.StateDir != old.StateDir {
 		restart = append(restart, "socket/state_dir")
 		cfg.Socket, cfg.StateDir = old.Socket, old.StateDir
+	}
+	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
+		restart = append(restart, "fleet")
+		cfg.Fleet = old.Fleet
 	}
 	if cfg.Control.MaxConnections != old.Control.MaxConnections {
 		restart = append(restart, "control.max_connections")

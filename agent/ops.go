@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/response"
 )
 
@@ -54,6 +55,10 @@ func (d *Daemon) registerOps() {
 	d.handle("audit_verify", PermAdmin, d.opAuditVerify)
 	d.handle("reload", PermAdmin, d.opReload)
 	d.handle("uninstall_rules", PermAdmin, d.opUninstallRules)
+	d.handle("integrity_status", PermAdmin, d.opIntegrityStatus)
+	d.handle("integrity_baseline", PermAdmin, d.opIntegrityBaseline)
+	d.handle("integrity_check", PermAdmin, d.opIntegrityCheck)
+	d.handle("integrity_accept", PermAdmin, d.opIntegrityAccept)
 }
 
 func (d *Daemon) opPing(context.Context, *Call) (any, error) {
@@ -73,6 +78,7 @@ type Status struct {
 	StateDir     string        `json:"state_dir"`
 	AuditSeq     uint64        `json:"audit_seq"`
 	Policy       PolicyStatus  `json:"policy"`
+	Fleet        *fleet.Status `json:"fleet,omitempty"` // absent: fleet off
 }
 
 // Status reports the daemon's state from memory (never the kernel).
@@ -83,7 +89,7 @@ func (d *Daemon) Status() Status {
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
 	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), Policy: d.policyStatus()}
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }

@@ -177,10 +177,12 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	if !c.Peer.Admin {
 		if err := eng.Authorize(sig.Sender, sig.Kind); err != nil {
 			d.Audit("refuse", map[string]any{"op": "signal", "kind": sig.Kind, "code": CodeForbidden, "sender": c.Peer.String()})
+			d.observeSignal(sig, "forbidden")
 			return nil, errorf(CodeForbidden, "%v", err)
 		}
 	}
 	if err := eng.Admit(sig.Sender); err != nil {
+		d.observeSignal(sig, "rate_limited")
 		return nil, errorf(CodeRateLimited, "%v; slow down", err)
 	}
 	res, err := eng.Handle(sig)
@@ -188,6 +190,7 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 		return nil, errorf(CodeInvalidSignal, "%v", err)
 	}
 	d.recordSignal(sig, c.Peer, res)
+	d.observeSignal(sig, string(res.Outcome))
 	if len(res.Decisions) > 0 {
 		d.flushSignals() // the cause is in the log before the decision
 	}

@@ -82,6 +82,7 @@ type Daemon struct {
 	ops     map[string]opEntry
 	limiter *peerLimiter
 	policy  atomic.Pointer[response.Engine] // swapped on reload
+	signals signalLog                       // signal records waiting for the audit log
 	closing chan struct{}
 	closeMu sync.Once
 	heal    chan struct{}
@@ -169,6 +170,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 func (d *Daemon) Close() error {
 	d.closeMu.Do(func() { close(d.closing) })
 	var errs []error
+	if d.audit != nil {
+		d.flushSignals()
+	}
+	if d.store != nil && d.Policy() != nil {
+		d.flushOffenders()
+	}
 	if d.audit != nil {
 		errs = append(errs, d.audit.Close())
 	}

@@ -177,9 +177,31 @@ func (m *Main) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- d.Serve(ctx, m.ln) }()
 	ping := m.watchdog()
-	lastStatus := time.Now()
 	go d.runIntegrity(ctx)
-	go d.maintain(ctx, func() {
+	maintained := make(chan struct{})
+	go func() {
+		defer close(maintained)
+		d.maintain(ctx, m.tick(ping))
+	}()
+	select {
+	case <-ctx.Done():
+		notify(m.Logger, sddaemon.SdNotifyStopping)
+		err = <-serveErr // connections closed, handlers done
+	case err = <-serveErr:
+		notify(m.Logger, sddaemon.SdNotifyStopping)
+	}
+	cancel()
+	<-maintained
+	<-incDone // evidence in flight is written and audited before the log closes
+	d.Audit("stop", map[string]any{"pid": os.Getpid()})
+	return err
+}
+
+// tick is what the maintenance loop runs every second besides its own work:
+// the watchdog ping and a STATUS= line every 10 s.
+func (m *Main) tick(ping func()) func() {
+	lastStatus := time.Now()
+	return func() {
 		if ping != nil {
 			ping()
 		}
@@ -187,17 +209,7 @@ func (m *Main) Run(ctx context.Context) error {
 			m.notifyStatus()
 			lastStatus = time.Now()
 		}
-	})
-	select {
-	case <-ctx.Done():
-		err = nil
-	case err = <-serveErr:
 	}
-	notify(m.Logger, sddaemon.SdNotifyStopping)
-	cancel()
-	<-incDone // evidence in flight is written and audited before the log closes
-	d.Audit("stop", map[string]any{"pid": os.Getpid()})
-	return err
 }
 
 // defaultLogger logs structured journal entries (PARRY_* fields) when stderr

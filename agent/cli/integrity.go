@@ -205,9 +205,4 @@ func printFindings(w io.Writer, fs []integrity.Finding) {
 	}
 }
 
-func plural(n int, what string) string {
-	if n == 1 {
-		return "1 " + what
-	}
-	return fmt.Sprintf("%d %ss", n, what)
-}
+// plural is in write.go.

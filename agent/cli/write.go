@@ -248,11 +248,11 @@ func (a *App) report(op string, o outcome, failures []string, asJSON bool, chunk
 	switch op {
 	case "block":
 		if o.Added+o.Updated > 0 {
-			fmt.Fprintf(a.Stdout, "blocked %d targets (%d new, %d updated)\n", o.Added+o.Updated, o.Added, o.Updated)
+			fmt.Fprintf(a.Stdout, "blocked %s (%d new, %d updated)\n", plural(o.Added+o.Updated, "target"), o.Added, o.Updated)
 		}
 	case "unblock":
 		if o.Removed > 0 {
-			fmt.Fprintf(a.Stdout, "unblocked %d targets\n", o.Removed)
+			fmt.Fprintf(a.Stdout, "unblocked %s\n", plural(o.Removed, "target"))
 		}
 		for _, t := range o.NotFound {
 			fmt.Fprintf(a.Stdout, "%s was not blocked\n", t)
@@ -303,4 +303,11 @@ again re-creates the table with them.`,
 	}
 	cmd.Flags().StringVar(&table, "table", "parry", "table name (used when parryd is not running)")
 	return cmd
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -13,11 +13,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/response"
@@ -86,10 +88,14 @@ type Daemon struct {
 	blocks    *index
 	lockdown  *store.Lockdown
 	observers []Observer
+	incident  atomic.Pointer[Incident] // set by AttachIncident; told of every signal
+	fleet     *fleet.Fleet             // nil: fleet off
 	health    Health
 
 	ops     map[string]opEntry
 	limiter *peerLimiter
+	policy  atomic.Pointer[response.Engine] // swapped on reload
+	signals signalLog                       // signal records waiting for the audit log
 	closing chan struct{}
 	closeMu sync.Once
 	heal    chan struct{}
@@ -97,6 +103,8 @@ type Daemon struct {
 	uninstalled bool // the table was removed on request: no self-heal
 
 	bulk atomic.Bool // a large change just happened: return freed memory to the OS
+
+	integ integrityState // integrity monitor (agent/integrity.go)
 
 	reload   func() error // set by Main: re-read and apply the config
 	shutdown func()       // set by Main: stop the daemon
@@ -161,6 +169,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.refreshGuard()
+	eng, err := d.newPolicy(cfg, d.guard.Own, nil)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.policy.Store(eng)
 	return d, nil
 }
 
@@ -169,6 +183,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 func (d *Daemon) Close() error {
 	d.closeMu.Do(func() { close(d.closing) })
 	var errs []error
+	if d.audit != nil {
+		d.flushSignals()
+	}
+	if d.store != nil && d.Policy() != nil {
+		d.flushOffenders()
+	}
 	if d.audit != nil {
 		errs = append(errs, d.audit.Close())
 	}
@@ -261,6 +281,10 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		restart = append(restart, "socket/state_dir")
 		cfg.Socket, cfg.StateDir = old.Socket, old.StateDir
 	}
+	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
+		restart = append(restart, "fleet")
+		cfg.Fleet = old.Fleet
+	}
 	if cfg.Control.MaxConnections != old.Control.MaxConnections {
 		restart = append(restart, "control.max_connections")
 	}
@@ -268,8 +292,14 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
 		return fmt.Errorf("reload: allowlist: %w", err)
 	}
+	eng, err := d.newPolicy(cfg, d.guard.Own, d.Policy())
+	if err != nil {
+		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
+		return fmt.Errorf("reload: %w", err)
+	}
 	d.cfg = cfg
 	d.refreshGuard()
+	d.policy.Store(eng)
 	d.limiter.reset(cfg.Control.Rate, cfg.Control.Burst)
 	f := map[string]any{"ok": true, "allowlist": len(cfg.AllowPrefixes())}
 	if len(restart) > 0 {

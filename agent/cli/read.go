@@ -15,7 +15,7 @@ func (a *App) listCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List active blocks",
-		Long:  "List the active blocks, in address order: target, time left, reason, source.\nRead from parryd's memory; the kernel is not queried.",
+		Long:  "List the active blocks, in address order: target, time left, reason, source,\nand origin (local, or the fleet host that decided it).\nRead from parryd's memory; the kernel is not queried.",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var resp struct {
@@ -36,14 +36,18 @@ func (a *App) listCmd() *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TARGET\tEXPIRES IN\tREASON\tSOURCE")
+			fmt.Fprintln(tw, "TARGET\tEXPIRES IN\tREASON\tSOURCE\tORIGIN")
 			now := time.Now()
 			for _, b := range resp.Blocks {
 				left := "never"
 				if !b.Until.IsZero() {
 					left = agent.FormatDuration(b.Until.Sub(now).Truncate(time.Second))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", b.Target, left, dash(b.Reason), dash(b.Source))
+				origin := b.Origin
+				if origin == "" {
+					origin = "local"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Target, left, dash(b.Reason), dash(b.Source), origin)
 			}
 			return tw.Flush()
 		},
@@ -80,12 +84,10 @@ func (a *App) statusCmd() *cobra.Command {
 				health = "MISSING (self-heal retrying: " + st.TableHealth.LastError + ")"
 			}
 			fmt.Fprintf(a.Stdout, "table: %s %s, rebuilt %d times\n", st.Table, health, st.TableHealth.Heals)
-			if st.Lockdown.Active {
-				fmt.Fprintf(a.Stdout, "lockdown: ACTIVE until %s (%s)\n", st.Lockdown.Until.Local().Format(time.RFC3339), dash(st.Lockdown.Reason))
-			} else {
-				fmt.Fprintln(a.Stdout, "lockdown: off")
-			}
+			a.printLockdown(st.Lockdown)
+			a.printPolicy(st.Policy)
 			fmt.Fprintf(a.Stdout, "state: %s (audit seq %d)\n", st.StateDir, st.AuditSeq)
+			printFleet(a.Stdout, st.Fleet)
 			return nil
 		},
 	}

@@ -276,48 +276,6 @@ func (a *App) report(op string, o outcome, failures []string, asJSON bool, chunk
 	}
 }
 
-func (a *App) lockdownCmd() *cobra.Command {
-	var forS, reason string
-	var allow []string
-	var isolate bool
-	cmd := &cobra.Command{
-		Use:   "lockdown --for D [--allow CIDR]... [--isolate]",
-		Short: "Drop all new inbound traffic except the allowlist, for a while",
-		Long: `Lock the host down: drop all new inbound connections except from the
-allowlist (config) and --allow, until --for has passed (the kernel ends it
-even if parryd is down). --isolate drops outbound traffic too. A lockdown is
-never permanent. End it early with 'parry release'.`,
-		Example: "  parry lockdown --for 15m --allow 198.51.100.10 --reason \"investigating\"",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if forS == "" {
-				return usageErr("lockdown needs --for (e.g. --for 15m)")
-			}
-			var out outcome
-			return a.call(map[string]any{"op": "lockdown", "for": forS, "allow": allow, "isolate": isolate, "reason": reason}, &out)
-		},
-	}
-	cmd.Flags().StringVar(&forS, "for", "", "how long (required)")
-	cmd.Flags().StringSliceVar(&allow, "allow", nil, "extra IP/CIDR reachable during this lockdown (repeatable)")
-	cmd.Flags().BoolVar(&isolate, "isolate", false, "drop outbound traffic too, except to the allowlist")
-	cmd.Flags().StringVar(&reason, "reason", "", "why")
-	return cmd
-}
-
-func (a *App) releaseCmd() *cobra.Command {
-	var reason string
-	cmd := &cobra.Command{
-		Use:   "release",
-		Short: "End a lockdown now",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.call(map[string]any{"op": "release", "reason": reason}, nil)
-		},
-	}
-	cmd.Flags().StringVar(&reason, "reason", "", "why")
-	return cmd
-}
-
 func (a *App) uninstallCmd() *cobra.Command {
 	var table string
 	cmd := &cobra.Command{

@@ -1,0 +1,135 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/parryhq/parry/agent/fleet"
+	"github.com/parryhq/parry/response"
+)
+
+// The fleet (docs/fleet.md): with a `fleet:` section, every local block and
+// unblock is published over NATS JetStream and the fleet's decisions are
+// enforced here through Enforce, guard first. Lockdowns stay local.
+
+// ApplyRemote enforces a decision from another host through the normal path:
+// the guard refuses what the allowlist, loopback and our own addresses
+// protect, and Enforce records it in the audit log with its origin. A block
+// is applied in partial mode: the fleet merges the targets of one remote
+// decision, and a protected one must not keep the others out. It returns
+// how many targets the guard refused.
+func (d *Daemon) ApplyRemote(ctx context.Context, dec response.Decision) (int, error) {
+	if dec.Origin == "" {
+		return 0, errorf(CodeBadRequest, "remote decision without an origin")
+	}
+	switch dec.Action {
+	case response.ActionBlock:
+		out, err := d.EnforceWith(ctx, dec, EnforceOptions{Partial: true})
+		return len(out.Refused), err
+	case response.ActionUnblock:
+		_, err := d.Enforce(ctx, dec)
+		return 0, err
+	default:
+		return 0, errorf(CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
+	}
+}
+
+var _ fleet.Applier = (*Daemon)(nil)
+
+// publishToFleet is the observer that hands every local block and unblock
+// that took effect to the fleet. Remote decisions (Origin set) go nowhere.
+func publishToFleet(f *fleet.Fleet) Observer {
+	return func(dec response.Decision, out Outcome) {
+		if dec.Origin != "" && dec.Origin != f.Name() {
+			return
+		}
+		switch dec.Action {
+		case response.ActionBlock:
+			if len(out.Applied) == 0 { // refused or failed
+				return
+			}
+			dec.Targets = out.Applied
+		case response.ActionUnblock:
+			// Not found here may still be blocked elsewhere: the fleet
+			// hears of every target. No target at all means refused.
+			if len(out.Applied)+len(out.NotFound) == 0 {
+				return
+			}
+		default:
+			return
+		}
+		f.Publish(dec)
+	}
+}
+
+// localBlocks lists this host's own active blocks, for the fleet's resync.
+func (d *Daemon) localBlocks(context.Context) ([]response.Decision, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	nowMs := d.now().UnixMilli()
+	var out []response.Decision
+	for p, e := range d.blocks.m {
+		if e.expired(nowMs) {
+			continue
+		}
+		dr := d.blocks.decision(e.dec)
+		if dr.Origin != "" {
+			continue
+		}
+		dec := response.Decision{ID: dr.ID, Action: response.ActionBlock, Targets: []netip.Prefix{p},
+			Reason: dr.Reason, Source: dr.Source, Rule: dr.Rule}
+		if e.until != 0 {
+			dec.Until = time.UnixMilli(e.until)
+		}
+		out = append(out, dec)
+	}
+	return out, nil
+}
+
+// startFleet joins the fleet when configured: it connects, catches up on the
+// fleet's active decisions (at most fleet.catchup_timeout, so that a missing
+// NATS never holds local protection back) and starts publishing ours.
+func (m *Main) startFleet(ctx context.Context, cfg Config) error {
+	if !cfg.Fleet.Enabled() {
+		return nil
+	}
+	d := m.Daemon
+	f, err := fleet.New(cfg.Fleet, d, fleet.Options{Logger: m.Logger, Local: d.localBlocks})
+	if err != nil {
+		return fmt.Errorf("fleet: %w", err)
+	}
+	d.Observe(publishToFleet(f))
+	start := time.Now()
+	if err := f.Start(ctx); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.fleet = f
+	d.mu.Unlock()
+	st := f.Status()
+	d.Audit("fleet_join", map[string]any{"name": st.Name, "connected": st.Connected, "caught_up": st.CaughtUp,
+		"applied": st.Applied, "refused": st.Refused, "took": time.Since(start).Round(time.Millisecond).String()})
+	return nil
+}
+
+// stopFleet flushes what it can (bounded) and leaves the fleet.
+func (m *Main) stopFleet() {
+	if m.Daemon == nil || m.Daemon.fleet == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = m.Daemon.fleet.Close(ctx)
+}
+
+// fleetStatus is the fleet part of op status; nil when the fleet is off.
+// Caller holds d.mu.
+func (d *Daemon) fleetStatus() *fleet.Status {
+	if d.fleet == nil {
+		return nil
+	}
+	st := d.fleet.Status()
+	return &st
+}

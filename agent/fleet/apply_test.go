@@ -1,0 +1,54 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/parryhq/parry/response"
+)
+
+// TestApplyGroupMerges: consecutive entries of one decision become one
+// remote decision (one commit in the agent); anything different, or a
+// message that is not to be applied, ends the group; refusals are counted
+// per target.
+func TestApplyGroupMerges(t *testing.T) {
+	until := time.Now().Add(time.Hour).UTC()
+	rec := &recorder{allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32")}}
+	f := &Fleet{apply: rec, log: testLogger(), seen: newIDSet(16)}
+	var batch []inbound
+	add := func(d response.Decision, origin string) {
+		for _, e := range entries(d, origin, time.Now()) {
+			batch = append(batch, inbound{apply: true, e: e})
+		}
+	}
+	big := block("big", until, "198.51.100.1/32")
+	for i := 2; i <= 10; i++ {
+		big.Targets = append(big.Targets, netip.MustParsePrefix(fmt.Sprintf("198.51.100.%d/32", i)))
+	}
+	add(big, "a")                                              // 10 entries, one refused by the allowlist
+	add(block("other", until, "203.0.113.1/32"), "a")          // another decision
+	batch = append(batch, inbound{})                           // e.g. an echo
+	add(block("big", until, "198.51.100.11/32"), "b")          // same id, other origin
+	add(unblock("u", "203.0.113.2/32", "203.0.113.3/32"), "a") // 2 entries
+	var sizes []int
+	for len(batch) > 0 {
+		n := f.applyGroup(context.Background(), batch)
+		sizes = append(sizes, n)
+		batch = batch[n:]
+	}
+	if fmt.Sprint(sizes) != "[10 1 1 1 2]" {
+		t.Errorf("groups %v; want [10 1 1 1 2]", sizes)
+	}
+	if rec.calls != 4 {
+		t.Errorf("ApplyRemote called %d times; want 4", rec.calls)
+	}
+	if got := rec.all()[0]; got.ID != "big" || got.Origin != "a" || !got.Until.Equal(until) {
+		t.Errorf("merged decision %+v; want id big from a until %v", got, until)
+	}
+	if a, r := f.applied.Load(), f.refused.Load(); a != 13 || r != 1 {
+		t.Errorf("applied %d refused %d; want 13 and 1", a, r)
+	}
+}

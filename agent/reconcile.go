@@ -120,6 +120,7 @@ func (d *Daemon) sweep() {
 		d.log.Warn("sweep of unknown elements: read failed", "err", err)
 		return
 	}
+	d.bulk.Store(true) // the dump's buffers go back to the OS on the next tick
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.uninstalled {

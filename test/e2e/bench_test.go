@@ -163,16 +163,30 @@ func BenchmarkStart100k(b *testing.B) {
 				if tableGone {
 					ns.MustRun(b, "nft", "delete", "table", "inet", d.table)
 				}
+				sweeps := strings.Count(readFile(b, d.dir+"/audit.log"), `"reason":"sweep"`)
 				path, ch := notifySocketB(b)
 				cmd := ns.Command(context.Background(), parryd, append([]string{"--state-dir", d.dir, "--socket", d.sock, "--table", d.table}, d.extra...)...)
 				cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+path)
+				logs := &syncBuffer{}
+				cmd.Stdout, cmd.Stderr = logs, logs
 				t0 := time.Now()
 				if err := cmd.Start(); err != nil {
 					b.Fatal(err)
 				}
-				for m := range ch {
-					if m == "READY=1" {
-						break
+				exited := make(chan struct{})
+				go func() { cmd.Wait(); close(exited) }()
+				b.Cleanup(func() { cmd.Process.Kill(); <-exited })
+			wait:
+				for {
+					select {
+					case m := <-ch:
+						if m == "READY=1" {
+							break wait
+						}
+					case <-exited:
+						b.Fatalf("parryd exited before READY=1:\n%s", logs.String())
+					case <-time.After(60 * time.Second):
+						b.Fatalf("no READY=1 within 60 s:\n%s", logs.String())
 					}
 				}
 				ts = append(ts, time.Since(t0))
@@ -180,14 +194,13 @@ func BenchmarkStart100k(b *testing.B) {
 					b.Fatalf("kernel has %d at READY, want %d", got, n)
 				}
 				if !tableGone { // RSS after the sweep of unknown elements, which dumps the 100k sets
-					sweeps := strings.Count(readFile(b, d.dir+"/audit.log"), `"reason":"sweep"`)
 					netns.Eventually(b, 60*time.Second, "sweep done", func() bool {
 						return strings.Count(readFile(b, d.dir+"/audit.log"), `"reason":"sweep"`) > sweeps
 					})
 				}
 				b.ReportMetric(float64(settledRSS(b, cmd.Process.Pid)>>10), "RSS-settled-KiB")
 				cmd.Process.Signal(syscall.SIGTERM)
-				cmd.Wait()
+				<-exited
 			}
 			b.ReportMetric(float64(percentile(ts, 0.5).Milliseconds()), "start-to-ready-ms")
 			b.Logf("start with %d stored blocks, %s, to READY=1: median %v", n, name, percentile(ts, 0.5))

@@ -57,6 +57,18 @@ type Options struct {
 	Now      func() time.Time // default time.Now
 	// HostAddrs reads the host's own addresses; default HostAddrs.
 	HostAddrs func() ([]netip.Addr, error)
+	// Sweeper opens a second, independent reader of the kernel's block
+	// sets for the sweep of unknown elements after a start with the table
+	// present. Dumping a 100k-element hash set takes seconds (the kernel
+	// resumes its walk from the start for every netlink message), so it
+	// runs after READY on its own connection and never stalls enforcement.
+	// Nil: the sweep runs inline in Reconcile with the Firewall (tests).
+	Sweeper func() (ElementReader, func(), error)
+}
+
+// ElementReader reads the kernel's view of the block sets.
+type ElementReader interface {
+	Elements() ([]firewall.Element, error)
 }
 
 // Daemon is parryd.
@@ -65,6 +77,7 @@ type Daemon struct {
 	now       func() time.Time
 	fw        Enforcer
 	hostAddrs func() ([]netip.Addr, error)
+	sweeper   func() (ElementReader, func(), error)
 	store     *store.Store
 	audit     *audit.Log
 	started   time.Time
@@ -82,6 +95,7 @@ type Daemon struct {
 	ops     map[string]opEntry
 	limiter *peerLimiter
 	policy  atomic.Pointer[response.Engine] // swapped on reload
+	signals signalLog                       // signal records waiting for the audit log
 	closing chan struct{}
 	closeMu sync.Once
 	heal    chan struct{}
@@ -122,7 +136,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, errors.New("agent: no firewall")
 	}
 	d := &Daemon{
-		log: opts.Logger, now: opts.Now, fw: opts.Firewall, hostAddrs: opts.HostAddrs,
+		log: opts.Logger, now: opts.Now, fw: opts.Firewall, hostAddrs: opts.HostAddrs, sweeper: opts.Sweeper,
 		cfg: cfg, blocks: newIndex(), closing: make(chan struct{}), heal: make(chan struct{}, 1),
 	}
 	if d.log == nil {
@@ -169,6 +183,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 func (d *Daemon) Close() error {
 	d.closeMu.Do(func() { close(d.closing) })
 	var errs []error
+	if d.audit != nil {
+		d.flushSignals()
+	}
+	if d.store != nil && d.Policy() != nil {
+		d.flushOffenders()
+	}
 	if d.audit != nil {
 		errs = append(errs, d.audit.Close())
 	}

@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -176,8 +178,9 @@ func (in *Incident) enqueue(name string, run func(ctx context.Context)) {
 	select {
 	case in.jobs <- incidentJob{name: name, run: run}:
 	default:
-		n := in.dropped.Add(1)
-		in.log.Warn("incident work queue full; job dropped", "job", name, "dropped_total", n)
+		if n := in.dropped.Add(1); logDrop(n) {
+			in.log.Warn("incident work queue full; job dropped", "job", name, "dropped_total", n)
+		}
 	}
 }
 
@@ -224,7 +227,6 @@ func (in *Incident) observe(dec response.Decision, out Outcome) {
 	if !ok {
 		return
 	}
-	critical := in.noteFindings(dec)
 	in.notifyDecision(dec, out)
 	if out.DryRun {
 		return
@@ -239,41 +241,40 @@ func (in *Incident) observe(dec response.Decision, out Outcome) {
 		if ecfg.AutoOnLockdown() {
 			reason := fmt.Sprintf("lockdown %s: %s", dec.ID, dec.Reason)
 			in.enqueue("evidence", func(ctx context.Context) { in.captureLogged(ctx, reason, "lockdown") })
-			return // one snapshot per lockdown, even when a finding caused it
 		}
-	}
-	if critical != "" && ecfg.AutoOnCritical() {
-		reason := "critical integrity finding: " + critical
-		in.enqueue("evidence", func(ctx context.Context) { in.captureLogged(ctx, reason, "integrity") })
 	}
 }
 
-// noteFindings records the integrity findings among the decision's
-// causes, counts and notifies them; it returns the path of a critical one.
-func (in *Incident) noteFindings(dec response.Decision) (critical string) {
-	for _, s := range dec.Cause {
-		if s.Kind != "integrity_violation" && s.Path == "" {
-			continue
-		}
-		f := evidence.Finding{Path: s.Path, Kind: s.Kind, Severity: s.Severity, Detail: s.Detail, Time: s.Time}
-		in.mu.Lock()
-		in.findings = append(in.findings, f)
-		if len(in.findings) > maxFindingsKept {
-			in.findings = in.findings[len(in.findings)-maxFindingsKept:]
-		}
-		open := len(in.findings)
-		in.mu.Unlock()
-		if in.metrics != nil {
-			in.metrics.Finding(s.Severity, open)
-		}
-		sig := s
-		in.notifier.Notify(webhook.Event{Kind: webhook.KindFinding, Severity: s.Severity,
-			Title: fmt.Sprintf("integrity finding on %s: %s", s.Path, s.Detail), Finding: &sig})
-		if strings.EqualFold(s.Severity, "critical") && critical == "" {
-			critical = s.Path
-		}
+// observeFinding tells the incident tooling of an integrity finding, as
+// the integrity wiring audits it (whether or not a policy rule turns it
+// into a decision).
+func (d *Daemon) observeFinding(s response.Signal) {
+	if in := d.incident.Load(); in != nil {
+		in.finding(s)
 	}
-	return critical
+}
+
+// finding keeps the finding for evidence, counts it, notifies it when at
+// or above notify.min_severity, and captures evidence when it is critical.
+// It never blocks.
+func (in *Incident) finding(s response.Signal) {
+	f := evidence.Finding{Path: s.Path, Kind: s.Attrs["finding"], Severity: s.Severity, Detail: s.Detail, Time: s.Time}
+	in.mu.Lock()
+	in.findings = append(in.findings, f)
+	if len(in.findings) > maxFindingsKept {
+		in.findings = in.findings[len(in.findings)-maxFindingsKept:]
+	}
+	kept := len(in.findings)
+	in.mu.Unlock()
+	if in.metrics != nil {
+		in.metrics.Finding(s.Severity, kept)
+	}
+	in.notifier.Notify(webhook.Event{Kind: webhook.KindFinding, Severity: s.Severity,
+		Title: fmt.Sprintf("integrity %s on %s: %s", cmp.Or(f.Kind, "finding"), s.Path, s.Detail), Finding: &s})
+	if strings.EqualFold(s.Severity, "critical") && in.cfg.Evidence.AutoOnCritical() {
+		reason := fmt.Sprintf("critical integrity finding on %s: %s", s.Path, s.Detail)
+		in.enqueue("evidence", func(ctx context.Context) { in.captureLogged(ctx, reason, "integrity") })
+	}
 }
 
 func (in *Incident) notifyDecision(dec response.Decision, out Outcome) {
@@ -324,6 +325,10 @@ func decisionTitle(dec response.Decision, out Outcome) string {
 	return b.String()
 }
 
+// logDrop keeps a flood from flooding the journal too: the first drop and
+// every 1000th are logged, with the running total.
+func logDrop(n uint64) bool { return n == 1 || n%1000 == 0 }
+
 type pendingBlock struct {
 	id      string
 	targets []netip.Prefix
@@ -338,8 +343,9 @@ func (in *Incident) queueLookup(p pendingBlock) {
 	}
 	in.pendMu.Unlock()
 	if full {
-		n := in.dropped.Add(1)
-		in.log.Warn("too many blocks waiting for their connection lookup; skipped", "decision", p.id, "dropped_total", n)
+		if n := in.dropped.Add(1); logDrop(n) {
+			in.log.Warn("too many blocks waiting for their connection lookup; skipped", "decision", p.id, "dropped_total", n)
+		}
 		return
 	}
 	select {
@@ -448,24 +454,60 @@ func (in *Incident) Capture(ctx context.Context, reason, trigger string) (eviden
 }
 
 func (in *Incident) fill(s *evidence.Snapshot) {
-	blocks := in.d.Blocks()
-	s.BlocksTotal = len(blocks)
-	if len(blocks) > maxEvidenceBlks {
-		blocks, s.BlocksTruncated = blocks[:maxEvidenceBlks], true
-	}
-	for _, b := range blocks {
-		p, err := ParseTarget(b.Target)
-		if err != nil {
-			continue
-		}
-		s.Blocks = append(s.Blocks, evidence.Block{Prefix: p, Until: b.Until, Reason: b.Reason})
+	s.Blocks, s.BlocksTotal = in.activeBlocks()
+	if len(s.Blocks) > maxEvidenceBlks {
+		s.Blocks, s.BlocksTruncated = s.Blocks[:maxEvidenceBlks], true
 	}
 	if l := in.d.Status().Lockdown; l.Active {
 		s.Lockdown = &evidence.Lockdown{Until: l.Until, Isolate: l.Isolate, Reason: l.Reason}
 	}
+	if open, ok := in.openFindings(); ok {
+		s.Findings = append(s.Findings, open...)
+		return
+	}
 	in.mu.Lock()
 	s.Findings = append(s.Findings, in.findings...)
 	in.mu.Unlock()
+}
+
+// openFindings are the integrity monitor's unresolved findings, when it runs.
+func (in *Incident) openFindings() ([]evidence.Finding, bool) {
+	s := &in.d.integ
+	s.mu.Lock()
+	mon := s.mon
+	s.mu.Unlock()
+	if mon == nil {
+		return nil, false
+	}
+	var out []evidence.Finding
+	for _, f := range mon.Status().Open {
+		out = append(out, evidence.Finding{Path: f.Path, Kind: f.Kind, Severity: f.Severity, Detail: f.Detail, Time: f.Time})
+	}
+	return out, true
+}
+
+// activeBlocks copies the active blocks out of the daemon's index with a
+// short hold of its lock (a copy, no sort), then sorts them outside it.
+func (in *Incident) activeBlocks() ([]evidence.Block, int) {
+	d := in.d
+	d.mu.Lock()
+	nowMs := d.now().UnixMilli()
+	out := make([]evidence.Block, 0, d.blocks.len())
+	for p, e := range d.blocks.m {
+		if e.expired(nowMs) {
+			continue
+		}
+		b := evidence.Block{Prefix: p, Reason: d.blocks.decision(e.dec).Reason}
+		if e.until != 0 {
+			b.Until = time.UnixMilli(e.until).UTC()
+		}
+		out = append(out, b)
+	}
+	d.mu.Unlock()
+	slices.SortFunc(out, func(a, b evidence.Block) int {
+		return cmp.Or(a.Prefix.Addr().Compare(b.Prefix.Addr()), cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()))
+	})
+	return out, len(out)
 }
 
 // applyTimer is implemented by the firewall wrapper that times Block.

@@ -63,3 +63,43 @@ func BenchmarkEnforceObserverCost(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkObserve: the synchronous part the incident tooling adds to each
+// Enforce (it runs under the daemon's lock): metrics, the webhook enqueue,
+// the connection-lookup enqueue. Everything slow happens elsewhere.
+func BenchmarkObserve(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.StateDir = b.TempDir()
+	cfg.Socket = cfg.StateDir + "/s.sock"
+	cfg.Notify = webhook.Config{Webhooks: []webhook.Webhook{{URL: "http://127.0.0.1:1/"}}}
+	cfg.Metrics.Enabled = true
+	if err := cfg.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	d, err := New(cfg, Options{Firewall: TimeApply(newFakeFW()), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		HostAddrs: func() ([]netip.Addr, error) { return nil, nil }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	in, err := AttachIncident(d, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { // drain the lookup queue as the worker would, without walking /proc
+		for range in.pendSig {
+			in.pendMu.Lock()
+			in.pending = in.pending[:0]
+			in.pendMu.Unlock()
+		}
+	}()
+	p := netip.MustParsePrefix("203.0.113.7/32")
+	dec := response.Decision{ID: "x", Action: response.ActionBlock, Targets: []netip.Prefix{p}, Until: time.Now().Add(time.Hour), Source: "policy"}
+	out := Outcome{ID: "x", Action: response.ActionBlock, Added: 1, Applied: []netip.Prefix{p}}
+	b.ResetTimer()
+	for range b.N {
+		d.mu.Lock()
+		in.observe(dec, out)
+		d.mu.Unlock()
+	}
+}

@@ -65,15 +65,7 @@ func (in *Incident) recordedHashes() (map[string]string, error) {
 		return nil, err
 	}
 	defer f.Close()
-	lines, err := report.Read(f, time.Time{}, time.Time{})
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]string{}
-	for _, e := range report.EvidenceLines(lines) {
-		out[e.ID] = e.SHA256
-	}
-	return out, nil
+	return report.EvidenceHashes(f)
 }
 
 func info(r evidence.Record, recorded map[string]string) EvidenceInfo {
@@ -159,16 +151,15 @@ func (in *Incident) Report(since time.Duration) (report.Report, error) {
 	chain := report.Chain{Checked: true, OK: res.OK, Lines: res.Lines, FirstBad: res.FirstBad, Reason: res.Reason}
 	to := in.d.now()
 	from := to.Add(-since)
-	var lines report.Lines
 	f, err := os.Open(path)
-	if err == nil {
-		lines, err = report.Read(f, from, to.Add(time.Second))
-		f.Close()
+	if errors.Is(err, os.ErrNotExist) {
+		return report.Build(report.Lines{}, chain, in.host, from, to), nil
 	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err != nil {
 		return report.Report{}, fmt.Errorf("report: %w", err)
 	}
-	return report.Build(lines, chain, in.host, from, to), nil
+	defer f.Close()
+	return report.Summarize(f, chain, in.host, from, to.Add(time.Second))
 }
 
 func (in *Incident) opCheck(ctx context.Context, c *Call) (any, error) {

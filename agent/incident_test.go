@@ -122,11 +122,18 @@ func TestLockdownCapturesEvidenceAsync(t *testing.T) {
 }
 
 func TestCriticalFindingCapturesEvidence(t *testing.T) {
-	d, in := incidentDaemon(t, nil)
-	cause := []response.Signal{{Kind: "integrity_violation", Path: "/usr/bin/sudo", Severity: "critical", Detail: "hash changed"}}
-	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionNotify, Source: "integrity", Cause: cause}); err != nil {
-		t.Fatal(err)
-	}
+	got := make(chan []byte, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- b
+	}))
+	defer srv.Close()
+	d, in := incidentDaemon(t, func(c *Config) {
+		c.Notify = webhook.Config{Webhooks: []webhook.Webhook{{URL: srv.URL}}, MinSeverity: "critical", Events: []string{"finding"}}
+	})
+	sig := response.Signal{Kind: "integrity_violation", Source: "integrity", Path: "/usr/bin/sudo", Severity: "critical",
+		Detail: "mode 0755 → 4755 (gained setuid)", Attrs: map[string]string{"finding": "changed"}}
+	d.observeFinding(sig)
 	var ev []map[string]any
 	netns.Eventually(t, 20*time.Second, "evidence for the critical finding", func() bool {
 		ev = auditEvents(t, d, "evidence")
@@ -135,16 +142,28 @@ func TestCriticalFindingCapturesEvidence(t *testing.T) {
 	if ev[0]["trigger"] != "integrity" {
 		t.Errorf("trigger %v", ev[0]["trigger"])
 	}
+	checkEvidenceFile(t, d, ev[0])
 	snap, _, err := in.evidence.Show(ev[0]["id"].(string))
-	if err != nil || len(snap.Findings) != 1 || snap.Findings[0].Path != "/usr/bin/sudo" {
-		t.Errorf("findings in snapshot: %+v %v", snap, err)
+	if err != nil || len(snap.Findings) != 1 || snap.Findings[0].Path != "/usr/bin/sudo" || snap.Findings[0].Kind != "changed" {
+		t.Errorf("findings in snapshot: %+v %v", snap.Findings, err)
 	}
-	// A medium finding does not capture.
-	cause[0].Severity = "medium"
-	d.Enforce(context.Background(), response.Decision{Action: response.ActionNotify, Source: "integrity", Cause: cause})
+	select {
+	case b := <-got:
+		if !strings.Contains(string(b), `"kind":"finding"`) || !strings.Contains(string(b), "/usr/bin/sudo") {
+			t.Errorf("webhook body %s", b)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no webhook for the critical finding")
+	}
+	// A medium finding neither captures nor notifies (min_severity critical).
+	sig.Severity = "medium"
+	d.observeFinding(sig)
 	barrier(t, in)
 	if n := len(auditEvents(t, d, "evidence")); n != 1 {
 		t.Errorf("%d evidence events, want 1", n)
+	}
+	if st := in.notifier.Stats()[0]; st.Delivered != 1 || st.Queued != 0 {
+		t.Errorf("webhook stats %+v", st)
 	}
 }
 
@@ -307,6 +326,16 @@ func TestIncidentOpsOverSocket(t *testing.T) {
 	if w := call(`{"op":"evidence_show","evidence_id":"20260101T000000Z-00000000"}`, nil); w.OK || w.Error.Code != CodeNotFound {
 		t.Errorf("missing id: %+v", w)
 	}
+	// Tamper with the file: list and show now say so.
+	path := filepath.Join(d.Config().StateDir, "evidence", capResp.Evidence.ID+".json")
+	os.Chmod(path, 0o600)
+	f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString(" ")
+	f.Close()
+	call(`{"op":"evidence_list"}`, &list)
+	if list.Evidence[0].Intact || list.Evidence[0].SHA256 == list.Evidence[0].Recorded {
+		t.Errorf("tampered evidence reported intact: %+v", list.Evidence[0])
+	}
 	var rep struct {
 		Report report.Report `json:"report"`
 	}
@@ -364,5 +393,52 @@ func TestSignalsCountedInMetrics(t *testing.T) {
 	}
 	if total != 3 || !kinds["auth_failure"] || !kinds["weird_kind"] {
 		t.Errorf("signals counted %v, kinds %v", total, kinds)
+	}
+}
+
+func TestIncidentConfigSections(t *testing.T) {
+	good := `
+evidence:
+  timeout: 3s
+  max_processes: 100
+  on_lockdown: false
+notify:
+  min_severity: critical
+  webhooks:
+    - name: ops
+      url: https://hooks.example.org/T/secret
+      format: slack
+metrics:
+  enabled: true
+  listen: 127.0.0.1:9100
+check:
+  cert_warn: 240h
+  key_dirs: [/etc/ssl/private]
+`
+	path := filepath.Join(t.TempDir(), "parry.yaml")
+	os.WriteFile(path, []byte(good), 0o600)
+	cfg, err := LoadConfig(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Evidence.Timeout != 3*time.Second || cfg.Evidence.AutoOnLockdown() || !cfg.Metrics.Enabled ||
+		cfg.Notify.Webhooks[0].Format != "slack" || cfg.Check.CertWarn != 240*time.Hour {
+		t.Errorf("decoded %+v %+v %+v %+v", cfg.Evidence, cfg.Notify, cfg.Metrics, cfg.Check)
+	}
+	for _, bad := range []string{
+		"evidence:\n  timout: 3s\n",                                     // unknown key
+		"evidence:\n  timeout: 5\n",                                     // 5ns: no unit
+		"notify:\n  webhooks:\n    - url: ftp://x/secret\n",             // scheme
+		"metrics:\n  enabled: true\n  listen: ':9100'\n",                // no host
+		"check:\n  key_dirs: [relative]\n",                              // not absolute
+		"notify:\n  webhooks:\n    - url: https://x/\n      token: t\n", // unknown key in a webhook
+	} {
+		os.WriteFile(path, []byte(bad), 0o600)
+		_, err := LoadConfig(path, false)
+		if err == nil {
+			t.Errorf("config accepted:\n%s", bad)
+		} else if strings.Contains(err.Error(), "secret") {
+			t.Errorf("error leaks the webhook URL: %v", err)
+		}
 	}
 }

@@ -157,6 +157,7 @@ func (d *Daemon) integrityFinding(f integrity.Finding) {
 		fields["changes"] = f.Changes
 	}
 	d.Audit("integrity_finding", fields)
+	d.observeFinding(f.Signal()) // incident tooling: metrics, webhook, evidence on critical
 	select {
 	case d.integ.signals <- f.Signal():
 	default:
@@ -219,7 +220,7 @@ func (d *Daemon) handleIntegritySignal(ctx context.Context, sig response.Signal)
 		blocked = blocked || (dec.Action == response.ActionBlock && !dec.DryRun)
 	}
 	if blocked {
-		d.saveOffenders(eng)
+		d.saveOffenders()
 	}
 }
 

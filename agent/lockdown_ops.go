@@ -57,34 +57,8 @@ func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
 	}
 	now := d.now()
 	cfg := d.Config()
-	if p.Extend != "" {
-		by, err := ParseDuration(p.Extend)
-		if err != nil || by < time.Second {
-			return nil, errorf(CodeInvalidDuration, `"extend" must be a duration of at least 1s, e.g. "15m"`)
-		}
-		d.mu.Lock()
-		cur := d.lockdownState()
-		l := d.lockdown
-		d.mu.Unlock()
-		if !cur.Active {
-			return nil, errorf(CodeNoLockdown, "no active lockdown to extend; start one with --for")
-		}
-		dec.Until = cur.Until.Add(by)
-		dec.Allow = append(slices.Clone(l.Allow), dec.Allow...)
-		dec.Isolate = dec.Isolate || l.Isolate
-		if dec.Reason == "" {
-			dec.Reason = l.Reason
-		}
-	} else {
-		dur := DefaultLockdown
-		if p.For != "" {
-			var err error
-			dur, err = ParseDuration(p.For)
-			if err != nil || dur < time.Second {
-				return nil, errorf(CodeInvalidDuration, `"for" must be a duration of at least 1s, e.g. "15m"; a lockdown is never permanent`)
-			}
-		}
-		dec.Until = now.Add(dur)
+	if err := d.lockdownEnd(&dec, p, now); err != nil {
+		return nil, err
 	}
 	if dec.Until.Sub(now) > MaxLockdown {
 		return nil, errorf(CodeInvalidDuration, "a lockdown may last at most %s from now; extend it later if needed", FormatDuration(MaxLockdown))
@@ -109,4 +83,40 @@ func comparePrefix(a, b netip.Prefix) int {
 		return c
 	}
 	return cmp.Compare(a.Bits(), b.Bits())
+}
+
+// lockdownEnd sets the end of a new lockdown ("for", default 15m), or of
+// the active one extended ("extend"), which keeps its allowlist, isolation
+// and reason unless given anew.
+func (d *Daemon) lockdownEnd(dec *response.Decision, p lockdownParams, now time.Time) error {
+	if p.Extend == "" {
+		dur := DefaultLockdown
+		if p.For != "" {
+			var err error
+			dur, err = ParseDuration(p.For)
+			if err != nil || dur < time.Second {
+				return errorf(CodeInvalidDuration, `"for" must be a duration of at least 1s, e.g. "15m"; a lockdown is never permanent`)
+			}
+		}
+		dec.Until = now.Add(dur)
+		return nil
+	}
+	by, err := ParseDuration(p.Extend)
+	if err != nil || by < time.Second {
+		return errorf(CodeInvalidDuration, `"extend" must be a duration of at least 1s, e.g. "15m"`)
+	}
+	d.mu.Lock()
+	cur := d.lockdownState()
+	l := d.lockdown
+	d.mu.Unlock()
+	if !cur.Active {
+		return errorf(CodeNoLockdown, "no active lockdown to extend; start one with --for")
+	}
+	dec.Until = cur.Until.Add(by)
+	dec.Allow = append(slices.Clone(l.Allow), dec.Allow...)
+	dec.Isolate = dec.Isolate || l.Isolate
+	if dec.Reason == "" {
+		dec.Reason = l.Reason
+	}
+	return nil
 }

@@ -143,7 +143,18 @@ func (m *Main) Run(ctx context.Context) error {
 		m.Logger.Info("removed nftables table", "table", cfg.Table)
 		return nil
 	}
-	d, err := New(cfg, Options{Firewall: TimeApply(fw), Logger: m.Logger})
+	d, err := New(cfg, Options{Firewall: TimeApply(fw), Logger: m.Logger, Sweeper: func() (ElementReader, func(), error) {
+		conn, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return nil, nil, err
+		}
+		r, err := firewall.New(conn, firewall.Config{Table: cfg.Table, Priority: cfg.Priority, Logger: m.Logger})
+		if err != nil {
+			conn.CloseLasting()
+			return nil, nil, err
+		}
+		return r, func() { _ = conn.CloseLasting() }, nil
+	}})
 	if err != nil {
 		return err
 	}
@@ -222,7 +233,7 @@ func (m *Main) tick(ping func()) func() {
 // otherwise.
 func (m *Main) defaultLogger() *slog.Logger {
 	if m.Stderr == nil && JournalAvailable() {
-		return slog.New(NewJournalHandler(JournalOptions{}))
+		return slog.New(NewJournalHandler(JournalOptions{Fallback: slog.NewJSONHandler(m.out(), nil)}))
 	}
 	return slog.New(slog.NewJSONHandler(m.out(), nil))
 }

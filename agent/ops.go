@@ -77,6 +77,7 @@ type Status struct {
 	Lockdown     LockdownState `json:"lockdown"`
 	StateDir     string        `json:"state_dir"`
 	AuditSeq     uint64        `json:"audit_seq"`
+	Policy       PolicyStatus  `json:"policy"`
 	Fleet        *fleet.Status `json:"fleet,omitempty"` // absent: fleet off
 }
 
@@ -88,7 +89,7 @@ func (d *Daemon) Status() Status {
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
 	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), Fleet: d.fleetStatus()}
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }

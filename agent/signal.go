@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
+	"time"
 
 	"github.com/parryhq/parry/response"
 )
@@ -51,12 +54,66 @@ func (d *Daemon) newPolicy(cfg Config, own []netip.Addr, old *response.Engine) (
 	return eng, nil
 }
 
+// PolicyStatus is the policy's part of op status.
+type PolicyStatus struct {
+	DryRun      bool   `json:"dry_run"`
+	Rules       int    `json:"rules"`
+	Signals     uint64 `json:"signals"`      // accepted since start
+	NoRule      uint64 `json:"no_rule"`      // of which no rule counted
+	Decisions   uint64 `json:"decisions"`    // made since start (dry run included)
+	RateLimited uint64 `json:"rate_limited"` // signals refused by the per-sender limit
+	Keys        int    `json:"keys"`         // counting state entries now
+	Offenders   int    `json:"offenders"`    // escalation memory entries now
+	Evicted     uint64 `json:"evicted"`      // counting state dropped to stay within max_keys
+}
+
+func (d *Daemon) policyStatus() PolicyStatus {
+	eng := d.Policy()
+	if eng == nil {
+		return PolicyStatus{}
+	}
+	st := eng.Stats()
+	return PolicyStatus{DryRun: eng.Config().DryRun, Rules: len(eng.Rules()), Signals: st.Signals, NoRule: st.NoRule,
+		Decisions: st.Decisions, RateLimited: st.RateLimited, Keys: st.Keys, Offenders: st.Offenders, Evicted: st.EvictedKeys}
+}
+
 // Policy returns the policy engine in force.
 func (d *Daemon) Policy() *response.Engine { return d.policy.Load() }
 
-// saveOffenders persists the escalation memory (after a policy block).
-func (d *Daemon) saveOffenders(eng *response.Engine) {
-	b, err := json.Marshal(eng.Snapshot())
+// offendersSave is how long a change to the escalation memory may wait
+// before it is written: blocks are durable at once (the store), the memory
+// that lengthens the next block may lag this much, and one write covers
+// every block within it instead of an fsync each.
+const offendersSave = time.Second
+
+// saveOffenders schedules a write of the escalation memory.
+func (d *Daemon) saveOffenders() {
+	d.signals.mu.Lock()
+	defer d.signals.mu.Unlock()
+	if d.signals.saveTimer == nil {
+		d.signals.saveTimer = time.AfterFunc(offendersSave, d.writeOffenders)
+	}
+}
+
+// flushOffenders writes the escalation memory if a write is pending (on close).
+func (d *Daemon) flushOffenders() {
+	d.signals.mu.Lock()
+	pending := d.signals.saveTimer != nil
+	d.signals.mu.Unlock()
+	if pending {
+		d.writeOffenders()
+	}
+}
+
+// writeOffenders writes the escalation memory now.
+func (d *Daemon) writeOffenders() {
+	d.signals.mu.Lock()
+	if d.signals.saveTimer != nil {
+		d.signals.saveTimer.Stop()
+		d.signals.saveTimer = nil
+	}
+	d.signals.mu.Unlock()
+	b, err := json.Marshal(d.Policy().Snapshot())
 	if err == nil {
 		err = d.store.Put(offendersKey, b)
 	}
@@ -100,8 +157,8 @@ func peerSender(p Peer) response.Sender {
 // opSignal: authorise the sender for the kind, rate-limit it, run the
 // policy, record the signal, and enforce what the policy decided.
 func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
-	var p signalParams
-	if err := c.Decode(&p); err != nil {
+	p, err := decodeSignal(c)
+	if err != nil {
 		return nil, err
 	}
 	sig := response.Signal{Kind: p.Kind, User: p.User, Source: p.Source, Severity: p.Severity,
@@ -134,9 +191,15 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	}
 	d.recordSignal(sig, c.Peer, res)
 	d.observeSignal(sig, string(res.Outcome))
+	if len(res.Decisions) > 0 {
+		d.flushSignals() // the cause is in the log before the decision
+	}
 	out := SignalResult{Outcome: res.Outcome, Progress: res.Progress}
 	blocked := false
 	for _, dec := range res.Decisions {
+		if dec.Action == response.ActionLockdown && !dec.DryRun {
+			dec = d.mergeLockdown(dec)
+		}
 		sd := SignalDecision{Decision: dec}
 		o, err := d.Enforce(ctx, dec)
 		if err != nil {
@@ -154,33 +217,151 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 		out.Decisions = append(out.Decisions, sd)
 	}
 	if blocked {
-		d.saveOffenders(eng)
+		d.saveOffenders()
 	}
 	return out, nil
 }
 
-// recordSignal appends the signal and what became of it to the audit log.
-// It goes to the audit chain only, not the journal: signals can arrive by
-// the thousand per second; the decisions they lead to are journalled.
+// signalRecord is the audit record of one signal (a struct, not a map: it
+// is encoded for every signal).
+type signalRecord struct {
+	Kind     string            `json:"kind"`
+	IP       string            `json:"ip,omitempty"`
+	User     string            `json:"user,omitempty"`
+	Source   string            `json:"source,omitempty"`
+	Severity string            `json:"severity,omitempty"`
+	Path     string            `json:"path,omitempty"`
+	Detail   string            `json:"detail,omitempty"`
+	Attrs    map[string]string `json:"attrs,omitempty"`
+	Sender   string            `json:"sender"`
+	Outcome  string            `json:"outcome"`
+	Time     time.Time         `json:"time"`
+}
+
+// Signal records are appended to the audit log in batches: one "signals"
+// event per signalBatch records or signalFlush, whichever comes first, and
+// always before a decision the signals led to. Signals can arrive by the
+// ten thousand per second; one hashed, written line each would cost a third
+// of the signal path. A crash loses at most signalFlush of signal records,
+// never a decision (decisions carry their cause and are written at once).
+const (
+	signalBatch = 256
+	signalFlush = 200 * time.Millisecond
+)
+
+// mergeLockdown keeps a policy lockdown from shortening or loosening an
+// active one (an operator's, typically): it ends no earlier, isolates if
+// either does, and keeps the active lockdown's allowlist.
+func (d *Daemon) mergeLockdown(dec response.Decision) response.Decision {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur := d.lockdownState()
+	if !cur.Active {
+		return dec
+	}
+	if cur.Until.After(dec.Until) {
+		dec.Until = cur.Until
+	}
+	dec.Isolate = dec.Isolate || cur.Isolate
+	dec.Allow = slices.Clone(d.lockdown.Allow)
+	dec.Reason += fmt.Sprintf(" (merged with the active lockdown %s)", cur.ID)
+	return dec
+}
+
+// signalLog holds signal records not yet in the audit log.
+type signalLog struct {
+	mu        sync.Mutex
+	pending   []signalRecord
+	timer     *time.Timer
+	saveTimer *time.Timer // escalation memory write pending
+}
+
+// recordSignal queues the audit record of a signal and what became of it.
+// It goes to the audit chain only, not the journal; the decisions it leads
+// to are journalled.
 func (d *Daemon) recordSignal(sig response.Signal, peer Peer, res response.Result) {
-	f := map[string]any{"kind": sig.Kind, "sender": peer.String(), "outcome": string(res.Outcome)}
-	add := func(k, v string) {
-		if v != "" {
-			f[k] = v
+	r := signalRecord{Kind: sig.Kind, User: sig.User, Source: sig.Source, Severity: sig.Severity, Path: sig.Path,
+		Detail: sig.Detail, Attrs: sig.Attrs, Sender: peer.String(), Outcome: string(res.Outcome), Time: sig.Time}
+	if sig.IP.IsValid() {
+		r.IP = sig.IP.String()
+	}
+	l := &d.signals
+	l.mu.Lock()
+	l.pending = append(l.pending, r)
+	n := len(l.pending)
+	if n == 1 {
+		l.timer = time.AfterFunc(signalFlush, d.flushSignals)
+	}
+	l.mu.Unlock()
+	if n >= signalBatch {
+		d.flushSignals()
+	}
+}
+
+// flushSignals appends the queued signal records as one audit event.
+func (d *Daemon) flushSignals() {
+	l := &d.signals
+	l.mu.Lock()
+	batch := l.pending
+	l.pending = nil
+	if l.timer != nil {
+		l.timer.Stop()
+		l.timer = nil
+	}
+	l.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
+	if err := d.audit.Append("signals", signalBatchRecord{Count: len(batch), Signals: batch}); err != nil {
+		d.log.Error("audit append failed", "event", "signals", "count", len(batch), "err", err)
+	}
+}
+
+// signalBatchRecord is the audit event "signals".
+type signalBatchRecord struct {
+	Count   int            `json:"count"`
+	Signals []signalRecord `json:"signals"`
+}
+
+// decodeSignal reads the parameters of op signal straight from the
+// request's fields (Call.Decode re-encodes them first: too slow for the
+// rate signals come at), as strictly: unknown fields and wrong types are
+// bad_request.
+func decodeSignal(c *Call) (signalParams, error) {
+	var p signalParams
+	for k, raw := range c.params {
+		var dst *string
+		switch k {
+		case "kind":
+			dst = &p.Kind
+		case "ip":
+			dst = &p.IP
+		case "user":
+			dst = &p.User
+		case "source":
+			dst = &p.Source
+		case "severity":
+			dst = &p.Severity
+		case "detail":
+			dst = &p.Detail
+		case "path":
+			dst = &p.Path
+		case "attrs":
+			if err := json.Unmarshal(raw, &p.Attrs); err != nil {
+				return p, errorf(CodeBadRequest, `op signal: "attrs" must be an object of strings`)
+			}
+			continue
+		default:
+			return p, errorf(CodeBadRequest, "op signal: unknown field %q", truncate(k, 64))
+		}
+		if len(raw) < 2 || raw[0] != '"' {
+			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)
+		}
+		if !bytes.ContainsRune(raw, '\\') { // no escapes: the request line was already checked as JSON
+			*dst = string(raw[1 : len(raw)-1])
+		} else if err := json.Unmarshal(raw, dst); err != nil {
+			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)
 		}
 	}
-	if sig.IP.IsValid() {
-		f["ip"] = sig.IP.String()
-	}
-	add("user", sig.User)
-	add("source", sig.Source)
-	add("severity", sig.Severity)
-	add("path", sig.Path)
-	add("detail", sig.Detail)
-	if len(sig.Attrs) > 0 {
-		f["attrs"] = sig.Attrs
-	}
-	if err := d.audit.Append("signal", f); err != nil {
-		d.log.Error("audit append failed", "event", "signal", "err", err)
-	}
+	return p, nil
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/test/netns"
 )
@@ -109,6 +110,25 @@ func BenchmarkBlock100k(b *testing.B) {
 		}
 		b.ReportMetric(100_000*float64(b.N)/b.Elapsed().Seconds(), "elems/s")
 	})
+	// The same on a kernel older than 6.10, where Block sends add+delete+add.
+	b.Run("ipv4-addr-reassert-delete+add/parry", func(b *testing.B) {
+		g, err := firewall.New(ns.Conn(b, firewall.ConnOptions()...), firewall.Config{Table: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		firewall.UseDeleteAdd(g)
+		els := v4Elements(100_000, 0)
+		fresh()
+		if err := g.Block(els); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if err := g.Block(els); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(100_000*float64(b.N)/b.Elapsed().Seconds(), "elems/s")
+	})
 }
 
 // nftFile writes an `nft -f` script adding elems to set with a 1h timeout.
@@ -129,4 +149,40 @@ func nftFile(b *testing.B, set string, elems []firewall.Element) string {
 		b.Fatal(err)
 	}
 	return file
+}
+
+// BenchmarkElements100k reads back 100,000 IPv4 addresses: parry's
+// Elements (dump read with a 64 KiB buffer) against google/nftables'
+// GetSetElements (a page at a time) on the same set.
+func BenchmarkElements100k(b *testing.B) {
+	ns := netns.New(b)
+	c := ns.Conn(b, firewall.ConnOptions()...)
+	f, err := firewall.New(c, firewall.Config{Table: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Ensure(); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Block(v4Elements(100_000, 0)); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("parry", func(b *testing.B) {
+		for b.Loop() {
+			if els, err := f.Elements(); err != nil || len(els) != 100_000 {
+				b.Fatalf("Elements = %d, %v", len(els), err)
+			}
+		}
+	})
+	b.Run("google-nftables", func(b *testing.B) {
+		set, err := c.GetSetByName(&nftables.Table{Name: "bench", Family: nftables.TableFamilyINet}, "block4")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if els, err := c.GetSetElements(set); err != nil || len(els) != 100_000 {
+				b.Fatalf("GetSetElements = %d, %v", len(els), err)
+			}
+		}
+	})
 }

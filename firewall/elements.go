@@ -221,6 +221,14 @@ func (f *NFT) flush(fill func() error) error {
 		return err
 	}
 	if err := f.conn.Flush(); err != nil {
+		if errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.EPERM) {
+			// Flush returned without reading every acknowledgement: the
+			// lasting socket is out of step and would hang or mismatch
+			// the next request. Drop it; google/nftables then dials a
+			// fresh socket (with the same options) for each operation.
+			f.log.Error("netlink socket out of step after a failed batch; closing the lasting connection", "err", err)
+			_ = f.conn.CloseLasting()
+		}
 		return mapKernelErr(err)
 	}
 	return nil
@@ -234,7 +242,27 @@ func (f *NFT) discard() {
 	_ = f.conn.Flush()
 }
 
+// batchError is the errors of one failed transaction (google/nftables
+// joins one per message, often dozens of the same errno): it prints the
+// first and a count, and errors.Is still sees them all.
+type batchError struct{ errs []error }
+
+func (e *batchError) Error() string {
+	if len(e.errs) == 1 {
+		return e.errs[0].Error()
+	}
+	return fmt.Sprintf("%v (and %d more errors in the same batch)", e.errs[0], len(e.errs)-1)
+}
+
+func (e *batchError) Unwrap() []error { return e.errs }
+
 func mapKernelErr(err error) error {
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		if leaves := flatten(joined.(error), nil); len(leaves) > 1 {
+			err = &batchError{errs: leaves}
+		}
+	}
 	switch {
 	case errors.Is(err, unix.ENOTEMPTY), errors.Is(err, unix.EEXIST):
 		return fmt.Errorf("%w: %w", ErrOverlap, err)
@@ -242,6 +270,18 @@ func mapKernelErr(err error) error {
 		return fmt.Errorf("%w: %w", ErrNotEnsured, err)
 	}
 	return err
+}
+
+// flatten collects the leaves of nested errors.Join trees (google/nftables
+// joins acknowledgements one at a time, so they nest).
+func flatten(err error, out []error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			out = flatten(e, out)
+		}
+		return out
+	}
+	return append(out, err)
 }
 
 func isNotFound(err error) bool { return errors.Is(err, unix.ENOENT) }

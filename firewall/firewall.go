@@ -83,6 +83,8 @@ type NFT struct {
 	mu    sync.Mutex // serialises use of conn's message buffer
 	sets  map[string]*nftables.Set
 	maxTx int // learned transaction bound (bytes), <= cfg.MaxTxBytes
+
+	probed, canUpdate bool // whether re-adding an element replaces its timeout (see probe.go)
 }
 
 // New wraps a connection (production: nftables.New(firewall.ConnOptions()...);

@@ -146,8 +146,23 @@ func TestBlockElementsAndOracle(t *testing.T) {
 }
 
 func TestTimeoutReplace(t *testing.T) {
-	ns := netns.New(t)
-	f := newFirewall(t, ns)
+	t.Run("kernel", func(t *testing.T) {
+		ns := netns.New(t)
+		f := newFirewall(t, ns)
+		t.Logf("kernel replaces timeouts on re-add: %v", firewall.UpdatesTimeouts(f))
+		if got := listTable(t, ns, f.Table()).Sets["lockallow4"].Elems; len(got) != 0 {
+			t.Errorf("the probe left elements behind: %v", got)
+		}
+		testTimeoutReplace(t, f)
+	})
+	t.Run("delete+add", func(t *testing.T) {
+		f := newFirewall(t, netns.New(t))
+		firewall.UseDeleteAdd(f)
+		testTimeoutReplace(t, f)
+	})
+}
+
+func testTimeoutReplace(t *testing.T, f *firewall.NFT) {
 	timeoutOf := func(p string) time.Duration {
 		t.Helper()
 		els, err := f.Elements()

@@ -1,6 +1,10 @@
 package firewall_test
 
 import (
+	"errors"
+	"fmt"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 	"net/netip"
 	"testing"
 	"time"
@@ -120,5 +124,65 @@ func TestManySmallTransactions(t *testing.T) {
 	got, err := f.Elements()
 	if err != nil || len(got) != 1000 {
 		t.Fatalf("Elements = %d, %v; want 1000", len(got), err)
+	}
+}
+
+// TestFailedBigBatchLeavesConnectionUsable: a 100,000-element Block into a
+// missing table fails in every message of the transaction; the lasting
+// connection must stay usable (no stale acknowledgements, no hang), with
+// ConnOptions (NETLINK_CAP_ACK keeps the error acks small) and without.
+func TestFailedBigBatchLeavesConnectionUsable(t *testing.T) {
+	bigSendOnly := nftables.WithSockOptions(func(c *netlink.Conn) error {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		return rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 16<<20) })
+	})
+	for name, opts := range map[string][]nftables.ConnOption{
+		"ConnOptions":   firewall.ConnOptions(),
+		"plain lasting": nil,
+		// Without NETLINK_CAP_ACK the error echoes overflow the receive
+		// buffer (ENOBUFS); Block must drop the out-of-step socket.
+		"big send buffer only": {bigSendOnly},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ns := netns.New(t)
+			f, err := firewall.New(ns.Conn(t, opts...), firewall.Config{Table: netns.UniqueName("pry")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = f.Block(v4Elements(100_000, 0))
+			if err == nil || !errors.Is(err, firewall.ErrNotEnsured) && !errors.Is(err, unix.ENOBUFS) {
+				t.Errorf("Block without a table: err = %v, want ErrNotEnsured (or ENOBUFS without CAP_ACK)", err)
+			}
+			if len(fmt.Sprint(err)) > 300 {
+				t.Errorf("error message of %d bytes; want a short one: %.300s...", len(fmt.Sprint(err)), err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				if err := f.Ensure(); err != nil {
+					done <- err
+					return
+				}
+				if err := f.Block(v4Elements(10, 0)); err != nil {
+					done <- err
+					return
+				}
+				els, err := f.Elements()
+				if err == nil && len(els) != 10 {
+					err = fmt.Errorf("Elements = %d, want 10", len(els))
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("after the failed batch: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("connection hangs after the failed batch")
+			}
+		})
 	}
 }

@@ -98,7 +98,7 @@ func (f *NFT) LockdownState() (Lockdown, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	read := func(name string) ([]Element, error) {
-		els, err := f.conn.GetSetElements(f.sets[name])
+		els, err := f.dumpSet(f.sets[name])
 		if err != nil {
 			if _, terr := f.conn.ListTableOfFamily(f.cfg.Table, nftables.TableFamilyINet); isNotFound(terr) {
 				err = ErrNotEnsured

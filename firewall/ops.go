@@ -104,20 +104,39 @@ func (f *NFT) Block(elems []Element) error {
 			permanent = append(permanent, e.asChanges(s)...)
 		}
 	}
+	changes := b.changes()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.apply(nil, b.changes()); err != nil {
+	replaceAll := !f.updatesTimeouts()
+	if replaceAll {
+		changes = addDeleteAdd(changes)
+	}
+	if err := f.apply(nil, changes); err != nil {
 		return fmt.Errorf("block: %w", err)
 	}
 	// An add without a timeout leaves an existing element's timeout as it
 	// was; a permanent block therefore deletes and re-adds (rare: permanent
 	// blocks are few).
-	if len(permanent) > 0 {
+	if len(permanent) > 0 && !replaceAll {
 		if err := f.apply(nil, permanent); err != nil {
 			return fmt.Errorf("block (make permanent): %w", err)
 		}
 	}
 	return nil
+}
+
+// addDeleteAdd turns each add into add, delete, add, glued into one
+// transaction: the first add makes sure the delete finds the element, the
+// last one sets the new timeout. For kernels that do not replace the
+// timeout of an element added again.
+func addDeleteAdd(adds []change) []change {
+	out := make([]change, 0, 3*len(adds))
+	for _, c := range adds {
+		first, del := c, c
+		first.glued, del.glued, del.del = true, true, true
+		out = append(out, first, del, c)
+	}
+	return out
 }
 
 // asChanges is delete+add of a permanent element, glued into one transaction.
@@ -202,7 +221,7 @@ func (f *NFT) addThenDelete(prefixes []netip.Prefix) []change {
 func (f *NFT) presentOf(prefixes []netip.Prefix) ([]netip.Prefix, error) {
 	have := map[netip.Prefix]bool{}
 	for _, name := range []string{setBlock4Net, setBlock6Net} {
-		els, err := f.conn.GetSetElements(f.sets[name])
+		els, err := f.dumpSet(f.sets[name])
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %w", name, err)
 		}
@@ -298,7 +317,7 @@ func (f *NFT) Elements() ([]Element, error) {
 	defer f.mu.Unlock()
 	var out []Element
 	for _, name := range []string{setBlock4, setBlock6, setBlock4Net, setBlock6Net} {
-		els, err := f.conn.GetSetElements(f.sets[name])
+		els, err := f.dumpSet(f.sets[name])
 		if err != nil {
 			if _, terr := f.conn.ListTableOfFamily(f.cfg.Table, nftables.TableFamilyINet); isNotFound(terr) {
 				return nil, fmt.Errorf("list %s: %w", name, ErrNotEnsured)

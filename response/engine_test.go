@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -422,4 +423,41 @@ func TestShuffledReplaysConverge(t *testing.T) {
 		}
 		rng.Shuffle(len(sigs), func(i, j int) { sigs[i], sigs[j] = sigs[j], sigs[i] })
 	}
+}
+
+// TestConcurrentHandle: the engine is shared by every connection; run with
+// -race. Four senders, each 5 signals for each of 200 addresses: every
+// address is blocked exactly once.
+func TestConcurrentHandle(t *testing.T) {
+	c := &clock{t: t0}
+	e := newEngine(t, Config{Limits: Limits{SenderRate: 1e6, SenderBurst: 1e6}}, c)
+	var wg sync.WaitGroup
+	blocks := make([]int, 4)
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				for range 5 {
+					if err := e.Admit(Sender{UID: uint32(g)}); err != nil {
+						t.Error(err)
+						return
+					}
+					r, err := e.Handle(Signal{Kind: "auth_failure", IP: netip.AddrFrom4([4]byte{10, byte(g), 0, byte(i)})})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					blocks[g] += len(r.Decisions)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for g, n := range blocks {
+		if n != 200 {
+			t.Errorf("sender %d: %d blocks, want 200", g, n)
+		}
+	}
+	_ = e.Snapshot()
 }

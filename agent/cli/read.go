@@ -85,6 +85,7 @@ func (a *App) statusCmd() *cobra.Command {
 			}
 			fmt.Fprintf(a.Stdout, "table: %s %s, rebuilt %d times\n", st.Table, health, st.TableHealth.Heals)
 			a.printLockdown(st.Lockdown)
+			a.printPolicy(st.Policy)
 			fmt.Fprintf(a.Stdout, "state: %s (audit seq %d)\n", st.StateDir, st.AuditSeq)
 			printFleet(a.Stdout, st.Fleet)
 			return nil

@@ -99,3 +99,13 @@ func (a *App) printSignal(out agent.SignalResult) {
 		fmt.Fprintf(a.Stdout, "decided %s by rule %s: %s [%s] id=%s\n", d.Action, d.Rule, d.Reason, state, d.ID)
 	}
 }
+
+// printPolicy prints the policy line of status.
+func (a *App) printPolicy(p agent.PolicyStatus) {
+	mode := ""
+	if p.DryRun {
+		mode = " DRY RUN (decisions recorded, not enforced),"
+	}
+	fmt.Fprintf(a.Stdout, "policy:%s %d rules; %d signals (%d no rule, %d rate-limited), %d decisions; %d keys counting, %d offenders remembered\n",
+		mode, p.Rules, p.Signals, p.NoRule, p.RateLimited, p.Decisions, p.Keys, p.Offenders)
+}

@@ -174,12 +174,12 @@ func (a *App) gatherTargets(args []string, file string, skipInvalid bool) ([]str
 	return out, nil
 }
 
-// sendChunks splits targets into request lines under chunkBytes, pipelines
-// them on one connection and sums the outcomes.
-func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) error {
+// chunkRequests renders base plus "targets" as request lines of at most
+// limit bytes each (newline excluded), splitting the targets between them.
+func chunkRequests(base map[string]any, targets []string, limit int) ([][]byte, error) {
 	head, err := json.Marshal(base)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	prefix := append(head[:len(head)-1:len(head)-1], `,"targets":[`...)
 	var reqs [][]byte
@@ -187,7 +187,7 @@ func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) err
 	n := 0
 	for _, t := range targets {
 		q, _ := json.Marshal(t)
-		if n > 0 && len(cur)+len(q)+3 > chunkBytes {
+		if n > 0 && len(cur)+len(q)+3 > limit {
 			reqs = append(reqs, append(cur, "]}"...))
 			cur, n = append([]byte(nil), prefix...), 0
 		}
@@ -197,7 +197,16 @@ func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) err
 		cur = append(cur, q...)
 		n++
 	}
-	reqs = append(reqs, append(cur, "]}"...))
+	return append(reqs, append(cur, "]}"...)), nil
+}
+
+// sendChunks splits targets into request lines under chunkBytes, pipelines
+// them on one connection and sums the outcomes.
+func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) error {
+	reqs, err := chunkRequests(base, targets, chunkBytes)
+	if err != nil {
+		return err
+	}
 	c, err := a.dial()
 	if err != nil {
 		return err

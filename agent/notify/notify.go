@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -261,10 +262,14 @@ func (n *Notifier) body(h *hook, ev Event) ([]byte, error) {
 	return json.Marshal(ev)
 }
 
+// slackEscape escapes the three characters Slack treats as markup, so text
+// from a signal (a reason, a path) cannot ping <!channel> or forge links.
+var slackEscape = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
+
 func slackText(ev Event) string {
 	sev := ""
 	if ev.Severity != "" {
 		sev = " [" + ev.Severity + "]"
 	}
-	return fmt.Sprintf("*parry@%s*%s %s: %s", ev.Host, sev, ev.Kind, ev.Title)
+	return slackEscape.Replace(fmt.Sprintf("*parry@%s*%s %s: %s", ev.Host, sev, ev.Kind, ev.Title))
 }

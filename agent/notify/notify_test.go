@@ -82,6 +82,9 @@ func TestDelivered(t *testing.T) {
 	if err := json.Unmarshal(slack.body, &sl); err != nil || !strings.Contains(sl["text"], "block 203.0.113.7/32") || len(sl) != 1 {
 		t.Errorf("slack body %s (%v)", slack.body, err)
 	}
+	if got := slackText(Event{Kind: KindFinding, Title: "<!channel> & <http://x|click>"}); strings.ContainsAny(got, "<>") {
+		t.Errorf("slack markup not escaped: %q", got)
+	}
 	if generic.header.Get("Content-Type") != "application/json" {
 		t.Errorf("content type %q", generic.header.Get("Content-Type"))
 	}

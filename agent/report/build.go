@@ -3,6 +3,7 @@ package report
 import (
 	"cmp"
 	"encoding/json"
+	"io"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -164,16 +165,34 @@ type builder struct {
 	blockIdx map[string]int // decision id -> index in r.Blocks
 }
 
+func newBuilder(chain Chain, host string, from, to time.Time) *builder {
+	return &builder{r: Report{Host: host, From: from.UTC(), To: to.UTC(), Chain: chain},
+		kinds: map[string]int{}, senders: map[string]int{}, sources: map[string]*Source{}, blockIdx: map[string]int{}}
+}
+
 // Build summarises the lines (already limited to [from, to)).
 func Build(in Lines, chain Chain, host string, from, to time.Time) Report {
-	b := &builder{r: Report{Host: host, From: from.UTC(), To: to.UTC(), Chain: chain, Malformed: in.Malformed},
-		kinds: map[string]int{}, senders: map[string]int{}, sources: map[string]*Source{}, blockIdx: map[string]int{}}
+	b := newBuilder(chain, host, from, to)
 	for _, l := range in.Lines {
-		var f fields
-		_ = json.Unmarshal(l.Fields, &f) // missing or odd fields read as empty
-		b.add(l, f)
+		b.add(l, l.fields)
 	}
+	return b.finish(in.Malformed)
+}
+
+// Summarize reads the audit log from r and summarises [from, to) in one
+// streaming pass: memory is bounded by the report, not the log.
+func Summarize(r io.Reader, chain Chain, host string, from, to time.Time) (Report, error) {
+	b := newBuilder(chain, host, from, to)
+	sk, err := Scan(r, from, to, func(l Line) { b.add(l, l.fields) })
+	if err != nil {
+		return Report{}, err
+	}
+	return b.finish(sk.Malformed), nil
+}
+
+func (b *builder) finish(malformed int) Report {
 	r := &b.r
+	r.Malformed = malformed
 	r.ByKind, r.BySender = top(b.kinds, TopN), top(b.senders, TopN)
 	for _, s := range b.sources {
 		r.Sources = append(r.Sources, *s)
@@ -337,18 +356,14 @@ func compareAddr(a, b string) int {
 	return strings.Compare(a, b)
 }
 
-// EvidenceLines returns every evidence event among the lines (uncapped),
-// for looking up the hash the chain recorded for a snapshot.
-func EvidenceLines(in Lines) []Ev {
-	var out []Ev
-	for _, l := range in.Lines {
-		if l.Event != "evidence" {
-			continue
+// EvidenceHashes reads the audit log from r and returns the SHA-256 the
+// chain recorded for each evidence ID.
+func EvidenceHashes(r io.Reader) (map[string]string, error) {
+	out := map[string]string{}
+	_, err := Scan(r, time.Time{}, time.Time{}, func(l Line) {
+		if l.Event == "evidence" && l.fields.ID != "" {
+			out[l.fields.ID] = l.fields.SHA256
 		}
-		var f fields
-		if json.Unmarshal(l.Fields, &f) == nil && f.ID != "" {
-			out = append(out, Ev{Time: l.Time.UTC(), ID: f.ID, SHA256: f.SHA256, Reason: f.Reason, Trigger: f.Trigger})
-		}
-	}
-	return out
+	})
+	return out, err
 }

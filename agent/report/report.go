@@ -23,52 +23,96 @@ const MaxLine = 4 << 20
 //
 //	{"seq":7,"time":"...","event":"block","fields":{...},"prev":"...","hash":"..."}
 type Line struct {
-	Seq    uint64          `json:"seq"`
-	Time   time.Time       `json:"time"`
-	Event  string          `json:"event"`
-	Fields json.RawMessage `json:"fields"`
+	Seq    uint64    `json:"seq"`
+	Time   time.Time `json:"time"`
+	Event  string    `json:"event"`
+	fields fields    // the fields the report reads, decoded in the same pass
+}
+
+// lineJSON decodes a line and its fields in one pass.
+type lineJSON struct {
+	Seq    uint64    `json:"seq"`
+	Time   time.Time `json:"time"`
+	Event  string    `json:"event"`
+	Fields fields    `json:"fields"`
 }
 
 // Lines is what Read returns: the lines in the window and what was skipped.
 type Lines struct {
-	Lines     []Line
+	Lines []Line
+	Skipped
+}
+
+// Skipped counts the lines Scan did not hand on.
+type Skipped struct {
 	Malformed int // lines that were not audit JSON, or too long
 	Before    int // lines older than the window
 }
 
 // Read parses audit lines from r, keeping those with from <= time < to
-// (zero bounds are open).
+// (zero bounds are open). For big logs prefer Summarize, which streams.
 func Read(r io.Reader, from, to time.Time) (Lines, error) {
 	var out Lines
+	sk, err := Scan(r, from, to, func(l Line) { out.Lines = append(out.Lines, l) })
+	out.Skipped = sk
+	return out, err
+}
+
+// Scan parses audit lines from r and calls each for those with
+// from <= time < to, in order. Lines before from are skipped without a
+// JSON decode (their time is read from the line's head).
+func Scan(r io.Reader, from, to time.Time, each func(Line)) (Skipped, error) {
+	var sk Skipped
 	br := bufio.NewReaderSize(r, 64<<10)
 	for {
 		raw, err := readLine(br)
 		if len(raw) > 0 {
-			var l Line
-			switch {
-			case json.Unmarshal(raw, &l) != nil, l.Event == "", l.Time.IsZero():
-				out.Malformed++
-			case !from.IsZero() && l.Time.Before(from):
-				out.Before++
-			case !to.IsZero() && !l.Time.Before(to):
-			default:
-				out.Lines = append(out.Lines, l)
+			if t, ok := quickTime(raw); ok && !from.IsZero() && t.Before(from) {
+				sk.Before++
+			} else {
+				var l lineJSON
+				switch {
+				case json.Unmarshal(raw, &l) != nil, l.Event == "", l.Time.IsZero():
+					sk.Malformed++
+				case !from.IsZero() && l.Time.Before(from):
+					sk.Before++
+				case !to.IsZero() && !l.Time.Before(to):
+				default:
+					each(Line{Seq: l.Seq, Time: l.Time, Event: l.Event, fields: l.Fields})
+				}
 			}
 		}
 		if errors.Is(err, errTooLong) {
-			out.Malformed++
+			sk.Malformed++
 			continue
 		}
 		if errors.Is(err, io.EOF) {
-			return out, nil
+			return sk, nil
 		}
 		if err != nil {
-			return out, fmt.Errorf("read audit log: %w", err)
+			return sk, fmt.Errorf("read audit log: %w", err)
 		}
 	}
 }
 
 var errTooLong = errors.New("line too long")
+
+// quickTime reads the "time" of an audit line from its first bytes, where
+// the agent writes it ({"seq":N,"time":"..."), without decoding the line.
+func quickTime(raw []byte) (time.Time, bool) {
+	head := raw[:min(len(raw), 96)]
+	i := bytes.Index(head, []byte(`"time":"`))
+	if i < 0 {
+		return time.Time{}, false
+	}
+	rest := head[i+len(`"time":"`):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(rest[:j]))
+	return t, err == nil
+}
 
 // readLine returns one line without its newline, skipping the rest of a
 // line longer than MaxLine (errTooLong).

@@ -34,11 +34,13 @@ errors are reported but never raised unless strict=True.
 """
 
 import json
+import os
 import socket
 import sys
 import threading
 
-SOCKET = "/run/parry/parry.sock"
+# like the parry CLI: $PARRY_SOCKET, else the default path
+SOCKET = os.environ.get("PARRY_SOCKET", "/run/parry/parry.sock")
 
 
 class ParryError(Exception):

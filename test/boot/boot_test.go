@@ -110,7 +110,7 @@ func TestBoot(t *testing.T) {
 		t.Fatal("the peer cannot reach the host before parry is installed: test network broken")
 	}
 	start := time.Now()
-	c := boot(t, root, pair.Host, filepath.Dir(deb))
+	c := boot(t, machine{root: root, upper: t.TempDir(), ns: pair.Host, hostDir: filepath.Dir(deb)})
 	t.Logf("booted in %v", time.Since(start).Round(100*time.Millisecond))
 	pkg := "/parry-pkg/" + filepath.Base(deb)
 	peer := pair.PeerV4.String()
@@ -128,6 +128,10 @@ func TestBoot(t *testing.T) {
 	}
 	if out := c.must("systemd-analyze", "verify", "--man=no", "parry.service", "parry.socket"); strings.TrimSpace(out) != "" {
 		t.Errorf("systemd-analyze verify on the installed units:\n%s", out)
+	}
+	// The next boot's transaction, parry included, has no ordering cycle.
+	if out := c.must("systemd-analyze", "verify", "--man=no", "default.target"); strings.Contains(out, "cycle") {
+		t.Errorf("ordering cycle in the boot transaction with parry enabled:\n%s", out)
 	}
 
 	// Block the peer: packets from it are dropped, and the journal has it.
@@ -148,9 +152,26 @@ func TestBoot(t *testing.T) {
 		t.Errorf("no 'Watchdog timeout' from systemd in parry's journal\n%s", c.journal())
 	}
 	c.checkReload()
+	// Upgrades and reboots keep the blocks and the lockdown.
+	c.must("parry", "lockdown", "--for", "30m", "--allow", "198.51.100.7", "--reason", "boot test")
 	c.checkRestart(pair, "upgrade (dpkg -i of the package again)", func() { c.must("dpkg", "-i", pkg) })
-	if out := c.must("parry", "list"); !strings.Contains(out, peer) {
-		t.Errorf("parry list after upgrade does not show %s:\n%s", peer, out)
+	c.checkKept("upgrade", peer)
+
+	// Reboot: parryd starts at boot before network-pre.target, from the
+	// store, with the block in place.
+	c = c.reboot()
+	c.waitActive("after reboot", 0)
+	if reachable(pair) {
+		t.Errorf("peer reaches the host after a reboot\n%s", c.diagnostics())
+	}
+	c.checkKept("reboot", peer)
+	c.must("parry", "release")
+	var parryUp, netPre int64
+	fmt.Sscan(c.show("ActiveEnterTimestampMonotonic"), &parryUp)
+	fmt.Sscan(strings.TrimSpace(c.must("systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "--value", "network-pre.target")), &netPre)
+	t.Logf("rebooted: parry.service active at %.3f s, network-pre.target at %.3f s (monotonic clock)", float64(parryUp)/1e6, float64(netPre)/1e6)
+	if parryUp == 0 || netPre == 0 || parryUp > netPre {
+		t.Errorf("parry.service active at %d µs, network-pre.target at %d µs: parry must come first", parryUp, netPre)
 	}
 
 	// Purge: service, table and state are gone; the peer gets through again.
@@ -236,6 +257,27 @@ func (c *container) checkReload() {
 		c.t.Errorf("after refused reload: MainPID %s (was %s), state %s", got, pid, c.show("ActiveState"))
 	}
 	c.must("mv", "/root/parry.yaml.orig", "/etc/parry/parry.yaml")
+}
+
+// checkKept checks that the block of peer and the lockdown are still there.
+func (c *container) checkKept(after, peer string) {
+	c.t.Helper()
+	if out := c.must("parry", "list"); !strings.Contains(out, peer) {
+		c.t.Errorf("parry list after %s does not show %s:\n%s", after, peer, out)
+	}
+	var st struct {
+		Lockdown struct {
+			Active bool   `json:"active"`
+			Reason string `json:"reason"`
+		} `json:"lockdown"`
+	}
+	out := c.must("parry", "status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		c.t.Fatalf("parry status --json: %v\n%s", err, out)
+	}
+	if !st.Lockdown.Active || st.Lockdown.Reason != "boot test" {
+		c.t.Errorf("lockdown not kept across %s: %s", after, out)
+	}
 }
 
 // journalHas reports whether journalctl with args has an entry whose JSON

@@ -185,10 +185,21 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// machine says what to boot: the cached root (read-only), a directory that
+// takes the container's writes (persistent across reboots within the
+// test), the network namespace, and a host directory bound read-only at
+// /parry-pkg.
+type machine struct {
+	root, upper string
+	ns          *netns.NS
+	hostDir     string
+}
+
 // container is a Debian system booted by systemd-nspawn in a test network
 // namespace.
 type container struct {
 	t       *testing.T
+	m       machine
 	nspawn  *exec.Cmd
 	exited  chan struct{} // closed when nspawn has exited
 	waitErr error
@@ -196,33 +207,33 @@ type container struct {
 	pid1    int    // the container's systemd, as a host pid
 }
 
-// boot starts systemd on a throwaway overlay of root, inside the network
-// namespace ns, with hostDir bound read-only at /parry-pkg, and waits until
-// the system has finished starting up.
-func boot(t *testing.T, root string, ns *netns.NS, hostDir string) *container {
+// boot starts systemd on an overlay of m.root (writes go to m.upper), inside
+// the network namespace m.ns, and waits until the system has finished
+// starting up.
+func boot(t *testing.T, m machine) *container {
 	t.Helper()
 	console := filepath.Join(t.TempDir(), "console.log")
 	out, err := os.Create(console)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// --volatile=overlay: the tree is mounted read-only under a tmpfs
-	// overlay, so the cached root stays clean like with -x (ephemeral copy)
-	// but boots in seconds even on a loaded machine, where -x spent over
-	// 30 s copying the 260 MB tree.
-	cmd := exec.Command("systemd-nspawn", "-D", root, "--volatile=overlay", "-b", "--register=no", "--keep-unit",
-		"--console=pipe", "--network-namespace-path="+ns.Path,
+	// --overlay: the cached tree is the read-only lower layer, so it stays
+	// clean as with -x (ephemeral copy), but the container boots in seconds
+	// even on a loaded machine, where -x spent over 30 s copying the 260 MB
+	// tree, and the upper layer survives a reboot.
+	cmd := exec.Command("systemd-nspawn", "-D", m.root, "--overlay="+m.root+":"+m.upper+":/",
+		"-b", "--register=no", "--keep-unit", "--console=pipe", "--network-namespace-path="+m.ns.Path,
 		// nspawn keeps CAP_NET_ADMIN only for networks it creates itself;
 		// this namespace is the test's own, so parryd may manage its firewall.
 		"--capability=CAP_NET_ADMIN",
-		"--machine="+ns.Name, "--bind-ro="+hostDir+":/parry-pkg")
+		"--machine="+m.ns.Name, "--bind-ro="+m.hostDir+":/parry-pkg")
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		out.Close()
 		t.Fatalf("systemd-nspawn: %v", err)
 	}
-	c := &container{t: t, nspawn: cmd, exited: make(chan struct{}), console: console}
+	c := &container{t: t, m: m, nspawn: cmd, exited: make(chan struct{}), console: console}
 	go func() {
 		c.waitErr = cmd.Wait()
 		out.Close()
@@ -383,14 +394,27 @@ func (c *container) consoleTail() string {
 // exit cleanly.
 func (c *container) poweroff() {
 	c.t.Helper()
-	c.must("systemctl", "poweroff", "--no-block")
+	c.shutdown("poweroff", 0)
+}
+
+// reboot reboots the container from inside and boots it again from the
+// same layers (bare nspawn exits with 133 on reboot instead of restarting).
+func (c *container) reboot() *container {
+	c.t.Helper()
+	c.shutdown("reboot", 133)
+	return boot(c.t, c.m)
+}
+
+func (c *container) shutdown(verb string, wantExit int) {
+	c.t.Helper()
+	c.must("systemctl", verb, "--no-block")
 	select {
 	case <-c.exited:
 	case <-time.After(90 * time.Second):
-		c.t.Fatalf("container did not power off within 90s\n%s", c.consoleTail())
+		c.t.Fatalf("container did not %s within 90s\n%s", verb, c.consoleTail())
 	}
-	if c.waitErr != nil {
-		c.t.Fatalf("systemd-nspawn exited with %v after poweroff\n%s", c.waitErr, c.consoleTail())
+	if code := c.nspawn.ProcessState.ExitCode(); code != wantExit {
+		c.t.Fatalf("systemd-nspawn exited with %v after %s, want exit code %d\n%s", c.waitErr, verb, wantExit, c.consoleTail())
 	}
 }
 

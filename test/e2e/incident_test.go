@@ -146,10 +146,7 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 	d.mustParry("release")
 
 	// Metrics, scraped inside the namespace (loopback there).
-	metrics, err := p.Host.Run("curl", "-sf", "http://127.0.0.1:9477/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
+	metrics := scrapeInNS(t, p.Host, "127.0.0.1:9477", "/metrics")
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(strings.NewReader(metrics))
 	if err != nil {
@@ -207,5 +204,76 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 	}
 	if out := d.mustParry("audit", "verify"); !strings.Contains(out, "audit log ok") {
 		t.Errorf("audit verify: %q", out)
+	}
+}
+
+// scrapeInNS fetches an HTTP page from inside ns with socat (HTTP/1.0, so the
+// server closes after the body) and returns the body.
+func scrapeInNS(t *testing.T, ns *netns.NS, addr, path string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := ns.Command(ctx, "socat", "-t", "5", "-", "TCP:"+addr+",shut-none") // no half-close: net/http would cancel the request
+	cmd.Stdin = strings.NewReader("GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("scrape %s%s: %v", addr, path, err)
+	}
+	head, body, ok := strings.Cut(string(out), "\r\n\r\n")
+	if !ok || !strings.HasPrefix(head, "HTTP/1.0 200") && !strings.HasPrefix(head, "HTTP/1.1 200") {
+		t.Fatalf("scrape %s%s: %q", addr, path, head)
+	}
+	return body
+}
+
+// TestCriticalIntegrityFindingCapturesEvidence: a watched file gains setuid
+// (a critical finding); parryd captures evidence on its own, with the
+// finding among the open findings, and the hash in the audit chain.
+func TestCriticalIntegrityFindingCapturesEvidence(t *testing.T) {
+	ns := netns.New(t)
+	watched := t.TempDir()
+	target := filepath.Join(watched, "tool")
+	if err := os.WriteFile(target, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "parry.yaml")
+	if err := os.WriteFile(cfg, []byte("integrity:\n  paths:\n    - path: "+watched+"\n  package_manager: none\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, ns, "--config", cfg)
+	d.start()
+	netns.Eventually(t, 10*time.Second, "integrity baseline and watcher", func() bool {
+		st := d.integrityStatus()
+		return st.Running && st.BaselineEntries >= 2
+	})
+	if err := os.Chmod(target, 0o755|os.ModeSetuid); err != nil {
+		t.Fatal(err)
+	}
+	var ev []map[string]any
+	netns.Eventually(t, 20*time.Second, "evidence captured for the critical finding", func() bool {
+		ev = auditEvents(t, d.dir, "evidence")
+		return len(ev) == 1
+	})
+	if ev[0]["trigger"] != "integrity" || !strings.Contains(ev[0]["reason"].(string), target) {
+		t.Errorf("evidence %v", ev[0])
+	}
+	var show struct {
+		Info struct {
+			Intact bool   `json:"intact"`
+			Mode   string `json:"mode"`
+		} `json:"info"`
+		Snapshot evidence.Snapshot `json:"snapshot"`
+	}
+	if err := json.Unmarshal([]byte(d.mustParry("evidence", "show", ev[0]["id"].(string), "--json")), &show); err != nil {
+		t.Fatal(err)
+	}
+	if !show.Info.Intact || show.Info.Mode != "0400" {
+		t.Errorf("evidence info %+v", show.Info)
+	}
+	if !slices.ContainsFunc(show.Snapshot.Findings, func(f evidence.Finding) bool { return f.Path == target && f.Severity == "critical" }) {
+		t.Errorf("finding not in the snapshot: %+v", show.Snapshot.Findings)
+	}
+	if md := d.mustParry("report", "--format", "markdown"); !strings.Contains(md, "| critical | `"+target+"`") || !strings.Contains(md, "| integrity |") {
+		t.Errorf("report lacks the finding or its evidence:\n%s", md)
 	}
 }

@@ -3,6 +3,7 @@ package response_test
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -94,6 +95,11 @@ func TestAuthFailuresBlockPeer(t *testing.T) {
 	netns.Eventually(t, 5*time.Second, "peer dropped again", func() bool {
 		return !top.peer.CanConnect(top.hostAddr, port)
 	})
+
+	// the user key (alice, 5 of 20) is still counting
+	if out := d.mustParry("status"); !strings.Contains(out, "policy: 8 rules; 5 signals (0 no rule, 0 rate-limited), 1 decisions; 1 keys counting, 1 offenders remembered") {
+		t.Errorf("status after restart and one block: %q", out)
+	}
 
 	// unknown kinds are recorded, not acted on; malformed signals change nothing
 	if out := d.mustParry("signal", "printer_on_fire", "--ip", "203.0.113.9"); !strings.Contains(out, "recorded, no rule") {
@@ -273,5 +279,29 @@ func TestUnprivilegedSender(t *testing.T) {
 	json.Unmarshal([]byte(d.mustParry("list", "--json")), &resp)
 	if len(resp.Blocks) != 1 || resp.Blocks[0].Rule != "auth-failure" || !strings.Contains(resp.Blocks[0].Sender, web.name) {
 		t.Errorf("block's cause: %+v, want rule auth-failure and sender %s", resp.Blocks, web.name)
+	}
+}
+
+// TestAuthFailuresBlockPeerIPv6: the same over IPv6.
+func TestAuthFailuresBlockPeerIPv6(t *testing.T) {
+	netns.RequireRoot(t)
+	top := newTopology(t)
+	host6, peer6 := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2")
+	netns.Eventually(t, 10*time.Second, "peer reaches the host over IPv6", func() bool {
+		return top.peer.CanConnect(host6, port)
+	})
+	d := newDaemon(t, top.host, "")
+	d.start()
+	if out := d.failLogins(peer6.String(), 5); !strings.Contains(out, "decided block by rule auth-failure") {
+		t.Fatalf("fifth signal: %q", out)
+	}
+	netns.Eventually(t, 5*time.Second, "peer's IPv6 connections dropped", func() bool {
+		return !top.peer.CanConnect(host6, port)
+	})
+	if !top.peer.CanConnect(top.hostAddr, port) {
+		t.Error("blocking the peer's IPv6 address dropped its IPv4 too")
+	}
+	if _, ok := d.blockLeft("2001:db8::2"); !ok {
+		t.Error("2001:db8::2 not in parry list")
 	}
 }

@@ -258,7 +258,7 @@ func TestForgedDecisionsRejected(t *testing.T) {
 	forge := func(origin string, kp nkeys.KeyPair, target string) {
 		t.Helper()
 		e := entries(block("forged-"+target, time.Now().Add(time.Hour), target), origin, time.Now())[0]
-		body, sig, err := encode(e, kp)
+		body, sig, err := encode(e, privKey(kp))
 		if err != nil {
 			t.Fatal(err)
 		}

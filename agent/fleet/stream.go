@@ -104,7 +104,7 @@ func (f *Fleet) publish(ctx context.Context, batch []outMsg) ([]bool, error) {
 			}
 			ttl = time.Duration(math.Ceil(left.Seconds())) * time.Second
 		}
-		body, sig, err := encode(m.e, f.kp)
+		body, sig, err := encode(m.e, f.key)
 		if err != nil {
 			f.setErr(err)
 			done[i] = true // cannot ever be sent; logged as last error

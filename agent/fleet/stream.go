@@ -14,7 +14,7 @@ import (
 )
 
 const (
-	publishBatch   = 256
+	publishBatch   = 1024
 	publishTimeout = 5 * time.Second
 	apiTimeout     = 5 * time.Second
 )

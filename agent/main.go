@@ -165,8 +165,29 @@ func (m *Main) Run(ctx context.Context) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- d.Serve(ctx, m.ln) }()
 	ping := m.watchdog()
+	maintained := make(chan struct{})
+	go func() {
+		defer close(maintained)
+		d.maintain(ctx, m.tick(ping))
+	}()
+	select {
+	case <-ctx.Done():
+		notify(m.Logger, sddaemon.SdNotifyStopping)
+		err = <-serveErr // connections closed, handlers done
+	case err = <-serveErr:
+		notify(m.Logger, sddaemon.SdNotifyStopping)
+	}
+	cancel()
+	<-maintained
+	d.Audit("stop", map[string]any{"pid": os.Getpid()})
+	return err
+}
+
+// tick is what the maintenance loop runs every second besides its own work:
+// the watchdog ping and a STATUS= line every 10 s.
+func (m *Main) tick(ping func()) func() {
 	lastStatus := time.Now()
-	go d.maintain(ctx, func() {
+	return func() {
 		if ping != nil {
 			ping()
 		}
@@ -174,16 +195,7 @@ func (m *Main) Run(ctx context.Context) error {
 			m.notifyStatus()
 			lastStatus = time.Now()
 		}
-	})
-	select {
-	case <-ctx.Done():
-		err = nil
-	case err = <-serveErr:
 	}
-	notify(m.Logger, sddaemon.SdNotifyStopping)
-	cancel()
-	d.Audit("stop", map[string]any{"pid": os.Getpid()})
-	return err
 }
 
 // listener takes the systemd socket named "control" if activated, else

@@ -27,6 +27,9 @@ func Listen(cfg Config) (net.Listener, error) {
 		c.Close()
 		return nil, fmt.Errorf("control socket %s: another parryd is listening", path)
 	}
+	if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket == 0 {
+		return nil, fmt.Errorf("control socket %s: exists and is not a socket; refusing to replace it", path)
+	}
 	_ = os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
@@ -168,12 +171,12 @@ func (d *Daemon) handleLine(ctx context.Context, peer Peer, line []byte) (resp [
 	if !ok {
 		return errorLine(call.rawID(), errorf(CodeUnknownOp, "unknown op %q; see docs/protocol.md", call.Op))
 	}
+	if !d.limiter.allow(peer.UID) { // before anything that costs, the audit line of a refusal included
+		return errorLine(call.rawID(), errorf(CodeRateLimited, "too many requests from uid %d; slow down", peer.UID))
+	}
 	if !op.perm(d, peer) {
 		d.Audit("refuse", map[string]any{"op": call.Op, "code": CodeForbidden, "sender": peer.String()})
 		return errorLine(call.rawID(), errorf(CodeForbidden, "%s may not use op %q: run as root or as a member of control.admin_groups", peer.User, call.Op))
-	}
-	if !d.limiter.allow(peer.UID) {
-		return errorLine(call.rawID(), errorf(CodeRateLimited, "too many requests from uid %d; slow down", peer.UID))
 	}
 	defer func() {
 		if r := recover(); r != nil {

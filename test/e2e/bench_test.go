@@ -112,8 +112,8 @@ func BenchmarkBlockFile100k(b *testing.B) {
 	sb.WriteString("}\n")
 	os.WriteFile(nftFile, []byte(sb.String()), 0o600)
 	var parryT, nftT []time.Duration
+	ns := netns.New(b)
 	for range b.N {
-		ns := netns.New(b)
 		d := newDaemon(b, ns)
 		d.start()
 		t0 := time.Now()
@@ -131,6 +131,8 @@ func BenchmarkBlockFile100k(b *testing.B) {
 		b.ReportMetric(float64(rss(b, d)>>10), "RSS-at-ok-KiB")
 		b.ReportMetric(float64(settledRSS(b, d.cmd.Process.Pid)>>10), "RSS-settled-KiB")
 		d.kill()
+		ns.MustRun(b, "nft", "delete", "table", "inet", "cmp")
+		ns.MustRun(b, "nft", "delete", "table", "inet", d.table)
 	}
 	pm, nm := percentile(parryT, 0.5), percentile(nftT, 0.5)
 	b.ReportMetric(float64(pm.Milliseconds()), "parry-ms")

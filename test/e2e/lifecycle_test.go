@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -203,5 +204,45 @@ func TestRemoveRules(t *testing.T) {
 	_, errOut, code := d.parry("status")
 	if code != 1 || !strings.Contains(errOut, "parryd is not running: start it with `systemctl start parry` or run `parryd`") {
 		t.Fatalf("not running: exit %d %q", code, errOut)
+	}
+}
+
+func TestAuditVerifyDetectsTampering(t *testing.T) {
+	p := netns.NewPair(t)
+	d := newDaemon(t, p.Host)
+	d.start()
+	d.mustParry("block", "203.0.113.7", "--for", "1h", "--reason", "first")
+	d.mustParry("block", "203.0.113.8", "--for", "1h", "--reason", "second")
+	d.stop()
+	log := filepath.Join(d.dir, "audit.log")
+	out, errOut, code := d.parry("audit", "verify", "--log", log)
+	if code != 0 || !strings.Contains(out, "audit log ok") {
+		t.Fatalf("intact log: exit %d %q %q", code, out, errOut)
+	}
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	bad := -1
+	for i, l := range lines {
+		if strings.Contains(l, `"reason":"first"`) {
+			lines[i] = strings.Replace(l, `"reason":"first"`, `"reason":"firsT"`, 1)
+			bad = i + 1
+		}
+	}
+	if bad < 0 {
+		t.Fatalf("no block line in the audit log:\n%s", b)
+	}
+	os.WriteFile(log, []byte(strings.Join(lines, "\n")), 0o600)
+	_, errOut, code = d.parry("audit", "verify", "--log", log)
+	if code != 1 || !strings.Contains(errOut, fmt.Sprintf("BROKEN at line %d", bad)) {
+		t.Fatalf("tampered log: exit %d %q, want line %d reported", code, errOut, bad)
+	}
+	// The daemon reports it too, and keeps appending.
+	d.start()
+	_, errOut, code = d.parry("audit", "verify")
+	if code != 1 || !strings.Contains(errOut, fmt.Sprintf("line %d", bad)) {
+		t.Fatalf("daemon verify of a tampered log: exit %d %q", code, errOut)
 	}
 }

@@ -322,6 +322,14 @@ func (f *Fleet) note(subject string, e entry, stored bool) {
 	f.known[subject] = known{id: e.ID, until: e.Until, block: e.Action == response.ActionBlock, stored: stored}
 }
 
+// sentByUs reports whether the latest entry we queued about subject has id.
+func (f *Fleet) sentByUs(subject, id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k, ok := f.known[subject]
+	return ok && !k.stored && k.id == id
+}
+
 func (f *Fleet) tombstoneUntil(subject string, now time.Time) time.Time {
 	f.mu.Lock()
 	k, ok := f.known[subject]

@@ -155,10 +155,17 @@ func encode(e entry, key ed25519.PrivateKey) ([]byte, string, error) {
 	return body, base64.RawURLEncoding.EncodeToString(ed25519.Sign(key, body)), nil
 }
 
-// decode parses and checks a received message. trusted maps origin names to
-// public keys; when it is empty signatures are not required (but a present
-// one is not checked either: there is nothing to check it against).
+// decode parses and checks a received message (parse, then verify).
 func decode(subject string, body []byte, sig, prefix string, trusted map[string]ed25519.PublicKey) (entry, error) {
+	e, err := parse(subject, body, prefix)
+	if err != nil {
+		return e, err
+	}
+	return e, verify(e, body, sig, trusted)
+}
+
+// parse decodes a received message and checks its form, not its signature.
+func parse(subject string, body []byte, prefix string) (entry, error) {
 	var e entry
 	if len(body) > maxBodyBytes {
 		return e, fmt.Errorf("%w: %d bytes", ErrBadMessage, len(body))
@@ -183,24 +190,31 @@ func decode(subject string, body []byte, sig, prefix string, trusted map[string]
 	case len(e.Cause) > maxCause:
 		return e, fmt.Errorf("%w: %d cause signals", ErrBadMessage, len(e.Cause))
 	}
+	return e, nil
+}
+
+// verify checks the signature of a parsed entry. trusted maps origin names
+// to public keys; when it is empty signatures are not required (and a
+// present one is not checked: there is nothing to check it against).
+func verify(e entry, body []byte, sig string, trusted map[string]ed25519.PublicKey) error {
 	if len(trusted) == 0 {
-		return e, nil
+		return nil
 	}
 	key, ok := trusted[e.Origin]
 	if !ok {
-		return e, fmt.Errorf("%w: %q", ErrUntrusted, e.Origin)
+		return fmt.Errorf("%w: %q", ErrUntrusted, e.Origin)
 	}
 	if sig == "" {
-		return e, fmt.Errorf("%w: from %q", ErrUnsigned, e.Origin)
+		return fmt.Errorf("%w: from %q", ErrUnsigned, e.Origin)
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(sig)
 	if err != nil {
-		return e, fmt.Errorf("%w: from %q: %w", ErrBadSignature, e.Origin, err)
+		return fmt.Errorf("%w: from %q: %w", ErrBadSignature, e.Origin, err)
 	}
 	if !ed25519.Verify(key, body, raw) {
-		return e, fmt.Errorf("%w: from %q", ErrBadSignature, e.Origin)
+		return fmt.Errorf("%w: from %q", ErrBadSignature, e.Origin)
 	}
-	return e, nil
+	return nil
 }
 
 // decision turns a received entry into the decision the agent enforces.

@@ -32,7 +32,7 @@ func TestFleetThreeHosts(t *testing.T) {
 	// A block on a is enforced on b and c, with real packets.
 	a.block(t, xBlocked, "brute force")
 	for _, h := range []*host{b, c} {
-		netns.Eventually(t, 5*time.Second, xBlocked.String()+" dropped by "+h.name, func() bool { return !l.reaches(xBlocked, hostAddr[h.name]) })
+		netns.Eventually(t, 10*time.Second, xBlocked.String()+" dropped by "+h.name, func() bool { return !l.reaches(xBlocked, hostAddr[h.name]) })
 	}
 	var list struct{ Blocks []agent.BlockInfo }
 	if err := b.call(t, map[string]any{"op": "list"}, &list); err != nil {
@@ -44,8 +44,8 @@ func TestFleetThreeHosts(t *testing.T) {
 
 	// A decision for an address in c's allowlist: b enforces it, c alone refuses.
 	a.block(t, xAllowedC, "scanner")
-	netns.Eventually(t, 5*time.Second, "b drops "+xAllowedC.String(), func() bool { return !l.reaches(xAllowedC, hostAddr["b"]) })
-	netns.Eventually(t, 5*time.Second, "c refuses", func() bool { return c.status(t).Fleet.Refused == 1 })
+	netns.Eventually(t, 10*time.Second, "b drops "+xAllowedC.String(), func() bool { return !l.reaches(xAllowedC, hostAddr["b"]) })
+	netns.Eventually(t, 10*time.Second, "c refuses", func() bool { return c.status(t).Fleet.Refused == 1 })
 	if !l.reaches(xAllowedC, hostAddr["c"]) || c.inKernel(t, xAllowedC) {
 		t.Errorf("c blocked %s, which its allowlist protects", xAllowedC)
 	}
@@ -57,7 +57,7 @@ func TestFleetThreeHosts(t *testing.T) {
 	// it in its kernel by the time it reports READY.
 	l.stop(c)
 	a.block(t, xWhileDown, "while c was away")
-	netns.Eventually(t, 5*time.Second, "b drops "+xWhileDown.String(), func() bool { return b.inKernel(t, xWhileDown) })
+	netns.Eventually(t, 10*time.Second, "b drops "+xWhileDown.String(), func() bool { return b.inKernel(t, xWhileDown) })
 	l.start(c)
 	if !c.inKernel(t, xWhileDown) || !c.inKernel(t, xBlocked) {
 		t.Fatalf("c at READY: %s in kernel %v, %s in kernel %v; want both", xWhileDown, c.inKernel(t, xWhileDown), xBlocked, c.inKernel(t, xBlocked))
@@ -107,7 +107,7 @@ func TestFleetThreeHosts(t *testing.T) {
 		t.Fatalf("the untrusted publisher did not get its forgery stored (%q); the test proves nothing", res["untrusted"])
 	}
 	for _, h := range []*host{a, b, c} {
-		netns.Eventually(t, 5*time.Second, h.name+" rejects the forgery", func() bool { return h.status(t).Fleet.Rejected > 0 })
+		netns.Eventually(t, 10*time.Second, h.name+" rejects the forgery", func() bool { return h.status(t).Fleet.Rejected > 0 })
 		if h.inKernel(t, xForged) || !l.reaches(xForged, hostAddr[h.name]) {
 			t.Errorf("%s enforced a forged decision", h.name)
 		}

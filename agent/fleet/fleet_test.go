@@ -277,6 +277,11 @@ func TestForgedDecisionsRejected(t *testing.T) {
 	forge("a", keys["mallory"], "198.51.100.2/32")       // signed with the wrong key
 	forge("mallory", keys["mallory"], "198.51.100.3/32") // untrusted origin
 	eventually(t, 10*time.Second, "b rejects three forgeries", func() bool { return b.Status().Rejected == 3 })
+	// a itself rejects all three, the two in its name too: they are not its echoes.
+	eventually(t, 10*time.Second, "a rejects three forgeries", func() bool { return a.Status().Rejected == 3 })
+	if st := a.Status(); st.Echoes != 0 {
+		t.Errorf("a counted %d forgeries as its own echoes", st.Echoes)
+	}
 
 	a.Publish(block("real", time.Now().Add(time.Hour), "198.51.100.4/32"))
 	eventually(t, 10*time.Second, "b applies the genuine block", func() bool { return len(recB.all()) == 1 })

@@ -54,7 +54,6 @@ var (
 	ErrUnsigned     = errors.New("fleet: decision not signed")
 	ErrUntrusted    = errors.New("fleet: decision origin not trusted")
 	ErrBadSignature = errors.New("fleet: bad decision signature")
-	ErrClosed       = errors.New("fleet: closed")
 )
 
 // subjectFor returns the subject holding the latest decision about p:

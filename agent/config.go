@@ -12,7 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/fleet"
+	"github.com/parryhq/parry/agent/hostcheck"
+	"github.com/parryhq/parry/agent/metrics"
+	webhook "github.com/parryhq/parry/agent/notify"
 	"github.com/parryhq/parry/integrity"
 	"github.com/parryhq/parry/response"
 	"go.yaml.in/yaml/v3"
@@ -44,6 +48,12 @@ type Config struct {
 	Response  response.Config  `yaml:"response"`
 	Integrity integrity.Config `yaml:"integrity"`
 	Fleet     fleet.Config     `yaml:"fleet"`
+
+	// Incident tooling (docs/incident.md).
+	Evidence evidence.Config  `yaml:"evidence"`
+	Notify   webhook.Config   `yaml:"notify"`
+	Metrics  metrics.Config   `yaml:"metrics"`
+	Check    hostcheck.Config `yaml:"check"`
 
 	allow []netip.Prefix // parsed Allowlist, set by Validate
 }

@@ -57,6 +57,18 @@ type Options struct {
 	Now      func() time.Time // default time.Now
 	// HostAddrs reads the host's own addresses; default HostAddrs.
 	HostAddrs func() ([]netip.Addr, error)
+	// Sweeper opens a second, independent reader of the kernel's block
+	// sets for the sweep of unknown elements after a start with the table
+	// present. Dumping a 100k-element hash set takes seconds (the kernel
+	// resumes its walk from the start for every netlink message), so it
+	// runs after READY on its own connection and never stalls enforcement.
+	// Nil: the sweep runs inline in Reconcile with the Firewall (tests).
+	Sweeper func() (ElementReader, func(), error)
+}
+
+// ElementReader reads the kernel's view of the block sets.
+type ElementReader interface {
+	Elements() ([]firewall.Element, error)
 }
 
 // Daemon is parryd.
@@ -65,6 +77,7 @@ type Daemon struct {
 	now       func() time.Time
 	fw        Enforcer
 	hostAddrs func() ([]netip.Addr, error)
+	sweeper   func() (ElementReader, func(), error)
 	store     *store.Store
 	audit     *audit.Log
 	started   time.Time
@@ -75,11 +88,14 @@ type Daemon struct {
 	blocks    *index
 	lockdown  *store.Lockdown
 	observers []Observer
-	fleet     *fleet.Fleet // nil: fleet off
+	incident  atomic.Pointer[Incident] // set by AttachIncident; told of every signal
+	fleet     *fleet.Fleet             // nil: fleet off
 	health    Health
 
 	ops     map[string]opEntry
 	limiter *peerLimiter
+	policy  atomic.Pointer[response.Engine] // swapped on reload
+	signals signalLog                       // signal records waiting for the audit log
 	closing chan struct{}
 	closeMu sync.Once
 	heal    chan struct{}
@@ -87,6 +103,8 @@ type Daemon struct {
 	uninstalled bool // the table was removed on request: no self-heal
 
 	bulk atomic.Bool // a large change just happened: return freed memory to the OS
+
+	integ integrityState // integrity monitor (agent/integrity.go)
 
 	reload   func() error // set by Main: re-read and apply the config
 	shutdown func()       // set by Main: stop the daemon
@@ -118,7 +136,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, errors.New("agent: no firewall")
 	}
 	d := &Daemon{
-		log: opts.Logger, now: opts.Now, fw: opts.Firewall, hostAddrs: opts.HostAddrs,
+		log: opts.Logger, now: opts.Now, fw: opts.Firewall, hostAddrs: opts.HostAddrs, sweeper: opts.Sweeper,
 		cfg: cfg, blocks: newIndex(), closing: make(chan struct{}), heal: make(chan struct{}, 1),
 	}
 	if d.log == nil {
@@ -151,6 +169,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.refreshGuard()
+	eng, err := d.newPolicy(cfg, d.guard.Own, nil)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.policy.Store(eng)
 	return d, nil
 }
 
@@ -159,6 +183,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 func (d *Daemon) Close() error {
 	d.closeMu.Do(func() { close(d.closing) })
 	var errs []error
+	if d.audit != nil {
+		d.flushSignals()
+	}
+	if d.store != nil && d.Policy() != nil {
+		d.flushOffenders()
+	}
 	if d.audit != nil {
 		errs = append(errs, d.audit.Close())
 	}
@@ -262,8 +292,14 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
 		return fmt.Errorf("reload: allowlist: %w", err)
 	}
+	eng, err := d.newPolicy(cfg, d.guard.Own, d.Policy())
+	if err != nil {
+		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
+		return fmt.Errorf("reload: %w", err)
+	}
 	d.cfg = cfg
 	d.refreshGuard()
+	d.policy.Store(eng)
 	d.limiter.reset(cfg.Control.Rate, cfg.Control.Burst)
 	f := map[string]any{"ok": true, "allowlist": len(cfg.AllowPrefixes())}
 	if len(restart) > 0 {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/parryhq/parry/agent/store"
@@ -155,8 +156,16 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 		if len(refused) == 1 {
 			return out, refused[0]
 		}
-		e := errorf(CodeRefused, "%d of %d targets refused; first: %s", len(refused), len(dec.Targets), refused[0].Message)
-		return out, e
+		var parts []string
+		for i, r := range refused {
+			if i == 5 {
+				parts = append(parts, fmt.Sprintf("and %d more", len(refused)-5))
+				break
+			}
+			parts = append(parts, fmt.Sprintf("%s (%s)", r.Target, r.Code))
+		}
+		return out, errorf(CodeRefused, "%d of %d targets refused, nothing changed: %s; first: %s",
+			len(refused), len(dec.Targets), strings.Join(parts, ", "), refused[0].Message)
 	}
 	out.Refused = refused
 	seq := d.blocks.nextSeq()

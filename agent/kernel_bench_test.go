@@ -52,3 +52,54 @@ func BenchmarkEnforceChunks100k(b *testing.B) {
 		d.Close()
 	}
 }
+
+// BenchmarkLoadAndReassert100k: the daemon's share of a start with 100k
+// stored blocks and no table: open the store, load the index, create the
+// table and re-assert every block (what happens before READY=1).
+func BenchmarkLoadAndReassert100k(b *testing.B) {
+	ns := netns.New(b)
+	conn := ns.Conn(b, firewall.ConnOptions()...)
+	fw, err := firewall.New(conn, firewall.Config{Table: "pbload"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.StateDir = b.TempDir()
+	cfg.Socket = cfg.StateDir + "/s.sock"
+	cfg.Validate()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	noAddrs := func() ([]netip.Addr, error) { return nil, nil }
+	d, err := New(cfg, Options{Firewall: fw, Logger: quiet, HostAddrs: noAddrs})
+	if err != nil {
+		b.Fatal(err)
+	}
+	d.Reconcile("bench")
+	for i := 0; i < 100_000; i += 4400 {
+		var chunk []netip.Prefix
+		for j := i; j < min(i+4400, 100_000); j++ {
+			chunk = append(chunk, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(1 + j>>16), byte(j >> 8), byte(j)}), 32))
+		}
+		if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: chunk, Until: time.Now().Add(time.Hour)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	d.Close()
+	var load, reassert time.Duration
+	b.ResetTimer()
+	for range b.N {
+		fw.Remove()
+		t0 := time.Now()
+		d, err := New(cfg, Options{Firewall: fw, Logger: quiet, HostAddrs: noAddrs})
+		if err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := d.Reconcile("start"); err != nil {
+			b.Fatal(err)
+		}
+		load, reassert = load+t1.Sub(t0), reassert+time.Since(t1)
+		d.Close()
+	}
+	b.ReportMetric(float64(load.Milliseconds())/float64(b.N), "load-ms")
+	b.ReportMetric(float64(reassert.Milliseconds())/float64(b.N), "reassert-ms")
+}

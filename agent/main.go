@@ -30,6 +30,7 @@ type Main struct {
 	StateDir    string // --state-dir override
 	Table       string // --table override
 	RemoveRules bool   // --remove-rules: delete the table and exit
+	CheckConfig bool   // --check-config: validate the config and exit
 	Logger      *slog.Logger
 	Stderr      io.Writer
 
@@ -61,6 +62,7 @@ Flags override the config file (default %s, optional).
 	fs.StringVar(&m.StateDir, "state-dir", "", "state directory: store.db, audit.log (default /var/lib/parry)")
 	fs.StringVar(&m.Table, "table", "", "nftables table name in family inet (default parry)")
 	fs.BoolVar(&m.RemoveRules, "remove-rules", false, "delete parry's nftables table and exit (package purge)")
+	fs.BoolVar(&m.CheckConfig, "check-config", false, "validate the config file (and flags) and exit: 0 valid, 1 invalid (systemctl reload runs this first)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -120,11 +122,15 @@ func (m *Main) openFirewall(cfg Config) (*firewall.NFT, error) {
 // only once the table exists and the store is re-asserted into it.
 func (m *Main) Run(ctx context.Context) error {
 	if m.Logger == nil {
-		m.Logger = slog.New(slog.NewJSONHandler(m.out(), nil))
+		m.Logger = m.defaultLogger()
 	}
 	cfg, err := m.LoadConfig()
 	if err != nil {
 		return err
+	}
+	if m.CheckConfig {
+		fmt.Fprintln(m.out(), "parryd: config ok")
+		return nil
 	}
 	fw, err := m.openFirewall(cfg)
 	if err != nil {
@@ -137,11 +143,26 @@ func (m *Main) Run(ctx context.Context) error {
 		m.Logger.Info("removed nftables table", "table", cfg.Table)
 		return nil
 	}
-	d, err := New(cfg, Options{Firewall: fw, Logger: m.Logger})
+	d, err := New(cfg, Options{Firewall: TimeApply(fw), Logger: m.Logger, Sweeper: func() (ElementReader, func(), error) {
+		conn, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return nil, nil, err
+		}
+		r, err := firewall.New(conn, firewall.Config{Table: cfg.Table, Priority: cfg.Priority, Logger: m.Logger})
+		if err != nil {
+			conn.CloseLasting()
+			return nil, nil, err
+		}
+		return r, func() { _ = conn.CloseLasting() }, nil
+	}})
 	if err != nil {
 		return err
 	}
 	m.Daemon = d
+	inc, err := AttachIncident(d, m.configFile())
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	d.shutdown = cancel
@@ -160,11 +181,14 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	defer m.stopFleet()
 	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": d.Status().ActiveBlocks})
+	incDone := make(chan struct{})
+	go func() { inc.Run(ctx); close(incDone) }()
 	notify(m.Logger, sddaemon.SdNotifyReady)
 	m.notifyStatus()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- d.Serve(ctx, m.ln) }()
 	ping := m.watchdog()
+	go d.runIntegrity(ctx)
 	maintained := make(chan struct{})
 	go func() {
 		defer close(maintained)
@@ -179,6 +203,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	cancel()
 	<-maintained
+	<-incDone // evidence in flight is written and audited before the log closes
 	d.Audit("stop", map[string]any{"pid": os.Getpid()})
 	return err
 }
@@ -196,6 +221,28 @@ func (m *Main) tick(ping func()) func() {
 			lastStatus = time.Now()
 		}
 	}
+}
+
+// defaultLogger logs structured journal entries (PARRY_* fields) when stderr
+// is connected to the journal under systemd, and JSON lines to stderr
+// otherwise.
+func (m *Main) defaultLogger() *slog.Logger {
+	if m.Stderr == nil && JournalAvailable() {
+		return slog.New(NewJournalHandler(JournalOptions{Fallback: slog.NewJSONHandler(m.out(), nil)}))
+	}
+	return slog.New(slog.NewJSONHandler(m.out(), nil))
+}
+
+// configFile is the config file in use, for the host check; empty when
+// running on built-in defaults.
+func (m *Main) configFile() string {
+	if m.ConfigPath != "" {
+		return m.ConfigPath
+	}
+	if _, err := os.Stat(DefaultConfigPath); err == nil {
+		return DefaultConfigPath
+	}
+	return ""
 }
 
 // listener takes the systemd socket named "control" if activated, else

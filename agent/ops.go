@@ -45,6 +45,7 @@ func (d *Daemon) handle(name string, perm Perm, fn Handler) {
 // registerOps is the op registry: one line per op.
 func (d *Daemon) registerOps() {
 	d.handle("ping", PermAnyone, d.opPing)
+	d.handle("signal", PermAnyone, d.opSignal) // per-kind authorisation inside
 	d.handle("status", PermAdmin, d.opStatus)
 	d.handle("list", PermAdmin, d.opList)
 	d.handle("block", PermAdmin, d.opBlock)
@@ -54,6 +55,10 @@ func (d *Daemon) registerOps() {
 	d.handle("audit_verify", PermAdmin, d.opAuditVerify)
 	d.handle("reload", PermAdmin, d.opReload)
 	d.handle("uninstall_rules", PermAdmin, d.opUninstallRules)
+	d.handle("integrity_status", PermAdmin, d.opIntegrityStatus)
+	d.handle("integrity_baseline", PermAdmin, d.opIntegrityBaseline)
+	d.handle("integrity_check", PermAdmin, d.opIntegrityCheck)
+	d.handle("integrity_accept", PermAdmin, d.opIntegrityAccept)
 }
 
 func (d *Daemon) opPing(context.Context, *Call) (any, error) {
@@ -72,6 +77,7 @@ type Status struct {
 	Lockdown     LockdownState `json:"lockdown"`
 	StateDir     string        `json:"state_dir"`
 	AuditSeq     uint64        `json:"audit_seq"`
+	Policy       PolicyStatus  `json:"policy"`
 	Fleet        *fleet.Status `json:"fleet,omitempty"` // absent: fleet off
 }
 
@@ -83,7 +89,7 @@ func (d *Daemon) Status() Status {
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
 	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), Fleet: d.fleetStatus()}
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
@@ -177,32 +183,6 @@ func (d *Daemon) opUnblock(ctx context.Context, c *Call) (any, error) {
 	}
 	return d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: targets,
 		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String()})
-}
-
-func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
-	var p struct {
-		For     string   `json:"for"`
-		Allow   []string `json:"allow"`
-		Isolate bool     `json:"isolate"`
-		Reason  string   `json:"reason"`
-	}
-	if err := c.Decode(&p); err != nil {
-		return nil, err
-	}
-	dur, err := ParseDuration(p.For)
-	if err != nil || dur < time.Second {
-		return nil, errorf(CodeInvalidDuration, `lockdown needs "for" (at least 1s, e.g. "15m"); it is never permanent`)
-	}
-	dec := response.Decision{Action: response.ActionLockdown, Until: d.now().Add(dur), Isolate: p.Isolate,
-		Reason: truncate(p.Reason, 1024), Source: "control", Sender: c.Peer.String()}
-	for i, s := range p.Allow {
-		pr, err := ParseTarget(s)
-		if err != nil {
-			return nil, errorf(CodeInvalidTarget, "allow[%d]: %v", i, err)
-		}
-		dec.Allow = append(dec.Allow, pr)
-	}
-	return d.Enforce(ctx, dec)
 }
 
 func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {

@@ -37,20 +37,16 @@ func (d *Daemon) reconcile(reason string) error {
 	}
 	nowMs := d.now().UnixMilli()
 	var unknown []netip.Prefix
-	if wasPresent {
+	sweepLater := false
+	if wasPresent && d.sweeper != nil {
+		sweepLater = true
+	} else if wasPresent {
 		have, err := d.fw.Elements()
 		if err != nil {
 			return fmt.Errorf("reconcile: read elements: %w", err)
 		}
-		for _, e := range have {
-			if be, ok := d.blocks.get(e.Prefix); !ok || be.expired(nowMs) {
-				unknown = append(unknown, e.Prefix)
-			}
-		}
-		if len(unknown) > 0 {
-			if err := d.fw.Unblock(unknown); err != nil {
-				return fmt.Errorf("reconcile: remove unknown elements: %w", err)
-			}
+		if unknown, err = d.removeUnknown(have, nowMs); err != nil {
+			return fmt.Errorf("reconcile: %w", err)
 		}
 	}
 	elems := make([]firewall.Element, 0, d.blocks.len())
@@ -83,10 +79,63 @@ func (d *Daemon) reconcile(reason string) error {
 		d.log.Warn("reconcile removed set elements the store does not know", "count", len(unknown))
 	}
 	d.Audit("reconcile", f)
+	if sweepLater {
+		go d.sweep()
+	}
 	if len(elems) >= bulkTargets {
 		d.bulk.Store(true)
 	}
 	return nil
+}
+
+// removeUnknown removes the elements of have that the store does not hold
+// (or holds as expired). Caller holds d.mu.
+func (d *Daemon) removeUnknown(have []firewall.Element, nowMs int64) ([]netip.Prefix, error) {
+	var unknown []netip.Prefix
+	for _, e := range have {
+		if be, ok := d.blocks.get(e.Prefix); !ok || be.expired(nowMs) {
+			unknown = append(unknown, e.Prefix)
+		}
+	}
+	if len(unknown) > 0 {
+		if err := d.fw.Unblock(unknown); err != nil {
+			return nil, fmt.Errorf("remove unknown elements: %w", err)
+		}
+	}
+	return unknown, nil
+}
+
+// sweep reads the kernel's sets on a separate connection, then removes the
+// elements the store does not know and audits them.
+func (d *Daemon) sweep() {
+	start := time.Now()
+	r, closeFn, err := d.sweeper()
+	if err != nil {
+		d.log.Warn("sweep of unknown elements: cannot open a reader", "err", err)
+		return
+	}
+	have, err := r.Elements()
+	closeFn()
+	if err != nil {
+		d.log.Warn("sweep of unknown elements: read failed", "err", err)
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.uninstalled {
+		return
+	}
+	unknown, err := d.removeUnknown(have, d.now().UnixMilli())
+	if err != nil {
+		d.log.Error("sweep of unknown elements", "err", err)
+		return
+	}
+	f := map[string]any{"reason": "sweep", "checked": len(have), "took_ms": time.Since(start).Milliseconds()}
+	if len(unknown) > 0 {
+		f["removed_unknown"] = targetStrings(unknown)
+		d.log.Warn("removed set elements the store does not know", "count", len(unknown))
+	}
+	d.Audit("reconcile", f)
 }
 
 func (d *Daemon) noteHealth(present bool, err error) {

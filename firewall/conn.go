@@ -8,6 +8,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// receiveBufferBytes is the receive buffer ConnOptions asks for: room for
+// the acknowledgements of the largest transaction with margin.
+const receiveBufferBytes = 4 << 20
+
 // sendBufferBytes is the send buffer ConnOptions asks for. The kernel
 // refuses a sendmsg larger than the buffer (EMSGSIZE), and a transaction is
 // one sendmsg; the default buffer (net.core.wmem_default, 212,992 bytes)
@@ -16,13 +20,27 @@ const sendBufferBytes = 2 * DefaultMaxTxBytes
 
 // ConnOptions are the options for the long-lived connection parry uses:
 // lasting (one socket for the daemon's life) with a send buffer large enough
-// for DefaultMaxTxBytes. Production: nftables.New(firewall.ConnOptions()...);
-// add nftables.WithNetNSFd to work in another namespace.
+// for DefaultMaxTxBytes, a larger receive buffer, and NETLINK_CAP_ACK so
+// that an error acknowledgement does not echo the whole failed message (a
+// failed 100,000-element transaction otherwise overflows the receive buffer
+// with 60 KiB echoes, the kernel drops acknowledgements, and the lasting
+// socket is left out of step). Production:
+// nftables.New(firewall.ConnOptions()...); add nftables.WithNetNSFd to work
+// in another namespace.
 func ConnOptions() []nftables.ConnOption {
 	return []nftables.ConnOption{
 		nftables.AsLasting(),
 		nftables.WithSockOptions(func(c *netlink.Conn) error {
-			return setBuffer(c, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, sendBufferBytes)
+			if err := setBuffer(c, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, sendBufferBytes); err != nil {
+				return err
+			}
+			if err := setBuffer(c, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, receiveBufferBytes); err != nil {
+				return err
+			}
+			if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
+				return fmt.Errorf("set NETLINK_CAP_ACK: %w", err)
+			}
+			return nil
 		}),
 	}
 }

@@ -36,7 +36,8 @@ type change struct {
 	set   *nftables.Set
 	del   bool
 	elems []nftables.SetElement
-	bytes int // estimate of the encoded element list
+	bytes int  // estimate of the encoded element list
+	glued bool // must go in the same transaction as the next change
 }
 
 // elemBytes estimates the encoded size of one element, as makeElemList
@@ -136,15 +137,19 @@ func (b *changeBuilder) add(s *nftables.Set, unit ...nftables.SetElement) {
 	for _, e := range unit {
 		n += elemBytes(e)
 	}
+	fresh := func() change {
+		return change{set: s, del: b.del, elems: make([]nftables.SetElement, 0, maxListBytes/n+2)}
+	}
 	c := b.pending[s]
 	if c == nil {
-		c = &change{set: s, del: b.del}
+		c = new(change)
+		*c = fresh()
 		b.pending[s] = c
 		b.order = append(b.order, s)
 	}
 	if c.bytes+n > maxListBytes && len(c.elems) > 0 {
 		b.out = append(b.out, *c)
-		*c = change{set: s, del: b.del}
+		*c = fresh()
 	}
 	c.elems = append(c.elems, unit...)
 	c.bytes += n
@@ -167,7 +172,7 @@ func (f *NFT) apply(pre func() error, changes []change) error {
 	start, first := 0, true
 	for first || start < len(changes) {
 		end, size := start, 0
-		for end < len(changes) && (end == start || size+msgOverhead+changes[end].bytes <= f.maxTx) {
+		for end < len(changes) && (end == start || changes[end-1].glued || size+msgOverhead+changes[end].bytes <= f.maxTx) {
 			size += msgOverhead + changes[end].bytes
 			end++
 		}
@@ -216,6 +221,14 @@ func (f *NFT) flush(fill func() error) error {
 		return err
 	}
 	if err := f.conn.Flush(); err != nil {
+		if errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.EPERM) {
+			// Flush returned without reading every acknowledgement: the
+			// lasting socket is out of step and would hang or mismatch
+			// the next request. Drop it; google/nftables then dials a
+			// fresh socket (with the same options) for each operation.
+			f.log.Error("netlink socket out of step after a failed batch; closing the lasting connection", "err", err)
+			_ = f.conn.CloseLasting()
+		}
 		return mapKernelErr(err)
 	}
 	return nil
@@ -229,7 +242,27 @@ func (f *NFT) discard() {
 	_ = f.conn.Flush()
 }
 
+// batchError is the errors of one failed transaction (google/nftables
+// joins one per message, often dozens of the same errno): it prints the
+// first and a count, and errors.Is still sees them all.
+type batchError struct{ errs []error }
+
+func (e *batchError) Error() string {
+	if len(e.errs) == 1 {
+		return e.errs[0].Error()
+	}
+	return fmt.Sprintf("%v (and %d more errors in the same batch)", e.errs[0], len(e.errs)-1)
+}
+
+func (e *batchError) Unwrap() []error { return e.errs }
+
 func mapKernelErr(err error) error {
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		if leaves := flatten(joined.(error), nil); len(leaves) > 1 {
+			err = &batchError{errs: leaves}
+		}
+	}
 	switch {
 	case errors.Is(err, unix.ENOTEMPTY), errors.Is(err, unix.EEXIST):
 		return fmt.Errorf("%w: %w", ErrOverlap, err)
@@ -237,6 +270,18 @@ func mapKernelErr(err error) error {
 		return fmt.Errorf("%w: %w", ErrNotEnsured, err)
 	}
 	return err
+}
+
+// flatten collects the leaves of nested errors.Join trees (google/nftables
+// joins acknowledgements one at a time, so they nest).
+func flatten(err error, out []error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			out = flatten(e, out)
+		}
+		return out
+	}
+	return append(out, err)
 }
 
 func isNotFound(err error) bool { return errors.Is(err, unix.ENOENT) }

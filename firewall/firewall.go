@@ -28,7 +28,7 @@ const (
 // Config tunes the table. The zero value of each field means its default.
 type Config struct {
 	Table    string       // table name in family inet; default "parry"
-	Priority int          // hook priority of our chains; default -10 (set DefaultPriority explicitly for 0)
+	Priority int          // hook priority of our chains; 0 means DefaultPriority (-10), so priority 0 itself is not available
 	Logger   *slog.Logger // default slog.Default()
 	Now      func() time.Time
 
@@ -83,6 +83,8 @@ type NFT struct {
 	mu    sync.Mutex // serialises use of conn's message buffer
 	sets  map[string]*nftables.Set
 	maxTx int // learned transaction bound (bytes), <= cfg.MaxTxBytes
+
+	probed, canUpdate bool // whether re-adding an element replaces its timeout (see probe.go)
 }
 
 // New wraps a connection (production: nftables.New(firewall.ConnOptions()...);

@@ -3,6 +3,7 @@ package firewall_test
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"testing"
@@ -145,8 +146,23 @@ func TestBlockElementsAndOracle(t *testing.T) {
 }
 
 func TestTimeoutReplace(t *testing.T) {
-	ns := netns.New(t)
-	f := newFirewall(t, ns)
+	t.Run("kernel", func(t *testing.T) {
+		ns := netns.New(t)
+		f := newFirewall(t, ns)
+		t.Logf("kernel replaces timeouts on re-add: %v", firewall.UpdatesTimeouts(f))
+		if got := listTable(t, ns, f.Table()).Sets["lockallow4"].Elems; len(got) != 0 {
+			t.Errorf("the probe left elements behind: %v", got)
+		}
+		testTimeoutReplace(t, f)
+	})
+	t.Run("delete+add", func(t *testing.T) {
+		f := newFirewall(t, netns.New(t))
+		firewall.UseDeleteAdd(f)
+		testTimeoutReplace(t, f)
+	})
+}
+
+func testTimeoutReplace(t *testing.T, f *firewall.NFT) {
 	timeoutOf := func(p string) time.Duration {
 		t.Helper()
 		els, err := f.Elements()
@@ -246,6 +262,13 @@ func TestOverlapIsRefused(t *testing.T) {
 	if err := f.Block([]firewall.Element{{Prefix: pfx("11.0.0.0/8"), Timeout: time.Hour}, {Prefix: pfx("9.0.0.0/8"), Timeout: time.Hour}}); err != nil {
 		t.Errorf("Block of adjacent CIDRs: %v", err)
 	}
+	els, err = f.Elements()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"10.0.0.0/8", "10.1.1.1/32", "11.0.0.0/8", "9.0.0.0/8"}, prefixes(els)); d != "" {
+		t.Errorf("Elements with adjacent CIDRs (-want +got):\n%s", d)
+	}
 }
 
 func TestUnblock(t *testing.T) {
@@ -278,6 +301,23 @@ func TestUnblock(t *testing.T) {
 	if got := listTable(t, ns, f.Table()).Sets["block4net"].Elems; len(got) != 1 {
 		t.Errorf("nft block4net = %v, want only 10.0.0.0/8", got)
 	}
+}
+
+func TestLongTimeouts(t *testing.T) {
+	ns := netns.New(t)
+	f := newFirewall(t, ns)
+	for _, d := range []time.Duration{10 * 365 * 24 * time.Hour, time.Duration(math.MaxInt64)} {
+		if err := f.Block([]firewall.Element{{Prefix: pfx("203.0.113.7/32"), Timeout: d}, {Prefix: pfx("198.51.100.0/24"), Timeout: d}}); err != nil {
+			t.Errorf("Block for %v: %v", d, err)
+		}
+	}
+	if err := f.Block([]firewall.Element{{Prefix: pfx("203.0.113.8/32"), Timeout: time.Nanosecond}}); err != nil {
+		t.Fatal(err)
+	}
+	netns.Eventually(t, 5*time.Second, "a 1ns block (sent as 1ms) expires rather than being permanent", func() bool {
+		els, err := f.Elements()
+		return err == nil && len(els) == 2
+	})
 }
 
 func TestInvalidInputChangesNothing(t *testing.T) {

@@ -98,8 +98,11 @@ func (f *NFT) LockdownState() (Lockdown, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	read := func(name string) ([]Element, error) {
-		els, err := f.conn.GetSetElements(f.sets[name])
+		els, err := f.dumpSet(f.sets[name])
 		if err != nil {
+			if _, terr := f.conn.ListTableOfFamily(f.cfg.Table, nftables.TableFamilyINet); isNotFound(terr) {
+				err = ErrNotEnsured
+			}
 			return nil, fmt.Errorf("list %s: %w", name, err)
 		}
 		return intervalsToElements(els), nil

@@ -104,15 +104,20 @@ func (f *NFT) Block(elems []Element) error {
 			permanent = append(permanent, e.asChanges(s)...)
 		}
 	}
+	changes := b.changes()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.apply(nil, b.changes()); err != nil {
+	replaceAll := !f.updatesTimeouts()
+	if replaceAll {
+		changes = addDeleteAdd(changes)
+	}
+	if err := f.apply(nil, changes); err != nil {
 		return fmt.Errorf("block: %w", err)
 	}
 	// An add without a timeout leaves an existing element's timeout as it
 	// was; a permanent block therefore deletes and re-adds (rare: permanent
 	// blocks are few).
-	if len(permanent) > 0 {
+	if len(permanent) > 0 && !replaceAll {
 		if err := f.apply(nil, permanent); err != nil {
 			return fmt.Errorf("block (make permanent): %w", err)
 		}
@@ -120,8 +125,21 @@ func (f *NFT) Block(elems []Element) error {
 	return nil
 }
 
-// asChanges is delete+add of a permanent element: one change each, kept in
-// one transaction by apply because they are small.
+// addDeleteAdd turns each add into add, delete, add, glued into one
+// transaction: the first add makes sure the delete finds the element, the
+// last one sets the new timeout. For kernels that do not replace the
+// timeout of an element added again.
+func addDeleteAdd(adds []change) []change {
+	out := make([]change, 0, 3*len(adds))
+	for _, c := range adds {
+		first, del := c, c
+		first.glued, del.glued, del.del = true, true, true
+		out = append(out, first, del, c)
+	}
+	return out
+}
+
+// asChanges is delete+add of a permanent element, glued into one transaction.
 func (e Element) asChanges(s *nftables.Set) []change {
 	var el []nftables.SetElement
 	if isSingle(e.Prefix) {
@@ -133,7 +151,7 @@ func (e Element) asChanges(s *nftables.Set) []change {
 	for _, x := range el {
 		n += elemBytes(x)
 	}
-	return []change{{set: s, del: true, elems: el, bytes: n}, {set: s, elems: el, bytes: n}}
+	return []change{{set: s, del: true, elems: el, bytes: n, glued: true}, {set: s, elems: el, bytes: n}}
 }
 
 // Unblock removes prefixes; ones not present are not an error. Each prefix
@@ -186,11 +204,12 @@ func (f *NFT) addThenDelete(prefixes []netip.Prefix) []change {
 		add.add(s, el...)
 		del.add(s, el...)
 	}
-	// Interleave per chunk so that a split across transactions never
-	// separates a chunk's add from its delete.
+	// Interleave per chunk, each add glued to its delete, so that a split
+	// across transactions never leaves an added element behind.
 	a, d := add.changes(), del.changes()
 	out := make([]change, 0, len(a)+len(d))
 	for i := range a {
+		a[i].glued = true
 		out = append(out, a[i], d[i])
 	}
 	return out
@@ -202,7 +221,7 @@ func (f *NFT) addThenDelete(prefixes []netip.Prefix) []change {
 func (f *NFT) presentOf(prefixes []netip.Prefix) ([]netip.Prefix, error) {
 	have := map[netip.Prefix]bool{}
 	for _, name := range []string{setBlock4Net, setBlock6Net} {
-		els, err := f.conn.GetSetElements(f.sets[name])
+		els, err := f.dumpSet(f.sets[name])
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %w", name, err)
 		}
@@ -298,7 +317,7 @@ func (f *NFT) Elements() ([]Element, error) {
 	defer f.mu.Unlock()
 	var out []Element
 	for _, name := range []string{setBlock4, setBlock6, setBlock4Net, setBlock6Net} {
-		els, err := f.conn.GetSetElements(f.sets[name])
+		els, err := f.dumpSet(f.sets[name])
 		if err != nil {
 			if _, terr := f.conn.ListTableOfFamily(f.cfg.Table, nftables.TableFamilyINet); isNotFound(terr) {
 				return nil, fmt.Errorf("list %s: %w", name, ErrNotEnsured)

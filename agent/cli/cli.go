@@ -104,6 +104,9 @@ Examples:
   parry unblock 203.0.113.7
   parry status
   parry audit verify
+  parry signal auth_failure --ip 203.0.113.7 --user alice --source webapp
+  parry lockdown --for 15m --allow 10.0.0.0/24 --reason "incident 42"
+  parry release
 
 Exit status: 0 ok, 1 refused or failed, 2 usage error.
 The socket is --socket, else $PARRY_SOCKET, else ` + client.DefaultSocket + `.`,
@@ -113,7 +116,8 @@ The socket is --socket, else $PARRY_SOCKET, else ` + client.DefaultSocket + `.`,
 	root.PersistentFlags().StringVar(&a.socket, "socket", "", "control socket (default $PARRY_SOCKET or "+client.DefaultSocket+")")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	root.AddCommand(a.blockCmd(), a.unblockCmd(), a.listCmd(), a.statusCmd(), a.auditCmd(),
-		a.lockdownCmd(), a.releaseCmd(), a.uninstallCmd())
+		a.lockdownCmd(), a.releaseCmd(), a.signalCmd(), a.uninstallCmd(), a.integrityCmd())
+	root.AddCommand(a.incidentCmds()...)
 	return root
 }
 

@@ -84,11 +84,8 @@ func (a *App) statusCmd() *cobra.Command {
 				health = "MISSING (self-heal retrying: " + st.TableHealth.LastError + ")"
 			}
 			fmt.Fprintf(a.Stdout, "table: %s %s, rebuilt %d times\n", st.Table, health, st.TableHealth.Heals)
-			if st.Lockdown.Active {
-				fmt.Fprintf(a.Stdout, "lockdown: ACTIVE until %s (%s)\n", st.Lockdown.Until.Local().Format(time.RFC3339), dash(st.Lockdown.Reason))
-			} else {
-				fmt.Fprintln(a.Stdout, "lockdown: off")
-			}
+			a.printLockdown(st.Lockdown)
+			a.printPolicy(st.Policy)
 			fmt.Fprintf(a.Stdout, "state: %s (audit seq %d)\n", st.StateDir, st.AuditSeq)
 			printFleet(a.Stdout, st.Fleet)
 			return nil

@@ -174,12 +174,12 @@ func (a *App) gatherTargets(args []string, file string, skipInvalid bool) ([]str
 	return out, nil
 }
 
-// sendChunks splits targets into request lines under chunkBytes, pipelines
-// them on one connection and sums the outcomes.
-func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) error {
+// chunkRequests renders base plus "targets" as request lines of at most
+// limit bytes each (newline excluded), splitting the targets between them.
+func chunkRequests(base map[string]any, targets []string, limit int) ([][]byte, error) {
 	head, err := json.Marshal(base)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	prefix := append(head[:len(head)-1:len(head)-1], `,"targets":[`...)
 	var reqs [][]byte
@@ -187,7 +187,7 @@ func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) err
 	n := 0
 	for _, t := range targets {
 		q, _ := json.Marshal(t)
-		if n > 0 && len(cur)+len(q)+3 > chunkBytes {
+		if n > 0 && len(cur)+len(q)+3 > limit {
 			reqs = append(reqs, append(cur, "]}"...))
 			cur, n = append([]byte(nil), prefix...), 0
 		}
@@ -197,7 +197,16 @@ func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) err
 		cur = append(cur, q...)
 		n++
 	}
-	reqs = append(reqs, append(cur, "]}"...))
+	return append(reqs, append(cur, "]}"...)), nil
+}
+
+// sendChunks splits targets into request lines under chunkBytes, pipelines
+// them on one connection and sums the outcomes.
+func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) error {
+	reqs, err := chunkRequests(base, targets, chunkBytes)
+	if err != nil {
+		return err
+	}
 	c, err := a.dial()
 	if err != nil {
 		return err
@@ -248,11 +257,11 @@ func (a *App) report(op string, o outcome, failures []string, asJSON bool, chunk
 	switch op {
 	case "block":
 		if o.Added+o.Updated > 0 {
-			fmt.Fprintf(a.Stdout, "blocked %d targets (%d new, %d updated)\n", o.Added+o.Updated, o.Added, o.Updated)
+			fmt.Fprintf(a.Stdout, "blocked %s (%d new, %d updated)\n", plural(o.Added+o.Updated, "target"), o.Added, o.Updated)
 		}
 	case "unblock":
 		if o.Removed > 0 {
-			fmt.Fprintf(a.Stdout, "unblocked %d targets\n", o.Removed)
+			fmt.Fprintf(a.Stdout, "unblocked %s\n", plural(o.Removed, "target"))
 		}
 		for _, t := range o.NotFound {
 			fmt.Fprintf(a.Stdout, "%s was not blocked\n", t)
@@ -265,48 +274,6 @@ func (a *App) report(op string, o outcome, failures []string, asJSON bool, chunk
 		}
 		fmt.Fprintf(a.Stderr, "refused %s: %s (%s)\n", r.Target, r.Message, r.Code)
 	}
-}
-
-func (a *App) lockdownCmd() *cobra.Command {
-	var forS, reason string
-	var allow []string
-	var isolate bool
-	cmd := &cobra.Command{
-		Use:   "lockdown --for D [--allow CIDR]... [--isolate]",
-		Short: "Drop all new inbound traffic except the allowlist, for a while",
-		Long: `Lock the host down: drop all new inbound connections except from the
-allowlist (config) and --allow, until --for has passed (the kernel ends it
-even if parryd is down). --isolate drops outbound traffic too. A lockdown is
-never permanent. End it early with 'parry release'.`,
-		Example: "  parry lockdown --for 15m --allow 198.51.100.10 --reason \"investigating\"",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if forS == "" {
-				return usageErr("lockdown needs --for (e.g. --for 15m)")
-			}
-			var out outcome
-			return a.call(map[string]any{"op": "lockdown", "for": forS, "allow": allow, "isolate": isolate, "reason": reason}, &out)
-		},
-	}
-	cmd.Flags().StringVar(&forS, "for", "", "how long (required)")
-	cmd.Flags().StringSliceVar(&allow, "allow", nil, "extra IP/CIDR reachable during this lockdown (repeatable)")
-	cmd.Flags().BoolVar(&isolate, "isolate", false, "drop outbound traffic too, except to the allowlist")
-	cmd.Flags().StringVar(&reason, "reason", "", "why")
-	return cmd
-}
-
-func (a *App) releaseCmd() *cobra.Command {
-	var reason string
-	cmd := &cobra.Command{
-		Use:   "release",
-		Short: "End a lockdown now",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.call(map[string]any{"op": "release", "reason": reason}, nil)
-		},
-	}
-	cmd.Flags().StringVar(&reason, "reason", "", "why")
-	return cmd
 }
 
 func (a *App) uninstallCmd() *cobra.Command {
@@ -345,4 +312,11 @@ again re-creates the table with them.`,
 	}
 	cmd.Flags().StringVar(&table, "table", "parry", "table name (used when parryd is not running)")
 	return cmd
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,5 +66,20 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if l, _ := s.Lockdown(); l != nil {
 		t.Errorf("lockdown after clear: %+v", l)
+	}
+}
+
+func TestSecondOpenIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s2, err := Open(path); err == nil {
+		s2.Close()
+		t.Fatal("a second Open of a store in use succeeded")
+	} else if !strings.Contains(err.Error(), "another parryd") {
+		t.Fatalf("error does not say what to check: %v", err)
 	}
 }

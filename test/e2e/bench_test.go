@@ -140,8 +140,10 @@ func BenchmarkBlockFile100k(b *testing.B) {
 	b.Logf("100k block --file: parry median %v, nft -f median %v (ratio %.2fx)", pm, nm, float64(pm)/float64(nm))
 }
 
-// BenchmarkStart100k: daemon start with 100,000 stored blocks and no table,
-// from exec to READY=1 (sent only after all blocks are in the kernel).
+// BenchmarkStart100k: daemon start with 100,000 stored blocks, from exec to
+// READY=1 (sent only after all blocks are in the kernel): with the table
+// deleted while parryd was stopped, and with the table still there (a plain
+// restart: parryd reads the kernel's elements to remove unknown ones).
 func BenchmarkStart100k(b *testing.B) {
 	const n = 100_000
 	ns := netns.New(b)
@@ -150,32 +152,41 @@ func BenchmarkStart100k(b *testing.B) {
 	d.mustParry("block", "--file", writeIPs(b, n), "--for", "1d")
 	d.stop()
 	parryd, _ := binaries(b)
-	var ts []time.Duration
-	for range b.N {
-		ns.MustRun(b, "nft", "delete", "table", "inet", d.table)
-		path, ch := notifySocketB(b)
-		cmd := ns.Command(context.Background(), parryd, "--state-dir", d.dir, "--socket", d.sock, "--table", d.table)
-		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+path)
-		t0 := time.Now()
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
+	for _, tableGone := range []bool{true, false} {
+		name := "table-deleted"
+		if !tableGone {
+			name = "table-present"
 		}
-		for m := range ch {
-			if m == "READY=1" {
-				break
+		b.Run(name, func(b *testing.B) {
+			var ts []time.Duration
+			for range b.N {
+				if tableGone {
+					ns.MustRun(b, "nft", "delete", "table", "inet", d.table)
+				}
+				path, ch := notifySocketB(b)
+				cmd := ns.Command(context.Background(), parryd, "--state-dir", d.dir, "--socket", d.sock, "--table", d.table)
+				cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+path)
+				t0 := time.Now()
+				if err := cmd.Start(); err != nil {
+					b.Fatal(err)
+				}
+				for m := range ch {
+					if m == "READY=1" {
+						break
+					}
+				}
+				ts = append(ts, time.Since(t0))
+				if got := len(kernelElems(b, ns, d.table)); got != n {
+					b.Fatalf("kernel has %d at READY, want %d", got, n)
+				}
+				b.ReportMetric(float64(settledRSS(b, cmd.Process.Pid)>>10), "RSS-settled-KiB")
+				cmd.Process.Signal(syscall.SIGTERM)
+				cmd.Wait()
 			}
-		}
-		ts = append(ts, time.Since(t0))
-		if got := len(kernelElems(b, ns, d.table)); got != n {
-			b.Fatalf("kernel has %d at READY, want %d", got, n)
-		}
-		d.cmd = cmd
-		b.ReportMetric(float64(settledRSS(b, cmd.Process.Pid)>>10), "RSS-settled-KiB")
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
+			b.ReportMetric(float64(percentile(ts, 0.5).Milliseconds()), "start-to-ready-ms")
+			b.Logf("start with %d stored blocks, %s, to READY=1: median %v", n, name, percentile(ts, 0.5))
+		})
 	}
-	b.ReportMetric(float64(percentile(ts, 0.5).Milliseconds()), "start-to-ready-ms")
-	b.Logf("start with %d stored blocks to READY=1 (all in the kernel): median %v", n, percentile(ts, 0.5))
 }
 
 // settledRSS is the lowest RSS seen within 3 s: parryd returns the

@@ -250,3 +250,28 @@ func TestBlockFileAndReload(t *testing.T) {
 		t.Fatal("a refused file was partly applied")
 	}
 }
+
+func TestRestartRemovesUnknownElements(t *testing.T) {
+	p := netns.NewPair(t)
+	d := newDaemon(t, p.Host)
+	d.start()
+	d.mustParry("block", "203.0.113.7", "--for", "1h")
+	d.stop()
+	// Someone adds elements behind parry's back while it is stopped.
+	p.Host.MustRun(t, "nft", "add", "element", "inet", d.table, "block4", "{ 198.51.100.77 timeout 1h }")
+	p.Host.MustRun(t, "nft", "add", "element", "inet", d.table, "block4net", "{ 198.51.100.128/25 timeout 1h }")
+	d.start() // READY comes after the re-assert; the sweep follows on its own connection
+	netns.Eventually(t, 10*time.Second, "unknown elements removed", func() bool {
+		k := kernelElems(t, p.Host, d.table)
+		_, a := k["198.51.100.77"]
+		_, b := k["198.51.100.128/25"]
+		_, ours := k["203.0.113.7"]
+		return !a && !b && ours
+	})
+	netns.Eventually(t, 5*time.Second, "the sweep is audited", func() bool {
+		b, _ := os.ReadFile(d.dir + "/audit.log")
+		return strings.Contains(string(b), `"removed_unknown":["198.51.100.77","198.51.100.128/25"]`) ||
+			strings.Contains(string(b), `"removed_unknown":["198.51.100.128/25","198.51.100.77"]`)
+	})
+	d.mustParry("audit", "verify")
+}

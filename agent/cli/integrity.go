@@ -1,0 +1,208 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/parryhq/parry/agent"
+	"github.com/parryhq/parry/integrity"
+	"github.com/spf13/cobra"
+)
+
+func (a *App) integrityCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "integrity",
+		Short: "File integrity and permission watching",
+		Long: `parryd records the state of the configured paths (integrity.paths; by
+default /etc, /usr/bin, /usr/sbin, /usr/lib/systemd, /root/.ssh) in a
+baseline, watches them in real time, and reports every change within a
+second: journal, audit log, and 'parry integrity status'. Permission rules
+(integrity.rules) are checked on every change and every scan.
+
+Examples:
+  parry integrity baseline            # record the current state (digest into the audit log)
+  parry integrity check               # compare everything now; exit 1 if anything changed
+  parry integrity check --json
+  parry integrity status              # watches, last scan, open findings
+  parry integrity accept /etc/hosts   # the current state of /etc/hosts is the new normal
+
+See docs/integrity.md for the configuration.`,
+	}
+	cmd.AddCommand(a.integrityBaselineCmd(), a.integrityCheckCmd(), a.integrityStatusCmd(), a.integrityAcceptCmd())
+	return cmd
+}
+
+func (a *App) integrityBaselineCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "baseline",
+		Short: "Record the current state of the watched paths as the baseline",
+		Long: `Scan every configured path now and store the result as the integrity
+baseline. Its digest goes into the audit chain; a baseline file that no
+longer matches it is refused as tampered. Open findings are cleared.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var res integrity.BaselineResult
+			if err := a.call(map[string]any{"op": "integrity_baseline"}, &res); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.Stdout, res)
+			}
+			fmt.Fprintf(a.Stdout, "baseline recorded: %d entries in %s\ndigest: %s\n", res.Entries, res.Took.Round(time.Millisecond), res.Digest)
+			if n := len(res.Unreadable); n > 0 {
+				fmt.Fprintf(a.Stdout, "%d entries could not be read completely, e.g. %s\n", n, res.Unreadable[0])
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+type checkResult struct {
+	Clean    bool                `json:"clean"`
+	Findings []integrity.Finding `json:"findings"`
+	TookNs   time.Duration       `json:"took_ns"`
+}
+
+func (a *App) integrityCheckCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Compare the watched paths with the baseline now",
+		Long: `Scan every configured path now and compare it with the baseline: every
+attribute (type, mode, owner, group, size, times, inode, links, symlink
+target, xattrs, content hash), permission rules, and dpkg's record of
+package files. Prints every current deviation.
+
+Exit status: 0 nothing changed, 1 changes found (or the check failed),
+2 usage error.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var res checkResult
+			if err := a.call(map[string]any{"op": "integrity_check"}, &res); err != nil {
+				return err
+			}
+			if asJSON {
+				if err := printJSON(a.Stdout, res); err != nil {
+					return err
+				}
+			} else {
+				printFindings(a.Stdout, res.Findings)
+				fmt.Fprintf(a.Stdout, "checked in %s: %s\n", res.TookNs.Round(time.Millisecond), plural(len(res.Findings), "finding"))
+			}
+			if !res.Clean {
+				return &exitError{code: ExitFailed, quiet: true, err: errors.New("integrity changes found")}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func (a *App) integrityStatusCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show watched paths, watches in use, the last scan and open findings",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var st agent.IntegrityStatus
+			if err := a.call(map[string]any{"op": "integrity_status"}, &st); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.Stdout, st)
+			}
+			w := a.Stdout
+			state := "watching"
+			switch {
+			case !st.Enabled:
+				state = "disabled (integrity.enabled: false)"
+			case st.Error != "":
+				state = "NOT WATCHING: " + st.Error
+			case !st.Running:
+				state = "starting"
+			}
+			fmt.Fprintf(w, "integrity: %s\n", state)
+			fmt.Fprintf(w, "paths: %v\n", st.Roots)
+			fmt.Fprintf(w, "watches: %d directories (%d could not be watched), %d events, %d overflows\n",
+				st.Watches, st.WatchFailures, st.Events, st.Overflows)
+			if st.BaselineDigest != "" {
+				fmt.Fprintf(w, "baseline: %d entries, recorded %s, %s %s\n", st.BaselineEntries,
+					st.BaselineTime.Local().Format(time.RFC3339), st.Hash, st.BaselineDigest)
+			} else {
+				fmt.Fprintln(w, "baseline: none (run 'parry integrity baseline')")
+			}
+			if !st.LastScan.IsZero() {
+				fmt.Fprintf(w, "last full scan: %s (took %s)\n", st.LastScan.Local().Format(time.RFC3339), st.LastScanTook.Round(time.Millisecond))
+			}
+			fmt.Fprintf(w, "open findings: %d\n", len(st.Open))
+			printFindings(w, st.Open)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func (a *App) integrityAcceptCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "accept PATH...",
+		Short: "Take the current state of these paths into the baseline",
+		Long: `Record the current state of each PATH (a directory with everything below
+it) in the baseline, so that its changes are no longer reported. The new
+baseline digest goes into the audit chain, with who accepted what.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			paths := make([]string, len(args))
+			for i, p := range args {
+				abs, err := filepath.Abs(p)
+				if err != nil {
+					return usageErr("%s: %v", p, err)
+				}
+				paths[i] = abs
+			}
+			var res struct {
+				Digest   string   `json:"digest"`
+				Accepted []string `json:"accepted"`
+			}
+			if err := a.call(map[string]any{"op": "integrity_accept", "paths": paths}, &res); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(a.Stdout, res)
+			}
+			fmt.Fprintf(a.Stdout, "accepted %s; baseline digest now %s\n", plural(len(res.Accepted), "path"), res.Digest)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printFindings(w io.Writer, fs []integrity.Finding) {
+	for _, f := range fs {
+		fmt.Fprintf(w, "%-8s %-14s %s\n", f.Severity, f.Kind, f.Path)
+		for _, c := range f.Changes {
+			fmt.Fprintf(w, "           %-7s %s → %s\n", c.Attr, dash(c.Old), dash(c.New))
+		}
+		if len(f.Changes) == 0 && f.Detail != "" {
+			fmt.Fprintf(w, "           %s\n", f.Detail)
+		}
+		if f.Package != "" {
+			fmt.Fprintf(w, "           matches dpkg package %s\n", f.Package)
+		}
+		if f.Remediation != "" {
+			fmt.Fprintf(w, "           remediated: %s\n", f.Remediation)
+		}
+	}
+}
+
+// plural is in write.go.

@@ -1,0 +1,369 @@
+package report
+
+import (
+	"cmp"
+	"encoding/json"
+	"io"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Row caps: a report stays readable (and bounded) on a day with a flood.
+const (
+	MaxRows = 50
+	TopN    = 10
+)
+
+// Report is the summary of one window of the audit log.
+type Report struct {
+	Host      string    `json:"host,omitempty"`
+	From      time.Time `json:"from"`
+	To        time.Time `json:"to"`
+	Chain     Chain     `json:"chain"`
+	Totals    Totals    `json:"totals"`
+	Blocks    []Action  `json:"blocks"`
+	Unblocks  []Action  `json:"unblocks"`
+	Refused   []Action  `json:"refused"`
+	Lockdowns []Action  `json:"lockdowns"`
+	ByKind    []Count   `json:"signals_by_kind"`
+	BySender  []Count   `json:"signals_by_sender"`
+	Sources   []Source  `json:"top_sources"`
+	Findings  []Finding `json:"findings"`
+	Evidence  []Ev      `json:"evidence"`
+	Malformed int       `json:"malformed_lines,omitempty"`
+}
+
+// Totals are the counts in the window (rows above are capped, these are not).
+type Totals struct {
+	Blocks      int `json:"blocks"`       // block decisions
+	Targets     int `json:"targets"`      // addresses and CIDRs in them
+	Unblocks    int `json:"unblocks"`     //
+	Expired     int `json:"expired"`      // blocks the kernel expired
+	Refused     int `json:"refused"`      // decisions or requests refused
+	Lockdowns   int `json:"lockdowns"`    //
+	Releases    int `json:"releases"`     //
+	Signals     int `json:"signals"`      //
+	Findings    int `json:"findings"`     // integrity findings
+	Evidence    int `json:"evidence"`     // snapshots captured
+	DryRuns     int `json:"dry_runs"`     // decisions recorded but not enforced
+	Reconciles  int `json:"reconciles"`   // table re-asserted
+	TableHealed int `json:"table_healed"` // reconciles that found the table missing
+}
+
+// Action is one block, unblock, refusal, lockdown or release.
+type Action struct {
+	Time    time.Time `json:"time"`
+	Action  string    `json:"action"`
+	ID      string    `json:"id,omitempty"`
+	Targets []string  `json:"targets,omitempty"`
+	Until   string    `json:"until,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+	Source  string    `json:"source,omitempty"`
+	Rule    string    `json:"rule,omitempty"`
+	Sender  string    `json:"sender,omitempty"`
+	Isolate bool      `json:"isolate,omitempty"`
+	Error   string    `json:"error,omitempty"`
+	DryRun  bool      `json:"dry_run,omitempty"`
+	Conns   int       `json:"connections,omitempty"` // connections the target had at block time
+}
+
+// Count is a key and how often it occurred.
+type Count struct {
+	Key string `json:"key"`
+	N   int    `json:"n"`
+}
+
+// Source is a remote address and what it caused.
+type Source struct {
+	Addr    string `json:"addr"`
+	Signals int    `json:"signals"`
+	Blocks  int    `json:"blocks"`
+}
+
+// Finding is one integrity finding.
+type Finding struct {
+	Time     time.Time `json:"time"`
+	Path     string    `json:"path"`
+	Severity string    `json:"severity,omitempty"`
+	Detail   string    `json:"detail,omitempty"`
+}
+
+// Ev is one evidence snapshot.
+type Ev struct {
+	Time    time.Time `json:"time"`
+	ID      string    `json:"id"`
+	SHA256  string    `json:"sha256"`
+	Reason  string    `json:"reason,omitempty"`
+	Trigger string    `json:"trigger,omitempty"`
+}
+
+// fields is the union of the audit fields the report reads.
+type fields struct {
+	ID       string          `json:"id"`
+	Action   string          `json:"action"`
+	Targets  []string        `json:"targets"`
+	Until    string          `json:"until"`
+	Reason   string          `json:"reason"`
+	Source   string          `json:"source"`
+	Rule     string          `json:"rule"`
+	Sender   json.RawMessage `json:"sender"`
+	Isolate  bool            `json:"isolate"`
+	DryRun   bool            `json:"dry_run"`
+	Error    string          `json:"error"`
+	Op       string          `json:"op"`
+	Count    int             `json:"count"`
+	Kind     string          `json:"kind"`
+	IP       string          `json:"ip"`
+	Severity string          `json:"severity"`
+	Path     string          `json:"path"`
+	Detail   string          `json:"detail"`
+	SHA256   string          `json:"sha256"`
+	Trigger  string          `json:"trigger"`
+	Decision string          `json:"decision"`
+	Conns    json.RawMessage `json:"connections"`
+	Present  *bool           `json:"table_was_present"`
+}
+
+// sender reads the sender as a string ("uid=0(root)") or a Sender object.
+func (f fields) sender() string {
+	if len(f.Sender) == 0 {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(f.Sender, &s) == nil {
+		return s
+	}
+	var o struct {
+		UID  *uint32 `json:"uid"`
+		User string  `json:"user"`
+	}
+	if json.Unmarshal(f.Sender, &o) == nil {
+		if o.User != "" {
+			return o.User
+		}
+		if o.UID != nil {
+			return "uid=" + strconv.FormatUint(uint64(*o.UID), 10)
+		}
+	}
+	return ""
+}
+
+func (f fields) action(l Line) Action {
+	return Action{Time: l.Time.UTC(), Action: l.Event, ID: f.ID, Targets: f.Targets, Until: f.Until, Reason: f.Reason,
+		Source: f.Source, Rule: f.Rule, Sender: f.sender(), Isolate: f.Isolate, Error: f.Error, DryRun: f.DryRun}
+}
+
+// builder accumulates one report.
+type builder struct {
+	r        Report
+	kinds    map[string]int
+	senders  map[string]int
+	sources  map[string]*Source
+	blockIdx map[string]int // decision id -> index in r.Blocks
+}
+
+func newBuilder(chain Chain, host string, from, to time.Time) *builder {
+	return &builder{r: Report{Host: host, From: from.UTC(), To: to.UTC(), Chain: chain},
+		kinds: map[string]int{}, senders: map[string]int{}, sources: map[string]*Source{}, blockIdx: map[string]int{}}
+}
+
+// Build summarises the lines (already limited to [from, to)).
+func Build(in Lines, chain Chain, host string, from, to time.Time) Report {
+	b := newBuilder(chain, host, from, to)
+	for _, l := range in.Lines {
+		b.add(l, l.fields)
+	}
+	return b.finish(in.Malformed)
+}
+
+// Summarize reads the audit log from r and summarises [from, to) in one
+// streaming pass: memory is bounded by the report, not the log.
+func Summarize(r io.Reader, chain Chain, host string, from, to time.Time) (Report, error) {
+	b := newBuilder(chain, host, from, to)
+	sk, err := Scan(r, from, to, func(l Line) { b.add(l, l.fields) })
+	if err != nil {
+		return Report{}, err
+	}
+	return b.finish(sk.Malformed), nil
+}
+
+func (b *builder) finish(malformed int) Report {
+	r := &b.r
+	r.Malformed = malformed
+	r.ByKind, r.BySender = top(b.kinds, TopN), top(b.senders, TopN)
+	for _, s := range b.sources {
+		r.Sources = append(r.Sources, *s)
+	}
+	slices.SortFunc(r.Sources, func(a, c Source) int {
+		return cmp.Or(cmp.Compare(c.Signals+c.Blocks, a.Signals+a.Blocks), compareAddr(a.Addr, c.Addr))
+	})
+	if len(r.Sources) > TopN {
+		r.Sources = r.Sources[:TopN]
+	}
+	for _, s := range []*[]Action{&r.Blocks, &r.Unblocks, &r.Refused, &r.Lockdowns} {
+		if *s == nil {
+			*s = []Action{}
+		}
+	}
+	if r.Findings == nil {
+		r.Findings = []Finding{}
+	}
+	if r.Evidence == nil {
+		r.Evidence = []Ev{}
+	}
+	if r.Sources == nil {
+		r.Sources = []Source{}
+	}
+	return *r
+}
+
+func (b *builder) add(l Line, f fields) {
+	r := &b.r
+	switch l.Event {
+	case "block":
+		r.Totals.Blocks++
+		r.Totals.Targets += len(f.Targets)
+		for _, t := range f.Targets {
+			b.source(t).Blocks++
+		}
+		if f.DryRun {
+			r.Totals.DryRuns++
+		}
+		if len(r.Blocks) < MaxRows {
+			b.blockIdx[f.ID] = len(r.Blocks)
+			r.Blocks = append(r.Blocks, f.action(l))
+		}
+	case "unblock":
+		r.Totals.Unblocks++
+		capped(&r.Unblocks, f.action(l))
+	case "expire":
+		r.Totals.Expired += max(f.Count, len(f.Targets))
+	case "refuse":
+		r.Totals.Refused++
+		a := f.action(l)
+		if a.Action = f.Action; a.Action == "" {
+			a.Action = f.Op
+		}
+		capped(&r.Refused, a)
+	case "lockdown", "release":
+		if l.Event == "lockdown" {
+			r.Totals.Lockdowns++
+		} else {
+			r.Totals.Releases++
+		}
+		capped(&r.Lockdowns, f.action(l))
+	case "log", "notify":
+		if f.DryRun || l.Event == "log" {
+			r.Totals.DryRuns++
+		}
+	case "signal":
+		b.signal(l, f)
+	case "finding", "integrity_finding":
+		b.finding(l, f)
+	case "evidence":
+		r.Totals.Evidence++
+		if len(r.Evidence) < MaxRows {
+			r.Evidence = append(r.Evidence, Ev{Time: l.Time.UTC(), ID: f.ID, SHA256: f.SHA256, Reason: f.Reason, Trigger: f.Trigger})
+		}
+	case "block_connections":
+		if i, ok := b.blockIdx[f.Decision]; ok {
+			var conns []json.RawMessage
+			_ = json.Unmarshal(f.Conns, &conns)
+			r.Blocks[i].Conns = len(conns)
+		}
+	case "reconcile":
+		r.Totals.Reconciles++
+		if f.Present != nil && !*f.Present {
+			r.Totals.TableHealed++
+		}
+	}
+}
+
+func (b *builder) signal(l Line, f fields) {
+	b.r.Totals.Signals++
+	b.kinds[cmp.Or(f.Kind, "unknown")]++
+	sender := f.sender()
+	if i := strings.Index(sender, " pid="); i >= 0 { // one sender, whatever process it used
+		sender = sender[:i]
+	}
+	b.senders[cmp.Or(sender, f.Source, "unknown")]++
+	if f.IP != "" {
+		b.source(f.IP).Signals++
+	}
+}
+
+func (b *builder) finding(l Line, f fields) {
+	b.r.Totals.Findings++
+	if len(b.r.Findings) < MaxRows {
+		b.r.Findings = append(b.r.Findings, Finding{Time: l.Time.UTC(), Path: f.Path, Severity: f.Severity, Detail: f.Detail})
+	}
+}
+
+// source keys addresses in their canonical form (a /32 block and the
+// signals of that IP are one source).
+func (b *builder) source(s string) *Source {
+	key := s
+	if p, err := netip.ParsePrefix(s); err == nil && p.IsSingleIP() {
+		key = p.Addr().String()
+	} else if a, err := netip.ParseAddr(s); err == nil {
+		key = a.Unmap().String()
+	}
+	src := b.sources[key]
+	if src == nil {
+		src = &Source{Addr: key}
+		b.sources[key] = src
+	}
+	return src
+}
+
+func capped(rows *[]Action, a Action) {
+	if len(*rows) < MaxRows {
+		*rows = append(*rows, a)
+	}
+}
+
+func top(m map[string]int, n int) []Count {
+	out := make([]Count, 0, len(m))
+	for k, v := range m {
+		out = append(out, Count{k, v})
+	}
+	slices.SortFunc(out, func(a, b Count) int { return cmp.Or(cmp.Compare(b.N, a.N), strings.Compare(a.Key, b.Key)) })
+	if len(out) > n {
+		out = out[:n]
+	}
+	return out
+}
+
+func compareAddr(a, b string) int {
+	pa, ea := netip.ParsePrefix(a)
+	if ea != nil {
+		if ad, err := netip.ParseAddr(a); err == nil {
+			pa, ea = netip.PrefixFrom(ad, ad.BitLen()), nil
+		}
+	}
+	pb, eb := netip.ParsePrefix(b)
+	if eb != nil {
+		if ad, err := netip.ParseAddr(b); err == nil {
+			pb, eb = netip.PrefixFrom(ad, ad.BitLen()), nil
+		}
+	}
+	if ea == nil && eb == nil {
+		return cmp.Or(pa.Addr().Compare(pb.Addr()), cmp.Compare(pa.Bits(), pb.Bits()))
+	}
+	return strings.Compare(a, b)
+}
+
+// EvidenceHashes reads the audit log from r and returns the SHA-256 the
+// chain recorded for each evidence ID.
+func EvidenceHashes(r io.Reader) (map[string]string, error) {
+	out := map[string]string{}
+	_, err := Scan(r, time.Time{}, time.Time{}, func(l Line) {
+		if l.Event == "evidence" && l.fields.ID != "" {
+			out[l.fields.ID] = l.fields.SHA256
+		}
+	})
+	return out, err
+}

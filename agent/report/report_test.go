@@ -1,0 +1,178 @@
+package report
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+// chain writes lines in the agent's audit format, hash-chained.
+type chain struct {
+	buf  bytes.Buffer
+	seq  uint64
+	prev string
+}
+
+func (c *chain) add(t *testing.T, at string, event string, fields map[string]any) {
+	t.Helper()
+	if c.prev == "" {
+		c.prev = strings.Repeat("0", 64)
+	}
+	c.seq++
+	tm, err := time.Parse(time.RFC3339, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(struct {
+		Seq    uint64         `json:"seq"`
+		Time   string         `json:"time"`
+		Event  string         `json:"event"`
+		Fields map[string]any `json:"fields,omitempty"`
+		Prev   string         `json:"prev"`
+	}{c.seq, tm.Format(time.RFC3339Nano), event, fields, c.prev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(body)
+	c.prev = hex.EncodeToString(sum[:])
+	c.buf.Write(body[:len(body)-1])
+	c.buf.WriteString(`,"hash":"` + c.prev + "\"}\n")
+}
+
+// scriptedDay is one day on a web server: a brute-force attempt blocked by
+// policy, a scanner's /24 blocked by hand, a refused loopback block, a
+// critical integrity finding that locks the host down (with evidence), the
+// lockdown released, the table flushed by someone and re-asserted.
+func scriptedDay(t *testing.T) []byte {
+	var c chain
+	c.add(t, "2026-03-09T23:00:00Z", "block", map[string]any{"id": "old", "action": "block", "targets": []string{"192.0.2.99"}})
+	c.add(t, "2026-03-10T00:00:00Z", "start", map[string]any{"version": "0.1.0", "pid": 812, "blocks": 0})
+	for i := range 5 {
+		c.add(t, "2026-03-10T02:14:0"+string(rune('0'+i))+"Z", "signal", map[string]any{"kind": "auth_failure", "ip": "203.0.113.7",
+			"user": "admin", "source": "webapp", "sender": "www-data", "result": "accepted"})
+	}
+	c.add(t, "2026-03-10T02:14:05Z", "block", map[string]any{"id": "d-ssh", "action": "block", "targets": []string{"203.0.113.7"},
+		"until": "2026-03-10T03:14:05Z", "reason": "5 auth_failure in 60s", "source": "policy", "rule": "auth-bruteforce", "added": 1})
+	c.add(t, "2026-03-10T02:14:06Z", "block_connections", map[string]any{"decision": "d-ssh", "targets": []string{"203.0.113.7"},
+		"connections": []map[string]any{{"proto": "tcp", "local": "192.0.2.1:443", "remote": "203.0.113.7:50122", "pid": 901, "name": "nginx"},
+			{"proto": "tcp", "local": "192.0.2.1:22", "remote": "203.0.113.7:50130", "pid": 455, "name": "sshd"}}})
+	c.add(t, "2026-03-10T03:14:05Z", "expire", map[string]any{"targets": []string{"203.0.113.7"}, "count": 1})
+	for i := range 3 {
+		c.add(t, "2026-03-10T09:00:0"+string(rune('0'+i))+"Z", "signal", map[string]any{"kind": "port_scan", "ip": "198.51.100." + string(rune('1'+i)),
+			"source": "fail2ban", "sender": "uid=0(root) pid=" + string(rune('7'+i)), "outcome": "decided"})
+	}
+	c.add(t, "2026-03-10T09:01:00Z", "block", map[string]any{"id": "d-scan", "action": "block", "targets": []string{"198.51.100.0/24"},
+		"until": "permanent", "reason": "scanner network | ticket #42", "source": "cli", "sender": "uid=0(root)", "added": 1})
+	c.add(t, "2026-03-10T10:30:00Z", "refuse", map[string]any{"id": "d-lo", "action": "block", "targets": []string{"127.0.0.1"},
+		"source": "cli", "sender": "uid=1000(alice)", "code": "guarded", "error": "127.0.0.1 is loopback: never blocked"})
+	c.add(t, "2026-03-10T11:00:00Z", "integrity_finding", map[string]any{"kind": "modified", "path": "/usr/bin/sudo",
+		"severity": "critical", "detail": "sha256 changed; not from a package upgrade", "rule": "system-binaries"})
+	c.add(t, "2026-03-10T11:00:00Z", "signal", map[string]any{"kind": "integrity_violation", "path": "/usr/bin/sudo", "severity": "critical",
+		"detail": "sha256 changed; not from a package upgrade", "source": "integrity", "result": "accepted"})
+	c.add(t, "2026-03-10T11:00:01Z", "lockdown", map[string]any{"id": "d-lock", "action": "lockdown", "until": "2026-03-10T12:00:01Z",
+		"reason": "critical integrity finding", "source": "integrity", "isolate": true, "allow": []string{"192.0.2.10"}})
+	c.add(t, "2026-03-10T11:00:03Z", "evidence", map[string]any{"id": "20260310T110001Z-1a2b3c4d", "trigger": "lockdown",
+		"reason": "lockdown d-lock: critical integrity finding", "sha256": strings.Repeat("ab", 32), "size": 48213})
+	c.add(t, "2026-03-10T11:45:00Z", "release", map[string]any{"id": "d-rel", "action": "release", "source": "cli", "sender": "uid=0(root)",
+		"reason": "sudo restored from package", "was_active": true})
+	c.add(t, "2026-03-10T14:00:00Z", "unblock", map[string]any{"id": "d-un", "action": "unblock", "targets": []string{"198.51.100.0/24"},
+		"source": "cli", "sender": "uid=0(root)", "reason": "false positive: partner's scanner", "removed": 1})
+	c.add(t, "2026-03-10T15:00:00Z", "reconcile", map[string]any{"reason": "table missing", "table_was_present": false, "restored": 0})
+	c.add(t, "2026-03-10T16:00:00Z", "evidence", map[string]any{"id": "20260310T160000Z-5e6f7a8b", "trigger": "cli",
+		"reason": "handover to security team", "sha256": strings.Repeat("cd", 32), "size": 51002})
+	c.buf.WriteString("this is not an audit line\n")
+	return c.buf.Bytes()
+}
+
+var (
+	dayFrom = time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC)
+	dayTo   = dayFrom.Add(24 * time.Hour)
+)
+
+func TestGoldenDay(t *testing.T) {
+	lines, err := Read(bytes.NewReader(scriptedDay(t)), dayFrom, dayTo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines.Malformed != 1 || lines.Before != 1 {
+		t.Errorf("malformed %d before %d, want 1 and 1", lines.Malformed, lines.Before)
+	}
+	rep := Build(lines, Chain{Checked: true, OK: true, Lines: 22}, "web1", dayFrom, dayTo)
+	for _, format := range []string{"text", "markdown", "json"} {
+		t.Run(format, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := Render(&out, rep, format); err != nil {
+				t.Fatal(err)
+			}
+			golden := filepath.Join("testdata", "day."+format+".golden")
+			if *update {
+				if err := os.WriteFile(golden, out.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to create it)", err)
+			}
+			if d := cmp.Diff(string(want), out.String()); d != "" {
+				t.Errorf("%s differs from %s (-want +got; go test -update rewrites it):\n%s", format, golden, d)
+			}
+		})
+	}
+}
+
+func TestSummaryFacts(t *testing.T) {
+	lines, _ := Read(bytes.NewReader(scriptedDay(t)), dayFrom, dayTo)
+	r := Build(lines, Chain{}, "web1", dayFrom, dayTo)
+	want := Totals{Blocks: 2, Targets: 2, Unblocks: 1, Expired: 1, Refused: 1, Lockdowns: 1, Releases: 1, Signals: 9,
+		Findings: 1, Evidence: 2, Reconciles: 1, TableHealed: 1}
+	if d := cmp.Diff(want, r.Totals); d != "" {
+		t.Errorf("totals (-want +got):\n%s", d)
+	}
+	if r.Sources[0] != (Source{Addr: "203.0.113.7", Signals: 5, Blocks: 1}) {
+		t.Errorf("top source %+v", r.Sources[0])
+	}
+	if r.Blocks[0].Conns != 2 {
+		t.Errorf("block connections %d, want 2", r.Blocks[0].Conns)
+	}
+	if r.ByKind[0] != (Count{"auth_failure", 5}) || r.BySender[0] != (Count{"www-data", 5}) {
+		t.Errorf("by kind %v by sender %v", r.ByKind, r.BySender)
+	}
+}
+
+func TestBrokenChainShown(t *testing.T) {
+	r := Build(Lines{}, Chain{Checked: true, OK: false, Lines: 7, FirstBad: 8, Reason: "hash mismatch: the line was edited"}, "h", dayFrom, dayTo)
+	var out bytes.Buffer
+	Render(&out, r, "markdown")
+	if !strings.Contains(out.String(), "BROKEN at line 8: hash mismatch") {
+		t.Errorf("broken chain not reported:\n%s", out.String())
+	}
+	if err := Render(&out, r, "html"); err == nil {
+		t.Error("unknown format accepted")
+	}
+}
+
+func TestReadSkipsOversizedLines(t *testing.T) {
+	var in bytes.Buffer
+	in.WriteString(`{"seq":1,"time":"2026-03-10T01:00:00Z","event":"block","fields":{"targets":["192.0.2.5"]}}` + "\n")
+	in.WriteString(`{"seq":2,"time":"2026-03-10T01:00:00Z","event":"block","fields":{"reason":"` + strings.Repeat("x", MaxLine) + "\"}}\n")
+	in.WriteString(`{"seq":3,"time":"2026-03-10T02:00:00Z","event":"unblock","fields":{"targets":["192.0.2.5"]}}`) // no final newline
+	got, err := Read(&in, time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Lines) != 2 || got.Malformed != 1 || got.Lines[1].Event != "unblock" {
+		t.Errorf("lines %d malformed %d: %+v", len(got.Lines), got.Malformed, got.Lines)
+	}
+}

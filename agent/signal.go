@@ -1,0 +1,367 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/parryhq/parry/response"
+)
+
+// Protocol codes of op signal (docs/protocol.md).
+const (
+	CodeInvalidSignal = "invalid_signal" // a field of the signal is malformed
+)
+
+// offendersKey is where the policy's escalation memory lives in the
+// store's key/value space.
+const offendersKey = "response/offenders"
+
+// newPolicy builds the policy engine for cfg. It protects the allowlist and
+// the host's own addresses, and takes over the escalation memory of old, or
+// when old is nil, of the store.
+func (d *Daemon) newPolicy(cfg Config, own []netip.Addr, old *response.Engine) (*response.Engine, error) {
+	protect := slices.Clone(cfg.AllowPrefixes())
+	for _, a := range own {
+		protect = append(protect, netip.PrefixFrom(a, a.BitLen()))
+	}
+	eng, err := response.New(cfg.Response, response.Options{Now: d.now, Protect: protect})
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	if old != nil {
+		eng.Restore(old.Snapshot())
+		return eng, nil
+	}
+	b, err := d.store.Get(offendersKey)
+	if err != nil {
+		return nil, fmt.Errorf("policy: read escalation memory: %w", err)
+	}
+	if len(b) > 0 {
+		var saved []response.Offender
+		if err := json.Unmarshal(b, &saved); err != nil {
+			d.log.Warn("policy: escalation memory unreadable; starting empty", "err", err)
+		} else {
+			d.log.Info("policy: escalation memory restored", "offenders", eng.Restore(saved))
+		}
+	}
+	return eng, nil
+}
+
+// PolicyStatus is the policy's part of op status.
+type PolicyStatus struct {
+	DryRun      bool   `json:"dry_run"`
+	Rules       int    `json:"rules"`
+	Signals     uint64 `json:"signals"`      // accepted since start
+	NoRule      uint64 `json:"no_rule"`      // of which no rule counted
+	Decisions   uint64 `json:"decisions"`    // made since start (dry run included)
+	RateLimited uint64 `json:"rate_limited"` // signals refused by the per-sender limit
+	Keys        int    `json:"keys"`         // counting state entries now
+	Offenders   int    `json:"offenders"`    // escalation memory entries now
+	Evicted     uint64 `json:"evicted"`      // counting state dropped to stay within max_keys
+}
+
+func (d *Daemon) policyStatus() PolicyStatus {
+	eng := d.Policy()
+	if eng == nil {
+		return PolicyStatus{}
+	}
+	st := eng.Stats()
+	return PolicyStatus{DryRun: eng.Config().DryRun, Rules: len(eng.Rules()), Signals: st.Signals, NoRule: st.NoRule,
+		Decisions: st.Decisions, RateLimited: st.RateLimited, Keys: st.Keys, Offenders: st.Offenders, Evicted: st.EvictedKeys}
+}
+
+// Policy returns the policy engine in force.
+func (d *Daemon) Policy() *response.Engine { return d.policy.Load() }
+
+// offendersSave is how long a change to the escalation memory may wait
+// before it is written: blocks are durable at once (the store), the memory
+// that lengthens the next block may lag this much, and one write covers
+// every block within it instead of an fsync each.
+const offendersSave = time.Second
+
+// saveOffenders schedules a write of the escalation memory.
+func (d *Daemon) saveOffenders() {
+	d.signals.mu.Lock()
+	defer d.signals.mu.Unlock()
+	if d.signals.saveTimer == nil {
+		d.signals.saveTimer = time.AfterFunc(offendersSave, d.writeOffenders)
+	}
+}
+
+// flushOffenders writes the escalation memory if a write is pending (on close).
+func (d *Daemon) flushOffenders() {
+	d.signals.mu.Lock()
+	pending := d.signals.saveTimer != nil
+	d.signals.mu.Unlock()
+	if pending {
+		d.writeOffenders()
+	}
+}
+
+// writeOffenders writes the escalation memory now.
+func (d *Daemon) writeOffenders() {
+	d.signals.mu.Lock()
+	if d.signals.saveTimer != nil {
+		d.signals.saveTimer.Stop()
+		d.signals.saveTimer = nil
+	}
+	d.signals.mu.Unlock()
+	b, err := json.Marshal(d.Policy().Snapshot())
+	if err == nil {
+		err = d.store.Put(offendersKey, b)
+	}
+	if err != nil {
+		d.log.Error("policy: saving escalation memory failed", "err", err)
+	}
+}
+
+// signalParams are the parameters of op "signal".
+type signalParams struct {
+	Kind     string            `json:"kind"`
+	IP       string            `json:"ip"`
+	User     string            `json:"user"`
+	Source   string            `json:"source"`
+	Severity string            `json:"severity"`
+	Detail   string            `json:"detail"`
+	Path     string            `json:"path"`
+	Attrs    map[string]string `json:"attrs"`
+}
+
+// SignalResult is the answer to op signal: what the policy made of the
+// signal, and for each decision what enforcing it did.
+type SignalResult struct {
+	Outcome   response.Outcome    `json:"outcome"`
+	Progress  []response.Progress `json:"progress,omitempty"`
+	Decisions []SignalDecision    `json:"decisions,omitempty"`
+}
+
+// SignalDecision is one decision and its enforcement.
+type SignalDecision struct {
+	response.Decision
+	Enforced *Outcome `json:"enforced,omitempty"` // what Enforce did
+	Error    *Error   `json:"error,omitempty"`    // why Enforce refused it
+}
+
+// peerSender is the policy's view of a control peer.
+func peerSender(p Peer) response.Sender {
+	return response.Sender{UID: p.UID, GID: p.GID, PID: p.PID, User: p.User, Groups: p.Groups}
+}
+
+// opSignal: authorise the sender for the kind, rate-limit it, run the
+// policy, record the signal, and enforce what the policy decided.
+func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
+	p, err := decodeSignal(c)
+	if err != nil {
+		return nil, err
+	}
+	sig := response.Signal{Kind: p.Kind, User: p.User, Source: p.Source, Severity: p.Severity,
+		Detail: p.Detail, Path: p.Path, Attrs: p.Attrs, Time: d.now().UTC(), Sender: peerSender(c.Peer)}
+	if p.IP != "" {
+		a, err := netip.ParseAddr(p.IP)
+		if err != nil {
+			return nil, errorf(CodeInvalidSignal, "signal ip: %q is not an IPv4 or IPv6 address", truncate(p.IP, 64))
+		}
+		sig.IP = a
+	}
+	if err := response.ValidateSignal(sig); err != nil {
+		return nil, errorf(CodeInvalidSignal, "%v", err)
+	}
+	eng := d.Policy()
+	if !c.Peer.Admin {
+		if err := eng.Authorize(sig.Sender, sig.Kind); err != nil {
+			d.Audit("refuse", map[string]any{"op": "signal", "kind": sig.Kind, "code": CodeForbidden, "sender": c.Peer.String()})
+			d.observeSignal(sig, "forbidden")
+			return nil, errorf(CodeForbidden, "%v", err)
+		}
+	}
+	if err := eng.Admit(sig.Sender); err != nil {
+		d.observeSignal(sig, "rate_limited")
+		return nil, errorf(CodeRateLimited, "%v; slow down", err)
+	}
+	res, err := eng.Handle(sig)
+	if err != nil {
+		return nil, errorf(CodeInvalidSignal, "%v", err)
+	}
+	d.recordSignal(sig, c.Peer, res)
+	d.observeSignal(sig, string(res.Outcome))
+	if len(res.Decisions) > 0 {
+		d.flushSignals() // the cause is in the log before the decision
+	}
+	out := SignalResult{Outcome: res.Outcome, Progress: res.Progress}
+	blocked := false
+	for _, dec := range res.Decisions {
+		if dec.Action == response.ActionLockdown && !dec.DryRun {
+			dec = d.mergeLockdown(dec)
+		}
+		sd := SignalDecision{Decision: dec}
+		o, err := d.Enforce(ctx, dec)
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) {
+				e = &Error{Code: CodeInternal, Message: err.Error()}
+			}
+			sd.Error = e
+		} else {
+			sd.Enforced = &o
+			sd.ID = o.ID
+			blocked = blocked || (dec.Action == response.ActionBlock && !dec.DryRun)
+		}
+		sd.Cause = nil // the audit log and the store have it; keep the answer short
+		out.Decisions = append(out.Decisions, sd)
+	}
+	if blocked {
+		d.saveOffenders()
+	}
+	return out, nil
+}
+
+// signalRecord is the audit record of one signal (a struct, not a map: it
+// is encoded for every signal).
+type signalRecord struct {
+	Kind     string            `json:"kind"`
+	IP       string            `json:"ip,omitempty"`
+	User     string            `json:"user,omitempty"`
+	Source   string            `json:"source,omitempty"`
+	Severity string            `json:"severity,omitempty"`
+	Path     string            `json:"path,omitempty"`
+	Detail   string            `json:"detail,omitempty"`
+	Attrs    map[string]string `json:"attrs,omitempty"`
+	Sender   string            `json:"sender"`
+	Outcome  string            `json:"outcome"`
+	Time     time.Time         `json:"time"`
+}
+
+// Signal records are appended to the audit log in batches: one "signals"
+// event per signalBatch records or signalFlush, whichever comes first, and
+// always before a decision the signals led to. Signals can arrive by the
+// ten thousand per second; one hashed, written line each would cost a third
+// of the signal path. A crash loses at most signalFlush of signal records,
+// never a decision (decisions carry their cause and are written at once).
+const (
+	signalBatch = 256
+	signalFlush = 200 * time.Millisecond
+)
+
+// mergeLockdown keeps a policy lockdown from shortening or loosening an
+// active one (an operator's, typically): it ends no earlier, isolates if
+// either does, and keeps the active lockdown's allowlist.
+func (d *Daemon) mergeLockdown(dec response.Decision) response.Decision {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cur := d.lockdownState()
+	if !cur.Active {
+		return dec
+	}
+	if cur.Until.After(dec.Until) {
+		dec.Until = cur.Until
+	}
+	dec.Isolate = dec.Isolate || cur.Isolate
+	dec.Allow = slices.Clone(d.lockdown.Allow)
+	dec.Reason += fmt.Sprintf(" (merged with the active lockdown %s)", cur.ID)
+	return dec
+}
+
+// signalLog holds signal records not yet in the audit log.
+type signalLog struct {
+	mu        sync.Mutex
+	pending   []signalRecord
+	timer     *time.Timer
+	saveTimer *time.Timer // escalation memory write pending
+}
+
+// recordSignal queues the audit record of a signal and what became of it.
+// It goes to the audit chain only, not the journal; the decisions it leads
+// to are journalled.
+func (d *Daemon) recordSignal(sig response.Signal, peer Peer, res response.Result) {
+	r := signalRecord{Kind: sig.Kind, User: sig.User, Source: sig.Source, Severity: sig.Severity, Path: sig.Path,
+		Detail: sig.Detail, Attrs: sig.Attrs, Sender: peer.String(), Outcome: string(res.Outcome), Time: sig.Time}
+	if sig.IP.IsValid() {
+		r.IP = sig.IP.String()
+	}
+	l := &d.signals
+	l.mu.Lock()
+	l.pending = append(l.pending, r)
+	n := len(l.pending)
+	if n == 1 {
+		l.timer = time.AfterFunc(signalFlush, d.flushSignals)
+	}
+	l.mu.Unlock()
+	if n >= signalBatch {
+		d.flushSignals()
+	}
+}
+
+// flushSignals appends the queued signal records as one audit event.
+func (d *Daemon) flushSignals() {
+	l := &d.signals
+	l.mu.Lock()
+	batch := l.pending
+	l.pending = nil
+	if l.timer != nil {
+		l.timer.Stop()
+		l.timer = nil
+	}
+	l.mu.Unlock()
+	if len(batch) == 0 {
+		return
+	}
+	if err := d.audit.Append("signals", signalBatchRecord{Count: len(batch), Signals: batch}); err != nil {
+		d.log.Error("audit append failed", "event", "signals", "count", len(batch), "err", err)
+	}
+}
+
+// signalBatchRecord is the audit event "signals".
+type signalBatchRecord struct {
+	Count   int            `json:"count"`
+	Signals []signalRecord `json:"signals"`
+}
+
+// decodeSignal reads the parameters of op signal straight from the
+// request's fields (Call.Decode re-encodes them first: too slow for the
+// rate signals come at), as strictly: unknown fields and wrong types are
+// bad_request.
+func decodeSignal(c *Call) (signalParams, error) {
+	var p signalParams
+	for k, raw := range c.params {
+		var dst *string
+		switch k {
+		case "kind":
+			dst = &p.Kind
+		case "ip":
+			dst = &p.IP
+		case "user":
+			dst = &p.User
+		case "source":
+			dst = &p.Source
+		case "severity":
+			dst = &p.Severity
+		case "detail":
+			dst = &p.Detail
+		case "path":
+			dst = &p.Path
+		case "attrs":
+			if err := json.Unmarshal(raw, &p.Attrs); err != nil {
+				return p, errorf(CodeBadRequest, `op signal: "attrs" must be an object of strings`)
+			}
+			continue
+		default:
+			return p, errorf(CodeBadRequest, "op signal: unknown field %q", truncate(k, 64))
+		}
+		if len(raw) < 2 || raw[0] != '"' {
+			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)
+		}
+		if !bytes.ContainsRune(raw, '\\') { // no escapes: the request line was already checked as JSON
+			*dst = string(raw[1 : len(raw)-1])
+		} else if err := json.Unmarshal(raw, dst); err != nil {
+			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)
+		}
+	}
+	return p, nil
+}

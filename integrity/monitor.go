@@ -1,0 +1,395 @@
+package integrity
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Options are a Monitor's injected dependencies.
+type Options struct {
+	// StateDir holds the baseline and its digest.
+	StateDir string
+	// WantDigest, when set, is the baseline digest the caller recorded in
+	// its audit chain; a stored baseline with another digest is refused.
+	WantDigest string
+	// Report receives each new finding once. It is called with the
+	// monitor locked, possibly from more than one goroutine at a time (a
+	// full scan reports as it goes): it must be safe for concurrent use,
+	// must not call back into the Monitor, and should return quickly.
+	Report func(Finding)
+	Logger *slog.Logger
+	Now    func() time.Time
+	// NewSource opens the file event source; nil means inotify via
+	// fsnotify. Tests inject events through it.
+	NewSource func() (EventSource, error)
+}
+
+// Monitor owns the baseline, the scanner, the checker and the real-time
+// watcher. All methods are safe for concurrent use.
+type Monitor struct {
+	cfg     Config
+	opt     Options
+	scanner *Scanner
+	sel     *Selection
+	checker *Checker
+	log     *slog.Logger
+
+	mu       sync.Mutex
+	base     *Baseline
+	digest   string
+	loadErr  error                // why Load failed: given instead of ErrNoBaseline
+	observed map[string]Entry     // last state seen, where it differs from the baseline
+	open     map[string][]Finding // current deviations per path
+	st       stats
+	w        *watchState // non-nil while Run runs
+}
+
+type stats struct {
+	lastScan     time.Time
+	lastScanTook time.Duration
+	events       uint64
+	overflows    int
+	watchFails   int
+	rescans      int
+}
+
+// NewMonitor builds a monitor for cfg. It does not touch the file system.
+func NewMonitor(cfg Config, opt Options) (*Monitor, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	sc, err := NewScanner(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rules, err := NewRules(cfg.Rules)
+	if err != nil {
+		return nil, err
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Report == nil {
+		opt.Report = func(Finding) {}
+	}
+	m := &Monitor{cfg: cfg, opt: opt, scanner: sc, sel: sc.Selection(), log: opt.Logger,
+		observed: map[string]Entry{}, open: map[string][]Finding{}}
+	m.checker = &Checker{Rules: rules, Now: opt.Now}
+	if cfg.PackageManager == "dpkg" {
+		m.checker.Dpkg = NewDpkg(cfg.PackageRoot, m.sel)
+	}
+	return m, nil
+}
+
+// Config returns the effective configuration (defaults applied).
+func (m *Monitor) Config() Config { return m.cfg }
+
+// Load reads the stored baseline, refusing one whose digest does not match
+// (ErrBaselineTampered) — it is then not used. ErrNoBaseline when none.
+func (m *Monitor) Load() (string, error) {
+	b, digest, err := LoadBaseline(m.opt.StateDir, m.opt.WantDigest)
+	if err != nil {
+		m.mu.Lock()
+		m.loadErr = err
+		m.mu.Unlock()
+		return digest, err
+	}
+	if b.Algo != m.scanner.Algo() {
+		return digest, fmt.Errorf("load baseline: recorded with %s, configured %s: record a new baseline", b.Algo, m.scanner.Algo())
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.setBaseline(b, digest)
+	return digest, nil
+}
+
+func (m *Monitor) setBaseline(b *Baseline, digest string) {
+	m.base, m.digest, m.loadErr = b, digest, nil
+	m.opt.WantDigest = digest
+	clear(m.observed)
+	clear(m.open)
+}
+
+// BaselineResult describes a recorded baseline.
+type BaselineResult struct {
+	Digest     string        `json:"digest"`
+	Entries    int           `json:"entries"`
+	Unreadable []string      `json:"unreadable,omitempty"`
+	Took       time.Duration `json:"took_ns"`
+}
+
+// Baseline scans the selection now, stores it as the new baseline and
+// returns its digest (for the caller's audit chain).
+func (m *Monitor) Baseline(ctx context.Context) (BaselineResult, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	start := time.Now()
+	ents, err := m.scanWatching(ctx)
+	if err != nil {
+		return BaselineResult{}, err
+	}
+	// Rules hold from the start: remediate before recording, and report
+	// what was put back.
+	paths := slices.Sorted(maps.Keys(ents))
+	for _, p := range paths {
+		fs, after := m.checker.Rules.Check(p, ents[p], m.opt.Now())
+		ents[p] = after
+		for _, f := range fs {
+			if f.Remediation != "" {
+				m.report(f)
+			}
+		}
+	}
+	b := &Baseline{Algo: m.scanner.Algo(), Created: m.opt.Now().UTC(), Entries: ents}
+	digest, err := SaveBaseline(m.opt.StateDir, b)
+	if err != nil {
+		return BaselineResult{}, err
+	}
+	m.setBaseline(b, digest)
+	res := BaselineResult{Digest: digest, Entries: len(ents), Took: time.Since(start)}
+	for _, p := range paths {
+		if ents[p].Err != "" {
+			res.Unreadable = append(res.Unreadable, p)
+		}
+		m.evaluate(p, ents[p], true) // violations not remediated
+	}
+	return res, nil
+}
+
+// Check compares the whole selection with the baseline now and returns
+// every current deviation (reporting only those not reported before).
+func (m *Monitor) Check(ctx context.Context) ([]Finding, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.fullRescan(ctx, true); err != nil {
+		return nil, err
+	}
+	return m.openLocked(), nil
+}
+
+// Accept takes the current state of paths (directories with everything
+// below them) into the baseline, stores it and returns the new digest.
+func (m *Monitor) Accept(ctx context.Context, paths []string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.base == nil {
+		return "", m.noBaseline()
+	}
+	for _, p := range paths {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+			return "", fmt.Errorf("accept %q: want an absolute, clean path", p)
+		}
+		if _, known := m.base.Entries[p]; !known && !m.sel.Selected(p) {
+			return "", fmt.Errorf("accept %q: not in the integrity selection", p)
+		}
+	}
+	ents := maps.Clone(m.base.Entries)
+	for _, p := range paths {
+		for q := range ents {
+			if q == p || strings.HasPrefix(q, p+"/") {
+				delete(ents, q)
+			}
+		}
+		cur, err := m.scanner.ScanTree(ctx, p, nil)
+		if err != nil {
+			return "", err
+		}
+		for q, e := range cur {
+			ents[q] = e
+		}
+	}
+	b := &Baseline{Algo: m.base.Algo, Created: m.opt.Now().UTC(), Entries: ents}
+	digest, err := SaveBaseline(m.opt.StateDir, b)
+	if err != nil {
+		return "", err
+	}
+	m.base, m.digest, m.opt.WantDigest = b, digest, digest
+	for _, p := range paths {
+		for q := range m.open {
+			if q == p || strings.HasPrefix(q, p+"/") {
+				delete(m.open, q)
+				delete(m.observed, q)
+			}
+		}
+	}
+	return digest, nil
+}
+
+// Status is what `parry integrity status` shows.
+type Status struct {
+	Roots           []string      `json:"roots"`
+	Running         bool          `json:"running"`
+	Watches         int           `json:"watches"`
+	WatchFailures   int           `json:"watch_failures"`
+	BaselineDigest  string        `json:"baseline_digest,omitempty"`
+	BaselineTime    time.Time     `json:"baseline_time,omitzero"`
+	BaselineEntries int           `json:"baseline_entries"`
+	LastScan        time.Time     `json:"last_scan,omitzero"`
+	LastScanTook    time.Duration `json:"last_scan_took_ns"`
+	Events          uint64        `json:"events"`
+	Overflows       int           `json:"overflows"`
+	Rescans         int           `json:"rescans"`
+	Hash            string        `json:"hash"`
+	Open            []Finding     `json:"open"`
+}
+
+// Status reports the monitor's state and open findings.
+func (m *Monitor) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := Status{Roots: m.sel.Roots(), Running: m.w != nil, Hash: m.scanner.Algo(), Open: m.openLocked(),
+		LastScan: m.st.lastScan, LastScanTook: m.st.lastScanTook, Events: m.st.events,
+		Overflows: m.st.overflows, Rescans: m.st.rescans, WatchFailures: m.st.watchFails, BaselineDigest: m.digest}
+	if m.base != nil {
+		s.BaselineTime, s.BaselineEntries = m.base.Created, len(m.base.Entries)
+	}
+	if m.w != nil {
+		s.Watches = len(m.w.watched)
+	}
+	return s
+}
+
+func (m *Monitor) openLocked() []Finding {
+	out := []Finding{}
+	for _, p := range slices.Sorted(maps.Keys(m.open)) {
+		out = append(out, m.open[p]...)
+	}
+	return out
+}
+
+// evaluate judges path in state cur and reports what is new. Unless force,
+// a state equal to the last one seen is skipped (its verdict was given).
+func (m *Monitor) evaluate(path string, cur Entry, force bool) {
+	base := m.base.Entries[path]
+	prev, seen := m.observed[path]
+	if !seen {
+		prev = base
+	}
+	if !force && prev == cur {
+		return
+	}
+	fs, after := m.checker.Judge(path, base, cur)
+	if after == base {
+		delete(m.observed, path)
+	} else {
+		m.observed[path] = after
+	}
+	old := m.open[path]
+	if len(fs) == 0 {
+		if len(old) > 0 {
+			delete(m.open, path)
+			m.report(Finding{Time: m.opt.Now(), Kind: KindRestored, Severity: SevLow, Path: path,
+				Detail: "back to its baseline state"})
+		}
+		return
+	}
+	m.open[path] = fs
+	for _, f := range fs {
+		if !slices.ContainsFunc(old, func(o Finding) bool { return sameFinding(o, f) }) {
+			m.report(f)
+		}
+	}
+}
+
+func sameFinding(a, b Finding) bool {
+	return a.Kind == b.Kind && a.Rule == b.Rule && a.Detail == b.Detail
+}
+
+func (m *Monitor) report(f Finding) {
+	m.log.Info("integrity finding", "kind", f.Kind, "severity", f.Severity, "path", f.Path, "detail", f.Detail)
+	m.opt.Report(f)
+}
+
+// reportEvent reports a watcher condition (overflow, watch limit) that is
+// not about one file's state.
+func (m *Monitor) reportEvent(kind, sev, path, detail string) {
+	m.report(Finding{Time: m.opt.Now(), Kind: kind, Severity: sev, Path: path, Detail: detail})
+}
+
+// scanWatching scans the selection, adding watches for directories when
+// the watcher runs.
+func (m *Monitor) scanWatching(ctx context.Context) (map[string]Entry, error) {
+	start := time.Now()
+	var onDir func(string)
+	if m.w != nil {
+		onDir = m.w.watchDir
+	}
+	ents, err := m.scanner.scan(ctx, m.sel.Roots(), onDir)
+	if err != nil {
+		return nil, err
+	}
+	m.st.lastScan, m.st.lastScanTook = m.opt.Now(), time.Since(start)
+	return ents, nil
+}
+
+// fullRescan scans everything and evaluates every path known from the
+// baseline, earlier observations, or the scan. Entries are judged as they
+// come (no second copy of the whole tree in memory); what was not seen is
+// judged absent afterwards.
+func (m *Monitor) fullRescan(ctx context.Context, force bool) error {
+	if m.base == nil {
+		return m.noBaseline()
+	}
+	start := time.Now()
+	var onDir func(string)
+	if m.w != nil {
+		onDir = m.w.watchDir
+	}
+	seen := make(map[string]bool, len(m.base.Entries))
+	dirs := map[string]bool{}
+	err := m.scanner.scanEach(ctx, m.sel.Roots(), onDir, func(r Result) {
+		seen[r.Path] = true
+		if r.Entry.Type == TypeDir {
+			dirs[r.Path] = true
+		}
+		m.evaluate(r.Path, r.Entry, force)
+	})
+	if err != nil {
+		return err
+	}
+	m.st.lastScan, m.st.lastScanTook = m.opt.Now(), time.Since(start)
+	m.st.rescans++
+	var gone []string
+	for p := range m.base.Entries {
+		if !seen[p] {
+			gone = append(gone, p)
+		}
+	}
+	for p := range m.observed {
+		if !seen[p] && m.base.Entries[p].Type == TypeNone {
+			gone = append(gone, p)
+		}
+	}
+	slices.Sort(gone)
+	for _, p := range gone {
+		m.evaluate(p, Entry{}, force)
+	}
+	if m.w != nil {
+		for d := range m.w.watched {
+			if !dirs[d] {
+				m.w.unwatchTree(d)
+			}
+		}
+	}
+	return nil
+}
+
+// noBaseline is the error for "no usable baseline": the load error if
+// loading failed (tampering), else ErrNoBaseline.
+func (m *Monitor) noBaseline() error {
+	if m.loadErr != nil {
+		return m.loadErr
+	}
+	return ErrNoBaseline
+}

@@ -1,0 +1,358 @@
+package integrity
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	"github.com/zeebo/blake3"
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+)
+
+const readBufSize = 1 << 20 // one large read per MiB; most files take one read
+
+// Scanner records the attributes and content hashes of the selection, in
+// parallel. It never follows symlinks: a symlink is recorded as such (with
+// its target) and a directory reached twice (bind mounts) is entered once.
+type Scanner struct {
+	sel     *Selection
+	algo    string
+	workers int
+	nice    int
+	limiter *rate.Limiter // nil: unlimited
+	chunk   int
+}
+
+// NewScanner builds a scanner for cfg (defaults applied, validated).
+func NewScanner(cfg Config) (*Scanner, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Scanner{sel: NewSelection(cfg), algo: cfg.Hash, workers: cfg.Workers, nice: cfg.Nice, chunk: readBufSize}
+	bps, _ := ParseByteRate(cfg.IORate)
+	if bps > 0 {
+		burst := max(bps, 64<<10)
+		s.chunk = int(min(int64(readBufSize), burst))
+		s.limiter = rate.NewLimiter(rate.Limit(bps), int(min(burst, 1<<30)))
+	}
+	return s, nil
+}
+
+// Selection returns the scanner's selection.
+func (s *Scanner) Selection() *Selection { return s.sel }
+
+// Algo is the content hash algorithm in use.
+func (s *Scanner) Algo() string { return s.algo }
+
+func (s *Scanner) newHash() hash.Hash {
+	if s.algo == HashBLAKE3 {
+		return blake3.New()
+	}
+	return sha256.New()
+}
+
+// worker holds per-goroutine scratch space.
+type worker struct {
+	s    *Scanner
+	h    hash.Hash
+	buf  []byte
+	xbuf []byte
+}
+
+func (s *Scanner) newWorker() *worker {
+	return &worker{s: s, h: s.newHash(), buf: make([]byte, s.chunk), xbuf: make([]byte, 1024)}
+}
+
+// Stat records one path now; a path that does not exist gives the zero
+// Entry. Errors other than absence are recorded in Entry.Err.
+func (s *Scanner) Stat(ctx context.Context, path string) Entry {
+	return s.newWorker().entry(ctx, path)
+}
+
+func (w *worker) entry(ctx context.Context, path string) Entry {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+			return Entry{}
+		}
+		return Entry{Type: TypeNone, Err: fmt.Sprintf("lstat: %v", err)}
+	}
+	e := entryFromStat(&st)
+	var err error
+	switch e.Type {
+	case TypeFile:
+		w.hashFile(ctx, path, &e)
+		return e
+	case TypeSymlink:
+		if e.Target, err = os.Readlink(path); err != nil {
+			e.Err = fmt.Sprintf("readlink: %v", err)
+		}
+	}
+	if e.Xattrs, err = pathXattrs(path, &w.xbuf); err != nil && e.Err == "" {
+		e.Err = fmt.Sprintf("xattrs: %v", err)
+	}
+	return e
+}
+
+// hashFile opens path without following symlinks (O_NOATIME where the
+// kernel allows it), re-checks it is the file lstat saw, reads its xattrs
+// and hashes its content in large reads.
+func (w *worker) hashFile(ctx context.Context, path string, e *Entry) {
+	const flags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC | unix.O_NOCTTY
+	fd, err := unix.Open(path, flags|unix.O_NOATIME, 0)
+	if errors.Is(err, unix.EPERM) {
+		fd, err = unix.Open(path, flags, 0)
+	}
+	if err != nil {
+		e.Err = fmt.Sprintf("open: %v", err)
+		return
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		e.Err = fmt.Sprintf("fstat: %v", err)
+		return
+	}
+	*e = entryFromStat(&st) // the file we actually read
+	if e.Type != TypeFile {
+		return
+	}
+	if e.Xattrs, err = fdXattrs(fd, &w.xbuf); err != nil {
+		e.Err = fmt.Sprintf("xattrs: %v", err)
+	}
+	w.h.Reset()
+	for {
+		if w.s.limiter != nil {
+			if err := w.s.limiter.WaitN(ctx, len(w.buf)); err != nil {
+				e.Err = fmt.Sprintf("read: %v", err)
+				return
+			}
+		}
+		n, err := unix.Read(fd, w.buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			e.Err = fmt.Sprintf("read: %v", err)
+			return
+		}
+		if n == 0 {
+			break
+		}
+		w.h.Write(w.buf[:n])
+	}
+	w.h.Sum(e.Hash[:0])
+}
+
+// Result is one scanned path.
+type Result struct {
+	Path  string
+	Entry Entry
+}
+
+// Scan records the whole selection. Unreadable files are recorded with
+// Entry.Err set; only a cancelled context is an error.
+func (s *Scanner) Scan(ctx context.Context) (map[string]Entry, error) {
+	return s.scan(ctx, s.sel.Roots(), nil)
+}
+
+// ScanTree records root and everything selected below it; onDir is called
+// (from the walking goroutine) for every directory entered.
+func (s *Scanner) ScanTree(ctx context.Context, root string, onDir func(string)) (map[string]Entry, error) {
+	return s.scan(ctx, []string{root}, onDir)
+}
+
+func (s *Scanner) scan(ctx context.Context, roots []string, onDir func(string)) (map[string]Entry, error) {
+	out := make(map[string]Entry, 1024)
+	err := s.scanEach(ctx, roots, onDir, func(r Result) { out[r.Path] = r.Entry })
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// scanEach walks roots and calls each for every result, from one goroutine
+// while the caller waits (so each may use the caller's locked state). A
+// path may come twice (a directory that could not be read completely); the
+// later result wins.
+func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(string), each func(Result)) error {
+	jobs := make(chan []string, 4*s.workers)
+	results := make(chan []Result, 4*s.workers)
+	var collect sync.WaitGroup
+	collect.Add(1)
+	go func() {
+		defer collect.Done()
+		for batch := range results {
+			for _, r := range batch {
+				each(r)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range s.workers {
+		wg.Go(func() {
+			if s.nice > 0 {
+				// The thread keeps its niceness and exits with the goroutine.
+				runtime.LockOSThread()
+				_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), s.nice)
+			}
+			w := s.newWorker()
+			for batch := range jobs {
+				res := make([]Result, 0, len(batch))
+				for _, p := range batch {
+					res = append(res, Result{Path: p, Entry: w.entry(ctx, p)})
+				}
+				results <- res
+			}
+		})
+	}
+	wk := &walker{s: s, ctx: ctx, jobs: jobs, results: results, onDir: onDir, seen: map[[2]uint64]bool{}, w: s.newWorker()}
+	for _, root := range roots {
+		wk.root(root)
+	}
+	wk.flush()
+	close(jobs)
+	wg.Wait()
+	close(results)
+	collect.Wait()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("scan: %w", err)
+	}
+	return nil
+}
+
+// ScanPaths records the given paths (not their subtrees) in parallel.
+func (s *Scanner) ScanPaths(ctx context.Context, paths []string) []Result {
+	res := make([]Result, len(paths))
+	var next sync.Mutex
+	i := 0
+	var wg sync.WaitGroup
+	for range min(s.workers, len(paths)) {
+		wg.Go(func() {
+			w := s.newWorker()
+			for {
+				next.Lock()
+				j := i
+				i++
+				next.Unlock()
+				if j >= len(paths) {
+					return
+				}
+				res[j] = Result{Path: paths[j], Entry: w.entry(ctx, paths[j])}
+			}
+		})
+	}
+	wg.Wait()
+	return res
+}
+
+// walker enumerates the selection depth-first in one goroutine, records
+// directories itself and hands everything else to the workers in batches.
+type walker struct {
+	s       *Scanner
+	ctx     context.Context
+	jobs    chan<- []string
+	results chan<- []Result
+	onDir   func(string)
+	seen    map[[2]uint64]bool // directories entered, by (dev, inode)
+	batch   []string
+	w       *worker
+}
+
+func (wk *walker) root(root string) {
+	sel := wk.s.sel
+	if !sel.Selected(root) {
+		return
+	}
+	var r *selRoot
+	for i := range sel.roots {
+		if _, ok := under(sel.roots[i].path, root); ok && sel.selectedBy(&sel.roots[i], root) {
+			r = &sel.roots[i]
+			break
+		}
+	}
+	rel, _ := under(r.path, root)
+	depth := 0
+	if rel != "" {
+		depth = 1
+	}
+	wk.visit(r, root, depth)
+}
+
+// visit records path and, when it is a directory the selection descends
+// into, its entries.
+func (wk *walker) visit(r *selRoot, path string, depth int) {
+	if wk.ctx.Err() != nil {
+		return
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil || typeOf(st.Mode) != TypeDir {
+		wk.add(path)
+		return
+	}
+	e := wk.w.entry(wk.ctx, path)
+	wk.results <- []Result{{Path: path, Entry: e}}
+	if depth > 0 && !r.recursive {
+		return
+	}
+	key := [2]uint64{st.Dev, st.Ino}
+	if wk.seen[key] {
+		return
+	}
+	wk.seen[key] = true
+	if wk.onDir != nil {
+		wk.onDir(path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		wk.results <- []Result{{Path: path, Entry: withErr(e, "open directory", err)}}
+		return
+	}
+	ents, err := f.ReadDir(-1)
+	f.Close()
+	if err != nil {
+		wk.results <- []Result{{Path: path, Entry: withErr(e, "read directory", err)}}
+	}
+	var dirs []string
+	for _, de := range ents {
+		child := filepath.Join(path, de.Name())
+		if wk.s.sel.excluded(r, child) {
+			continue
+		}
+		if de.IsDir() {
+			dirs = append(dirs, child)
+		} else {
+			wk.add(child)
+		}
+	}
+	for _, d := range dirs {
+		wk.visit(r, d, depth+1)
+	}
+}
+
+func withErr(e Entry, op string, err error) Entry {
+	e.Err = fmt.Sprintf("%s: %v", op, err)
+	return e
+}
+
+func (wk *walker) add(p string) {
+	wk.batch = append(wk.batch, p)
+	if len(wk.batch) == 64 {
+		wk.flush()
+	}
+}
+
+func (wk *walker) flush() {
+	if len(wk.batch) > 0 {
+		wk.jobs <- wk.batch
+		wk.batch = nil
+	}
+}

@@ -1,0 +1,316 @@
+package integrity
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sys/unix"
+)
+
+// EventSource is where file events come from: inotify through fsnotify in
+// production, injected events in tests.
+type EventSource interface {
+	Add(dir string) error
+	Remove(dir string) error
+	Events() <-chan fsnotify.Event
+	Errors() <-chan error
+	Close() error
+}
+
+type fsnotifySource struct{ w *fsnotify.Watcher }
+
+// NewInotifySource opens an fsnotify watcher with a buffered event channel.
+func NewInotifySource() (EventSource, error) {
+	w, err := fsnotify.NewBufferedWatcher(4096)
+	if err != nil {
+		return nil, fmt.Errorf("inotify: %w", err)
+	}
+	return fsnotifySource{w}, nil
+}
+
+func (s fsnotifySource) Add(dir string) error          { return s.w.Add(dir) }
+func (s fsnotifySource) Remove(dir string) error       { return s.w.Remove(dir) }
+func (s fsnotifySource) Events() <-chan fsnotify.Event { return s.w.Events }
+func (s fsnotifySource) Errors() <-chan error          { return s.w.Errors }
+func (s fsnotifySource) Close() error                  { return s.w.Close() }
+
+// watchState is the watcher's state; the Monitor's mutex guards it.
+type watchState struct {
+	m        *Monitor
+	src      EventSource
+	watched  map[string]bool // directories with a watch
+	parents  map[string]bool // parents watched for roots that are files
+	failed   map[string]bool // directories whose watch could not be added
+	pending  map[string]pend
+	timer    *time.Timer
+	armed    bool
+	maxDelay time.Duration
+}
+
+type pend struct{ first, due time.Time }
+
+// Run watches the selection until ctx ends: first a full check (catching
+// what changed while nothing watched), then events, debounced per path,
+// each answered by re-stat'ing and re-hashing the path; and a full check
+// every scan_interval and after an event overflow.
+func (m *Monitor) Run(ctx context.Context) error {
+	newSrc := m.opt.NewSource
+	if newSrc == nil {
+		newSrc = NewInotifySource
+	}
+	src, err := newSrc()
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	ws := &watchState{m: m, src: src, watched: map[string]bool{}, parents: map[string]bool{},
+		failed: map[string]bool{}, pending: map[string]pend{}, timer: time.NewTimer(time.Hour),
+		maxDelay: max(10*m.cfg.Debounce, 500*time.Millisecond)}
+	ws.timer.Stop()
+	defer ws.timer.Stop()
+
+	m.mu.Lock()
+	if m.base == nil {
+		m.mu.Unlock()
+		return ErrNoBaseline
+	}
+	m.w = ws
+	m.checker.Dpkg.Len() // read the package sums now, not on the first change
+	ws.watchFileRoots()
+	err = m.fullRescan(ctx, true)
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.w = nil
+		m.mu.Unlock()
+	}()
+	if err != nil {
+		return err
+	}
+	var tick <-chan time.Time
+	if iv := *m.cfg.ScanInterval; iv > 0 {
+		t := time.NewTicker(iv)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-src.Events():
+			if !ok {
+				return errors.New("integrity watcher: event source closed")
+			}
+			m.locked(func() { ws.onEvent(ctx, ev) })
+		case err, ok := <-src.Errors():
+			if !ok {
+				return errors.New("integrity watcher: event source closed")
+			}
+			m.locked(func() { ws.onError(ctx, err) })
+		case <-ws.timer.C:
+			m.locked(func() { ws.armed = false; ws.fire(ctx) })
+		case <-tick:
+			m.locked(func() {
+				if err := m.fullRescan(ctx, false); err != nil {
+					m.log.Warn("integrity scheduled check", "err", err)
+				}
+			})
+		}
+	}
+}
+
+func (m *Monitor) locked(f func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f()
+}
+
+// watchFileRoots watches the parent directory of each root that is not a
+// directory, so that replacing the file is seen.
+func (ws *watchState) watchFileRoots() {
+	for _, r := range ws.m.sel.Roots() {
+		var st unix.Stat_t
+		if err := unix.Lstat(r, &st); err == nil && typeOf(st.Mode) == TypeDir {
+			continue
+		}
+		d := filepath.Dir(r)
+		if ws.parents[d] {
+			continue
+		}
+		if err := ws.src.Add(d); err != nil {
+			ws.m.log.Warn("integrity watch", "dir", d, "err", err)
+			continue
+		}
+		ws.parents[d] = true
+	}
+}
+
+// watchDir adds a watch on directory d (called while scanning).
+func (ws *watchState) watchDir(d string) {
+	if ws.watched[d] {
+		return
+	}
+	if err := ws.src.Add(d); err != nil {
+		if !ws.failed[d] {
+			ws.failed[d] = true
+			ws.m.st.watchFails++
+			if errors.Is(err, unix.ENOSPC) {
+				ws.m.reportEvent(KindWatchLimit, SevMedium, d, "inotify watch limit reached (fs.inotify.max_user_watches): "+
+					"directory scanned now but not watched in real time; scheduled checks cover it")
+			} else {
+				ws.m.log.Warn("integrity watch", "dir", d, "err", err)
+			}
+		}
+		return
+	}
+	delete(ws.failed, d)
+	ws.watched[d] = true
+}
+
+// unwatchTree drops the watches on d and every watched directory below it
+// (a moved directory keeps its watches under the old names otherwise).
+func (ws *watchState) unwatchTree(d string) {
+	for w := range ws.watched {
+		if w == d || strings.HasPrefix(w, d+"/") {
+			_ = ws.src.Remove(w)
+			delete(ws.watched, w)
+		}
+	}
+}
+
+func (ws *watchState) onError(ctx context.Context, err error) {
+	m := ws.m
+	if !errors.Is(err, fsnotify.ErrEventOverflow) {
+		m.log.Warn("integrity watcher", "err", err)
+		return
+	}
+	m.st.overflows++
+	m.reportEvent(KindOverflow, SevMedium, "", "inotify event queue overflowed: events were lost; rescanning everything now")
+	if err := m.fullRescan(ctx, false); err != nil {
+		m.log.Warn("integrity rescan after overflow", "err", err)
+	}
+}
+
+// onEvent schedules a check of the event's path. The verb is only a hint:
+// a created directory is watched and scanned at once (so entries created in
+// it right away are not missed), and a moved or removed directory loses its
+// watches; the verdict always comes from re-stat'ing the path.
+func (ws *watchState) onEvent(ctx context.Context, ev fsnotify.Event) {
+	m := ws.m
+	m.st.events++
+	p := filepath.Clean(ev.Name)
+	if !m.sel.Selected(p) {
+		return
+	}
+	if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+		if ws.watched[p] {
+			ws.unwatchTree(p)
+		}
+	}
+	if ev.Has(fsnotify.Create) && !ws.watched[p] {
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) == nil && typeOf(st.Mode) == TypeDir && m.sel.watchable(p) {
+			ws.addTree(ctx, p)
+		}
+	}
+	ws.pend(p)
+}
+
+// pend schedules a check of p once it has been quiet for the debounce time
+// (or, if it never is, after maxDelay).
+func (ws *watchState) pend(p string) {
+	now := time.Now()
+	pd, ok := ws.pending[p]
+	if !ok {
+		pd.first = now
+	}
+	pd.due = now.Add(ws.m.cfg.Debounce)
+	if limit := pd.first.Add(ws.maxDelay); limit.Before(pd.due) {
+		pd.due = limit // a path that never goes quiet is still checked
+	}
+	ws.pending[p] = pd
+	if !ws.armed {
+		ws.timer.Reset(pd.due.Sub(now))
+		ws.armed = true
+	}
+}
+
+// addTree watches directory p and everything below it at once, and
+// schedules a check of everything it finds there: entries created before
+// the watches were in place are not missed, and files still being written
+// are judged once they are quiet.
+func (ws *watchState) addTree(ctx context.Context, p string) {
+	ents, err := ws.m.scanner.ScanTree(ctx, p, ws.watchDir)
+	if err != nil {
+		return
+	}
+	for q := range ents {
+		ws.pend(q)
+	}
+}
+
+// fire checks every path whose debounce has expired, then re-arms the
+// timer for the earliest remaining one.
+func (ws *watchState) fire(ctx context.Context) {
+	now := time.Now()
+	var due []string
+	for p, pd := range ws.pending {
+		if !pd.due.After(now) {
+			due = append(due, p)
+			delete(ws.pending, p)
+		}
+	}
+	slices.Sort(due)
+	ws.check(ctx, due)
+	var next time.Time
+	for _, pd := range ws.pending {
+		if next.IsZero() || pd.due.Before(next) {
+			next = pd.due
+		}
+	}
+	if !next.IsZero() {
+		ws.timer.Reset(max(0, time.Until(next)))
+		ws.armed = true
+	}
+}
+
+// check re-stats and re-hashes paths and judges them. A path that was a
+// directory and is one no more takes everything known below it along.
+func (ws *watchState) check(ctx context.Context, paths []string) {
+	m := ws.m
+	for _, r := range m.scanner.ScanPaths(ctx, paths) {
+		p, cur := r.Path, r.Entry
+		if cur.Type == TypeDir && !ws.watched[p] && m.sel.watchable(p) {
+			ws.addTree(ctx, p) // p itself is checked again shortly
+			continue
+		}
+		wasDir := m.base.Entries[p].Type == TypeDir || m.observed[p].Type == TypeDir
+		if cur.Type != TypeDir && ws.watched[p] {
+			ws.unwatchTree(p)
+		}
+		m.evaluate(p, cur, false)
+		if wasDir && cur.Type != TypeDir {
+			ws.checkBelow(ctx, p)
+		}
+	}
+}
+
+// checkBelow judges everything known below dir, which is gone.
+func (ws *watchState) checkBelow(ctx context.Context, dir string) {
+	m := ws.m
+	var below []string
+	for _, q := range unionPaths(m.base.Entries, m.observed) {
+		if strings.HasPrefix(q, dir+"/") {
+			below = append(below, q)
+		}
+	}
+	for _, r := range m.scanner.ScanPaths(ctx, below) {
+		m.evaluate(r.Path, r.Entry, false)
+	}
+}

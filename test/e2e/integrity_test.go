@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/parryhq/parry/test/netns"
+)
+
+type integrityStatus struct {
+	Running         bool   `json:"running"`
+	Error           string `json:"not_watching"`
+	BaselineDigest  string `json:"baseline_digest"`
+	BaselineEntries int    `json:"baseline_entries"`
+	Watches         int    `json:"watches"`
+	Open            []struct {
+		Kind        string `json:"kind"`
+		Path        string `json:"path"`
+		Severity    string `json:"severity"`
+		Remediation string `json:"remediation"`
+	} `json:"open"`
+}
+
+func (d *daemon) integrityStatus() integrityStatus {
+	d.t.Helper()
+	var st integrityStatus
+	out := d.mustParry("integrity", "status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		d.t.Fatalf("integrity status --json: %v\n%s", err, out)
+	}
+	return st
+}
+
+// TestIntegrityEndToEnd runs parryd with a watched directory: the first
+// start records a baseline (digest in the audit chain), a changed file shows
+// in `parry integrity status` within a second and makes `check` exit 1,
+// `accept` makes it the new normal, a permission rule puts a mode back, and
+// a tampered baseline is refused after a restart.
+func TestIntegrityEndToEnd(t *testing.T) {
+	netns.RequireRoot(t)
+	ns := netns.New(t)
+	watched := t.TempDir()
+	for i := range 20 {
+		must(t, os.WriteFile(filepath.Join(watched, fmt.Sprintf("file%02d.conf", i)), []byte("v1\n"), 0o644))
+	}
+	must(t, os.WriteFile(filepath.Join(watched, "secret"), []byte("key\n"), 0o600))
+	cfg := filepath.Join(t.TempDir(), "parry.yaml")
+	must(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`integrity:
+  paths:
+    - path: %s
+      exclude: ["*.swp"]
+  rules:
+    - path: "%s/secret"
+      mode_max: "0600"
+      owner: root
+      remediate: true
+  package_manager: none
+`, watched, watched)), 0o600))
+	d := newDaemon(t, ns, "--config", cfg)
+	d.start()
+
+	var st integrityStatus
+	netns.Eventually(t, 10*time.Second, "first-start baseline and watcher running", func() bool {
+		st = d.integrityStatus()
+		return st.Running && st.BaselineEntries == 22 && st.Error == ""
+	})
+	if st.Watches != 1 || len(st.Open) != 0 {
+		t.Fatalf("status after start: %+v", st)
+	}
+	if out, _, code := d.parry("integrity", "check"); code != 0 {
+		t.Fatalf("check on an unchanged tree: exit %d\n%s", code, out)
+	}
+	audit, err := os.ReadFile(filepath.Join(d.dir, "audit.log"))
+	must(t, err)
+	if !strings.Contains(string(audit), `"integrity_baseline"`) || !strings.Contains(string(audit), st.BaselineDigest) {
+		t.Fatalf("baseline digest %s not in the audit chain:\n%s", st.BaselineDigest, audit)
+	}
+
+	// A change is visible in status within a second.
+	changed := filepath.Join(watched, "file07.conf")
+	start := time.Now()
+	must(t, os.WriteFile(changed, []byte("tampered\n"), 0o644))
+	netns.Eventually(t, time.Second, "finding in parry integrity status", func() bool {
+		for _, f := range d.integrityStatus().Open {
+			if f.Path == changed && f.Kind == "changed" {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("finding visible in `parry integrity status` %s after the write", time.Since(start).Round(time.Millisecond))
+	out, _, code := d.parry("integrity", "check", "--json")
+	if code != 1 || !strings.Contains(out, changed) || !strings.Contains(out, `"attr": "hash"`) {
+		t.Fatalf("check after a change: exit %d\n%s", code, out)
+	}
+	netns.Eventually(t, 5*time.Second, "finding in the audit log", func() bool {
+		b, _ := os.ReadFile(filepath.Join(d.dir, "audit.log"))
+		return strings.Contains(string(b), `"integrity_finding"`) && strings.Contains(string(b), changed)
+	})
+
+	// The permission rule puts the mode back at once.
+	secret := filepath.Join(watched, "secret")
+	must(t, os.Chmod(secret, 0o644))
+	netns.Eventually(t, 5*time.Second, "secret back to 0600", func() bool {
+		fi, err := os.Stat(secret)
+		return err == nil && fi.Mode().Perm() == 0o600
+	})
+
+	// Accept both: check is clean again.
+	d.mustParry("integrity", "accept", changed, secret)
+	if out, _, code := d.parry("integrity", "check"); code != 0 {
+		t.Fatalf("check after accept: exit %d\n%s", code, out)
+	}
+	if out, errOut, code := d.parry("integrity", "accept", "/nonexistent/x"); code != 1 {
+		t.Fatalf("accept outside the selection: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// Tamper with the stored baseline and restart: refused, never trusted.
+	d.stop()
+	bl := filepath.Join(d.dir, "integrity.baseline")
+	data, err := os.ReadFile(bl)
+	must(t, err)
+	data[len(data)-1] ^= 0xff
+	must(t, os.WriteFile(bl, data, 0o600))
+	d.start()
+	netns.Eventually(t, 10*time.Second, "tampered baseline reported", func() bool {
+		st = d.integrityStatus()
+		return strings.Contains(st.Error, "tampering")
+	})
+	_, errOut, code := d.parry("integrity", "check")
+	if code != 1 || !strings.Contains(errOut, "baseline_tampered") {
+		t.Fatalf("check with a tampered baseline: exit %d\n%s", code, errOut)
+	}
+	// A new baseline brings the watcher back.
+	d.mustParry("integrity", "baseline")
+	netns.Eventually(t, 10*time.Second, "watcher running on the new baseline", func() bool {
+		st = d.integrityStatus()
+		return st.Running && st.Error == ""
+	})
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,307 @@
+package response_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/parryhq/parry/test/netns"
+)
+
+// blockLeft returns how long the block of target has left per parry list,
+// or false if it is not blocked.
+func (d *daemon) blockLeft(target string) (time.Duration, bool) {
+	d.t.Helper()
+	var resp struct {
+		Blocks []struct {
+			Target string    `json:"target"`
+			Until  time.Time `json:"until"`
+			Rule   string    `json:"rule"`
+		} `json:"blocks"`
+	}
+	if err := json.Unmarshal([]byte(d.mustParry("list", "--json")), &resp); err != nil {
+		d.t.Fatalf("list --json: %v", err)
+	}
+	for _, b := range resp.Blocks {
+		if b.Target == target {
+			return time.Until(b.Until), true
+		}
+	}
+	return 0, false
+}
+
+// failLogins sends n auth_failure signals for ip and returns the last
+// answer.
+func (d *daemon) failLogins(ip string, n int) string {
+	d.t.Helper()
+	var out string
+	for range n {
+		out = d.mustParry("signal", "auth_failure", "--ip", ip, "--user", "alice", "--source", "webapp")
+	}
+	return out
+}
+
+// TestAuthFailuresBlockPeer: five auth_failure signals for the peer's IP
+// drop its packets; the management peer is untouched. Repeat offences
+// escalate, also across a daemon restart.
+func TestAuthFailuresBlockPeer(t *testing.T) {
+	netns.RequireRoot(t)
+	top := newTopology(t)
+	d := newDaemon(t, top.host, "")
+	d.start()
+	peer := top.peerAddr.String()
+
+	if out := d.failLogins(peer, 4); !strings.Contains(out, "counted (auth-failure ip 192.0.2.2: 4/5 within 15m") {
+		t.Fatalf("fourth signal: %q", out)
+	}
+	if !top.peer.CanConnect(top.hostAddr, port) {
+		t.Fatal("peer blocked after 4 signals")
+	}
+	out := d.failLogins(peer, 1)
+	if !strings.Contains(out, "decided block by rule auth-failure") || !strings.Contains(out, "[done]") {
+		t.Fatalf("fifth signal: %q", out)
+	}
+	netns.Eventually(t, 5*time.Second, "peer's connections dropped", func() bool {
+		return !top.peer.CanConnect(top.hostAddr, port)
+	})
+	if !top.mgmt.CanConnect(top.hostMgmtAddr, port) {
+		t.Error("the other peer was blocked too")
+	}
+	if left, ok := d.blockLeft(peer); !ok || left > time.Hour || left < 59*time.Minute {
+		t.Errorf("first block: %v left (blocked %v), want about 1h", left, ok)
+	}
+
+	// repeat offence: twice as long
+	d.mustParry("unblock", peer)
+	netns.Eventually(t, 5*time.Second, "peer reaches the host after unblock", func() bool {
+		return top.peer.CanConnect(top.hostAddr, port)
+	})
+	d.failLogins(peer, 5)
+	if left, ok := d.blockLeft(peer); !ok || left < 119*time.Minute || left > 2*time.Hour {
+		t.Errorf("second block: %v left, want about 2h", left)
+	}
+
+	// the escalation memory survives a restart
+	d.stop()
+	d.start()
+	d.mustParry("unblock", peer)
+	d.failLogins(peer, 5)
+	if left, ok := d.blockLeft(peer); !ok || left < 239*time.Minute || left > 4*time.Hour {
+		t.Errorf("third block after restart: %v left, want about 4h", left)
+	}
+	netns.Eventually(t, 5*time.Second, "peer dropped again", func() bool {
+		return !top.peer.CanConnect(top.hostAddr, port)
+	})
+
+	// the user key (alice, 5 of 20) is still counting
+	if out := d.mustParry("status"); !strings.Contains(out, "policy: 8 rules; 5 signals (0 no rule, 0 rate-limited), 1 decisions; 1 keys counting, 1 offenders remembered") {
+		t.Errorf("status after restart and one block: %q", out)
+	}
+
+	// unknown kinds are recorded, not acted on; malformed signals change nothing
+	if out := d.mustParry("signal", "printer_on_fire", "--ip", "203.0.113.9"); !strings.Contains(out, "recorded, no rule") {
+		t.Errorf("unknown kind: %q", out)
+	}
+	if _, errOut, code := d.parry("signal", "auth failure"); code != 1 || !strings.Contains(errOut, "invalid_signal") {
+		t.Errorf("bad kind: exit %d, %q", code, errOut)
+	}
+	if _, errOut, code := d.parry("signal", "auth_failure", "--ip", "300.1.1.1"); code != 2 {
+		t.Errorf("bad ip: exit %d, %q", code, errOut)
+	}
+}
+
+// TestLockdown: an ordinary peer cannot open a TCP connection, the
+// allowlisted management peer can, and after the lockdown's time the
+// ordinary peer can again. Without an allowlist it needs --force.
+func TestLockdown(t *testing.T) {
+	netns.RequireRoot(t)
+	top := newTopology(t)
+	d := newDaemon(t, top.host, "")
+	d.start()
+
+	_, errOut, code := d.parry("lockdown", "--for", "1m")
+	if code != 1 || !strings.Contains(errOut, "needs_force") || !strings.Contains(errOut, "--allow") {
+		t.Fatalf("lockdown with an empty allowlist: exit %d, %q", code, errOut)
+	}
+	if _, errOut, code := d.parry("lockdown", "--extend", "5m"); code != 1 || !strings.Contains(errOut, "no_lockdown") {
+		t.Fatalf("extend without a lockdown: exit %d, %q", code, errOut)
+	}
+	if !top.peer.CanConnect(top.hostAddr, port) {
+		t.Fatal("a refused lockdown changed something")
+	}
+
+	start := time.Now()
+	out := d.mustParry("lockdown", "--for", "6s", "--allow", top.mgmtAddr.String(), "--reason", "e2e")
+	if !strings.Contains(out, "lockdown: ACTIVE") {
+		t.Errorf("lockdown output: %q", out)
+	}
+	if top.peer.CanConnect(top.hostAddr, port) {
+		t.Error("ordinary peer connected during the lockdown")
+	}
+	if !top.mgmt.CanConnect(top.hostMgmtAddr, port) {
+		t.Error("allowlisted management peer could not connect during the lockdown")
+	}
+	if out := d.mustParry("status"); !strings.Contains(out, "lockdown: ACTIVE") || !strings.Contains(out, "198.51.100.2") {
+		t.Errorf("status during lockdown: %q", out)
+	}
+	netns.Eventually(t, 20*time.Second, "ordinary peer connects after the lockdown's time", func() bool {
+		return top.peer.CanConnect(top.hostAddr, port)
+	})
+	if el := time.Since(start); el < 5*time.Second {
+		t.Errorf("lockdown ended after %s, before its 6s", el)
+	}
+	if out := d.mustParry("status"); !strings.Contains(out, "lockdown: off") {
+		t.Errorf("status after the lockdown: %q", out)
+	}
+}
+
+// TestLockdownSurvivesRestart: the lockdown is in the store; a restarted
+// daemon puts it back into a table that was deleted meanwhile, with its
+// remaining time. --extend pushes its end; release ends it.
+func TestLockdownSurvivesRestart(t *testing.T) {
+	netns.RequireRoot(t)
+	top := newTopology(t)
+	d := newDaemon(t, top.host, "allowlist: [198.51.100.0/24]\n")
+	d.start()
+	d.mustParry("lockdown", "--for", "2m", "--reason", "incident")
+	if top.peer.CanConnect(top.hostAddr, port) {
+		t.Fatal("ordinary peer connected during the lockdown")
+	}
+	d.stop()
+	top.host.MustRun(t, "nft", "delete", "table", "inet", "parry")
+	if !top.peer.CanConnect(top.hostAddr, port) {
+		t.Fatal("table deleted but the peer still cannot connect")
+	}
+	d.start()
+	if top.peer.CanConnect(top.hostAddr, port) {
+		t.Error("lockdown not re-asserted after restart")
+	}
+	if !top.mgmt.CanConnect(top.hostMgmtAddr, port) {
+		t.Error("configured allowlist not reachable after restart")
+	}
+	var st struct {
+		Lockdown struct {
+			Active bool      `json:"active"`
+			Until  time.Time `json:"until"`
+		} `json:"lockdown"`
+	}
+	json.Unmarshal([]byte(d.mustParry("status", "--json")), &st)
+	if left := time.Until(st.Lockdown.Until); !st.Lockdown.Active || left > 2*time.Minute || left < time.Minute {
+		t.Errorf("status after restart: %+v (%s left)", st.Lockdown, left)
+	}
+	before := st.Lockdown.Until
+	d.mustParry("lockdown", "--extend", "10m")
+	json.Unmarshal([]byte(d.mustParry("status", "--json")), &st)
+	if got := st.Lockdown.Until.Sub(before); got < 10*time.Minute-time.Second || got > 10*time.Minute+time.Second {
+		t.Errorf("extend moved the end by %s, want 10m", got)
+	}
+	d.mustParry("release", "--reason", "all clear")
+	netns.Eventually(t, 5*time.Second, "peer connects after release", func() bool {
+		return top.peer.CanConnect(top.hostAddr, port)
+	})
+}
+
+// TestIsolate: --isolate drops outbound traffic too, except to the
+// allowlist.
+func TestIsolate(t *testing.T) {
+	netns.RequireRoot(t)
+	top := newTopology(t)
+	top.peer.ServeTCP(t, port)
+	top.mgmt.ServeTCP(t, port)
+	netns.Eventually(t, 5*time.Second, "host reaches the peer", func() bool { return top.host.CanConnect(top.peerAddr, port) })
+	d := newDaemon(t, top.host, "")
+	d.start()
+
+	d.mustParry("lockdown", "--for", "1m", "--isolate", "--allow", top.mgmtAddr.String())
+	if top.host.CanConnect(top.peerAddr, port) {
+		t.Error("isolated host opened a connection to an ordinary peer")
+	}
+	if !top.host.CanConnect(top.mgmtAddr, port) {
+		t.Error("isolated host could not reach the allowlisted management peer")
+	}
+	d.mustParry("release")
+	netns.Eventually(t, 5*time.Second, "host reaches the peer after release", func() bool {
+		return top.host.CanConnect(top.peerAddr, port)
+	})
+}
+
+// TestUnprivilegedSender: a user allowed to send auth_failure may do so
+// (and its signals block through the policy), but is refused other kinds,
+// block and lockdown. A user not listed at all is refused every signal.
+func TestUnprivilegedSender(t *testing.T) {
+	netns.RequireRoot(t)
+	top := newTopology(t)
+	web := newTestUser(t)
+	other := newTestUser(t)
+	cfg := fmt.Sprintf("control:\n  socket_mode: \"0666\"\nresponse:\n  senders:\n    - {user: %s, kinds: [auth_failure]}\n", web.name)
+	d := newDaemon(t, top.host, cfg)
+	d.start()
+	peer := top.peerAddr.String()
+
+	refused := func(u *testUser, code string, args ...string) {
+		t.Helper()
+		out, errOut, exit := d.parryAs(u, args...)
+		if exit != 1 || !strings.Contains(errOut, code) {
+			t.Errorf("%s as %s: exit %d, stdout %q, stderr %q; want exit 1 with %s", strings.Join(args, " "), u.name, exit, out, errOut, code)
+		}
+	}
+	refused(web, "forbidden", "block", peer, "--for", "1h")
+	refused(web, "forbidden", "lockdown", "--for", "1m", "--force")
+	refused(web, "forbidden", "release")
+	refused(web, "forbidden", "signal", "scan_detected", "--ip", peer)
+	refused(other, "forbidden", "signal", "auth_failure", "--ip", peer)
+	if !top.peer.CanConnect(top.hostAddr, port) {
+		t.Fatal("refused requests changed the firewall")
+	}
+	if out := d.mustParry("status"); !strings.Contains(out, "lockdown: off") {
+		t.Errorf("refused lockdown took effect: %q", out)
+	}
+	for i := range 5 {
+		out, errOut, code := d.parryAs(web, "signal", "auth_failure", "--ip", peer, "--user", "alice", "--source", "webapp")
+		if code != 0 {
+			t.Fatalf("allowed signal %d: exit %d %q", i+1, code, errOut)
+		}
+		if i == 4 && !strings.Contains(out, "decided block") {
+			t.Errorf("fifth allowed signal: %q", out)
+		}
+	}
+	netns.Eventually(t, 5*time.Second, "peer dropped after the web user's signals", func() bool {
+		return !top.peer.CanConnect(top.hostAddr, port)
+	})
+	var resp struct {
+		Blocks []struct {
+			Target, Sender, Rule string
+		} `json:"blocks"`
+	}
+	json.Unmarshal([]byte(d.mustParry("list", "--json")), &resp)
+	if len(resp.Blocks) != 1 || resp.Blocks[0].Rule != "auth-failure" || !strings.Contains(resp.Blocks[0].Sender, web.name) {
+		t.Errorf("block's cause: %+v, want rule auth-failure and sender %s", resp.Blocks, web.name)
+	}
+}
+
+// TestAuthFailuresBlockPeerIPv6: the same over IPv6.
+func TestAuthFailuresBlockPeerIPv6(t *testing.T) {
+	netns.RequireRoot(t)
+	top := newTopology(t)
+	host6, peer6 := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2")
+	netns.Eventually(t, 10*time.Second, "peer reaches the host over IPv6", func() bool {
+		return top.peer.CanConnect(host6, port)
+	})
+	d := newDaemon(t, top.host, "")
+	d.start()
+	if out := d.failLogins(peer6.String(), 5); !strings.Contains(out, "decided block by rule auth-failure") {
+		t.Fatalf("fifth signal: %q", out)
+	}
+	netns.Eventually(t, 5*time.Second, "peer's IPv6 connections dropped", func() bool {
+		return !top.peer.CanConnect(host6, port)
+	})
+	if !top.peer.CanConnect(top.hostAddr, port) {
+		t.Error("blocking the peer's IPv6 address dropped its IPv4 too")
+	}
+	if _, ok := d.blockLeft("2001:db8::2"); !ok {
+		t.Error("2001:db8::2 not in parry list")
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/parryhq/parry/response"
 )
@@ -391,4 +392,41 @@ func TestResyncAfterQueueOverflow(t *testing.T) {
 	}
 	n.Start(t)
 	eventually(t, 15*time.Second, "b gets all five after the resync", func() bool { return len(recB.blocked()) == 5 })
+}
+
+func TestMetricsFromStatus(t *testing.T) {
+	n := startNATS(t, nil)
+	a, _ := startAgent(t, n.URL, "a", nil)
+	a.Publish(block("m", time.Now().Add(time.Hour), "203.0.113.77/32"))
+	eventually(t, 10*time.Second, "echo", func() bool { return a.Status().Echoes == 1 })
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(a); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			name := mf.GetName()
+			for _, l := range m.GetLabel() {
+				name += "/" + l.GetValue()
+			}
+			if m.GetGauge() != nil {
+				got[name] = m.GetGauge().GetValue()
+			} else {
+				got[name] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	for name, want := range map[string]float64{
+		"parry_fleet_connected": 1, "parry_fleet_caught_up": 1, "parry_fleet_queue_length": 0,
+		"parry_fleet_entries_total/published": 1, "parry_fleet_entries_total/echo": 1, "parry_fleet_entries_total/rejected": 0,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v); want %v", name, v, ok, want)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,12 @@ func TestFleetThreeHosts(t *testing.T) {
 	}
 	if len(list.Blocks) != 1 || list.Blocks[0].Origin != "a" || list.Blocks[0].Source != "fleet" {
 		t.Errorf("b lists %+v; want one block with origin a, source fleet", list.Blocks)
+	}
+	if out := b.cli(t, "list"); !strings.Contains(out, "ORIGIN") || !regexp.MustCompile(`192\.0\.2\.100\s.*\sa\n`).MatchString(out) {
+		t.Errorf("parry list on b:\n%s\nwant 192.0.2.100 with origin a", out)
+	}
+	if out := b.cli(t, "status"); !strings.Contains(out, `fleet: connected to nats://192.0.2.254:4222 as "b", caught up`) {
+		t.Errorf("parry status on b:\n%s\nwant the fleet connected and caught up", out)
 	}
 
 	// A decision for an address in c's allowlist: b enforces it, c alone refuses.
@@ -77,6 +84,9 @@ func TestFleetThreeHosts(t *testing.T) {
 	}
 	if st := a.status(t).Fleet; st.Queued != 1 {
 		t.Errorf("a's queue with NATS down: %d; want 1", st.Queued)
+	}
+	if out := a.cli(t, "status"); !strings.Contains(out, "fleet: DISCONNECTED") || !strings.Contains(out, "fleet queue: 1/10000 waiting") {
+		t.Errorf("parry status on a with NATS down:\n%s\nwant DISCONNECTED and 1 queued", out)
 	}
 	l.startNATS()
 	for _, h := range []*host{b, c} {

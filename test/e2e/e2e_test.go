@@ -76,7 +76,7 @@ func TestBlockDropsPacketsAndUnblockRestores(t *testing.T) {
 func TestCIDRBlockAndExpiry(t *testing.T) {
 	p := netns.NewPair(t)
 	cfg := t.TempDir() + "/parry.yaml"
-	if err := os.WriteFile(cfg, []byte("prune_interval: 1s\n"), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(quietConfig+"prune_interval: 1s\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d := newDaemon(t, p.Host, "--config", cfg)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,9 +86,22 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
+// quietConfig turns off the parts the core tests do not exercise.
+const quietConfig = "integrity:\n  enabled: false\n"
+
 // newDaemon prepares (does not start) a parryd in ns with its own state dir.
 func newDaemon(t testing.TB, ns *netns.NS, extra ...string) *daemon {
 	dir := t.TempDir()
+	if !slices.Contains(extra, "--config") {
+		// The core tests do not need the integrity watcher, whose first
+		// start hashes the host's system files (CPU and I/O that would
+		// skew the benchmarks and slow every test).
+		cfg := filepath.Join(dir, "parry.yaml")
+		if err := os.WriteFile(cfg, []byte(quietConfig), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		extra = append([]string{"--config", cfg}, extra...)
+	}
 	return &daemon{t: t, ns: ns, dir: dir, sock: filepath.Join(dir, "parry.sock"), table: "parry", extra: extra}
 }
 

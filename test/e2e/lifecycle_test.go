@@ -110,8 +110,9 @@ func TestSocketActivation(t *testing.T) {
 	parryd, _ := binaries(t)
 	d.logs = &syncBuffer{}
 	// systemd sets LISTEN_PID to the service's pid; the shell learns it with $$.
-	d.cmd = p.Host.Command(t.Context(), "sh", "-c", `export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=control; exec "$0" "$@"`,
-		parryd, "--state-dir", d.dir, "--socket", filepath.Join(d.dir, "unused.sock"), "--table", d.table)
+	args := append([]string{"-c", `export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=control; exec "$0" "$@"`,
+		parryd, "--state-dir", d.dir, "--socket", filepath.Join(d.dir, "unused.sock"), "--table", d.table}, d.extra...)
+	d.cmd = p.Host.Command(t.Context(), "sh", args...)
 	d.cmd.ExtraFiles = []*os.File{f}
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
@@ -140,7 +141,7 @@ func TestReloadValidatesAndKeepsOldConfig(t *testing.T) {
 	p := netns.NewPair(t)
 	cfg := filepath.Join(t.TempDir(), "parry.yaml")
 	write := func(s string) {
-		if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
+		if err := os.WriteFile(cfg, []byte(quietConfig+s), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

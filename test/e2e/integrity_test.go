@@ -117,8 +117,9 @@ func TestIntegrityEndToEnd(t *testing.T) {
 	netns.Eventually(t, 5*time.Second, "integrity_violation signal decided by the policy", func() bool {
 		b, _ := os.ReadFile(filepath.Join(d.dir, "audit.log"))
 		for _, line := range strings.Split(string(b), "\n") {
-			if strings.Contains(line, `"event":"signal"`) && strings.Contains(line, `"integrity_violation"`) &&
-				strings.Contains(line, changed) && strings.Contains(line, `"outcome":"decided"`) {
+			// The decision the built-in rule made, with the signal as its cause.
+			if strings.Contains(line, `"event":"notify"`) && strings.Contains(line, `"rule":"integrity-violation"`) &&
+				strings.Contains(line, `"integrity_violation"`) && strings.Contains(line, changed) {
 				return true
 			}
 		}

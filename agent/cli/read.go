@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -47,13 +48,19 @@ func (a *App) listCmd() *cobra.Command {
 				if origin == "" {
 					origin = "local"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Target, left, dash(b.Reason), dash(b.Source), origin)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Target, left, dash(oneLine(b.Reason)), dash(oneLine(b.Source)), oneLine(origin))
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// oneLine keeps free text on its row of a table: newline, CR and tab are
+// written as \n, \r, \t.
+func oneLine(s string) string {
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`).Replace(s)
 }
 
 func dash(s string) string {

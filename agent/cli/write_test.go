@@ -1,8 +1,15 @@
 package cli
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -46,5 +53,76 @@ func TestChunkRequests(t *testing.T) {
 	}
 	if one, _ := chunkRequests(base, targets[:1], chunkBytes); len(one) != 1 {
 		t.Fatalf("one target: %d requests", len(one))
+	}
+}
+
+// fakeDaemon answers every request line on a Unix socket with answer.
+func fakeDaemon(t *testing.T, answer string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintln(c, answer)
+				}
+			}()
+		}
+	}()
+	return path
+}
+
+func TestUnblockHintsAtCoveringCIDR(t *testing.T) {
+	sock := fakeDaemon(t, `{"ok":true,"count":1,"blocks":[{"target":"198.51.100.0/24","id":"x","created":"2026-11-27T00:00:00Z"}]}`)
+	var out bytes.Buffer
+	a := &App{Stdout: &out, Stderr: io.Discard, Getenv: func(string) string { return "" }, socket: sock}
+	a.hintCovered([]string{"198.51.100.5", "203.0.113.7"})
+	got := out.String()
+	if !strings.Contains(got, "198.51.100.5 is inside the blocked 198.51.100.0/24") {
+		t.Fatalf("no hint for an address inside a blocked CIDR: %q", got)
+	}
+	if strings.Contains(got, "203.0.113.7") {
+		t.Fatalf("hint for an address no block covers: %q", got)
+	}
+}
+
+func TestBlockUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"block", "203.0.113.7", "--for", "0s"},
+		{"block", "203.0.113.7", "--for", "-1h"},
+		{"block", "203.0.113.7", "--for", "1y"},
+		{"block", "203.0.113.7", "--for", "1h", "--permanent"},
+	} {
+		var stderr bytes.Buffer
+		code := Main(context.Background(), append(args, "--socket", "/nonexistent/s.sock"), strings.NewReader(""), io.Discard, &stderr)
+		if code != ExitUsage {
+			t.Errorf("parry %v: exit %d, want %d (usage); stderr %q", args, code, ExitUsage, stderr.String())
+		}
+	}
+}
+
+func TestSkipInvalidSaysWhatItSkipped(t *testing.T) {
+	var stderr bytes.Buffer
+	a := &App{Stdin: strings.NewReader("203.0.113.7\nbogus\r\n# c\n\n198.51.100.0/24\r\n"), Stderr: &stderr}
+	got, err := a.gatherTargets(nil, "-", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, " ") != "203.0.113.7/32 198.51.100.0/24" && strings.Join(got, " ") != "203.0.113.7 198.51.100.0/24" {
+		t.Fatalf("targets = %v", got)
+	}
+	if !strings.Contains(stderr.String(), "skipped stdin:2") || !strings.Contains(stderr.String(), "skipped 1 invalid line") {
+		t.Fatalf("stderr = %q, want the skipped line named and counted", stderr.String())
 	}
 }

@@ -41,6 +41,11 @@ or the decisions made.`,
 					return usageErr("--ip %q is not an IPv4 or IPv6 address", ip)
 				}
 			}
+			switch severity {
+			case "", "low", "medium", "high", "critical":
+			default:
+				return usageErr("--severity %q: want low, medium, high or critical", severity)
+			}
 			req := map[string]any{"op": "signal", "kind": args[0]}
 			for k, v := range map[string]string{"ip": ip, "user": user, "source": source, "severity": severity, "detail": detail, "path": path} {
 				if v != "" {

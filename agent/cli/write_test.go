@@ -103,6 +103,8 @@ func TestBlockUsageErrors(t *testing.T) {
 		{"block", "203.0.113.7", "--for", "-1h"},
 		{"block", "203.0.113.7", "--for", "1y"},
 		{"block", "203.0.113.7", "--for", "1h", "--permanent"},
+		{"signal", "auth_failure", "--severity", "extreme"},
+		{"signal", "auth_failure", "--ip", "bogus"},
 	} {
 		var stderr bytes.Buffer
 		code := Main(context.Background(), append(args, "--socket", "/nonexistent/s.sock"), strings.NewReader(""), io.Discard, &stderr)

@@ -44,8 +44,8 @@ parryd is down). Re-blocking a blocked target sets its new expiry.
 Durations are Go syntax plus d and w: 90s, 30m, 12h, 7d, 2w. Without --for the
 configured default_block applies; a block that never ends needs --permanent.
 
---file reads one target per line ('-' for stdin; blank lines and # comments
-are skipped). Large files are sent in chunks of about 60 KiB, pipelined; each
+--file reads one target per line ('-' for stdin; blank lines, # comments and
+; comments as in Spamhaus DROP lists are skipped; CRLF is fine). Large files are sent in chunks of about 60 KiB, pipelined; each
 chunk is one transaction. With --file, targets parryd refuses (allowlist,
 loopback, ...) are reported and the rest are blocked.
 
@@ -151,16 +151,23 @@ func (a *App) gatherTargets(args []string, file string, skipInvalid bool) ([]str
 		}
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 64<<10)
-		for n := 1; sc.Scan(); n++ {
+		n := 1
+		for ; sc.Scan(); n++ {
 			line := sc.Text()
-			if i := strings.IndexByte(line, '#'); i >= 0 {
+			if n == 1 {
+				line = strings.TrimPrefix(line, "\ufeff") // a byte order mark from Windows tools
+			}
+			// '#' comments, and ';' as in Spamhaus DROP ("192.0.2.0/24 ; SBL123").
+			if i := strings.IndexAny(line, "#;"); i >= 0 {
 				line = line[:i]
 			}
 			if line = strings.TrimSpace(line); line != "" {
 				add(fmt.Sprintf("%s:%d", name, n), line)
 			}
 		}
-		if err := sc.Err(); err != nil {
+		if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
+			return nil, &exitError{code: ExitFailed, err: fmt.Errorf("%s:%d: line longer than 64 KiB; nothing was sent (one target per line)", name, n)}
+		} else if err != nil {
 			return nil, &exitError{code: ExitFailed, err: fmt.Errorf("read %s: %w", name, err)}
 		}
 	}

@@ -128,3 +128,20 @@ func TestSkipInvalidSaysWhatItSkipped(t *testing.T) {
 		t.Fatalf("stderr = %q, want the skipped line named and counted", stderr.String())
 	}
 }
+
+func TestFileFormats(t *testing.T) {
+	in := "\ufeff203.0.113.1\r\n198.51.100.0/24 ; SBL123\r\n; Spamhaus header\n# c\n\n  2001:db8::/48  # x\n"
+	a := &App{Stdin: strings.NewReader(in), Stderr: io.Discard}
+	got, err := a.gatherTargets(nil, "-", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[1] != "198.51.100.0/24" || got[2] != "2001:db8::/48" {
+		t.Fatalf("targets = %q", got)
+	}
+	long := "203.0.113.1\n" + strings.Repeat("x", 70000) + "\n"
+	a = &App{Stdin: strings.NewReader(long), Stderr: io.Discard}
+	if _, err := a.gatherTargets(nil, "-", false); err == nil || !strings.Contains(err.Error(), "stdin:2: line longer than 64 KiB") {
+		t.Fatalf("oversized line: err = %v, want its line number", err)
+	}
+}

@@ -66,7 +66,7 @@ func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
 	slices.SortFunc(dec.Allow, comparePrefix)
 	dec.Allow = slices.Compact(dec.Allow)
 	if len(cfg.AllowPrefixes())+len(dec.Allow) == 0 && !p.Force {
-		return nil, errorf(CodeNeedsForce, "the lockdown would have an empty allowlist: no new connection could reach this host, yours included; give --allow CIDR (your management network) or --force")
+		return nil, errorf(CodeNeedsForce, "the lockdown would have an empty allowlist: nothing could reach this host, your current session included; give --allow CIDR (your management network) or --force")
 	}
 	out, err := d.Enforce(ctx, dec)
 	if err != nil {

@@ -3,7 +3,10 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
+
+	"github.com/parryhq/parry/integrity"
 )
 
 func TestTermSafe(t *testing.T) {
@@ -34,5 +37,17 @@ func TestTermSafe(t *testing.T) {
 	var back map[string]string
 	if err := json.Unmarshal(b.Bytes(), &back); err != nil || back["reason"] != "a\u009bb\x1bc" {
 		t.Fatalf("JSON through termSafe: %q -> %v, %v", b.String(), back, err)
+	}
+}
+
+// A file name with a newline under a watched directory cannot fake a
+// finding line in 'parry integrity status/check'.
+func TestFindingsKeepFileNamesOnOneLine(t *testing.T) {
+	var b bytes.Buffer
+	printFindings(&b, []integrity.Finding{{Severity: "medium", Kind: "added", Path: "/app/evil\ncritical removed        /etc/shadow", Detail: "x\ny"}})
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.HasPrefix(l, "critical") || l == "y" {
+			t.Fatalf("a file name broke out of its line:\n%s", b.String())
+		}
 	}
 }

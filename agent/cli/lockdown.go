@@ -122,7 +122,7 @@ func (a *App) printLockdown(l agent.LockdownState) {
 	if l.Isolate {
 		fmt.Fprint(a.Stdout, ", isolated")
 	}
-	fmt.Fprintf(a.Stdout, ", reason: %s\n", dash(l.Reason))
+	fmt.Fprintf(a.Stdout, ", reason: %s\n", dash(oneLine(l.Reason)))
 	if len(l.Allow) > 0 {
 		fmt.Fprintf(a.Stdout, "lockdown allow: %s (plus the configured allowlist)\n", strings.Join(l.Allow, " "))
 	}

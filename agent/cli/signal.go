@@ -101,7 +101,7 @@ func (a *App) printSignal(out agent.SignalResult) {
 		case d.DryRun:
 			state = "dry run, not enforced"
 		}
-		fmt.Fprintf(a.Stdout, "decided %s by rule %s: %s [%s] id=%s\n", d.Action, d.Rule, d.Reason, state, d.ID)
+		fmt.Fprintf(a.Stdout, "decided %s by rule %s: %s [%s] id=%s\n", d.Action, d.Rule, oneLine(d.Reason), state, d.ID)
 	}
 }
 

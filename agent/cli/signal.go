@@ -89,7 +89,7 @@ func (a *App) printSignal(out agent.SignalResult) {
 	case "counted":
 		var parts []string
 		for _, p := range out.Progress {
-			parts = append(parts, fmt.Sprintf("%s %s: %d/%d within %s", p.Rule, p.Key, p.Count, p.Threshold, agent.FormatDuration(p.Window)))
+			parts = append(parts, fmt.Sprintf("%s %s: %d/%d within %s", p.Rule, oneLine(p.Key), p.Count, p.Threshold, agent.FormatDuration(p.Window)))
 		}
 		fmt.Fprintf(a.Stdout, "counted (%s)\n", strings.Join(parts, "; "))
 	}

@@ -101,6 +101,11 @@ func (m *Main) startFleet(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("fleet: %w", err)
 	}
 	d.Observe(publishToFleet(f))
+	if in := d.incident.Load(); in != nil && in.Metrics() != nil {
+		if err := in.Metrics().Registry().Register(f); err != nil {
+			m.Logger.Warn("fleet metrics not registered", "err", err)
+		}
+	}
 	start := time.Now()
 	if err := f.Start(ctx); err != nil {
 		return err

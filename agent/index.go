@@ -118,10 +118,18 @@ func (x *index) decision(seq uint64) store.Decision {
 	return store.Decision{Seq: seq}
 }
 
-// overlapping returns an active block of another length that overlaps p.
+// overlapping returns an active CIDR block of another length that overlaps
+// the CIDR p. Single addresses never overlap anything: they live in the
+// kernel's hash sets, apart from the CIDRs' interval sets, so an address
+// inside a blocked CIDR (or a CIDR around blocked addresses) is fine and
+// each keeps its own expiry. Only CIDR against CIDR conflicts in the kernel.
 func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
+	if p.IsSingleIP() {
+		return netip.Prefix{}, false
+	}
 	f, bits := fam(p), p.Bits()
 	lens := &x.lens[f]
+	full := p.Addr().BitLen()
 	for l := 0; l < bits; l++ {
 		if lens[l] == 0 {
 			continue
@@ -133,7 +141,7 @@ func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
 	}
 	// Longer blocks inside p: enumerate when cheap, else scan.
 	cost, longer := 0, false
-	for l := bits + 1; l < len(lens); l++ {
+	for l := bits + 1; l < full; l++ {
 		if lens[l] == 0 {
 			continue
 		}
@@ -149,13 +157,13 @@ func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
 	}
 	if cost > 4096 || cost > len(x.m) {
 		for q, e := range x.m {
-			if q.Bits() > bits && p.Contains(q.Addr()) && !e.expired(nowMs) {
+			if q.Bits() > bits && !q.IsSingleIP() && p.Contains(q.Addr()) && !e.expired(nowMs) {
 				return q, true
 			}
 		}
 		return netip.Prefix{}, false
 	}
-	for l := bits + 1; l < len(lens); l++ {
+	for l := bits + 1; l < full; l++ {
 		if lens[l] == 0 {
 			continue
 		}

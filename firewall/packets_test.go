@@ -63,15 +63,15 @@ func TestPacketsExpiry(t *testing.T) {
 	p.Host.ServeTCP(t, port)
 	f := newFirewall(t, p.Host)
 	if err := f.Block([]firewall.Element{
-		{Prefix: netip.PrefixFrom(p.PeerV4, 32), Timeout: 2 * time.Second},
-		{Prefix: pfx("2001:db8::/64"), Timeout: 2 * time.Second},
+		{Prefix: netip.PrefixFrom(p.PeerV4, 32), Timeout: 6 * time.Second},
+		{Prefix: pfx("2001:db8::/64"), Timeout: 6 * time.Second},
 	}); err != nil {
 		t.Fatal(err)
 	}
 	if p.Peer.Ping(p.HostV4) || p.Peer.Ping(p.HostV6) {
 		t.Fatal("peer reaches host right after the block")
 	}
-	netns.Eventually(t, 10*time.Second, "peer reaches host again after the kernel expired the block", func() bool {
+	netns.Eventually(t, 20*time.Second, "peer reaches host again after the kernel expired the block", func() bool {
 		return p.Peer.Ping(p.HostV4) && p.Peer.CanConnect(p.HostV4, port) && p.Peer.Ping(p.HostV6) && p.Peer.CanConnect(p.HostV6, port)
 	})
 }

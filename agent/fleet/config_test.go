@@ -1,11 +1,18 @@
 package fleet
 
 import (
+	"bytes"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nkeys"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -91,4 +98,55 @@ func TestConfigValidateRejects(t *testing.T) {
 	if err := (Config{Name: "bad name"}).Validate(); err != nil {
 		t.Errorf("a disabled fleet failed validation: %v", err)
 	}
+}
+
+// TestCredentialsFiles: a seed file and a .creds file both give the host
+// its signing key; a file without a user seed, or one that does not match
+// the host's entry in trusted, is refused at start.
+func TestCredentialsFiles(t *testing.T) {
+	dir := t.TempDir()
+	kp, _ := nkeys.CreateUser()
+	seed, _ := kp.Seed()
+	pub, _ := kp.PublicKey()
+	other, _ := nkeys.CreateUser()
+	otherPub, _ := other.PublicKey()
+	creds := fmt.Sprintf("-----BEGIN NATS USER JWT-----\neyJhbGciOi.fake.jwt\n------END NATS USER JWT------\n\n"+
+		"-----BEGIN USER NKEY SEED-----\n%s\n------END USER NKEY SEED------\n", seed)
+	files := map[string]string{"seed.nk": string(seed), "user.creds": creds, "empty.nk": "no seed here\n"}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	try := func(file string, trusted map[string]string) (*Fleet, error) {
+		return New(Config{Servers: []string{"nats://127.0.0.1:1"}, Name: "a", Credentials: filepath.Join(dir, file), Trusted: trusted},
+			&recorder{}, Options{})
+	}
+	for _, file := range []string{"seed.nk", "user.creds"} {
+		f, err := try(file, map[string]string{"a": pub})
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if !bytes.Equal(f.key.Public().(ed25519.PublicKey), mustVerifyKey(t, pub)) {
+			t.Errorf("%s: signing key is not the file's", file)
+		}
+	}
+	if _, err := try("empty.nk", nil); err == nil || !strings.Contains(err.Error(), "no user nkey seed") {
+		t.Errorf("file without a seed: err = %v", err)
+	}
+	if _, err := try("seed.nk", map[string]string{"a": otherPub}); err == nil || !strings.Contains(err.Error(), "is not the key in") {
+		t.Errorf("trusted key for a that is not a's: err = %v", err)
+	}
+	if _, err := try("missing.nk", nil); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: err = %v; want not exist", err)
+	}
+}
+
+func mustVerifyKey(t *testing.T, pub string) ed25519.PublicKey {
+	t.Helper()
+	k, err := verifyKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

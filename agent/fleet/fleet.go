@@ -13,6 +13,7 @@ package fleet
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -57,8 +58,8 @@ type Fleet struct {
 	apply   Applier
 	log     *slog.Logger
 	now     func() time.Time
-	kp      nkeys.KeyPair // signs our entries; nil: unsigned
-	trusted map[string]nkeys.KeyPair
+	key     ed25519.PrivateKey // signs our entries; nil: unsigned
+	trusted map[string]ed25519.PublicKey
 	natsOpt []nats.Option
 
 	q    *queue
@@ -108,7 +109,7 @@ func New(cfg Config, apply Applier, opt Options) (*Fleet, error) {
 		q: newQueue(cfg.QueueSize), seen: newIDSet(1 << 16), inbox: make(chan inbound, 4*maxGroup),
 		caughtUp: make(chan struct{}), known: make(map[string]known),
 		local: opt.Local, resync: make(chan struct{}, 1),
-		trusted: make(map[string]nkeys.KeyPair, len(cfg.Trusted)),
+		trusted: make(map[string]ed25519.PublicKey, len(cfg.Trusted)),
 	}
 	if f.log == nil {
 		f.log = slog.Default()
@@ -118,11 +119,11 @@ func New(cfg Config, apply Applier, opt Options) (*Fleet, error) {
 		f.now = time.Now
 	}
 	for name, key := range cfg.Trusted {
-		kp, err := nkeys.FromPublicKey(key)
+		pub, err := verifyKey(key)
 		if err != nil {
 			return nil, fmt.Errorf("trusted[%s]: %w", name, err)
 		}
-		f.trusted[name] = kp
+		f.trusted[name] = pub
 	}
 	opts, err := f.connOptions()
 	if err != nil {
@@ -172,7 +173,9 @@ func (f *Fleet) connOptions() ([]nats.Option, error) {
 		if err != nil {
 			return nil, fmt.Errorf("credentials: %s: no user nkey seed (SU...): %w", c, err)
 		}
-		f.kp = kp
+		if f.key, err = signingKey(kp); err != nil {
+			return nil, fmt.Errorf("credentials: %w", err)
+		}
 		if strings.Contains(string(raw), "BEGIN NATS USER JWT") {
 			opts = append(opts, nats.UserCredentials(c))
 		} else {
@@ -317,6 +320,14 @@ func (f *Fleet) note(subject string, e entry, stored bool) {
 		clear(f.known)
 	}
 	f.known[subject] = known{id: e.ID, until: e.Until, block: e.Action == response.ActionBlock, stored: stored}
+}
+
+// sentByUs reports whether the latest entry we queued about subject has id.
+func (f *Fleet) sentByUs(subject, id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k, ok := f.known[subject]
+	return ok && !k.stored && k.id == id
 }
 
 func (f *Fleet) tombstoneUntil(subject string, now time.Time) time.Time {

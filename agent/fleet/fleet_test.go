@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/parryhq/parry/response"
 )
@@ -29,19 +30,19 @@ func TestBlockReachesTheFleetButNotItsOrigin(t *testing.T) {
 	until := time.Now().Add(time.Hour).Truncate(time.Second)
 	a.Publish(block("d1", until, "203.0.113.7/32", "2001:db8:bad::/48"))
 	for name, rec := range map[string]*recorder{"b": recB, "c": recC} {
-		eventually(t, 5*time.Second, name+" applies both targets", func() bool { return len(rec.blocked()) == 2 })
+		eventually(t, 10*time.Second, name+" applies both targets", func() bool { return len(rec.blocked()) == 2 })
 		got := rec.blocked()[netip.MustParsePrefix("203.0.113.7/32")]
 		if got.Origin != "a" || got.Source != "fleet" || !got.Until.Equal(until) || got.Action != response.ActionBlock || (got.ID != "d1#0" && got.ID != "d1") {
 			t.Errorf("%s applied %+v; want origin a, source fleet, until %v, id d1#0 (or d1 when merged)", name, got, until)
 		}
 	}
-	eventually(t, 5*time.Second, "a sees its own two entries come back", func() bool { return a.Status().Echoes == 2 })
+	eventually(t, 10*time.Second, "a sees its own two entries come back", func() bool { return a.Status().Echoes == 2 })
 	if got := recA.all(); len(got) != 0 {
 		t.Errorf("origin applied its own decision back: %+v", got)
 	}
 
 	a.Publish(unblock("d2", "203.0.113.7/32"))
-	eventually(t, 5*time.Second, "unblock reaches b", func() bool { return len(recB.blocked()) == 1 })
+	eventually(t, 10*time.Second, "unblock reaches b", func() bool { return len(recB.blocked()) == 1 })
 	if st := a.Status(); st.Published != 3 || !st.Connected || !st.CaughtUp {
 		t.Errorf("status of a = %+v; want 3 published, connected, caught up", st)
 	}
@@ -59,7 +60,7 @@ func TestLockdownsAndRemoteDecisionsStayLocal(t *testing.T) {
 	dry.DryRun = true
 	a.Publish(dry)
 	a.Publish(block("marker", time.Now().Add(time.Hour), "198.51.100.11/32"))
-	eventually(t, 5*time.Second, "marker reaches b", func() bool { return len(recB.all()) >= 1 })
+	eventually(t, 10*time.Second, "marker reaches b", func() bool { return len(recB.all()) >= 1 })
 	if got := recB.all(); len(got) != 1 || got[0].ID != "marker" {
 		t.Errorf("b applied %+v; want only the marker block", got)
 	}
@@ -124,7 +125,7 @@ func TestDuplicatesAreAppliedOnce(t *testing.T) {
 	d := block("same", time.Now().Add(time.Hour), "192.0.2.50/32")
 	a.Publish(d)
 	a.Publish(d) // JetStream drops this one (Nats-Msg-Id)
-	eventually(t, 5*time.Second, "b applies", func() bool { return len(recB.all()) == 1 })
+	eventually(t, 10*time.Second, "b applies", func() bool { return len(recB.all()) == 1 })
 
 	// The same entry stored again without a message id still reaches b
 	// once: b remembers the ids it applied.
@@ -141,7 +142,7 @@ func TestDuplicatesAreAppliedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Publish(block("marker", time.Now().Add(time.Hour), "192.0.2.51/32"))
-	eventually(t, 5*time.Second, "marker reaches b", func() bool { return len(recB.blocked()) == 2 })
+	eventually(t, 10*time.Second, "marker reaches b", func() bool { return len(recB.blocked()) == 2 })
 	if got := len(recB.all()); got != 2 {
 		t.Errorf("b applied %d decisions; want 2 (the duplicate dropped)", got)
 	}
@@ -159,8 +160,8 @@ func TestRefusedByLocalGuardOnOneHostOnly(t *testing.T) {
 	recC.allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
 	recC.mu.Unlock()
 	a.Publish(block("g", time.Now().Add(time.Hour), "192.0.2.9/32"))
-	eventually(t, 5*time.Second, "b applies", func() bool { return len(recB.blocked()) == 1 })
-	eventually(t, 5*time.Second, "c refuses", func() bool { return c.Status().Refused == 1 })
+	eventually(t, 10*time.Second, "b applies", func() bool { return len(recB.blocked()) == 1 })
+	eventually(t, 10*time.Second, "c refuses", func() bool { return c.Status().Refused == 1 })
 	if len(recC.blocked()) != 0 || b.Status().Refused != 0 {
 		t.Errorf("c blocked %v, b refused %d; want c none, b 0", recC.blocked(), b.Status().Refused)
 	}
@@ -172,10 +173,10 @@ func TestQueueWhileDisconnectedIsBoundedAndFlushedOnReconnect(t *testing.T) {
 	a, _ := startAgent(t, n.URL, "a", small)
 	_, recB := startAgent(t, n.URL, "b", nil)
 	a.Publish(block("before", time.Now().Add(time.Hour), "203.0.113.1/32"))
-	eventually(t, 5*time.Second, "b applies the first block", func() bool { return len(recB.blocked()) == 1 })
+	eventually(t, 10*time.Second, "b applies the first block", func() bool { return len(recB.blocked()) == 1 })
 
 	n.Stop()
-	eventually(t, 5*time.Second, "a notices the outage", func() bool { return !a.Status().Connected })
+	eventually(t, 10*time.Second, "a notices the outage", func() bool { return !a.Status().Connected })
 	until := time.Now().Add(time.Hour)
 	for i := range 15 {
 		a.Publish(block(fmt.Sprintf("q%d", i), until, fmt.Sprintf("198.51.100.%d/32", i)))
@@ -201,7 +202,7 @@ func TestServerRestartLosesNothing(t *testing.T) {
 	for i := range 20 {
 		a.Publish(block(fmt.Sprintf("s%d", i), time.Now().Add(time.Hour), fmt.Sprintf("203.0.113.%d/32", i)))
 	}
-	eventually(t, 5*time.Second, "published", func() bool { return a.Status().Queued == 0 })
+	eventually(t, 10*time.Second, "published", func() bool { return a.Status().Queued == 0 })
 	n.Stop()
 	n.Start(t)
 	_, recC := startAgent(t, n.URL, "c", nil)
@@ -258,7 +259,7 @@ func TestForgedDecisionsRejected(t *testing.T) {
 	forge := func(origin string, kp nkeys.KeyPair, target string) {
 		t.Helper()
 		e := entries(block("forged-"+target, time.Now().Add(time.Hour), target), origin, time.Now())[0]
-		body, sig, err := encode(e, kp)
+		body, sig, err := encode(e, privKey(kp))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,10 +277,15 @@ func TestForgedDecisionsRejected(t *testing.T) {
 	forge("a", nil, "198.51.100.1/32")                   // unsigned
 	forge("a", keys["mallory"], "198.51.100.2/32")       // signed with the wrong key
 	forge("mallory", keys["mallory"], "198.51.100.3/32") // untrusted origin
-	eventually(t, 5*time.Second, "b rejects three forgeries", func() bool { return b.Status().Rejected == 3 })
+	eventually(t, 10*time.Second, "b rejects three forgeries", func() bool { return b.Status().Rejected == 3 })
+	// a itself rejects all three, the two in its name too: they are not its echoes.
+	eventually(t, 10*time.Second, "a rejects three forgeries", func() bool { return a.Status().Rejected == 3 })
+	if st := a.Status(); st.Echoes != 0 {
+		t.Errorf("a counted %d forgeries as its own echoes", st.Echoes)
+	}
 
 	a.Publish(block("real", time.Now().Add(time.Hour), "198.51.100.4/32"))
-	eventually(t, 5*time.Second, "b applies the genuine block", func() bool { return len(recB.all()) == 1 })
+	eventually(t, 10*time.Second, "b applies the genuine block", func() bool { return len(recB.all()) == 1 })
 	if got := recB.all(); got[0].ID != "real" {
 		t.Errorf("b applied %+v; want only the genuine block", got)
 	}
@@ -320,7 +326,7 @@ func TestResyncRepublishesWhatTheStreamLacks(t *testing.T) {
 	n := startNATS(t, nil)
 	b, recB := startAgent(t, n.URL, "b", nil)
 	b.Publish(block("b-z", time.Now().Add(time.Hour), "203.0.113.30/32"))
-	eventually(t, 5*time.Second, "b's block stored", func() bool { return b.Status().Echoes == 1 })
+	eventually(t, 10*time.Second, "b's block stored", func() bool { return b.Status().Echoes == 1 })
 
 	until := time.Now().Add(time.Hour)
 	local := []response.Decision{
@@ -338,7 +344,7 @@ func TestResyncRepublishesWhatTheStreamLacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = a.Close(context.Background()) })
-	eventually(t, 5*time.Second, "b receives a's two lost blocks", func() bool { return len(recB.all()) == 2 })
+	eventually(t, 10*time.Second, "b receives a's two lost blocks", func() bool { return len(recB.all()) == 2 })
 	for _, d := range recB.all() {
 		if d.Origin != "a" || d.Targets[0].Addr().String() == "203.0.113.30" {
 			t.Errorf("b applied %+v; want only a's blocks of .10 and .11", d)
@@ -373,7 +379,7 @@ func TestResyncAfterQueueOverflow(t *testing.T) {
 	t.Cleanup(func() { _ = a.Close(context.Background()) })
 
 	n.Stop()
-	eventually(t, 5*time.Second, "a notices the outage", func() bool { return !a.Status().Connected })
+	eventually(t, 10*time.Second, "a notices the outage", func() bool { return !a.Status().Connected })
 	for i := range 5 {
 		d := block(fmt.Sprintf("o%d", i), time.Now().Add(time.Hour), fmt.Sprintf("198.51.100.%d/32", i))
 		mu.Lock()
@@ -386,4 +392,41 @@ func TestResyncAfterQueueOverflow(t *testing.T) {
 	}
 	n.Start(t)
 	eventually(t, 15*time.Second, "b gets all five after the resync", func() bool { return len(recB.blocked()) == 5 })
+}
+
+func TestMetricsFromStatus(t *testing.T) {
+	n := startNATS(t, nil)
+	a, _ := startAgent(t, n.URL, "a", nil)
+	a.Publish(block("m", time.Now().Add(time.Hour), "203.0.113.77/32"))
+	eventually(t, 10*time.Second, "echo", func() bool { return a.Status().Echoes == 1 })
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(a); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			name := mf.GetName()
+			for _, l := range m.GetLabel() {
+				name += "/" + l.GetValue()
+			}
+			if m.GetGauge() != nil {
+				got[name] = m.GetGauge().GetValue()
+			} else {
+				got[name] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	for name, want := range map[string]float64{
+		"parry_fleet_connected": 1, "parry_fleet_caught_up": 1, "parry_fleet_queue_length": 0,
+		"parry_fleet_entries_total/published": 1, "parry_fleet_entries_total/echo": 1, "parry_fleet_entries_total/rejected": 0,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v); want %v", name, v, ok, want)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/parryhq/parry/response"
 	"github.com/parryhq/parry/test/netns"
@@ -167,3 +169,15 @@ func unblock(id string, targets ...string) response.Decision {
 }
 
 var eventually = netns.Eventually
+
+// privKey is the signing key of kp; nil for a nil kp (unsigned).
+func privKey(kp nkeys.KeyPair) ed25519.PrivateKey {
+	if kp == nil {
+		return nil
+	}
+	k, err := signingKey(kp)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}

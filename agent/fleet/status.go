@@ -1,6 +1,10 @@
 package fleet
 
-import "time"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Status is the fleet's state for `parry status` and metrics.
 type Status struct {
@@ -44,4 +48,47 @@ func (f *Fleet) Status() Status {
 	st.LastError, st.LastErrorAt = f.lastErr, f.lastAt
 	f.mu.Unlock()
 	return st
+}
+
+var (
+	descConnected = prometheus.NewDesc("parry_fleet_connected", "1 when connected to a NATS server.", nil, nil)
+	descCaughtUp  = prometheus.NewDesc("parry_fleet_caught_up", "1 once the fleet's active decisions have been read and applied.", nil, nil)
+	descQueued    = prometheus.NewDesc("parry_fleet_queue_length", "Outgoing decision entries waiting for NATS.", nil, nil)
+	descEntries   = prometheus.NewDesc("parry_fleet_entries_total", "Fleet decision entries (one per target) by outcome.", []string{"outcome"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (f *Fleet) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descConnected
+	ch <- descCaughtUp
+	ch <- descQueued
+	ch <- descEntries
+}
+
+// Collect implements prometheus.Collector from Status: counters in memory,
+// nothing else is read.
+func (f *Fleet) Collect(ch chan<- prometheus.Metric) {
+	st := f.Status()
+	ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, b2f(st.Connected))
+	ch <- prometheus.MustNewConstMetric(descCaughtUp, prometheus.GaugeValue, b2f(st.CaughtUp))
+	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(st.Queued))
+	for _, o := range []struct {
+		name string
+		v    uint64
+	}{
+		{"published", st.Published}, {"dropped", st.Dropped}, {"received", st.Received},
+		{"applied", st.Applied}, {"refused", st.Refused}, {"rejected", st.Rejected},
+		{"echo", st.Echoes}, {"duplicate", st.Duplicates}, {"expired", st.Expired},
+	} {
+		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.CounterValue, float64(o.v), o.name)
+	}
+}
+
+var _ prometheus.Collector = (*Fleet)(nil)
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

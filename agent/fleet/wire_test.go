@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"errors"
 	"net/netip"
 	"testing"
@@ -55,15 +56,18 @@ func TestDecodeChecks(t *testing.T) {
 	kp, _ := nkeys.CreateUser()
 	other, _ := nkeys.CreateUser()
 	pub, _ := kp.PublicKey()
-	pk, _ := nkeys.FromPublicKey(pub)
-	trusted := map[string]nkeys.KeyPair{"a": pk}
+	pk, err := verifyKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trusted := map[string]ed25519.PublicKey{"a": pk}
 	e := entries(block("x", time.Now().Add(time.Hour), "203.0.113.7/32"), "a", time.Now())[0]
 	subj := subjectFor("parry", e.Target)
-	body, sig, _ := encode(e, kp)
+	body, sig, _ := encode(e, privKey(kp))
 	if _, err := decode(subj, body, sig, "parry", trusted); err != nil {
 		t.Fatalf("genuine entry: %v", err)
 	}
-	_, badSig, _ := encode(e, other)
+	_, badSig, _ := encode(e, privKey(other))
 	tampered := bytes.Replace(body, []byte(`"reason":"test"`), []byte(`"reason":"tesu"`), 1)
 	for name, tc := range map[string]struct {
 		subj, sig string
@@ -86,7 +90,7 @@ func TestDecodeChecks(t *testing.T) {
 		}
 	}
 	other2 := entries(block("y", time.Now().Add(time.Hour), "203.0.113.7/32"), "z", time.Now())[0]
-	body2, sig2, _ := encode(other2, other)
+	body2, sig2, _ := encode(other2, privKey(other))
 	if _, err := decode(subj, body2, sig2, "parry", trusted); !errors.Is(err, ErrUntrusted) {
 		t.Errorf("untrusted origin: err = %v; want %v", err, ErrUntrusted)
 	}

@@ -125,6 +125,7 @@ type fields struct {
 	Decision string          `json:"decision"`
 	Conns    json.RawMessage `json:"connections"`
 	Present  *bool           `json:"table_was_present"`
+	Signals  []fields        `json:"signals"` // event "signals": a batch of signal records
 }
 
 // sender reads the sender as a string ("uid=0(root)") or a Sender object.
@@ -261,6 +262,10 @@ func (b *builder) add(l Line, f fields) {
 		}
 	case "signal":
 		b.signal(l, f)
+	case "signals": // the agent audits signals in batches
+		for _, sf := range f.Signals {
+			b.signal(l, sf)
+		}
 	case "finding", "integrity_finding":
 		b.finding(l, f)
 	case "evidence":

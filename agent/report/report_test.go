@@ -68,10 +68,13 @@ func scriptedDay(t *testing.T) []byte {
 		"connections": []map[string]any{{"proto": "tcp", "local": "192.0.2.1:443", "remote": "203.0.113.7:50122", "pid": 901, "name": "nginx"},
 			{"proto": "tcp", "local": "192.0.2.1:22", "remote": "203.0.113.7:50130", "pid": 455, "name": "sshd"}}})
 	c.add(t, "2026-03-10T03:14:05Z", "expire", map[string]any{"targets": []string{"203.0.113.7"}, "count": 1})
+	// The agent audits signals in batches: one "signals" event for several.
+	var batch []map[string]any
 	for i := range 3 {
-		c.add(t, "2026-03-10T09:00:0"+string(rune('0'+i))+"Z", "signal", map[string]any{"kind": "port_scan", "ip": "198.51.100." + string(rune('1'+i)),
+		batch = append(batch, map[string]any{"kind": "port_scan", "ip": "198.51.100." + string(rune('1'+i)),
 			"source": "fail2ban", "sender": "uid=0(root) pid=" + string(rune('7'+i)), "outcome": "decided"})
 	}
+	c.add(t, "2026-03-10T09:00:02Z", "signals", map[string]any{"count": 3, "signals": batch})
 	c.add(t, "2026-03-10T09:01:00Z", "block", map[string]any{"id": "d-scan", "action": "block", "targets": []string{"198.51.100.0/24"},
 		"until": "permanent", "reason": "scanner network | ticket #42", "source": "cli", "sender": "uid=0(root)", "added": 1})
 	c.add(t, "2026-03-10T10:30:00Z", "refuse", map[string]any{"id": "d-lo", "action": "block", "targets": []string{"127.0.0.1"},

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +33,7 @@ func TestFleetThreeHosts(t *testing.T) {
 	// A block on a is enforced on b and c, with real packets.
 	a.block(t, xBlocked, "brute force")
 	for _, h := range []*host{b, c} {
-		netns.Eventually(t, 5*time.Second, xBlocked.String()+" dropped by "+h.name, func() bool { return !l.reaches(xBlocked, hostAddr[h.name]) })
+		netns.Eventually(t, 10*time.Second, xBlocked.String()+" dropped by "+h.name, func() bool { return !l.reaches(xBlocked, hostAddr[h.name]) })
 	}
 	var list struct{ Blocks []agent.BlockInfo }
 	if err := b.call(t, map[string]any{"op": "list"}, &list); err != nil {
@@ -41,11 +42,17 @@ func TestFleetThreeHosts(t *testing.T) {
 	if len(list.Blocks) != 1 || list.Blocks[0].Origin != "a" || list.Blocks[0].Source != "fleet" {
 		t.Errorf("b lists %+v; want one block with origin a, source fleet", list.Blocks)
 	}
+	if out := b.cli(t, "list"); !strings.Contains(out, "ORIGIN") || !regexp.MustCompile(`192\.0\.2\.100\s.*\sa\n`).MatchString(out) {
+		t.Errorf("parry list on b:\n%s\nwant 192.0.2.100 with origin a", out)
+	}
+	if out := b.cli(t, "status"); !strings.Contains(out, `fleet: connected to nats://192.0.2.254:4222 as "b", caught up`) {
+		t.Errorf("parry status on b:\n%s\nwant the fleet connected and caught up", out)
+	}
 
 	// A decision for an address in c's allowlist: b enforces it, c alone refuses.
 	a.block(t, xAllowedC, "scanner")
-	netns.Eventually(t, 5*time.Second, "b drops "+xAllowedC.String(), func() bool { return !l.reaches(xAllowedC, hostAddr["b"]) })
-	netns.Eventually(t, 5*time.Second, "c refuses", func() bool { return c.status(t).Fleet.Refused == 1 })
+	netns.Eventually(t, 10*time.Second, "b drops "+xAllowedC.String(), func() bool { return !l.reaches(xAllowedC, hostAddr["b"]) })
+	netns.Eventually(t, 10*time.Second, "c refuses", func() bool { return c.status(t).Fleet.Refused == 1 })
 	if !l.reaches(xAllowedC, hostAddr["c"]) || c.inKernel(t, xAllowedC) {
 		t.Errorf("c blocked %s, which its allowlist protects", xAllowedC)
 	}
@@ -57,7 +64,7 @@ func TestFleetThreeHosts(t *testing.T) {
 	// it in its kernel by the time it reports READY.
 	l.stop(c)
 	a.block(t, xWhileDown, "while c was away")
-	netns.Eventually(t, 5*time.Second, "b drops "+xWhileDown.String(), func() bool { return b.inKernel(t, xWhileDown) })
+	netns.Eventually(t, 10*time.Second, "b drops "+xWhileDown.String(), func() bool { return b.inKernel(t, xWhileDown) })
 	l.start(c)
 	if !c.inKernel(t, xWhileDown) || !c.inKernel(t, xBlocked) {
 		t.Fatalf("c at READY: %s in kernel %v, %s in kernel %v; want both", xWhileDown, c.inKernel(t, xWhileDown), xBlocked, c.inKernel(t, xBlocked))
@@ -77,6 +84,9 @@ func TestFleetThreeHosts(t *testing.T) {
 	}
 	if st := a.status(t).Fleet; st.Queued != 1 {
 		t.Errorf("a's queue with NATS down: %d; want 1", st.Queued)
+	}
+	if out := a.cli(t, "status"); !strings.Contains(out, "fleet: DISCONNECTED") || !strings.Contains(out, "fleet queue: 1/10000 waiting") {
+		t.Errorf("parry status on a with NATS down:\n%s\nwant DISCONNECTED and 1 queued", out)
 	}
 	l.startNATS()
 	for _, h := range []*host{b, c} {
@@ -107,7 +117,7 @@ func TestFleetThreeHosts(t *testing.T) {
 		t.Fatalf("the untrusted publisher did not get its forgery stored (%q); the test proves nothing", res["untrusted"])
 	}
 	for _, h := range []*host{a, b, c} {
-		netns.Eventually(t, 5*time.Second, h.name+" rejects the forgery", func() bool { return h.status(t).Fleet.Rejected > 0 })
+		netns.Eventually(t, 10*time.Second, h.name+" rejects the forgery", func() bool { return h.status(t).Fleet.Rejected > 0 })
 		if h.inKernel(t, xForged) || !l.reaches(xForged, hostAddr[h.name]) {
 			t.Errorf("%s enforced a forged decision", h.name)
 		}

@@ -30,7 +30,7 @@ var (
 	buildErr  error
 )
 
-// parrydBin builds cmd/parryd once per test binary.
+// parrydBin builds cmd/parryd (and cmd/parry) once per test binary.
 func parrydBin(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -43,9 +43,12 @@ func parrydBin(t testing.TB) string {
 			buildErr = fmt.Errorf("the go tool is needed to build parryd: %w", err)
 			return
 		}
-		out, err := exec.Command(goBin, "build", "-o", filepath.Join(buildDir, "parryd"), "github.com/parryhq/parry/cmd/parryd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build parryd: %w: %s", err, out)
+		for _, cmd := range []string{"parryd", "parry"} {
+			out, err := exec.Command(goBin, "build", "-o", filepath.Join(buildDir, cmd), "github.com/parryhq/parry/cmd/"+cmd).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go build %s: %w: %s", cmd, err, out)
+				return
+			}
 		}
 	})
 	if buildErr != nil {
@@ -309,6 +312,17 @@ func (h *host) call(t testing.TB, req map[string]any, out any) error {
 	}
 	defer c.Close()
 	return c.Call(req, out)
+}
+
+// cli runs the parry CLI against the host's daemon and returns its output.
+func (h *host) cli(t testing.TB, args ...string) string {
+	t.Helper()
+	bin := filepath.Join(filepath.Dir(parrydBin(t)), "parry")
+	out, err := exec.Command(bin, append([]string{"--socket", h.sock}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("parry %s on %s: %v\n%s", strings.Join(args, " "), h.name, err, out)
+	}
+	return string(out)
 }
 
 func (h *host) block(t testing.TB, target netip.Addr, reason string) {

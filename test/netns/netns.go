@@ -172,9 +172,12 @@ func NewPair(t testing.TB) *Pair {
 	return p
 }
 
-// Ping reports whether one ICMP echo from ns to dst gets an answer within 1 s.
+// Ping reports whether an ICMP echo from ns to dst gets an answer within 2 s.
+// It sends one echo every 0.5 s until the first reply, so that one packet
+// lost while neighbour discovery runs on a loaded machine does not turn into
+// a false "unreachable".
 func (n *NS) Ping(dst netip.Addr) bool {
-	_, err := n.Run("ping", "-n", "-q", "-c", "1", "-W", "1", dst.String())
+	_, err := n.Run("ping", "-n", "-q", "-c", "1", "-i", "0.5", "-w", "2", dst.String())
 	return err == nil
 }
 
@@ -212,8 +215,8 @@ func (n *NS) ServeTCP(t testing.TB, port int) {
 }
 
 // CanConnect reports whether a TCP connection from ns to dst:port is
-// established within 1 s.
+// established within 2 s (time for one SYN retransmission).
 func (n *NS) CanConnect(dst netip.Addr, port int) bool {
-	_, err := n.Run("socat", "-T1", "/dev/null", fmt.Sprintf("TCP:%s,connect-timeout=1", netip.AddrPortFrom(dst, uint16(port))))
+	_, err := n.Run("socat", "-T2", "/dev/null", fmt.Sprintf("TCP:%s,connect-timeout=2", netip.AddrPortFrom(dst, uint16(port))))
 	return err == nil
 }

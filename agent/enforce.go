@@ -28,6 +28,7 @@ type Outcome struct {
 	Until    time.Time       `json:"until,omitzero"`      // block/lockdown: when it ends; zero = permanent
 	DryRun   bool            `json:"dry_run,omitempty"`   // recorded, not enforced
 	Applied  []netip.Prefix  `json:"-"`                   // the targets actually blocked or unblocked
+	Err      error           `json:"-"`                   // for observers: why the decision was refused (nil: enforced)
 }
 
 // EnforceOptions tune one Enforce call.
@@ -75,6 +76,7 @@ func (d *Daemon) EnforceWith(ctx context.Context, dec response.Decision, opt Enf
 		err = errorf(CodeBadRequest, "unknown action %q", dec.Action)
 	}
 	if err != nil {
+		out.Err = err
 		f := decisionFields(dec, Outcome{ID: dec.ID, Action: dec.Action})
 		f["code"], f["error"] = CodeOf(err), err.Error()
 		d.Audit("refuse", f)

@@ -35,7 +35,13 @@ func TestEnforceBlockUnblockExpire(t *testing.T) {
 	d := newTestDaemon(t, cfg, fw, clk)
 	ctx := context.Background()
 	var seen []string
-	d.Observe(func(dec response.Decision, o Outcome) { seen = append(seen, string(dec.Action)) })
+	d.Observe(func(dec response.Decision, o Outcome) {
+		if o.Err != nil {
+			seen = append(seen, "refused:"+CodeOf(o.Err))
+			return
+		}
+		seen = append(seen, string(dec.Action))
+	})
 
 	out, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "198.51.100.0/24"), Until: t0.Add(time.Hour), Reason: "r"})
 	if err == nil {
@@ -88,7 +94,7 @@ func TestEnforceBlockUnblockExpire(t *testing.T) {
 	if len(d.blocks.decs) != 0 {
 		t.Errorf("decisions leak after every block ended: %d left", len(d.blocks.decs))
 	}
-	if diff := cmp.Diff([]string{"block", "block", "block", "block", "block", "unblock", "unblock"}, seen); diff != "" {
+	if diff := cmp.Diff([]string{"refused:allowlisted", "block", "block", "refused:overlap", "block", "unblock", "unblock"}, seen); diff != "" {
 		t.Errorf("observer calls (-want +got):\n%s", diff)
 	}
 	d.audit.Sync()

@@ -103,3 +103,40 @@ func BenchmarkLoadAndReassert100k(b *testing.B) {
 	b.ReportMetric(float64(load.Milliseconds())/float64(b.N), "load-ms")
 	b.ReportMetric(float64(reassert.Milliseconds())/float64(b.N), "reassert-ms")
 }
+
+// BenchmarkEnforceOne: one single-address block through Enforce into a real
+// kernel, in-process: the floor under the socket latency.
+func BenchmarkEnforceOne(b *testing.B) {
+	ns := netns.New(b)
+	fw, err := firewall.New(ns.Conn(b, firewall.ConnOptions()...), firewall.Config{Table: "pbone"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.StateDir = b.TempDir()
+	cfg.Socket = cfg.StateDir + "/s.sock"
+	cfg.Validate()
+	d, err := New(cfg, Options{Firewall: fw, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		HostAddrs: func() ([]netip.Addr, error) { return nil, nil }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	d.Reconcile("bench")
+	var fwT time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(1 + i>>16), byte(i >> 8), byte(i)}), 32)
+		if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: []netip.Prefix{p}, Until: time.Now().Add(time.Hour)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	for i := range min(b.N, 500) {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{11, byte(1 + i>>16), byte(i >> 8), byte(i)}), 32)
+		t0 := time.Now()
+		fw.Block([]firewall.Element{{Prefix: p, Timeout: time.Hour}})
+		fwT += time.Since(t0)
+	}
+	b.ReportMetric(float64(fwT.Microseconds())/float64(min(b.N, 500)), "fw-block-alone-µs")
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -322,6 +323,14 @@ again re-creates the table with them.`,
 			conn, cerr := nftables.New()
 			if cerr != nil {
 				return &exitError{code: ExitFailed, err: cerr}
+			}
+			tables, lerr := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+			if lerr != nil {
+				return &exitError{code: ExitFailed, err: fmt.Errorf("list nftables tables: %w", lerr)}
+			}
+			if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == table }) {
+				fmt.Fprintf(a.Stdout, "parryd is not running and this network namespace has no table inet %s: nothing to remove\n", table)
+				return nil
 			}
 			fw, ferr := firewall.New(conn, firewall.Config{Table: table})
 			if ferr == nil {

@@ -207,6 +207,14 @@ func TestRemoveRules(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "parryd is not running: start it with `systemctl start parry` or run `parryd`") {
 		t.Fatalf("not running: exit %d %q", code, errOut)
 	}
+	// Nothing left to remove: the CLI says so instead of claiming it removed
+	// a table (run inside the namespace: with parryd down the CLI acts on
+	// the firewall of the namespace it runs in).
+	_, parry := binaries(t)
+	out, err := p.Host.Run(parry, "--socket", d.sock, "uninstall-rules", "--table", d.table)
+	if err != nil || !strings.Contains(out, "nothing to remove") {
+		t.Fatalf("uninstall-rules without a table: %v %q", err, out)
+	}
 }
 
 func TestAuditVerifyDetectsTampering(t *testing.T) {

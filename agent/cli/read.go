@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -36,7 +37,8 @@ func (a *App) listCmd() *cobra.Command {
 				fmt.Fprintln(a.Stdout, "no active blocks")
 				return nil
 			}
-			tw := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)
+			bw := bufio.NewWriterSize(a.Stdout, 64<<10) // 100,000 rows: one write per 64 KiB, not per row
+			tw := tabwriter.NewWriter(bw, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TARGET\tEXPIRES IN\tREASON\tSOURCE\tORIGIN")
 			now := time.Now()
 			for _, b := range resp.Blocks {
@@ -50,7 +52,10 @@ func (a *App) listCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Target, left, dash(oneLine(b.Reason)), dash(oneLine(b.Source)), oneLine(origin))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			return bw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")

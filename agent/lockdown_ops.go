@@ -53,6 +53,10 @@ func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
 		if err != nil {
 			return nil, errorf(CodeInvalidTarget, "allow[%d]: %v", i, err)
 		}
+		if pr.Bits() == 0 {
+			// "10.0.0.0/0" for "10.0.0.0/8" would make the lockdown a no-op.
+			return nil, errorf(CodeInvalidTarget, "allow[%d]: %s lets every address in: the lockdown would do nothing (a typo for a longer prefix?)", i, FormatTarget(pr))
+		}
 		dec.Allow = append(dec.Allow, pr)
 	}
 	now := d.now()

@@ -257,3 +257,30 @@ func TestEnforceBatchUnblockKernelFailure(t *testing.T) {
 		t.Errorf("store changed by a failed unblock batch (-before +after):\n%s", diff)
 	}
 }
+
+// TestApplyRemoteBatch: decisions without an origin and actions that do
+// not travel are refused; the rest go through EnforceBatch in partial mode.
+func TestApplyRemoteBatch(t *testing.T) {
+	clk := &clock{t: t0}
+	fw := newFakeFW()
+	d := newTestDaemon(t, testConfig(t), fw, clk)
+	until := t0.Add(time.Hour)
+	decs := []response.Decision{
+		{ID: "a", Action: response.ActionBlock, Until: until, Targets: pfx("203.0.113.1", "198.51.100.10"), Origin: "b"},
+		{ID: "b", Action: response.ActionBlock, Until: until, Targets: pfx("203.0.113.2")}, // no origin
+		{ID: "c", Action: response.ActionLockdown, Until: until, Origin: "b"},
+		{ID: "d", Action: response.ActionUnblock, Targets: pfx("203.0.113.1"), Origin: "b"},
+	}
+	res := d.ApplyRemoteBatch(context.Background(), decs)
+	got := make([]string, len(res))
+	for i, r := range res {
+		got[i] = fmt.Sprintf("refused=%d err=%v", r.Refused, r.Err != nil)
+	}
+	want := []string{"refused=1 err=false", "refused=0 err=true", "refused=0 err=true", "refused=0 err=false"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("results (-want +got):\n%s", diff)
+	}
+	if s := fw.state(); s != "" || d.lockdown != nil {
+		t.Errorf("kernel holds %q, lockdown %v; want nothing (blocked, then unblocked; no lockdown)", s, d.lockdown)
+	}
+}

@@ -43,6 +43,7 @@ type Config struct {
 	MinPrefixV6  int      `yaml:"min_prefix_v6"` // broadest IPv6 prefix that may be blocked
 	MaxBlock     Duration `yaml:"max_block"`     // longest temporary block (0: no limit)
 	Prune        Duration `yaml:"prune_interval"`
+	Reassert     Duration `yaml:"reassert_interval"` // least time between two re-assertions after foreign nftables commits
 	Control      Control  `yaml:"control"`
 
 	Response  response.Config  `yaml:"response"`
@@ -81,6 +82,7 @@ func DefaultConfig() Config {
 		MinPrefixV4:  16,
 		MinPrefixV6:  32,
 		Prune:        Duration(10 * time.Second),
+		Reassert:     Duration(30 * time.Second),
 		Control: Control{
 			SocketGroup:    "parry",
 			SocketMode:     "0660",
@@ -156,6 +158,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Prune.D() < time.Second {
 		bad("prune_interval: must be at least 1s")
+	}
+	if c.Reassert.D() < time.Second {
+		bad("reassert_interval: must be at least 1s")
 	}
 	c.allow = c.allow[:0]
 	for _, s := range c.Allowlist {

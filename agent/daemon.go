@@ -45,7 +45,7 @@ type Enforcer interface {
 
 // watcher is implemented by firewalls that report changes to their table.
 type watcher interface {
-	Watch(ctx context.Context, changed func()) error
+	Watch(ctx context.Context, changed, foreign func()) error
 }
 
 var _ Enforcer = (*firewall.NFT)(nil)
@@ -99,6 +99,7 @@ type Daemon struct {
 	closing chan struct{}
 	closeMu sync.Once
 	heal    chan struct{}
+	foreign chan struct{} // someone else committed to nftables; our elements may be gone
 
 	uninstalled bool // the table was removed on request: no self-heal
 
@@ -138,6 +139,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	d := &Daemon{
 		log: opts.Logger, now: opts.Now, fw: opts.Firewall, hostAddrs: opts.HostAddrs, sweeper: opts.Sweeper,
 		cfg: cfg, blocks: newIndex(), closing: make(chan struct{}), heal: make(chan struct{}, 1),
+		foreign: make(chan struct{}, 1),
 	}
 	if d.log == nil {
 		d.log = slog.Default()

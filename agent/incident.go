@@ -546,6 +546,6 @@ type timedWatchFirewall struct {
 	w watcher
 }
 
-func (t *timedWatchFirewall) Watch(ctx context.Context, changed func()) error {
-	return t.w.Watch(ctx, changed)
+func (t *timedWatchFirewall) Watch(ctx context.Context, changed, foreign func()) error {
+	return t.w.Watch(ctx, changed, foreign)
 }

@@ -49,6 +49,31 @@ func (d *Daemon) reconcile(reason string) error {
 			return fmt.Errorf("reconcile: %w", err)
 		}
 	}
+	n, lock, err := d.assert(nowMs)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	d.noteHealth(true, nil)
+	f := map[string]any{"reason": reason, "table_was_present": wasPresent, "restored": n,
+		"lockdown": lock, "took_ms": d.now().Sub(start).Milliseconds()}
+	if len(unknown) > 0 {
+		f["removed_unknown"] = targetStrings(unknown)
+		d.log.Warn("reconcile removed set elements the store does not know", "count", len(unknown))
+	}
+	d.Audit("reconcile", f)
+	if sweepLater {
+		go d.sweep()
+	}
+	if n >= bulkTargets {
+		d.bulk.Store(true)
+	}
+	return nil
+}
+
+// assert re-asserts every active block with its remaining time in one
+// batch, and an active lockdown. Idempotent. It returns the number of
+// blocks and whether a lockdown was restored. Caller holds d.mu.
+func (d *Daemon) assert(nowMs int64) (int, bool, error) {
 	elems := make([]firewall.Element, 0, d.blocks.len())
 	for p, e := range d.blocks.m {
 		if e.expired(nowMs) {
@@ -62,30 +87,49 @@ func (d *Daemon) reconcile(reason string) error {
 	}
 	if err := d.fw.Block(elems); err != nil {
 		d.noteHealth(false, err)
-		return fmt.Errorf("reconcile: re-assert %d blocks: %w", len(elems), err)
+		return 0, false, fmt.Errorf("re-assert %d blocks: %w", len(elems), err)
 	}
 	lock := d.lockdownState()
 	if lock.Active {
 		l := d.lockdown
 		if err := d.fw.Lockdown(firewall.Lockdown{Allow: l.Allow, Isolate: l.Isolate, Timeout: l.Until.Sub(d.now())}); err != nil {
-			return fmt.Errorf("reconcile: restore lockdown: %w", err)
+			return 0, false, fmt.Errorf("restore lockdown: %w", err)
 		}
 	}
-	d.noteHealth(true, nil)
-	f := map[string]any{"reason": reason, "table_was_present": wasPresent, "restored": len(elems),
-		"lockdown": lock.Active, "took_ms": d.now().Sub(start).Milliseconds()}
-	if len(unknown) > 0 {
-		f["removed_unknown"] = targetStrings(unknown)
-		d.log.Warn("reconcile removed set elements the store does not know", "count", len(unknown))
+	return len(elems), lock.Active, nil
+}
+
+// reassertForeign puts the allowlist, every active block and an active
+// lockdown back after someone else committed to nftables with our table's
+// structure intact (`nft delete element`, `nft flush set`, or just another
+// table's change: we cannot tell without reading every element). The
+// maintenance loop rate-limits it to one per reassert_interval.
+func (d *Daemon) reassertForeign() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.uninstalled {
+		return
 	}
-	d.Audit("reconcile", f)
-	if sweepLater {
-		go d.sweep()
+	start := d.now()
+	err := d.fw.SetAllow(d.cfg.AllowPrefixes())
+	n, lock := 0, false
+	if err == nil {
+		n, lock, err = d.assert(start.UnixMilli())
 	}
-	if len(elems) >= bulkTargets {
+	if err != nil {
+		d.log.Error("re-assert after a foreign nftables change failed", "err", err)
+		select { // the structure may be gone since: let the healer check
+		case d.heal <- struct{}{}:
+		default:
+		}
+		return
+	}
+	took := d.now().Sub(start).Milliseconds()
+	d.log.Info("re-asserted blocks after a foreign nftables change", "blocks", n, "lockdown", lock, "took_ms", took)
+	d.Audit("reconcile", map[string]any{"reason": "foreign_change", "restored": n, "lockdown": lock, "took_ms": took})
+	if n >= bulkTargets {
 		d.bulk.Store(true)
 	}
-	return nil
 }
 
 // removeUnknown removes the elements of have that the store does not hold
@@ -214,6 +258,11 @@ func (d *Daemon) maintain(ctx context.Context, ping func()) {
 				case d.heal <- struct{}{}:
 				default:
 				}
+			}, func() {
+				select {
+				case d.foreign <- struct{}{}:
+				default:
+				}
 			})
 			if err != nil && ctx.Err() == nil {
 				d.log.Warn("firewall watch ended; relying on the 1 s presence check", "err", err)
@@ -223,17 +272,31 @@ func (d *Daemon) maintain(ctx context.Context, ping func()) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	lastPrune, lastAddrs, lastPoll := time.Now(), time.Now(), time.Now()
+	var lastReassert time.Time // zero: the first foreign change is handled at once
+	foreignPending := false
+	reassert := func() {
+		if !foreignPending || time.Since(lastReassert) < d.Config().Reassert.D() {
+			return // later foreign changes wait for the interval, coalesced
+		}
+		foreignPending = false
+		lastReassert = time.Now()
+		d.reassertForeign()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-d.heal:
 			d.checkTable()
+		case <-d.foreign:
+			foreignPending = true
+			reassert()
 		case <-tick.C:
 			if time.Since(lastPoll) >= poll {
 				d.checkTable()
 				lastPoll = time.Now()
 			}
+			reassert()
 			if time.Since(lastPrune) >= d.Config().Prune.D() {
 				d.prune()
 				lastPrune = time.Now()

@@ -220,6 +220,7 @@ func (f *NFT) flush(fill func() error) error {
 		f.discard()
 		return err
 	}
+	before, counted := f.genBefore()
 	if err := f.conn.Flush(); err != nil {
 		if errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.EPERM) {
 			// Flush returned without reading every acknowledgement: the
@@ -230,6 +231,9 @@ func (f *NFT) flush(fill func() error) error {
 			_ = f.conn.CloseLasting()
 		}
 		return mapKernelErr(err)
+	}
+	if counted {
+		f.countOwn(before)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 )
 
 // DefaultTable and DefaultPriority are used when Config leaves them zero.
@@ -85,6 +86,13 @@ type NFT struct {
 	maxTx int // learned transaction bound (bytes), <= cfg.MaxTxBytes
 
 	probed, canUpdate bool // whether re-adding an element replaces its timeout (see probe.go)
+
+	// Generation accounting for Watch (watch.go), guarded by mu: while
+	// Watch runs, genConn is its socket, and ownCommits counts the
+	// transactions known to be ours alone (each moved the generation by
+	// exactly one, with nothing foreign in between).
+	genConn    *netlink.Conn
+	ownCommits uint64
 }
 
 // New wraps a connection (production: nftables.New(firewall.ConnOptions()...);

@@ -12,25 +12,41 @@ import (
 
 // Watch blocks until ctx ends, calling changed whenever our table is found
 // missing or different from the layout (`nft flush ruleset`, `nft delete
-// table`, another manager rewriting it). The caller then runs Ensure and
-// re-asserts its state.
+// table`, another manager rewriting it), and foreign (if not nil) whenever
+// someone else committed a transaction while the structure stayed intact:
+// that may have been `nft delete element` or `nft flush set` on our sets,
+// or just another table's change; Watch cannot tell without reading the
+// elements. The caller runs Ensure and re-asserts its state on changed, and
+// re-asserts its elements (rate-limited) on foreign.
 //
 // It polls the ruleset generation (NFT_MSG_GETGEN, a few bytes) every
-// Config.WatchInterval on its own netlink socket, and only when the
-// generation moved checks our table's structure (Present: sets, chains,
-// rules; no elements). Our own element changes move the generation but leave
-// the structure intact, so they never fire. It does not notice a foreign
-// change to set elements alone (`nft flush set`); see docs/firewall.md.
+// Config.WatchInterval on its own netlink socket. While Watch runs, every
+// transaction of ours reads the generation before and after, under the
+// firewall's lock, and counts itself as ours when the generation moved by
+// exactly one. Watch reads the generation and that count under the same
+// lock, so when the generation moved by more than our count, someone else
+// committed. Only then does it check our table's structure (Present: sets,
+// chains, rules; no elements). Our own changes never fire.
 //
 // changed is also called once at the start if the table is not intact.
 // Watch returns nil when ctx ends, or an error if the netlink socket fails.
-func (f *NFT) Watch(ctx context.Context, changed func()) error {
+// Run at most one Watch per NFT.
+func (f *NFT) Watch(ctx context.Context, changed, foreign func()) error {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: f.conn.NetNS})
 	if err != nil {
 		return fmt.Errorf("watch: dial netlink: %w", err)
 	}
 	defer c.Close()
+	f.mu.Lock()
+	f.genConn = c
 	last, err := generation(c)
+	lastOwn := f.ownCommits
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.genConn = nil
+		f.mu.Unlock()
+	}()
 	if err != nil {
 		return fmt.Errorf("watch: %w", err)
 	}
@@ -47,23 +63,54 @@ func (f *NFT) Watch(ctx context.Context, changed func()) error {
 			return nil
 		case <-tick.C:
 		}
+		f.mu.Lock()
 		gen, err := generation(c)
+		own := f.ownCommits
+		f.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("watch: %w", err)
 		}
-		if gen == last {
+		moved, ours := gen-last, uint32(own-lastOwn)
+		last, lastOwn = gen, own
+		if moved == ours {
 			continue
 		}
-		last = gen
 		ok, err := f.Present()
 		if err != nil {
 			f.log.Warn("watch: checking table failed", "err", err)
 			continue
 		}
-		if !ok {
+		switch {
+		case !ok:
 			f.log.Warn("nftables table changed or removed by someone else")
 			changed()
+		case foreign != nil:
+			f.log.Debug("foreign nftables commit; table structure intact", "commits", moved-ours)
+			foreign()
 		}
+	}
+}
+
+// genBefore reads the generation before one of our transactions, if Watch
+// is running (otherwise nobody needs the count). Called with f.mu held.
+func (f *NFT) genBefore() (uint32, bool) {
+	if f.genConn == nil {
+		return 0, false
+	}
+	g, err := generation(f.genConn)
+	return g, err == nil
+}
+
+// countOwn counts a successful transaction of ours if the generation moved
+// by exactly one since before. Anything else (a foreign commit in between,
+// a failed read) is left uncounted, so Watch sees it as foreign: a spurious
+// re-assert at worst, never a missed foreign change. Called with f.mu held.
+func (f *NFT) countOwn(before uint32) {
+	if f.genConn == nil {
+		return
+	}
+	if g, err := generation(f.genConn); err == nil && g == before+1 {
+		f.ownCommits++
 	}
 }
 

@@ -11,19 +11,30 @@ import (
 )
 
 // startWatch runs Watch until the test ends and returns the channel its
-// callback signals on.
+// changed callback signals on.
 func startWatch(t *testing.T, f *firewall.NFT) <-chan struct{} {
 	t.Helper()
-	fired := make(chan struct{}, 16)
+	fired, _ := startWatch2(t, f)
+	return fired
+}
+
+// startWatch2 runs Watch until the test ends and returns the channels its
+// changed and foreign callbacks signal on.
+func startWatch2(t *testing.T, f *firewall.NFT) (changed, foreign <-chan struct{}) {
+	t.Helper()
+	fired, other := make(chan struct{}, 1), make(chan struct{}, 1)
+	notify := func(c chan struct{}) func() {
+		return func() {
+			select {
+			case c <- struct{}{}:
+			default:
+			}
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- f.Watch(ctx, func() {
-			select {
-			case fired <- struct{}{}:
-			default:
-			}
-		})
+		done <- f.Watch(ctx, notify(fired), notify(other))
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -31,7 +42,7 @@ func startWatch(t *testing.T, f *firewall.NFT) <-chan struct{} {
 			t.Errorf("Watch: %v", err)
 		}
 	})
-	return fired
+	return fired, other
 }
 
 func expectFired(t *testing.T, fired <-chan struct{}, within time.Duration, what string) {
@@ -105,4 +116,52 @@ func TestWatchFiresAtStartWhenMissing(t *testing.T) {
 	f := newUnensured(t, ns)
 	fired := startWatch(t, f)
 	expectFired(t, fired, 2*time.Second, "a missing table at start")
+}
+
+// TestWatchNoticesForeignElementChanges: a foreign `nft delete element` or
+// `nft flush set` leaves the structure intact and fires foreign (not
+// changed); our own changes, including many in a row, fire neither.
+func TestWatchNoticesForeignElementChanges(t *testing.T) {
+	ns := netns.New(t)
+	f := newFirewall(t, ns)
+	changed, foreign := startWatch2(t, f)
+	blocks := []firewall.Element{{Prefix: pfx("203.0.113.8/32"), Timeout: time.Hour}, {Prefix: pfx("198.51.100.0/24")}}
+	for i := 0; i < 20; i++ {
+		if err := f.Block(blocks); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Unblock([]netip.Prefix{pfx("203.0.113.9/32")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Lockdown(firewall.Lockdown{Timeout: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetAllow([]netip.Prefix{pfx("192.0.2.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	expectQuiet(t, foreign, time.Second, "our own Block/Unblock/Lockdown/Release/SetAllow")
+
+	for _, tc := range []struct {
+		what string
+		cmd  []string
+	}{
+		{"nft delete element", []string{"delete", "element", "inet", f.Table(), "block4", "{ 203.0.113.8 }"}},
+		{"nft flush set", []string{"flush", "set", "inet", f.Table(), "block4net"}},
+	} {
+		ns.MustRun(t, "nft", tc.cmd...)
+		expectFired(t, foreign, 5*time.Second, tc.what)
+		if err := f.Block(blocks); err != nil { // what the agent does
+			t.Fatal(err)
+		}
+		expectQuiet(t, foreign, 600*time.Millisecond, "the re-assertion after "+tc.what)
+		select {
+		case <-changed:
+			t.Fatalf("changed fired on %s (structure intact)", tc.what)
+		default:
+		}
+	}
 }

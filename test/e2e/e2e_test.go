@@ -224,6 +224,27 @@ func TestSelfHealAfterFlushRuleset(t *testing.T) {
 	}
 }
 
+// TestSelfHealAfterForeignElementDelete: someone deletes our element with
+// nft (structure intact); the daemon puts it back and the peer is dropped
+// again.
+func TestSelfHealAfterForeignElementDelete(t *testing.T) {
+	p := netns.NewPair(t)
+	d := newDaemon(t, p.Host)
+	d.start()
+	d.mustParry("block", p.PeerV4.String(), "--for", "1h")
+	if p.Peer.Ping(p.HostV4) {
+		t.Fatal("blocked peer is not dropped")
+	}
+	p.Host.MustRun(t, "nft", "delete", "element", "inet", d.table, "block4", "{ "+p.PeerV4.String()+" }")
+	start := time.Now()
+	netns.Eventually(t, 10*time.Second, "element restored after a foreign nft delete element", func() bool {
+		_, ok := kernelElems(t, p.Host, d.table)[p.PeerV4.String()]
+		return ok
+	})
+	t.Logf("foreign delete to restored: %v", time.Since(start).Round(10*time.Millisecond))
+	netns.Eventually(t, 10*time.Second, "peer dropped again", func() bool { return !p.Peer.Ping(p.HostV4) })
+}
+
 func TestBlockFileAndReload(t *testing.T) {
 	p := netns.NewPair(t)
 	d := newDaemon(t, p.Host)

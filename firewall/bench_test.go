@@ -1,6 +1,7 @@
 package firewall_test
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -182,6 +183,44 @@ func BenchmarkElements100k(b *testing.B) {
 		for b.Loop() {
 			if els, err := c.GetSetElements(set); err != nil || len(els) != 100_000 {
 				b.Fatalf("GetSetElements = %d, %v", len(els), err)
+			}
+		}
+	})
+}
+
+// BenchmarkBlockOneWatch is the cost of the generation accounting: Block of
+// one address with and without Watch running (which adds two GETGEN round
+// trips to every transaction), alternating in the same namespace.
+func BenchmarkBlockOneWatch(b *testing.B) {
+	ns := netns.New(b)
+	f, err := firewall.New(ns.Conn(b, firewall.ConnOptions()...), firewall.Config{Table: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Ensure(); err != nil {
+		b.Fatal(err)
+	}
+	elem := []firewall.Element{{Prefix: netip.MustParsePrefix("203.0.113.8/32"), Timeout: time.Hour}}
+	b.Run("unwatched", func(b *testing.B) {
+		for b.Loop() {
+			if err := f.Block(elem); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("watched", func(b *testing.B) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- f.Watch(ctx, func() {}, func() {}) }()
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				b.Error(err)
+			}
+		}()
+		for b.Loop() {
+			if err := f.Block(elem); err != nil {
+				b.Fatal(err)
 			}
 		}
 	})

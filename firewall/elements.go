@@ -220,7 +220,6 @@ func (f *NFT) flush(fill func() error) error {
 		f.discard()
 		return err
 	}
-	before, counted := f.genBefore()
 	if err := f.conn.Flush(); err != nil {
 		if errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.EPERM) {
 			// Flush returned without reading every acknowledgement: the
@@ -232,9 +231,7 @@ func (f *NFT) flush(fill func() error) error {
 		}
 		return mapKernelErr(err)
 	}
-	if counted {
-		f.countOwn(before)
-	}
+	f.noteOwn()
 	return nil
 }
 

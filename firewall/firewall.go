@@ -88,11 +88,11 @@ type NFT struct {
 	probed, canUpdate bool // whether re-adding an element replaces its timeout (see probe.go)
 
 	// Generation accounting for Watch (watch.go), guarded by mu: while
-	// Watch runs, genConn is its socket, and ownCommits counts the
-	// transactions known to be ours alone (each moved the generation by
-	// exactly one, with nothing foreign in between).
-	genConn    *netlink.Conn
-	ownCommits uint64
+	// Watch runs, genConn is its socket, and known is the latest ruleset
+	// generation up to which every commit is accounted for (seen by Watch,
+	// or ours following it with nothing foreign in between).
+	genConn *netlink.Conn
+	known   uint32
 }
 
 // New wraps a connection (production: nftables.New(firewall.ConnOptions()...);

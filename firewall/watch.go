@@ -20,13 +20,14 @@ import (
 // re-asserts its elements (rate-limited) on foreign.
 //
 // It polls the ruleset generation (NFT_MSG_GETGEN, a few bytes) every
-// Config.WatchInterval on its own netlink socket. While Watch runs, every
-// transaction of ours reads the generation before and after, under the
-// firewall's lock, and counts itself as ours when the generation moved by
-// exactly one. Watch reads the generation and that count under the same
-// lock, so when the generation moved by more than our count, someone else
-// committed. Only then does it check our table's structure (Present: sets,
-// chains, rules; no elements). Our own changes never fire.
+// Config.WatchInterval on its own netlink socket. The firewall keeps, under
+// its lock, the generation up to which every commit is accounted for: Watch
+// sets it at each poll, and each successful transaction of ours reads the
+// generation after its flush and advances it when it moved by exactly one
+// from there. So if Watch finds a generation other than that one, someone
+// else committed since its last poll. Only then does it check our table's
+// structure (Present: sets, chains, rules; no elements). Our own changes
+// never fire.
 //
 // changed is also called once at the start if the table is not intact.
 // Watch returns nil when ctx ends, or an error if the netlink socket fails.
@@ -39,8 +40,8 @@ func (f *NFT) Watch(ctx context.Context, changed, foreign func()) error {
 	defer c.Close()
 	f.mu.Lock()
 	f.genConn = c
-	last, err := generation(c)
-	lastOwn := f.ownCommits
+	gen, err := generation(c)
+	f.known = gen
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
@@ -65,14 +66,15 @@ func (f *NFT) Watch(ctx context.Context, changed, foreign func()) error {
 		}
 		f.mu.Lock()
 		gen, err := generation(c)
-		own := f.ownCommits
+		moved := err == nil && gen != f.known
+		if err == nil {
+			f.known = gen
+		}
 		f.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("watch: %w", err)
 		}
-		moved, ours := gen-last, uint32(own-lastOwn)
-		last, lastOwn = gen, own
-		if moved == ours {
+		if !moved {
 			continue
 		}
 		ok, err := f.Present()
@@ -85,32 +87,24 @@ func (f *NFT) Watch(ctx context.Context, changed, foreign func()) error {
 			f.log.Warn("nftables table changed or removed by someone else")
 			changed()
 		case foreign != nil:
-			f.log.Debug("foreign nftables commit; table structure intact", "commits", moved-ours)
+			f.log.Debug("foreign nftables commit; table structure intact")
 			foreign()
 		}
 	}
 }
 
-// genBefore reads the generation before one of our transactions, if Watch
-// is running (otherwise nobody needs the count). Called with f.mu held.
-func (f *NFT) genBefore() (uint32, bool) {
-	if f.genConn == nil {
-		return 0, false
-	}
-	g, err := generation(f.genConn)
-	return g, err == nil
-}
-
-// countOwn counts a successful transaction of ours if the generation moved
-// by exactly one since before. Anything else (a foreign commit in between,
-// a failed read) is left uncounted, so Watch sees it as foreign: a spurious
-// re-assert at worst, never a missed foreign change. Called with f.mu held.
-func (f *NFT) countOwn(before uint32) {
+// noteOwn runs after each successful transaction of ours, if Watch is
+// running: when the generation is exactly one past the accounted one, the
+// commit was ours and is accounted for. Anything else (a foreign commit
+// before or right after ours, a failed read) is left for Watch to see as
+// foreign: a spurious re-assert at worst, never a missed foreign change.
+// Called with f.mu held.
+func (f *NFT) noteOwn() {
 	if f.genConn == nil {
 		return
 	}
-	if g, err := generation(f.genConn); err == nil && g == before+1 {
-		f.ownCommits++
+	if g, err := generation(f.genConn); err == nil && g == f.known+1 {
+		f.known = g
 	}
 }
 

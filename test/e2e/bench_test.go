@@ -238,7 +238,7 @@ func rssPID(b *testing.B, pid int) int64 {
 
 func mustPrefix(s string) netip.Prefix { return netip.PrefixFrom(netip.MustParseAddr(s), 32) }
 
-func readFile(b *testing.B, path string) string {
+func readFile(b testing.TB, path string) string {
 	s, err := os.ReadFile(path)
 	if err != nil {
 		b.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -229,20 +230,38 @@ func TestSelfHealAfterFlushRuleset(t *testing.T) {
 // again.
 func TestSelfHealAfterForeignElementDelete(t *testing.T) {
 	p := netns.NewPair(t)
-	d := newDaemon(t, p.Host)
+	cfg := filepath.Join(t.TempDir(), "parry.yaml")
+	if err := os.WriteFile(cfg, []byte(quietConfig+"reassert_interval: 2s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, p.Host, "--config", cfg)
 	d.start()
 	d.mustParry("block", p.PeerV4.String(), "--for", "1h")
 	if p.Peer.Ping(p.HostV4) {
 		t.Fatal("blocked peer is not dropped")
 	}
-	p.Host.MustRun(t, "nft", "delete", "element", "inet", d.table, "block4", "{ "+p.PeerV4.String()+" }")
-	start := time.Now()
-	netns.Eventually(t, 10*time.Second, "element restored after a foreign nft delete element", func() bool {
+	restored := func() bool {
 		_, ok := kernelElems(t, p.Host, d.table)[p.PeerV4.String()]
 		return ok
-	})
+	}
+	p.Host.MustRun(t, "nft", "delete", "element", "inet", d.table, "block4", "{ "+p.PeerV4.String()+" }")
+	start := time.Now()
+	netns.Eventually(t, 10*time.Second, "element restored after a foreign nft delete element", restored)
 	t.Logf("foreign delete to restored: %v", time.Since(start).Round(10*time.Millisecond))
+
+	// A second tampering right away, within reassert_interval, is handled
+	// once the interval has passed.
+	p.Host.MustRun(t, "nft", "flush", "set", "inet", d.table, "block4")
+	start = time.Now()
+	netns.Eventually(t, 20*time.Second, "element restored after a foreign nft flush set", restored)
+	t.Logf("second foreign change (within reassert_interval 2s) to restored: %v", time.Since(start).Round(10*time.Millisecond))
 	netns.Eventually(t, 10*time.Second, "peer dropped again", func() bool { return !p.Peer.Ping(p.HostV4) })
+	if n := strings.Count(readFile(t, d.dir+"/audit.log"), `"reason":"foreign_change"`); n < 2 {
+		t.Errorf("audit has %d foreign_change re-asserts, want 2 or more", n)
+	}
+	if out := d.mustParry("audit", "verify"); !strings.Contains(out, "audit log ok") {
+		t.Errorf("audit verify: %q", out)
+	}
 }
 
 func TestBlockFileAndReload(t *testing.T) {

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -329,9 +328,10 @@ type signalBatchRecord struct {
 // bad_request.
 func decodeSignal(c *Call) (signalParams, error) {
 	var p signalParams
-	for k, raw := range c.params {
+	for _, m := range c.params {
+		raw := m.raw
 		var dst *string
-		switch k {
+		switch string(m.key) {
 		case "kind":
 			dst = &p.Kind
 		case "ip":
@@ -347,17 +347,19 @@ func decodeSignal(c *Call) (signalParams, error) {
 		case "path":
 			dst = &p.Path
 		case "attrs":
+			p.Attrs = nil // a repeated member counts as its last occurrence
 			if err := json.Unmarshal(raw, &p.Attrs); err != nil {
 				return p, errorf(CodeBadRequest, `op signal: "attrs" must be an object of strings`)
 			}
 			continue
 		default:
-			return p, errorf(CodeBadRequest, "op signal: unknown field %q", truncate(k, 64))
+			return p, errorf(CodeBadRequest, "op signal: unknown field %q", truncate(string(m.key), 64))
 		}
+		k := m.key
 		if len(raw) < 2 || raw[0] != '"' {
 			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)
 		}
-		if !bytes.ContainsRune(raw, '\\') { // no escapes: the request line was already checked as JSON
+		if plainString(raw[1 : len(raw)-1]) { // the request line was already checked as JSON
 			*dst = string(raw[1 : len(raw)-1])
 		} else if err := json.Unmarshal(raw, dst); err != nil {
 			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"maps"
 	"testing"
+	"time"
+
+	"github.com/parryhq/parry/response"
 )
 
 // refDecode is the reference for decodeRequest: the whole line into a map
@@ -128,4 +131,28 @@ func BenchmarkDecodeRequest(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestOkLineSignalResult: the hand-rendered answer to a signal is byte for
+// byte what encoding/json writes.
+func TestOkLineSignalResult(t *testing.T) {
+	for _, r := range []SignalResult{
+		{Outcome: response.OutcomeNoRule},
+		{Outcome: response.OutcomeCounted, Progress: []response.Progress{{Rule: "auth_failure", Key: "ip 203.0.113.7", Count: 3, Threshold: 5, Window: 15 * time.Minute}}},
+		{Outcome: response.OutcomeCounted, Progress: []response.Progress{{Rule: "a", Key: "all", Count: 1, Threshold: 2, Window: time.Second}, {Rule: "b<&>", Key: "user \"é\"\n", Count: -1}}},
+		{Outcome: response.OutcomeDecided, Decisions: []SignalDecision{{Decision: response.Decision{Action: response.ActionBlock}}}},
+	} {
+		for _, id := range []json.RawMessage{nil, json.RawMessage(`"x"`)} {
+			got := okLine(id, r)
+			b, _ := json.Marshal(r)
+			want := `{"ok":true`
+			if id != nil {
+				want += `,"id":` + string(id)
+			}
+			want += "," + string(b[1:]) + "\n"
+			if string(got) != want {
+				t.Errorf("okLine:\n got %s\nwant %s", got, want)
+			}
+		}
+	}
 }

@@ -191,12 +191,27 @@ func (d *Daemon) handleLine(ctx context.Context, peer Peer, line []byte) (resp [
 	return okLine(call.rawID(), result)
 }
 
+// fieldsAppender is a result that can render its own JSON fields (with a
+// leading comma), byte for byte as encoding/json would, without
+// reflection; false: it cannot this time, use encoding/json.
+type fieldsAppender interface {
+	appendFields(b []byte) ([]byte, bool)
+}
+
 // okLine renders {"ok":true,"id":...,<result fields>}.
 func okLine(id json.RawMessage, result any) []byte {
-	buf := bytes.NewBufferString(`{"ok":true`)
+	buf := bytes.NewBuffer(make([]byte, 0, 256))
+	buf.WriteString(`{"ok":true`)
 	if len(id) > 0 {
 		buf.WriteString(`,"id":`)
 		buf.Write(id)
+	}
+	if f, ok := result.(fieldsAppender); ok {
+		if b, ok := f.appendFields(buf.AvailableBuffer()); ok {
+			buf.Write(b)
+			buf.WriteString("}\n")
+			return buf.Bytes()
+		}
 	}
 	if result != nil {
 		b, err := json.Marshal(result)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -139,6 +140,52 @@ type SignalResult struct {
 	Outcome   response.Outcome    `json:"outcome"`
 	Progress  []response.Progress `json:"progress,omitempty"`
 	Decisions []SignalDecision    `json:"decisions,omitempty"`
+}
+
+// appendFields renders a result without decisions (nearly every signal's)
+// without reflection; one with decisions goes through encoding/json.
+func (r SignalResult) appendFields(b []byte) ([]byte, bool) {
+	if len(r.Decisions) > 0 {
+		return b, false
+	}
+	b = append(b, `,"outcome":`...)
+	b, ok := appendPlainString(b, string(r.Outcome))
+	if len(r.Progress) > 0 {
+		b = append(b, `,"progress":[`...)
+		var ok1, ok2 bool
+		for i, p := range r.Progress {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"rule":`...)
+			b, ok1 = appendPlainString(b, p.Rule)
+			b = append(b, `,"key":`...)
+			b, ok2 = appendPlainString(b, p.Key)
+			b = append(b, `,"count":`...)
+			b = strconv.AppendInt(b, int64(p.Count), 10)
+			b = append(b, `,"threshold":`...)
+			b = strconv.AppendInt(b, int64(p.Threshold), 10)
+			b = append(b, `,"window":`...)
+			b = strconv.AppendInt(b, int64(p.Window), 10)
+			b = append(b, '}')
+			ok = ok && ok1 && ok2
+		}
+		b = append(b, ']')
+	}
+	return b, ok
+}
+
+// appendPlainString appends s quoted if encoding/json would write it
+// as is (printable ASCII, nothing it escapes); false otherwise.
+func appendPlainString(b []byte, s string) ([]byte, bool) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return b, false
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"'), true
 }
 
 // SignalDecision is one decision and its enforcement.

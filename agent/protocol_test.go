@@ -156,3 +156,28 @@ func TestOkLineSignalResult(t *testing.T) {
 		}
 	}
 }
+
+// TestSignalBatchJSON: the hand-rendered audit batch is byte for byte
+// what encoding/json writes for the same fields.
+func TestSignalBatchJSON(t *testing.T) {
+	type plain signalBatchRecord // the same fields without MarshalJSON
+	now := time.Date(2026, 11, 27, 1, 2, 3, 4005, time.UTC)
+	for _, r := range []signalBatchRecord{
+		{},
+		{Count: 1, Signals: []signalRecord{{Kind: "auth_failure", IP: "203.0.113.7", Sender: "uid=0(root) pid=1", Outcome: "counted", Time: now}}},
+		{Count: 2, Signals: []signalRecord{
+			{Kind: "k<&>\u2028", User: "é\"\\\n", Source: "s", Severity: "high", Path: "/etc/x", Detail: "d\x00\xff",
+				Attrs: map[string]string{"b": "2", "a": "<1>"}, Sender: "x", Outcome: "no_rule", Time: now.Add(time.Hour)},
+			{Kind: "k", Time: time.Time{}},
+		}},
+	} {
+		got, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(plain(r))
+		if string(got) != string(want) {
+			t.Errorf("batch:\n got %s\nwant %s", got, want)
+		}
+	}
+}

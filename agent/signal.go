@@ -369,6 +369,64 @@ type signalBatchRecord struct {
 	Signals []signalRecord `json:"signals"`
 }
 
+// MarshalJSON renders the batch as encoding/json would (tested), without
+// reflection: it is encoded for every signalBatch signals.
+func (r signalBatchRecord) MarshalJSON() ([]byte, error) {
+	b := make([]byte, 0, 64+192*len(r.Signals))
+	b = append(b, `{"count":`...)
+	b = strconv.AppendInt(b, int64(r.Count), 10)
+	b = append(b, `,"signals":`...)
+	if r.Signals == nil {
+		return append(b, "null}"...), nil
+	}
+	b = append(b, '[')
+	for i := range r.Signals {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		var err error
+		if b, err = r.Signals[i].appendJSON(b); err != nil {
+			return nil, err
+		}
+	}
+	return append(b, "]}"...), nil
+}
+
+func (r *signalRecord) appendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"kind":`...)
+	b = appendJSONString(b, r.Kind)
+	for _, f := range [...]struct{ name, v string }{{`,"ip":`, r.IP}, {`,"user":`, r.User}, {`,"source":`, r.Source},
+		{`,"severity":`, r.Severity}, {`,"path":`, r.Path}, {`,"detail":`, r.Detail}} {
+		if f.v != "" {
+			b = appendJSONString(append(b, f.name...), f.v)
+		}
+	}
+	if len(r.Attrs) > 0 {
+		a, err := json.Marshal(r.Attrs)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(b, `,"attrs":`...), a...)
+	}
+	b = appendJSONString(append(b, `,"sender":`...), r.Sender)
+	b = appendJSONString(append(b, `,"outcome":`...), r.Outcome)
+	b = append(b, `,"time":`...)
+	t, err := r.Time.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	return append(append(b, t...), '}'), nil
+}
+
+// appendJSONString appends s as encoding/json writes a string.
+func appendJSONString(b []byte, s string) []byte {
+	if b2, ok := appendPlainString(b, s); ok {
+		return b2
+	}
+	q, _ := json.Marshal(s) // a string always encodes
+	return append(b, q...)
+}
+
 // decodeSignal reads the parameters of op signal straight from the
 // request's fields (Call.Decode re-encodes them first: too slow for the
 // rate signals come at), as strictly: unknown fields and wrong types are

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/response"
 )
 
@@ -358,7 +359,11 @@ func (d *Daemon) flushSignals() {
 	if len(batch) == 0 {
 		return
 	}
-	if err := d.audit.Append("signals", signalBatchRecord{Count: len(batch), Signals: batch}); err != nil {
+	fields, err := signalBatchRecord{Count: len(batch), Signals: batch}.MarshalJSON()
+	if err == nil {
+		err = d.audit.Append("signals", audit.Raw(fields))
+	}
+	if err != nil {
 		d.log.Error("audit append failed", "event", "signals", "count", len(batch), "err", err)
 	}
 }

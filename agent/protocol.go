@@ -41,13 +41,19 @@ func (c *Call) rawID() json.RawMessage {
 // no map and no copy of the values; a repeated member counts as its last
 // occurrence, as with encoding/json.
 func decodeRequest(line []byte) (*Call, error) {
+	return decodeRequestInto(new(Call), line)
+}
+
+// decodeRequestInto is decodeRequest into c, which it resets first (a
+// connection reuses one Call for all its requests).
+func decodeRequestInto(c *Call, line []byte) (*Call, error) {
+	*c = Call{}
 	line = bytes.TrimSpace(line)
 	if len(line) == 0 || line[0] != '{' || !json.Valid(line) {
 		var m map[string]json.RawMessage
 		err := json.Unmarshal(line, &m) // for its message; nil for null
 		return nil, errorf(CodeBadRequest, "request is not a JSON object on one line: %s", shortErr(err))
 	}
-	c := &Call{}
 	c.params = c.inline[:0]
 	var op []byte
 	for i := skipSpace(line, 1); line[i] != '}'; {

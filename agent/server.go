@@ -110,6 +110,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 	r := bufio.NewReaderSize(c, cfg.MaxLineBytes)
 	w := bufio.NewWriterSize(c, 64<<10)
 	defer w.Flush()
+	var call Call // reused by every request of the connection
 	for ctx.Err() == nil {
 		_ = c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout.D()))
 		line, err := r.ReadSlice('\n')
@@ -127,7 +128,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 			if len(bytes.TrimSpace(line)) == 0 {
 				continue // blank line: nothing asked, nothing answered
 			}
-			resp = d.handleLine(ctx, peer, line)
+			resp = d.handleLineInto(ctx, peer, line, &call)
 		}
 		if _, werr := w.Write(resp); werr != nil {
 			return
@@ -158,8 +159,13 @@ func discardLine(r *bufio.Reader) bool {
 }
 
 // handleLine decodes and runs one request.
-func (d *Daemon) handleLine(ctx context.Context, peer Peer, line []byte) (resp []byte) {
-	call, err := decodeRequest(line)
+func (d *Daemon) handleLine(ctx context.Context, peer Peer, line []byte) []byte {
+	return d.handleLineInto(ctx, peer, line, new(Call))
+}
+
+// handleLineInto is handleLine decoding into buf, which no op keeps.
+func (d *Daemon) handleLineInto(ctx context.Context, peer Peer, line []byte, buf *Call) (resp []byte) {
+	call, err := decodeRequestInto(buf, line)
 	if err != nil {
 		return errorLine(call.rawID(), err)
 	}

@@ -306,8 +306,34 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		f["needs_restart"] = restart
 		d.log.Warn("config reload: some changes apply only after a restart", "keys", restart)
 	}
+	if n, example := d.blocksInAllowlist(cfg.AllowPrefixes()); n > 0 {
+		f["allowlisted_blocks"] = n
+		d.log.Warn("config reload: active blocks overlap the new allowlist; the allowlist wins (their traffic is accepted), 'parry list' still shows them: unblock them to tidy up",
+			"count", n, "example", example)
+	}
 	d.Audit("config_reload", f)
 	return nil
+}
+
+// blocksInAllowlist counts the active blocks that overlap allow, and names
+// one. The caller holds d.mu.
+func (d *Daemon) blocksInAllowlist(allow []netip.Prefix) (int, string) {
+	if len(allow) == 0 {
+		return 0, ""
+	}
+	n, example := 0, ""
+	for p := range d.blocks.m {
+		for _, a := range allow {
+			if a.Overlaps(p) {
+				if n == 0 || FormatTarget(p) < example {
+					example = FormatTarget(p)
+				}
+				n++
+				break
+			}
+		}
+	}
+	return n, example
 }
 
 // RefreshHostAddrs re-reads the host's own addresses for the guard.

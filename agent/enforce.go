@@ -58,6 +58,13 @@ func (d *Daemon) EnforceWith(ctx context.Context, dec response.Decision, opt Enf
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	out := d.enforceLocked(dec, opt)
+	return out, out.Err
+}
+
+// enforceLocked enforces one decision, records a refusal and tells the
+// observers. Caller holds d.mu.
+func (d *Daemon) enforceLocked(dec response.Decision, opt EnforceOptions) Outcome {
 	var out Outcome
 	var err error
 	switch {
@@ -75,16 +82,22 @@ func (d *Daemon) EnforceWith(ctx context.Context, dec response.Decision, opt Enf
 	default:
 		err = errorf(CodeBadRequest, "unknown action %q", dec.Action)
 	}
-	if err != nil {
-		out.Err = err
+	out.Err = err
+	d.finish(dec, out)
+	return out
+}
+
+// finish audits a refusal (out.Err set; the success was audited by the
+// action) and tells the observers. Caller holds d.mu.
+func (d *Daemon) finish(dec response.Decision, out Outcome) {
+	if out.Err != nil {
 		f := decisionFields(dec, Outcome{ID: dec.ID, Action: dec.Action})
-		f["code"], f["error"] = CodeOf(err), err.Error()
+		f["code"], f["error"] = CodeOf(out.Err), out.Err.Error()
 		d.Audit("refuse", f)
 	}
 	for _, o := range d.observers {
 		o(dec, out)
 	}
-	return out, err
 }
 
 func newID() string {
@@ -144,92 +157,136 @@ func targetStrings(ps []netip.Prefix) []string {
 
 // block enforces a block decision. Caller holds d.mu.
 func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, error) {
-	now := d.now()
-	nowMs := now.UnixMilli()
+	pl := d.newBlockPlan()
+	out, targets, err := d.checkBlock(dec, opt, pl.now)
+	if err != nil {
+		return out, err
+	}
+	d.planBlock(pl, dec, targets, &out)
+	if err := d.commitBlocks(pl); err != nil {
+		return Outcome{ID: dec.ID, Action: dec.Action}, err
+	}
+	out.Applied = targets
+	applied := dec
+	applied.Targets = targets
+	d.Audit("block", decisionFields(applied, out))
+	return out, nil
+}
+
+// checkBlock validates a block decision and runs the guard: it returns the
+// targets to apply, or the refusal. Caller holds d.mu.
+func (d *Daemon) checkBlock(dec response.Decision, opt EnforceOptions, now time.Time) (Outcome, []netip.Prefix, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action, Until: dec.Until}
 	if len(dec.Targets) == 0 {
-		return out, errorf(CodeBadRequest, "block: no targets")
+		return out, nil, errorf(CodeBadRequest, "block: no targets")
 	}
 	if !dec.Until.IsZero() && !dec.Until.After(now) {
-		return out, errorf(CodeInvalidDuration, "block: until %s is in the past", dec.Until.Format(time.RFC3339))
+		return out, nil, errorf(CodeInvalidDuration, "block: until %s is in the past", dec.Until.Format(time.RFC3339))
 	}
-	targets, refused := d.checkTargets(dec.Targets, nowMs)
+	targets, refused := d.checkTargets(dec.Targets, now.UnixMilli())
 	if len(refused) > 0 && (!opt.Partial || len(targets) == 0) {
-		if len(refused) == 1 {
-			return out, refused[0]
-		}
-		var parts []string
-		for i, r := range refused {
-			if i == 5 {
-				parts = append(parts, fmt.Sprintf("and %d more", len(refused)-5))
-				break
-			}
-			parts = append(parts, fmt.Sprintf("%s (%s)", r.Target, r.Code))
-		}
-		return out, errorf(CodeRefused, "%d of %d targets refused, nothing changed: %s; first: %s",
-			len(refused), len(dec.Targets), strings.Join(parts, ", "), refused[0].Message)
+		return out, nil, refusal(refused, len(dec.Targets))
 	}
 	out.Refused = refused
+	return out, targets, nil
+}
+
+// refusal is the error of a decision whose targets were refused.
+func refusal(refused []*Error, total int) error {
+	if len(refused) == 1 {
+		return refused[0]
+	}
+	var parts []string
+	for i, r := range refused {
+		if i == 5 {
+			parts = append(parts, fmt.Sprintf("and %d more", len(refused)-5))
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s)", r.Target, r.Code))
+	}
+	return errorf(CodeRefused, "%d of %d targets refused, nothing changed: %s; first: %s",
+		len(refused), total, strings.Join(parts, ", "), refused[0].Message)
+}
+
+// blockPlan gathers the store change, its undo and the kernel elements of
+// one or more block decisions, which commitBlocks applies together.
+type blockPlan struct {
+	now      time.Time
+	ch, undo store.Change
+	elems    []firewall.Element
+	targets  []netip.Prefix // all targets, distinct
+	lastSeq  uint64         // d.blocks.lastSeq before the plan
+}
+
+func (d *Daemon) newBlockPlan() *blockPlan {
+	return &blockPlan{now: d.now(), lastSeq: d.blocks.lastSeq}
+}
+
+// planBlock adds one checked block decision to pl and counts its added and
+// updated targets in out. targets must not be in pl already. Caller holds d.mu.
+func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip.Prefix, out *Outcome) {
+	nowMs := pl.now.UnixMilli()
 	seq := d.blocks.nextSeq()
 	cause, _ := json.Marshal(dec.Cause)
 	if len(dec.Cause) == 0 {
 		cause = nil
 	}
-	dr := store.Decision{Seq: seq, ID: dec.ID, Time: now.UTC(), Reason: dec.Reason, Source: dec.Source,
-		Origin: dec.Origin, Rule: dec.Rule, Sender: dec.Sender, Cause: cause}
+	pl.ch.PutDecisions = append(pl.ch.PutDecisions, store.Decision{Seq: seq, ID: dec.ID, Time: pl.now.UTC(),
+		Reason: dec.Reason, Source: dec.Source, Origin: dec.Origin, Rule: dec.Rule, Sender: dec.Sender, Cause: cause})
+	pl.undo.DelDecisions = append(pl.undo.DelDecisions, seq)
 	until := int64(0)
+	var timeout time.Duration
 	if !dec.Until.IsZero() {
 		until = dec.Until.UnixMilli()
-	}
-	ch := store.Change{PutDecisions: []store.Decision{dr}, PutBlocks: make([]store.Block, 0, len(targets))}
-	undo := store.Change{DelDecisions: []uint64{seq}}
-	elems := make([]firewall.Element, 0, len(targets))
-	var timeout time.Duration
-	if until != 0 {
-		timeout = dec.Until.Sub(now)
+		timeout = dec.Until.Sub(pl.now)
 	}
 	for _, p := range targets {
 		created := nowMs
 		if old, ok := d.blocks.get(p); ok && !old.expired(nowMs) {
 			created = old.created
 			out.Updated++
-			undo.PutBlocks = append(undo.PutBlocks, store.Block{Prefix: p, Created: old.created, Until: old.until, Decision: old.dec})
+			pl.undo.PutBlocks = append(pl.undo.PutBlocks, store.Block{Prefix: p, Created: old.created, Until: old.until, Decision: old.dec})
 		} else {
 			out.Added++
-			undo.DelBlocks = append(undo.DelBlocks, p)
+			pl.undo.DelBlocks = append(pl.undo.DelBlocks, p)
 		}
-		ch.PutBlocks = append(ch.PutBlocks, store.Block{Prefix: p, Created: created, Until: until, Decision: seq})
-		elems = append(elems, firewall.Element{Prefix: p, Timeout: timeout})
+		pl.ch.PutBlocks = append(pl.ch.PutBlocks, store.Block{Prefix: p, Created: created, Until: until, Decision: seq})
+		pl.elems = append(pl.elems, firewall.Element{Prefix: p, Timeout: timeout})
 	}
-	// Decisions whose last block this one takes over are dropped with it.
-	orphans := d.orphansAfterReplace(targets)
-	ch.DelDecisions = orphans
+	pl.targets = append(pl.targets, targets...)
+}
+
+// commitBlocks applies a plan: one store commit (fsync) and one kernel
+// update, run in parallel. If either fails, the other is undone, so nothing
+// changes, and the error is returned. Caller holds d.mu.
+func (d *Daemon) commitBlocks(pl *blockPlan) error {
+	if len(pl.ch.PutDecisions) == 0 {
+		return nil
+	}
+	// Decisions whose last block this plan takes over are dropped with it.
+	orphans := d.orphansAfterReplace(pl.targets)
+	pl.ch.DelDecisions = orphans
 	for _, o := range orphans {
-		undo.PutDecisions = append(undo.PutDecisions, d.blocks.decision(o))
+		pl.undo.PutDecisions = append(pl.undo.PutDecisions, d.blocks.decision(o))
 	}
-	// The store commit (fsync) and the kernel update run in parallel; the
-	// client hears ok only when both succeeded. If either fails, the other
-	// is undone, so nothing changes.
 	fwDone := make(chan error, 1)
-	go func() { fwDone <- d.fw.Block(elems) }()
-	stErr := d.store.Commit(ch)
+	go func() { fwDone <- d.fw.Block(pl.elems) }()
+	stErr := d.store.Commit(pl.ch)
 	fwErr := <-fwDone
 	if stErr != nil || fwErr != nil {
-		d.blocks.lastSeq--
-		return Outcome{ID: dec.ID, Action: dec.Action}, d.undoBlock(undo, now, stErr, fwErr)
+		d.blocks.lastSeq = pl.lastSeq
+		return d.undoBlock(pl.undo, pl.now, stErr, fwErr)
 	}
-	d.blocks.addDecision(dr)
-	for _, b := range ch.PutBlocks {
-		d.blocks.put(b.Prefix, entry{created: b.Created, until: b.Until, dec: seq})
+	for _, dr := range pl.ch.PutDecisions {
+		d.blocks.addDecision(dr)
 	}
-	out.Applied = targets
-	applied := dec
-	applied.Targets = targets
-	d.Audit("block", decisionFields(applied, out))
-	if len(targets) >= bulkTargets {
+	for _, b := range pl.ch.PutBlocks {
+		d.blocks.put(b.Prefix, entry{created: b.Created, until: b.Until, dec: b.Decision})
+	}
+	if len(pl.targets) >= bulkTargets {
 		d.bulk.Store(true)
 	}
-	return out, nil
+	return nil
 }
 
 // undoBlock puts back whichever of store and kernel succeeded, and returns
@@ -340,13 +397,32 @@ func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, [
 
 // unblock enforces an unblock decision. Caller holds d.mu.
 func (d *Daemon) unblock(dec response.Decision) (Outcome, error) {
-	nowMs := d.now().UnixMilli()
+	var pl unblockPlan
+	out, err := d.planUnblock(&pl, dec, d.now().UnixMilli())
+	if err != nil {
+		return out, err
+	}
+	if err := d.commitUnblocks(&pl); err != nil {
+		return Outcome{ID: dec.ID, Action: dec.Action}, err
+	}
+	d.Audit("unblock", decisionFields(dec, out))
+	return out, nil
+}
+
+// unblockPlan gathers the store change and its undo of one or more unblock
+// decisions, which commitUnblocks applies together.
+type unblockPlan struct {
+	ch, undo store.Change
+	present  []netip.Prefix // blocked targets to remove, distinct
+}
+
+// planUnblock adds one unblock decision to pl: its targets must not be in
+// pl already. Caller holds d.mu.
+func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64) (Outcome, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action}
 	if len(dec.Targets) == 0 {
 		return out, errorf(CodeBadRequest, "unblock: no targets")
 	}
-	var ch, undo store.Change
-	var present []netip.Prefix
 	seen := map[netip.Prefix]bool{}
 	for _, p := range dec.Targets {
 		if seen[p] {
@@ -358,39 +434,46 @@ func (d *Daemon) unblock(dec response.Decision) (Outcome, error) {
 			out.NotFound = append(out.NotFound, FormatTarget(p))
 			continue
 		}
-		present = append(present, p)
-		ch.DelBlocks = append(ch.DelBlocks, p)
-		undo.PutBlocks = append(undo.PutBlocks, store.Block{Prefix: p, Created: old.created, Until: old.until, Decision: old.dec})
+		out.Applied = append(out.Applied, p)
+		pl.ch.DelBlocks = append(pl.ch.DelBlocks, p)
+		pl.undo.PutBlocks = append(pl.undo.PutBlocks, store.Block{Prefix: p, Created: old.created, Until: old.until, Decision: old.dec})
 	}
-	if len(present) > 0 {
-		lose := map[uint64]int{}
-		for _, p := range present {
-			e, _ := d.blocks.get(p)
-			lose[e.dec]++
-		}
-		for seq, n := range lose {
-			if m := d.blocks.decs[seq]; m == nil || m.refs <= n {
-				ch.DelDecisions = append(ch.DelDecisions, seq)
-				undo.PutDecisions = append(undo.PutDecisions, d.blocks.decision(seq))
-			}
-		}
-		if err := d.store.Commit(ch); err != nil {
-			return Outcome{ID: dec.ID, Action: dec.Action}, &Error{Code: CodeStore, Message: err.Error()}
-		}
-		if err := d.fw.Unblock(present); err != nil {
-			if uerr := d.store.Commit(undo); uerr != nil {
-				d.log.Error("store undo after firewall failure failed", "err", uerr)
-			}
-			d.noteFirewallError(err)
-			return Outcome{ID: dec.ID, Action: dec.Action}, &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
-		}
-		for _, p := range present {
-			d.blocks.del(p)
-		}
-	}
-	out.Removed, out.Applied = len(present), present
-	d.Audit("unblock", decisionFields(dec, out))
+	out.Removed = len(out.Applied)
+	pl.present = append(pl.present, out.Applied...)
 	return out, nil
+}
+
+// commitUnblocks applies a plan: the store first, then the kernel; if the
+// kernel fails, the store is put back. Caller holds d.mu.
+func (d *Daemon) commitUnblocks(pl *unblockPlan) error {
+	if len(pl.present) == 0 {
+		return nil
+	}
+	lose := map[uint64]int{}
+	for _, p := range pl.present {
+		e, _ := d.blocks.get(p)
+		lose[e.dec]++
+	}
+	for seq, n := range lose {
+		if m := d.blocks.decs[seq]; m == nil || m.refs <= n {
+			pl.ch.DelDecisions = append(pl.ch.DelDecisions, seq)
+			pl.undo.PutDecisions = append(pl.undo.PutDecisions, d.blocks.decision(seq))
+		}
+	}
+	if err := d.store.Commit(pl.ch); err != nil {
+		return &Error{Code: CodeStore, Message: err.Error()}
+	}
+	if err := d.fw.Unblock(pl.present); err != nil {
+		if uerr := d.store.Commit(pl.undo); uerr != nil {
+			d.log.Error("store undo after firewall failure failed", "err", uerr)
+		}
+		d.noteFirewallError(err)
+		return &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
+	}
+	for _, p := range pl.present {
+		d.blocks.del(p)
+	}
+	return nil
 }
 
 func (d *Daemon) noteFirewallError(err error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -215,5 +216,37 @@ func TestStoreFailureUndoesKernel(t *testing.T) {
 	}
 	if n := d.Status().ActiveBlocks; n != 1 {
 		t.Fatalf("index changed: %d", n)
+	}
+}
+
+// A reload whose allowlist covers active blocks says so (audit and log):
+// the allowlist wins in the kernel while 'parry list' still shows them.
+func TestReloadReportsBlocksInsideNewAllowlist(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	cfg := testConfig(t)
+	d := newTestDaemon(t, cfg, newFakeFW(), clk)
+	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionBlock,
+		Targets: pfx("203.0.113.7", "203.0.113.9", "2001:db8::/48"), Until: clk.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	next := cfg
+	next.Allowlist = []string{"203.0.113.0/24"}
+	if err := next.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ApplyConfig(next); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.audit.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(cfg.StateDir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	last := lines[len(lines)-1]
+	if !strings.Contains(last, `"event":"config_reload"`) || !strings.Contains(last, `"allowlisted_blocks":2`) {
+		t.Fatalf("reload audit line does not count the 2 blocks inside the new allowlist: %s", last)
 	}
 }

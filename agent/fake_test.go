@@ -17,13 +17,15 @@ import (
 
 // fakeFW is an in-memory firewall with failure injection.
 type fakeFW struct {
-	mu        sync.Mutex
-	present   bool
-	elems     map[netip.Prefix]time.Duration
-	allow     []netip.Prefix
-	lockdown  *firewall.Lockdown
-	failBlock error
-	ensures   int
+	mu          sync.Mutex
+	present     bool
+	elems       map[netip.Prefix]time.Duration
+	allow       []netip.Prefix
+	lockdown    *firewall.Lockdown
+	failBlock   error
+	failUnblock error
+	ensures     int
+	blockCalls  int // Block calls, failed or not
 }
 
 func newFakeFW() *fakeFW { return &fakeFW{elems: map[netip.Prefix]time.Duration{}} }
@@ -39,6 +41,7 @@ func (f *fakeFW) Ensure() error {
 func (f *fakeFW) Block(elems []firewall.Element) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.blockCalls++
 	if f.failBlock != nil {
 		return f.failBlock
 	}
@@ -54,6 +57,9 @@ func (f *fakeFW) Block(elems []firewall.Element) error {
 func (f *fakeFW) Unblock(ps []netip.Prefix) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failUnblock != nil {
+		return f.failUnblock
+	}
 	for _, p := range ps {
 		delete(f.elems, p)
 	}

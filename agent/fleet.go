@@ -36,6 +36,31 @@ func (d *Daemon) ApplyRemote(ctx context.Context, dec response.Decision) (int, e
 	}
 }
 
+// ApplyRemoteBatch is ApplyRemote for many decisions, in order, through
+// EnforceBatch: one store commit and one kernel update for a run of them
+// (a catch-up, a burst), each still guarded, audited and observed on its own.
+func (d *Daemon) ApplyRemoteBatch(ctx context.Context, decs []response.Decision) []fleet.Result {
+	res := make([]fleet.Result, len(decs))
+	ok := make([]response.Decision, 0, len(decs))
+	idx := make([]int, 0, len(decs))
+	for i, dec := range decs {
+		switch {
+		case dec.Origin == "":
+			res[i].Err = errorf(CodeBadRequest, "remote decision without an origin")
+		case dec.Action != response.ActionBlock && dec.Action != response.ActionUnblock:
+			res[i].Err = errorf(CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
+		default:
+			ok, idx = append(ok, dec), append(idx, i)
+		}
+	}
+	// Partial mode only concerns blocks: a protected target of a merged
+	// remote decision must not keep the others out.
+	for j, out := range d.EnforceBatch(ctx, ok, EnforceOptions{Partial: true}) {
+		res[idx[j]] = fleet.Result{Refused: len(out.Refused), Err: out.Err}
+	}
+	return res
+}
+
 var _ fleet.Applier = (*Daemon)(nil)
 
 // publishToFleet is the observer that hands every local block and unblock
@@ -45,18 +70,18 @@ func publishToFleet(f *fleet.Fleet) Observer {
 		if dec.Origin != "" && dec.Origin != f.Name() {
 			return
 		}
+		if out.Err != nil || dec.DryRun { // refused or failed: nothing changed here
+			return
+		}
 		switch dec.Action {
 		case response.ActionBlock:
-			if len(out.Applied) == 0 { // refused or failed
+			if len(out.Applied) == 0 {
 				return
 			}
-			dec.Targets = out.Applied
+			dec.Targets = out.Applied // without the ones the guard refused
 		case response.ActionUnblock:
 			// Not found here may still be blocked elsewhere: the fleet
-			// hears of every target. No target at all means refused.
-			if len(out.Applied)+len(out.NotFound) == 0 {
-				return
-			}
+			// hears of every target.
 		default:
 			return
 		}

@@ -216,7 +216,10 @@ func (in *Incident) observe(dec response.Decision, out Outcome) {
 	ok := in.succeeded(dec, out)
 	if in.metrics != nil {
 		in.updateGauges()
-		if ok {
+		switch {
+		case out.Err != nil:
+			in.metrics.DecisionRefused(dec)
+		case ok:
 			var apply time.Duration
 			if t, isTimed := in.d.fw.(applyTimer); isTimed && dec.Action == response.ActionBlock && !out.DryRun {
 				apply = t.lastBlock()

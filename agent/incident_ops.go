@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/hostcheck"
 	"github.com/parryhq/parry/agent/report"
@@ -140,11 +139,8 @@ func (in *Incident) opReport(_ context.Context, c *Call) (any, error) {
 // Report summarises the audit log of the last `since`, with the chain
 // verified.
 func (in *Incident) Report(since time.Duration) (report.Report, error) {
-	if err := in.d.audit.Sync(); err != nil {
-		return report.Report{}, err
-	}
 	path := filepath.Join(in.cfg.StateDir, "audit.log")
-	res, err := audit.VerifyFile(path)
+	res, err := in.d.verifyAudit()
 	if err != nil {
 		return report.Report{}, err
 	}

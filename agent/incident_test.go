@@ -184,7 +184,7 @@ func TestMetricsFromDecisions(t *testing.T) {
 	ctx := context.Background()
 	until := d.now().Add(time.Hour)
 	d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Source: "policy", Targets: pfx("203.0.113.1", "203.0.113.2", "2001:db8:9::/48"), Until: until})
-	d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Source: "cli", Targets: pfx("127.0.0.1"), Until: until}) // refused: not counted
+	d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Source: "cli", Targets: pfx("127.0.0.1"), Until: until}) // refused: counted as such
 	d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Source: "cli", Targets: pfx("203.0.113.2")})
 	d.Enforce(ctx, response.Decision{Action: response.ActionLockdown, Source: "cli", Until: until})
 	reg := in.Metrics().Registry()
@@ -193,11 +193,12 @@ func TestMetricsFromDecisions(t *testing.T) {
 # TYPE parry_blocks_active gauge
 parry_blocks_active{family="ipv4"} 1
 parry_blocks_active{family="ipv6"} 1
-# HELP parry_decisions_total Decisions taken, by action and cause (the decision's source: cli, policy, integrity, fleet).
+# HELP parry_decisions_total Decisions, by action, cause (the decision's source: cli, policy, integrity, fleet) and result (applied, refused).
 # TYPE parry_decisions_total counter
-parry_decisions_total{action="block",cause="policy"} 1
-parry_decisions_total{action="lockdown",cause="cli"} 1
-parry_decisions_total{action="unblock",cause="cli"} 1
+parry_decisions_total{action="block",cause="cli",result="refused"} 1
+parry_decisions_total{action="block",cause="policy",result="applied"} 1
+parry_decisions_total{action="lockdown",cause="cli",result="applied"} 1
+parry_decisions_total{action="unblock",cause="cli",result="applied"} 1
 # HELP parry_lockdown_active 1 while the host is locked down.
 # TYPE parry_lockdown_active gauge
 parry_lockdown_active 1

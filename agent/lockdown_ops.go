@@ -53,6 +53,10 @@ func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
 		if err != nil {
 			return nil, errorf(CodeInvalidTarget, "allow[%d]: %v", i, err)
 		}
+		if pr.Bits() == 0 {
+			// "10.0.0.0/0" for "10.0.0.0/8" would make the lockdown a no-op.
+			return nil, errorf(CodeInvalidTarget, "allow[%d]: %s lets every address in: the lockdown would do nothing (a typo for a longer prefix?)", i, FormatTarget(pr))
+		}
 		dec.Allow = append(dec.Allow, pr)
 	}
 	now := d.now()
@@ -66,7 +70,7 @@ func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
 	slices.SortFunc(dec.Allow, comparePrefix)
 	dec.Allow = slices.Compact(dec.Allow)
 	if len(cfg.AllowPrefixes())+len(dec.Allow) == 0 && !p.Force {
-		return nil, errorf(CodeNeedsForce, "the lockdown would have an empty allowlist: no new connection could reach this host, yours included; give --allow CIDR (your management network) or --force")
+		return nil, errorf(CodeNeedsForce, "the lockdown would have an empty allowlist: nothing could reach this host, your current session included; give --allow CIDR (your management network) or --force")
 	}
 	out, err := d.Enforce(ctx, dec)
 	if err != nil {

@@ -143,6 +143,14 @@ func (m *Main) Run(ctx context.Context) error {
 		m.Logger.Info("removed nftables table", "table", cfg.Table)
 		return nil
 	}
+	// Take the control socket before touching the table: a second parryd
+	// started by mistake (same socket, another state dir) must stop here,
+	// not re-assert its own empty store and allowlist over the running one's.
+	// Clients that connect now wait in the backlog until Serve; Close
+	// closes it if Run fails before.
+	if m.ln, err = m.listener(cfg); err != nil {
+		return err
+	}
 	d, err := New(cfg, Options{Firewall: TimeApply(fw), Logger: m.Logger, Sweeper: func() (ElementReader, func(), error) {
 		conn, err := nftables.New(nftables.AsLasting())
 		if err != nil {
@@ -173,9 +181,6 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	debug.FreeOSMemory() // the re-assert's netlink buffers are garbage now
 	m.Logger.Info("table ready and store re-asserted", "table", cfg.Table, "blocks", d.Status().ActiveBlocks, "took", time.Since(start).String())
-	if m.ln, err = m.listener(cfg); err != nil {
-		return err
-	}
 	if err := m.startFleet(ctx, cfg); err != nil {
 		return err
 	}

@@ -197,14 +197,22 @@ func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {
 }
 
 func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {
-	if err := d.audit.Sync(); err != nil {
-		return nil, err
-	}
-	res, err := audit.VerifyFile(filepath.Join(d.Config().StateDir, "audit.log"))
+	res, err := d.verifyAudit()
 	if err != nil {
 		return nil, err
 	}
 	return map[string]any{"audit": res}, nil
+}
+
+// verifyAudit syncs the audit log and verifies the file's chain, and that
+// the file still ends with (or goes past) the last line this daemon wrote:
+// a deleted log, a cut-off end or a rewritten file are reported, not OK.
+func (d *Daemon) verifyAudit() (audit.Result, error) {
+	if err := d.audit.Sync(); err != nil {
+		return audit.Result{}, err
+	}
+	seq, hash := d.audit.Last()
+	return audit.VerifyFileAgainst(filepath.Join(d.Config().StateDir, "audit.log"), seq, hash)
 }
 
 func (d *Daemon) opReload(context.Context, *Call) (any, error) {

@@ -166,6 +166,8 @@ func TestOpLockdown(t *testing.T) {
 		`{"op":"lockdown","extend":"5m"}`:                     CodeNoLockdown,
 		`{"op":"lockdown","for":"5m","extend":"5m"}`:          CodeBadRequest,
 		`{"op":"lockdown","for":"5m","allow":["10.0.0.300"]}`: CodeInvalidTarget,
+		`{"op":"lockdown","for":"5m","allow":["10.0.0.0/0"]}`: CodeInvalidTarget,
+		`{"op":"lockdown","for":"5m","allow":["::/0"]}`:       CodeInvalidTarget,
 	} {
 		if _, got := call(line); got != code {
 			t.Errorf("%s: code %q, want %q", line, got, code)

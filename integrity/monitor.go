@@ -49,6 +49,8 @@ type Monitor struct {
 	open     map[string][]Finding // current deviations per path
 	st       stats
 	w        *watchState // non-nil while Run runs
+
+	warnedOutside bool // logged that baseline entries lie outside the selection
 }
 
 type stats struct {
@@ -361,10 +363,22 @@ func (m *Monitor) fullRescan(ctx context.Context, force bool) error {
 	m.st.lastScan, m.st.lastScanTook = m.opt.Now(), time.Since(start)
 	m.st.rescans++
 	var gone []string
+	outside := 0
 	for p := range m.base.Entries {
-		if !seen[p] {
-			gone = append(gone, p)
+		if seen[p] {
+			continue
 		}
+		if !m.sel.Selected(p) {
+			// Recorded under paths or excludes configured before: it left
+			// the selection, it was not removed.
+			outside++
+			continue
+		}
+		gone = append(gone, p)
+	}
+	if outside > 0 && !m.warnedOutside {
+		m.warnedOutside = true
+		m.log.Warn("integrity baseline has entries outside the configured paths (integrity.paths or excludes changed?); they are ignored: run 'parry integrity baseline' to record the new selection", "entries", outside)
 	}
 	for p := range m.observed {
 		if !seen[p] && m.base.Entries[p].Type == TypeNone {

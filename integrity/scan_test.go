@@ -536,3 +536,40 @@ func TestMonitorBaselineCheckAccept(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A baseline recorded for more paths than are configured now (the admin
+// narrowed integrity.paths or added an exclude) reports nothing for the
+// paths that left the selection: they were not removed.
+func TestCheckIgnoresBaselineEntriesOutsideSelection(t *testing.T) {
+	root := t.TempDir()
+	keep, drop := filepath.Join(root, "keep"), filepath.Join(root, "drop")
+	writeFile(t, filepath.Join(keep, "a"), "a")
+	writeFile(t, filepath.Join(drop, "b"), "b")
+	writeFile(t, filepath.Join(keep, "c.swp"), "c")
+	state := t.TempDir()
+	wide := testConfig(keep)
+	wide.Paths = append(wide.Paths, PathSpec{Path: drop})
+	m, err := NewMonitor(wide, Options{StateDir: state})
+	must(t, err)
+	_, err = m.Baseline(context.Background())
+	must(t, err)
+
+	narrow := testConfig(keep)
+	narrow.Exclude = []string{"*.swp"}
+	m2, err := NewMonitor(narrow, Options{StateDir: state})
+	must(t, err)
+	_, err = m2.Load()
+	must(t, err)
+	fs, err := m2.Check(context.Background())
+	must(t, err)
+	if len(fs) != 0 {
+		t.Fatalf("narrowed selection: want no findings, got %v", fs)
+	}
+	// A file removed inside the selection is still reported.
+	must(t, os.Remove(filepath.Join(keep, "a")))
+	fs, err = m2.Check(context.Background())
+	must(t, err)
+	if f := findingFor(fs, filepath.Join(keep, "a")); f == nil || f.Kind != KindRemoved {
+		t.Fatalf("removed file inside the selection: want a removed finding, got %v", fs)
+	}
+}

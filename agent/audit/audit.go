@@ -199,6 +199,15 @@ func (l *Log) Seq() uint64 {
 	return l.seq
 }
 
+// Last returns the sequence number and hash of the last line written (0 and
+// Genesis for an empty log): a checkpoint that VerifyFileAgainst compares the
+// file with.
+func (l *Log) Last() (uint64, string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seq, l.prev
+}
+
 // Close syncs and closes the file.
 func (l *Log) Close() error {
 	if err := l.Sync(); err != nil {
@@ -230,6 +239,12 @@ type Result struct {
 
 // Verify checks the whole chain read from r.
 func Verify(r io.Reader) (Result, error) {
+	return verify(r, 0, "")
+}
+
+// verify checks the chain; when seq is not 0, the line with that sequence
+// number must also carry hash (the writer's checkpoint).
+func verify(r io.Reader, wantSeq uint64, wantHash string) (Result, error) {
 	br := bufio.NewReaderSize(r, 256<<10)
 	res := Result{OK: true}
 	prev := Genesis
@@ -238,6 +253,10 @@ func Verify(r io.Reader) (Result, error) {
 	for n := 1; ; n++ {
 		line, err := br.ReadBytes('\n')
 		if len(line) == 0 && errors.Is(err, io.EOF) {
+			if wantSeq > seq {
+				res.OK, res.FirstBad = false, n
+				res.Reason = fmt.Sprintf("the log ends at seq %d but parryd has written up to seq %d: lines were removed from its end", seq, wantSeq)
+			}
 			return res, nil
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
@@ -272,20 +291,33 @@ func Verify(r io.Reader) (Result, error) {
 		if h.Seq != seq+1 {
 			return bad("seq %d follows %d", h.Seq, seq)
 		}
+		if h.Seq == wantSeq && hash != wantHash {
+			return bad("seq %d is not the line parryd wrote: the log was replaced or rewritten", h.Seq)
+		}
 		prev, seq = hash, h.Seq
 		res.Lines, res.LastSeq = n, seq
 	}
 }
 
-// VerifyFile verifies the log at path.
+// VerifyFile verifies the log at path. A missing file is an error
+// (errors.Is(err, os.ErrNotExist)), never an intact log.
 func VerifyFile(path string) (Result, error) {
+	return VerifyFileAgainst(path, 0, "")
+}
+
+// VerifyFileAgainst verifies the log at path and that it still holds the
+// line seq with hash, as the writer's Last reported them: a log whose end
+// was cut off, or that was rewritten with a consistent chain while the
+// writer runs, fails. seq 0 checks the chain only. A missing file is not OK
+// when seq is not 0.
+func VerifyFileAgainst(path string, seq uint64, hash string) (Result, error) {
 	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return Result{OK: true}, nil
+	if errors.Is(err, os.ErrNotExist) && seq > 0 {
+		return Result{FirstBad: 1, Reason: fmt.Sprintf("the audit log is missing, but parryd has written %d lines to it: it was deleted or moved", seq)}, nil
 	}
 	if err != nil {
 		return Result{}, fmt.Errorf("audit verify: %w", err)
 	}
 	defer f.Close()
-	return Verify(f)
+	return verify(f, seq, hash)
 }

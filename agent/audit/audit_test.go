@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -121,5 +122,63 @@ func TestAppendRaw(t *testing.T) {
 	}
 	if string(lines[0]) != string(lines[1]) {
 		t.Errorf("raw:\n%s\nencoded:\n%s", lines[1], lines[0])
+	}
+}
+
+func TestVerifyMissingFileIsAnError(t *testing.T) {
+	_, err := VerifyFile(filepath.Join(t.TempDir(), "nope.log"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: err = %v, want ErrNotExist (never an intact log)", err)
+	}
+}
+
+// The writer's checkpoint (Log.Last) catches what the chain alone cannot:
+// a log deleted, cut off at its end, or rewritten from scratch.
+func TestVerifyAgainstWriterCheckpoint(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := Open(path, fixedNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := range 5 {
+		if err := l.Append("block", map[string]any{"i": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seq, hash := l.Last()
+	if res, err := VerifyFileAgainst(path, seq, hash); err != nil || !res.OK || res.LastSeq != 5 {
+		t.Fatalf("intact log: %+v, %v", res, err)
+	}
+	orig, _ := os.ReadFile(path)
+	lines := strings.SplitAfter(string(orig), "\n")
+
+	// Cut off the last two lines: the chain alone is still fine.
+	if err := os.WriteFile(path, []byte(strings.Join(lines[:3], "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := VerifyFile(path); !res.OK {
+		t.Fatalf("a cut-off log is a valid chain by itself: %+v", res)
+	}
+	if res, err := VerifyFileAgainst(path, seq, hash); err != nil || res.OK || !strings.Contains(res.Reason, "removed from its end") {
+		t.Fatalf("cut-off log: %+v, %v", res, err)
+	}
+
+	// Rewritten from scratch with a consistent chain and other content.
+	other := writeLog(t, 5)
+	b, _ := os.ReadFile(other)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := VerifyFileAgainst(path, seq, hash); err != nil || res.OK || res.FirstBad != 5 {
+		t.Fatalf("rewritten log: %+v, %v", res, err)
+	}
+
+	// Deleted.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := VerifyFileAgainst(path, seq, hash); err != nil || res.OK || !strings.Contains(res.Reason, "missing") {
+		t.Fatalf("deleted log: %+v, %v", res, err)
 	}
 }

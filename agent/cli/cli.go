@@ -46,6 +46,7 @@ type App struct {
 
 // Main runs the CLI and returns the process exit code.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	stdout, stderr = termSafe{stdout}, termSafe{stderr}
 	a := &App{Stdin: stdin, Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 	root := a.rootCmd()
 	root.SetArgs(args)

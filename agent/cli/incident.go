@@ -108,7 +108,7 @@ func (a *App) evidenceListCmd() *cobra.Command {
 				if !e.Intact {
 					bad++
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.Time.Local().Format(time.DateTime), dash(e.Trigger), e.Size, intact(e), dash(e.Reason))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, e.Time.Local().Format(time.DateTime), dash(e.Trigger), e.Size, intact(e), dash(oneLine(e.Reason)))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -160,7 +160,7 @@ func printSnapshot(a *App, e agent.EvidenceInfo, s *evidence.Snapshot) {
 	fmt.Fprintf(w, "evidence %s (%s)\n", e.ID, intact(e))
 	fmt.Fprintf(w, "  file     %s, mode %s, sha256 %s\n", e.Path, e.Mode, e.SHA256)
 	fmt.Fprintf(w, "  taken    %s on %s, in %s; trigger %s\n", s.Started.Local().Format(time.RFC3339), dash(s.Hostname), s.Duration.Round(time.Millisecond), dash(s.Trigger))
-	fmt.Fprintf(w, "  reason   %s\n", dash(s.Reason))
+	fmt.Fprintf(w, "  reason   %s\n", dash(oneLine(s.Reason)))
 	if s.Incomplete || len(s.Errors) > 0 {
 		fmt.Fprintf(w, "  INCOMPLETE: %s\n", strings.Join(s.Errors, "; "))
 	}
@@ -168,7 +168,7 @@ func printSnapshot(a *App, e agent.EvidenceInfo, s *evidence.Snapshot) {
 	fmt.Fprintf(w, "  counts   %d processes, %d connections, %d listening, %d active blocks, %d findings\n",
 		s.ProcessesTotal, s.ConnectionsTotal, len(s.Listening), s.BlocksTotal, len(s.Findings))
 	if s.Lockdown != nil {
-		fmt.Fprintf(w, "  lockdown until %s (%s)\n", s.Lockdown.Until.Local().Format(time.RFC3339), dash(s.Lockdown.Reason))
+		fmt.Fprintf(w, "  lockdown until %s (%s)\n", s.Lockdown.Until.Local().Format(time.RFC3339), dash(oneLine(s.Lockdown.Reason)))
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	if len(s.Connections) > 0 {
@@ -178,13 +178,13 @@ func printSnapshot(a *App, e agent.EvidenceInfo, s *evidence.Snapshot) {
 				fmt.Fprintf(tw, "... %d more (--json for all)\n", len(s.Connections)-20)
 				break
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", c.Proto, c.Local, c.Remote, dash(c.State), c.PID, dash(c.Name))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", c.Proto, c.Local, c.Remote, dash(c.State), c.PID, dash(oneLine(c.Name)))
 		}
 	}
 	if len(s.Listening) > 0 {
 		fmt.Fprintln(tw, "\nLISTEN\tPROTO\tPID\tPROCESS")
 		for _, c := range s.Listening {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Local, c.Proto, c.PID, dash(c.Name))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", c.Local, c.Proto, c.PID, dash(oneLine(c.Name)))
 		}
 	}
 	tw.Flush()
@@ -268,7 +268,7 @@ Exit status by the worst finding: 0 none (or info only), 3 low, 4 medium,
 				fmt.Fprintln(a.Stdout, "no findings")
 			} else {
 				for _, f := range rep.Findings {
-					fmt.Fprintf(a.Stdout, "%-8s %s  %s\n         %s\n         fix: %s\n", strings.ToUpper(f.Severity.String()), f.ID, f.Path, f.Message, f.Fix)
+					fmt.Fprintf(a.Stdout, "%-8s %s  %s\n         %s\n         fix: %s\n", strings.ToUpper(f.Severity.String()), f.ID, oneLine(f.Path), oneLine(f.Message), f.Fix)
 				}
 			}
 			if code := hostcheck.ExitCode(rep.Worst, len(rep.Findings) > 0); code != 0 {

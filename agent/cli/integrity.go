@@ -55,7 +55,7 @@ longer matches it is refused as tampered. Open findings are cleared.`,
 			}
 			fmt.Fprintf(a.Stdout, "baseline recorded: %d entries in %s\ndigest: %s\n", res.Entries, res.Took.Round(time.Millisecond), res.Digest)
 			if n := len(res.Unreadable); n > 0 {
-				fmt.Fprintf(a.Stdout, "%d entries could not be read completely, e.g. %s\n", n, res.Unreadable[0])
+				fmt.Fprintf(a.Stdout, "%d entries could not be read completely, e.g. %s\n", n, oneLine(res.Unreadable[0]))
 			}
 			return nil
 		},
@@ -190,18 +190,18 @@ baseline digest goes into the audit chain, with who accepted what.`,
 
 func printFindings(w io.Writer, fs []integrity.Finding) {
 	for _, f := range fs {
-		fmt.Fprintf(w, "%-8s %-14s %s\n", f.Severity, f.Kind, f.Path)
+		fmt.Fprintf(w, "%-8s %-14s %s\n", f.Severity, f.Kind, oneLine(f.Path))
 		for _, c := range f.Changes {
-			fmt.Fprintf(w, "           %-7s %s → %s\n", c.Attr, dash(c.Old), dash(c.New))
+			fmt.Fprintf(w, "           %-7s %s → %s\n", c.Attr, dash(oneLine(c.Old)), dash(oneLine(c.New)))
 		}
 		if len(f.Changes) == 0 && f.Detail != "" {
-			fmt.Fprintf(w, "           %s\n", f.Detail)
+			fmt.Fprintf(w, "           %s\n", oneLine(f.Detail))
 		}
 		if f.Package != "" {
 			fmt.Fprintf(w, "           matches dpkg package %s\n", f.Package)
 		}
 		if f.Remediation != "" {
-			fmt.Fprintf(w, "           remediated: %s\n", f.Remediation)
+			fmt.Fprintf(w, "           remediated: %s\n", oneLine(f.Remediation))
 		}
 	}
 }

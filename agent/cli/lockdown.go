@@ -15,10 +15,13 @@ func (a *App) lockdownCmd() *cobra.Command {
 	var isolate, force, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "lockdown [--for D | --extend D] [--allow CIDR]... [--isolate] [--reason TEXT] [--force]",
-		Short: "Drop all new inbound traffic except the allowlist, for a while",
-		Long: `Lock the host down: drop every new inbound connection except loopback,
-established connections and the allowlist (the configured allowlist plus
---allow), until the lockdown's time is up. The kernel ends it on time even
+		Short: "Drop all inbound traffic except the allowlist, for a while",
+		Long: `Lock the host down: drop every inbound packet except from loopback and the
+allowlist (the configured allowlist plus --allow), until the lockdown's time
+is up. Connections already open from other addresses stall too (the rules
+look at addresses, not connection state), and so do the replies to this
+host's own connections to them: put your own address, DNS resolvers and
+monitoring on the allowlist. The kernel ends it on time even
 if parryd is down, so a mistake cannot strand the host. --isolate drops
 outbound traffic too, except to the allowlist: the "disconnect the system"
 step of incident response.
@@ -27,8 +30,8 @@ A lockdown lasts --for (default 15m, at most 7d) and is never permanent.
 Renew it before it ends with --extend D (adds D to its end), end it early
 with 'parry release'. Running lockdown again replaces the active lockdown.
 
-If the resulting allowlist would be empty, nothing new could reach the host,
-your next SSH session included: parry refuses unless you give --force.
+If the resulting allowlist would be empty, nothing could reach the host, your
+current SSH session included: parry refuses unless you give --force.
 
 Lockdowns survive parryd restarts; 'parry status' shows the active one.`,
 		Example: `  parry lockdown --for 15m --allow 10.0.0.0/24 --reason "incident 42"
@@ -119,7 +122,7 @@ func (a *App) printLockdown(l agent.LockdownState) {
 	if l.Isolate {
 		fmt.Fprint(a.Stdout, ", isolated")
 	}
-	fmt.Fprintf(a.Stdout, ", reason: %s\n", dash(l.Reason))
+	fmt.Fprintf(a.Stdout, ", reason: %s\n", dash(oneLine(l.Reason)))
 	if len(l.Allow) > 0 {
 		fmt.Fprintf(a.Stdout, "lockdown allow: %s (plus the configured allowlist)\n", strings.Join(l.Allow, " "))
 	}

@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"bufio"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -35,7 +37,8 @@ func (a *App) listCmd() *cobra.Command {
 				fmt.Fprintln(a.Stdout, "no active blocks")
 				return nil
 			}
-			tw := tabwriter.NewWriter(a.Stdout, 0, 4, 2, ' ', 0)
+			bw := bufio.NewWriterSize(a.Stdout, 64<<10) // 100,000 rows: one write per 64 KiB, not per row
+			tw := tabwriter.NewWriter(bw, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TARGET\tEXPIRES IN\tREASON\tSOURCE\tORIGIN")
 			now := time.Now()
 			for _, b := range resp.Blocks {
@@ -47,13 +50,22 @@ func (a *App) listCmd() *cobra.Command {
 				if origin == "" {
 					origin = "local"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Target, left, dash(b.Reason), dash(b.Source), origin)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Target, left, dash(oneLine(b.Reason)), dash(oneLine(b.Source)), oneLine(origin))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			return bw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// oneLine keeps free text on its row of a table: newline, CR and tab are
+// written as \n, \r, \t.
+func oneLine(s string) string {
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`).Replace(s)
 }
 
 func dash(s string) string {

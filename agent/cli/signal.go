@@ -41,6 +41,11 @@ or the decisions made.`,
 					return usageErr("--ip %q is not an IPv4 or IPv6 address", ip)
 				}
 			}
+			switch severity {
+			case "", "low", "medium", "high", "critical":
+			default:
+				return usageErr("--severity %q: want low, medium, high or critical", severity)
+			}
 			req := map[string]any{"op": "signal", "kind": args[0]}
 			for k, v := range map[string]string{"ip": ip, "user": user, "source": source, "severity": severity, "detail": detail, "path": path} {
 				if v != "" {
@@ -84,7 +89,7 @@ func (a *App) printSignal(out agent.SignalResult) {
 	case "counted":
 		var parts []string
 		for _, p := range out.Progress {
-			parts = append(parts, fmt.Sprintf("%s %s: %d/%d within %s", p.Rule, p.Key, p.Count, p.Threshold, agent.FormatDuration(p.Window)))
+			parts = append(parts, fmt.Sprintf("%s %s: %d/%d within %s", p.Rule, oneLine(p.Key), p.Count, p.Threshold, agent.FormatDuration(p.Window)))
 		}
 		fmt.Fprintf(a.Stdout, "counted (%s)\n", strings.Join(parts, "; "))
 	}
@@ -96,7 +101,7 @@ func (a *App) printSignal(out agent.SignalResult) {
 		case d.DryRun:
 			state = "dry run, not enforced"
 		}
-		fmt.Fprintf(a.Stdout, "decided %s by rule %s: %s [%s] id=%s\n", d.Action, d.Rule, d.Reason, state, d.ID)
+		fmt.Fprintf(a.Stdout, "decided %s by rule %s: %s [%s] id=%s\n", d.Action, d.Rule, oneLine(d.Reason), state, d.ID)
 	}
 }
 

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/parryhq/parry/agent"
@@ -42,8 +45,8 @@ parryd is down). Re-blocking a blocked target sets its new expiry.
 Durations are Go syntax plus d and w: 90s, 30m, 12h, 7d, 2w. Without --for the
 configured default_block applies; a block that never ends needs --permanent.
 
---file reads one target per line ('-' for stdin; blank lines and # comments
-are skipped). Large files are sent in chunks of about 60 KiB, pipelined; each
+--file reads one target per line ('-' for stdin; blank lines, # comments and
+; comments as in Spamhaus DROP lists are skipped; CRLF is fine). Large files are sent in chunks of about 60 KiB, pipelined; each
 chunk is one transaction. With --file, targets parryd refuses (allowlist,
 loopback, ...) are reported and the rest are blocked.
 
@@ -58,8 +61,12 @@ allowlist, and prefixes broader than min_prefix_v4/v6 (default /16 and /32).`,
 				return usageErr("give either --for or --permanent, not both")
 			}
 			if forS != "" {
-				if _, err := agent.ParseDuration(forS); err != nil {
+				d, err := agent.ParseDuration(forS)
+				if err != nil {
 					return usageErr("--for: %v", err)
+				}
+				if d < time.Second {
+					return usageErr("--for %s: a block lasts at least 1s (a block that never ends needs --permanent)", forS)
 				}
 			}
 			targets, err := a.gatherTargets(args, file, skipInvalid)
@@ -145,27 +152,41 @@ func (a *App) gatherTargets(args []string, file string, skipInvalid bool) ([]str
 		}
 		sc := bufio.NewScanner(r)
 		sc.Buffer(make([]byte, 64<<10), 64<<10)
-		for n := 1; sc.Scan(); n++ {
+		n := 1
+		for ; sc.Scan(); n++ {
 			line := sc.Text()
-			if i := strings.IndexByte(line, '#'); i >= 0 {
+			if n == 1 {
+				line = strings.TrimPrefix(line, "\ufeff") // a byte order mark from Windows tools
+			}
+			// '#' comments, and ';' as in Spamhaus DROP ("192.0.2.0/24 ; SBL123").
+			if i := strings.IndexAny(line, "#;"); i >= 0 {
 				line = line[:i]
 			}
 			if line = strings.TrimSpace(line); line != "" {
 				add(fmt.Sprintf("%s:%d", name, n), line)
 			}
 		}
-		if err := sc.Err(); err != nil {
+		if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
+			return nil, &exitError{code: ExitFailed, err: fmt.Errorf("%s:%d: line longer than 64 KiB; nothing was sent (one target per line)", name, n)}
+		} else if err != nil {
 			return nil, &exitError{code: ExitFailed, err: fmt.Errorf("read %s: %w", name, err)}
 		}
 	}
-	if len(bad) > 0 && !(skipInvalid && file != "") {
-		for i, b := range bad {
-			if i == 20 {
-				fmt.Fprintf(a.Stderr, "... and %d more\n", len(bad)-20)
-				break
-			}
-			fmt.Fprintln(a.Stderr, b)
+	skip := skipInvalid && file != ""
+	for i, b := range bad {
+		if i == 20 {
+			fmt.Fprintf(a.Stderr, "... and %d more\n", len(bad)-20)
+			break
 		}
+		if skip {
+			b = "skipped " + b
+		}
+		fmt.Fprintln(a.Stderr, b)
+	}
+	if len(bad) > 0 && skip {
+		fmt.Fprintf(a.Stderr, "parry: skipped %s (--skip-invalid)\n", plural(len(bad), "invalid line"))
+	}
+	if len(bad) > 0 && !skip {
 		return nil, &exitError{code: ExitFailed, err: fmt.Errorf("%d invalid targets; nothing was sent (fix them, or --skip-invalid with --file)", len(bad))}
 	}
 	if len(out) == 0 {
@@ -235,6 +256,9 @@ func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) err
 		return &exitError{code: ExitFailed, err: err}
 	}
 	a.report(base["op"].(string), total, failures, asJSON, len(reqs))
+	if base["op"] == "unblock" && !asJSON {
+		a.hintCovered(total.NotFound)
+	}
 	if len(failures) > 0 || len(total.Refused) > 0 {
 		msg := fmt.Sprintf("%d refused", len(total.Refused))
 		if len(failures) > 0 {
@@ -251,7 +275,8 @@ func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) err
 func (a *App) report(op string, o outcome, failures []string, asJSON bool, chunks int) {
 	if asJSON {
 		_ = printJSON(a.Stdout, map[string]any{"ok": len(failures) == 0 && len(o.Refused) == 0, "added": o.Added,
-			"updated": o.Updated, "removed": o.Removed, "not_found": o.NotFound, "refused": o.Refused, "errors": failures})
+			"updated": o.Updated, "removed": o.Removed, "not_found": nonNil(o.NotFound), "refused": nonNil(o.Refused),
+			"errors": nonNil(failures)})
 		return
 	}
 	switch op {
@@ -299,6 +324,14 @@ again re-creates the table with them.`,
 			if cerr != nil {
 				return &exitError{code: ExitFailed, err: cerr}
 			}
+			tables, lerr := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+			if lerr != nil {
+				return &exitError{code: ExitFailed, err: fmt.Errorf("list nftables tables: %w", lerr)}
+			}
+			if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == table }) {
+				fmt.Fprintf(a.Stdout, "parryd is not running and this network namespace has no table inet %s: nothing to remove\n", table)
+				return nil
+			}
 			fw, ferr := firewall.New(conn, firewall.Config{Table: table})
 			if ferr == nil {
 				ferr = fw.Remove()
@@ -312,6 +345,47 @@ again re-creates the table with them.`,
 	}
 	cmd.Flags().StringVar(&table, "table", "parry", "table name (used when parryd is not running)")
 	return cmd
+}
+
+// nonNil makes an empty list print as [] in JSON, not null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// hintCovered says, for addresses that were not blocked by themselves, which
+// blocked CIDR still drops them: "was not blocked" alone sends the admin
+// away while the traffic is still dropped.
+func (a *App) hintCovered(notFound []string) {
+	if len(notFound) == 0 || len(notFound) > 1000 {
+		return
+	}
+	var resp struct {
+		Blocks []agent.BlockInfo `json:"blocks"`
+	}
+	if a.call(map[string]any{"op": "list"}, &resp) != nil {
+		return
+	}
+	var cidrs []netip.Prefix
+	for _, b := range resp.Blocks {
+		if p, err := netip.ParsePrefix(b.Target); err == nil {
+			cidrs = append(cidrs, p)
+		}
+	}
+	for _, t := range notFound {
+		p, err := agent.ParseTarget(t)
+		if err != nil {
+			continue
+		}
+		for _, c := range cidrs {
+			if c.Bits() < p.Bits() && c.Contains(p.Addr()) {
+				fmt.Fprintf(a.Stdout, "  but %s is inside the blocked %s, which still drops it: 'parry unblock %s' to let it through\n", t, c, c)
+				break
+			}
+		}
+	}
 }
 
 func plural(n int, what string) string {

@@ -1,8 +1,15 @@
 package cli
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -46,5 +53,95 @@ func TestChunkRequests(t *testing.T) {
 	}
 	if one, _ := chunkRequests(base, targets[:1], chunkBytes); len(one) != 1 {
 		t.Fatalf("one target: %d requests", len(one))
+	}
+}
+
+// fakeDaemon answers every request line on a Unix socket with answer.
+func fakeDaemon(t *testing.T, answer string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintln(c, answer)
+				}
+			}()
+		}
+	}()
+	return path
+}
+
+func TestUnblockHintsAtCoveringCIDR(t *testing.T) {
+	sock := fakeDaemon(t, `{"ok":true,"count":1,"blocks":[{"target":"198.51.100.0/24","id":"x","created":"2026-11-27T00:00:00Z"}]}`)
+	var out bytes.Buffer
+	a := &App{Stdout: &out, Stderr: io.Discard, Getenv: func(string) string { return "" }, socket: sock}
+	a.hintCovered([]string{"198.51.100.5", "203.0.113.7"})
+	got := out.String()
+	if !strings.Contains(got, "198.51.100.5 is inside the blocked 198.51.100.0/24") {
+		t.Fatalf("no hint for an address inside a blocked CIDR: %q", got)
+	}
+	if strings.Contains(got, "203.0.113.7") {
+		t.Fatalf("hint for an address no block covers: %q", got)
+	}
+}
+
+func TestBlockUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"block", "203.0.113.7", "--for", "0s"},
+		{"block", "203.0.113.7", "--for", "-1h"},
+		{"block", "203.0.113.7", "--for", "1y"},
+		{"block", "203.0.113.7", "--for", "1h", "--permanent"},
+		{"signal", "auth_failure", "--severity", "extreme"},
+		{"signal", "auth_failure", "--ip", "bogus"},
+	} {
+		var stderr bytes.Buffer
+		code := Main(context.Background(), append(args, "--socket", "/nonexistent/s.sock"), strings.NewReader(""), io.Discard, &stderr)
+		if code != ExitUsage {
+			t.Errorf("parry %v: exit %d, want %d (usage); stderr %q", args, code, ExitUsage, stderr.String())
+		}
+	}
+}
+
+func TestSkipInvalidSaysWhatItSkipped(t *testing.T) {
+	var stderr bytes.Buffer
+	a := &App{Stdin: strings.NewReader("203.0.113.7\nbogus\r\n# c\n\n198.51.100.0/24\r\n"), Stderr: &stderr}
+	got, err := a.gatherTargets(nil, "-", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, " ") != "203.0.113.7/32 198.51.100.0/24" && strings.Join(got, " ") != "203.0.113.7 198.51.100.0/24" {
+		t.Fatalf("targets = %v", got)
+	}
+	if !strings.Contains(stderr.String(), "skipped stdin:2") || !strings.Contains(stderr.String(), "skipped 1 invalid line") {
+		t.Fatalf("stderr = %q, want the skipped line named and counted", stderr.String())
+	}
+}
+
+func TestFileFormats(t *testing.T) {
+	in := "\ufeff203.0.113.1\r\n198.51.100.0/24 ; SBL123\r\n; Spamhaus header\n# c\n\n  2001:db8::/48  # x\n"
+	a := &App{Stdin: strings.NewReader(in), Stderr: io.Discard}
+	got, err := a.gatherTargets(nil, "-", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[1] != "198.51.100.0/24" || got[2] != "2001:db8::/48" {
+		t.Fatalf("targets = %q", got)
+	}
+	long := "203.0.113.1\n" + strings.Repeat("x", 70000) + "\n"
+	a = &App{Stdin: strings.NewReader(long), Stderr: io.Discard}
+	if _, err := a.gatherTargets(nil, "-", false); err == nil || !strings.Contains(err.Error(), "stdin:2: line longer than 64 KiB") {
+		t.Fatalf("oversized line: err = %v, want its line number", err)
 	}
 }

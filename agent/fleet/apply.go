@@ -4,10 +4,24 @@ import (
 	"context"
 	"net/netip"
 	"strings"
+	"time"
+
+	"github.com/parryhq/parry/response"
 )
 
-// maxGroup bounds the targets merged into one remote decision.
-const maxGroup = 1000
+const (
+	// maxGroup bounds the targets merged into one remote decision.
+	maxGroup = 1000
+	// maxBatch bounds the entries handed to the agent at once (one store
+	// commit and one kernel update there).
+	maxBatch = 4096
+	// In a burst (the previous batch was applied less than burstGap ago),
+	// the apply loop waits for more entries while they keep arriving at
+	// most linger apart, for at most lingerMax in all.
+	burstGap  = 20 * time.Millisecond
+	linger    = 2 * time.Millisecond
+	lingerMax = 10 * time.Millisecond
+)
 
 // inbound is one message read from the stream, checked, in stream order.
 type inbound struct {
@@ -17,12 +31,16 @@ type inbound struct {
 	e     entry
 }
 
-// applyLoop enforces received entries in stream order. Consecutive entries
-// of one decision (same origin, base id, action, expiry and text) are
-// merged into one decision with many targets, so that a large decision or a
-// catch-up costs the agent one commit per group, not one per target.
+// applyLoop enforces received entries in stream order, in batches: what
+// is waiting (a catch-up, or what arrived during the previous commit), and
+// in a burst what arrives within a few milliseconds more. Consecutive
+// entries of one decision (same origin, base id, action, expiry and text)
+// are merged into one decision with many targets, and the agent applies a
+// batch of decisions with one store commit and one kernel update, so that
+// a catch-up or a burst does not cost one fsync per decision.
 func (f *Fleet) applyLoop(ctx context.Context) {
-	batch := make([]inbound, 0, maxGroup)
+	batch := make([]inbound, 0, maxBatch)
+	var applied time.Time
 	for {
 		batch = batch[:0]
 		select {
@@ -31,39 +49,88 @@ func (f *Fleet) applyLoop(ctx context.Context) {
 		case in := <-f.inbox:
 			batch = append(batch, in)
 		}
-	drain:
-		for len(batch) < maxGroup {
-			select {
-			case in := <-f.inbox:
-				batch = append(batch, in)
-			default:
-				break drain
+		batch = f.collect(ctx, batch, time.Since(applied) < burstGap)
+		f.applyBatch(ctx, batch)
+		applied = time.Now()
+		for _, in := range batch {
+			if in.seq != 0 {
+				f.lastSeq.Store(in.seq)
 			}
-		}
-		for len(batch) > 0 {
-			n := f.applyGroup(ctx, batch)
-			for _, in := range batch[:n] {
-				if in.seq != 0 {
-					f.lastSeq.Store(in.seq)
-				}
-				if in.last {
-					f.markCaughtUp()
-				}
+			if in.last {
+				f.markCaughtUp()
 			}
-			batch = batch[n:]
 		}
 	}
 }
 
-// applyGroup enforces the longest mergeable run at the front of batch (at
-// least one item) and returns its length.
-func (f *Fleet) applyGroup(ctx context.Context, batch []inbound) int {
+// collect adds what is waiting in the inbox to batch and, in a burst, what
+// arrives shortly after.
+func (f *Fleet) collect(ctx context.Context, batch []inbound, burst bool) []inbound {
+	var gap *time.Timer
+	end := time.Now().Add(lingerMax)
+	for len(batch) < maxBatch {
+		select {
+		case in := <-f.inbox:
+			batch = append(batch, in)
+			continue
+		default:
+		}
+		wait := min(linger, time.Until(end))
+		if !burst || wait <= 0 {
+			return batch
+		}
+		if gap == nil {
+			gap = time.NewTimer(wait)
+			defer gap.Stop()
+		} else {
+			gap.Reset(wait)
+		}
+		select {
+		case in := <-f.inbox:
+			batch = append(batch, in)
+		case <-gap.C:
+			return batch
+		case <-ctx.Done():
+			return batch
+		}
+	}
+	return batch
+}
+
+// applyBatch merges the entries of batch into decisions and has the agent
+// enforce them together; it counts the outcome per target.
+func (f *Fleet) applyBatch(ctx context.Context, batch []inbound) {
+	var decs []response.Decision
+	var sizes []int
+	for len(batch) > 0 {
+		n, d, ok := groupAt(batch)
+		if ok {
+			decs, sizes = append(decs, d), append(sizes, n)
+		}
+		batch = batch[n:]
+	}
+	if len(decs) == 0 {
+		return
+	}
+	res := f.apply.ApplyRemoteBatch(ctx, decs)
+	for i, d := range decs {
+		var r Result
+		if i < len(res) {
+			r = res[i]
+		}
+		f.account(d, sizes[i], r)
+	}
+}
+
+// groupAt returns the length of the mergeable run at the front of batch (at
+// least one item) and, unless it is not to be applied, its decision.
+func groupAt(batch []inbound) (int, response.Decision, bool) {
 	if !batch[0].apply {
-		return 1
+		return 1, response.Decision{}, false
 	}
 	first := batch[0].e
 	n := 1
-	for n < len(batch) && batch[n].apply && sameDecision(first, batch[n].e) {
+	for n < len(batch) && n < maxGroup && batch[n].apply && sameDecision(first, batch[n].e) {
 		n++
 	}
 	d := first.decision()
@@ -74,19 +141,22 @@ func (f *Fleet) applyGroup(ctx context.Context, batch []inbound) int {
 			d.Targets[i] = in.e.Target
 		}
 	}
-	refused, err := f.apply.ApplyRemote(ctx, d)
+	return n, d, true
+}
+
+// account counts what the agent did with one decision of n targets.
+func (f *Fleet) account(d response.Decision, n int, r Result) {
 	switch {
-	case err != nil:
+	case r.Err != nil:
 		f.refused.Add(uint64(n))
-		f.log.Info("fleet decision not applied here", "id", d.ID, "origin", d.Origin, "targets", n, "err", err)
+		f.log.Info("fleet decision not applied here", "id", d.ID, "origin", d.Origin, "targets", n, "err", r.Err)
 	default:
-		f.refused.Add(uint64(refused))
-		f.applied.Add(uint64(n - refused))
-		if refused > 0 {
-			f.log.Info("fleet decision partly refused here", "id", d.ID, "origin", d.Origin, "refused", refused, "of", n)
+		f.refused.Add(uint64(r.Refused))
+		f.applied.Add(uint64(n - r.Refused))
+		if r.Refused > 0 {
+			f.log.Info("fleet decision partly refused here", "id", d.ID, "origin", d.Origin, "refused", r.Refused, "of", n)
 		}
 	}
-	return n
 }
 
 func sameDecision(a, b entry) bool {

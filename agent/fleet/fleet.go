@@ -34,8 +34,19 @@ import (
 // store, firewall, audit). The guard may refuse some targets of a block and
 // apply the rest: refused says how many. An error means nothing was applied
 // (refused or failed); the agent has recorded why.
+//
+// ApplyRemoteBatch does the same for many decisions in order, sharing the
+// agent's store commits and kernel updates; it returns one Result per
+// decision.
 type Applier interface {
 	ApplyRemote(ctx context.Context, d response.Decision) (refused int, err error)
+	ApplyRemoteBatch(ctx context.Context, ds []response.Decision) []Result
+}
+
+// Result is what the agent did with one remote decision of a batch.
+type Result struct {
+	Refused int   // targets the guard refused (Err nil: the others were applied)
+	Err     error // nothing applied: refused or failed
 }
 
 // Options are the injected dependencies of a Fleet.
@@ -106,7 +117,7 @@ func New(cfg Config, apply Applier, opt Options) (*Fleet, error) {
 	}
 	f := &Fleet{
 		cfg: cfg, apply: apply, log: opt.Logger, now: opt.Now,
-		q: newQueue(cfg.QueueSize), seen: newIDSet(1 << 16), inbox: make(chan inbound, 4*maxGroup),
+		q: newQueue(cfg.QueueSize), seen: newIDSet(1 << 16), inbox: make(chan inbound, 2*maxBatch),
 		caughtUp: make(chan struct{}), known: make(map[string]known),
 		local: opt.Local, resync: make(chan struct{}, 1),
 		trusted: make(map[string]ed25519.PublicKey, len(cfg.Trusted)),

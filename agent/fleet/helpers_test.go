@@ -73,10 +73,11 @@ func (n *natsd) Stop() {
 // recorder is the agent side: it records what it was asked to enforce, and
 // refuses targets in its allowlist like the agent's guard.
 type recorder struct {
-	mu    sync.Mutex
-	got   []response.Decision
-	allow []netip.Prefix
-	calls int // ApplyRemote calls
+	mu      sync.Mutex
+	got     []response.Decision
+	allow   []netip.Prefix
+	calls   int   // ApplyRemote calls (one per decision)
+	batches []int // decisions per ApplyRemoteBatch call
 }
 
 var errGuarded = errors.New("target protected by the allowlist")
@@ -101,6 +102,19 @@ func (r *recorder) ApplyRemote(_ context.Context, d response.Decision) (int, err
 		return 0, errGuarded
 	}
 	return refused, nil
+}
+
+// ApplyRemoteBatch applies each decision with ApplyRemote and counts the
+// batch.
+func (r *recorder) ApplyRemoteBatch(ctx context.Context, ds []response.Decision) []Result {
+	r.mu.Lock()
+	r.batches = append(r.batches, len(ds))
+	r.mu.Unlock()
+	res := make([]Result, len(ds))
+	for i, d := range ds {
+		res[i].Refused, res[i].Err = r.ApplyRemote(ctx, d)
+	}
+	return res
 }
 
 func (r *recorder) all() []response.Decision {

@@ -33,7 +33,7 @@ func (r *run) self(c *Checker) {
 		if fi, err := os.Stat(c.SocketPath); err == nil && fi.Mode().Perm()&0o002 != 0 {
 			r.add(Finding{ID: "parry-socket-open", Severity: SevHigh, Path: c.SocketPath,
 				Message: fmt.Sprintf("parry's control socket is writable by every user (mode %04o)", fi.Mode().Perm()),
-				Fix:     "restart parry (it creates the socket 0660); check parry.socket's SocketMode"})
+				Fix:     "set control.socket_mode: \"0660\" in parry.yaml (or SocketMode=0660 in parry.socket) and restart parry"})
 		}
 	}
 	if c.TablePresent != nil {

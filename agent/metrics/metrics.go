@@ -90,7 +90,7 @@ func New() *Metrics {
 	m.activeBlocks = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "parry_blocks_active",
 		Help: "Blocks currently in force, by address family (ipv4, ipv6)."}, []string{"family"})
 	m.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parry_decisions_total",
-		Help: "Decisions taken, by action and cause (the decision's source: cli, policy, integrity, fleet)."}, []string{"action", "cause"})
+		Help: "Decisions, by action, cause (the decision's source: cli, policy, integrity, fleet) and result (applied, refused)."}, []string{"action", "cause", "result"})
 	m.signals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parry_signals_total",
 		Help: "Signals received, by kind, sender and result."}, []string{"kind", "sender", "result"})
 	m.applyLatency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "parry_block_apply_seconds",
@@ -149,13 +149,19 @@ func (m *Metrics) SetActiveBlocks(v4, v6 int) {
 	m.activeBlocks.WithLabelValues("ipv6").Set(float64(v6))
 }
 
-// Decision counts one decision; for blocks that reached the kernel, apply
+// Decision counts one decision that took effect; for blocks that reached the kernel, apply
 // is the time it took (0: not measured).
 func (m *Metrics) Decision(d response.Decision, apply time.Duration) {
-	m.decisions.WithLabelValues(m.bounded("action", string(d.Action)), m.bounded("cause", d.Source)).Inc()
+	m.decisions.WithLabelValues(m.bounded("action", string(d.Action)), m.bounded("cause", d.Source), "applied").Inc()
 	if d.Action == response.ActionBlock && apply > 0 {
 		m.applyLatency.Observe(apply.Seconds())
 	}
+}
+
+// DecisionRefused counts a decision that was refused or failed and changed
+// nothing (the guard, a bad request, the store or the kernel).
+func (m *Metrics) DecisionRefused(d response.Decision) {
+	m.decisions.WithLabelValues(m.bounded("action", string(d.Action)), m.bounded("cause", d.Source), "refused").Inc()
 }
 
 // Signal counts one signal with its result ("accepted", "refused", ...).

@@ -81,6 +81,7 @@ func TestScrape(t *testing.T) {
 	m.Decision(block, 3*time.Millisecond)
 	m.Decision(block, 40*time.Millisecond)
 	m.Decision(response.Decision{Action: response.ActionUnblock, Source: "cli"}, 0)
+	m.DecisionRefused(response.Decision{Action: response.ActionBlock, Source: "fleet"})
 	m.SetActiveBlocks(5, 2)
 	m.Signal(response.Signal{Kind: "auth_failure", Sender: response.Sender{UID: 33, User: "www-data"}}, "accepted")
 	m.Signal(response.Signal{Kind: "auth_failure", Sender: response.Sender{UID: 33, User: "www-data"}}, "accepted")
@@ -101,8 +102,9 @@ func TestScrape(t *testing.T) {
 	}{
 		{"parry_blocks_active", map[string]string{"family": "ipv4"}, 5},
 		{"parry_blocks_active", map[string]string{"family": "ipv6"}, 2},
-		{"parry_decisions_total", map[string]string{"action": "block", "cause": "policy"}, 2},
-		{"parry_decisions_total", map[string]string{"action": "unblock", "cause": "cli"}, 1},
+		{"parry_decisions_total", map[string]string{"action": "block", "cause": "policy", "result": "applied"}, 2},
+		{"parry_decisions_total", map[string]string{"action": "unblock", "cause": "cli", "result": "applied"}, 1},
+		{"parry_decisions_total", map[string]string{"action": "block", "cause": "fleet", "result": "refused"}, 1},
 		{"parry_signals_total", map[string]string{"kind": "auth_failure", "sender": "www-data", "result": "accepted"}, 2},
 		{"parry_signals_total", map[string]string{"kind": "scan", "sender": "uid=1000", "result": "refused"}, 1},
 		{"parry_block_apply_seconds", nil, 2},

@@ -116,7 +116,7 @@ func renderText(out io.Writer, r Report) error {
 				if a.Conns > 0 {
 					extra += fmt.Sprintf(" [%d connections at block time]", a.Conns)
 				}
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", ts(a.Time), verb(a), orDash(targets(a.Targets)), orDash(a.Until), orDash(who(a)), extra)
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", ts(a.Time), verb(a), orDash(targets(a.Targets)), orDash(a.Until), orDash(cell(who(a))), cell(extra))
 			}
 		}
 	}
@@ -128,7 +128,7 @@ func renderText(out io.Writer, r Report) error {
 	counts := func(cs []Count) func(*tabwriter.Writer) {
 		return func(tw *tabwriter.Writer) {
 			for _, c := range cs {
-				fmt.Fprintf(tw, "  %s\t%d\n", c.Key, c.N)
+				fmt.Fprintf(tw, "  %s\t%d\n", cell(c.Key), c.N)
 			}
 		}
 	}
@@ -142,16 +142,22 @@ func renderText(out io.Writer, r Report) error {
 	})
 	section("Integrity findings", len(r.Findings), func(tw *tabwriter.Writer) {
 		for _, f := range r.Findings {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", ts(f.Time), orDash(f.Severity), f.Path, f.Detail)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", ts(f.Time), orDash(f.Severity), cell(f.Path), cell(f.Detail))
 		}
 	})
 	section("Evidence", len(r.Evidence), func(tw *tabwriter.Writer) {
 		for _, e := range r.Evidence {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\tsha256:%s\t%s\n", ts(e.Time), e.ID, orDash(e.Trigger), e.SHA256, e.Reason)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\tsha256:%s\t%s\n", ts(e.Time), e.ID, orDash(e.Trigger), e.SHA256, cell(e.Reason))
 		}
 	})
 	_, err := io.WriteString(out, b.String())
 	return err
+}
+
+// cell keeps free text (reasons, user names, file names: chosen by others)
+// on its row of a text table: newline, CR and tab are written as \n, \r, \t.
+func cell(s string) string {
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`).Replace(s)
 }
 
 func orDash(s string) string {

@@ -179,3 +179,27 @@ func TestReadSkipsOversizedLines(t *testing.T) {
 		t.Errorf("lines %d malformed %d: %+v", len(got.Lines), got.Malformed, got.Lines)
 	}
 }
+
+// Free text chosen by others (a reason, a user name that became a signal
+// key, a file name) cannot add rows to the text report.
+func TestTextKeepsFreeTextOnItsRow(t *testing.T) {
+	at := time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC)
+	r := Report{From: at, To: at,
+		Blocks:   []Action{{Time: at, Action: "block", Targets: []string{"203.0.113.7"}, Reason: "x\nFAKE ROW\tcol"}},
+		ByKind:   []Count{{Key: "user a\nFAKE", N: 1}},
+		Findings: []Finding{{Time: at, Severity: "high", Path: "/app/a\nFAKE", Detail: "d\rFAKE"}},
+	}
+	r.Totals.Blocks = 1
+	var out bytes.Buffer
+	if err := Render(&out, r, "text"); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(l, "FAKE") || strings.Contains(l, "\r") {
+			t.Fatalf("free text broke out of its row: %q in\n%s", l, out.String())
+		}
+	}
+	if !strings.Contains(out.String(), `x\nFAKE ROW\tcol`) {
+		t.Fatalf("reason not shown escaped:\n%s", out.String())
+	}
+}

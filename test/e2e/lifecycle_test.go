@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -206,6 +207,14 @@ func TestRemoveRules(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "parryd is not running: start it with `systemctl start parry` or run `parryd`") {
 		t.Fatalf("not running: exit %d %q", code, errOut)
 	}
+	// Nothing left to remove: the CLI says so instead of claiming it removed
+	// a table (run inside the namespace: with parryd down the CLI acts on
+	// the firewall of the namespace it runs in).
+	_, parry := binaries(t)
+	out, err := p.Host.Run(parry, "--socket", d.sock, "uninstall-rules", "--table", d.table)
+	if err != nil || !strings.Contains(out, "nothing to remove") {
+		t.Fatalf("uninstall-rules without a table: %v %q", err, out)
+	}
 }
 
 func TestAuditVerifyDetectsTampering(t *testing.T) {
@@ -245,5 +254,42 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 	_, errOut, code = d.parry("audit", "verify")
 	if code != 1 || !strings.Contains(errOut, fmt.Sprintf("line %d", bad)) {
 		t.Fatalf("daemon verify of a tampered log: exit %d %q", code, errOut)
+	}
+}
+
+// A second parryd started by mistake on the same socket (another state dir,
+// same table) must stop before it touches the table: re-asserting its own
+// empty store and allowlist would silently empty the running daemon's
+// allow set (the management network, during a lockdown).
+func TestSecondDaemonOnSameSocketTouchesNothing(t *testing.T) {
+	p := netns.NewPair(t)
+	cfg := filepath.Join(t.TempDir(), "parry.yaml")
+	if err := os.WriteFile(cfg, []byte(quietConfig+"allowlist: [198.51.100.1]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, p.Host, "--config", cfg)
+	d.start()
+	d.mustParry("block", "203.0.113.7", "--for", "1h")
+	parryd, _ := binaries(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	other := filepath.Join(t.TempDir(), "parry.yaml") // no allowlist
+	if err := os.WriteFile(other, []byte(quietConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.Host.Command(ctx, parryd, "--state-dir", t.TempDir(), "--socket", d.sock,
+		"--table", d.table, "--config", other).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "another parryd is listening") {
+		t.Fatalf("second parryd: err %v, output:\n%s", err, out)
+	}
+	allow, err := p.Host.Run("nft", "list", "set", "inet", d.table, "allow4")
+	if err != nil || !strings.Contains(allow, "198.51.100.1") {
+		t.Fatalf("the running daemon's allowlist left the kernel: %v\n%s", err, allow)
+	}
+	if _, ok := kernelElems(t, p.Host, d.table)["203.0.113.7"]; !ok {
+		t.Fatal("the running daemon's block left the kernel")
+	}
+	if !d.alive() {
+		t.Fatal("the running parryd died")
 	}
 }

@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/parryhq/parry/response"
+)
+
+// EnforceBatch enforces many decisions, in order, with one store commit
+// (one fsync) and one kernel update per run of consecutive blocks, or of
+// consecutive unblocks, whose targets are distinct. Anything else (a target
+// repeated within the run, a lockdown, a dry run...) ends the run and goes
+// through Enforce's path on its own, so the result is the same as enforcing
+// the decisions one by one.
+//
+// Every decision is guarded first; a refused one is audited and changes
+// nothing, and the others of the run go on. A decision reported applied
+// (Outcome.Err nil) is durable and in the kernel. If the store commit or the
+// kernel update of a run fails, both sides are put back and every decision
+// of the run carries the error. Each decision gets its own audit line and
+// its own observer call. The outcomes are in the order of decs.
+func (d *Daemon) EnforceBatch(ctx context.Context, decs []response.Decision, opt EnforceOptions) []Outcome {
+	outs := make([]Outcome, len(decs))
+	decs = append([]response.Decision(nil), decs...)
+	for i := range decs {
+		if decs[i].ID == "" {
+			decs[i].ID = newID()
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		for i, dec := range decs {
+			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
+		}
+		return outs
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := 0; i < len(decs); {
+		n := runLen(decs[i:])
+		switch {
+		case n == 0:
+			outs[i] = d.enforceLocked(decs[i], opt)
+			n = 1
+		case decs[i].Action == response.ActionBlock:
+			d.blockRun(decs[i:i+n], outs[i:i+n], opt)
+		default:
+			d.unblockRun(decs[i:i+n], outs[i:i+n])
+		}
+		i += n
+	}
+	return outs
+}
+
+// runLen is the length of the run at the front of decs that can share one
+// commit: blocks or unblocks (not dry runs), all of one action, no target in
+// two of them. 0: the first decision goes alone.
+func runLen(decs []response.Decision) int {
+	act := decs[0].Action
+	if decs[0].DryRun || (act != response.ActionBlock && act != response.ActionUnblock) {
+		return 0
+	}
+	seen := map[netip.Prefix]int{}
+	for i, dec := range decs {
+		if dec.Action != act || dec.DryRun {
+			return i
+		}
+		for _, p := range dec.Targets {
+			if j, ok := seen[p]; ok && j != i {
+				return i
+			}
+			seen[p] = i
+		}
+	}
+	return len(decs)
+}
+
+// blockRun enforces a run of block decisions with distinct targets in one
+// plan. Caller holds d.mu.
+func (d *Daemon) blockRun(decs []response.Decision, outs []Outcome, opt EnforceOptions) {
+	pl := d.newBlockPlan()
+	nowMs := pl.now.UnixMilli()
+	targets := make([][]netip.Prefix, len(decs))
+	run := newIndex() // the run's accepted targets: no overlap between decisions either
+	for i, dec := range decs {
+		out, ts, err := d.checkBlock(dec, opt, pl.now)
+		if err == nil {
+			ts, out.Refused = runOverlap(run, ts, out.Refused)
+			if len(out.Refused) > 0 && (!opt.Partial || len(ts) == 0) {
+				err = refusal(out.Refused, len(dec.Targets))
+			}
+		}
+		if err != nil {
+			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
+			continue
+		}
+		for _, p := range ts {
+			if !p.IsSingleIP() { // single addresses never overlap (index.overlapping)
+				run.put(p, entry{created: nowMs})
+			}
+		}
+		d.planBlock(pl, dec, ts, &out)
+		outs[i], targets[i] = out, ts
+	}
+	err := d.commitBlocks(pl)
+	for i, dec := range decs {
+		switch {
+		case outs[i].Err != nil:
+		case err != nil:
+			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
+		default:
+			outs[i].Applied = targets[i]
+			applied := dec
+			applied.Targets = targets[i]
+			d.Audit("block", decisionFields(applied, outs[i]))
+		}
+		d.finish(dec, outs[i])
+	}
+}
+
+// runOverlap refuses the targets that overlap a different target accepted
+// earlier in the same run, as the store would hold them together.
+func runOverlap(run *index, ts []netip.Prefix, refused []*Error) ([]netip.Prefix, []*Error) {
+	if run.len() == 0 {
+		return ts, refused
+	}
+	kept := ts[:0:0]
+	for _, p := range ts {
+		if q, hit := run.overlapping(p, 0); hit {
+			refused = append(refused, &Error{Code: CodeOverlap, Target: FormatTarget(p),
+				Message: fmt.Sprintf("%s overlaps %s, blocked by the same batch; unblock it first or block the same prefix", FormatTarget(p), FormatTarget(q))})
+			continue
+		}
+		kept = append(kept, p)
+	}
+	return kept, refused
+}
+
+// unblockRun enforces a run of unblock decisions with distinct targets in
+// one plan. Caller holds d.mu.
+func (d *Daemon) unblockRun(decs []response.Decision, outs []Outcome) {
+	var pl unblockPlan
+	nowMs := d.now().UnixMilli()
+	for i, dec := range decs {
+		out, err := d.planUnblock(&pl, dec, nowMs)
+		out.Err = err
+		outs[i] = out
+	}
+	err := d.commitUnblocks(&pl)
+	for i, dec := range decs {
+		switch {
+		case outs[i].Err != nil:
+		case err != nil:
+			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
+		default:
+			d.Audit("unblock", decisionFields(dec, outs[i]))
+		}
+		d.finish(dec, outs[i])
+	}
+}

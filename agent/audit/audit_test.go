@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -92,6 +93,35 @@ func TestIntactLogOK(t *testing.T) {
 	res, err := VerifyFile(writeLog(t, 50))
 	if err != nil || !res.OK || res.Lines != 50 {
 		t.Fatalf("%+v %v", res, err)
+	}
+}
+
+// TestAppendRaw: an event appended with Raw fields is the same line as one
+// appended with the value those bytes encode.
+func TestAppendRaw(t *testing.T) {
+	now := func() time.Time { return time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC) }
+	fields := map[string]any{"count": 2, "x": "<a&b>", "é": []int{1}}
+	raw, _ := json.Marshal(fields)
+	var lines [2][]byte
+	for i, f := range []any{fields, Raw(raw)} {
+		path := filepath.Join(t.TempDir(), "audit.log")
+		l, err := Open(path, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Append("ev\"<", f); err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+		if lines[i], err = os.ReadFile(path); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := Verify(bytes.NewReader(lines[i])); err != nil || !res.OK {
+			t.Fatalf("verify: %v %+v", err, res)
+		}
+	}
+	if string(lines[0]) != string(lines[1]) {
+		t.Errorf("raw:\n%s\nencoded:\n%s", lines[1], lines[0])
 	}
 }
 

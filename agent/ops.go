@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -53,6 +54,7 @@ func (d *Daemon) registerOps() {
 	d.handle("lockdown", PermAdmin, d.opLockdown)
 	d.handle("release", PermAdmin, d.opRelease)
 	d.handle("audit_verify", PermAdmin, d.opAuditVerify)
+	d.handle("audit_ack", PermAdmin, d.opAuditAck)
 	d.handle("reload", PermAdmin, d.opReload)
 	d.handle("uninstall_rules", PermAdmin, d.opUninstallRules)
 	d.handle("integrity_status", PermAdmin, d.opIntegrityStatus)
@@ -77,6 +79,7 @@ type Status struct {
 	Lockdown     LockdownState `json:"lockdown"`
 	StateDir     string        `json:"state_dir"`
 	AuditSeq     uint64        `json:"audit_seq"`
+	AuditBreak   *ChainBreak   `json:"audit_chain_broken,omitempty"` // until acknowledged (parry audit ack)
 	Policy       PolicyStatus  `json:"policy"`
 	Fleet        *fleet.Status `json:"fleet,omitempty"` // absent: fleet off
 }
@@ -89,7 +92,7 @@ func (d *Daemon) Status() Status {
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
 	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
@@ -201,7 +204,26 @@ func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"audit": res}, nil
+	brk := d.AuditBreak()
+	if brk == nil {
+		return map[string]any{"audit": res}, nil
+	}
+	// The current file may be intact, but the chain before it was not:
+	// the verdict stays broken until an admin acknowledges the break.
+	if res.OK {
+		res.OK, res.FirstBad = false, 1
+		res.Reason = chainBreakReason(brk)
+	}
+	return map[string]any{"audit": res, "chain_break": brk}, nil
+}
+
+func chainBreakReason(b *ChainBreak) string {
+	kept := "the old log was missing"
+	if b.KeptAs != "" {
+		kept = "the old log is kept as " + b.KeptAs
+	}
+	return fmt.Sprintf("chain broken across a restart at %s: parryd had written up to seq %d, but %s; %s and a new chain started (review it, then run `parry audit ack`)",
+		b.Time.Format(time.RFC3339), b.AnchorSeq, b.Found, kept)
 }
 
 // verifyAudit syncs the audit log and verifies the file's chain, and that

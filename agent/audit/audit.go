@@ -38,12 +38,12 @@ type Log struct {
 	syncMu sync.Mutex // serializes Sync, so onSync sees seqs in order
 	onSync func(seq uint64, hash string)
 	mu     sync.Mutex
-	f     *os.File
-	seq   uint64
-	prev  string
-	now   func() time.Time
-	dirty bool
-	buf   []byte
+	f      *os.File
+	seq    uint64
+	prev   string
+	now    func() time.Time
+	dirty  bool
+	buf    []byte
 }
 
 // Open opens path for appending, continuing the chain from its last line.

@@ -35,6 +35,7 @@ type ChainBreak struct {
 	AnchorSeq    uint64    `json:"anchor_seq"`
 	AnchorHash   string    `json:"anchor_hash"`
 	Found        string    `json:"found"`             // what was wrong with the old log
+	FoundAtLine  int       `json:"found_at_line"`     // 1-based line of the fault in the old log
 	FoundLines   int       `json:"found_lines"`       // intact lines before the fault
 	FoundLastSeq uint64    `json:"found_last_seq"`    // seq of the last intact line
 	KeptAs       string    `json:"kept_as,omitempty"` // the old log, renamed; empty: it was missing
@@ -99,7 +100,7 @@ func checkAnchor(st *store.Store, path string, now func() time.Time) (*ChainBrea
 		return nil, nil
 	}
 	t := now().UTC()
-	brk := &ChainBreak{Time: t, AnchorSeq: a.Seq, AnchorHash: a.Hash, Found: res.Reason,
+	brk := &ChainBreak{Time: t, AnchorSeq: a.Seq, AnchorHash: a.Hash, Found: res.Reason, FoundAtLine: res.FirstBad,
 		FoundLines: res.Lines, FoundLastSeq: res.LastSeq}
 	kept := path + ".broken-" + t.Format("20060102T150405.000Z")
 	switch err := os.Rename(path, kept); {

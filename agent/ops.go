@@ -222,8 +222,8 @@ func chainBreakReason(b *ChainBreak) string {
 	if b.KeptAs != "" {
 		kept = "the old log is kept as " + b.KeptAs
 	}
-	return fmt.Sprintf("chain broken across a restart at %s: parryd had written up to seq %d, but %s; %s and a new chain started (review it, then run `parry audit ack`)",
-		b.Time.Format(time.RFC3339), b.AnchorSeq, b.Found, kept)
+	return fmt.Sprintf("chain broken across a restart at %s: parryd had written up to seq %d, but the old log fails at line %d (%d intact lines before it): %s; %s and a new chain started (review it, then run `parry audit ack`)",
+		b.Time.Format(time.RFC3339), b.AnchorSeq, b.FoundAtLine, b.FoundLines, b.Found, kept)
 }
 
 // verifyAudit syncs the audit log and verifies the file's chain, and that

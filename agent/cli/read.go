@@ -100,8 +100,8 @@ func (a *App) statusCmd() *cobra.Command {
 			a.printPolicy(st.Policy)
 			fmt.Fprintf(a.Stdout, "state: %s (audit seq %d)\n", st.StateDir, st.AuditSeq)
 			if b := st.AuditBreak; b != nil {
-				fmt.Fprintf(a.Stdout, "AUDIT CHAIN BROKEN at %s: parryd had written up to seq %d, found: %s; old log kept as %q (review, then `parry audit ack`)\n",
-					b.Time.Format(time.RFC3339), b.AnchorSeq, b.Found, b.KeptAs)
+				fmt.Fprintf(a.Stdout, "AUDIT CHAIN BROKEN at %s: parryd had written up to seq %d; old log at line %d: %s; kept as %q (review, then `parry audit ack`)\n",
+					b.Time.Format(time.RFC3339), b.AnchorSeq, b.FoundAtLine, b.Found, b.KeptAs)
 			}
 			printFleet(a.Stdout, st.Fleet)
 			return nil

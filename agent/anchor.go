@@ -64,7 +64,8 @@ func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logg
 	if brk != nil {
 		log.Error("audit chain broken across restart: the old log was kept and a new chain started",
 			"anchor_seq", brk.AnchorSeq, "found", brk.Found, "kept_as", brk.KeptAs)
-		if err := al.Append("audit_chain_broken", brk); err == nil {
+		err := al.Append("audit_chain_broken", brk)
+		if err == nil {
 			err = al.Sync()
 		}
 		if err != nil {
@@ -73,9 +74,12 @@ func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logg
 		}
 	}
 	if brk == nil {
-		brk, err = loadBreak(st)
+		if brk, err = loadBreak(st); err != nil {
+			al.Close()
+			return nil, nil, err
+		}
 	}
-	return al, brk, err
+	return al, brk, nil
 }
 
 // checkAnchor verifies path against the stored anchor; on a mismatch it

@@ -204,17 +204,10 @@ func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	brk := d.AuditBreak()
-	if brk == nil {
-		return map[string]any{"audit": res}, nil
+	if brk := d.AuditBreak(); brk != nil {
+		return map[string]any{"audit": res, "chain_break": brk}, nil
 	}
-	// The current file may be intact, but the chain before it was not:
-	// the verdict stays broken until an admin acknowledges the break.
-	if res.OK {
-		res.OK, res.FirstBad = false, 1
-		res.Reason = chainBreakReason(brk)
-	}
-	return map[string]any{"audit": res, "chain_break": brk}, nil
+	return map[string]any{"audit": res}, nil
 }
 
 func chainBreakReason(b *ChainBreak) string {
@@ -228,13 +221,21 @@ func chainBreakReason(b *ChainBreak) string {
 
 // verifyAudit syncs the audit log and verifies the file's chain, and that
 // the file still ends with (or goes past) the last line this daemon wrote:
-// a deleted log, a cut-off end or a rewritten file are reported, not OK.
+// a deleted log, a cut-off end or a rewritten file are reported, not OK;
+// so is an unacknowledged chain break found at start.
 func (d *Daemon) verifyAudit() (audit.Result, error) {
 	if err := d.audit.Sync(); err != nil {
 		return audit.Result{}, err
 	}
 	seq, hash := d.audit.Last()
-	return audit.VerifyFileAgainst(filepath.Join(d.Config().StateDir, "audit.log"), seq, hash)
+	res, err := audit.VerifyFileAgainst(filepath.Join(d.Config().StateDir, "audit.log"), seq, hash)
+	// The current file may be intact, but the chain before it was not:
+	// the verdict stays broken until an admin acknowledges the break.
+	if brk := d.AuditBreak(); err == nil && res.OK && brk != nil {
+		res.OK, res.FirstBad = false, 1
+		res.Reason = chainBreakReason(brk)
+	}
+	return res, err
 }
 
 func (d *Daemon) opReload(context.Context, *Call) (any, error) {

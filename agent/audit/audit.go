@@ -36,13 +36,15 @@ var (
 
 // Log appends to one audit file. It is safe for concurrent use.
 type Log struct {
-	mu    sync.Mutex
-	f     *os.File
-	seq   uint64
-	prev  string
-	now   func() time.Time
-	dirty bool
-	buf   []byte
+	syncMu sync.Mutex // serializes Sync, so onSync sees seqs in order
+	onSync func(seq uint64, hash string)
+	mu     sync.Mutex
+	f      *os.File
+	seq    uint64
+	prev   string
+	now    func() time.Time
+	dirty  bool
+	buf    []byte
 }
 
 // Open opens path for appending, continuing the chain from its last line.
@@ -178,16 +180,33 @@ func (l *Log) Append(event string, fields any) error {
 	return nil
 }
 
+// OnSync sets fn, called after each fsync that made new lines durable, with
+// the seq and hash of the last durable line (calls are serialized and in
+// order). Set it before the log is used.
+func (l *Log) OnSync(fn func(seq uint64, hash string)) {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	l.onSync = fn
+}
+
 // Sync flushes written lines to disk (fsync) if any are pending.
 func (l *Log) Sync() error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.f == nil || !l.dirty {
+		l.mu.Unlock()
 		return nil
 	}
 	l.dirty = false
-	if err := l.f.Sync(); err != nil {
+	seq, hash := l.seq, l.prev
+	err := l.f.Sync()
+	l.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("audit sync: %w", err)
+	}
+	if l.onSync != nil {
+		l.onSync(seq, hash)
 	}
 	return nil
 }

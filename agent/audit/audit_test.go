@@ -182,3 +182,37 @@ func TestVerifyAgainstWriterCheckpoint(t *testing.T) {
 		t.Fatalf("deleted log: %+v, %v", res, err)
 	}
 }
+
+func TestOnSyncReportsDurableLineOnlyAfterFsync(t *testing.T) {
+	l, err := Open(filepath.Join(t.TempDir(), "audit.log"), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	var hashes []string
+	l.OnSync(func(seq uint64, hash string) { got, hashes = append(got, seq), append(hashes, hash) })
+	for range 3 {
+		if err := l.Append("x", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != 0 {
+		t.Fatalf("OnSync called before any fsync: %v", got)
+	}
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Sync(); err != nil { // nothing new: no call
+		t.Fatal(err)
+	}
+	if err := l.Append("y", nil); err != nil {
+		t.Fatal(err)
+	}
+	seq, hash := l.Last()
+	if err := l.Close(); err != nil { // a clean close anchors the tail
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0] != 3 || got[1] != 4 || hashes[1] != hash || seq != 4 {
+		t.Fatalf("OnSync calls %v, want [3 4] with the last hash", got)
+	}
+}

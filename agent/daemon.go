@@ -73,14 +73,15 @@ type ElementReader interface {
 
 // Daemon is parryd.
 type Daemon struct {
-	log       *slog.Logger
-	now       func() time.Time
-	fw        Enforcer
-	hostAddrs func() ([]netip.Addr, error)
-	sweeper   func() (ElementReader, func(), error)
-	store     *store.Store
-	audit     *audit.Log
-	started   time.Time
+	log        *slog.Logger
+	now        func() time.Time
+	fw         Enforcer
+	hostAddrs  func() ([]netip.Addr, error)
+	sweeper    func() (ElementReader, func(), error)
+	store      *store.Store
+	audit      *audit.Log
+	chainBreak *ChainBreak // unacknowledged audit chain break (under mu)
+	started    time.Time
 
 	mu        sync.Mutex // serializes enforcement; guards everything below
 	cfg       Config
@@ -158,12 +159,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	al, err := audit.Open(filepath.Join(cfg.StateDir, "audit.log"), d.now)
+	al, brk, err := openAudit(st, cfg.StateDir, d.now, d.log)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	d.store, d.audit = st, al
+	d.store, d.audit, d.chainBreak = st, al, brk
 	d.limiter = newPeerLimiter(cfg.Control.Rate, cfg.Control.Burst)
 	d.registerOps()
 	if err := d.load(); err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -53,6 +54,7 @@ func (d *Daemon) registerOps() {
 	d.handle("lockdown", PermAdmin, d.opLockdown)
 	d.handle("release", PermAdmin, d.opRelease)
 	d.handle("audit_verify", PermAdmin, d.opAuditVerify)
+	d.handle("audit_ack", PermAdmin, d.opAuditAck)
 	d.handle("reload", PermAdmin, d.opReload)
 	d.handle("uninstall_rules", PermAdmin, d.opUninstallRules)
 	d.handle("integrity_status", PermAdmin, d.opIntegrityStatus)
@@ -77,6 +79,7 @@ type Status struct {
 	Lockdown     LockdownState `json:"lockdown"`
 	StateDir     string        `json:"state_dir"`
 	AuditSeq     uint64        `json:"audit_seq"`
+	AuditBreak   *ChainBreak   `json:"audit_chain_broken,omitempty"` // until acknowledged (parry audit ack)
 	Policy       PolicyStatus  `json:"policy"`
 	Fleet        *fleet.Status `json:"fleet,omitempty"` // absent: fleet off
 }
@@ -89,7 +92,7 @@ func (d *Daemon) Status() Status {
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
 	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
@@ -201,18 +204,38 @@ func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if brk := d.AuditBreak(); brk != nil {
+		return map[string]any{"audit": res, "chain_break": brk}, nil
+	}
 	return map[string]any{"audit": res}, nil
+}
+
+func chainBreakReason(b *ChainBreak) string {
+	kept := "the old log was missing"
+	if b.KeptAs != "" {
+		kept = "the old log is kept as " + b.KeptAs
+	}
+	return fmt.Sprintf("chain broken across a restart at %s: parryd had written up to seq %d, but the old log fails at line %d (%d intact lines before it): %s; %s and a new chain started (review it, then run `parry audit ack`)",
+		b.Time.Format(time.RFC3339), b.AnchorSeq, b.FoundAtLine, b.FoundLines, b.Found, kept)
 }
 
 // verifyAudit syncs the audit log and verifies the file's chain, and that
 // the file still ends with (or goes past) the last line this daemon wrote:
-// a deleted log, a cut-off end or a rewritten file are reported, not OK.
+// a deleted log, a cut-off end or a rewritten file are reported, not OK;
+// so is an unacknowledged chain break found at start.
 func (d *Daemon) verifyAudit() (audit.Result, error) {
 	if err := d.audit.Sync(); err != nil {
 		return audit.Result{}, err
 	}
 	seq, hash := d.audit.Last()
-	return audit.VerifyFileAgainst(filepath.Join(d.Config().StateDir, "audit.log"), seq, hash)
+	res, err := audit.VerifyFileAgainst(filepath.Join(d.Config().StateDir, "audit.log"), seq, hash)
+	// The current file may be intact, but the chain before it was not:
+	// the verdict stays broken until an admin acknowledges the break.
+	if brk := d.AuditBreak(); err == nil && res.OK && brk != nil {
+		res.OK, res.FirstBad = false, 1
+		res.Reason = chainBreakReason(brk)
+	}
+	return res, err
 }
 
 func (d *Daemon) opReload(context.Context, *Call) (any, error) {

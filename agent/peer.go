@@ -21,10 +21,14 @@ type Peer struct {
 	User   string
 	Groups []string // names of the user's groups, primary first
 	Admin  bool     // root or a member of control.admin_groups
+	str    string   // String, rendered once by resolvePeer
 }
 
 // String is how the peer appears in decisions and the audit log.
 func (p Peer) String() string {
+	if p.str != "" {
+		return p.str
+	}
 	return fmt.Sprintf("uid=%d(%s) pid=%d", p.UID, p.User, p.PID)
 }
 
@@ -78,6 +82,8 @@ func resolvePeer(p Peer, adminGroups []string) Peer {
 			p.Admin = true
 		}
 	}
+	p.str = ""
+	p.str = p.String()
 	return p
 }
 

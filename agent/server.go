@@ -110,6 +110,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 	r := bufio.NewReaderSize(c, cfg.MaxLineBytes)
 	w := bufio.NewWriterSize(c, 64<<10)
 	defer w.Flush()
+	var call Call // reused by every request of the connection
 	for ctx.Err() == nil {
 		_ = c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout.D()))
 		line, err := r.ReadSlice('\n')
@@ -127,7 +128,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 			if len(bytes.TrimSpace(line)) == 0 {
 				continue // blank line: nothing asked, nothing answered
 			}
-			resp = d.handleLine(ctx, peer, line)
+			resp = d.handleLineInto(ctx, peer, line, &call)
 		}
 		if _, werr := w.Write(resp); werr != nil {
 			return
@@ -158,8 +159,13 @@ func discardLine(r *bufio.Reader) bool {
 }
 
 // handleLine decodes and runs one request.
-func (d *Daemon) handleLine(ctx context.Context, peer Peer, line []byte) (resp []byte) {
-	call, err := decodeRequest(line)
+func (d *Daemon) handleLine(ctx context.Context, peer Peer, line []byte) []byte {
+	return d.handleLineInto(ctx, peer, line, new(Call))
+}
+
+// handleLineInto is handleLine decoding into buf, which no op keeps.
+func (d *Daemon) handleLineInto(ctx context.Context, peer Peer, line []byte, buf *Call) (resp []byte) {
+	call, err := decodeRequestInto(buf, line)
 	if err != nil {
 		return errorLine(call.rawID(), err)
 	}
@@ -191,12 +197,27 @@ func (d *Daemon) handleLine(ctx context.Context, peer Peer, line []byte) (resp [
 	return okLine(call.rawID(), result)
 }
 
+// fieldsAppender is a result that can render its own JSON fields (with a
+// leading comma), byte for byte as encoding/json would, without
+// reflection; false: it cannot this time, use encoding/json.
+type fieldsAppender interface {
+	appendFields(b []byte) ([]byte, bool)
+}
+
 // okLine renders {"ok":true,"id":...,<result fields>}.
 func okLine(id json.RawMessage, result any) []byte {
-	buf := bytes.NewBufferString(`{"ok":true`)
+	buf := bytes.NewBuffer(make([]byte, 0, 256))
+	buf.WriteString(`{"ok":true`)
 	if len(id) > 0 {
 		buf.WriteString(`,"id":`)
 		buf.Write(id)
+	}
+	if f, ok := result.(fieldsAppender); ok {
+		if b, ok := f.appendFields(buf.AvailableBuffer()); ok {
+			buf.Write(b)
+			buf.WriteString("}\n")
+			return buf.Bytes()
+		}
 	}
 	if result != nil {
 		b, err := json.Marshal(result)

@@ -1,16 +1,17 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/response"
 )
 
@@ -140,6 +141,52 @@ type SignalResult struct {
 	Outcome   response.Outcome    `json:"outcome"`
 	Progress  []response.Progress `json:"progress,omitempty"`
 	Decisions []SignalDecision    `json:"decisions,omitempty"`
+}
+
+// appendFields renders a result without decisions (nearly every signal's)
+// without reflection; one with decisions goes through encoding/json.
+func (r SignalResult) appendFields(b []byte) ([]byte, bool) {
+	if len(r.Decisions) > 0 {
+		return b, false
+	}
+	b = append(b, `,"outcome":`...)
+	b, ok := appendPlainString(b, string(r.Outcome))
+	if len(r.Progress) > 0 {
+		b = append(b, `,"progress":[`...)
+		var ok1, ok2 bool
+		for i, p := range r.Progress {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"rule":`...)
+			b, ok1 = appendPlainString(b, p.Rule)
+			b = append(b, `,"key":`...)
+			b, ok2 = appendPlainString(b, p.Key)
+			b = append(b, `,"count":`...)
+			b = strconv.AppendInt(b, int64(p.Count), 10)
+			b = append(b, `,"threshold":`...)
+			b = strconv.AppendInt(b, int64(p.Threshold), 10)
+			b = append(b, `,"window":`...)
+			b = strconv.AppendInt(b, int64(p.Window), 10)
+			b = append(b, '}')
+			ok = ok && ok1 && ok2
+		}
+		b = append(b, ']')
+	}
+	return b, ok
+}
+
+// appendPlainString appends s quoted if encoding/json would write it
+// as is (printable ASCII, nothing it escapes); false otherwise.
+func appendPlainString(b []byte, s string) ([]byte, bool) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return b, false
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"'), true
 }
 
 // SignalDecision is one decision and its enforcement.
@@ -312,7 +359,11 @@ func (d *Daemon) flushSignals() {
 	if len(batch) == 0 {
 		return
 	}
-	if err := d.audit.Append("signals", signalBatchRecord{Count: len(batch), Signals: batch}); err != nil {
+	fields, err := signalBatchRecord{Count: len(batch), Signals: batch}.MarshalJSON()
+	if err == nil {
+		err = d.audit.Append("signals", audit.Raw(fields))
+	}
+	if err != nil {
 		d.log.Error("audit append failed", "event", "signals", "count", len(batch), "err", err)
 	}
 }
@@ -323,15 +374,74 @@ type signalBatchRecord struct {
 	Signals []signalRecord `json:"signals"`
 }
 
+// MarshalJSON renders the batch as encoding/json would (tested), without
+// reflection: it is encoded for every signalBatch signals.
+func (r signalBatchRecord) MarshalJSON() ([]byte, error) {
+	b := make([]byte, 0, 64+192*len(r.Signals))
+	b = append(b, `{"count":`...)
+	b = strconv.AppendInt(b, int64(r.Count), 10)
+	b = append(b, `,"signals":`...)
+	if r.Signals == nil {
+		return append(b, "null}"...), nil
+	}
+	b = append(b, '[')
+	for i := range r.Signals {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		var err error
+		if b, err = r.Signals[i].appendJSON(b); err != nil {
+			return nil, err
+		}
+	}
+	return append(b, "]}"...), nil
+}
+
+func (r *signalRecord) appendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"kind":`...)
+	b = appendJSONString(b, r.Kind)
+	for _, f := range [...]struct{ name, v string }{{`,"ip":`, r.IP}, {`,"user":`, r.User}, {`,"source":`, r.Source},
+		{`,"severity":`, r.Severity}, {`,"path":`, r.Path}, {`,"detail":`, r.Detail}} {
+		if f.v != "" {
+			b = appendJSONString(append(b, f.name...), f.v)
+		}
+	}
+	if len(r.Attrs) > 0 {
+		a, err := json.Marshal(r.Attrs)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(b, `,"attrs":`...), a...)
+	}
+	b = appendJSONString(append(b, `,"sender":`...), r.Sender)
+	b = appendJSONString(append(b, `,"outcome":`...), r.Outcome)
+	b = append(b, `,"time":`...)
+	t, err := r.Time.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	return append(append(b, t...), '}'), nil
+}
+
+// appendJSONString appends s as encoding/json writes a string.
+func appendJSONString(b []byte, s string) []byte {
+	if b2, ok := appendPlainString(b, s); ok {
+		return b2
+	}
+	q, _ := json.Marshal(s) // a string always encodes
+	return append(b, q...)
+}
+
 // decodeSignal reads the parameters of op signal straight from the
 // request's fields (Call.Decode re-encodes them first: too slow for the
 // rate signals come at), as strictly: unknown fields and wrong types are
 // bad_request.
 func decodeSignal(c *Call) (signalParams, error) {
 	var p signalParams
-	for k, raw := range c.params {
+	for _, m := range c.params {
+		raw := m.raw
 		var dst *string
-		switch k {
+		switch string(m.key) {
 		case "kind":
 			dst = &p.Kind
 		case "ip":
@@ -347,17 +457,19 @@ func decodeSignal(c *Call) (signalParams, error) {
 		case "path":
 			dst = &p.Path
 		case "attrs":
+			p.Attrs = nil // a repeated member counts as its last occurrence
 			if err := json.Unmarshal(raw, &p.Attrs); err != nil {
 				return p, errorf(CodeBadRequest, `op signal: "attrs" must be an object of strings`)
 			}
 			continue
 		default:
-			return p, errorf(CodeBadRequest, "op signal: unknown field %q", truncate(k, 64))
+			return p, errorf(CodeBadRequest, "op signal: unknown field %q", truncate(string(m.key), 64))
 		}
+		k := m.key
 		if len(raw) < 2 || raw[0] != '"' {
 			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)
 		}
-		if !bytes.ContainsRune(raw, '\\') { // no escapes: the request line was already checked as JSON
+		if plainString(raw[1 : len(raw)-1]) { // the request line was already checked as JSON
 			*dst = string(raw[1 : len(raw)-1])
 		} else if err := json.Unmarshal(raw, dst); err != nil {
 			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)

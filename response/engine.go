@@ -247,8 +247,10 @@ func (e *Engine) count(k stateKey, r *Rule, sig Signal, now time.Time) ([]Signal
 	n, ok := e.keys.get(k)
 	if !ok {
 		var evicted int
-		n, evicted = e.keys.put(k, counter{})
+		n, evicted = e.keys.putRecycled(k)
 		e.stats.EvictedKeys += uint64(evicted)
+		n.val.times.reset()
+		n.val.cause.reset()
 	}
 	c := &n.val
 	cutoff := now.Add(-r.Window).UnixNano()

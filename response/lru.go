@@ -57,6 +57,32 @@ func (l *lru[K, V]) put(k K, v V) (*node[K, V], int) {
 	return n, evicted
 }
 
+// putRecycled inserts k as the most recent entry. When the map is full it
+// evicts the least recently used entry and reuses its node, value included
+// (the caller resets it; its buffers can serve again), instead of
+// allocating: under a flood of distinct keys every insert evicts.
+func (l *lru[K, V]) putRecycled(k K) (n *node[K, V], evicted int) {
+	if n, ok := l.m[k]; ok {
+		l.moveToFront(n)
+		return n, 0
+	}
+	for len(l.m) > l.max {
+		l.remove(l.root.prev)
+		evicted++
+	}
+	if len(l.m) == l.max && l.root.prev != &l.root {
+		n = l.root.prev
+		l.remove(n)
+		evicted++
+	} else {
+		n = new(node[K, V])
+	}
+	n.key = k
+	l.m[k] = n
+	l.insertFront(n)
+	return n, evicted
+}
+
 // oldest returns the least recently used entry.
 func (l *lru[K, V]) oldest() (*node[K, V], bool) {
 	if l.root.prev == &l.root {

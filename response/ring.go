@@ -42,3 +42,9 @@ func (r *ring[T]) popFront() {
 	r.head = (r.head + 1) % len(r.buf)
 	r.n--
 }
+
+// reset empties the ring, keeping its buffer for reuse.
+func (r *ring[T]) reset() {
+	clear(r.buf)
+	r.buf, r.head, r.n = r.buf[:0], 0, 0
+}

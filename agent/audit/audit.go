@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -35,13 +36,15 @@ var (
 
 // Log appends to one audit file. It is safe for concurrent use.
 type Log struct {
-	mu    sync.Mutex
-	f     *os.File
-	seq   uint64
-	prev  string
-	now   func() time.Time
-	dirty bool
-	buf   []byte
+	syncMu sync.Mutex // serializes Sync, so onSync sees seqs in order
+	onSync func(seq uint64, hash string)
+	mu     sync.Mutex
+	f      *os.File
+	seq    uint64
+	prev   string
+	now    func() time.Time
+	dirty  bool
+	buf    []byte
 }
 
 // Open opens path for appending, continuing the chain from its last line.
@@ -120,6 +123,29 @@ type header struct {
 	Prev   string `json:"prev"`
 }
 
+// Raw is an event's fields already encoded: one compact JSON object,
+// exactly as encoding/json would write it (HTML characters escaped). Append
+// copies it into the line as is, without the validating copy encoding/json
+// makes of a Marshaler's output; it is for fields encoded at high rates.
+type Raw []byte
+
+// appendRaw renders h with fields raw, as json.Marshal(h) would.
+func (h *header) appendRaw(raw Raw) []byte {
+	b := make([]byte, 0, len(raw)+len(h.Time)+len(h.Prev)+96)
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, h.Seq, 10)
+	b = append(b, `,"time":"`...)
+	b = append(b, h.Time...)
+	b = append(b, `","event":`...)
+	ev, _ := json.Marshal(h.Event) // a string always encodes
+	b = append(b, ev...)
+	b = append(b, `,"fields":`...)
+	b = append(b, raw...)
+	b = append(b, `,"prev":"`...)
+	b = append(b, h.Prev...)
+	return append(b, "\"}"...)
+}
+
 // Append writes one event. The line reaches the kernel (survives the
 // daemon's death) before Append returns; Sync makes it durable on disk.
 func (l *Log) Append(event string, fields any) error {
@@ -129,9 +155,14 @@ func (l *Log) Append(event string, fields any) error {
 		return ErrClosed
 	}
 	h := header{Seq: l.seq + 1, Time: l.now().UTC().Format(time.RFC3339Nano), Event: event, Fields: fields, Prev: l.prev}
-	body, err := json.Marshal(h)
-	if err != nil {
-		return fmt.Errorf("audit %s: encode: %w", event, err)
+	var body []byte
+	if raw, ok := fields.(Raw); ok && len(raw) > 0 {
+		body = h.appendRaw(raw)
+	} else {
+		var err error
+		if body, err = json.Marshal(h); err != nil {
+			return fmt.Errorf("audit %s: encode: %w", event, err)
+		}
 	}
 	sum := sha256.Sum256(body)
 	hash := hex.EncodeToString(sum[:])
@@ -149,16 +180,33 @@ func (l *Log) Append(event string, fields any) error {
 	return nil
 }
 
+// OnSync sets fn, called after each fsync that made new lines durable, with
+// the seq and hash of the last durable line (calls are serialized and in
+// order). Set it before the log is used.
+func (l *Log) OnSync(fn func(seq uint64, hash string)) {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	l.onSync = fn
+}
+
 // Sync flushes written lines to disk (fsync) if any are pending.
 func (l *Log) Sync() error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.f == nil || !l.dirty {
+		l.mu.Unlock()
 		return nil
 	}
 	l.dirty = false
-	if err := l.f.Sync(); err != nil {
+	seq, hash := l.seq, l.prev
+	err := l.f.Sync()
+	l.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("audit sync: %w", err)
+	}
+	if l.onSync != nil {
+		l.onSync(seq, hash)
 	}
 	return nil
 }

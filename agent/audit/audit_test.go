@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -95,6 +96,35 @@ func TestIntactLogOK(t *testing.T) {
 	}
 }
 
+// TestAppendRaw: an event appended with Raw fields is the same line as one
+// appended with the value those bytes encode.
+func TestAppendRaw(t *testing.T) {
+	now := func() time.Time { return time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC) }
+	fields := map[string]any{"count": 2, "x": "<a&b>", "é": []int{1}}
+	raw, _ := json.Marshal(fields)
+	var lines [2][]byte
+	for i, f := range []any{fields, Raw(raw)} {
+		path := filepath.Join(t.TempDir(), "audit.log")
+		l, err := Open(path, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Append("ev\"<", f); err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+		if lines[i], err = os.ReadFile(path); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := Verify(bytes.NewReader(lines[i])); err != nil || !res.OK {
+			t.Fatalf("verify: %v %+v", err, res)
+		}
+	}
+	if string(lines[0]) != string(lines[1]) {
+		t.Errorf("raw:\n%s\nencoded:\n%s", lines[1], lines[0])
+	}
+}
+
 func TestVerifyMissingFileIsAnError(t *testing.T) {
 	_, err := VerifyFile(filepath.Join(t.TempDir(), "nope.log"))
 	if !errors.Is(err, os.ErrNotExist) {
@@ -150,5 +180,39 @@ func TestVerifyAgainstWriterCheckpoint(t *testing.T) {
 	}
 	if res, err := VerifyFileAgainst(path, seq, hash); err != nil || res.OK || !strings.Contains(res.Reason, "missing") {
 		t.Fatalf("deleted log: %+v, %v", res, err)
+	}
+}
+
+func TestOnSyncReportsDurableLineOnlyAfterFsync(t *testing.T) {
+	l, err := Open(filepath.Join(t.TempDir(), "audit.log"), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	var hashes []string
+	l.OnSync(func(seq uint64, hash string) { got, hashes = append(got, seq), append(hashes, hash) })
+	for range 3 {
+		if err := l.Append("x", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != 0 {
+		t.Fatalf("OnSync called before any fsync: %v", got)
+	}
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Sync(); err != nil { // nothing new: no call
+		t.Fatal(err)
+	}
+	if err := l.Append("y", nil); err != nil {
+		t.Fatal(err)
+	}
+	seq, hash := l.Last()
+	if err := l.Close(); err != nil { // a clean close anchors the tail
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0] != 3 || got[1] != 4 || hashes[1] != hash || seq != 4 {
+		t.Fatalf("OnSync calls %v, want [3 4] with the last hash", got)
 	}
 }

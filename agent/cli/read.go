@@ -99,6 +99,10 @@ func (a *App) statusCmd() *cobra.Command {
 			a.printLockdown(st.Lockdown)
 			a.printPolicy(st.Policy)
 			fmt.Fprintf(a.Stdout, "state: %s (audit seq %d)\n", st.StateDir, st.AuditSeq)
+			if b := st.AuditBreak; b != nil {
+				fmt.Fprintf(a.Stdout, "AUDIT CHAIN BROKEN at %s: parryd had written up to seq %d; old log at line %d: %s; kept as %q (review, then `parry audit ack`)\n",
+					b.Time.Format(time.RFC3339), b.AnchorSeq, b.FoundAtLine, b.Found, b.KeptAs)
+			}
 			printFleet(a.Stdout, st.Fleet)
 			return nil
 		},
@@ -122,6 +126,7 @@ here, without the daemon (e.g. a copy, or while parryd is stopped).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var res audit.Result
+			var brk *agent.ChainBreak
 			if file != "" {
 				r, err := audit.VerifyFile(file)
 				if err != nil {
@@ -130,19 +135,27 @@ here, without the daemon (e.g. a copy, or while parryd is stopped).`,
 				res = r
 			} else {
 				var resp struct {
-					Audit audit.Result `json:"audit"`
+					Audit      audit.Result      `json:"audit"`
+					ChainBreak *agent.ChainBreak `json:"chain_break,omitempty"`
 				}
 				if err := a.call(map[string]any{"op": "audit_verify"}, &resp); err != nil {
 					return err
 				}
-				res = resp.Audit
+				res, brk = resp.Audit, resp.ChainBreak
 			}
 			if asJSON {
-				if err := printJSON(a.Stdout, res); err != nil {
+				out := any(res)
+				if brk != nil {
+					out = map[string]any{"audit": res, "chain_break": brk}
+				}
+				if err := printJSON(a.Stdout, out); err != nil {
 					return err
 				}
 			} else if res.OK {
 				fmt.Fprintf(a.Stdout, "audit log ok: %d lines, chain intact (last seq %d)\n", res.Lines, res.LastSeq)
+			}
+			if !res.OK && brk != nil && res.FirstBad == 1 && res.Lines > 0 {
+				return &exitError{code: ExitFailed, quiet: asJSON, err: fmt.Errorf("audit log BROKEN: %s", res.Reason)}
 			}
 			if !res.OK {
 				return &exitError{code: ExitFailed, quiet: asJSON,
@@ -153,6 +166,30 @@ here, without the daemon (e.g. a copy, or while parryd is stopped).`,
 	}
 	verify.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	verify.Flags().StringVar(&file, "log", "", "check this audit.log file directly instead of asking parryd")
-	cmd.AddCommand(verify)
+	ack := &cobra.Command{
+		Use:   "ack",
+		Short: "Acknowledge a reported audit chain break",
+		Long: `Acknowledge an audit chain break that parryd found at start (audit.log was
+deleted, cut short or rewritten while parryd was stopped). parryd kept the
+old file as audit.log.broken-<time> in the state directory and started a new
+chain; status and 'parry audit verify' report the break until it is
+acknowledged. Review the kept file first. The acknowledgement is audited.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var resp struct {
+				Acknowledged bool `json:"acknowledged"`
+			}
+			if err := a.call(map[string]any{"op": "audit_ack"}, &resp); err != nil {
+				return err
+			}
+			if resp.Acknowledged {
+				fmt.Fprintln(a.Stdout, "audit chain break acknowledged")
+			} else {
+				fmt.Fprintln(a.Stdout, "no audit chain break to acknowledge")
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(verify, ack)
 	return cmd
 }

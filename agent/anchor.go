@@ -1,0 +1,157 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/store"
+)
+
+// Store keys of the audit anchor (the last durable line) and of an
+// unacknowledged chain break.
+const (
+	keyAuditAnchor = "audit/anchor"
+	keyAuditBreak  = "audit/chain_break"
+)
+
+// auditAnchor is the last line known durable in audit.log.
+type auditAnchor struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// ChainBreak records that audit.log did not hold the anchored line at
+// start: the old file was kept aside and a new chain started. It stays
+// reported (status, audit_verify) until an admin acknowledges it.
+type ChainBreak struct {
+	Time         time.Time `json:"time"`
+	AnchorSeq    uint64    `json:"anchor_seq"`
+	AnchorHash   string    `json:"anchor_hash"`
+	Found        string    `json:"found"`             // what was wrong with the old log
+	FoundAtLine  int       `json:"found_at_line"`     // 1-based line of the fault in the old log
+	FoundLines   int       `json:"found_lines"`       // intact lines before the fault
+	FoundLastSeq uint64    `json:"found_last_seq"`    // seq of the last intact line
+	KeptAs       string    `json:"kept_as,omitempty"` // the old log, renamed; empty: it was missing
+}
+
+// openAudit checks audit.log against the anchor in the store, moves a log
+// that fails aside (never deleting it), opens the log and wires the anchor
+// to be saved after each fsync. A missing anchor (first start, upgrade) is
+// accepted.
+func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logger) (*audit.Log, *ChainBreak, error) {
+	path := filepath.Join(dir, "audit.log")
+	brk, err := checkAnchor(st, path, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	al, err := audit.Open(path, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	al.OnSync(func(seq uint64, hash string) {
+		b, _ := json.Marshal(auditAnchor{Seq: seq, Hash: hash})
+		if err := st.Put(keyAuditAnchor, b); err != nil {
+			log.Error("audit anchor: save", "seq", seq, "err", err)
+		}
+	})
+	if brk != nil {
+		log.Error("audit chain broken across restart: the old log was kept and a new chain started",
+			"anchor_seq", brk.AnchorSeq, "found", brk.Found, "kept_as", brk.KeptAs)
+		err := al.Append("audit_chain_broken", brk)
+		if err == nil {
+			err = al.Sync()
+		}
+		if err != nil {
+			al.Close()
+			return nil, nil, fmt.Errorf("audit: record chain break: %w", err)
+		}
+	}
+	if brk == nil {
+		if brk, err = loadBreak(st); err != nil {
+			al.Close()
+			return nil, nil, err
+		}
+	}
+	return al, brk, nil
+}
+
+// checkAnchor verifies path against the stored anchor; on a mismatch it
+// renames the file aside, saves the break marker and returns it.
+func checkAnchor(st *store.Store, path string, now func() time.Time) (*ChainBreak, error) {
+	raw, err := st.Get(keyAuditAnchor)
+	if err != nil {
+		return nil, fmt.Errorf("audit anchor: %w", err)
+	}
+	var a auditAnchor
+	if raw == nil {
+		return nil, nil
+	}
+	if err := json.Unmarshal(raw, &a); err != nil || a.Seq == 0 {
+		return nil, fmt.Errorf("audit anchor: bad record in store: %q", raw)
+	}
+	res, err := audit.VerifyFileAgainst(path, a.Seq, a.Hash)
+	if err != nil {
+		return nil, fmt.Errorf("audit anchor: check %s: %w", path, err)
+	}
+	if res.OK {
+		return nil, nil
+	}
+	t := now().UTC()
+	brk := &ChainBreak{Time: t, AnchorSeq: a.Seq, AnchorHash: a.Hash, Found: res.Reason, FoundAtLine: res.FirstBad,
+		FoundLines: res.Lines, FoundLastSeq: res.LastSeq}
+	kept := path + ".broken-" + t.Format("20060102T150405.000Z")
+	switch err := os.Rename(path, kept); {
+	case err == nil:
+		brk.KeptAs = filepath.Base(kept)
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("audit anchor: keep the broken log: %w", err)
+	}
+	b, _ := json.Marshal(brk)
+	if err := st.Put(keyAuditBreak, b); err != nil {
+		return nil, fmt.Errorf("audit anchor: save break: %w", err)
+	}
+	return brk, nil
+}
+
+func loadBreak(st *store.Store) (*ChainBreak, error) {
+	raw, err := st.Get(keyAuditBreak)
+	if err != nil || raw == nil {
+		return nil, err
+	}
+	var brk ChainBreak
+	if err := json.Unmarshal(raw, &brk); err != nil {
+		return nil, fmt.Errorf("audit: bad chain break record in store: %w", err)
+	}
+	return &brk, nil
+}
+
+// AuditBreak is the unacknowledged chain break, or nil.
+func (d *Daemon) AuditBreak() *ChainBreak {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.chainBreak
+}
+
+func (d *Daemon) opAuditAck(_ context.Context, c *Call) (any, error) {
+	d.mu.Lock()
+	brk := d.chainBreak
+	d.mu.Unlock()
+	if brk == nil {
+		return map[string]any{"acknowledged": false}, nil
+	}
+	if err := d.store.Put(keyAuditBreak, nil); err != nil {
+		return nil, errorf(CodeInternal, "acknowledge: %v", err)
+	}
+	d.mu.Lock()
+	d.chainBreak = nil
+	d.mu.Unlock()
+	d.Audit("audit_break_acknowledged", map[string]any{"break_time": brk.Time, "kept_as": brk.KeptAs, "sender": c.Peer.String()})
+	return map[string]any{"acknowledged": true, "chain_break": brk}, nil
+}

@@ -48,7 +48,10 @@ type watcher interface {
 	Watch(ctx context.Context, changed, foreign func()) error
 }
 
-var _ Enforcer = (*firewall.NFT)(nil)
+var (
+	_ Enforcer = (*firewall.NFT)(nil)
+	_ watcher  = (*firewall.NFT)(nil) // else self-heal silently falls back to the 10 s presence poll
+)
 
 // Options are the daemon's injected dependencies.
 type Options struct {

@@ -3,6 +3,7 @@ package integrity
 import (
 	"context"
 	"fmt"
+	"github.com/parryhq/parry/test/netns"
 	"os"
 	"path/filepath"
 	"slices"
@@ -37,18 +38,6 @@ func (c *collector) has(pred func(Finding) bool) bool {
 	return slices.ContainsFunc(c.snapshot(), pred)
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
-	}
-}
-
 // startWatcher records a baseline of dir and runs the watcher until the test
 // ends.
 func startWatcher(t *testing.T, cfg Config, col *collector) *Monitor {
@@ -66,7 +55,7 @@ func startWatcher(t *testing.T, cfg Config, col *collector) *Monitor {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	eventually(t, 10*time.Second, "watcher running", func() bool { return m.Status().Running })
+	netns.Eventually(t, 10*time.Second, "watcher running", func() bool { return m.Status().Running })
 	return m
 }
 
@@ -82,7 +71,7 @@ func (b *barrier) wait(t *testing.T, col *collector) {
 	b.n++
 	p := filepath.Join(b.dir, fmt.Sprintf("zz-barrier-%d", b.n))
 	writeFile(t, p, "b")
-	eventually(t, 5*time.Second, "barrier "+p, func() bool {
+	netns.Eventually(t, 5*time.Second, "barrier "+p, func() bool {
 		return col.has(func(f Finding) bool { return f.Path == p })
 	})
 }
@@ -192,10 +181,10 @@ func TestWatcherOverflowRescans(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	eventually(t, 10*time.Second, "watcher running", func() bool { return col != nil && m.Status().Running })
+	netns.Eventually(t, 10*time.Second, "watcher running", func() bool { return col != nil && m.Status().Running })
 
 	writeFile(t, filepath.Join(dir, "trigger"), "x")
-	eventually(t, 5*time.Second, "trigger finding", func() bool {
+	netns.Eventually(t, 5*time.Second, "trigger finding", func() bool {
 		return col.has(func(f Finding) bool { return strings.HasSuffix(f.Path, "/trigger") })
 	})
 	// inotify queues 16384 events by default, fsnotify buffers 4096 more.
@@ -218,7 +207,7 @@ func TestWatcherOverflowRescans(t *testing.T) {
 		unix.Close(fd)
 	}
 	close(block)
-	eventually(t, 60*time.Second, "overflow and every flooded file reported", func() bool {
+	netns.Eventually(t, 60*time.Second, "overflow and every flooded file reported", func() bool {
 		fs := col.snapshot()
 		added := 0
 		overflow := false
@@ -252,13 +241,13 @@ func TestWatcherRemediatesRuleAtOnce(t *testing.T) {
 	col := &collector{}
 	m := startWatcher(t, testConfig(dir, Rule{Path: dir + "/sub/*.conf", Deny: []string{"world_writable", "world_readable"}, Remediate: true}), col)
 	// The baseline itself violated the rule: remediated when recorded.
-	eventually(t, 5*time.Second, "baseline remediation", func() bool {
+	netns.Eventually(t, 5*time.Second, "baseline remediation", func() bool {
 		var st unix.Stat_t
 		return unix.Lstat(p, &st) == nil && st.Mode&0o777 == 0o640
 	})
 	seen := len(col.snapshot())
 	must(t, os.Chmod(p, 0o666))
-	eventually(t, 5*time.Second, "mode put back", func() bool {
+	netns.Eventually(t, 5*time.Second, "mode put back", func() bool {
 		var st unix.Stat_t
 		return unix.Lstat(p, &st) == nil && st.Mode&0o777 == 0o660
 	})

@@ -335,14 +335,7 @@ func (c *container) run(name string, args ...string) (string, error) {
 
 // poll checks cond every 20 ms until it holds (true) or timeout passes (false).
 func poll(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return true
+	return netns.Poll(timeout, 20*time.Millisecond, cond)
 }
 
 // eventually polls cond until it holds; on timeout it fails the test with

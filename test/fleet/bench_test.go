@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/parryhq/parry/test/netns"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -45,12 +46,9 @@ func BenchmarkFleetPropagation(b *testing.B) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for !w.h.inKernel(b, target) {
-					if time.Since(start) > 10*time.Second {
-						*w.d = -1
-						return
-					}
-					time.Sleep(500 * time.Microsecond)
+				if !netns.Poll(10*time.Second, 500*time.Microsecond, func() bool { return w.h.inKernel(b, target) }) {
+					*w.d = -1
+					return
 				}
 				*w.d = time.Since(start)
 			}()
@@ -123,15 +121,13 @@ func bulk(b *testing.B, what string, reqs [][]byte) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for time.Since(start) < benchDeadline {
+				if netns.Poll(benchDeadline-time.Since(start), 20*time.Millisecond, func() bool {
 					els, err := h.nft.Elements()
-					if err == nil && len(els) >= bulkDecisions {
-						mu.Lock()
-						reached[name] = time.Since(start)
-						mu.Unlock()
-						return
-					}
-					time.Sleep(20 * time.Millisecond)
+					return err == nil && len(els) >= bulkDecisions
+				}) {
+					mu.Lock()
+					reached[name] = time.Since(start)
+					mu.Unlock()
 				}
 			}()
 		}
@@ -154,12 +150,10 @@ func bulk(b *testing.B, what string, reqs [][]byte) {
 		hc.ns.MustRun(b, "nft", "delete", "table", "inet", "parry")
 		start = time.Now()
 		l.start(hc)
-		for time.Since(start) < benchDeadline {
-			if els, err := hc.nft.Elements(); err == nil && len(els) >= bulkDecisions {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		netns.Poll(benchDeadline, 20*time.Millisecond, func() bool {
+			els, err := hc.nft.Elements()
+			return err == nil && len(els) >= bulkDecisions
+		})
 		fmt.Printf("fleet catch-up, %s: a wiped c reported READY after %v (catchup_timeout 15s) and held all %d after %v\n",
 			what, hc.readyT.Round(time.Millisecond), bulkDecisions, time.Since(start).Round(time.Millisecond))
 	}

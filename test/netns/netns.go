@@ -181,19 +181,29 @@ func (n *NS) Ping(dst netip.Addr) bool {
 	return err == nil
 }
 
-// Eventually polls cond every 20 ms until it is true or the deadline passes.
+// Eventually polls cond every 20 ms until it is true, and fails the test if
+// the deadline passes first.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for: %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !Poll(timeout, 20*time.Millisecond, cond) {
+		t.Fatalf("timed out after %v waiting for: %s", timeout, what)
 	}
+}
+
+// Poll checks cond every interval until it is true (Poll returns true) or
+// timeout passes (false). It is the one polling loop of the test suites:
+// benchmarks that time a condition pass a short interval for resolution.
+func Poll(timeout, interval time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		<-tick.C
+	}
+	return true
 }
 
 // ServeTCP starts a TCP listener on port (IPv4 and IPv6) inside the namespace

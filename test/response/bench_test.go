@@ -188,10 +188,11 @@ func latency(b *testing.B, d *daemon, rate, decideEvery int) {
 		const tick = time.Millisecond
 		per := max(1, rate/int(time.Second/tick))
 		w := bufio.NewWriterSize(conn, 64<<10)
+		pace := time.NewTicker(tick) // the load generator's pace, not synchronisation
+		defer pace.Stop()
 		for i := 0; i < total; {
-			next := start.Add(time.Duration(i/per) * tick)
-			if d := time.Until(next); d > 0 {
-				time.Sleep(d) // pacing the load generator, not synchronisation
+			if time.Until(start.Add(time.Duration(i/per)*tick)) > 0 {
+				<-pace.C
 			}
 			for j := 0; j < per && i < total; j++ {
 				sentAt[i] = time.Now()

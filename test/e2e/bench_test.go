@@ -21,6 +21,7 @@ import (
 
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/test/netns"
+	"github.com/parryhq/parry/test/parrybin"
 )
 
 func ipN(i int) string { return fmt.Sprintf("10.%d.%d.%d", 1+i>>16, (i>>8)&255, i&255) }
@@ -151,7 +152,7 @@ func BenchmarkStart100k(b *testing.B) {
 	d.start()
 	d.mustParry("block", "--file", writeIPs(b, n), "--for", "1d")
 	d.stop()
-	parryd, _ := binaries(b)
+	parryd, _ := parrybin.Build(b)
 	for _, tableGone := range []bool{true, false} {
 		name := "table-deleted"
 		if !tableGone {
@@ -167,7 +168,7 @@ func BenchmarkStart100k(b *testing.B) {
 				path, ch := notifySocketB(b)
 				cmd := ns.Command(context.Background(), parryd, append([]string{"--state-dir", d.dir, "--socket", d.sock, "--table", d.table}, d.extra...)...)
 				cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+path)
-				logs := &syncBuffer{}
+				logs := &parrybin.Buffer{}
 				cmd.Stdout, cmd.Stderr = logs, logs
 				t0 := time.Now()
 				if err := cmd.Start(); err != nil {

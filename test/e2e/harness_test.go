@@ -16,48 +16,17 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/parryhq/parry/test/netns"
+	"github.com/parryhq/parry/test/parrybin"
 )
-
-var bin struct {
-	once          sync.Once
-	dir           string
-	parryd, parry string
-	err           error
-}
-
-// binaries builds parryd and parry once per test run.
-func binaries(t testing.TB) (parryd, parry string) {
-	t.Helper()
-	bin.once.Do(func() {
-		bin.dir, bin.err = os.MkdirTemp("", "parry-e2e-bin")
-		if bin.err != nil {
-			return
-		}
-		bin.parryd, bin.parry = filepath.Join(bin.dir, "parryd"), filepath.Join(bin.dir, "parry")
-		for out, pkg := range map[string]string{bin.parryd: "github.com/parryhq/parry/cmd/parryd", bin.parry: "github.com/parryhq/parry/cmd/parry"} {
-			if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
-				bin.err = fmt.Errorf("go build %s: %v: %s", pkg, err, b)
-				return
-			}
-		}
-	})
-	if bin.err != nil {
-		t.Fatal(bin.err)
-	}
-	return bin.parryd, bin.parry
-}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if bin.dir != "" {
-		os.RemoveAll(bin.dir)
-	}
+	parrybin.Remove()
 	os.Exit(code)
 }
 
@@ -70,21 +39,10 @@ type daemon struct {
 	table string
 	extra []string
 	cmd   *exec.Cmd
-	logs  *syncBuffer
+	logs  *parrybin.Buffer
 	done  chan struct{}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // quietConfig turns off the parts the core tests do not exercise.
 const quietConfig = "integrity:\n  enabled: false\n"
@@ -108,9 +66,9 @@ func newDaemon(t testing.TB, ns *netns.NS, extra ...string) *daemon {
 // start runs parryd and waits until it answers status.
 func (d *daemon) start() {
 	d.t.Helper()
-	parryd, _ := binaries(d.t)
+	parryd, _ := parrybin.Build(d.t)
 	args := append([]string{"--state-dir", d.dir, "--socket", d.sock, "--table", d.table}, d.extra...)
-	d.logs = &syncBuffer{}
+	d.logs = &parrybin.Buffer{}
 	d.cmd = d.ns.Command(context.Background(), parryd, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
@@ -176,7 +134,7 @@ func (d *daemon) parry(args ...string) (stdout, stderr string, code int) {
 }
 
 func (d *daemon) parryIn(stdin []byte, args ...string) (stdout, stderr string, code int) {
-	_, parry := binaries(d.t)
+	_, parry := parrybin.Build(d.t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, parry, append([]string{"--socket", d.sock}, args...)...)

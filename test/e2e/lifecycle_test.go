@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/test/netns"
+	"github.com/parryhq/parry/test/parrybin"
 )
 
 // notifySocket listens for sd_notify datagrams like systemd does.
@@ -108,8 +109,8 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	ln.Close() // f keeps the socket; parryd gets it as fd 3
-	parryd, _ := binaries(t)
-	d.logs = &syncBuffer{}
+	parryd, _ := parrybin.Build(t)
+	d.logs = &parrybin.Buffer{}
 	// systemd sets LISTEN_PID to the service's pid; the shell learns it with $$.
 	args := append([]string{"-c", `export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=control; exec "$0" "$@"`,
 		parryd, "--state-dir", d.dir, "--socket", filepath.Join(d.dir, "unused.sock"), "--table", d.table}, d.extra...)
@@ -198,7 +199,7 @@ func TestRemoveRules(t *testing.T) {
 	// parryd --remove-rules, and the CLI's not-running message.
 	d.start()
 	d.stop()
-	parryd, _ := binaries(t)
+	parryd, _ := parrybin.Build(t)
 	p.Host.MustRun(t, parryd, "--remove-rules", "--table", d.table, "--state-dir", d.dir, "--socket", d.sock)
 	if k := kernelElems(t, p.Host, d.table); k != nil {
 		t.Fatalf("table still there after parryd --remove-rules: %v", k)
@@ -210,7 +211,7 @@ func TestRemoveRules(t *testing.T) {
 	// Nothing left to remove: the CLI says so instead of claiming it removed
 	// a table (run inside the namespace: with parryd down the CLI acts on
 	// the firewall of the namespace it runs in).
-	_, parry := binaries(t)
+	_, parry := parrybin.Build(t)
 	out, err := p.Host.Run(parry, "--socket", d.sock, "uninstall-rules", "--table", d.table)
 	if err != nil || !strings.Contains(out, "nothing to remove") {
 		t.Fatalf("uninstall-rules without a table: %v %q", err, out)
@@ -270,7 +271,7 @@ func TestSecondDaemonOnSameSocketTouchesNothing(t *testing.T) {
 	d := newDaemon(t, p.Host, "--config", cfg)
 	d.start()
 	d.mustParry("block", "203.0.113.7", "--for", "1h")
-	parryd, _ := binaries(t)
+	parryd, _ := parrybin.Build(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	other := filepath.Join(t.TempDir(), "parry.yaml") // no allowlist

@@ -13,52 +13,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/parryhq/parry/test/netns"
+	"github.com/parryhq/parry/test/parrybin"
 )
-
-var bin struct {
-	once          sync.Once
-	dir           string
-	parryd, parry string
-	err           error
-}
-
-// binaries builds parryd and parry once per run, in a directory any user
-// can read (the unprivileged-sender test runs the CLI as another user).
-func binaries(t testing.TB) (parryd, parry string) {
-	t.Helper()
-	bin.once.Do(func() {
-		bin.dir, bin.err = os.MkdirTemp("", "parry-response-bin")
-		if bin.err != nil {
-			return
-		}
-		if bin.err = os.Chmod(bin.dir, 0o755); bin.err != nil {
-			return
-		}
-		bin.parryd, bin.parry = filepath.Join(bin.dir, "parryd"), filepath.Join(bin.dir, "parry")
-		for out, pkg := range map[string]string{bin.parryd: "github.com/parryhq/parry/cmd/parryd", bin.parry: "github.com/parryhq/parry/cmd/parry"} {
-			if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
-				bin.err = fmt.Errorf("go build %s: %v: %s", pkg, err, b)
-				return
-			}
-		}
-	})
-	if bin.err != nil {
-		t.Fatal(bin.err)
-	}
-	return bin.parryd, bin.parry
-}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if bin.dir != "" {
-		os.RemoveAll(bin.dir)
-	}
+	parrybin.Remove()
 	os.Exit(code)
 }
 
@@ -70,21 +35,10 @@ type daemon struct {
 	sock   string
 	config string
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *parrybin.Buffer
 	done   chan struct{}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // newDaemon writes config (YAML; state_dir, socket and table are added)
 // and prepares a parryd in ns. The socket lives in a world-traversable
@@ -112,8 +66,8 @@ func newDaemon(t testing.TB, ns *netns.NS, config string) *daemon {
 // start runs parryd and waits until it answers status.
 func (d *daemon) start() {
 	d.t.Helper()
-	parryd, _ := binaries(d.t)
-	d.logs = &syncBuffer{}
+	parryd, _ := parrybin.Build(d.t)
+	d.logs = &parrybin.Buffer{}
 	d.cmd = d.ns.Command(context.Background(), parryd, "--config", d.config)
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
@@ -164,7 +118,7 @@ func (d *daemon) parry(args ...string) (stdout, stderr string, code int) {
 // parryAs runs the CLI, as user u when not nil (setpriv, no shell).
 func (d *daemon) parryAs(u *testUser, args ...string) (stdout, stderr string, code int) {
 	d.t.Helper()
-	_, parry := binaries(d.t)
+	_, parry := parrybin.Build(d.t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	argv := append([]string{parry, "--socket", d.sock}, args...)

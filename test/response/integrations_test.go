@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/test/netns"
+	"github.com/parryhq/parry/test/parrybin"
 )
 
 // repoFile returns the path of a file in the repository.
@@ -33,7 +34,7 @@ func TestFail2banAction(t *testing.T) {
 	top := newTopology(t)
 	d := newDaemon(t, top.host, "")
 	d.start()
-	_, parry := binaries(t)
+	_, parry := parrybin.Build(t)
 
 	raw, err := os.ReadFile(repoFile(t, "packaging/fail2ban/action.d/parry.conf"))
 	if err != nil {

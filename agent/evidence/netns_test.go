@@ -58,30 +58,9 @@ func TestCaptureHelper(t *testing.T) {
 // the file is 0400 and its hash is what Save returned.
 func TestCaptureInNamespace(t *testing.T) {
 	p := netns.NewPair(t)
+	p.HoldConnection(t, 8080)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	srv := p.Host.Command(ctx, "socat", "TCP4-LISTEN:8080,fork,reuseaddr", "EXEC:cat")
-	if err := srv.Start(); err != nil {
-		t.Fatalf("socat: %v (apt-get install -y socat)", err)
-	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	netns.Eventually(t, 5*time.Second, "listener on 8080", func() bool {
-		out, err := p.Host.Run("ss", "-Hltn", "sport = :8080")
-		return err == nil && strings.TrimSpace(out) != ""
-	})
-	cli := p.Peer.Command(ctx, "socat", "-", "TCP4:192.0.2.1:8080")
-	stdin, err := cli.StdinPipe() // held open: the connection stays ESTABLISHED
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cli.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stdin.Close(); cli.Process.Kill(); cli.Wait() })
-	netns.Eventually(t, 5*time.Second, "connection from the peer", func() bool {
-		out, err := p.Host.Run("ss", "-Htn", "state", "established", "sport = :8080")
-		return err == nil && strings.Contains(out, "192.0.2.2")
-	})
 
 	dir := t.TempDir()
 	cmd := p.Host.Command(ctx, os.Args[0], "-test.run=^TestCaptureHelper$", "-test.v")

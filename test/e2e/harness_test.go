@@ -43,7 +43,6 @@ type daemon struct {
 	done  chan struct{}
 }
 
-
 // quietConfig turns off the parts the core tests do not exercise.
 const quietConfig = "integrity:\n  enabled: false\n"
 

@@ -39,43 +39,13 @@ func auditEvents(t *testing.T, dir, event string) []map[string]any {
 	return out
 }
 
-// heldConnection starts an echo server (socat) on the host namespace's port
-// 8080 and a peer connection to it that stays ESTABLISHED until the test ends.
-func heldConnection(t *testing.T, p *netns.Pair) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	srv := p.Host.Command(ctx, "socat", "TCP4-LISTEN:8080,fork,reuseaddr", "EXEC:cat")
-	if err := srv.Start(); err != nil {
-		t.Fatalf("socat: %v (apt-get install -y socat)", err)
-	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	netns.Eventually(t, 5*time.Second, "listener on 8080", func() bool {
-		out, err := p.Host.Run("ss", "-Hltn", "sport = :8080")
-		return err == nil && strings.TrimSpace(out) != ""
-	})
-	cli := p.Peer.Command(ctx, "socat", "-", "TCP4:192.0.2.1:8080")
-	stdin, err := cli.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cli.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stdin.Close(); cli.Process.Kill(); cli.Wait() })
-	netns.Eventually(t, 5*time.Second, "connection from the peer", func() bool {
-		out, err := p.Host.Run("ss", "-Htn", "state", "established", "sport = :8080")
-		return err == nil && strings.Contains(out, "192.0.2.2")
-	})
-}
-
 // TestEvidenceReportCheckMetrics: parryd in a test namespace captures
 // evidence of a real process and a real TCP connection (file 0400, hash in
 // the audit chain), records the blocked peer's connection after the block,
 // captures on lockdown, reports, checks the host, and serves metrics.
 func TestEvidenceReportCheckMetrics(t *testing.T) {
 	p := netns.NewPair(t)
-	heldConnection(t, p)
+	p.HoldConnection(t, 8080)
 	cfg := filepath.Join(t.TempDir(), "parry.yaml")
 	if err := os.WriteFile(cfg, []byte("metrics:\n  enabled: true\n  listen: 127.0.0.1:9477\nevidence:\n  timeout: 10s\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -230,3 +230,34 @@ func (n *NS) CanConnect(dst netip.Addr, port int) bool {
 	_, err := n.Run("socat", "-T2", "/dev/null", fmt.Sprintf("TCP:%s,connect-timeout=2", netip.AddrPortFrom(dst, uint16(port))))
 	return err == nil
 }
+
+// HoldConnection starts an echo server (socat) on the host's port and a TCP
+// connection to it from the peer over IPv4 that stays ESTABLISHED until the
+// test ends, for tests that look at a host's live connections.
+func (p *Pair) HoldConnection(t testing.TB, port int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	srv := p.Host.Command(ctx, "socat", fmt.Sprintf("TCP4-LISTEN:%d,fork,reuseaddr", port), "EXEC:cat")
+	if err := srv.Start(); err != nil {
+		t.Fatalf("socat: %v (apt-get install -y socat)", err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	Eventually(t, 5*time.Second, fmt.Sprintf("listener on %d", port), func() bool {
+		out, err := p.Host.Run("ss", "-Hltn", fmt.Sprintf("sport = :%d", port))
+		return err == nil && strings.TrimSpace(out) != ""
+	})
+	cli := p.Peer.Command(ctx, "socat", "-", fmt.Sprintf("TCP4:%s", netip.AddrPortFrom(p.HostV4, uint16(port))))
+	stdin, err := cli.StdinPipe() // held open: the connection stays ESTABLISHED
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cli.Process.Kill(); cli.Wait() })
+	Eventually(t, 5*time.Second, "connection from the peer", func() bool {
+		out, err := p.Host.Run("ss", "-Htn", "state", "established", fmt.Sprintf("sport = :%d", port))
+		return err == nil && strings.Contains(out, p.PeerV4.String())
+	})
+}

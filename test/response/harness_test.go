@@ -39,7 +39,6 @@ type daemon struct {
 	done   chan struct{}
 }
 
-
 // newDaemon writes config (YAML; state_dir, socket and table are added)
 // and prepares a parryd in ns. The socket lives in a world-traversable
 // directory so unprivileged test users can reach it.

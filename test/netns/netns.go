@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,9 +76,14 @@ func New(t testing.TB) *NS {
 	return ns
 }
 
-// Command returns a command that runs inside the namespace.
+// Command returns a command that runs inside the namespace, in a process
+// group of its own: when ctx ends the whole group is killed, so the children
+// a server forks (socat's fork option) end with it.
 func (n *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	return cmd
 }
 
 // Run runs a command inside the namespace (bounded to 30 s) and returns its
@@ -242,7 +248,7 @@ func (p *Pair) HoldConnection(t testing.TB, port int) {
 	if err := srv.Start(); err != nil {
 		t.Fatalf("socat: %v (apt-get install -y socat)", err)
 	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	t.Cleanup(func() { cancel(); srv.Wait() }) // kills socat and the child it forked
 	Eventually(t, 5*time.Second, fmt.Sprintf("listener on %d", port), func() bool {
 		out, err := p.Host.Run("ss", "-Hltn", fmt.Sprintf("sport = :%d", port))
 		return err == nil && strings.TrimSpace(out) != ""
@@ -255,7 +261,7 @@ func (p *Pair) HoldConnection(t testing.TB, port int) {
 	if err := cli.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stdin.Close(); cli.Process.Kill(); cli.Wait() })
+	t.Cleanup(func() { stdin.Close(); cancel(); cli.Wait() })
 	Eventually(t, 5*time.Second, "connection from the peer", func() bool {
 		out, err := p.Host.Run("ss", "-Htn", "state", "established", fmt.Sprintf("sport = :%d", port))
 		return err == nil && strings.Contains(out, p.PeerV4.String())

@@ -67,6 +67,9 @@ type Options struct {
 	// runs after READY on its own connection and never stalls enforcement.
 	// Nil: the sweep runs inline in Reconcile with the Firewall (tests).
 	Sweeper func() (ElementReader, func(), error)
+	// AuditFile wraps the audit log's file (nil: none): failure injection
+	// for tests.
+	AuditFile func(audit.File) audit.File
 }
 
 // ElementReader reads the kernel's view of the block sets.
@@ -83,6 +86,7 @@ type Daemon struct {
 	sweeper    func() (ElementReader, func(), error)
 	store      *store.Store
 	audit      *audit.Log
+	trail      auditTrail  // pending audit records of store changes (agent/trail.go)
 	chainBreak *ChainBreak // unacknowledged audit chain break (under mu)
 	started    time.Time
 
@@ -106,6 +110,11 @@ type Daemon struct {
 	foreign chan struct{} // someone else committed to nftables; our elements may be gone
 
 	uninstalled bool // the table was removed on request: no self-heal
+
+	// crashAfterCommit, set by tests, simulates a crash between the store
+	// commit of a change and its audit write: when it returns true, the
+	// change stays committed and its audit line is never written.
+	crashAfterCommit func() bool
 
 	bulk atomic.Bool // a large change just happened: return freed memory to the OS
 
@@ -162,12 +171,18 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	al, brk, err := openAudit(st, cfg.StateDir, d.now, d.log)
+	d.store = st
+	anchor, _ := readAnchor(st)
+	al, brk, fresh, err := openAudit(st, cfg.StateDir, d.now, d.log, d.onAuditSync, opts.AuditFile)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	d.store, d.audit, d.chainBreak = st, al, brk
+	d.audit, d.chainBreak = al, brk
+	if err := d.recoverAudit(anchor.Seq, fresh); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	d.limiter = newPeerLimiter(cfg.Control.Rate, cfg.Control.Burst)
 	d.registerOps()
 	if err := d.load(); err != nil {
@@ -221,11 +236,22 @@ func (d *Daemon) Config() Config {
 // Store is the durable store; others keep small state in its key/value space.
 func (d *Daemon) Store() *store.Store { return d.store }
 
-// Audit appends an event to the audit log (and the structured log).
-func (d *Daemon) Audit(event string, fields map[string]any) {
+// Audit appends an event to the audit log (and the structured log). An
+// error (wrapping audit.ErrFailed) means the line was not written; it is
+// logged, and status reports the failure while it lasts. Requests that
+// change the store check their audit write through the trail instead
+// (agent/trail.go), and fail when it fails.
+func (d *Daemon) Audit(event string, fields map[string]any) error {
 	if err := d.audit.Append(event, fields); err != nil {
 		d.log.Error("audit append failed", "event", event, "err", err)
+		return err
 	}
+	d.logAudit(event, fields)
+	return nil
+}
+
+// logAudit writes an audit event to the structured log.
+func (d *Daemon) logAudit(event string, fields map[string]any) {
 	attrs := make([]any, 0, 2*len(fields)+2)
 	attrs = append(attrs, "event", event)
 	for k, v := range fields {

@@ -80,8 +80,27 @@ type Status struct {
 	StateDir     string        `json:"state_dir"`
 	AuditSeq     uint64        `json:"audit_seq"`
 	AuditBreak   *ChainBreak   `json:"audit_chain_broken,omitempty"` // until acknowledged (parry audit ack)
+	AuditFailure *AuditFailure `json:"audit_failure,omitempty"`      // while audit appends fail
 	Policy       PolicyStatus  `json:"policy"`
 	Fleet        *fleet.Status `json:"fleet,omitempty"` // absent: fleet off
+}
+
+// AuditFailure is an audit log write or sync that failed, reported until
+// an append succeeds again. While it lasts, requests that change state are
+// refused with code "audit".
+type AuditFailure struct {
+	Since time.Time `json:"since"` // first failure of this run
+	Op    string    `json:"op"`    // "write" or "sync"
+	Error string    `json:"error"` // the last error
+	Count int       `json:"count"` // failed appends and syncs since
+}
+
+func (d *Daemon) auditFailure() *AuditFailure {
+	f := d.audit.Failure()
+	if f == nil {
+		return nil
+	}
+	return &AuditFailure{Since: f.Since, Op: f.Op, Error: f.Error, Count: f.Count}
 }
 
 // Status reports the daemon's state from memory (never the kernel).
@@ -92,7 +111,7 @@ func (d *Daemon) Status() Status {
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
 	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, Policy: d.policyStatus(), Fleet: d.fleetStatus()}
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, AuditFailure: d.auditFailure(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }

@@ -184,6 +184,9 @@ func (d *Daemon) handleLineInto(ctx context.Context, peer Peer, line []byte, buf
 		d.Audit("refuse", map[string]any{"op": call.Op, "code": CodeForbidden, "sender": peer.String()})
 		return errorLine(call.rawID(), errorf(CodeForbidden, "%s may not use op %q: run as root or as a member of control.admin_groups", peer.User, call.Op))
 	}
+	if !op.params && len(call.params) > 0 { // before the op runs: an ignored field could mean "not this" (dry_run, confirm)
+		return errorLine(call.rawID(), errorf(CodeBadRequest, "op %s takes no parameters: unknown field %q", call.Op, truncate(string(call.params[0].key), 64)))
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			d.log.Error("control: panic in op (a bug)", "op", call.Op, "panic", r)

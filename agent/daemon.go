@@ -291,8 +291,9 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		restart = append(restart, "fleet")
 		cfg.Fleet = old.Fleet
 	}
-	if cfg.Control.MaxConnections != old.Control.MaxConnections {
-		restart = append(restart, "control.max_connections")
+	if cfg.Control.MaxConnections != old.Control.MaxConnections || cfg.Control.MaxConnectionsPerUID != old.Control.MaxConnectionsPerUID ||
+		cfg.Control.AdminReserve != old.Control.AdminReserve {
+		restart = append(restart, "control.max_connections/max_connections_per_uid/admin_reserve")
 	}
 	if err := d.fw.SetAllow(cfg.AllowPrefixes()); err != nil {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})

@@ -51,12 +51,23 @@ func Listen(cfg Config) (net.Listener, error) {
 }
 
 // Serve accepts control connections on ln until ctx ends.
+//
+// Admission, so that no local user can keep root out (docs/protocol.md,
+// Limits): a uid other than root may hold control.max_connections_per_uid
+// connections, counted from SO_PEERCRED at accept before anything slow;
+// once the peer is resolved (user database, admin groups), it takes one
+// of control.max_connections slots, of which the last control.admin_reserve
+// are for root and admin_groups only. Every answer is written under
+// control.write_timeout: a peer that does not read is disconnected.
 func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	sem := make(chan struct{}, d.Config().Control.MaxConnections)
+	// Fixed while serving (restart to change), and read here, not per
+	// connection: the accept loop never waits on the daemon's lock.
+	limits := d.Config().Control
+	slots := newConnSlots(limits.MaxConnections)
 	var conns sync.Map
 	defer conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
 	for {
@@ -71,45 +82,79 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("control socket accept: %w", err)
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			d.log.Warn("control: too many connections; refusing one")
-			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = c.Write(errorLine(nil, &Error{Code: CodeTooManyConns, Message: "too many connections; try again"}))
+		cred, err := peerCred(c)
+		if err != nil {
+			d.log.Warn("control: no peer credentials; closing", "err", err)
 			c.Close()
+			continue
+		}
+		if !slots.enterUID(cred.UID, limits.MaxConnectionsPerUID) {
+			d.refuseConn(c, limits.WriteTimeout.D(), "uid", cred.UID, errorf(CodeTooManyConns,
+				"uid %d already has %d connections (control.max_connections_per_uid); close some and try again", cred.UID, limits.MaxConnectionsPerUID))
 			continue
 		}
 		conns.Store(c, nil)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
+			defer slots.leaveUID(cred.UID)
 			defer conns.Delete(c)
 			defer c.Close()
-			d.serveConn(ctx, c)
+			cfg := d.Config().Control
+			peer := resolvePeer(cred, cfg.AdminGroups)
+			if !slots.take(peer.Admin, limits.AdminReserve) {
+				d.refuseConn(c, cfg.WriteTimeout.D(), "peer", peer.String(), errorf(CodeTooManyConns, "too many connections; try again"))
+				return
+			}
+			defer slots.put()
+			d.serveConn(ctx, c, peer, cfg)
 		}()
 	}
 }
 
+// refuseConn answers a connection it will not serve with one error line
+// (under the write timeout) and closes it.
+func (d *Daemon) refuseConn(c net.Conn, timeout time.Duration, key string, who any, e *Error) {
+	d.log.Warn("control: too many connections; refusing one", key, who, "reason", e.Message)
+	_, _ = deadlineWriter{c, timeout}.Write(errorLine(nil, e))
+	c.Close()
+}
+
+// deadlineWriter gives every write to the connection its own deadline, so
+// a peer that stops reading its answers cannot hold the connection (and
+// its slot) for longer than the timeout.
+type deadlineWriter struct {
+	c       net.Conn
+	timeout time.Duration
+}
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	if err := w.c.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+		return 0, err
+	}
+	return w.c.Write(p)
+}
+
 // serveConn reads one request per line and writes one response per line,
 // in order. Nothing a client sends can crash it.
-func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
+func (d *Daemon) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Control) {
 	defer func() {
 		if r := recover(); r != nil {
 			d.log.Error("control: panic serving a connection (a bug)", "panic", r)
 		}
 	}()
-	cfg := d.Config().Control
-	peer, err := peerCred(c)
-	if err != nil {
-		d.log.Warn("control: no peer credentials; closing", "err", err)
-		return
-	}
-	peer = resolvePeer(peer, cfg.AdminGroups)
 	r := bufio.NewReaderSize(c, cfg.MaxLineBytes)
-	w := bufio.NewWriterSize(c, 64<<10)
-	defer w.Flush()
+	w := bufio.NewWriterSize(deadlineWriter{c, cfg.WriteTimeout.D()}, 64<<10)
+	var werr error
+	defer func() {
+		if werr == nil {
+			werr = w.Flush()
+		}
+		if errors.Is(werr, os.ErrDeadlineExceeded) {
+			d.log.Warn("control: peer does not read its answers; closing the connection",
+				"peer", peer.String(), "write_timeout", cfg.WriteTimeout.D())
+		}
+	}()
 	var call Call // reused by every request of the connection
 	for ctx.Err() == nil {
 		_ = c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout.D()))
@@ -119,7 +164,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 		case errors.Is(err, bufio.ErrBufferFull):
 			resp = errorLine(nil, errorf(CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes))
 			if !discardLine(r) {
-				_, _ = w.Write(resp)
+				_, werr = w.Write(resp)
 				return
 			}
 		case err != nil && len(bytes.TrimSpace(line)) == 0:
@@ -130,11 +175,11 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 			}
 			resp = d.handleLineInto(ctx, peer, line, &call)
 		}
-		if _, werr := w.Write(resp); werr != nil {
+		if _, werr = w.Write(resp); werr != nil {
 			return
 		}
 		if r.Buffered() == 0 { // batch responses to pipelined requests
-			if w.Flush() != nil {
+			if werr = w.Flush(); werr != nil {
 				return
 			}
 		}

@@ -17,7 +17,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/parryhq/parry/test/netns"
@@ -360,5 +362,77 @@ func TestConnSlotsKeepRoomForAdmins(t *testing.T) {
 	s.leaveUID(1000)
 	if !s.enterUID(1000, perUID) {
 		t.Fatal("uid 1000 did not get its per-uid slot back")
+	}
+}
+
+// TestRefusalsAggregated: N refusals of one (uid, op) within an interval
+// give one line at once and one summary with count N-1 when the interval
+// ends; another pair is not held back; a quiet interval starts over.
+func TestRefusalsAggregated(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var lines []map[string]any
+		got := func() []map[string]any { mu.Lock(); defer mu.Unlock(); return slices.Clone(lines) }
+		r := newRefusals(10*time.Second, time.Now, func(f map[string]any) { mu.Lock(); lines = append(lines, f); mu.Unlock() })
+		refuse := func(uid uint32, op string) {
+			r.note(uid, op, map[string]any{"op": op, "code": CodeForbidden, "sender": fmt.Sprintf("uid=%d", uid)})
+		}
+		const n = 14000
+		for range n {
+			refuse(1000, "status")
+			time.Sleep(time.Millisecond / 4) // fake time: 3.5s of refusals
+		}
+		refuse(1001, "status")
+		if l := got(); len(l) != 2 || l[0]["sender"] != "uid=1000" || l[1]["sender"] != "uid=1001" || l[0]["count"] != nil {
+			t.Fatalf("before the interval ends: %v, want the first refusal of each uid", l)
+		}
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		l := got()
+		if len(l) != 3 || l[2]["count"] != n-1 || l[2]["op"] != "status" || l[2]["sender"] != "uid=1000" {
+			t.Fatalf("after the interval: %v, want one summary with count %d", l, n-1)
+		}
+		if since, until := l[2]["since"].(time.Time), l[2]["until"].(time.Time); !until.After(since) {
+			t.Fatalf("summary since %v until %v", since, until)
+		}
+		// Still refused in the next interval: counted again, written at close.
+		refuse(1000, "status")
+		refuse(1000, "status")
+		r.close()
+		if l := got(); len(l) != 4 || l[3]["count"] != 2 {
+			t.Fatalf("at close: %v, want a summary with count 2", l[3:])
+		}
+		// A whole quiet interval: the next refusal is written at once again.
+		r2 := newRefusals(10*time.Second, time.Now, func(f map[string]any) { mu.Lock(); lines = append(lines, f); mu.Unlock() })
+		r2.note(7, "list", map[string]any{"op": "list"})
+		time.Sleep(25 * time.Second)
+		synctest.Wait()
+		before := len(got())
+		r2.note(7, "list", map[string]any{"op": "list"})
+		if l := got(); len(l) != before+1 || l[len(l)-1]["count"] != nil {
+			t.Fatalf("after a quiet interval: %v, want the refusal written at once", l[before:])
+		}
+		r2.close()
+	})
+}
+
+// TestRefusalFloodAuditsTwoLines: a user with no rights asking for status
+// again and again leaves one refuse line at once and one summary.
+func TestRefusalFloodAuditsTwoLines(t *testing.T) {
+	d := newTestDaemon(t, testConfig(t), newFakeFW(), &clock{t: time.Now()})
+	alice := Peer{UID: 1000, User: "alice"}
+	const n = 500
+	for range n {
+		if w := answer(t, d.handleLine(context.Background(), alice, []byte(`{"op":"status"}`))); w.OK || w.Error.Code != CodeForbidden {
+			t.Fatalf("non-admin status: %+v", w)
+		}
+	}
+	if got := auditEvents(t, d, "refuse"); len(got) != 1 || got[0]["op"] != "status" {
+		t.Fatalf("refuse lines after %d refusals: %v, want 1", n, got)
+	}
+	d.refusals.close() // as Close does
+	got := auditEvents(t, d, "refuse")
+	if len(got) != 2 || got[1]["count"] != float64(n-1) {
+		t.Fatalf("refuse lines at close: %v, want a summary with count %d", got, n-1)
 	}
 }

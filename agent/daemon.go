@@ -105,6 +105,8 @@ type Daemon struct {
 	heal    chan struct{}
 	foreign chan struct{} // someone else committed to nftables; our elements may be gone
 
+	refusals *refusals // audit lines of repeated refusals, aggregated (refuse.go)
+
 	uninstalled bool // the table was removed on request: no self-heal
 
 	bulk atomic.Bool // a large change just happened: return freed memory to the OS
@@ -169,6 +171,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	d.store, d.audit, d.chainBreak = st, al, brk
 	d.limiter = newPeerLimiter(cfg.Control.Rate, cfg.Control.Burst)
+	d.refusals = newRefusals(refuseInterval, d.now, func(f map[string]any) { d.Audit("refuse", f) })
 	d.registerOps()
 	if err := d.load(); err != nil {
 		d.Close()
@@ -191,6 +194,9 @@ func (d *Daemon) Close() error {
 	var errs []error
 	if d.audit != nil {
 		d.flushSignals()
+		if d.refusals != nil {
+			d.refusals.close()
+		}
 	}
 	if d.store != nil && d.Policy() != nil {
 		d.flushOffenders()

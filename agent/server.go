@@ -226,7 +226,7 @@ func (d *Daemon) handleLineInto(ctx context.Context, peer Peer, line []byte, buf
 		return errorLine(call.rawID(), errorf(CodeRateLimited, "too many requests from uid %d; slow down", peer.UID))
 	}
 	if !op.perm(d, peer) {
-		d.Audit("refuse", map[string]any{"op": call.Op, "code": CodeForbidden, "sender": peer.String()})
+		d.refusals.note(peer.UID, call.Op, map[string]any{"op": call.Op, "code": CodeForbidden, "sender": peer.String()})
 		return errorLine(call.rawID(), errorf(CodeForbidden, "%s may not use op %q: run as root or as a member of control.admin_groups", peer.User, call.Op))
 	}
 	if !op.params && len(call.params) > 0 { // before the op runs: an ignored field could mean "not this" (dry_run, confirm)

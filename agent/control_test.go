@@ -436,3 +436,20 @@ func TestRefusalFloodAuditsTwoLines(t *testing.T) {
 		t.Fatalf("refuse lines at close: %v, want a summary with count %d", got, n-1)
 	}
 }
+
+func TestLogThrottle(t *testing.T) {
+	l := &logThrottle{interval: 10 * time.Second}
+	t0 := time.Unix(1000, 0)
+	logged := 0
+	for i := range 1000 {
+		if n, ok := l.allow(t0.Add(time.Duration(i) * 15 * time.Millisecond)); ok { // 15 s of refusals
+			logged++
+			if logged == 2 && n != 667 {
+				t.Fatalf("second line counts %d refusals, want 667 (those of the first 10 s after the first line)", n)
+			}
+		}
+	}
+	if logged != 2 {
+		t.Fatalf("%d log lines for 15 s of refusals, want 2", logged)
+	}
+}

@@ -68,6 +68,7 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	// connection: the accept loop never waits on the daemon's lock.
 	limits := d.Config().Control
 	slots := newConnSlots(limits.MaxConnections)
+	refusedLog := &logThrottle{interval: refuseInterval}
 	var conns sync.Map
 	defer conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
 	for {
@@ -89,7 +90,7 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		if !slots.enterUID(cred.UID, limits.MaxConnectionsPerUID) {
-			d.refuseConn(c, limits.WriteTimeout.D(), "uid", cred.UID, errorf(CodeTooManyConns,
+			d.refuseConn(c, refusedLog, "uid", cred.UID, errorf(CodeTooManyConns,
 				"uid %d already has %d connections (control.max_connections_per_uid); close some and try again", cred.UID, limits.MaxConnectionsPerUID))
 			continue
 		}
@@ -103,7 +104,11 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 			cfg := d.Config().Control
 			peer := resolvePeer(cred, cfg.AdminGroups)
 			if !slots.take(peer.Admin, limits.AdminReserve) {
-				d.refuseConn(c, cfg.WriteTimeout.D(), "peer", peer.String(), errorf(CodeTooManyConns, "too many connections; try again"))
+				msg := "too many connections; try again"
+				if !peer.Admin && limits.AdminReserve > 0 {
+					msg = fmt.Sprintf("too many connections (the last %d of control.max_connections are kept for root and control.admin_groups); try again", limits.AdminReserve)
+				}
+				d.refuseConn(c, refusedLog, "peer", peer.String(), errorf(CodeTooManyConns, "%s", msg))
 				return
 			}
 			defer slots.put()
@@ -113,11 +118,37 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // refuseConn answers a connection it will not serve with one error line
-// (under the write timeout) and closes it.
-func (d *Daemon) refuseConn(c net.Conn, timeout time.Duration, key string, who any, e *Error) {
-	d.log.Warn("control: too many connections; refusing one", key, who, "reason", e.Message)
-	_, _ = deadlineWriter{c, timeout}.Write(errorLine(nil, e))
+// and closes it. The line goes into the empty buffer of a new socket, so
+// the write never waits; its short deadline only makes sure of that (the
+// accept loop calls this). The log line is throttled: a peer reconnecting
+// in a loop must not flood the journal either.
+func (d *Daemon) refuseConn(c net.Conn, lt *logThrottle, key string, who any, e *Error) {
+	if n, ok := lt.allow(time.Now()); ok {
+		d.log.Warn("control: too many connections; refusing", key, who, "reason", e.Message, "refused_since_last_line", n)
+	}
+	_, _ = deadlineWriter{c, 100 * time.Millisecond}.Write(errorLine(nil, e))
 	c.Close()
+}
+
+// logThrottle lets the first event be logged at once, then at most one
+// line per interval, with the number of events since the last line.
+type logThrottle struct {
+	interval time.Duration
+
+	mu   sync.Mutex
+	last time.Time
+	n    int
+}
+
+func (l *logThrottle) allow(now time.Time) (n int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n++
+	if !l.last.IsZero() && now.Sub(l.last) < l.interval {
+		return 0, false
+	}
+	n, l.n, l.last = l.n, 0, now
+	return n, true
 }
 
 // deadlineWriter gives every write to the connection its own deadline, so

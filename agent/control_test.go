@@ -173,7 +173,7 @@ func TestControlSocketStallingUser(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Socket = filepath.Join(sockDir, "parry.sock")
 	cfg.Control.SocketMode = "0666"
-	cfg.Control.WriteTimeout = Duration(2 * time.Second)
+	cfg.Control.WriteTimeout = Duration(3 * time.Second)
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -260,9 +260,13 @@ func TestControlSocketStallingUser(t *testing.T) {
 	}
 
 	// The stalled connections are dropped after the write timeout.
+	bound := time.Now().Add(cfg.Control.WriteTimeout.D() + 10*time.Second)
 	for closed := 0; closed < served; {
 		if l := next("closed"); strings.HasPrefix(l, "closed ") {
 			closed++
+		}
+		if time.Now().After(bound) {
+			t.Fatalf("the stalled connections were not all closed within the write timeout + 10s")
 		}
 	}
 	if !strings.Contains(logs.String(), "peer does not read its answers") {

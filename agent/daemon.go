@@ -109,6 +109,8 @@ type Daemon struct {
 	heal    chan struct{}
 	foreign chan struct{} // someone else committed to nftables; our elements may be gone
 
+	refusals *refusals // audit lines of repeated refusals, aggregated (refuse.go)
+
 	uninstalled bool // the table was removed on request: no self-heal
 
 	// crashAfterCommit, set by tests, simulates a crash between the store
@@ -184,6 +186,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	d.limiter = newPeerLimiter(cfg.Control.Rate, cfg.Control.Burst)
+	d.refusals = newRefusals(refuseInterval, d.now, func(f map[string]any) { d.Audit("refuse", f) })
 	d.registerOps()
 	if err := d.load(); err != nil {
 		d.Close()
@@ -206,6 +209,9 @@ func (d *Daemon) Close() error {
 	var errs []error
 	if d.audit != nil {
 		d.flushSignals()
+		if d.refusals != nil {
+			d.refusals.close()
+		}
 	}
 	if d.store != nil && d.Policy() != nil {
 		d.flushOffenders()
@@ -317,8 +323,9 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		restart = append(restart, "fleet")
 		cfg.Fleet = old.Fleet
 	}
-	if cfg.Control.MaxConnections != old.Control.MaxConnections {
-		restart = append(restart, "control.max_connections")
+	if cfg.Control.MaxConnections != old.Control.MaxConnections || cfg.Control.MaxConnectionsPerUID != old.Control.MaxConnectionsPerUID ||
+		cfg.Control.AdminReserve != old.Control.AdminReserve {
+		restart = append(restart, "control.max_connections/max_connections_per_uid/admin_reserve")
 	}
 	if err := d.fw.SetAllow(cfg.AllowPrefixes()); err != nil {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})

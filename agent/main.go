@@ -164,7 +164,7 @@ func (m *Main) Run(ctx context.Context) error {
 		return r, func() { _ = conn.CloseLasting() }, nil
 	}})
 	if err != nil {
-		return err
+		return m.corruptStore(cfg, err)
 	}
 	m.Daemon = d
 	inc, err := AttachIncident(d, m.configFile())

@@ -205,6 +205,12 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	defer m.stopFleet()
 	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": d.Status().ActiveBlocks})
+	// Follow the host's addresses as they change (the watcher resyncs once
+	// it is subscribed), and take the current ones out of stored blocks:
+	// an address may have appeared while parryd was down.
+	addrsDone := make(chan struct{})
+	go func() { defer close(addrsDone); d.followAddrs(ctx) }()
+	d.unblockOwnAddrs()
 	incDone := make(chan struct{})
 	go func() { inc.Run(ctx); close(incDone) }()
 	notify(m.Logger, sddaemon.SdNotifyReady)
@@ -232,6 +238,7 @@ func (m *Main) Run(ctx context.Context) error {
 	cancel()
 	<-maintained
 	<-integrityDone
+	<-addrsDone
 	<-incDone // evidence in flight is written and audited before the log closes
 	d.Audit("stop", map[string]any{"pid": os.Getpid()})
 	return err

@@ -60,6 +60,9 @@ type Options struct {
 	Now      func() time.Time // default time.Now
 	// HostAddrs reads the host's own addresses; default HostAddrs.
 	HostAddrs func() ([]netip.Addr, error)
+	// AddrEvents reports changes of the host's addresses as they happen;
+	// default NetlinkAddrs (rtnetlink, in the daemon's network namespace).
+	AddrEvents AddrEvents
 	// Sweeper opens a second, independent reader of the kernel's block
 	// sets for the sweep of unknown elements after a start with the table
 	// present. Dumping a 100k-element hash set takes seconds (the kernel
@@ -83,6 +86,7 @@ type Daemon struct {
 	now        func() time.Time
 	fw         Enforcer
 	hostAddrs  func() ([]netip.Addr, error)
+	addrEvents AddrEvents
 	sweeper    func() (ElementReader, func(), error)
 	store      *store.Store
 	audit      *audit.Log
@@ -152,7 +156,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, errors.New("agent: no firewall")
 	}
 	d := &Daemon{
-		log: opts.Logger, now: opts.Now, fw: opts.Firewall, hostAddrs: opts.HostAddrs, sweeper: opts.Sweeper,
+		log: opts.Logger, now: opts.Now, fw: opts.Firewall, hostAddrs: opts.HostAddrs, addrEvents: opts.AddrEvents, sweeper: opts.Sweeper,
 		cfg: cfg, blocks: newIndex(), closing: make(chan struct{}), heal: make(chan struct{}, 1),
 		foreign: make(chan struct{}, 1),
 	}
@@ -164,6 +168,9 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	if d.hostAddrs == nil {
 		d.hostAddrs = HostAddrs
+	}
+	if d.addrEvents == nil {
+		d.addrEvents = NetlinkAddrs{}
 	}
 	d.started = d.now()
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
@@ -375,9 +382,20 @@ func (d *Daemon) blocksInAllowlist(allow []netip.Prefix) (int, string) {
 	return n, example
 }
 
-// RefreshHostAddrs re-reads the host's own addresses for the guard.
+// RefreshHostAddrs re-reads the host's own addresses for the guard and
+// takes a new one out of the active blocks that cover it (agent/ownaddr.go).
+// The address watcher calls it on every change, the maintenance loop every
+// 30 s as a safety net.
 func (d *Daemon) RefreshHostAddrs() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.refreshGuard()
+	d.refreshOwn("refresh")
+}
+
+// unblockOwnAddrs takes every current own address out of the active
+// blocks (at start: an address may have appeared while parryd was down).
+func (d *Daemon) unblockOwnAddrs() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.unblockOwn(d.guard.Own)
 }

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -82,24 +83,24 @@ type Pending struct {
 
 // Store is the open database.
 type Store struct {
-	db *bolt.DB
+	db   *bolt.DB
+	path string
 }
 
-// Open opens (creating if needed) the store file at path.
+// Open opens (creating if needed) the store file at path. A file that
+// fails the consistency check (see check) is refused with a
+// *CorruptError and left as it is; Open never panics on a bad file.
 func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        2 * time.Second, // another parryd holds the lock
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-	})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("open store %s: locked by another process (is another parryd running with this state dir?): %w", path, err)
+	opts := options()
+	if err := check(path, opts); err != nil {
+		return nil, openErr(path, err)
 	}
+	db, err := openRW(path, opts)
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", path, err)
+		return nil, openErr(path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketBlocks, bucketDecisions, bucketState, bucketKV, bucketPending} {
@@ -113,8 +114,44 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: create buckets: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, path: path}, nil
 }
+
+func options() bolt.Options {
+	return bolt.Options{
+		Timeout:        2 * time.Second, // another parryd holds the lock
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	}
+}
+
+// openRW is bolt.Open with a panic (a bad page found while rebuilding the
+// free list) turned into a CorruptError. After a panic the descriptor is
+// lost; the caller is expected to stop.
+func openRW(path string, opts bolt.Options) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, recovered(path, r)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &opts)
+	return db, corruptErr(path, err)
+}
+
+func openErr(path string, err error) error {
+	var ce *CorruptError
+	switch {
+	case errors.As(err, &ce):
+		return err // already names the file
+	case errors.Is(err, berrors.ErrTimeout):
+		return fmt.Errorf("open store %s: locked by another process (is another parryd running with this state dir?): %w", path, err)
+	}
+	return fmt.Errorf("open store %s: %w", path, err)
+}
+
+// Path is the store file.
+func (s *Store) Path() string { return s.path }
 
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
@@ -226,8 +263,14 @@ func (s *Store) Commit(c Change) error {
 
 // Load calls block for every stored block and decision for every stored
 // decision, in one read transaction.
-func (s *Store) Load(block func(Block), decision func(Decision)) error {
-	err := s.db.View(func(tx *bolt.Tx) error {
+func (s *Store) Load(block func(Block), decision func(Decision)) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("store load: %w", recovered(s.path, r))
+		}
+	}()
+	err = s.db.View(func(tx *bolt.Tx) error {
 		err := tx.Bucket(bucketDecisions).ForEach(func(k, v []byte) error {
 			var d Decision
 			if err := json.Unmarshal(v, &d); err != nil {

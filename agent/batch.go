@@ -100,8 +100,8 @@ func (d *Daemon) blockRun(decs []response.Decision, outs []Outcome, opt EnforceO
 				run.put(p, entry{created: nowMs})
 			}
 		}
-		d.planBlock(pl, dec, ts, &out)
-		outs[i], targets[i] = out, ts
+		targets[i] = d.planBlock(pl, dec, ts, &out)
+		outs[i] = out
 	}
 	err := d.commitBlocks(pl)
 	for i, dec := range decs {

@@ -244,9 +244,6 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	out := SignalResult{Outcome: res.Outcome, Progress: res.Progress}
 	blocked := false
 	for _, dec := range res.Decisions {
-		if dec.Action == response.ActionLockdown && !dec.DryRun {
-			dec = d.mergeLockdown(dec)
-		}
 		sd := SignalDecision{Decision: dec}
 		o, err := d.Enforce(ctx, dec)
 		if err != nil {
@@ -298,10 +295,9 @@ const (
 
 // mergeLockdown keeps a policy lockdown from shortening or loosening an
 // active one (an operator's, typically): it ends no earlier, isolates if
-// either does, and keeps the active lockdown's allowlist.
+// either does, and keeps the active lockdown's allowlist. Caller holds d.mu
+// (startLockdown), so nothing changes between the merge and the lockdown.
 func (d *Daemon) mergeLockdown(dec response.Decision) response.Decision {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	cur := d.lockdownState()
 	if !cur.Active {
 		return dec

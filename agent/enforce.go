@@ -38,6 +38,11 @@ type EnforceOptions struct {
 	// refused ones in Outcome.Refused. Without it, any refusal refuses the
 	// whole decision and nothing changes.
 	Partial bool
+	// SenderCap counts the targets a block blocks or lengthens against
+	// response.sender_block_cap, and refuses the block (sender_block_cap)
+	// when the cap is reached: for decisions caused by a non-admin sender's
+	// signal (blockcap.go). Such a refusal is not audited one by one.
+	SenderCap bool
 }
 
 // Enforce is the single path by which anything changes the kernel: the
@@ -91,7 +96,7 @@ func (d *Daemon) enforceLocked(dec response.Decision, opt EnforceOptions) Outcom
 // finish audits a refusal (out.Err set; the success was audited by the
 // action) and tells the observers. Caller holds d.mu.
 func (d *Daemon) finish(dec response.Decision, out Outcome) {
-	if out.Err != nil {
+	if out.Err != nil && CodeOf(out.Err) != CodeSenderBlockCap { // the cap audits once per window
 		f := decisionFields(dec, Outcome{ID: dec.ID, Action: dec.Action})
 		f["code"], f["error"] = CodeOf(out.Err), out.Err.Error()
 		d.Audit("refuse", f)
@@ -169,9 +174,17 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 	if err != nil {
 		return out, err
 	}
+	if opt.SenderCap && d.changes(dec, targets, pl.now.UnixMilli()) {
+		if err := d.capAdmit(dec, pl.now); err != nil {
+			return Outcome{ID: dec.ID, Action: dec.Action}, err
+		}
+	}
 	changed := d.planBlock(pl, dec, targets, &out)
 	if err := d.commitBlocks(pl); err != nil {
 		return Outcome{ID: dec.ID, Action: dec.Action}, err
+	}
+	if opt.SenderCap {
+		d.blockCap.blocks += len(changed)
 	}
 	out.Applied = changed
 	applied := dec

@@ -234,7 +234,7 @@ type blockPlan struct {
 	now      time.Time
 	ch, undo store.Change
 	elems    []firewall.Element
-	targets  []netip.Prefix // all targets, distinct
+	targets  []netip.Prefix // targets taken over by the plan's decisions, distinct (orphan check)
 	lastSeq  uint64         // d.blocks.lastSeq before the plan
 }
 
@@ -345,7 +345,7 @@ func (d *Daemon) commitBlocks(pl *blockPlan) error {
 	for _, b := range pl.ch.PutBlocks {
 		d.blocks.put(b.Prefix, entry{created: b.Created, until: b.Until, dec: b.Decision})
 	}
-	if len(pl.targets) >= bulkTargets {
+	if len(pl.elems) >= bulkTargets {
 		d.bulk.Store(true)
 	}
 	return nil

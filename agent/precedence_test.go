@@ -318,3 +318,22 @@ func TestNonAdminReleaseRefused(t *testing.T) {
 		t.Error("a non-admin release ended the lockdown")
 	}
 }
+
+// Who made a block survives a restart: the store keeps it.
+func TestAdminBlockSurvivesRestartAsAdmins(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
+	cfg := testConfig(t)
+	fw := newFakeFW()
+	d := newTestDaemon(t, cfg, fw, clk)
+	admin(t, d, `{"op":"block","targets":["`+precTarget+`"],"reason":"admin ban","permanent":true}`)
+	d.Close()
+	d = newTestDaemon(t, cfg, fw, clk)
+	if _, err := d.ApplyRemote(context.Background(), remoteDec(response.ActionUnblock, time.Time{})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ApplyRemote(context.Background(), remoteDec(response.ActionBlock, clk.Now().Add(time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	wantView(t, "after a restart, a fleet unblock and a fleet 1h block", viewBlock(t, d, fw, precPrefix),
+		blockView{Until: "permanent", Reason: "admin ban", Stored: "permanent", Timeout: "0s"})
+}

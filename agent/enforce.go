@@ -76,7 +76,7 @@ func (d *Daemon) enforceLocked(dec response.Decision, opt EnforceOptions) Outcom
 	switch {
 	case dec.DryRun || dec.Action == response.ActionLog || dec.Action == response.ActionNotify:
 		out = Outcome{ID: dec.ID, Action: dec.Action, DryRun: dec.DryRun, Until: dec.Until}
-		d.Audit(string(dec.Action), decisionFields(dec, out))
+		err = d.writeAudit([]auditEvent{{string(dec.Action), decisionFields(dec, out)}}, nil, nil)
 	case dec.Action == response.ActionBlock:
 		out, err = d.block(dec, opt)
 	case dec.Action == response.ActionUnblock:
@@ -180,6 +180,9 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 		}
 	}
 	changed := d.planBlock(pl, dec, targets, &out)
+	applied := dec
+	applied.Targets = changed
+	pl.audit = append(pl.audit, auditEvent{"block", decisionFields(applied, out)})
 	if err := d.commitBlocks(pl); err != nil {
 		return Outcome{ID: dec.ID, Action: dec.Action}, err
 	}
@@ -187,9 +190,6 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 		d.blockCap.blocks += len(changed)
 	}
 	out.Applied = changed
-	applied := dec
-	applied.Targets = changed
-	d.Audit("block", decisionFields(applied, out))
 	return out, nil
 }
 
@@ -236,6 +236,7 @@ type blockPlan struct {
 	elems    []firewall.Element
 	targets  []netip.Prefix // targets taken over by the plan's decisions, distinct (orphan check)
 	lastSeq  uint64         // d.blocks.lastSeq before the plan
+	audit    []auditEvent   // the audit lines of the plan's decisions
 }
 
 func (d *Daemon) newBlockPlan() *blockPlan {
@@ -318,18 +319,27 @@ func (d *Daemon) planDecision(pl *blockPlan, dec response.Decision) uint64 {
 	return seq
 }
 
-// commitBlocks applies a plan: one store commit (fsync) and one kernel
-// update, run in parallel. If either fails, the other is undone, so nothing
+// commitBlocks applies a plan: one store commit (fsync, with the pending
+// audit records) and one kernel update, run in parallel, then the audit
+// lines. If any of the three fails, the others are undone, so nothing
 // changes, and the error is returned. Caller holds d.mu.
 func (d *Daemon) commitBlocks(pl *blockPlan) error {
-	if len(pl.ch.PutBlocks) == 0 {
-		return nil
+	if len(pl.ch.PutBlocks) == 0 { // nothing to change (every target kept): only the audit lines
+		if len(pl.audit) == 0 {
+			return nil
+		}
+		return d.writeAudit(pl.audit, nil, nil)
 	}
 	// Decisions whose last block this plan takes over are dropped with it.
 	orphans := d.orphansAfterReplace(pl.targets)
 	pl.ch.DelDecisions = orphans
 	for _, o := range orphans {
 		pl.undo.PutDecisions = append(pl.undo.PutDecisions, d.blocks.decision(o))
+	}
+	evs, keys, err := d.stageAudit(&pl.ch, &pl.undo, pl.audit)
+	if err != nil {
+		d.blocks.lastSeq = pl.lastSeq
+		return err
 	}
 	fwDone := make(chan error, 1)
 	go func() { fwDone <- d.fw.Block(pl.elems) }()
@@ -338,6 +348,17 @@ func (d *Daemon) commitBlocks(pl *blockPlan) error {
 	if stErr != nil || fwErr != nil {
 		d.blocks.lastSeq = pl.lastSeq
 		return d.undoBlock(pl.undo, pl.now, stErr, fwErr)
+	}
+	if d.crashAfterCommit != nil && d.crashAfterCommit() {
+		return errorf(CodeInternal, "test: crashed after the store commit")
+	}
+	if err := d.writeAudit(pl.audit, evs, keys); err != nil {
+		d.blocks.lastSeq = pl.lastSeq
+		d.restoreKernel(pl.undo, pl.now)
+		if uerr := d.store.Commit(pl.undo); uerr != nil {
+			d.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
+		}
+		return err
 	}
 	for _, dr := range pl.ch.PutDecisions {
 		d.blocks.addDecision(dr)
@@ -464,10 +485,10 @@ func (d *Daemon) unblock(dec response.Decision) (Outcome, error) {
 	if err != nil {
 		return out, err
 	}
+	pl.audit = append(pl.audit, auditEvent{"unblock", decisionFields(dec, out)})
 	if err := d.commitUnblocks(&pl); err != nil {
 		return Outcome{ID: dec.ID, Action: dec.Action}, err
 	}
-	d.Audit("unblock", decisionFields(dec, out))
 	return out, nil
 }
 
@@ -476,6 +497,7 @@ func (d *Daemon) unblock(dec response.Decision) (Outcome, error) {
 type unblockPlan struct {
 	ch, undo store.Change
 	present  []netip.Prefix // blocked targets to remove, distinct
+	audit    []auditEvent   // the audit lines of the plan's decisions
 }
 
 // planUnblock adds one unblock decision to pl: its targets must not be in
@@ -510,11 +532,15 @@ func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64
 	return out, nil
 }
 
-// commitUnblocks applies a plan: the store first, then the kernel; if the
-// kernel fails, the store is put back. Caller holds d.mu.
+// commitUnblocks applies a plan: the store first (with the pending audit
+// records), then the kernel, then the audit lines; if the kernel or the
+// audit log fails, what was done is put back. Caller holds d.mu.
 func (d *Daemon) commitUnblocks(pl *unblockPlan) error {
-	if len(pl.present) == 0 {
-		return nil
+	if len(pl.present) == 0 { // nothing to change: only the audit lines
+		if len(pl.audit) == 0 {
+			return nil
+		}
+		return d.writeAudit(pl.audit, nil, nil)
 	}
 	lose := map[uint64]int{}
 	for _, p := range pl.present {
@@ -527,6 +553,10 @@ func (d *Daemon) commitUnblocks(pl *unblockPlan) error {
 			pl.undo.PutDecisions = append(pl.undo.PutDecisions, d.blocks.decision(seq))
 		}
 	}
+	evs, keys, err := d.stageAudit(&pl.ch, &pl.undo, pl.audit)
+	if err != nil {
+		return err
+	}
 	if err := d.store.Commit(pl.ch); err != nil {
 		return &Error{Code: CodeStore, Message: err.Error()}
 	}
@@ -536,6 +566,16 @@ func (d *Daemon) commitUnblocks(pl *unblockPlan) error {
 		}
 		d.noteFirewallError(err)
 		return &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
+	}
+	if d.crashAfterCommit != nil && d.crashAfterCommit() {
+		return errorf(CodeInternal, "test: crashed after the store commit")
+	}
+	if err := d.writeAudit(pl.audit, evs, keys); err != nil {
+		d.restoreKernel(pl.undo, d.now())
+		if uerr := d.store.Commit(pl.undo); uerr != nil {
+			d.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
+		}
+		return err
 	}
 	for _, p := range pl.present {
 		d.blocks.del(p)

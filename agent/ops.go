@@ -27,32 +27,46 @@ func PermAdmin(_ *Daemon, p Peer) bool { return p.Admin }
 type Handler func(ctx context.Context, c *Call) (any, error)
 
 type opEntry struct {
-	perm Perm
-	fn   Handler
+	perm   Perm
+	fn     Handler
+	params bool // false: any member besides "op" and "id" is bad_request, refused before fn runs
 }
 
-// handle registers an op. Other parts add theirs with one line in
-// registerOps, the handler in their own file.
+// handle registers an op that takes no parameters: the server refuses a
+// request for it that carries any member besides "op" and "id"
+// (bad_request) before the handler runs. Other parts add theirs with one
+// line in registerOps, the handler in their own file.
 func (d *Daemon) handle(name string, perm Perm, fn Handler) {
+	d.register(name, opEntry{perm: perm, fn: fn})
+}
+
+// handleParams registers an op that takes parameters; its handler must
+// decode them with Call.Decode (strict: unknown fields are bad_request)
+// before it changes anything.
+func (d *Daemon) handleParams(name string, perm Perm, fn Handler) {
+	d.register(name, opEntry{perm: perm, fn: fn, params: true})
+}
+
+func (d *Daemon) register(name string, e opEntry) {
 	if d.ops == nil {
 		d.ops = map[string]opEntry{}
 	}
 	if _, dup := d.ops[name]; dup {
 		panic("agent: op registered twice: " + name)
 	}
-	d.ops[name] = opEntry{perm: perm, fn: fn}
+	d.ops[name] = e
 }
 
 // registerOps is the op registry: one line per op.
 func (d *Daemon) registerOps() {
 	d.handle("ping", PermAnyone, d.opPing)
-	d.handle("signal", PermAnyone, d.opSignal) // per-kind authorisation inside
+	d.handleParams("signal", PermAnyone, d.opSignal) // per-kind authorisation inside
 	d.handle("status", PermAdmin, d.opStatus)
 	d.handle("list", PermAdmin, d.opList)
-	d.handle("block", PermAdmin, d.opBlock)
-	d.handle("unblock", PermAdmin, d.opUnblock)
-	d.handle("lockdown", PermAdmin, d.opLockdown)
-	d.handle("release", PermAdmin, d.opRelease)
+	d.handleParams("block", PermAdmin, d.opBlock)
+	d.handleParams("unblock", PermAdmin, d.opUnblock)
+	d.handleParams("lockdown", PermAdmin, d.opLockdown)
+	d.handleParams("release", PermAdmin, d.opRelease)
 	d.handle("audit_verify", PermAdmin, d.opAuditVerify)
 	d.handle("audit_ack", PermAdmin, d.opAuditAck)
 	d.handle("reload", PermAdmin, d.opReload)
@@ -60,7 +74,7 @@ func (d *Daemon) registerOps() {
 	d.handle("integrity_status", PermAdmin, d.opIntegrityStatus)
 	d.handle("integrity_baseline", PermAdmin, d.opIntegrityBaseline)
 	d.handle("integrity_check", PermAdmin, d.opIntegrityCheck)
-	d.handle("integrity_accept", PermAdmin, d.opIntegrityAccept)
+	d.handleParams("integrity_accept", PermAdmin, d.opIntegrityAccept)
 }
 
 func (d *Daemon) opPing(context.Context, *Call) (any, error) {
@@ -80,8 +94,27 @@ type Status struct {
 	StateDir     string        `json:"state_dir"`
 	AuditSeq     uint64        `json:"audit_seq"`
 	AuditBreak   *ChainBreak   `json:"audit_chain_broken,omitempty"` // until acknowledged (parry audit ack)
+	AuditFailure *AuditFailure `json:"audit_failure,omitempty"`      // while audit appends fail
 	Policy       PolicyStatus  `json:"policy"`
 	Fleet        *fleet.Status `json:"fleet,omitempty"` // absent: fleet off
+}
+
+// AuditFailure is an audit log write or sync that failed, reported until
+// an append succeeds again. While it lasts, requests that change state are
+// refused with code "audit".
+type AuditFailure struct {
+	Since time.Time `json:"since"` // first failure of this run
+	Op    string    `json:"op"`    // "write" or "sync"
+	Error string    `json:"error"` // the last error
+	Count int       `json:"count"` // failed appends and syncs since
+}
+
+func (d *Daemon) auditFailure() *AuditFailure {
+	f := d.audit.Failure()
+	if f == nil {
+		return nil
+	}
+	return &AuditFailure{Since: f.Since, Op: f.Op, Error: f.Error, Count: f.Count}
 }
 
 // Status reports the daemon's state from memory (never the kernel).
@@ -92,7 +125,7 @@ func (d *Daemon) Status() Status {
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
 	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, Policy: d.policyStatus(), Fleet: d.fleetStatus()}
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, AuditFailure: d.auditFailure(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
@@ -130,10 +163,7 @@ func (d *Daemon) Blocks() []BlockInfo {
 	return out
 }
 
-func (d *Daemon) opList(_ context.Context, c *Call) (any, error) {
-	if err := c.Decode(&struct{}{}); err != nil {
-		return nil, err
-	}
+func (d *Daemon) opList(context.Context, *Call) (any, error) {
 	b := d.Blocks()
 	return map[string]any{"count": len(b), "blocks": b}, nil
 }

@@ -227,7 +227,7 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	eng := d.Policy()
 	if !c.Peer.Admin {
 		if err := eng.Authorize(sig.Sender, sig.Kind); err != nil {
-			d.Audit("refuse", map[string]any{"op": "signal", "kind": sig.Kind, "code": CodeForbidden, "sender": c.Peer.String()})
+			d.refusals.note(c.Peer.UID, "signal", map[string]any{"op": "signal", "kind": sig.Kind, "code": CodeForbidden, "sender": c.Peer.String()})
 			d.observeSignal(sig, "forbidden")
 			return nil, errorf(CodeForbidden, "%v", err)
 		}

@@ -27,6 +27,7 @@ var (
 	bucketDecisions = []byte("decisions")
 	bucketState     = []byte("state")
 	bucketKV        = []byte("kv")
+	bucketPending   = []byte("pending_audit")
 	keyLockdown     = []byte("lockdown")
 )
 
@@ -69,6 +70,17 @@ type Lockdown struct {
 	Sender  string         `json:"sender,omitempty"`
 }
 
+// Pending is the audit record of a change, committed in the same
+// transaction as the change and deleted once its audit line is durable.
+// After a crash between the commit and the audit write, the daemon finds it
+// at start and writes the missing line (agent/anchor.go).
+type Pending struct {
+	Key    uint64          `json:"-"`
+	Event  string          `json:"event"`
+	Time   time.Time       `json:"time"`
+	Fields json.RawMessage `json:"fields"` // the audit line's fields, exactly as written
+}
+
 // Store is the open database.
 type Store struct {
 	db *bolt.DB
@@ -91,7 +103,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketBlocks, bucketDecisions, bucketState, bucketKV} {
+		for _, b := range [][]byte{bucketBlocks, bucketDecisions, bucketState, bucketKV, bucketPending} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -117,6 +129,9 @@ type Change struct {
 	DelDecisions  []uint64
 	SetLockdown   *Lockdown // non-nil: store it
 	ClearLockdown bool
+	PutPending    []Pending         // audit records of this change
+	DelPending    []uint64          // keys of audit records now durable in the log
+	PutKV         map[string][]byte // key/value entries (nil value: delete)
 }
 
 // Commit applies c in one fsync'd transaction.
@@ -157,6 +172,33 @@ func (s *Store) Commit(c Change) error {
 		}
 		for _, seq := range c.DelDecisions {
 			if err := db.Delete(seqKey(seq)); err != nil {
+				return err
+			}
+		}
+		pb := tx.Bucket(bucketPending)
+		for _, p := range c.PutPending {
+			v, err := json.Marshal(p)
+			if err != nil {
+				return err
+			}
+			if err := pb.Put(seqKey(p.Key), v); err != nil {
+				return err
+			}
+		}
+		for _, k := range c.DelPending {
+			if err := pb.Delete(seqKey(k)); err != nil {
+				return err
+			}
+		}
+		kv := tx.Bucket(bucketKV)
+		for k, v := range c.PutKV {
+			var err error
+			if v == nil {
+				err = kv.Delete([]byte(k))
+			} else {
+				err = kv.Put([]byte(k), v)
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -211,6 +253,30 @@ func (s *Store) Load(block func(Block), decision func(Decision)) error {
 		return fmt.Errorf("store load: %w", err)
 	}
 	return nil
+}
+
+// Pending returns the audit records not yet known durable in the audit
+// log, in key order.
+func (s *Store) Pending() ([]Pending, error) {
+	var out []Pending
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPending).ForEach(func(k, v []byte) error {
+			var p Pending
+			if len(k) != 8 {
+				return fmt.Errorf("%w: pending audit key %x", ErrCorrupt, k)
+			}
+			if err := json.Unmarshal(v, &p); err != nil {
+				return fmt.Errorf("%w: pending audit %x: %v", ErrCorrupt, k, err)
+			}
+			p.Key = binary.BigEndian.Uint64(k)
+			out = append(out, p)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store pending audit: %w", err)
+	}
+	return out, nil
 }
 
 // Lockdown returns the stored lockdown, or nil.

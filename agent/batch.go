@@ -100,10 +100,10 @@ func (d *Daemon) blockRun(decs []response.Decision, outs []Outcome, opt EnforceO
 				run.put(p, entry{created: nowMs})
 			}
 		}
-		d.planBlock(pl, dec, ts, &out)
-		outs[i], targets[i] = out, ts
+		targets[i] = d.planBlock(pl, dec, ts, &out)
+		outs[i] = out
 		applied := dec
-		applied.Targets = ts
+		applied.Targets = targets[i]
 		pl.audit = append(pl.audit, auditEvent{"block", decisionFields(applied, out)})
 	}
 	err := d.commitBlocks(pl)

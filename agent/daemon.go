@@ -103,6 +103,7 @@ type Daemon struct {
 	incident  atomic.Pointer[Incident] // set by AttachIncident; told of every signal
 	fleet     *fleet.Fleet             // nil: fleet off
 	health    Health
+	blockCap  blockCap // response.sender_block_cap (blockcap.go)
 
 	ops     map[string]opEntry
 	limiter *peerLimiter

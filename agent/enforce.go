@@ -23,6 +23,7 @@ type Outcome struct {
 	Added    int             `json:"added,omitempty"`     // new blocks
 	Updated  int             `json:"updated,omitempty"`   // existing blocks whose expiry changed
 	Removed  int             `json:"removed,omitempty"`   // unblocked
+	Kept     []string        `json:"kept,omitempty"`      // targets left as they were: blocked at least as long, or an admin's block (docs/policy.md)
 	NotFound []string        `json:"not_found,omitempty"` // unblock: targets that were not blocked
 	Refused  []*Error        `json:"refused,omitempty"`   // targets the guard refused (partial mode)
 	Until    time.Time       `json:"until,omitzero"`      // block/lockdown: when it ends; zero = permanent
@@ -37,6 +38,11 @@ type EnforceOptions struct {
 	// refused ones in Outcome.Refused. Without it, any refusal refuses the
 	// whole decision and nothing changes.
 	Partial bool
+	// SenderCap counts the targets a block blocks or lengthens against
+	// response.sender_block_cap, and refuses the block (sender_block_cap)
+	// when the cap is reached: for decisions caused by a non-admin sender's
+	// signal (blockcap.go). Such a refusal is not audited one by one.
+	SenderCap bool
 }
 
 // Enforce is the single path by which anything changes the kernel: the
@@ -90,7 +96,7 @@ func (d *Daemon) enforceLocked(dec response.Decision, opt EnforceOptions) Outcom
 // finish audits a refusal (out.Err set; the success was audited by the
 // action) and tells the observers. Caller holds d.mu.
 func (d *Daemon) finish(dec response.Decision, out Outcome) {
-	if out.Err != nil {
+	if out.Err != nil && CodeOf(out.Err) != CodeSenderBlockCap { // the cap audits once per window
 		f := decisionFields(dec, Outcome{ID: dec.ID, Action: dec.Action})
 		f["code"], f["error"] = CodeOf(out.Err), out.Err.Error()
 		d.Audit("refuse", f)
@@ -141,6 +147,12 @@ func decisionFields(dec response.Decision, out Outcome) map[string]any {
 	if len(out.NotFound) > 0 {
 		f["not_found"] = out.NotFound
 	}
+	if len(out.Kept) > 0 {
+		f["kept"] = out.Kept
+	}
+	if dec.Admin {
+		f["admin"] = true
+	}
 	if len(out.Refused) > 0 {
 		f["refused"] = out.Refused
 	}
@@ -162,14 +174,22 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 	if err != nil {
 		return out, err
 	}
-	d.planBlock(pl, dec, targets, &out)
+	if opt.SenderCap && d.changes(dec, targets, pl.now.UnixMilli()) {
+		if err := d.capAdmit(dec, pl.now); err != nil {
+			return Outcome{ID: dec.ID, Action: dec.Action}, err
+		}
+	}
+	changed := d.planBlock(pl, dec, targets, &out)
 	applied := dec
-	applied.Targets = targets
+	applied.Targets = changed
 	pl.audit = append(pl.audit, auditEvent{"block", decisionFields(applied, out)})
 	if err := d.commitBlocks(pl); err != nil {
 		return Outcome{ID: dec.ID, Action: dec.Action}, err
 	}
-	out.Applied = targets
+	if opt.SenderCap {
+		d.blockCap.blocks += len(changed)
+	}
+	out.Applied = changed
 	return out, nil
 }
 
@@ -214,7 +234,7 @@ type blockPlan struct {
 	now      time.Time
 	ch, undo store.Change
 	elems    []firewall.Element
-	targets  []netip.Prefix // all targets, distinct
+	targets  []netip.Prefix // targets taken over by the plan's decisions, distinct (orphan check)
 	lastSeq  uint64         // d.blocks.lastSeq before the plan
 	audit    []auditEvent   // the audit lines of the plan's decisions
 }
@@ -223,27 +243,36 @@ func (d *Daemon) newBlockPlan() *blockPlan {
 	return &blockPlan{now: d.now(), lastSeq: d.blocks.lastSeq}
 }
 
-// planBlock adds one checked block decision to pl and counts its added and
-// updated targets in out. targets must not be in pl already. Caller holds d.mu.
-func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip.Prefix, out *Outcome) {
+// planBlock adds one checked block decision to pl and counts its added,
+// updated and kept targets in out; it returns the targets it changes.
+// targets must not be in pl already. Caller holds d.mu.
+//
+// Precedence (docs/policy.md): an admin's explicit block replaces any
+// block, shorter or longer. Any other decision (policy, fleet...) may only
+// lengthen a block: a target already blocked at least as long is kept as it
+// is (expiry, reason and cause), and an admin's block that it lengthens
+// stays the admin's (only its expiry moves), so that only an admin can lift
+// it.
+func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip.Prefix, out *Outcome) []netip.Prefix {
 	nowMs := pl.now.UnixMilli()
-	seq := d.blocks.nextSeq()
-	cause, _ := json.Marshal(dec.Cause)
-	if len(dec.Cause) == 0 {
-		cause = nil
-	}
-	pl.ch.PutDecisions = append(pl.ch.PutDecisions, store.Decision{Seq: seq, ID: dec.ID, Time: pl.now.UTC(),
-		Reason: dec.Reason, Source: dec.Source, Origin: dec.Origin, Rule: dec.Rule, Sender: dec.Sender, Cause: cause})
-	pl.undo.DelDecisions = append(pl.undo.DelDecisions, seq)
+	var seq uint64 // the decision's record, written if a target points to it
 	until := int64(0)
 	var timeout time.Duration
 	if !dec.Until.IsZero() {
 		until = dec.Until.UnixMilli()
 		timeout = dec.Until.Sub(pl.now)
 	}
+	changed := make([]netip.Prefix, 0, len(targets))
 	for _, p := range targets {
-		created := nowMs
+		created, owner := nowMs, uint64(0)
 		if old, ok := d.blocks.get(p); ok && !old.expired(nowMs) {
+			if !dec.Admin && !outlasts(until, old.until) {
+				out.Kept = append(out.Kept, FormatTarget(p))
+				continue
+			}
+			if !dec.Admin && d.blocks.decision(old.dec).Admin {
+				owner = old.dec
+			}
 			created = old.created
 			out.Updated++
 			pl.undo.PutBlocks = append(pl.undo.PutBlocks, store.Block{Prefix: p, Created: old.created, Until: old.until, Decision: old.dec})
@@ -251,10 +280,43 @@ func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip
 			out.Added++
 			pl.undo.DelBlocks = append(pl.undo.DelBlocks, p)
 		}
-		pl.ch.PutBlocks = append(pl.ch.PutBlocks, store.Block{Prefix: p, Created: created, Until: until, Decision: seq})
+		if owner == 0 {
+			if seq == 0 {
+				seq = d.planDecision(pl, dec)
+			}
+			owner = seq
+			pl.targets = append(pl.targets, p)
+		}
+		pl.ch.PutBlocks = append(pl.ch.PutBlocks, store.Block{Prefix: p, Created: created, Until: until, Decision: owner})
 		pl.elems = append(pl.elems, firewall.Element{Prefix: p, Timeout: timeout})
+		changed = append(changed, p)
 	}
-	pl.targets = append(pl.targets, targets...)
+	return changed
+}
+
+// outlasts reports whether a block until a (unix ms, 0 permanent) ends
+// later than one until b.
+func outlasts(a, b int64) bool {
+	switch {
+	case b == 0:
+		return false
+	case a == 0:
+		return true
+	}
+	return a > b
+}
+
+// planDecision adds dec's store record to pl and returns its seq.
+func (d *Daemon) planDecision(pl *blockPlan, dec response.Decision) uint64 {
+	seq := d.blocks.nextSeq()
+	cause, _ := json.Marshal(dec.Cause)
+	if len(dec.Cause) == 0 {
+		cause = nil
+	}
+	pl.ch.PutDecisions = append(pl.ch.PutDecisions, store.Decision{Seq: seq, ID: dec.ID, Time: pl.now.UTC(),
+		Reason: dec.Reason, Source: dec.Source, Origin: dec.Origin, Rule: dec.Rule, Sender: dec.Sender, Cause: cause, Admin: dec.Admin})
+	pl.undo.DelDecisions = append(pl.undo.DelDecisions, seq)
+	return seq
 }
 
 // commitBlocks applies a plan: one store commit (fsync, with the pending
@@ -262,8 +324,11 @@ func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip
 // lines. If any of the three fails, the others are undone, so nothing
 // changes, and the error is returned. Caller holds d.mu.
 func (d *Daemon) commitBlocks(pl *blockPlan) error {
-	if len(pl.ch.PutDecisions) == 0 {
-		return nil
+	if len(pl.ch.PutBlocks) == 0 { // nothing to change (every target kept): only the audit lines
+		if len(pl.audit) == 0 {
+			return nil
+		}
+		return d.writeAudit(pl.audit, nil, nil)
 	}
 	// Decisions whose last block this plan takes over are dropped with it.
 	orphans := d.orphansAfterReplace(pl.targets)
@@ -301,7 +366,7 @@ func (d *Daemon) commitBlocks(pl *blockPlan) error {
 	for _, b := range pl.ch.PutBlocks {
 		d.blocks.put(b.Prefix, entry{created: b.Created, until: b.Until, dec: b.Decision})
 	}
-	if len(pl.targets) >= bulkTargets {
+	if len(pl.elems) >= bulkTargets {
 		d.bulk.Store(true)
 	}
 	return nil
@@ -436,7 +501,8 @@ type unblockPlan struct {
 }
 
 // planUnblock adds one unblock decision to pl: its targets must not be in
-// pl already. Caller holds d.mu.
+// pl already. A decision other than an admin's keeps an admin's block
+// (Outcome.Kept). Caller holds d.mu.
 func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64) (Outcome, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action}
 	if len(dec.Targets) == 0 {
@@ -451,6 +517,10 @@ func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64
 		old, ok := d.blocks.get(p)
 		if !ok || old.expired(nowMs) {
 			out.NotFound = append(out.NotFound, FormatTarget(p))
+			continue
+		}
+		if !dec.Admin && d.blocks.decision(old.dec).Admin { // only an admin lifts an admin's block
+			out.Kept = append(out.Kept, FormatTarget(p))
 			continue
 		}
 		out.Applied = append(out.Applied, p)

@@ -9,8 +9,13 @@ import (
 	"github.com/parryhq/parry/response"
 )
 
-// startLockdown starts or replaces a lockdown. Caller holds d.mu.
+// startLockdown starts or replaces a lockdown. A lockdown other than an
+// admin's (the policy's) is merged into an active one, so that it never
+// shortens or loosens it. Caller holds d.mu.
 func (d *Daemon) startLockdown(dec response.Decision) (Outcome, error) {
+	if !dec.Admin {
+		dec = d.mergeLockdown(dec)
+	}
 	now := d.now()
 	out := Outcome{ID: dec.ID, Action: dec.Action, Until: dec.Until}
 	if !dec.Until.After(now) {
@@ -53,9 +58,12 @@ func (d *Daemon) startLockdown(dec response.Decision) (Outcome, error) {
 	return out, nil
 }
 
-// release ends a lockdown. Caller holds d.mu.
+// release ends a lockdown: an admin's decision only. Caller holds d.mu.
 func (d *Daemon) release(dec response.Decision) (Outcome, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action}
+	if !dec.Admin {
+		return out, errorf(CodeForbidden, "release: only an admin ends a lockdown")
+	}
 	prev := d.lockdown
 	f := decisionFields(dec, out)
 	f["was_active"] = prev != nil && prev.Until.After(d.now())

@@ -186,7 +186,7 @@ func (d *Daemon) opBlock(ctx context.Context, c *Call) (any, error) {
 		p.Source = "control"
 	}
 	dec := response.Decision{Action: response.ActionBlock, Targets: targets, Until: until,
-		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String()}
+		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String(), Admin: true}
 	if len(targets) == 0 { // every target was unparseable (partial mode)
 		return Outcome{Action: response.ActionBlock, Refused: bad}, nil
 	}
@@ -215,7 +215,7 @@ func (d *Daemon) opUnblock(ctx context.Context, c *Call) (any, error) {
 		p.Source = "control"
 	}
 	return d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: targets,
-		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String()})
+		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String(), Admin: true})
 }
 
 func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {
@@ -226,7 +226,7 @@ func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {
 		return nil, err
 	}
 	return d.Enforce(ctx, response.Decision{Action: response.ActionRelease, Reason: truncate(p.Reason, 1024),
-		Source: "control", Sender: c.Peer.String()})
+		Source: "control", Sender: c.Peer.String(), Admin: true})
 }
 
 func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {

@@ -66,8 +66,11 @@ type PolicyStatus struct {
 	Keys        int    `json:"keys"`         // counting state entries now
 	Offenders   int    `json:"offenders"`    // escalation memory entries now
 	Evicted     uint64 `json:"evicted"`      // counting state dropped to stay within max_keys
+	// SenderBlockCap is response.sender_block_cap and where it stands.
+	SenderBlockCap *BlockCapStatus `json:"sender_block_cap,omitempty"`
 }
 
+// policyStatus is the policy's part of op status. Caller holds d.mu.
 func (d *Daemon) policyStatus() PolicyStatus {
 	eng := d.Policy()
 	if eng == nil {
@@ -75,7 +78,8 @@ func (d *Daemon) policyStatus() PolicyStatus {
 	}
 	st := eng.Stats()
 	return PolicyStatus{DryRun: eng.Config().DryRun, Rules: len(eng.Rules()), Signals: st.Signals, NoRule: st.NoRule,
-		Decisions: st.Decisions, RateLimited: st.RateLimited, Keys: st.Keys, Offenders: st.Offenders, Evicted: st.EvictedKeys}
+		Decisions: st.Decisions, RateLimited: st.RateLimited, Keys: st.Keys, Offenders: st.Offenders, Evicted: st.EvictedKeys,
+		SenderBlockCap: d.capStatus(eng, d.now())}
 }
 
 // Policy returns the policy engine in force.
@@ -244,11 +248,8 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	out := SignalResult{Outcome: res.Outcome, Progress: res.Progress}
 	blocked := false
 	for _, dec := range res.Decisions {
-		if dec.Action == response.ActionLockdown && !dec.DryRun {
-			dec = d.mergeLockdown(dec)
-		}
 		sd := SignalDecision{Decision: dec}
-		o, err := d.Enforce(ctx, dec)
+		o, err := d.EnforceWith(ctx, dec, EnforceOptions{SenderCap: !c.Peer.Admin})
 		if err != nil {
 			var e *Error
 			if !errors.As(err, &e) {
@@ -298,10 +299,9 @@ const (
 
 // mergeLockdown keeps a policy lockdown from shortening or loosening an
 // active one (an operator's, typically): it ends no earlier, isolates if
-// either does, and keeps the active lockdown's allowlist.
+// either does, and keeps the active lockdown's allowlist. Caller holds d.mu
+// (startLockdown), so nothing changes between the merge and the lockdown.
 func (d *Daemon) mergeLockdown(dec response.Decision) response.Decision {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	cur := d.lockdownState()
 	if !cur.Active {
 		return dec

@@ -56,6 +56,7 @@ type Decision struct {
 	Rule   string          `json:"rule,omitempty"`
 	Sender string          `json:"sender,omitempty"`
 	Cause  json.RawMessage `json:"cause,omitempty"`
+	Admin  bool            `json:"admin,omitempty"` // an admin's explicit block: only an admin lifts or shortens it
 }
 
 // Lockdown is the persisted lockdown state.

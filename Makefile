@@ -6,7 +6,7 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build run test test-deps lint fmt-check vet staticcheck unit bench fuzz clean \
+.PHONY: all build run test test-deps lint fmt-check tidy-check vet staticcheck unit bench fuzz clean \
 	pkg-stage deb rpm lintian check-units
 
 all: build
@@ -26,11 +26,17 @@ test: test-deps lint
 test-deps:
 	@if [ "$$(id -u)" = 0 ]; then test/ci/deps.sh; else echo "not root: skipping apt-get of test dependencies; kernel tests will skip"; fi
 
-lint: fmt-check vet staticcheck
+lint: fmt-check tidy-check vet staticcheck
 
 fmt-check:
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+## tidy-check: go.mod and go.sum are exactly what `go mod tidy` makes of them.
+tidy-check:
+	@if ! diff="$$($(GO) mod tidy -diff)"; then \
+	  if [ -n "$$diff" ]; then echo "go.mod/go.sum are not tidy (run: go mod tidy):"; echo "$$diff"; \
+	  else echo "go mod tidy -diff failed (see above)"; fi; exit 1; fi
 
 vet:
 	$(GO) vet ./...

@@ -20,11 +20,13 @@ run: build
 	$(BIN)/parryd
 
 ## test: the whole suite as CI runs it (root; installs Debian test dependencies).
+## It ends with one line: how many tests ran, passed, failed and skipped, and
+## whether a root-only test skipped (then the run fails: see test/ci/testsummary).
 test: test-deps lint
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	set -o pipefail; $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -json ./... | $(GO) run ./test/ci/testsummary
 
 test-deps:
-	@if [ "$$(id -u)" = 0 ]; then test/ci/deps.sh; else echo "not root: skipping apt-get of test dependencies; kernel tests will skip"; fi
+	@if [ "$$(id -u)" = 0 ]; then test/ci/deps.sh; else echo "not root: skipping apt-get of test dependencies; root-only tests will skip and make test will fail (make unit runs the tests that need no root)"; fi
 
 lint: fmt-check tidy-check vet staticcheck
 

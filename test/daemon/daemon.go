@@ -149,6 +149,9 @@ func (d *Daemon) Start() {
 		d.t.Fatal("daemon.Start: parryd is already running")
 	}
 	parryd, _ := parrybin.Build(d.t)
+	if prev := d.current(); prev != nil {
+		prev.notify.Close() // ends the previous run's Notifications
+	}
 	r := &run{logs: &parrybin.Buffer{}, done: make(chan struct{}), msgs: make(chan string, 4096)}
 	notifyPath := filepath.Join(d.rt, "notify.sock")
 	_ = os.Remove(notifyPath)

@@ -9,6 +9,7 @@
 //	d.Start()                       // returns once parryd sent READY=1
 //	out := d.MustParry("block", "203.0.113.7", "--for", "1h")
 //	d.Stop()                        // SIGTERM; fails the test unless it exits 0
+//	out, code := d.RunOnce("--check-config") // parryd to completion, same files
 //
 // Whatever is still running when the test ends is stopped, and a failed
 // test's log shows parryd's output.
@@ -197,6 +198,29 @@ func (d *Daemon) Start() {
 			d.t.Fatalf("parryd sent no READY=1 within %v:\n%s", d.opts.ReadyTimeout, tail(r.logs.String()))
 		}
 	}
+}
+
+// RunOnce runs parryd to completion on this daemon's files and flags plus
+// flags (--check-config, --remove-rules, a start that must fail ...), bounded
+// to a minute, and returns its output and exit status.
+func (d *Daemon) RunOnce(flags ...string) (output string, code int) {
+	d.t.Helper()
+	parryd, _ := parrybin.Build(d.t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := d.NS.Command(ctx, parryd, append(d.args(), flags...)...)
+	cmd.Env = append(os.Environ(), d.opts.Env...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode() // -1 when killed at the deadline
+	case err != nil:
+		d.t.Fatalf("run parryd: %v", err)
+	}
+	return out.String(), code
 }
 
 // activationSocket listens on Socket and returns the listening socket's

@@ -73,3 +73,17 @@ func TestStartStopKill(t *testing.T) {
 		t.Fatalf("after Stop: alive %v, exit %d", d.Alive(), d.ExitCode())
 	}
 }
+
+// RunOnce runs parryd to completion on the daemon's files: --check-config
+// passes on the written config and fails, naming the key, on a bad one.
+func TestRunOnce(t *testing.T) {
+	ns := netns.New(t)
+	d := daemon.New(t, ns, daemon.Options{Config: "integrity:\n  enabled: false\n"})
+	if out, code := d.RunOnce("--check-config"); code != 0 || !strings.Contains(out, "config ok") {
+		t.Fatalf("--check-config on a good config: exit %d %q", code, out)
+	}
+	d.WriteConfig("bogus_key: 1\n")
+	if out, code := d.RunOnce("--check-config"); code != 1 || !strings.Contains(out, "bogus_key") {
+		t.Fatalf("--check-config on a bad config: exit %d %q", code, out)
+	}
+}

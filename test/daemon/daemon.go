@@ -6,10 +6,10 @@
 // user, and reads its audit log.
 //
 //	d := daemon.New(t, ns, daemon.Options{Config: "integrity:\n  enabled: false\n"})
-//	d.Start()                       // returns once parryd sent READY=1
+//	d.Start() // returns once parryd sent READY=1
 //	out := d.MustParry("block", "203.0.113.7", "--for", "1h")
-//	d.Stop()                        // SIGTERM; fails the test unless it exits 0
-//	out, code := d.RunOnce("--check-config") // parryd to completion, same files
+//	d.Stop() // SIGTERM; fails the test unless it exits 0
+//	msg, code := d.RunOnce("--check-config") // parryd to completion, same files
 //
 // Whatever is still running when the test ends is stopped, and a failed
 // test's log shows parryd's output.
@@ -37,7 +37,7 @@ import (
 // defaults (an empty config file) with table "parry".
 type Options struct {
 	// Config is the YAML text of the config file, written to ConfigPath and
-	// passed with --config, unless Args carry their own --config. The
+	// passed with --config, unless Args carry their own ("--config", path). The
 	// harness's --state-dir, --socket and --table flags override it.
 	Config string
 	// Args are more parryd flags, after the harness's own; a repeated flag

@@ -34,7 +34,7 @@ type event struct {
 }
 
 // maxHeld bounds the output held for one test until it ends; a failed test
-// prints the end of it.
+// prints its first maxHeld bytes.
 const maxHeld = 1 << 20
 
 type summary struct {

@@ -6,7 +6,7 @@ STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(shell $(GO) env GOPATH)/bin/staticcheck
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build run test test-deps lint fmt-check vet staticcheck unit bench fuzz clean \
+.PHONY: all build run test test-deps lint fmt-check tidy-check vet staticcheck unit bench fuzz clean \
 	pkg-stage deb rpm lintian check-units
 
 all: build
@@ -20,17 +20,25 @@ run: build
 	$(BIN)/parryd
 
 ## test: the whole suite as CI runs it (root; installs Debian test dependencies).
+## It ends with one line: how many tests ran, passed, failed and skipped, and
+## whether a root-only test skipped (then the run fails: see test/ci/testsummary).
 test: test-deps lint
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	set -o pipefail; $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -json ./... | $(GO) run ./test/ci/testsummary
 
 test-deps:
-	@if [ "$$(id -u)" = 0 ]; then test/ci/deps.sh; else echo "not root: skipping apt-get of test dependencies; kernel tests will skip"; fi
+	@if [ "$$(id -u)" = 0 ]; then test/ci/deps.sh; else echo "not root: skipping apt-get of test dependencies; root-only tests will skip and make test will fail (make unit runs the tests that need no root)"; fi
 
-lint: fmt-check vet staticcheck
+lint: fmt-check tidy-check vet staticcheck
 
 fmt-check:
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+## tidy-check: go.mod and go.sum are exactly what `go mod tidy` makes of them.
+tidy-check:
+	@if ! diff="$$($(GO) mod tidy -diff)"; then \
+	  if [ -n "$$diff" ]; then echo "go.mod/go.sum are not tidy (run: go mod tidy):"; echo "$$diff"; \
+	  else echo "go mod tidy -diff failed (see above)"; fi; exit 1; fi
 
 vet:
 	$(GO) vet ./...

@@ -18,10 +18,10 @@ func TestAuditChainBreakAcrossRestart(t *testing.T) {
 	netns.RequireRoot(t)
 	p := netns.NewPair(t)
 	d := newDaemon(t, p.Host)
-	d.start()
-	d.mustParry("block", "203.0.113.7", "--for", "1h", "--reason", "before the cut")
-	d.stop()
-	log := filepath.Join(d.dir, "audit.log")
+	d.Start()
+	d.MustParry("block", "203.0.113.7", "--for", "1h", "--reason", "before the cut")
+	d.Stop()
+	log := d.AuditPath()
 	b, err := os.ReadFile(log)
 	if err != nil {
 		t.Fatal(err)
@@ -31,16 +31,16 @@ func TestAuditChainBreakAcrossRestart(t *testing.T) {
 	if err := os.WriteFile(log, []byte(cut), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if out, errOut, code := d.parry("audit", "verify", "--log", log); code != 0 {
+	if out, errOut, code := d.Parry("audit", "verify", "--log", log); code != 0 {
 		t.Fatalf("the cut log should verify on its own: exit %d %q %q", code, out, errOut)
 	}
 
-	d.start()
-	out := d.mustParry("status")
+	d.Start()
+	out := d.MustParry("status")
 	if !strings.Contains(out, "AUDIT CHAIN BROKEN") {
 		t.Fatalf("status does not report the break:\n%s", out)
 	}
-	_, errOut, code := d.parry("audit", "verify")
+	_, errOut, code := d.Parry("audit", "verify")
 	if code != 1 || !strings.Contains(errOut, "chain broken across a restart") || !strings.Contains(errOut, "parry audit ack") {
 		t.Fatalf("audit verify: exit %d %q", code, errOut)
 	}
@@ -50,10 +50,10 @@ func TestAuditChainBreakAcrossRestart(t *testing.T) {
 			AnchorSeq uint64 `json:"anchor_seq"`
 		} `json:"audit_chain_broken"`
 	}
-	if err := json.Unmarshal([]byte(d.mustParry("status", "--json")), &st); err != nil || st.Break == nil || st.Break.KeptAs == "" {
+	if err := json.Unmarshal([]byte(d.MustParry("status", "--json")), &st); err != nil || st.Break == nil || st.Break.KeptAs == "" {
 		t.Fatalf("status --json: %v %+v", err, st.Break)
 	}
-	kept, err := os.ReadFile(filepath.Join(d.dir, st.Break.KeptAs))
+	kept, err := os.ReadFile(filepath.Join(d.StateDir, st.Break.KeptAs))
 	if err != nil || string(kept) != cut {
 		t.Fatalf("old log not kept as it was: %v (%d bytes, want %d)", err, len(kept), len(cut))
 	}
@@ -61,21 +61,21 @@ func TestAuditChainBreakAcrossRestart(t *testing.T) {
 	if err != nil || !strings.Contains(strings.SplitN(string(cur), "\n", 2)[0], `"event":"audit_chain_broken"`) {
 		t.Fatalf("new chain does not start with audit_chain_broken: %v %.300s", err, cur)
 	}
-	if !strings.Contains(d.logs.String(), "audit chain broken") {
-		t.Fatalf("no error logged:\n%s", d.logs.String())
+	if !strings.Contains(d.Log(), "audit chain broken") {
+		t.Fatalf("no error logged:\n%s", d.Log())
 	}
 
 	// Acknowledged: verify passes, and a clean restart raises nothing.
-	d.mustParry("audit", "ack")
-	if out, errOut, code := d.parry("audit", "verify"); code != 0 {
+	d.MustParry("audit", "ack")
+	if out, errOut, code := d.Parry("audit", "verify"); code != 0 {
 		t.Fatalf("verify after ack: exit %d %q %q", code, out, errOut)
 	}
-	d.stop()
-	d.start()
-	if out, errOut, code := d.parry("audit", "verify"); code != 0 {
+	d.Stop()
+	d.Start()
+	if out, errOut, code := d.Parry("audit", "verify"); code != 0 {
 		t.Fatalf("verify after a clean restart: exit %d %q %q", code, out, errOut)
 	}
-	if out := d.mustParry("status"); strings.Contains(out, "AUDIT CHAIN BROKEN") {
+	if out := d.MustParry("status"); strings.Contains(out, "AUDIT CHAIN BROKEN") {
 		t.Fatalf("status after ack and restart:\n%s", out)
 	}
 }

@@ -7,7 +7,6 @@ package e2e
 //	go test ./test/e2e -run '^$' -bench BlockLatency -benchtime 2000x
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -15,13 +14,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/parryhq/parry/agent/store"
+	"github.com/parryhq/parry/test/daemon"
 	"github.com/parryhq/parry/test/netns"
-	"github.com/parryhq/parry/test/parrybin"
 )
 
 func ipN(i int) string { return fmt.Sprintf("10.%d.%d.%d", 1+i>>16, (i>>8)&255, i&255) }
@@ -52,8 +50,8 @@ func percentile(ds []time.Duration, q float64) time.Duration {
 func BenchmarkBlockLatency(b *testing.B) {
 	ns := netns.New(b)
 	d := newDaemon(b, ns)
-	d.start()
-	s := d.raw()
+	d.Start()
+	s := raw(b, d)
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := range b.N {
@@ -72,7 +70,7 @@ func BenchmarkBlockLatency(b *testing.B) {
 	b.ReportMetric(float64(percentile(lat, 0.5).Microseconds()), "median-µs")
 	b.ReportMetric(float64(percentile(lat, 0.99).Microseconds()), "p99-µs")
 	netns.Eventually(b, 30*time.Second, "kernel dump shows every blocked element", func() bool {
-		return len(kernelElems(b, ns, d.table)) == b.N
+		return len(kernelElems(b, ns, d.Table)) == b.N
 	})
 
 	// The fsync floor: one bbolt transaction with one block, same filesystem.
@@ -116,9 +114,9 @@ func BenchmarkBlockFile100k(b *testing.B) {
 	ns := netns.New(b)
 	for range b.N {
 		d := newDaemon(b, ns)
-		d.start()
+		d.Start()
 		t0 := time.Now()
-		out := d.mustParry("block", "--file", file, "--for", "1d")
+		out := d.MustParry("block", "--file", file, "--for", "1d")
 		parryT = append(parryT, time.Since(t0))
 		if !strings.Contains(out, fmt.Sprintf("blocked %d targets", n)) {
 			b.Fatalf("parry: %q", out)
@@ -127,13 +125,13 @@ func BenchmarkBlockFile100k(b *testing.B) {
 		ns.MustRun(b, "nft", "-f", nftFile)
 		nftT = append(nftT, time.Since(t0))
 		netns.Eventually(b, 30*time.Second, "kernel dump shows all elements", func() bool {
-			return len(kernelElems(b, ns, d.table)) == n
+			return len(kernelElems(b, ns, d.Table)) == n
 		})
 		b.ReportMetric(float64(rss(b, d)>>10), "RSS-at-ok-KiB")
-		b.ReportMetric(float64(settledRSS(b, d.cmd.Process.Pid)>>10), "RSS-settled-KiB")
-		d.kill()
+		b.ReportMetric(float64(settledRSS(b, d.PID())>>10), "RSS-settled-KiB")
+		d.Kill()
 		ns.MustRun(b, "nft", "delete", "table", "inet", "cmp")
-		ns.MustRun(b, "nft", "delete", "table", "inet", d.table)
+		ns.MustRun(b, "nft", "delete", "table", "inet", d.Table)
 	}
 	pm, nm := percentile(parryT, 0.5), percentile(nftT, 0.5)
 	b.ReportMetric(float64(pm.Milliseconds()), "parry-ms")
@@ -149,10 +147,9 @@ func BenchmarkStart100k(b *testing.B) {
 	const n = 100_000
 	ns := netns.New(b)
 	d := newDaemon(b, ns)
-	d.start()
-	d.mustParry("block", "--file", writeIPs(b, n), "--for", "1d")
-	d.stop()
-	parryd, _ := parrybin.Build(b)
+	d.Start()
+	d.MustParry("block", "--file", writeIPs(b, n), "--for", "1d")
+	d.Stop()
 	for _, tableGone := range []bool{true, false} {
 		name := "table-deleted"
 		if !tableGone {
@@ -162,35 +159,13 @@ func BenchmarkStart100k(b *testing.B) {
 			var ts []time.Duration
 			for range b.N {
 				if tableGone {
-					ns.MustRun(b, "nft", "delete", "table", "inet", d.table)
+					ns.MustRun(b, "nft", "delete", "table", "inet", d.Table)
 				}
-				sweeps := strings.Count(readFile(b, d.dir+"/audit.log"), `"reason":"sweep"`)
-				path, ch := notifySocketB(b)
-				cmd := ns.Command(context.Background(), parryd, append([]string{"--state-dir", d.dir, "--socket", d.sock, "--table", d.table}, d.extra...)...)
-				cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+path)
-				logs := &parrybin.Buffer{}
-				cmd.Stdout, cmd.Stderr = logs, logs
-				t0 := time.Now()
-				if err := cmd.Start(); err != nil {
-					b.Fatal(err)
-				}
-				exited := make(chan struct{})
-				go func() { cmd.Wait(); close(exited) }()
-				b.Cleanup(func() { cmd.Process.Kill(); <-exited })
-			wait:
-				for {
-					select {
-					case m := <-ch:
-						if m == "READY=1" {
-							break wait
-						}
-					case <-exited:
-						b.Fatalf("parryd exited before READY=1:\n%s", logs.String())
-					case <-time.After(60 * time.Second):
-						b.Fatalf("no READY=1 within 60 s:\n%s", logs.String())
-					}
-				}
-				ts = append(ts, time.Since(t0))
+				sweeps := strings.Count(readFile(b, d.AuditPath()), `"reason":"sweep"`)
+				// A daemon of this sub-benchmark on the state prepared above.
+				r := daemon.New(b, ns, daemon.Options{Config: quietConfig, StateDir: d.StateDir, ReadyTimeout: 60 * time.Second})
+				r.Start()
+				ts = append(ts, r.ReadyAfter())
 				// At READY every element is committed: check with exact
 				// lookups (nft get element) on a spread of addresses. A full
 				// dump right now can come back short while the kernel grows
@@ -201,20 +176,19 @@ func BenchmarkStart100k(b *testing.B) {
 				for i := 0; i < n; i += n / 200 {
 					sample = append(sample, ipN(i))
 				}
-				if out, err := ns.Run("nft", "get", "element", "inet", d.table, "block4", "{ "+strings.Join(sample, ", ")+" }"); err != nil {
-					b.Fatalf("sampled elements missing from the kernel at READY: %v\n%s\n%s", err, out, logs.String())
+				if out, err := ns.Run("nft", "get", "element", "inet", d.Table, "block4", "{ "+strings.Join(sample, ", ")+" }"); err != nil {
+					b.Fatalf("sampled elements missing from the kernel at READY: %v\n%s\n%s", err, out, r.Log())
 				}
 				netns.Eventually(b, 20*time.Second, "all elements in a full kernel dump", func() bool {
-					return len(kernelElems(b, ns, d.table)) == n
+					return len(kernelElems(b, ns, d.Table)) == n
 				})
 				if !tableGone { // RSS after the sweep of unknown elements, which dumps the 100k sets
 					netns.Eventually(b, 60*time.Second, "sweep done", func() bool {
-						return strings.Count(readFile(b, d.dir+"/audit.log"), `"reason":"sweep"`) > sweeps
+						return strings.Count(readFile(b, d.AuditPath()), `"reason":"sweep"`) > sweeps
 					})
 				}
-				b.ReportMetric(float64(settledRSS(b, cmd.Process.Pid)>>10), "RSS-settled-KiB")
-				cmd.Process.Signal(syscall.SIGTERM)
-				<-exited
+				b.ReportMetric(float64(settledRSS(b, r.PID())>>10), "RSS-settled-KiB")
+				r.Stop()
 			}
 			b.ReportMetric(float64(percentile(ts, 0.5).Milliseconds()), "start-to-ready-ms")
 			b.Logf("start with %d stored blocks, %s, to READY=1: median %v", n, name, percentile(ts, 0.5))
@@ -233,7 +207,7 @@ func settledRSS(b *testing.B, pid int) int64 {
 	return low
 }
 
-func rss(b *testing.B, d *daemon) int64 { return rssPID(b, d.cmd.Process.Pid) }
+func rss(b *testing.B, d *daemon.Daemon) int64 { return rssPID(b, d.PID()) }
 
 // rssPID reads VmRSS in bytes.
 func rssPID(b *testing.B, pid int) int64 {

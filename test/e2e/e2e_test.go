@@ -18,19 +18,19 @@ func TestBlockDropsPacketsAndUnblockRestores(t *testing.T) {
 	p := netns.NewPair(t)
 	p.Host.ServeTCP(t, port)
 	d := newDaemon(t, p.Host)
-	d.start()
+	d.Start()
 	if !p.Peer.Ping(p.HostV4) || !p.Peer.CanConnect(p.HostV4, port) || !p.Peer.CanConnect(p.HostV6, port) {
 		t.Fatal("peer cannot reach host before any block")
 	}
 
-	out := d.mustParry("block", p.PeerV4.String(), p.PeerV6.String(), "--for", "1h", "--reason", "e2e")
+	out := d.MustParry("block", p.PeerV4.String(), p.PeerV6.String(), "--for", "1h", "--reason", "e2e")
 	if !strings.Contains(out, "blocked 2 targets") {
 		t.Errorf("block output: %q", out)
 	}
 	if p.Peer.Ping(p.HostV4) || p.Peer.CanConnect(p.HostV4, port) || p.Peer.CanConnect(p.HostV6, port) {
 		t.Fatal("blocked peer still reaches the host (ICMP or TCP)")
 	}
-	k := kernelElems(t, p.Host, d.table)
+	k := kernelElems(t, p.Host, d.Table)
 	if left, ok := k["192.0.2.2"]; !ok || left < 3590 || left > 3600 {
 		t.Fatalf("kernel set: %v, want 192.0.2.2 with about 3600s left", k)
 	}
@@ -42,34 +42,34 @@ func TestBlockDropsPacketsAndUnblockRestores(t *testing.T) {
 			Target, Reason, Source string
 		} `json:"blocks"`
 	}
-	if err := json.Unmarshal([]byte(d.mustParry("list", "--json")), &list); err != nil || list.Count != 2 || list.Blocks[0].Reason != "e2e" {
+	if err := json.Unmarshal([]byte(d.MustParry("list", "--json")), &list); err != nil || list.Count != 2 || list.Blocks[0].Reason != "e2e" {
 		t.Fatalf("list --json: %+v %v", list, err)
 	}
-	if out := d.mustParry("list"); !strings.Contains(out, "192.0.2.2") || !strings.Contains(out, "59m") {
+	if out := d.MustParry("list"); !strings.Contains(out, "192.0.2.2") || !strings.Contains(out, "59m") {
 		t.Errorf("list: %q", out)
 	}
-	if out := d.mustParry("status"); !strings.Contains(out, "active blocks: 2") || !strings.Contains(out, "present") {
+	if out := d.MustParry("status"); !strings.Contains(out, "active blocks: 2") || !strings.Contains(out, "present") {
 		t.Errorf("status: %q", out)
 	}
 
 	// The guard: own address, loopback, too broad → exit 1, nothing changes.
 	for _, target := range []string{p.HostV4.String(), "127.0.0.1", "10.0.0.0/8", "0.0.0.0/0"} {
-		if _, errOut, code := d.parry("block", target); code != 1 || errOut == "" {
+		if _, errOut, code := d.Parry("block", target); code != 1 || errOut == "" {
 			t.Errorf("block %s: exit %d %q, want 1 with a message", target, code, errOut)
 		}
 	}
-	if _, _, code := d.parry("block", "not-an-ip"); code != 1 {
+	if _, _, code := d.Parry("block", "not-an-ip"); code != 1 {
 		t.Errorf("invalid target: exit %d, want 1", code)
 	}
-	if _, _, code := d.parry("block", "--for"); code != 2 {
+	if _, _, code := d.Parry("block", "--for"); code != 2 {
 		t.Errorf("usage error: exit %d, want 2", code)
 	}
 
-	d.mustParry("unblock", p.PeerV4.String(), p.PeerV6.String())
+	d.MustParry("unblock", p.PeerV4.String(), p.PeerV6.String())
 	if !p.Peer.Ping(p.HostV4) || !p.Peer.CanConnect(p.HostV4, port) || !p.Peer.CanConnect(p.HostV6, port) {
 		t.Fatal("unblocked peer cannot reach the host")
 	}
-	if out := d.mustParry("audit", "verify"); !strings.Contains(out, "audit log ok") {
+	if out := d.MustParry("audit", "verify"); !strings.Contains(out, "audit log ok") {
 		t.Errorf("audit verify: %q", out)
 	}
 }
@@ -82,21 +82,21 @@ func TestCIDRBlockAndExpiry(t *testing.T) {
 	}
 	d := newDaemon(t, p.Host, "--config", cfg)
 	p.Host.ServeTCP(t, port)
-	d.start()
-	if _, errOut, code := d.parry("block", "192.0.2.0/30"); code != 1 || !strings.Contains(errOut, "own_address") {
+	d.Start()
+	if _, errOut, code := d.Parry("block", "192.0.2.0/30"); code != 1 || !strings.Contains(errOut, "own_address") {
 		t.Fatalf("a CIDR holding the host's own address: exit %d %q", code, errOut)
 	}
-	d.mustParry("block", "192.0.2.2/31", "2001:db8::2/127", "--for", "8s")
+	d.MustParry("block", "192.0.2.2/31", "2001:db8::2/127", "--for", "8s")
 	if p.Peer.Ping(p.HostV4) || p.Peer.CanConnect(p.HostV6, port) {
 		t.Fatal("peer inside a blocked CIDR still reaches the host")
 	}
 	// An address inside a blocked CIDR is its own block (hash set), with its
 	// own expiry.
-	d.mustParry("block", "192.0.2.3", "--for", "8s")
+	d.MustParry("block", "192.0.2.3", "--for", "8s")
 	netns.Eventually(t, 20*time.Second, "the kernel ends the block on time", func() bool { return p.Peer.Ping(p.HostV4) })
 	netns.Eventually(t, 10*time.Second, "parryd prunes the expired blocks", func() bool {
 		var list struct{ Count int }
-		json.Unmarshal([]byte(d.mustParry("list", "--json")), &list)
+		json.Unmarshal([]byte(d.MustParry("list", "--json")), &list)
 		return list.Count == 0
 	})
 }
@@ -104,19 +104,19 @@ func TestCIDRBlockAndExpiry(t *testing.T) {
 func TestRestartRestoresRemainingTime(t *testing.T) {
 	p := netns.NewPair(t)
 	d := newDaemon(t, p.Host)
-	d.start()
-	d.mustParry("block", p.PeerV4.String(), "--for", "1h")
-	d.mustParry("block", "203.0.113.0/24", "--permanent")
-	d.stop()
-	if k := kernelElems(t, p.Host, d.table); len(k) != 2 {
+	d.Start()
+	d.MustParry("block", p.PeerV4.String(), "--for", "1h")
+	d.MustParry("block", "203.0.113.0/24", "--permanent")
+	d.Stop()
+	if k := kernelElems(t, p.Host, d.Table); len(k) != 2 {
 		t.Fatalf("after SIGTERM the table must stay with its blocks; kernel: %v", k)
 	}
-	p.Host.MustRun(t, "nft", "delete", "table", "inet", d.table)
+	p.Host.MustRun(t, "nft", "delete", "table", "inet", d.Table)
 	if p.Host.Ping(p.PeerV4) != p.Peer.Ping(p.HostV4) || !p.Peer.Ping(p.HostV4) {
 		t.Fatal("with the table deleted the peer should pass")
 	}
-	d.start()
-	k := kernelElems(t, p.Host, d.table)
+	d.Start()
+	k := kernelElems(t, p.Host, d.Table)
 	if left, ok := k["192.0.2.2"]; !ok || left > 3600 || left < 3500 {
 		t.Fatalf("after restart: %v, want 192.0.2.2 with its remaining time (<3600s)", k)
 	}
@@ -132,30 +132,30 @@ func TestKill9LosesNoAcknowledgedBlock(t *testing.T) {
 	p := netns.NewPair(t)
 	d := newDaemon(t, p.Host)
 	for i := range 5 {
-		d.start()
+		d.Start()
 		target := fmt.Sprintf("203.0.113.%d", 10+i)
-		d.mustParry("block", target, "--for", "1h") // exit 0: acknowledged
-		d.kill()
-		p.Host.MustRun(t, "nft", "delete", "table", "inet", d.table)
-		d.start()
-		k := kernelElems(t, p.Host, d.table)
+		d.MustParry("block", target, "--for", "1h") // exit 0: acknowledged
+		d.Kill()
+		p.Host.MustRun(t, "nft", "delete", "table", "inet", d.Table)
+		d.Start()
+		k := kernelElems(t, p.Host, d.Table)
 		for j := 0; j <= i; j++ {
 			if _, ok := k[fmt.Sprintf("203.0.113.%d", 10+j)]; !ok {
 				t.Fatalf("round %d: acknowledged block 203.0.113.%d lost after kill -9; kernel: %v", i, 10+j, k)
 			}
 		}
-		d.kill()
+		d.Kill()
 	}
 }
 
 func TestHostileInputOnSocket(t *testing.T) {
 	p := netns.NewPair(t)
 	d := newDaemon(t, p.Host)
-	d.start()
-	d.mustParry("block", "203.0.113.7", "--for", "1h")
-	before := kernelElems(t, p.Host, d.table)
+	d.Start()
+	d.MustParry("block", "203.0.113.7", "--for", "1h")
+	before := kernelElems(t, p.Host, d.Table)
 
-	s := d.raw()
+	s := raw(t, d)
 	inputs := []string{
 		"garbage\n",
 		`{"op":"block","targets":["198.51.100.1"]` + "\n", // half a JSON object
@@ -182,20 +182,20 @@ func TestHostileInputOnSocket(t *testing.T) {
 		}
 	}
 	// A half line followed by closing the connection.
-	s2 := d.raw()
+	s2 := raw(t, d)
 	s2.send([]byte(`{"op":"block","targ`))
 	s2.c.Close()
 
-	if !d.alive() {
+	if !d.Alive() {
 		t.Fatal("parryd died")
 	}
-	d.mustParry("status")
-	after := kernelElems(t, p.Host, d.table)
+	d.MustParry("status")
+	after := kernelElems(t, p.Host, d.Table)
 	if fmt.Sprint(before) != fmt.Sprint(after) {
 		t.Fatalf("hostile input changed the kernel: %v -> %v", before, after)
 	}
 	var list struct{ Count int }
-	json.Unmarshal([]byte(d.mustParry("list", "--json")), &list)
+	json.Unmarshal([]byte(d.MustParry("list", "--json")), &list)
 	if list.Count != 1 {
 		t.Fatalf("hostile input changed the store: %d blocks", list.Count)
 	}
@@ -204,12 +204,12 @@ func TestHostileInputOnSocket(t *testing.T) {
 func TestSelfHealAfterFlushRuleset(t *testing.T) {
 	p := netns.NewPair(t)
 	d := newDaemon(t, p.Host)
-	d.start()
-	d.mustParry("block", p.PeerV4.String(), "--for", "1h")
+	d.Start()
+	d.MustParry("block", p.PeerV4.String(), "--for", "1h")
 	p.Host.MustRun(t, "nft", "flush", "ruleset")
 	start := time.Now()
 	netns.Eventually(t, 5*time.Second, "table rebuilt with the block after nft flush ruleset", func() bool {
-		_, ok := kernelElems(t, p.Host, d.table)["192.0.2.2"]
+		_, ok := kernelElems(t, p.Host, d.Table)["192.0.2.2"]
 		return ok
 	})
 	t.Logf("self-heal took %v (target: within 2s)", time.Since(start).Round(10*time.Millisecond))
@@ -219,7 +219,7 @@ func TestSelfHealAfterFlushRuleset(t *testing.T) {
 	var st struct {
 		TableHealth struct{ Heals int } `json:"table_health"`
 	}
-	json.Unmarshal([]byte(d.mustParry("status", "--json")), &st)
+	json.Unmarshal([]byte(d.MustParry("status", "--json")), &st)
 	if st.TableHealth.Heals < 1 {
 		t.Errorf("status does not count the heal: %+v", st)
 	}
@@ -235,31 +235,31 @@ func TestSelfHealAfterForeignElementDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := newDaemon(t, p.Host, "--config", cfg)
-	d.start()
-	d.mustParry("block", p.PeerV4.String(), "--for", "1h")
+	d.Start()
+	d.MustParry("block", p.PeerV4.String(), "--for", "1h")
 	if p.Peer.Ping(p.HostV4) {
 		t.Fatal("blocked peer is not dropped")
 	}
 	restored := func() bool {
-		_, ok := kernelElems(t, p.Host, d.table)[p.PeerV4.String()]
+		_, ok := kernelElems(t, p.Host, d.Table)[p.PeerV4.String()]
 		return ok
 	}
-	p.Host.MustRun(t, "nft", "delete", "element", "inet", d.table, "block4", "{ "+p.PeerV4.String()+" }")
+	p.Host.MustRun(t, "nft", "delete", "element", "inet", d.Table, "block4", "{ "+p.PeerV4.String()+" }")
 	start := time.Now()
 	netns.Eventually(t, 10*time.Second, "element restored after a foreign nft delete element", restored)
 	t.Logf("foreign delete to restored: %v", time.Since(start).Round(10*time.Millisecond))
 
 	// A second tampering right away, within reassert_interval, is handled
 	// once the interval has passed.
-	p.Host.MustRun(t, "nft", "flush", "set", "inet", d.table, "block4")
+	p.Host.MustRun(t, "nft", "flush", "set", "inet", d.Table, "block4")
 	start = time.Now()
 	netns.Eventually(t, 20*time.Second, "element restored after a foreign nft flush set", restored)
 	t.Logf("second foreign change (within reassert_interval 2s) to restored: %v", time.Since(start).Round(10*time.Millisecond))
 	netns.Eventually(t, 10*time.Second, "peer dropped again", func() bool { return !p.Peer.Ping(p.HostV4) })
-	if n := strings.Count(readFile(t, d.dir+"/audit.log"), `"reason":"foreign_change"`); n < 2 {
+	if n := strings.Count(readFile(t, d.AuditPath()), `"reason":"foreign_change"`); n < 2 {
 		t.Errorf("audit has %d foreign_change re-asserts, want 2 or more", n)
 	}
-	if out := d.mustParry("audit", "verify"); !strings.Contains(out, "audit log ok") {
+	if out := d.MustParry("audit", "verify"); !strings.Contains(out, "audit log ok") {
 		t.Errorf("audit verify: %q", out)
 	}
 }
@@ -267,14 +267,14 @@ func TestSelfHealAfterForeignElementDelete(t *testing.T) {
 func TestBlockFileAndReload(t *testing.T) {
 	p := netns.NewPair(t)
 	d := newDaemon(t, p.Host)
-	d.start()
+	d.Start()
 	var b strings.Builder
 	b.WriteString("# feed\n\n")
 	for i := range 20000 {
 		fmt.Fprintf(&b, "10.%d.%d.%d\n", 100+i/65536, (i/256)%256, i%256)
 	}
 	b.WriteString("127.0.0.1   # refused by the guard, reported\n")
-	out, errOut, code := d.parryIn([]byte(b.String()), "block", "--file", "-", "--for", "1d")
+	out, errOut, code := d.ParryIn([]byte(b.String()), "block", "--file", "-", "--for", "1d")
 	if code != 1 || !strings.Contains(out, "blocked 20000 targets") || !strings.Contains(errOut, "127.0.0.1") {
 		t.Fatalf("block --file: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -282,14 +282,14 @@ func TestBlockFileAndReload(t *testing.T) {
 	// kernel grows the hash table (the walk skips entries during a resize):
 	// poll it.
 	netns.Eventually(t, 30*time.Second, "kernel dump shows all 20000 elements", func() bool {
-		return len(kernelElems(t, p.Host, d.table)) == 20000
+		return len(kernelElems(t, p.Host, d.Table)) == 20000
 	})
 	// A bad line refuses the whole file before anything is sent.
-	_, errOut, code = d.parryIn([]byte("203.0.113.9\nnot-an-ip\n"), "block", "--file", "-")
+	_, errOut, code = d.ParryIn([]byte("203.0.113.9\nnot-an-ip\n"), "block", "--file", "-")
 	if code != 1 || !strings.Contains(errOut, "stdin:2") {
 		t.Fatalf("bad file line: exit %d %q", code, errOut)
 	}
-	if _, ok := kernelElems(t, p.Host, d.table)["203.0.113.9"]; ok {
+	if _, ok := kernelElems(t, p.Host, d.Table)["203.0.113.9"]; ok {
 		t.Fatal("a refused file was partly applied")
 	}
 }
@@ -297,24 +297,24 @@ func TestBlockFileAndReload(t *testing.T) {
 func TestRestartRemovesUnknownElements(t *testing.T) {
 	p := netns.NewPair(t)
 	d := newDaemon(t, p.Host)
-	d.start()
-	d.mustParry("block", "203.0.113.7", "--for", "1h")
-	d.stop()
+	d.Start()
+	d.MustParry("block", "203.0.113.7", "--for", "1h")
+	d.Stop()
 	// Someone adds elements behind parry's back while it is stopped.
-	p.Host.MustRun(t, "nft", "add", "element", "inet", d.table, "block4", "{ 198.51.100.77 timeout 1h }")
-	p.Host.MustRun(t, "nft", "add", "element", "inet", d.table, "block4net", "{ 198.51.100.128/25 timeout 1h }")
-	d.start() // READY comes after the re-assert; the sweep follows on its own connection
+	p.Host.MustRun(t, "nft", "add", "element", "inet", d.Table, "block4", "{ 198.51.100.77 timeout 1h }")
+	p.Host.MustRun(t, "nft", "add", "element", "inet", d.Table, "block4net", "{ 198.51.100.128/25 timeout 1h }")
+	d.Start() // READY comes after the re-assert; the sweep follows on its own connection
 	netns.Eventually(t, 10*time.Second, "unknown elements removed", func() bool {
-		k := kernelElems(t, p.Host, d.table)
+		k := kernelElems(t, p.Host, d.Table)
 		_, a := k["198.51.100.77"]
 		_, b := k["198.51.100.128/25"]
 		_, ours := k["203.0.113.7"]
 		return !a && !b && ours
 	})
 	netns.Eventually(t, 5*time.Second, "the sweep is audited", func() bool {
-		b, _ := os.ReadFile(d.dir + "/audit.log")
+		b, _ := os.ReadFile(d.AuditPath())
 		return strings.Contains(string(b), `"removed_unknown":["198.51.100.77","198.51.100.128/25"]`) ||
 			strings.Contains(string(b), `"removed_unknown":["198.51.100.128/25","198.51.100.77"]`)
 	})
-	d.mustParry("audit", "verify")
+	d.MustParry("audit", "verify")
 }

@@ -5,21 +5,14 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"slices"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/test/daemon"
 	"github.com/parryhq/parry/test/netns"
 	"github.com/parryhq/parry/test/parrybin"
 )
@@ -30,137 +23,16 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// daemon is one parryd process inside a namespace.
-type daemon struct {
-	t     testing.TB
-	ns    *netns.NS
-	dir   string // state dir
-	sock  string
-	table string
-	extra []string
-	cmd   *exec.Cmd
-	logs  *parrybin.Buffer
-	done  chan struct{}
-}
-
-// quietConfig turns off the parts the core tests do not exercise.
+// quietConfig turns off the parts the core tests do not exercise: the
+// integrity watcher, whose first start hashes the host's system files (CPU
+// and I/O that would skew the benchmarks and slow every test).
 const quietConfig = "integrity:\n  enabled: false\n"
 
-// newDaemon prepares (does not start) a parryd in ns with its own state dir.
-func newDaemon(t testing.TB, ns *netns.NS, extra ...string) *daemon {
-	dir := t.TempDir()
-	if !slices.Contains(extra, "--config") {
-		// The core tests do not need the integrity watcher, whose first
-		// start hashes the host's system files (CPU and I/O that would
-		// skew the benchmarks and slow every test).
-		cfg := filepath.Join(dir, "parry.yaml")
-		if err := os.WriteFile(cfg, []byte(quietConfig), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		extra = append([]string{"--config", cfg}, extra...)
-	}
-	return &daemon{t: t, ns: ns, dir: dir, sock: filepath.Join(dir, "parry.sock"), table: "parry", extra: extra}
-}
-
-// start runs parryd and waits until it answers status.
-func (d *daemon) start() {
-	d.t.Helper()
-	parryd, _ := parrybin.Build(d.t)
-	args := append([]string{"--state-dir", d.dir, "--socket", d.sock, "--table", d.table}, d.extra...)
-	d.logs = &parrybin.Buffer{}
-	d.cmd = d.ns.Command(context.Background(), parryd, args...)
-	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
-	if err := d.cmd.Start(); err != nil {
-		d.t.Fatalf("start parryd: %v", err)
-	}
-	d.done = make(chan struct{})
-	go func() { _ = d.cmd.Wait(); close(d.done) }()
-	cmd := d.cmd
-	done := d.done
-	d.t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Signal(syscall.SIGKILL)
-			<-done
-		}
-		if d.t.Failed() {
-			d.t.Logf("parryd log:\n%s", d.logs.String())
-		}
-	})
-	netns.Eventually(d.t, 10*time.Second, "parryd answers status", func() bool {
-		select {
-		case <-d.done:
-			d.t.Fatalf("parryd exited during start:\n%s", d.logs.String())
-		default:
-		}
-		_, _, code := d.parry("status")
-		return code == 0
-	})
-}
-
-// stop sends SIGTERM and waits for a clean exit.
-func (d *daemon) stop() {
-	d.t.Helper()
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(10 * time.Second):
-		d.t.Fatal("parryd did not stop within 10s of SIGTERM")
-	}
-	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
-		d.t.Fatalf("parryd exited %d after SIGTERM:\n%s", code, d.logs.String())
-	}
-}
-
-// kill sends SIGKILL and waits.
-func (d *daemon) kill() {
-	d.t.Helper()
-	_ = d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
-}
-
-func (d *daemon) alive() bool {
-	select {
-	case <-d.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// parry runs the CLI against this daemon.
-func (d *daemon) parry(args ...string) (stdout, stderr string, code int) {
-	return d.parryIn(nil, args...)
-}
-
-func (d *daemon) parryIn(stdin []byte, args ...string) (stdout, stderr string, code int) {
-	_, parry := parrybin.Build(d.t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, parry, append([]string{"--socket", d.sock}, args...)...)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	case err != nil:
-		d.t.Fatalf("run parry: %v", err)
-	}
-	return o.String(), e.String(), code
-}
-
-// mustParry runs the CLI and fails the test unless it exits 0.
-func (d *daemon) mustParry(args ...string) string {
-	d.t.Helper()
-	out, errOut, code := d.parry(args...)
-	if code != 0 {
-		d.t.Fatalf("parry %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
-	}
-	return out
+// newDaemon prepares (does not start) a parryd in ns on quietConfig, or on
+// the config named by a --config in extra.
+func newDaemon(t testing.TB, ns *netns.NS, extra ...string) *daemon.Daemon {
+	t.Helper()
+	return daemon.New(t, ns, daemon.Options{Config: quietConfig, Args: extra})
 }
 
 // kernelElems reads our block sets from the kernel with the nft CLI (the
@@ -239,13 +111,13 @@ type rawSession struct {
 	r *bufio.Reader
 }
 
-func (d *daemon) raw() *rawSession {
-	d.t.Helper()
-	c, err := net.Dial("unix", d.sock)
+func raw(t testing.TB, d *daemon.Daemon) *rawSession {
+	t.Helper()
+	c, err := net.Dial("unix", d.Socket)
 	if err != nil {
-		d.t.Fatal(err)
+		t.Fatal(err)
 	}
-	d.t.Cleanup(func() { c.Close() })
+	t.Cleanup(func() { c.Close() })
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 	return &rawSession{c: c, r: bufio.NewReaderSize(c, 1<<20)}
 }

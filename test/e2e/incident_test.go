@@ -19,26 +19,6 @@ import (
 	"github.com/prometheus/common/model"
 )
 
-// auditEvents reads the fields of one event kind from parryd's audit log.
-func auditEvents(t *testing.T, dir, event string) []map[string]any {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "audit.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []map[string]any
-	for line := range strings.Lines(string(b)) {
-		var l struct {
-			Event  string         `json:"event"`
-			Fields map[string]any `json:"fields"`
-		}
-		if json.Unmarshal([]byte(line), &l) == nil && l.Event == event {
-			out = append(out, l.Fields)
-		}
-	}
-	return out
-}
-
 // TestEvidenceReportCheckMetrics: parryd in a test namespace captures
 // evidence of a real process and a real TCP connection (file 0400, hash in
 // the audit chain), records the blocked peer's connection after the block,
@@ -51,20 +31,20 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := newDaemon(t, p.Host, "--config", cfg)
-	d.start()
+	d.Start()
 
 	// Manual capture.
 	var rec evidence.Record
-	if err := json.Unmarshal([]byte(d.mustParry("evidence", "capture", "--reason", "e2e handover", "--json")), &rec); err != nil {
+	if err := json.Unmarshal([]byte(d.MustParry("evidence", "capture", "--reason", "e2e handover", "--json")), &rec); err != nil {
 		t.Fatal(err)
 	}
 	fi, err := os.Stat(rec.Path)
-	if err != nil || fi.Mode().Perm() != 0o400 || filepath.Dir(rec.Path) != filepath.Join(d.dir, "evidence") {
+	if err != nil || fi.Mode().Perm() != 0o400 || filepath.Dir(rec.Path) != filepath.Join(d.StateDir, "evidence") {
 		t.Fatalf("evidence file %s: %v %v", rec.Path, err, fi.Mode())
 	}
 	data, _ := os.ReadFile(rec.Path)
 	sum := sha256.Sum256(data)
-	ev := auditEvents(t, d.dir, "evidence")
+	ev := d.AuditEvents("evidence")
 	if len(ev) != 1 || ev[0]["id"] != rec.ID || ev[0]["sha256"] != hex.EncodeToString(sum[:]) {
 		t.Fatalf("audit chain evidence %v, file sha256 %x", ev, sum)
 	}
@@ -79,25 +59,25 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 	if !slices.ContainsFunc(snap.Processes, func(pr evidence.Process) bool { return pr.PID == snap.Connections[ci].PID && pr.Exe != "" }) {
 		t.Errorf("owning process %d not among the processes", snap.Connections[ci].PID)
 	}
-	out := d.mustParry("evidence", "list")
+	out := d.MustParry("evidence", "list")
 	if !strings.Contains(out, rec.ID) || !strings.Contains(out, "intact") {
 		t.Errorf("evidence list: %q", out)
 	}
-	if out := d.mustParry("evidence", "show", rec.ID); !strings.Contains(out, "intact") || !strings.Contains(out, "socat") {
+	if out := d.MustParry("evidence", "show", rec.ID); !strings.Contains(out, "intact") || !strings.Contains(out, "socat") {
 		t.Errorf("evidence show: %q", out)
 	}
-	if _, _, code := d.parry("evidence", "show", "../../etc/shadow"); code != 1 {
+	if _, _, code := d.Parry("evidence", "show", "../../etc/shadow"); code != 1 {
 		t.Errorf("hostile id: exit %d, want 1", code)
 	}
-	if _, _, code := d.parry("evidence", "capture"); code != 2 {
+	if _, _, code := d.Parry("evidence", "capture"); code != 2 {
 		t.Errorf("capture without --reason: exit %d, want 2", code)
 	}
 
 	// Block the peer: the block goes in, then its connections are recorded.
-	d.mustParry("block", p.PeerV4.String(), "--for", "1h", "--reason", "e2e")
+	d.MustParry("block", p.PeerV4.String(), "--for", "1h", "--reason", "e2e")
 	var bc []map[string]any
 	netns.Eventually(t, 15*time.Second, "block_connections in the audit log", func() bool {
-		bc = auditEvents(t, d.dir, "block_connections")
+		bc = d.AuditEvents("block_connections")
 		return len(bc) == 1
 	})
 	conns, _ := json.Marshal(bc[0]["connections"])
@@ -106,14 +86,14 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 	}
 
 	// Lockdown captures evidence on its own.
-	d.mustParry("lockdown", "--for", "10m", "--reason", "e2e lockdown", "--force")
+	d.MustParry("lockdown", "--for", "10m", "--reason", "e2e lockdown", "--force")
 	netns.Eventually(t, 20*time.Second, "evidence captured for the lockdown", func() bool {
-		return len(auditEvents(t, d.dir, "evidence")) == 2
+		return len(d.AuditEvents("evidence")) == 2
 	})
-	if ev := auditEvents(t, d.dir, "evidence"); ev[1]["trigger"] != "lockdown" {
+	if ev := d.AuditEvents("evidence"); ev[1]["trigger"] != "lockdown" {
 		t.Errorf("second evidence trigger %v", ev[1]["trigger"])
 	}
-	d.mustParry("release")
+	d.MustParry("release")
 
 	// Metrics, scraped inside the namespace (loopback there).
 	metrics := scrapeInNS(t, p.Host, "127.0.0.1:9477", "/metrics")
@@ -139,22 +119,22 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 	}
 
 	// Report.
-	md := d.mustParry("report", "--since", "1h", "--format", "markdown")
+	md := d.MustParry("report", "--since", "1h", "--format", "markdown")
 	for _, want := range []string{"**Audit chain:** OK", "| 192.0.2.2 |", "lockdown", "| Evidence snapshots | 2 |", "(1 connections at block time)", rec.ID} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown report lacks %q:\n%s", want, md)
 		}
 	}
-	if _, _, code := d.parry("report", "--format", "html"); code != 2 {
+	if _, _, code := d.Parry("report", "--format", "html"); code != 2 {
 		t.Errorf("bad format: exit %d, want 2", code)
 	}
 
 	// Host check: the table is present, the world-readable state directory
 	// is found, and the exit code follows the worst finding.
-	if err := os.Chmod(d.dir, 0o755); err != nil {
+	if err := os.Chmod(d.StateDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	stdout, _, code := d.parry("check", "--json")
+	stdout, _, code := d.Parry("check", "--json")
 	var rep hostcheck.Report
 	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
 		t.Fatalf("check --json: %v: %q", err, stdout)
@@ -167,12 +147,12 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 		if f.ID == "parry-table-missing" || f.ID == "parry-table-unknown" {
 			t.Errorf("unexpected finding %+v", f)
 		}
-		stateOpen = stateOpen || (f.ID == "parry-state-open" && f.Path == d.dir)
+		stateOpen = stateOpen || (f.ID == "parry-state-open" && f.Path == d.StateDir)
 	}
 	if !stateOpen || code < hostcheck.ExitHigh {
 		t.Errorf("state dir 0755 not reported as high (exit %d): %+v", code, rep.Findings)
 	}
-	if out := d.mustParry("audit", "verify"); !strings.Contains(out, "audit log ok") {
+	if out := d.MustParry("audit", "verify"); !strings.Contains(out, "audit log ok") {
 		t.Errorf("audit verify: %q", out)
 	}
 }
@@ -211,9 +191,9 @@ func TestCriticalIntegrityFindingCapturesEvidence(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := newDaemon(t, ns, "--config", cfg)
-	d.start()
+	d.Start()
 	netns.Eventually(t, 10*time.Second, "integrity baseline and watcher", func() bool {
-		st := d.integrityStatus()
+		st := integrityOf(t, d)
 		return st.Running && st.BaselineEntries >= 2
 	})
 	if err := os.Chmod(target, 0o755|os.ModeSetuid); err != nil {
@@ -221,7 +201,7 @@ func TestCriticalIntegrityFindingCapturesEvidence(t *testing.T) {
 	}
 	var ev []map[string]any
 	netns.Eventually(t, 20*time.Second, "evidence captured for the critical finding", func() bool {
-		ev = auditEvents(t, d.dir, "evidence")
+		ev = d.AuditEvents("evidence")
 		return len(ev) == 1
 	})
 	if ev[0]["trigger"] != "integrity" || !strings.Contains(ev[0]["reason"].(string), target) {
@@ -234,7 +214,7 @@ func TestCriticalIntegrityFindingCapturesEvidence(t *testing.T) {
 		} `json:"info"`
 		Snapshot evidence.Snapshot `json:"snapshot"`
 	}
-	if err := json.Unmarshal([]byte(d.mustParry("evidence", "show", ev[0]["id"].(string), "--json")), &show); err != nil {
+	if err := json.Unmarshal([]byte(d.MustParry("evidence", "show", ev[0]["id"].(string), "--json")), &show); err != nil {
 		t.Fatal(err)
 	}
 	if !show.Info.Intact || show.Info.Mode != "0400" {
@@ -243,7 +223,7 @@ func TestCriticalIntegrityFindingCapturesEvidence(t *testing.T) {
 	if !slices.ContainsFunc(show.Snapshot.Findings, func(f evidence.Finding) bool { return f.Path == target && f.Severity == "critical" }) {
 		t.Errorf("finding not in the snapshot: %+v", show.Snapshot.Findings)
 	}
-	if md := d.mustParry("report", "--format", "markdown"); !strings.Contains(md, "| critical | `"+target+"`") || !strings.Contains(md, "| integrity |") {
+	if md := d.MustParry("report", "--format", "markdown"); !strings.Contains(md, "| critical | `"+target+"`") || !strings.Contains(md, "| integrity |") {
 		t.Errorf("report lacks the finding or its evidence:\n%s", md)
 	}
 }

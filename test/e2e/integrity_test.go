@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/test/daemon"
 	"github.com/parryhq/parry/test/netns"
 )
 
@@ -26,12 +27,12 @@ type integrityStatus struct {
 	} `json:"open"`
 }
 
-func (d *daemon) integrityStatus() integrityStatus {
-	d.t.Helper()
+func integrityOf(t testing.TB, d *daemon.Daemon) integrityStatus {
+	t.Helper()
 	var st integrityStatus
-	out := d.mustParry("integrity", "status", "--json")
+	out := d.MustParry("integrity", "status", "--json")
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		d.t.Fatalf("integrity status --json: %v\n%s", err, out)
+		t.Fatalf("integrity status --json: %v\n%s", err, out)
 	}
 	return st
 }
@@ -62,20 +63,20 @@ func TestIntegrityEndToEnd(t *testing.T) {
   package_manager: none
 `, watched, watched)), 0o600))
 	d := newDaemon(t, ns, "--config", cfg)
-	d.start()
+	d.Start()
 
 	var st integrityStatus
 	netns.Eventually(t, 10*time.Second, "first-start baseline and watcher running", func() bool {
-		st = d.integrityStatus()
+		st = integrityOf(t, d)
 		return st.Running && st.BaselineEntries == 22 && st.Error == ""
 	})
 	if st.Watches != 1 || len(st.Open) != 0 {
 		t.Fatalf("status after start: %+v", st)
 	}
-	if out, _, code := d.parry("integrity", "check"); code != 0 {
+	if out, _, code := d.Parry("integrity", "check"); code != 0 {
 		t.Fatalf("check on an unchanged tree: exit %d\n%s", code, out)
 	}
-	audit, err := os.ReadFile(filepath.Join(d.dir, "audit.log"))
+	audit, err := os.ReadFile(d.AuditPath())
 	must(t, err)
 	if !strings.Contains(string(audit), `"integrity_baseline"`) || !strings.Contains(string(audit), st.BaselineDigest) {
 		t.Fatalf("baseline digest %s not in the audit chain:\n%s", st.BaselineDigest, audit)
@@ -87,7 +88,7 @@ func TestIntegrityEndToEnd(t *testing.T) {
 	start := time.Now()
 	must(t, os.WriteFile(changed, []byte("tampered\n"), 0o644))
 	netns.Eventually(t, 15*time.Second, "finding in parry integrity status", func() bool {
-		for _, f := range d.integrityStatus().Open {
+		for _, f := range integrityOf(t, d).Open {
 			if f.Path == changed && f.Kind == "changed" {
 				return true
 			}
@@ -95,28 +96,28 @@ func TestIntegrityEndToEnd(t *testing.T) {
 		return false
 	})
 	t.Logf("finding visible in `parry integrity status` %s after the write", time.Since(start).Round(time.Millisecond))
-	human := d.mustParry("integrity", "status")
+	human := d.MustParry("integrity", "status")
 	if !strings.Contains(human, "integrity: watching") || !strings.Contains(human, changed) || !strings.Contains(human, "hash") {
 		t.Errorf("parry integrity status:\n%s", human)
 	}
 	t.Logf("parry integrity status:\n%s", human)
-	out, _, code := d.parry("integrity", "check")
+	out, _, code := d.Parry("integrity", "check")
 	t.Logf("parry integrity check:\n%s", out)
 	if code != 1 || !strings.Contains(out, "changed") || !strings.Contains(out, changed) || !strings.Contains(out, "1 finding") {
 		t.Errorf("parry integrity check: exit %d\n%s", code, out)
 	}
-	out, _, code = d.parry("integrity", "check", "--json")
+	out, _, code = d.Parry("integrity", "check", "--json")
 	if code != 1 || !strings.Contains(out, changed) || !strings.Contains(out, `"attr": "hash"`) {
 		t.Fatalf("check after a change: exit %d\n%s", code, out)
 	}
 	netns.Eventually(t, 5*time.Second, "finding in the audit log", func() bool {
-		b, _ := os.ReadFile(filepath.Join(d.dir, "audit.log"))
+		b, _ := os.ReadFile(d.AuditPath())
 		return strings.Contains(string(b), `"integrity_finding"`) && strings.Contains(string(b), changed)
 	})
 	// The finding went to the policy as an integrity_violation signal, and
 	// the built-in rule (notify) decided on it.
 	netns.Eventually(t, 5*time.Second, "integrity_violation signal decided by the policy", func() bool {
-		b, _ := os.ReadFile(filepath.Join(d.dir, "audit.log"))
+		b, _ := os.ReadFile(d.AuditPath())
 		for _, line := range strings.Split(string(b), "\n") {
 			// The decision the built-in rule made, with the signal as its cause.
 			if strings.Contains(line, `"event":"notify"`) && strings.Contains(line, `"rule":"integrity-violation"`) &&
@@ -136,34 +137,34 @@ func TestIntegrityEndToEnd(t *testing.T) {
 	})
 
 	// Accept both: check is clean again.
-	d.mustParry("integrity", "accept", changed, secret)
-	if out, _, code := d.parry("integrity", "check"); code != 0 {
+	d.MustParry("integrity", "accept", changed, secret)
+	if out, _, code := d.Parry("integrity", "check"); code != 0 {
 		t.Fatalf("check after accept: exit %d\n%s", code, out)
 	}
-	if out, errOut, code := d.parry("integrity", "accept", "/nonexistent/x"); code != 1 {
+	if out, errOut, code := d.Parry("integrity", "accept", "/nonexistent/x"); code != 1 {
 		t.Fatalf("accept outside the selection: exit %d\n%s%s", code, out, errOut)
 	}
 
 	// Tamper with the stored baseline and restart: refused, never trusted.
-	d.stop()
-	bl := filepath.Join(d.dir, "integrity.baseline")
+	d.Stop()
+	bl := filepath.Join(d.StateDir, "integrity.baseline")
 	data, err := os.ReadFile(bl)
 	must(t, err)
 	data[len(data)-1] ^= 0xff
 	must(t, os.WriteFile(bl, data, 0o600))
-	d.start()
+	d.Start()
 	netns.Eventually(t, 10*time.Second, "tampered baseline reported", func() bool {
-		st = d.integrityStatus()
+		st = integrityOf(t, d)
 		return strings.Contains(st.Error, "tampering")
 	})
-	_, errOut, code := d.parry("integrity", "check")
+	_, errOut, code := d.Parry("integrity", "check")
 	if code != 1 || !strings.Contains(errOut, "baseline_tampered") {
 		t.Fatalf("check with a tampered baseline: exit %d\n%s", code, errOut)
 	}
 	// A new baseline brings the watcher back.
-	d.mustParry("integrity", "baseline")
+	d.MustParry("integrity", "baseline")
 	netns.Eventually(t, 10*time.Second, "watcher running on the new baseline", func() bool {
-		st = d.integrityStatus()
+		st = integrityOf(t, d)
 		return st.Running && st.Error == ""
 	})
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,37 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/test/daemon"
 	"github.com/parryhq/parry/test/netns"
 	"github.com/parryhq/parry/test/parrybin"
 )
-
-// notifySocket listens for sd_notify datagrams like systemd does.
-func notifySocket(t *testing.T) (string, <-chan string) { return notifySocketB(t) }
-
-func notifySocketB(t testing.TB) (string, <-chan string) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "notify.sock")
-	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	ch := make(chan string, 100)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := c.Read(buf)
-			if err != nil {
-				close(ch)
-				return
-			}
-			for _, l := range strings.Split(strings.TrimSpace(string(buf[:n])), "\n") {
-				ch <- l
-			}
-		}
-	}()
-	return path, ch
-}
 
 func waitFor(t *testing.T, ch <-chan string, prefix string, d time.Duration) string {
 	t.Helper()
@@ -66,17 +38,15 @@ func TestSystemdNotifyWatchdogAndStop(t *testing.T) {
 	d := newDaemon(t, p.Host)
 	// Blocks stored before start, with the table deleted: READY=1 must come
 	// only once they are back in the kernel.
-	d.start()
-	d.mustParry("block", "203.0.113.7", "--for", "1h")
-	d.stop()
-	p.Host.MustRun(t, "nft", "delete", "table", "inet", d.table)
+	d.Start()
+	d.MustParry("block", "203.0.113.7", "--for", "1h")
+	d.Stop()
+	p.Host.MustRun(t, "nft", "delete", "table", "inet", d.Table)
 
-	path, ch := notifySocket(t)
-	t.Setenv("NOTIFY_SOCKET", path)
 	t.Setenv("WATCHDOG_USEC", "600000") // 0.6 s: pings every 0.2-1 s
-	d.start()
-	waitFor(t, ch, "READY=1", 5*time.Second)
-	if _, ok := kernelElems(t, p.Host, d.table)["203.0.113.7"]; !ok {
+	d.Start()                           // returns at READY=1
+	ch := d.Notifications()
+	if _, ok := kernelElems(t, p.Host, d.Table)["203.0.113.7"]; !ok {
 		t.Fatal("READY=1 before the store was re-asserted into the kernel")
 	}
 	st := waitFor(t, ch, "STATUS=", 5*time.Second)
@@ -85,56 +55,28 @@ func TestSystemdNotifyWatchdogAndStop(t *testing.T) {
 	}
 	waitFor(t, ch, "WATCHDOG=1", 3*time.Second)
 	waitFor(t, ch, "WATCHDOG=1", 3*time.Second)
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	d.Signal(syscall.SIGTERM)
 	waitFor(t, ch, "STOPPING=1", 5*time.Second)
-	<-d.done
-	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+	<-d.Exited()
+	if code := d.ExitCode(); code != 0 {
 		t.Fatalf("exit %d after SIGTERM", code)
 	}
-	if _, ok := kernelElems(t, p.Host, d.table)["203.0.113.7"]; !ok {
+	if _, ok := kernelElems(t, p.Host, d.Table)["203.0.113.7"]; !ok {
 		t.Fatal("SIGTERM removed the table; it must stay")
 	}
 }
 
 func TestSocketActivation(t *testing.T) {
 	p := netns.NewPair(t)
-	d := newDaemon(t, p.Host)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: d.sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
+	unused := filepath.Join(t.TempDir(), "unused.sock")
+	// The harness creates the socket and passes it as fd 3; parryd's own
+	// --socket points elsewhere, where nothing must appear.
+	d := daemon.New(t, p.Host, daemon.Options{Config: quietConfig, Args: []string{"--socket", unused}, SocketActivation: true})
+	d.Start()
+	if _, _, code := d.Parry("status"); code != 0 {
+		t.Fatal("parryd does not answer on the activated socket")
 	}
-	ln.SetUnlinkOnClose(false)
-	f, err := ln.File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.Close() // f keeps the socket; parryd gets it as fd 3
-	parryd, _ := parrybin.Build(t)
-	d.logs = &parrybin.Buffer{}
-	// systemd sets LISTEN_PID to the service's pid; the shell learns it with $$.
-	args := append([]string{"-c", `export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=control; exec "$0" "$@"`,
-		parryd, "--state-dir", d.dir, "--socket", filepath.Join(d.dir, "unused.sock"), "--table", d.table}, d.extra...)
-	d.cmd = p.Host.Command(t.Context(), "sh", args...)
-	d.cmd.ExtraFiles = []*os.File{f}
-	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	d.done = make(chan struct{})
-	go func() { d.cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		d.cmd.Process.Kill()
-		<-d.done
-		if t.Failed() {
-			t.Logf("parryd log:\n%s", d.logs.String())
-		}
-	})
-	netns.Eventually(t, 10*time.Second, "parryd answers on the activated socket", func() bool {
-		_, _, code := d.parry("status")
-		return code == 0
-	})
-	if _, err := os.Stat(filepath.Join(d.dir, "unused.sock")); err == nil {
+	if _, err := os.Stat(unused); err == nil {
 		t.Error("parryd created its own socket although systemd passed one")
 	}
 }
@@ -149,62 +91,62 @@ func TestReloadValidatesAndKeepsOldConfig(t *testing.T) {
 	}
 	write("allowlist: [198.51.100.1]\n")
 	d := newDaemon(t, p.Host, "--config", cfg)
-	d.start()
-	if _, errOut, code := d.parry("block", "198.51.100.1"); code != 1 || !strings.Contains(errOut, "allowlist") {
+	d.Start()
+	if _, errOut, code := d.Parry("block", "198.51.100.1"); code != 1 || !strings.Contains(errOut, "allowlist") {
 		t.Fatalf("allowlisted: exit %d %q", code, errOut)
 	}
 	write("allowlist: [198.51.100.2]\n")
-	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.Signal(syscall.SIGHUP)
 	netns.Eventually(t, 5*time.Second, "reload applies the new allowlist", func() bool {
-		_, errOut, code := d.parry("block", "198.51.100.2")
+		_, errOut, code := d.Parry("block", "198.51.100.2")
 		return code == 1 && strings.Contains(errOut, "allowlist")
 	})
 	write("allowlist: [198.51.100.3]\nbogus_key: 1\n")
-	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.Signal(syscall.SIGHUP)
 	netns.Eventually(t, 5*time.Second, "reload refused in the log", func() bool {
-		return strings.Contains(d.logs.String(), "config reload refused")
+		return strings.Contains(d.Log(), "config reload refused")
 	})
-	if !strings.Contains(d.logs.String(), "bogus_key") {
-		t.Errorf("the refusal does not name the bad key:\n%s", d.logs.String())
+	if !strings.Contains(d.Log(), "bogus_key") {
+		t.Errorf("the refusal does not name the bad key:\n%s", d.Log())
 	}
-	if _, _, code := d.parry("block", "198.51.100.2"); code != 1 {
+	if _, _, code := d.Parry("block", "198.51.100.2"); code != 1 {
 		t.Fatal("invalid reload replaced the config")
 	}
-	if !d.alive() {
+	if !d.Alive() {
 		t.Fatal("parryd died on an invalid reload")
 	}
-	d.mustParry("block", "198.51.100.3") // not in the (kept) allowlist
+	d.MustParry("block", "198.51.100.3") // not in the (kept) allowlist
 }
 
 func TestRemoveRules(t *testing.T) {
 	p := netns.NewPair(t)
 	d := newDaemon(t, p.Host)
-	d.start()
-	d.mustParry("block", p.PeerV4.String())
-	out := d.mustParry("uninstall-rules")
+	d.Start()
+	d.MustParry("block", p.PeerV4.String())
+	out := d.MustParry("uninstall-rules")
 	if !strings.Contains(out, "removed") {
 		t.Errorf("uninstall-rules: %q", out)
 	}
 	select {
-	case <-d.done:
+	case <-d.Exited():
 	case <-time.After(5 * time.Second):
 		t.Fatal("parryd did not stop after uninstall-rules")
 	}
-	if k := kernelElems(t, p.Host, d.table); k != nil {
+	if k := kernelElems(t, p.Host, d.Table); k != nil {
 		t.Fatalf("table still there: %v", k)
 	}
 	if !p.Peer.Ping(p.HostV4) {
 		t.Fatal("peer blocked after uninstall-rules")
 	}
 	// parryd --remove-rules, and the CLI's not-running message.
-	d.start()
-	d.stop()
+	d.Start()
+	d.Stop()
 	parryd, _ := parrybin.Build(t)
-	p.Host.MustRun(t, parryd, "--remove-rules", "--table", d.table, "--state-dir", d.dir, "--socket", d.sock)
-	if k := kernelElems(t, p.Host, d.table); k != nil {
+	p.Host.MustRun(t, parryd, "--remove-rules", "--table", d.Table, "--state-dir", d.StateDir, "--socket", d.Socket)
+	if k := kernelElems(t, p.Host, d.Table); k != nil {
 		t.Fatalf("table still there after parryd --remove-rules: %v", k)
 	}
-	_, errOut, code := d.parry("status")
+	_, errOut, code := d.Parry("status")
 	if code != 1 || !strings.Contains(errOut, "parryd is not running: start it with `systemctl start parry` or run `parryd`") {
 		t.Fatalf("not running: exit %d %q", code, errOut)
 	}
@@ -212,7 +154,7 @@ func TestRemoveRules(t *testing.T) {
 	// a table (run inside the namespace: with parryd down the CLI acts on
 	// the firewall of the namespace it runs in).
 	_, parry := parrybin.Build(t)
-	out, err := p.Host.Run(parry, "--socket", d.sock, "uninstall-rules", "--table", d.table)
+	out, err := p.Host.Run(parry, "--socket", d.Socket, "uninstall-rules", "--table", d.Table)
 	if err != nil || !strings.Contains(out, "nothing to remove") {
 		t.Fatalf("uninstall-rules without a table: %v %q", err, out)
 	}
@@ -221,12 +163,12 @@ func TestRemoveRules(t *testing.T) {
 func TestAuditVerifyDetectsTampering(t *testing.T) {
 	p := netns.NewPair(t)
 	d := newDaemon(t, p.Host)
-	d.start()
-	d.mustParry("block", "203.0.113.7", "--for", "1h", "--reason", "first")
-	d.mustParry("block", "203.0.113.8", "--for", "1h", "--reason", "second")
-	d.stop()
-	log := filepath.Join(d.dir, "audit.log")
-	out, errOut, code := d.parry("audit", "verify", "--log", log)
+	d.Start()
+	d.MustParry("block", "203.0.113.7", "--for", "1h", "--reason", "first")
+	d.MustParry("block", "203.0.113.8", "--for", "1h", "--reason", "second")
+	d.Stop()
+	log := d.AuditPath()
+	out, errOut, code := d.Parry("audit", "verify", "--log", log)
 	if code != 0 || !strings.Contains(out, "audit log ok") {
 		t.Fatalf("intact log: exit %d %q %q", code, out, errOut)
 	}
@@ -246,13 +188,13 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 		t.Fatalf("no block line in the audit log:\n%s", b)
 	}
 	os.WriteFile(log, []byte(strings.Join(lines, "\n")), 0o600)
-	_, errOut, code = d.parry("audit", "verify", "--log", log)
+	_, errOut, code = d.Parry("audit", "verify", "--log", log)
 	if code != 1 || !strings.Contains(errOut, fmt.Sprintf("BROKEN at line %d", bad)) {
 		t.Fatalf("tampered log: exit %d %q, want line %d reported", code, errOut, bad)
 	}
 	// The daemon reports it too, and keeps appending.
-	d.start()
-	_, errOut, code = d.parry("audit", "verify")
+	d.Start()
+	_, errOut, code = d.Parry("audit", "verify")
 	if code != 1 || !strings.Contains(errOut, fmt.Sprintf("line %d", bad)) {
 		t.Fatalf("daemon verify of a tampered log: exit %d %q", code, errOut)
 	}
@@ -269,8 +211,8 @@ func TestSecondDaemonOnSameSocketTouchesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := newDaemon(t, p.Host, "--config", cfg)
-	d.start()
-	d.mustParry("block", "203.0.113.7", "--for", "1h")
+	d.Start()
+	d.MustParry("block", "203.0.113.7", "--for", "1h")
 	parryd, _ := parrybin.Build(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -278,19 +220,19 @@ func TestSecondDaemonOnSameSocketTouchesNothing(t *testing.T) {
 	if err := os.WriteFile(other, []byte(quietConfig), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := p.Host.Command(ctx, parryd, "--state-dir", t.TempDir(), "--socket", d.sock,
-		"--table", d.table, "--config", other).CombinedOutput()
+	out, err := p.Host.Command(ctx, parryd, "--state-dir", t.TempDir(), "--socket", d.Socket,
+		"--table", d.Table, "--config", other).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "another parryd is listening") {
 		t.Fatalf("second parryd: err %v, output:\n%s", err, out)
 	}
-	allow, err := p.Host.Run("nft", "list", "set", "inet", d.table, "allow4")
+	allow, err := p.Host.Run("nft", "list", "set", "inet", d.Table, "allow4")
 	if err != nil || !strings.Contains(allow, "198.51.100.1") {
 		t.Fatalf("the running daemon's allowlist left the kernel: %v\n%s", err, allow)
 	}
-	if _, ok := kernelElems(t, p.Host, d.table)["203.0.113.7"]; !ok {
+	if _, ok := kernelElems(t, p.Host, d.Table)["203.0.113.7"]; !ok {
 		t.Fatal("the running daemon's block left the kernel")
 	}
-	if !d.alive() {
+	if !d.Alive() {
 		t.Fatal("the running parryd died")
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"github.com/parryhq/parry/test/netns"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -90,14 +89,14 @@ func BenchmarkFleetBulk(b *testing.B) {
 func bulk(b *testing.B, what string, reqs [][]byte) {
 	l := newLab(b)
 	for _, h := range l.hosts { // the control socket's default limits would refuse such bursts
-		l.stop(h)
-		l.writeConfig(h, "control: {rate: 1000000, burst: 1000000, max_line_bytes: 4194304}\n")
-		l.start(h)
+		h.d.Stop()
+		h.d.WriteConfig(l.config(h, "control: {rate: 1000000, burst: 1000000, max_line_bytes: 4194304}\n"))
+		h.d.Start()
 	}
 	a := l.hosts["a"]
 	b.ResetTimer()
 	for n := 0; n < b.N && n < 1; n++ {
-		c, err := client.Dial(a.sock)
+		c, err := client.Dial(a.d.Socket)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -143,19 +142,19 @@ func bulk(b *testing.B, what string, reqs [][]byte) {
 
 		// A host that lost everything catches up from the stream.
 		hc := l.hosts["c"]
-		l.stop(hc)
-		if err := os.RemoveAll(filepath.Join(hc.dir, "state")); err != nil {
+		hc.d.Stop()
+		if err := os.RemoveAll(hc.d.StateDir); err != nil {
 			b.Fatal(err)
 		}
 		hc.ns.MustRun(b, "nft", "delete", "table", "inet", "parry")
 		start = time.Now()
-		l.start(hc)
+		hc.d.Start()
 		netns.Poll(benchDeadline, 20*time.Millisecond, func() bool {
 			els, err := hc.nft.Elements()
 			return err == nil && len(els) >= bulkDecisions
 		})
 		fmt.Printf("fleet catch-up, %s: a wiped c reported READY after %v (catchup_timeout 15s) and held all %d after %v\n",
-			what, hc.readyT.Round(time.Millisecond), bulkDecisions, time.Since(start).Round(time.Millisecond))
+			what, hc.d.ReadyAfter().Round(time.Millisecond), bulkDecisions, time.Since(start).Round(time.Millisecond))
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -42,10 +41,10 @@ func TestFleetThreeHosts(t *testing.T) {
 	if len(list.Blocks) != 1 || list.Blocks[0].Origin != "a" || list.Blocks[0].Source != "fleet" {
 		t.Errorf("b lists %+v; want one block with origin a, source fleet", list.Blocks)
 	}
-	if out := b.cli(t, "list"); !strings.Contains(out, "ORIGIN") || !regexp.MustCompile(`192\.0\.2\.100\s.*\sa\n`).MatchString(out) {
+	if out := b.d.MustParry("list"); !strings.Contains(out, "ORIGIN") || !regexp.MustCompile(`192\.0\.2\.100\s.*\sa\n`).MatchString(out) {
 		t.Errorf("parry list on b:\n%s\nwant 192.0.2.100 with origin a", out)
 	}
-	if out := b.cli(t, "status"); !strings.Contains(out, `fleet: connected to nats://192.0.2.254:4222 as "b", caught up`) {
+	if out := b.d.MustParry("status"); !strings.Contains(out, `fleet: connected to nats://192.0.2.254:4222 as "b", caught up`) {
 		t.Errorf("parry status on b:\n%s\nwant the fleet connected and caught up", out)
 	}
 
@@ -62,17 +61,17 @@ func TestFleetThreeHosts(t *testing.T) {
 
 	// c stopped, a block made meanwhile: c restarted misses nothing, and has
 	// it in its kernel by the time it reports READY.
-	l.stop(c)
+	c.d.Stop()
 	a.block(t, xWhileDown, "while c was away")
 	netns.Eventually(t, 10*time.Second, "b drops "+xWhileDown.String(), func() bool { return b.inKernel(t, xWhileDown) })
-	l.start(c)
+	c.d.Start()
 	if !c.inKernel(t, xWhileDown) || !c.inKernel(t, xBlocked) {
 		t.Fatalf("c at READY: %s in kernel %v, %s in kernel %v; want both", xWhileDown, c.inKernel(t, xWhileDown), xBlocked, c.inKernel(t, xBlocked))
 	}
 	if l.reaches(xWhileDown, hostAddr["c"]) {
 		t.Errorf("restarted c answers %s", xWhileDown)
 	}
-	t.Logf("c restarted and caught up in %v (start to READY=1)", c.readyT)
+	t.Logf("c restarted and caught up in %v (start to READY=1)", c.d.ReadyAfter())
 
 	// NATS stopped: local enforcement goes on and the decision queues; NATS
 	// started again: nothing is lost.
@@ -85,7 +84,7 @@ func TestFleetThreeHosts(t *testing.T) {
 	if st := a.status(t).Fleet; st.Queued != 1 {
 		t.Errorf("a's queue with NATS down: %d; want 1", st.Queued)
 	}
-	if out := a.cli(t, "status"); !strings.Contains(out, "fleet: DISCONNECTED") || !strings.Contains(out, "fleet queue: 1/10000 waiting") {
+	if out := a.d.MustParry("status"); !strings.Contains(out, "fleet: DISCONNECTED") || !strings.Contains(out, "fleet queue: 1/10000 waiting") {
 		t.Errorf("parry status on a with NATS down:\n%s\nwant DISCONNECTED and 1 queued", out)
 	}
 	l.startNATS()
@@ -94,12 +93,12 @@ func TestFleetThreeHosts(t *testing.T) {
 	}
 	// The stream survived the restart: b, wiped of all state (store and
 	// kernel table), catches up on every active block before READY.
-	l.stop(b)
-	if err := os.RemoveAll(filepath.Join(b.dir, "state")); err != nil {
+	b.d.Stop()
+	if err := os.RemoveAll(b.d.StateDir); err != nil {
 		t.Fatal(err)
 	}
 	b.ns.MustRun(t, "nft", "delete", "table", "inet", "parry")
-	l.start(b)
+	b.d.Start()
 	for _, x := range []netip.Addr{xBlocked, xAllowedC, xWhileDown, xNATSDown} {
 		if !b.inKernel(t, x) {
 			t.Errorf("wiped b at READY lacks %s", x)
@@ -147,12 +146,9 @@ func (l *lab) forge(t *testing.T, target netip.Addr) map[string]string {
 // about target from origin.
 func auditHas(t *testing.T, h *host, ev, target, origin string) bool {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(h.dir, "state", "audit.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.Contains(line, `"`+ev+`"`) && strings.Contains(line, target) && strings.Contains(line, `"origin":"`+origin+`"`) {
+	for _, f := range h.d.AuditEvents(ev) {
+		b, _ := json.Marshal(f)
+		if strings.Contains(string(b), target) && strings.Contains(string(b), `"origin":"`+origin+`"`) {
 			return true
 		}
 	}

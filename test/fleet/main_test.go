@@ -29,6 +29,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
+
+	"github.com/parryhq/parry/test/parrybin"
 )
 
 const (
@@ -43,7 +45,9 @@ func TestMain(m *testing.M) {
 	case os.Getenv(envForge) != "":
 		os.Exit(forgeMain())
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	parrybin.Remove()
+	os.Exit(code)
 }
 
 // natsdMain runs a nats-server with JetStream: listen address, store dir

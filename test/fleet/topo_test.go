@@ -2,16 +2,13 @@ package fleet_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,41 +18,9 @@ import (
 	"github.com/parryhq/parry/agent"
 	"github.com/parryhq/parry/agent/client"
 	"github.com/parryhq/parry/firewall"
+	"github.com/parryhq/parry/test/daemon"
 	"github.com/parryhq/parry/test/netns"
 )
-
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
-)
-
-// parrydBin builds cmd/parryd (and cmd/parry) once per test binary.
-func parrydBin(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "parry-fleet-bin")
-		if buildErr != nil {
-			return
-		}
-		goBin, err := exec.LookPath("go")
-		if err != nil {
-			buildErr = fmt.Errorf("the go tool is needed to build parryd: %w", err)
-			return
-		}
-		for _, cmd := range []string{"parryd", "parry"} {
-			out, err := exec.Command(goBin, "build", "-o", filepath.Join(buildDir, cmd), "github.com/parryhq/parry/cmd/"+cmd).CombinedOutput()
-			if err != nil {
-				buildErr = fmt.Errorf("go build %s: %w: %s", cmd, err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return filepath.Join(buildDir, "parryd")
-}
 
 // addresses on the shared segment
 var (
@@ -82,23 +47,15 @@ type lab struct {
 }
 
 type host struct {
-	name   string
-	ns     *netns.NS
-	dir    string
-	cfg    string
-	sock   string
-	cmd    *exec.Cmd
-	done   chan struct{}
-	logf   *os.File
-	nft    *firewall.NFT
-	readyT time.Duration // how long the last start took to READY=1
+	name string
+	ns   *netns.NS
+	d    *daemon.Daemon
+	nft  *firewall.NFT
 }
 
 func newLab(t testing.TB) *lab {
 	t.Helper()
 	netns.RequireRoot(t)
-	bin := parrydBin(t)
-	_ = bin
 	l := &lab{t: t, dir: t.TempDir(), seeds: map[string]string{}, hosts: map[string]*host{}}
 	l.hub = netns.New(t)
 	l.hub.MustRun(t, "ip", "link", "add", "br0", "type", "bridge")
@@ -126,7 +83,7 @@ func newLab(t testing.TB) *lab {
 		}
 	}
 	for _, name := range []string{"a", "b", "c"} {
-		h := &host{name: name, ns: netns.New(t), dir: filepath.Join(l.dir, name)}
+		h := &host{name: name, ns: netns.New(t)}
 		attach(h.ns, hostAddr[name])
 		var err error
 		if h.nft, err = firewall.New(h.ns.Conn(t), firewall.Config{Table: "parry"}); err != nil {
@@ -138,15 +95,12 @@ func newLab(t testing.TB) *lab {
 	attach(l.x, xBlocked, xAllowedC, xForged, xWhileDown, xNATSDown)
 	l.startNATS()
 	t.Cleanup(l.stopNATS)
+	// Made after t.Cleanup(l.stopNATS), so the daemons stop before NATS.
 	for _, name := range []string{"a", "b", "c"} {
-		l.writeConfig(l.hosts[name])
-		l.start(l.hosts[name])
+		h := l.hosts[name]
+		h.d = daemon.New(t, h.ns, daemon.Options{Config: l.config(h)})
+		h.d.Start()
 	}
-	t.Cleanup(func() {
-		for _, h := range l.hosts {
-			l.stop(h)
-		}
-	})
 	return l
 }
 
@@ -160,98 +114,20 @@ func (l *lab) trusted() string {
 	return b.String()
 }
 
-func (l *lab) writeConfig(h *host, extra ...string) {
-	if err := os.MkdirAll(h.dir, 0o755); err != nil {
-		l.t.Fatal(err)
-	}
-	h.sock = filepath.Join(h.dir, "parry.sock")
+// config is host h's config text, with extra YAML appended.
+func (l *lab) config(h *host, extra ...string) string {
 	allow := "[]"
 	if h.name == "c" {
 		allow = `["` + xAllowedC.String() + `/32"]`
 	}
-	cfg := fmt.Sprintf(`socket: %s
-state_dir: %s
-allowlist: %s
+	return fmt.Sprintf(`allowlist: %s
 fleet:
   servers: ["nats://%s:4222"]
   name: %s
   credentials: %s
   catchup_timeout: 15s
   trusted:
-%s%s`, h.sock, filepath.Join(h.dir, "state"), allow, hubAddr, h.name, filepath.Join(l.dir, h.name+".nk"), l.trusted(), strings.Join(extra, ""))
-	h.cfg = filepath.Join(h.dir, "parry.yaml")
-	if err := os.WriteFile(h.cfg, []byte(cfg), 0o644); err != nil {
-		l.t.Fatal(err)
-	}
-}
-
-// start runs parryd inside the host's namespace and waits for READY=1 on a
-// notify socket, the way systemd would.
-func (l *lab) start(h *host) {
-	t := l.t
-	t.Helper()
-	notifyPath := filepath.Join(h.dir, "notify.sock")
-	_ = os.Remove(notifyPath)
-	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer notify.Close()
-	h.logf, err = os.OpenFile(filepath.Join(h.dir, "parryd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.cmd = h.ns.Command(context.Background(), parrydBin(t), "--config", h.cfg)
-	h.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
-	h.cmd.Stdout, h.cmd.Stderr = h.logf, h.logf
-	begin := time.Now()
-	if err := h.cmd.Start(); err != nil {
-		t.Fatalf("start parryd %s: %v", h.name, err)
-	}
-	h.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(h.cmd, h.done)
-	buf := make([]byte, 4096)
-	for {
-		_ = notify.SetReadDeadline(time.Now().Add(30 * time.Second))
-		n, err := notify.Read(buf)
-		if err != nil {
-			t.Fatalf("parryd %s: no READY=1 within 30s: %v\n%s", h.name, err, h.log())
-		}
-		if bytes.Contains(buf[:n], []byte("READY=1")) {
-			break
-		}
-	}
-	h.readyT = time.Since(begin)
-}
-
-// stop sends SIGTERM and waits (bounded) for parryd to exit.
-func (l *lab) stop(h *host) {
-	if h.cmd == nil || h.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-h.done:
-	default:
-		_ = h.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-h.done:
-		case <-time.After(10 * time.Second):
-			_ = h.cmd.Process.Kill()
-			<-h.done
-		}
-	}
-	h.cmd = nil
-	if h.logf != nil {
-		h.logf.Close()
-	}
-}
-
-func (h *host) log() string {
-	b, _ := os.ReadFile(filepath.Join(h.dir, "parryd.log"))
-	if len(b) > 8000 {
-		b = b[len(b)-8000:]
-	}
-	return string(b)
+%s%s`, allow, hubAddr, h.name, filepath.Join(l.dir, h.name+".nk"), l.trusted(), strings.Join(extra, ""))
 }
 
 func (l *lab) startNATS() {
@@ -306,23 +182,12 @@ func (l *lab) stopNATS() {
 // call sends one request to a host's parryd.
 func (h *host) call(t testing.TB, req map[string]any, out any) error {
 	t.Helper()
-	c, err := client.Dial(h.sock)
+	c, err := client.Dial(h.d.Socket)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	return c.Call(req, out)
-}
-
-// cli runs the parry CLI against the host's daemon and returns its output.
-func (h *host) cli(t testing.TB, args ...string) string {
-	t.Helper()
-	bin := filepath.Join(filepath.Dir(parrydBin(t)), "parry")
-	out, err := exec.Command(bin, append([]string{"--socket", h.sock}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("parry %s on %s: %v\n%s", strings.Join(args, " "), h.name, err, out)
-	}
-	return string(out)
 }
 
 func (h *host) block(t testing.TB, target netip.Addr, reason string) {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/test/daemon"
 	"github.com/parryhq/parry/test/netns"
 )
 
@@ -31,11 +32,11 @@ response:
     sender_burst: 1000000
 `
 
-func benchDaemon(b *testing.B) *daemon {
+func benchDaemon(b *testing.B) *daemon.Daemon {
 	netns.RequireRoot(b)
 	ns := netns.New(b)
 	d := newDaemon(b, ns, benchConfig)
-	d.start()
+	d.Start()
 	return d
 }
 
@@ -67,12 +68,12 @@ func BenchmarkSocketThroughput(b *testing.B) {
 				var mu sync.Mutex
 				sent := 0
 				start := time.Now()
-				cpu0 := d.cpu(b)
+				cpu0 := cpuTime(b, d)
 				for c := range conns {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						n := pump(b, d.sock, c, conns, total/conns, batch, deadline, func(i int) []byte {
+						n := pump(b, d.Socket, c, conns, total/conns, batch, deadline, func(i int) []byte {
 							if op == "ping" {
 								return []byte(`{"op":"ping"}` + "\n")
 							}
@@ -85,7 +86,7 @@ func BenchmarkSocketThroughput(b *testing.B) {
 				}
 				wg.Wait()
 				el := time.Since(start)
-				cpu := d.cpu(b) - cpu0
+				cpu := cpuTime(b, d) - cpu0
 				b.ReportMetric(float64(sent)/el.Seconds(), "req/s")
 				b.ReportMetric(float64(sent), "requests")
 				b.ReportMetric(float64(cpu.Microseconds())/float64(sent), "parryd-cpu-µs/req")
@@ -150,11 +151,11 @@ func BenchmarkSignalLatency(b *testing.B) {
 	}
 }
 
-func latency(b *testing.B, d *daemon, rate, decideEvery int) {
+func latency(b *testing.B, d *daemon.Daemon, rate, decideEvery int) {
 	for b.Loop() {
 		const dur = 3 * time.Second
 		total := rate * int(dur/time.Second)
-		conn, err := net.Dial("unix", d.sock)
+		conn, err := net.Dial("unix", d.Socket)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -184,7 +185,7 @@ func latency(b *testing.B, d *daemon, rate, decideEvery int) {
 			readDone <- nil
 		}()
 		start := time.Now()
-		cpu0 := d.cpu(b)
+		cpu0 := cpuTime(b, d)
 		const tick = time.Millisecond
 		per := max(1, rate/int(time.Second/tick))
 		w := bufio.NewWriterSize(conn, 64<<10)
@@ -213,7 +214,7 @@ func latency(b *testing.B, d *daemon, rate, decideEvery int) {
 		conn.Close()
 		el := time.Since(start)
 		b.ReportMetric(float64(total)/el.Seconds(), "signals/s")
-		b.ReportMetric(float64((d.cpu(b)-cpu0).Microseconds())/float64(total), "parryd-cpu-µs/signal")
+		b.ReportMetric(float64((cpuTime(b, d)-cpu0).Microseconds())/float64(total), "parryd-cpu-µs/signal")
 		b.ReportMetric(ms(pct(lat, 50)), "p50_ms")
 		b.ReportMetric(ms(pct(lat, 99)), "p99_ms")
 		b.ReportMetric(ms(pct(lat, 100)), "max_ms")
@@ -239,11 +240,11 @@ func pct(d []time.Duration, p int) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// cpu is parryd's user+system CPU time so far, from /proc/PID/stat (in
+// cpuTime is parryd's user+system CPU time so far, from /proc/PID/stat (in
 // clock ticks of 10 ms: read it over seconds, not per request). ip netns
 // exec execs parryd, so the PID is parryd's.
-func (d *daemon) cpu(b *testing.B) time.Duration {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid))
+func cpuTime(b *testing.B, d *daemon.Daemon) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.PID()))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -33,7 +33,7 @@ func TestFail2banAction(t *testing.T) {
 	netns.RequireRoot(t)
 	top := newTopology(t)
 	d := newDaemon(t, top.host, "")
-	d.start()
+	d.Start()
 	_, parry := parrybin.Build(t)
 
 	raw, err := os.ReadFile(repoFile(t, "packaging/fail2ban/action.d/parry.conf"))
@@ -48,7 +48,7 @@ func TestFail2banAction(t *testing.T) {
 	if kind == nil {
 		t.Fatal("no kind in [Init]")
 	}
-	cmdline := strings.NewReplacer("<parry>", parry+" --socket "+d.sock, "<kind>", string(kind[1]),
+	cmdline := strings.NewReplacer("<parry>", parry+" --socket "+d.Socket, "<kind>", string(kind[1]),
 		"<ip>", top.peerAddr.String(), "<name>", "sshd", "<failures>", "5").Replace(string(m[1]))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -58,7 +58,7 @@ func TestFail2banAction(t *testing.T) {
 	netns.Eventually(t, 5*time.Second, "banned peer dropped", func() bool {
 		return !top.peer.CanConnect(top.hostAddr, port)
 	})
-	if left, ok := d.blockLeft(top.peerAddr.String()); !ok || left < 59*time.Minute {
+	if left, ok := blockLeft(t, d, top.peerAddr.String()); !ok || left < 59*time.Minute {
 		t.Errorf("block: %v left (%v), want about 1h", left, ok)
 	}
 }
@@ -72,13 +72,13 @@ func TestPythonClient(t *testing.T) {
 	}
 	ns := netns.New(t)
 	d := newDaemon(t, ns, "")
-	d.start()
+	d.Start()
 	script := repoFile(t, "packaging/examples/parry_signal.py")
 	var last map[string]any
 	for range 5 {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		cmd := exec.CommandContext(ctx, py, script, "auth_failure", "203.0.113.9", "alice")
-		cmd.Env = append(os.Environ(), "PARRY_SOCKET="+d.sock)
+		cmd.Env = append(os.Environ(), "PARRY_SOCKET="+d.Socket)
 		out, err := cmd.Output()
 		cancel()
 		if err != nil {
@@ -91,7 +91,7 @@ func TestPythonClient(t *testing.T) {
 	if last["ok"] != true || last["outcome"] != "decided" {
 		t.Errorf("fifth signal from Python: %v", last)
 	}
-	if _, ok := d.blockLeft("203.0.113.9"); !ok {
+	if _, ok := blockLeft(t, d, "203.0.113.9"); !ok {
 		t.Error("203.0.113.9 not blocked after five signals from Python")
 	}
 }

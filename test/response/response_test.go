@@ -8,13 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/test/daemon"
 	"github.com/parryhq/parry/test/netns"
 )
 
 // blockLeft returns how long the block of target has left per parry list,
 // or false if it is not blocked.
-func (d *daemon) blockLeft(target string) (time.Duration, bool) {
-	d.t.Helper()
+func blockLeft(t testing.TB, d *daemon.Daemon, target string) (time.Duration, bool) {
+	t.Helper()
 	var resp struct {
 		Blocks []struct {
 			Target string    `json:"target"`
@@ -22,8 +23,8 @@ func (d *daemon) blockLeft(target string) (time.Duration, bool) {
 			Rule   string    `json:"rule"`
 		} `json:"blocks"`
 	}
-	if err := json.Unmarshal([]byte(d.mustParry("list", "--json")), &resp); err != nil {
-		d.t.Fatalf("list --json: %v", err)
+	if err := json.Unmarshal([]byte(d.MustParry("list", "--json")), &resp); err != nil {
+		t.Fatalf("list --json: %v", err)
 	}
 	for _, b := range resp.Blocks {
 		if b.Target == target {
@@ -35,11 +36,11 @@ func (d *daemon) blockLeft(target string) (time.Duration, bool) {
 
 // failLogins sends n auth_failure signals for ip and returns the last
 // answer.
-func (d *daemon) failLogins(ip string, n int) string {
-	d.t.Helper()
+func failLogins(t testing.TB, d *daemon.Daemon, ip string, n int) string {
+	t.Helper()
 	var out string
 	for range n {
-		out = d.mustParry("signal", "auth_failure", "--ip", ip, "--user", "alice", "--source", "webapp")
+		out = d.MustParry("signal", "auth_failure", "--ip", ip, "--user", "alice", "--source", "webapp")
 	}
 	return out
 }
@@ -51,16 +52,16 @@ func TestAuthFailuresBlockPeer(t *testing.T) {
 	netns.RequireRoot(t)
 	top := newTopology(t)
 	d := newDaemon(t, top.host, "")
-	d.start()
+	d.Start()
 	peer := top.peerAddr.String()
 
-	if out := d.failLogins(peer, 4); !strings.Contains(out, "counted (auth-failure ip 192.0.2.2: 4/5 within 15m") {
+	if out := failLogins(t, d, peer, 4); !strings.Contains(out, "counted (auth-failure ip 192.0.2.2: 4/5 within 15m") {
 		t.Fatalf("fourth signal: %q", out)
 	}
 	if !top.peer.CanConnect(top.hostAddr, port) {
 		t.Fatal("peer blocked after 4 signals")
 	}
-	out := d.failLogins(peer, 1)
+	out := failLogins(t, d, peer, 1)
 	if !strings.Contains(out, "decided block by rule auth-failure") || !strings.Contains(out, "[done]") {
 		t.Fatalf("fifth signal: %q", out)
 	}
@@ -70,26 +71,26 @@ func TestAuthFailuresBlockPeer(t *testing.T) {
 	if !top.mgmt.CanConnect(top.hostMgmtAddr, port) {
 		t.Error("the other peer was blocked too")
 	}
-	if left, ok := d.blockLeft(peer); !ok || left > time.Hour || left < 59*time.Minute {
+	if left, ok := blockLeft(t, d, peer); !ok || left > time.Hour || left < 59*time.Minute {
 		t.Errorf("first block: %v left (blocked %v), want about 1h", left, ok)
 	}
 
 	// repeat offence: twice as long
-	d.mustParry("unblock", peer)
+	d.MustParry("unblock", peer)
 	netns.Eventually(t, 5*time.Second, "peer reaches the host after unblock", func() bool {
 		return top.peer.CanConnect(top.hostAddr, port)
 	})
-	d.failLogins(peer, 5)
-	if left, ok := d.blockLeft(peer); !ok || left < 119*time.Minute || left > 2*time.Hour {
+	failLogins(t, d, peer, 5)
+	if left, ok := blockLeft(t, d, peer); !ok || left < 119*time.Minute || left > 2*time.Hour {
 		t.Errorf("second block: %v left, want about 2h", left)
 	}
 
 	// the escalation memory survives a restart
-	d.stop()
-	d.start()
-	d.mustParry("unblock", peer)
-	d.failLogins(peer, 5)
-	if left, ok := d.blockLeft(peer); !ok || left < 239*time.Minute || left > 4*time.Hour {
+	d.Stop()
+	d.Start()
+	d.MustParry("unblock", peer)
+	failLogins(t, d, peer, 5)
+	if left, ok := blockLeft(t, d, peer); !ok || left < 239*time.Minute || left > 4*time.Hour {
 		t.Errorf("third block after restart: %v left, want about 4h", left)
 	}
 	netns.Eventually(t, 5*time.Second, "peer dropped again", func() bool {
@@ -97,18 +98,18 @@ func TestAuthFailuresBlockPeer(t *testing.T) {
 	})
 
 	// the user key (alice, 5 of 20) is still counting
-	if out := d.mustParry("status"); !strings.Contains(out, "policy: 8 rules; 5 signals (0 no rule, 0 rate-limited), 1 decisions; 1 keys counting, 1 offenders remembered") {
+	if out := d.MustParry("status"); !strings.Contains(out, "policy: 8 rules; 5 signals (0 no rule, 0 rate-limited), 1 decisions; 1 keys counting, 1 offenders remembered") {
 		t.Errorf("status after restart and one block: %q", out)
 	}
 
 	// unknown kinds are recorded, not acted on; malformed signals change nothing
-	if out := d.mustParry("signal", "printer_on_fire", "--ip", "203.0.113.9"); !strings.Contains(out, "recorded, no rule") {
+	if out := d.MustParry("signal", "printer_on_fire", "--ip", "203.0.113.9"); !strings.Contains(out, "recorded, no rule") {
 		t.Errorf("unknown kind: %q", out)
 	}
-	if _, errOut, code := d.parry("signal", "auth failure"); code != 1 || !strings.Contains(errOut, "invalid_signal") {
+	if _, errOut, code := d.Parry("signal", "auth failure"); code != 1 || !strings.Contains(errOut, "invalid_signal") {
 		t.Errorf("bad kind: exit %d, %q", code, errOut)
 	}
-	if _, errOut, code := d.parry("signal", "auth_failure", "--ip", "300.1.1.1"); code != 2 {
+	if _, errOut, code := d.Parry("signal", "auth_failure", "--ip", "300.1.1.1"); code != 2 {
 		t.Errorf("bad ip: exit %d, %q", code, errOut)
 	}
 }
@@ -120,13 +121,13 @@ func TestLockdown(t *testing.T) {
 	netns.RequireRoot(t)
 	top := newTopology(t)
 	d := newDaemon(t, top.host, "")
-	d.start()
+	d.Start()
 
-	_, errOut, code := d.parry("lockdown", "--for", "1m")
+	_, errOut, code := d.Parry("lockdown", "--for", "1m")
 	if code != 1 || !strings.Contains(errOut, "needs_force") || !strings.Contains(errOut, "--allow") {
 		t.Fatalf("lockdown with an empty allowlist: exit %d, %q", code, errOut)
 	}
-	if _, errOut, code := d.parry("lockdown", "--extend", "5m"); code != 1 || !strings.Contains(errOut, "no_lockdown") {
+	if _, errOut, code := d.Parry("lockdown", "--extend", "5m"); code != 1 || !strings.Contains(errOut, "no_lockdown") {
 		t.Fatalf("extend without a lockdown: exit %d, %q", code, errOut)
 	}
 	if !top.peer.CanConnect(top.hostAddr, port) {
@@ -134,7 +135,7 @@ func TestLockdown(t *testing.T) {
 	}
 
 	start := time.Now()
-	out := d.mustParry("lockdown", "--for", "10s", "--allow", top.mgmtAddr.String(), "--reason", "e2e")
+	out := d.MustParry("lockdown", "--for", "10s", "--allow", top.mgmtAddr.String(), "--reason", "e2e")
 	if !strings.Contains(out, "lockdown: ACTIVE") {
 		t.Errorf("lockdown output: %q", out)
 	}
@@ -144,7 +145,7 @@ func TestLockdown(t *testing.T) {
 	if !top.mgmt.CanConnect(top.hostMgmtAddr, port) {
 		t.Error("allowlisted management peer could not connect during the lockdown")
 	}
-	if out := d.mustParry("status"); !strings.Contains(out, "lockdown: ACTIVE") || !strings.Contains(out, "198.51.100.2") {
+	if out := d.MustParry("status"); !strings.Contains(out, "lockdown: ACTIVE") || !strings.Contains(out, "198.51.100.2") {
 		t.Errorf("status during lockdown: %q", out)
 	}
 	netns.Eventually(t, 30*time.Second, "ordinary peer connects after the lockdown's time", func() bool {
@@ -153,7 +154,7 @@ func TestLockdown(t *testing.T) {
 	if el := time.Since(start); el < 9*time.Second {
 		t.Errorf("lockdown ended after %s, before its 10s", el)
 	}
-	if out := d.mustParry("status"); !strings.Contains(out, "lockdown: off") {
+	if out := d.MustParry("status"); !strings.Contains(out, "lockdown: off") {
 		t.Errorf("status after the lockdown: %q", out)
 	}
 }
@@ -165,17 +166,17 @@ func TestLockdownSurvivesRestart(t *testing.T) {
 	netns.RequireRoot(t)
 	top := newTopology(t)
 	d := newDaemon(t, top.host, "allowlist: [198.51.100.0/24]\n")
-	d.start()
-	d.mustParry("lockdown", "--for", "2m", "--reason", "incident")
+	d.Start()
+	d.MustParry("lockdown", "--for", "2m", "--reason", "incident")
 	if top.peer.CanConnect(top.hostAddr, port) {
 		t.Fatal("ordinary peer connected during the lockdown")
 	}
-	d.stop()
+	d.Stop()
 	top.host.MustRun(t, "nft", "delete", "table", "inet", "parry")
 	if !top.peer.CanConnect(top.hostAddr, port) {
 		t.Fatal("table deleted but the peer still cannot connect")
 	}
-	d.start()
+	d.Start()
 	if top.peer.CanConnect(top.hostAddr, port) {
 		t.Error("lockdown not re-asserted after restart")
 	}
@@ -188,17 +189,17 @@ func TestLockdownSurvivesRestart(t *testing.T) {
 			Until  time.Time `json:"until"`
 		} `json:"lockdown"`
 	}
-	json.Unmarshal([]byte(d.mustParry("status", "--json")), &st)
+	json.Unmarshal([]byte(d.MustParry("status", "--json")), &st)
 	if left := time.Until(st.Lockdown.Until); !st.Lockdown.Active || left > 2*time.Minute || left < time.Minute {
 		t.Errorf("status after restart: %+v (%s left)", st.Lockdown, left)
 	}
 	before := st.Lockdown.Until
-	d.mustParry("lockdown", "--extend", "10m")
-	json.Unmarshal([]byte(d.mustParry("status", "--json")), &st)
+	d.MustParry("lockdown", "--extend", "10m")
+	json.Unmarshal([]byte(d.MustParry("status", "--json")), &st)
 	if got := st.Lockdown.Until.Sub(before); got < 10*time.Minute-time.Second || got > 10*time.Minute+time.Second {
 		t.Errorf("extend moved the end by %s, want 10m", got)
 	}
-	d.mustParry("release", "--reason", "all clear")
+	d.MustParry("release", "--reason", "all clear")
 	netns.Eventually(t, 5*time.Second, "peer connects after release", func() bool {
 		return top.peer.CanConnect(top.hostAddr, port)
 	})
@@ -213,16 +214,16 @@ func TestIsolate(t *testing.T) {
 	top.mgmt.ServeTCP(t, port)
 	netns.Eventually(t, 5*time.Second, "host reaches the peer", func() bool { return top.host.CanConnect(top.peerAddr, port) })
 	d := newDaemon(t, top.host, "")
-	d.start()
+	d.Start()
 
-	d.mustParry("lockdown", "--for", "1m", "--isolate", "--allow", top.mgmtAddr.String())
+	d.MustParry("lockdown", "--for", "1m", "--isolate", "--allow", top.mgmtAddr.String())
 	if top.host.CanConnect(top.peerAddr, port) {
 		t.Error("isolated host opened a connection to an ordinary peer")
 	}
 	if !top.host.CanConnect(top.mgmtAddr, port) {
 		t.Error("isolated host could not reach the allowlisted management peer")
 	}
-	d.mustParry("release")
+	d.MustParry("release")
 	netns.Eventually(t, 5*time.Second, "host reaches the peer after release", func() bool {
 		return top.host.CanConnect(top.peerAddr, port)
 	})
@@ -234,18 +235,18 @@ func TestIsolate(t *testing.T) {
 func TestUnprivilegedSender(t *testing.T) {
 	netns.RequireRoot(t)
 	top := newTopology(t)
-	web := newTestUser(t)
-	other := newTestUser(t)
-	cfg := fmt.Sprintf("control:\n  socket_mode: \"0666\"\nresponse:\n  senders:\n    - {user: %s, kinds: [auth_failure]}\n", web.name)
+	web := daemon.NewUser(t)
+	other := daemon.NewUser(t)
+	cfg := fmt.Sprintf("control:\n  socket_mode: \"0666\"\nresponse:\n  senders:\n    - {user: %s, kinds: [auth_failure]}\n", web.Name)
 	d := newDaemon(t, top.host, cfg)
-	d.start()
+	d.Start()
 	peer := top.peerAddr.String()
 
-	refused := func(u *testUser, code string, args ...string) {
+	refused := func(u *daemon.User, code string, args ...string) {
 		t.Helper()
-		out, errOut, exit := d.parryAs(u, args...)
+		out, errOut, exit := d.ParryAs(u, args...)
 		if exit != 1 || !strings.Contains(errOut, code) {
-			t.Errorf("%s as %s: exit %d, stdout %q, stderr %q; want exit 1 with %s", strings.Join(args, " "), u.name, exit, out, errOut, code)
+			t.Errorf("%s as %s: exit %d, stdout %q, stderr %q; want exit 1 with %s", strings.Join(args, " "), u.Name, exit, out, errOut, code)
 		}
 	}
 	refused(web, "forbidden", "block", peer, "--for", "1h")
@@ -256,11 +257,11 @@ func TestUnprivilegedSender(t *testing.T) {
 	if !top.peer.CanConnect(top.hostAddr, port) {
 		t.Fatal("refused requests changed the firewall")
 	}
-	if out := d.mustParry("status"); !strings.Contains(out, "lockdown: off") {
+	if out := d.MustParry("status"); !strings.Contains(out, "lockdown: off") {
 		t.Errorf("refused lockdown took effect: %q", out)
 	}
 	for i := range 5 {
-		out, errOut, code := d.parryAs(web, "signal", "auth_failure", "--ip", peer, "--user", "alice", "--source", "webapp")
+		out, errOut, code := d.ParryAs(web, "signal", "auth_failure", "--ip", peer, "--user", "alice", "--source", "webapp")
 		if code != 0 {
 			t.Fatalf("allowed signal %d: exit %d %q", i+1, code, errOut)
 		}
@@ -276,9 +277,9 @@ func TestUnprivilegedSender(t *testing.T) {
 			Target, Sender, Rule string
 		} `json:"blocks"`
 	}
-	json.Unmarshal([]byte(d.mustParry("list", "--json")), &resp)
-	if len(resp.Blocks) != 1 || resp.Blocks[0].Rule != "auth-failure" || !strings.Contains(resp.Blocks[0].Sender, web.name) {
-		t.Errorf("block's cause: %+v, want rule auth-failure and sender %s", resp.Blocks, web.name)
+	json.Unmarshal([]byte(d.MustParry("list", "--json")), &resp)
+	if len(resp.Blocks) != 1 || resp.Blocks[0].Rule != "auth-failure" || !strings.Contains(resp.Blocks[0].Sender, web.Name) {
+		t.Errorf("block's cause: %+v, want rule auth-failure and sender %s", resp.Blocks, web.Name)
 	}
 }
 
@@ -291,8 +292,8 @@ func TestAuthFailuresBlockPeerIPv6(t *testing.T) {
 		return top.peer.CanConnect(host6, port)
 	})
 	d := newDaemon(t, top.host, "")
-	d.start()
-	if out := d.failLogins(peer6.String(), 5); !strings.Contains(out, "decided block by rule auth-failure") {
+	d.Start()
+	if out := failLogins(t, d, peer6.String(), 5); !strings.Contains(out, "decided block by rule auth-failure") {
 		t.Fatalf("fifth signal: %q", out)
 	}
 	netns.Eventually(t, 5*time.Second, "peer's IPv6 connections dropped", func() bool {
@@ -301,7 +302,7 @@ func TestAuthFailuresBlockPeerIPv6(t *testing.T) {
 	if !top.peer.CanConnect(top.hostAddr, port) {
 		t.Error("blocking the peer's IPv6 address dropped its IPv4 too")
 	}
-	if _, ok := d.blockLeft("2001:db8::2"); !ok {
+	if _, ok := blockLeft(t, d, "2001:db8::2"); !ok {
 		t.Error("2001:db8::2 not in parry list")
 	}
 }

@@ -37,14 +37,14 @@ func TestKill9DuringBlockFileKeepsStoreAndAuditInAgreement(t *testing.T) {
 	ackRe := regexp.MustCompile(`\d+ of \d+ chunks \(\d+ targets?\) were acknowledged before the connection to parryd broke`)
 	broken := 0
 	for round := range 3 {
-		d.start()
+		d.Start()
 		if round > 0 {
-			d.mustParry("unblock", "--file", file)
+			d.MustParry("unblock", "--file", file)
 		}
-		auditLog := filepath.Join(d.dir, "audit.log")
+		auditLog := d.AuditPath()
 		before := fileSize(auditLog)
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		cmd := exec.CommandContext(ctx, parry, "--socket", d.sock, "block", "--file", file, "--for", "1h")
+		cmd := exec.CommandContext(ctx, parry, "--socket", d.Socket, "block", "--file", file, "--for", "1h")
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
@@ -54,7 +54,7 @@ func TestKill9DuringBlockFileKeepsStoreAndAuditInAgreement(t *testing.T) {
 		netns.Eventually(t, 30*time.Second, "first block chunks in the audit log", func() bool {
 			return fileSize(auditLog) > before+100<<10
 		})
-		d.kill()
+		d.Kill()
 		err := cmd.Wait()
 		cancel()
 		if err == nil {
@@ -65,13 +65,13 @@ func TestKill9DuringBlockFileKeepsStoreAndAuditInAgreement(t *testing.T) {
 			}
 			broken++
 		}
-		d.start()
+		d.Start()
 		var l struct {
 			Blocks []struct {
 				Target string `json:"target"`
 			} `json:"blocks"`
 		}
-		if err := json.Unmarshal([]byte(d.mustParry("list", "--json")), &l); err != nil {
+		if err := json.Unmarshal([]byte(d.MustParry("list", "--json")), &l); err != nil {
 			t.Fatal(err)
 		}
 		audited := auditedBlocks(t, auditLog)
@@ -80,10 +80,10 @@ func TestKill9DuringBlockFileKeepsStoreAndAuditInAgreement(t *testing.T) {
 				t.Fatalf("round %d: %s is blocked in the store with no block line in the audit log (%d blocks)", round, b.Target, len(l.Blocks))
 			}
 		}
-		if out := d.mustParry("audit", "verify"); !strings.Contains(out, "ok") {
+		if out := d.MustParry("audit", "verify"); !strings.Contains(out, "ok") {
 			t.Fatalf("round %d: audit verify: %s", round, out)
 		}
-		d.kill()
+		d.Kill()
 	}
 	if broken == 0 {
 		t.Fatal("no round broke the connection mid-way; the test proves nothing")

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/parryhq/parry/test/daemon"
 	"github.com/parryhq/parry/test/netns"
 )
 
@@ -18,15 +19,15 @@ import (
 func TestSenderCannotLiftAdminBan(t *testing.T) {
 	netns.RequireRoot(t)
 	ns := netns.New(t)
-	web := newTestUser(t)
-	cfg := fmt.Sprintf("control:\n  socket_mode: \"0666\"\nresponse:\n  senders:\n    - {user: %s, kinds: [auth_failure]}\n", web.name)
+	web := daemon.NewUser(t)
+	cfg := fmt.Sprintf("control:\n  socket_mode: \"0666\"\nresponse:\n  senders:\n    - {user: %s, kinds: [auth_failure]}\n", web.Name)
 	d := newDaemon(t, ns, cfg)
-	d.start()
+	d.Start()
 	const target = "198.51.100.123"
-	d.mustParry("block", target, "--permanent", "--reason", "admin ban")
+	d.MustParry("block", target, "--permanent", "--reason", "admin ban")
 
 	for i := range 5 {
-		out, errOut, code := d.parryAs(web, "signal", "auth_failure", "--ip", target, "--source", "webapp")
+		out, errOut, code := d.ParryAs(web, "signal", "auth_failure", "--ip", target, "--source", "webapp")
 		if code != 0 {
 			t.Fatalf("signal %d: exit %d %q", i+1, code, errOut)
 		}
@@ -40,16 +41,16 @@ func TestSenderCannotLiftAdminBan(t *testing.T) {
 			Target, Reason, Until, Rule string
 		} `json:"blocks"`
 	}
-	if err := json.Unmarshal([]byte(d.mustParry("list", "--json")), &resp); err != nil {
+	if err := json.Unmarshal([]byte(d.MustParry("list", "--json")), &resp); err != nil {
 		t.Fatal(err)
 	}
 	if len(resp.Blocks) != 1 || resp.Blocks[0].Until != "" || resp.Blocks[0].Reason != "admin ban" || resp.Blocks[0].Rule != "" {
 		t.Errorf("parry list after the sender's signals: %+v; want the admin's permanent block, reason %q", resp.Blocks, "admin ban")
 	}
-	if out := d.mustParry("list"); !strings.Contains(out, "never") {
+	if out := d.MustParry("list"); !strings.Contains(out, "never") {
 		t.Errorf("parry list: %q; want the block never to expire", out)
 	}
-	log, err := os.ReadFile(filepath.Join(d.state, "audit.log"))
+	log, err := os.ReadFile(filepath.Join(d.StateDir, "audit.log"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
@@ -66,17 +65,6 @@ func (d *Daemon) release(dec response.Decision) (Outcome, error) {
 	f["was_active"] = prev != nil && prev.Until.After(d.now())
 	d.Audit("release", f)
 	return out, nil
-}
-
-// LockdownState is the current lockdown, if any.
-type LockdownState struct {
-	Active  bool      `json:"active"`
-	ID      string    `json:"id,omitempty"`
-	Since   time.Time `json:"since,omitzero"`
-	Until   time.Time `json:"until,omitzero"`
-	Isolate bool      `json:"isolate,omitempty"`
-	Allow   []string  `json:"allow,omitempty"`
-	Reason  string    `json:"reason,omitempty"`
 }
 
 func (d *Daemon) lockdownState() LockdownState {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/audit"
-	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/response"
 )
 
@@ -67,23 +66,6 @@ func (d *Daemon) opPing(context.Context, *Call) (any, error) {
 	return map[string]any{"pong": true, "version": Version}, nil
 }
 
-// Status is the answer to op status.
-type Status struct {
-	Version      string        `json:"version"`
-	PID          int           `json:"pid"`
-	Started      time.Time     `json:"started"`
-	Uptime       string        `json:"uptime"`
-	ActiveBlocks int           `json:"active_blocks"`
-	Table        string        `json:"table"`
-	TableHealth  Health        `json:"table_health"`
-	Lockdown     LockdownState `json:"lockdown"`
-	StateDir     string        `json:"state_dir"`
-	AuditSeq     uint64        `json:"audit_seq"`
-	AuditBreak   *ChainBreak   `json:"audit_chain_broken,omitempty"` // until acknowledged (parry audit ack)
-	Policy       PolicyStatus  `json:"policy"`
-	Fleet        *fleet.Status `json:"fleet,omitempty"` // absent: fleet off
-}
-
 // Status reports the daemon's state from memory (never the kernel).
 func (d *Daemon) Status() Status {
 	d.mu.Lock()
@@ -96,19 +78,6 @@ func (d *Daemon) Status() Status {
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
-
-// BlockInfo is one active block as op list reports it.
-type BlockInfo struct {
-	Target  string    `json:"target"`
-	ID      string    `json:"id"`
-	Created time.Time `json:"created"`
-	Until   time.Time `json:"until,omitzero"` // absent: permanent
-	Reason  string    `json:"reason,omitempty"`
-	Source  string    `json:"source,omitempty"`
-	Origin  string    `json:"origin,omitempty"`
-	Rule    string    `json:"rule,omitempty"`
-	Sender  string    `json:"sender,omitempty"`
-}
 
 // Blocks lists the active blocks in address order, from memory.
 func (d *Daemon) Blocks() []BlockInfo {

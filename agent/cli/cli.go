@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"io"
 	"os"
 	"strings"
@@ -148,7 +149,7 @@ func (a *App) call(req map[string]any, out any) error {
 	}
 	defer c.Close()
 	if err := c.Call(req, out); err != nil {
-		var pe *client.Error
+		var pe *api.Error
 		if errors.As(err, &pe) {
 			return &exitError{code: ExitFailed, err: fmt.Errorf("%s (%s)", pe.Message, pe.Code)}
 		}

@@ -2,12 +2,11 @@ package cli
 
 import (
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/parryhq/parry/agent"
-	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/hostcheck"
 	"github.com/parryhq/parry/agent/report"
 	"github.com/spf13/cobra"
@@ -49,7 +48,7 @@ func (a *App) evidenceCaptureCmd() *cobra.Command {
 				return usageErr("--reason is required: say why (it is kept with the snapshot)")
 			}
 			var resp struct {
-				Evidence evidence.Record `json:"evidence"`
+				Evidence api.EvidenceRecord `json:"evidence"`
 			}
 			if err := a.call(map[string]any{"op": "evidence_capture", "reason": reason}, &resp); err != nil {
 				return err
@@ -67,7 +66,7 @@ func (a *App) evidenceCaptureCmd() *cobra.Command {
 	return cmd
 }
 
-func intact(e agent.EvidenceInfo) string {
+func intact(e api.EvidenceInfo) string {
 	switch {
 	case e.Intact:
 		return "intact"
@@ -88,8 +87,8 @@ func (a *App) evidenceListCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var resp struct {
-				Count    int                  `json:"count"`
-				Evidence []agent.EvidenceInfo `json:"evidence"`
+				Count    int                `json:"count"`
+				Evidence []api.EvidenceInfo `json:"evidence"`
 			}
 			if err := a.call(map[string]any{"op": "evidence_list"}, &resp); err != nil {
 				return err
@@ -132,8 +131,8 @@ func (a *App) evidenceShowCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var resp struct {
-				Info     agent.EvidenceInfo `json:"info"`
-				Snapshot evidence.Snapshot  `json:"snapshot"`
+				Info     api.EvidenceInfo `json:"info"`
+				Snapshot api.Snapshot     `json:"snapshot"`
 			}
 			if err := a.call(map[string]any{"op": "evidence_show", "evidence_id": args[0]}, &resp); err != nil {
 				return err
@@ -155,7 +154,7 @@ func (a *App) evidenceShowCmd() *cobra.Command {
 	return cmd
 }
 
-func printSnapshot(a *App, e agent.EvidenceInfo, s *evidence.Snapshot) {
+func printSnapshot(a *App, e api.EvidenceInfo, s *api.Snapshot) {
 	w := a.Stdout
 	fmt.Fprintf(w, "evidence %s (%s)\n", e.ID, intact(e))
 	fmt.Fprintf(w, "  file     %s, mode %s, sha256 %s\n", e.Path, e.Mode, e.SHA256)
@@ -214,7 +213,7 @@ capped at 50 rows; the totals are not.`,
 			default:
 				return usageErr("--format %q: want text, markdown or json", format)
 			}
-			if d, err := agent.ParseDuration(since); err != nil || d <= 0 {
+			if d, err := api.ParseDuration(since); err != nil || d <= 0 {
 				return usageErr("--since %q: want a duration such as 24h or 7d", since)
 			}
 			var resp struct {

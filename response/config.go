@@ -6,6 +6,8 @@ import (
 	"math"
 	"net/netip"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Config is the `response:` section of parry.yaml. The zero value means the
@@ -36,11 +38,11 @@ type Rule struct {
 	// Key is what signals are counted per: "ip" (default), "user", "ip+user",
 	// or "none" (all signals of the kind together). Signals lacking a part of
 	// the key are not counted by this rule.
-	Key       string        `yaml:"key"`
-	Threshold int           `yaml:"threshold"` // signals needed within Window; default 1
-	Window    time.Duration `yaml:"window"`    // default 1m; ignored when Threshold is 1
-	Action    Action        `yaml:"action"`    // block, lockdown, notify or log
-	Duration  time.Duration `yaml:"duration"`  // block and lockdown: how long (required)
+	Key       string       `yaml:"key"`
+	Threshold int          `yaml:"threshold"` // signals needed within Window; default 1
+	Window    api.Duration `yaml:"window"`    // default 1m; ignored when Threshold is 1
+	Action    Action       `yaml:"action"`    // block, lockdown, notify or log
+	Duration  api.Duration `yaml:"duration"`  // block and lockdown: how long (required)
 	// Allow is the extra allowlist of a lockdown; Isolate drops outbound too.
 	Allow   []netip.Prefix `yaml:"allow"`
 	Isolate bool           `yaml:"isolate"`
@@ -54,9 +56,9 @@ type Rule struct {
 // same address within Remember of the previous one lasts
 // Duration * Factor^(n-1), capped at Max.
 type Escalation struct {
-	Factor   float64       `yaml:"factor"`   // default 2; 1 disables escalation
-	Max      time.Duration `yaml:"max"`      // default 168h (one week)
-	Remember time.Duration `yaml:"remember"` // default 720h (30 days) after an offender's last block
+	Factor   float64      `yaml:"factor"`   // default 2; 1 disables escalation
+	Max      api.Duration `yaml:"max"`      // default 168h (one week)
+	Remember api.Duration `yaml:"remember"` // default 720h (30 days) after an offender's last block
 }
 
 // SenderRule lets a local user or the members of a group send signals of the
@@ -119,18 +121,18 @@ func minSeverity(s string) int {
 // lockdown happens only when a configured rule or an operator asks for one.
 func DefaultRules() []Rule {
 	return []Rule{
-		{Name: "auth-failure", Kind: "auth_failure", Key: KeyIP, Threshold: 5, Window: 15 * time.Minute,
-			Action: ActionBlock, Duration: time.Hour},
-		{Name: "auth-failure-user", Kind: "auth_failure", Key: KeyUser, Threshold: 20, Window: 15 * time.Minute,
+		{Name: "auth-failure", Kind: "auth_failure", Key: KeyIP, Threshold: 5, Window: api.Duration(15 * time.Minute),
+			Action: ActionBlock, Duration: api.Duration(time.Hour)},
+		{Name: "auth-failure-user", Kind: "auth_failure", Key: KeyUser, Threshold: 20, Window: api.Duration(15 * time.Minute),
 			Action: ActionNotify},
-		{Name: "rate-exceeded", Kind: "rate_exceeded", Key: KeyIP, Threshold: 10, Window: time.Minute,
-			Action: ActionBlock, Duration: 10 * time.Minute},
+		{Name: "rate-exceeded", Kind: "rate_exceeded", Key: KeyIP, Threshold: 10, Window: api.Duration(time.Minute),
+			Action: ActionBlock, Duration: api.Duration(10 * time.Minute)},
 		{Name: "scan-detected", Kind: "scan_detected", Key: KeyIP, Threshold: 1,
-			Action: ActionBlock, Duration: time.Hour},
+			Action: ActionBlock, Duration: api.Duration(time.Hour)},
 		{Name: "ban-requested", Kind: "ban_requested", Key: KeyIP, Threshold: 1,
-			Action: ActionBlock, Duration: time.Hour},
+			Action: ActionBlock, Duration: api.Duration(time.Hour)},
 		{Name: "data-breach-attempt", Kind: "data_breach_attempt", Key: KeyIP, Threshold: 1,
-			Action: ActionBlock, Duration: 24 * time.Hour},
+			Action: ActionBlock, Duration: api.Duration(24 * time.Hour)},
 		{Name: "malware-detected", Kind: "malware_detected", Key: KeyNone, Threshold: 1,
 			Action: ActionNotify},
 		{Name: "integrity-violation", Kind: "integrity_violation", Key: KeyNone, Threshold: 1,
@@ -295,7 +297,7 @@ func (r Rule) withDefaults() Rule {
 		r.Threshold = 1
 	}
 	if r.Window == 0 {
-		r.Window = DefaultWindow
+		r.Window = api.Duration(DefaultWindow)
 	}
 	if r.Escalate == nil {
 		esc := r.Action == ActionBlock
@@ -335,10 +337,10 @@ func (c Config) withDefaults() Config {
 		c.Escalation.Factor = DefaultFactor
 	}
 	if c.Escalation.Max == 0 {
-		c.Escalation.Max = DefaultMaxBlock
+		c.Escalation.Max = api.Duration(DefaultMaxBlock)
 	}
 	if c.Escalation.Remember == 0 {
-		c.Escalation.Remember = DefaultRemember
+		c.Escalation.Remember = api.Duration(DefaultRemember)
 	}
 	l := &c.Limits
 	l.MaxKeys = orDefault(l.MaxKeys, DefaultMaxKeys)

@@ -50,7 +50,7 @@ func (c *Collector) release() { <-c.sem }
 // when the deadline (ctx, or Config.Timeout, whichever is sooner) passes,
 // with Incomplete set; it fails only when it could not start.
 func (c *Collector) Capture(ctx context.Context, reason, trigger string) (*Snapshot, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout.D())
 	defer cancel()
 	if err := c.acquire(ctx); err != nil {
 		return nil, fmt.Errorf("capture evidence: %w", err)
@@ -309,7 +309,7 @@ func addrPort(a psnet.Addr) netip.AddrPort {
 // bounded by ctx and Config.BlockTimeout and by MaxConnections. Call it
 // after the block is in place: it never needs to come first.
 func (c *Collector) ConnectionsOf(ctx context.Context, prefixes []netip.Prefix) ([]Connection, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.BlockTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.BlockTimeout.D())
 	defer cancel()
 	if err := c.acquire(ctx); err != nil {
 		return nil, fmt.Errorf("connections of blocked addresses: %w", err)

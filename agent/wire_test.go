@@ -11,9 +11,12 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/fleet"
+	"github.com/parryhq/parry/agent/hostcheck"
 	"github.com/parryhq/parry/agent/internal/wirefill"
+	"github.com/parryhq/parry/agent/report"
 	"github.com/parryhq/parry/integrity"
 )
 
@@ -46,6 +49,9 @@ func wireAnswers() []struct {
 		{"evidence.Snapshot", new(evidence.Snapshot)},
 		{"integrity.Finding", new(integrity.Finding)},
 		{"integrity.BaselineResult", new(integrity.BaselineResult)},
+		{"hostcheck.Report", new(hostcheck.Report)},
+		{"report.Report", new(report.Report)},
+		{"audit.Result", new(audit.Result)},
 	}
 }
 

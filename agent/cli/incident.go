@@ -7,8 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/parryhq/parry/agent/hostcheck"
-	"github.com/parryhq/parry/agent/report"
+	"github.com/parryhq/parry/agent/cli/reportfmt"
 	"github.com/spf13/cobra"
 )
 
@@ -206,10 +205,10 @@ capped at 50 rows; the totals are not.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if asJSON {
-				format = report.FormatJSON
+				format = reportfmt.FormatJSON
 			}
 			switch format {
-			case report.FormatText, report.FormatMarkdown, "md", report.FormatJSON:
+			case reportfmt.FormatText, reportfmt.FormatMarkdown, "md", reportfmt.FormatJSON:
 			default:
 				return usageErr("--format %q: want text, markdown or json", format)
 			}
@@ -217,12 +216,12 @@ capped at 50 rows; the totals are not.`,
 				return usageErr("--since %q: want a duration such as 24h or 7d", since)
 			}
 			var resp struct {
-				Report report.Report `json:"report"`
+				Report api.Report `json:"report"`
 			}
 			if err := a.call(map[string]any{"op": "report", "since": since}, &resp); err != nil {
 				return err
 			}
-			if err := report.Render(a.Stdout, resp.Report, format); err != nil {
+			if err := reportfmt.Render(a.Stdout, resp.Report, format); err != nil {
 				return err
 			}
 			if c := resp.Report.Chain; c.Checked && !c.OK {
@@ -253,7 +252,7 @@ Exit status by the worst finding: 0 none (or info only), 3 low, 4 medium,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var resp struct {
-				Check hostcheck.Report `json:"check"`
+				Check api.CheckReport `json:"check"`
 			}
 			if err := a.call(map[string]any{"op": "check"}, &resp); err != nil {
 				return err
@@ -270,7 +269,7 @@ Exit status by the worst finding: 0 none (or info only), 3 low, 4 medium,
 					fmt.Fprintf(a.Stdout, "%-8s %s  %s\n         %s\n         fix: %s\n", strings.ToUpper(f.Severity.String()), f.ID, oneLine(f.Path), oneLine(f.Message), f.Fix)
 				}
 			}
-			if code := hostcheck.ExitCode(rep.Worst, len(rep.Findings) > 0); code != 0 {
+			if code := api.CheckExitCode(rep.Worst, len(rep.Findings) > 0); code != 0 {
 				return &exitError{code: code, quiet: true, err: fmt.Errorf("worst finding: %s", rep.Worst)}
 			}
 			return nil

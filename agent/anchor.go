@@ -31,22 +31,20 @@ type auditAnchor struct {
 // that fails aside (never deleting it), opens the log and wires the anchor
 // to be saved after each fsync. A missing anchor (first start, upgrade) is
 // accepted.
-func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logger) (*audit.Log, *ChainBreak, error) {
+//
+// fresh reports that a break was found now: the log was started anew.
+func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logger, onSync func(uint64, string),
+	wrap func(audit.File) audit.File) (al *audit.Log, brk *ChainBreak, fresh bool, err error) {
 	path := filepath.Join(dir, "audit.log")
-	brk, err := checkAnchor(st, path, now)
+	brk, err = checkAnchor(st, path, now)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	al, err := audit.Open(path, now)
+	al, err = audit.OpenWith(path, now, wrap)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	al.OnSync(func(seq uint64, hash string) {
-		b, _ := json.Marshal(auditAnchor{Seq: seq, Hash: hash})
-		if err := st.Put(keyAuditAnchor, b); err != nil {
-			log.Error("audit anchor: save", "seq", seq, "err", err)
-		}
-	})
+	al.OnSync(onSync)
 	if brk != nil {
 		log.Error("audit chain broken across restart: the old log was kept and a new chain started",
 			"anchor_seq", brk.AnchorSeq, "found", brk.Found, "kept_as", brk.KeptAs)
@@ -56,16 +54,28 @@ func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logg
 		}
 		if err != nil {
 			al.Close()
-			return nil, nil, fmt.Errorf("audit: record chain break: %w", err)
+			return nil, nil, false, fmt.Errorf("audit: record chain break: %w", err)
 		}
+		return al, brk, true, nil
 	}
-	if brk == nil {
-		if brk, err = loadBreak(st); err != nil {
-			al.Close()
-			return nil, nil, err
-		}
+	if brk, err = loadBreak(st); err != nil {
+		al.Close()
+		return nil, nil, false, err
 	}
-	return al, brk, nil
+	return al, brk, false, nil
+}
+
+// readAnchor reads the audit anchor from the store (zero when none).
+func readAnchor(st *store.Store) (auditAnchor, error) {
+	var a auditAnchor
+	raw, err := st.Get(keyAuditAnchor)
+	if err != nil || raw == nil {
+		return a, err
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return a, fmt.Errorf("audit anchor: bad record in store: %q", raw)
+	}
+	return a, nil
 }
 
 // checkAnchor verifies path against the stored anchor; on a mismatch it

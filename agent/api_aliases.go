@@ -8,15 +8,17 @@ import "github.com/parryhq/parry/agent/api"
 // new code.
 
 type (
-	Status        = api.Status
-	BlockInfo     = api.BlockInfo
-	Health        = api.Health
-	LockdownState = api.LockdownState
-	ChainBreak    = api.ChainBreak
-	PolicyStatus  = api.PolicyStatus
-	EvidenceInfo  = api.EvidenceInfo
-	Error         = api.Error
-	Duration      = api.Duration
+	Status         = api.Status
+	BlockInfo      = api.BlockInfo
+	Health         = api.Health
+	LockdownState  = api.LockdownState
+	ChainBreak     = api.ChainBreak
+	PolicyStatus   = api.PolicyStatus
+	AuditFailure   = api.AuditFailure
+	BlockCapStatus = api.BlockCapStatus
+	EvidenceInfo   = api.EvidenceInfo
+	Error          = api.Error
+	Duration       = api.Duration
 )
 
 const (
@@ -38,6 +40,7 @@ const (
 	CodeOverlap         = api.CodeOverlap
 	CodeRefused         = api.CodeRefused
 	CodeStore           = api.CodeStore
+	CodeAudit           = api.CodeAudit
 	CodeFirewall        = api.CodeFirewall
 	CodeShuttingDown    = api.CodeShuttingDown
 	CodeInternal        = api.CodeInternal

@@ -100,8 +100,11 @@ func (d *Daemon) blockRun(decs []response.Decision, outs []Outcome, opt EnforceO
 				run.put(p, entry{created: nowMs})
 			}
 		}
-		d.planBlock(pl, dec, ts, &out)
-		outs[i], targets[i] = out, ts
+		targets[i] = d.planBlock(pl, dec, ts, &out)
+		outs[i] = out
+		applied := dec
+		applied.Targets = targets[i]
+		pl.audit = append(pl.audit, auditEvent{"block", decisionFields(applied, out)})
 	}
 	err := d.commitBlocks(pl)
 	for i, dec := range decs {
@@ -111,9 +114,6 @@ func (d *Daemon) blockRun(decs []response.Decision, outs []Outcome, opt EnforceO
 			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
 		default:
 			outs[i].Applied = targets[i]
-			applied := dec
-			applied.Targets = targets[i]
-			d.Audit("block", decisionFields(applied, outs[i]))
 		}
 		d.finish(dec, outs[i])
 	}
@@ -146,6 +146,9 @@ func (d *Daemon) unblockRun(decs []response.Decision, outs []Outcome) {
 		out, err := d.planUnblock(&pl, dec, nowMs)
 		out.Err = err
 		outs[i] = out
+		if err == nil {
+			pl.audit = append(pl.audit, auditEvent{"unblock", decisionFields(dec, out)})
+		}
 	}
 	err := d.commitUnblocks(&pl)
 	for i, dec := range decs {
@@ -153,8 +156,6 @@ func (d *Daemon) unblockRun(decs []response.Decision, outs []Outcome) {
 		case outs[i].Err != nil:
 		case err != nil:
 			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
-		default:
-			d.Audit("unblock", decisionFields(dec, outs[i]))
 		}
 		d.finish(dec, outs[i])
 	}

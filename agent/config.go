@@ -69,6 +69,10 @@ type Control struct {
 	Rate           float64  `yaml:"rate"`            // requests per second per peer (uid)
 	Burst          int      `yaml:"burst"`           // requests a peer may send at once
 	IdleTimeout    Duration `yaml:"idle_timeout"`    // close a connection idle this long
+	WriteTimeout   Duration `yaml:"write_timeout"`   // close a connection whose peer does not read an answer for this long
+
+	MaxConnectionsPerUID int `yaml:"max_connections_per_uid"` // concurrent connections of one uid other than root
+	AdminReserve         int `yaml:"admin_reserve"`           // of max_connections, slots only root and admin_groups may take
 }
 
 // DefaultConfig returns the built-in defaults.
@@ -91,6 +95,10 @@ func DefaultConfig() Config {
 			Rate:           2000,
 			Burst:          4000,
 			IdleTimeout:    Duration(5 * time.Minute),
+			WriteTimeout:   Duration(5 * time.Second),
+
+			MaxConnectionsPerUID: 8,
+			AdminReserve:         8,
 		},
 	}
 }
@@ -186,6 +194,15 @@ func (c *Config) Validate() error {
 	}
 	if ct.IdleTimeout.D() < time.Second {
 		bad("control.idle_timeout: must be at least 1s")
+	}
+	if ct.WriteTimeout.D() < 100*time.Millisecond {
+		bad("control.write_timeout: must be at least 100ms")
+	}
+	if ct.MaxConnectionsPerUID < 1 {
+		bad("control.max_connections_per_uid: must be at least 1")
+	}
+	if ct.AdminReserve < 0 || ct.AdminReserve >= ct.MaxConnections {
+		bad("control.admin_reserve: %d must be at least 0 and less than control.max_connections (%d)", ct.AdminReserve, ct.MaxConnections)
 	}
 	errs = append(errs, validateSections(c)...)
 	return errors.Join(errs...)

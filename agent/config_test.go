@@ -98,6 +98,7 @@ func TestConfigDurationsInEverySection(t *testing.T) {
 		{"response", "response:\n  escalation:\n    max: 7d\n", func(c Config) time.Duration { return c.Response.Escalation.Max.D() }, 7 * day},
 		{"response.rules", "response:\n  rules:\n    - {name: r, kind: k, action: block, window: 1d, duration: 2w}\n",
 			func(c Config) time.Duration { return c.Response.Rules[0].Duration.D() + c.Response.Rules[0].Window.D() }, 15 * day},
+		{"response.sender_block_cap", "response:\n  sender_block_cap:\n    per: 1d\n", func(c Config) time.Duration { return c.Response.SenderBlockCap.Per.D() }, day},
 		{"integrity", "integrity:\n  scan_interval: 1d\n", func(c Config) time.Duration { return c.Integrity.ScanInterval.D() }, day},
 		{"notify", "notify:\n  max_backoff: 1d\n", func(c Config) time.Duration { return c.Notify.MaxBackoff.D() }, day},
 		{"fleet", "fleet:\n  unblock_ttl: 2w\n", func(c Config) time.Duration { return c.Fleet.UnblockTTL.D() }, 14 * day},

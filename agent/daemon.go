@@ -60,6 +60,9 @@ type Options struct {
 	Now      func() time.Time // default time.Now
 	// HostAddrs reads the host's own addresses; default HostAddrs.
 	HostAddrs func() ([]netip.Addr, error)
+	// AddrEvents reports changes of the host's addresses as they happen;
+	// default NetlinkAddrs (rtnetlink, in the daemon's network namespace).
+	AddrEvents AddrEvents
 	// Sweeper opens a second, independent reader of the kernel's block
 	// sets for the sweep of unknown elements after a start with the table
 	// present. Dumping a 100k-element hash set takes seconds (the kernel
@@ -67,6 +70,9 @@ type Options struct {
 	// runs after READY on its own connection and never stalls enforcement.
 	// Nil: the sweep runs inline in Reconcile with the Firewall (tests).
 	Sweeper func() (ElementReader, func(), error)
+	// AuditFile wraps the audit log's file (nil: none): failure injection
+	// for tests.
+	AuditFile func(audit.File) audit.File
 }
 
 // ElementReader reads the kernel's view of the block sets.
@@ -80,9 +86,11 @@ type Daemon struct {
 	now        func() time.Time
 	fw         Enforcer
 	hostAddrs  func() ([]netip.Addr, error)
+	addrEvents AddrEvents
 	sweeper    func() (ElementReader, func(), error)
 	store      *store.Store
 	audit      *audit.Log
+	trail      auditTrail  // pending audit records of store changes (agent/trail.go)
 	chainBreak *ChainBreak // unacknowledged audit chain break (under mu)
 	started    time.Time
 
@@ -95,6 +103,7 @@ type Daemon struct {
 	incident  atomic.Pointer[Incident] // set by AttachIncident; told of every signal
 	fleet     *fleet.Fleet             // nil: fleet off
 	health    Health
+	blockCap  blockCap // response.sender_block_cap (blockcap.go)
 
 	ops     map[string]opEntry
 	limiter *peerLimiter
@@ -105,7 +114,14 @@ type Daemon struct {
 	heal    chan struct{}
 	foreign chan struct{} // someone else committed to nftables; our elements may be gone
 
+	refusals *refusals // audit lines of repeated refusals, aggregated (refuse.go)
+
 	uninstalled bool // the table was removed on request: no self-heal
+
+	// crashAfterCommit, set by tests, simulates a crash between the store
+	// commit of a change and its audit write: when it returns true, the
+	// change stays committed and its audit line is never written.
+	crashAfterCommit func() bool
 
 	bulk atomic.Bool // a large change just happened: return freed memory to the OS
 
@@ -132,7 +148,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, errors.New("agent: no firewall")
 	}
 	d := &Daemon{
-		log: opts.Logger, now: opts.Now, fw: opts.Firewall, hostAddrs: opts.HostAddrs, sweeper: opts.Sweeper,
+		log: opts.Logger, now: opts.Now, fw: opts.Firewall, hostAddrs: opts.HostAddrs, addrEvents: opts.AddrEvents, sweeper: opts.Sweeper,
 		cfg: cfg, blocks: newIndex(), closing: make(chan struct{}), heal: make(chan struct{}, 1),
 		foreign: make(chan struct{}, 1),
 	}
@@ -145,6 +161,9 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	if d.hostAddrs == nil {
 		d.hostAddrs = HostAddrs
 	}
+	if d.addrEvents == nil {
+		d.addrEvents = NetlinkAddrs{}
+	}
 	d.started = d.now()
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 		return nil, fmt.Errorf("agent: state dir: %w", err)
@@ -153,13 +172,20 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	al, brk, err := openAudit(st, cfg.StateDir, d.now, d.log)
+	d.store = st
+	anchor, _ := readAnchor(st)
+	al, brk, fresh, err := openAudit(st, cfg.StateDir, d.now, d.log, d.onAuditSync, opts.AuditFile)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	d.store, d.audit, d.chainBreak = st, al, brk
+	d.audit, d.chainBreak = al, brk
+	if err := d.recoverAudit(anchor.Seq, fresh); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	d.limiter = newPeerLimiter(cfg.Control.Rate, cfg.Control.Burst)
+	d.refusals = newRefusals(refuseInterval, d.now, func(f map[string]any) { d.Audit("refuse", f) })
 	d.registerOps()
 	if err := d.load(); err != nil {
 		d.Close()
@@ -182,6 +208,9 @@ func (d *Daemon) Close() error {
 	var errs []error
 	if d.audit != nil {
 		d.flushSignals()
+		if d.refusals != nil {
+			d.refusals.close()
+		}
 	}
 	if d.store != nil && d.Policy() != nil {
 		d.flushOffenders()
@@ -212,11 +241,22 @@ func (d *Daemon) Config() Config {
 // Store is the durable store; others keep small state in its key/value space.
 func (d *Daemon) Store() *store.Store { return d.store }
 
-// Audit appends an event to the audit log (and the structured log).
-func (d *Daemon) Audit(event string, fields map[string]any) {
+// Audit appends an event to the audit log (and the structured log). An
+// error (wrapping audit.ErrFailed) means the line was not written; it is
+// logged, and status reports the failure while it lasts. Requests that
+// change the store check their audit write through the trail instead
+// (agent/trail.go), and fail when it fails.
+func (d *Daemon) Audit(event string, fields map[string]any) error {
 	if err := d.audit.Append(event, fields); err != nil {
 		d.log.Error("audit append failed", "event", event, "err", err)
+		return err
 	}
+	d.logAudit(event, fields)
+	return nil
+}
+
+// logAudit writes an audit event to the structured log.
+func (d *Daemon) logAudit(event string, fields map[string]any) {
 	attrs := make([]any, 0, 2*len(fields)+2)
 	attrs = append(attrs, "event", event)
 	for k, v := range fields {
@@ -282,8 +322,9 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		restart = append(restart, "fleet")
 		cfg.Fleet = old.Fleet
 	}
-	if cfg.Control.MaxConnections != old.Control.MaxConnections {
-		restart = append(restart, "control.max_connections")
+	if cfg.Control.MaxConnections != old.Control.MaxConnections || cfg.Control.MaxConnectionsPerUID != old.Control.MaxConnectionsPerUID ||
+		cfg.Control.AdminReserve != old.Control.AdminReserve {
+		restart = append(restart, "control.max_connections/max_connections_per_uid/admin_reserve")
 	}
 	if err := d.fw.SetAllow(cfg.AllowPrefixes()); err != nil {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
@@ -333,9 +374,20 @@ func (d *Daemon) blocksInAllowlist(allow []netip.Prefix) (int, string) {
 	return n, example
 }
 
-// RefreshHostAddrs re-reads the host's own addresses for the guard.
+// RefreshHostAddrs re-reads the host's own addresses for the guard and
+// takes a new one out of the active blocks that cover it (agent/ownaddr.go).
+// The address watcher calls it on every change, the maintenance loop every
+// 30 s as a safety net.
 func (d *Daemon) RefreshHostAddrs() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.refreshGuard()
+	d.refreshOwn("refresh")
+}
+
+// unblockOwnAddrs takes every current own address out of the active
+// blocks (at start: an address may have appeared while parryd was down).
+func (d *Daemon) unblockOwnAddrs() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.unblockOwn(d.guard.Own)
 }

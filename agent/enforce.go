@@ -23,6 +23,7 @@ type Outcome struct {
 	Added    int             `json:"added,omitempty"`     // new blocks
 	Updated  int             `json:"updated,omitempty"`   // existing blocks whose expiry changed
 	Removed  int             `json:"removed,omitempty"`   // unblocked
+	Kept     []string        `json:"kept,omitempty"`      // targets left as they were: blocked at least as long, or an admin's block (docs/policy.md)
 	NotFound []string        `json:"not_found,omitempty"` // unblock: targets that were not blocked
 	Refused  []*Error        `json:"refused,omitempty"`   // targets the guard refused (partial mode)
 	Until    time.Time       `json:"until,omitzero"`      // block/lockdown: when it ends; zero = permanent
@@ -37,6 +38,11 @@ type EnforceOptions struct {
 	// refused ones in Outcome.Refused. Without it, any refusal refuses the
 	// whole decision and nothing changes.
 	Partial bool
+	// SenderCap counts the targets a block blocks or lengthens against
+	// response.sender_block_cap, and refuses the block (sender_block_cap)
+	// when the cap is reached: for decisions caused by a non-admin sender's
+	// signal (blockcap.go). Such a refusal is not audited one by one.
+	SenderCap bool
 }
 
 // Enforce is the single path by which anything changes the kernel: the
@@ -70,7 +76,7 @@ func (d *Daemon) enforceLocked(dec response.Decision, opt EnforceOptions) Outcom
 	switch {
 	case dec.DryRun || dec.Action == response.ActionLog || dec.Action == response.ActionNotify:
 		out = Outcome{ID: dec.ID, Action: dec.Action, DryRun: dec.DryRun, Until: dec.Until}
-		d.Audit(string(dec.Action), decisionFields(dec, out))
+		err = d.writeAudit([]auditEvent{{string(dec.Action), decisionFields(dec, out)}}, nil, nil)
 	case dec.Action == response.ActionBlock:
 		out, err = d.block(dec, opt)
 	case dec.Action == response.ActionUnblock:
@@ -90,7 +96,7 @@ func (d *Daemon) enforceLocked(dec response.Decision, opt EnforceOptions) Outcom
 // finish audits a refusal (out.Err set; the success was audited by the
 // action) and tells the observers. Caller holds d.mu.
 func (d *Daemon) finish(dec response.Decision, out Outcome) {
-	if out.Err != nil {
+	if out.Err != nil && CodeOf(out.Err) != CodeSenderBlockCap { // the cap audits once per window
 		f := decisionFields(dec, Outcome{ID: dec.ID, Action: dec.Action})
 		f["code"], f["error"] = CodeOf(out.Err), out.Err.Error()
 		d.Audit("refuse", f)
@@ -141,6 +147,12 @@ func decisionFields(dec response.Decision, out Outcome) map[string]any {
 	if len(out.NotFound) > 0 {
 		f["not_found"] = out.NotFound
 	}
+	if len(out.Kept) > 0 {
+		f["kept"] = out.Kept
+	}
+	if dec.Admin {
+		f["admin"] = true
+	}
 	if len(out.Refused) > 0 {
 		f["refused"] = out.Refused
 	}
@@ -162,14 +174,22 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 	if err != nil {
 		return out, err
 	}
-	d.planBlock(pl, dec, targets, &out)
+	if opt.SenderCap && d.changes(dec, targets, pl.now.UnixMilli()) {
+		if err := d.capAdmit(dec, pl.now); err != nil {
+			return Outcome{ID: dec.ID, Action: dec.Action}, err
+		}
+	}
+	changed := d.planBlock(pl, dec, targets, &out)
+	applied := dec
+	applied.Targets = changed
+	pl.audit = append(pl.audit, auditEvent{"block", decisionFields(applied, out)})
 	if err := d.commitBlocks(pl); err != nil {
 		return Outcome{ID: dec.ID, Action: dec.Action}, err
 	}
-	out.Applied = targets
-	applied := dec
-	applied.Targets = targets
-	d.Audit("block", decisionFields(applied, out))
+	if opt.SenderCap {
+		d.blockCap.blocks += len(changed)
+	}
+	out.Applied = changed
 	return out, nil
 }
 
@@ -214,35 +234,45 @@ type blockPlan struct {
 	now      time.Time
 	ch, undo store.Change
 	elems    []firewall.Element
-	targets  []netip.Prefix // all targets, distinct
+	targets  []netip.Prefix // targets taken over by the plan's decisions, distinct (orphan check)
 	lastSeq  uint64         // d.blocks.lastSeq before the plan
+	audit    []auditEvent   // the audit lines of the plan's decisions
 }
 
 func (d *Daemon) newBlockPlan() *blockPlan {
 	return &blockPlan{now: d.now(), lastSeq: d.blocks.lastSeq}
 }
 
-// planBlock adds one checked block decision to pl and counts its added and
-// updated targets in out. targets must not be in pl already. Caller holds d.mu.
-func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip.Prefix, out *Outcome) {
+// planBlock adds one checked block decision to pl and counts its added,
+// updated and kept targets in out; it returns the targets it changes.
+// targets must not be in pl already. Caller holds d.mu.
+//
+// Precedence (docs/policy.md): an admin's explicit block replaces any
+// block, shorter or longer. Any other decision (policy, fleet...) may only
+// lengthen a block: a target already blocked at least as long is kept as it
+// is (expiry, reason and cause), and an admin's block that it lengthens
+// stays the admin's (only its expiry moves), so that only an admin can lift
+// it.
+func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip.Prefix, out *Outcome) []netip.Prefix {
 	nowMs := pl.now.UnixMilli()
-	seq := d.blocks.nextSeq()
-	cause, _ := json.Marshal(dec.Cause)
-	if len(dec.Cause) == 0 {
-		cause = nil
-	}
-	pl.ch.PutDecisions = append(pl.ch.PutDecisions, store.Decision{Seq: seq, ID: dec.ID, Time: pl.now.UTC(),
-		Reason: dec.Reason, Source: dec.Source, Origin: dec.Origin, Rule: dec.Rule, Sender: dec.Sender, Cause: cause})
-	pl.undo.DelDecisions = append(pl.undo.DelDecisions, seq)
+	var seq uint64 // the decision's record, written if a target points to it
 	until := int64(0)
 	var timeout time.Duration
 	if !dec.Until.IsZero() {
 		until = dec.Until.UnixMilli()
 		timeout = dec.Until.Sub(pl.now)
 	}
+	changed := make([]netip.Prefix, 0, len(targets))
 	for _, p := range targets {
-		created := nowMs
+		created, owner := nowMs, uint64(0)
 		if old, ok := d.blocks.get(p); ok && !old.expired(nowMs) {
+			if !dec.Admin && !outlasts(until, old.until) {
+				out.Kept = append(out.Kept, FormatTarget(p))
+				continue
+			}
+			if !dec.Admin && d.blocks.decision(old.dec).Admin {
+				owner = old.dec
+			}
 			created = old.created
 			out.Updated++
 			pl.undo.PutBlocks = append(pl.undo.PutBlocks, store.Block{Prefix: p, Created: old.created, Until: old.until, Decision: old.dec})
@@ -250,24 +280,66 @@ func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip
 			out.Added++
 			pl.undo.DelBlocks = append(pl.undo.DelBlocks, p)
 		}
-		pl.ch.PutBlocks = append(pl.ch.PutBlocks, store.Block{Prefix: p, Created: created, Until: until, Decision: seq})
+		if owner == 0 {
+			if seq == 0 {
+				seq = d.planDecision(pl, dec)
+			}
+			owner = seq
+			pl.targets = append(pl.targets, p)
+		}
+		pl.ch.PutBlocks = append(pl.ch.PutBlocks, store.Block{Prefix: p, Created: created, Until: until, Decision: owner})
 		pl.elems = append(pl.elems, firewall.Element{Prefix: p, Timeout: timeout})
+		changed = append(changed, p)
 	}
-	pl.targets = append(pl.targets, targets...)
+	return changed
 }
 
-// commitBlocks applies a plan: one store commit (fsync) and one kernel
-// update, run in parallel. If either fails, the other is undone, so nothing
+// outlasts reports whether a block until a (unix ms, 0 permanent) ends
+// later than one until b.
+func outlasts(a, b int64) bool {
+	switch {
+	case b == 0:
+		return false
+	case a == 0:
+		return true
+	}
+	return a > b
+}
+
+// planDecision adds dec's store record to pl and returns its seq.
+func (d *Daemon) planDecision(pl *blockPlan, dec response.Decision) uint64 {
+	seq := d.blocks.nextSeq()
+	cause, _ := json.Marshal(dec.Cause)
+	if len(dec.Cause) == 0 {
+		cause = nil
+	}
+	pl.ch.PutDecisions = append(pl.ch.PutDecisions, store.Decision{Seq: seq, ID: dec.ID, Time: pl.now.UTC(),
+		Reason: dec.Reason, Source: dec.Source, Origin: dec.Origin, Rule: dec.Rule, Sender: dec.Sender, Cause: cause, Admin: dec.Admin})
+	pl.undo.DelDecisions = append(pl.undo.DelDecisions, seq)
+	return seq
+}
+
+// commitBlocks applies a plan: one store commit (fsync, with the pending
+// audit records) and one kernel update, run in parallel, then the audit
+// lines. If any of the three fails, the others are undone, so nothing
 // changes, and the error is returned. Caller holds d.mu.
 func (d *Daemon) commitBlocks(pl *blockPlan) error {
-	if len(pl.ch.PutDecisions) == 0 {
-		return nil
+	if len(pl.ch.PutBlocks) == 0 { // nothing to change (every target kept): only the audit lines
+		if len(pl.audit) == 0 {
+			return nil
+		}
+		return d.writeAudit(pl.audit, nil, nil)
 	}
 	// Decisions whose last block this plan takes over are dropped with it.
 	orphans := d.orphansAfterReplace(pl.targets)
 	pl.ch.DelDecisions = orphans
 	for _, o := range orphans {
 		pl.undo.PutDecisions = append(pl.undo.PutDecisions, d.blocks.decision(o))
+	}
+	evs, keys, err := d.stageAudit(&pl.ch, &pl.undo, pl.audit)
+	if err != nil {
+		d.blocks.lastSeq = pl.lastSeq
+		return err
 	}
 	fwDone := make(chan error, 1)
 	go func() { fwDone <- d.fw.Block(pl.elems) }()
@@ -277,13 +349,24 @@ func (d *Daemon) commitBlocks(pl *blockPlan) error {
 		d.blocks.lastSeq = pl.lastSeq
 		return d.undoBlock(pl.undo, pl.now, stErr, fwErr)
 	}
+	if d.crashAfterCommit != nil && d.crashAfterCommit() {
+		return errorf(CodeInternal, "test: crashed after the store commit")
+	}
+	if err := d.writeAudit(pl.audit, evs, keys); err != nil {
+		d.blocks.lastSeq = pl.lastSeq
+		d.restoreKernel(pl.undo, pl.now)
+		if uerr := d.store.Commit(pl.undo); uerr != nil {
+			d.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
+		}
+		return err
+	}
 	for _, dr := range pl.ch.PutDecisions {
 		d.blocks.addDecision(dr)
 	}
 	for _, b := range pl.ch.PutBlocks {
 		d.blocks.put(b.Prefix, entry{created: b.Created, until: b.Until, dec: b.Decision})
 	}
-	if len(pl.targets) >= bulkTargets {
+	if len(pl.elems) >= bulkTargets {
 		d.bulk.Store(true)
 	}
 	return nil
@@ -402,10 +485,10 @@ func (d *Daemon) unblock(dec response.Decision) (Outcome, error) {
 	if err != nil {
 		return out, err
 	}
+	pl.audit = append(pl.audit, auditEvent{"unblock", decisionFields(dec, out)})
 	if err := d.commitUnblocks(&pl); err != nil {
 		return Outcome{ID: dec.ID, Action: dec.Action}, err
 	}
-	d.Audit("unblock", decisionFields(dec, out))
 	return out, nil
 }
 
@@ -414,10 +497,12 @@ func (d *Daemon) unblock(dec response.Decision) (Outcome, error) {
 type unblockPlan struct {
 	ch, undo store.Change
 	present  []netip.Prefix // blocked targets to remove, distinct
+	audit    []auditEvent   // the audit lines of the plan's decisions
 }
 
 // planUnblock adds one unblock decision to pl: its targets must not be in
-// pl already. Caller holds d.mu.
+// pl already. A decision other than an admin's keeps an admin's block
+// (Outcome.Kept). Caller holds d.mu.
 func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64) (Outcome, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action}
 	if len(dec.Targets) == 0 {
@@ -434,6 +519,10 @@ func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64
 			out.NotFound = append(out.NotFound, FormatTarget(p))
 			continue
 		}
+		if !dec.Admin && d.blocks.decision(old.dec).Admin { // only an admin lifts an admin's block
+			out.Kept = append(out.Kept, FormatTarget(p))
+			continue
+		}
 		out.Applied = append(out.Applied, p)
 		pl.ch.DelBlocks = append(pl.ch.DelBlocks, p)
 		pl.undo.PutBlocks = append(pl.undo.PutBlocks, store.Block{Prefix: p, Created: old.created, Until: old.until, Decision: old.dec})
@@ -443,11 +532,15 @@ func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64
 	return out, nil
 }
 
-// commitUnblocks applies a plan: the store first, then the kernel; if the
-// kernel fails, the store is put back. Caller holds d.mu.
+// commitUnblocks applies a plan: the store first (with the pending audit
+// records), then the kernel, then the audit lines; if the kernel or the
+// audit log fails, what was done is put back. Caller holds d.mu.
 func (d *Daemon) commitUnblocks(pl *unblockPlan) error {
-	if len(pl.present) == 0 {
-		return nil
+	if len(pl.present) == 0 { // nothing to change: only the audit lines
+		if len(pl.audit) == 0 {
+			return nil
+		}
+		return d.writeAudit(pl.audit, nil, nil)
 	}
 	lose := map[uint64]int{}
 	for _, p := range pl.present {
@@ -460,6 +553,10 @@ func (d *Daemon) commitUnblocks(pl *unblockPlan) error {
 			pl.undo.PutDecisions = append(pl.undo.PutDecisions, d.blocks.decision(seq))
 		}
 	}
+	evs, keys, err := d.stageAudit(&pl.ch, &pl.undo, pl.audit)
+	if err != nil {
+		return err
+	}
 	if err := d.store.Commit(pl.ch); err != nil {
 		return &Error{Code: CodeStore, Message: err.Error()}
 	}
@@ -469,6 +566,16 @@ func (d *Daemon) commitUnblocks(pl *unblockPlan) error {
 		}
 		d.noteFirewallError(err)
 		return &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
+	}
+	if d.crashAfterCommit != nil && d.crashAfterCommit() {
+		return errorf(CodeInternal, "test: crashed after the store commit")
+	}
+	if err := d.writeAudit(pl.audit, evs, keys); err != nil {
+		d.restoreKernel(pl.undo, d.now())
+		if uerr := d.store.Commit(pl.undo); uerr != nil {
+			d.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
+		}
+		return err
 	}
 	for _, p := range pl.present {
 		d.blocks.del(p)

@@ -19,10 +19,10 @@ const CodeNotFound = "not_found"
 // registerOps adds the incident ops to the daemon's registry. Called by
 // AttachIncident before the socket is served.
 func (in *Incident) registerOps() {
-	in.d.handle("evidence_capture", PermAdmin, in.opCapture)
+	in.d.handleParams("evidence_capture", PermAdmin, in.opCapture)
 	in.d.handle("evidence_list", PermAdmin, in.opEvidenceList)
-	in.d.handle("evidence_show", PermAdmin, in.opEvidenceShow)
-	in.d.handle("report", PermAdmin, in.opReport)
+	in.d.handleParams("evidence_show", PermAdmin, in.opEvidenceShow)
+	in.d.handleParams("report", PermAdmin, in.opReport)
 	in.d.handle("check", PermAdmin, in.opCheck)
 }
 

@@ -50,7 +50,10 @@ func (x *index) get(p netip.Prefix) (entry, bool) { e, ok := x.m[p]; return e, o
 
 // put adds or replaces a block, keeping the decisions' reference counts.
 func (x *index) put(p netip.Prefix, e entry) {
-	if old, ok := x.m[p]; ok {
+	if old, ok := x.m[p]; ok && old.dec == e.dec { // a new expiry, same decision
+		x.m[p] = e
+		return
+	} else if ok {
 		x.unref(old.dec)
 	} else {
 		x.lens[fam(p)][p.Bits()]++

@@ -8,8 +8,13 @@ import (
 	"github.com/parryhq/parry/response"
 )
 
-// startLockdown starts or replaces a lockdown. Caller holds d.mu.
+// startLockdown starts or replaces a lockdown. A lockdown other than an
+// admin's (the policy's) is merged into an active one, so that it never
+// shortens or loosens it. Caller holds d.mu.
 func (d *Daemon) startLockdown(dec response.Decision) (Outcome, error) {
+	if !dec.Admin {
+		dec = d.mergeLockdown(dec)
+	}
 	now := d.now()
 	out := Outcome{ID: dec.ID, Action: dec.Action, Until: dec.Until}
 	if !dec.Until.After(now) {
@@ -23,48 +28,85 @@ func (d *Daemon) startLockdown(dec response.Decision) (Outcome, error) {
 	l := &store.Lockdown{ID: dec.ID, Since: now.UTC(), Until: dec.Until.UTC(), Allow: dec.Allow, Isolate: dec.Isolate,
 		Reason: dec.Reason, Source: dec.Source, Sender: dec.Sender}
 	prev := d.lockdown
-	if err := d.store.Commit(store.Change{SetLockdown: l}); err != nil {
+	f := decisionFields(dec, out)
+	f["isolate"] = dec.Isolate
+	if len(dec.Allow) > 0 {
+		f["allow"] = targetStrings(dec.Allow)
+	}
+	events := []auditEvent{{"lockdown", f}}
+	ch, undo := store.Change{SetLockdown: l}, store.Change{ClearLockdown: prev == nil, SetLockdown: prev}
+	evs, keys, err := d.stageAudit(&ch, &undo, events)
+	if err != nil {
+		return out, err
+	}
+	if err := d.store.Commit(ch); err != nil {
 		return out, &Error{Code: CodeStore, Message: err.Error()}
 	}
 	if err := d.fw.Lockdown(firewall.Lockdown{Allow: dec.Allow, Isolate: dec.Isolate, Timeout: dec.Until.Sub(now)}); err != nil {
-		undo := store.Change{ClearLockdown: prev == nil, SetLockdown: prev}
 		if uerr := d.store.Commit(undo); uerr != nil {
 			d.log.Error("store undo after firewall failure failed", "err", uerr)
 		}
 		d.noteFirewallError(err)
 		return out, &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
 	}
-	d.lockdown = l
-	f := decisionFields(dec, out)
-	f["isolate"] = dec.Isolate
-	if len(dec.Allow) > 0 {
-		f["allow"] = targetStrings(dec.Allow)
+	if err := d.writeAudit(events, evs, keys); err != nil {
+		d.restoreLockdown(prev, undo)
+		return out, err
 	}
-	d.Audit("lockdown", f)
+	d.lockdown = l
 	return out, nil
 }
 
-// release ends a lockdown. Caller holds d.mu.
+// release ends a lockdown: an admin's decision only. Caller holds d.mu.
 func (d *Daemon) release(dec response.Decision) (Outcome, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action}
+	if !dec.Admin {
+		return out, errorf(CodeForbidden, "release: only an admin ends a lockdown")
+	}
 	prev := d.lockdown
-	if err := d.store.Commit(store.Change{ClearLockdown: true}); err != nil {
+	f := decisionFields(dec, out)
+	f["was_active"] = prev != nil && prev.Until.After(d.now())
+	events := []auditEvent{{"release", f}}
+	ch, undo := store.Change{ClearLockdown: true}, store.Change{SetLockdown: prev}
+	evs, keys, err := d.stageAudit(&ch, &undo, events)
+	if err != nil {
+		return out, err
+	}
+	if err := d.store.Commit(ch); err != nil {
 		return out, &Error{Code: CodeStore, Message: err.Error()}
 	}
 	if err := d.fw.Release(); err != nil {
-		if prev != nil {
-			if uerr := d.store.Commit(store.Change{SetLockdown: prev}); uerr != nil {
-				d.log.Error("store undo after firewall failure failed", "err", uerr)
-			}
+		if uerr := d.store.Commit(undo); uerr != nil {
+			d.log.Error("store undo after firewall failure failed", "err", uerr)
 		}
 		d.noteFirewallError(err)
 		return out, &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
 	}
+	if err := d.writeAudit(events, evs, keys); err != nil {
+		d.restoreLockdown(prev, undo)
+		return out, err
+	}
 	d.lockdown = nil
-	f := decisionFields(dec, out)
-	f["was_active"] = prev != nil && prev.Until.After(d.now())
-	d.Audit("release", f)
 	return out, nil
+}
+
+// restoreLockdown puts back the lockdown state prev (nil: none) in the
+// kernel and the store after the audit write of a change to it failed.
+// Caller holds d.mu.
+func (d *Daemon) restoreLockdown(prev *store.Lockdown, undo store.Change) {
+	var err error
+	if now := d.now(); prev != nil && prev.Until.After(now) {
+		err = d.fw.Lockdown(firewall.Lockdown{Allow: prev.Allow, Isolate: prev.Isolate, Timeout: prev.Until.Sub(now)})
+	} else {
+		err = d.fw.Release()
+	}
+	if err != nil {
+		d.noteFirewallError(err)
+		d.log.Error("kernel undo after audit failure failed; reconcile will re-assert", "err", err)
+	}
+	if uerr := d.store.Commit(undo); uerr != nil {
+		d.log.Error("store undo after audit failure failed", "err", uerr)
+	}
 }
 
 func (d *Daemon) lockdownState() LockdownState {

@@ -47,7 +47,7 @@ func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
 		return nil, errorf(CodeBadRequest, `give either "for" (a new lockdown) or "extend" (the active one), not both`)
 	}
 	dec := response.Decision{Action: response.ActionLockdown, Isolate: p.Isolate,
-		Reason: truncate(p.Reason, 1024), Source: "control", Sender: c.Peer.String()}
+		Reason: truncate(p.Reason, 1024), Source: "control", Sender: c.Peer.String(), Admin: true}
 	for i, s := range p.Allow {
 		pr, err := ParseTarget(s)
 		if err != nil {

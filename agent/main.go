@@ -36,8 +36,10 @@ type Main struct {
 	Table       string // --table override
 	RemoveRules bool   // --remove-rules: delete the table and exit
 	CheckConfig bool   // --check-config: validate the config and exit
+	Rebuild     bool   // --rebuild-store: rebuild a corrupt store from the kernel and the audit log, and exit
 	Logger      *slog.Logger
 	Stderr      io.Writer
+	Stdout      io.Writer // results of --rebuild-store; default os.Stdout
 
 	Daemon *Daemon
 	conn   *nftables.Conn
@@ -70,6 +72,7 @@ Flags override the config file (default %s, optional).
 	fs.StringVar(&m.Table, "table", "", "nftables table name in family inet (default parry)")
 	fs.BoolVar(&m.RemoveRules, "remove-rules", false, "delete parry's nftables table and exit (package purge)")
 	fs.BoolVar(&m.CheckConfig, "check-config", false, "validate the config file (and flags) and exit: 0 valid, 1 invalid (systemctl reload runs this first)")
+	fs.BoolVar(&m.Rebuild, "rebuild-store", false, "rebuild a corrupt store.db from the kernel's table and the audit log (the corrupt file is kept aside) and exit; parryd must be stopped")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -85,6 +88,14 @@ Flags override the config file (default %s, optional).
 		return ErrVersion
 	}
 	return nil
+}
+
+// stdout is where a one-shot command's result goes.
+func (m *Main) stdout() io.Writer {
+	if m.Stdout != nil {
+		return m.Stdout
+	}
+	return os.Stdout
 }
 
 func (m *Main) out() io.Writer {
@@ -139,6 +150,14 @@ func (m *Main) Run(ctx context.Context) error {
 		fmt.Fprintln(m.out(), "parryd: config ok")
 		return nil
 	}
+	if m.Rebuild {
+		rep, err := m.rebuildStore(cfg)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(m.stdout(), rep)
+		return nil
+	}
 	fw, err := m.openFirewall(cfg)
 	if err != nil {
 		return err
@@ -171,7 +190,7 @@ func (m *Main) Run(ctx context.Context) error {
 		return r, func() { _ = conn.CloseLasting() }, nil
 	}})
 	if err != nil {
-		return err
+		return m.corruptStore(cfg, err)
 	}
 	m.Daemon = d
 	inc, err := AttachIncident(d, m.configFile())
@@ -193,6 +212,12 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	defer m.stopFleet()
 	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": d.Status().ActiveBlocks})
+	// Follow the host's addresses as they change (the watcher resyncs once
+	// it is subscribed), and take the current ones out of stored blocks:
+	// an address may have appeared while parryd was down.
+	addrsDone := make(chan struct{})
+	go func() { defer close(addrsDone); d.followAddrs(ctx) }()
+	d.unblockOwnAddrs()
 	incDone := make(chan struct{})
 	go func() { inc.Run(ctx); close(incDone) }()
 	notify(m.Logger, sddaemon.SdNotifyReady)
@@ -220,6 +245,7 @@ func (m *Main) Run(ctx context.Context) error {
 	cancel()
 	<-maintained
 	<-integrityDone
+	<-addrsDone
 	<-incDone // evidence in flight is written and audited before the log closes
 	d.Audit("stop", map[string]any{"pid": os.Getpid()})
 	return err

@@ -26,32 +26,46 @@ func PermAdmin(_ *Daemon, p Peer) bool { return p.Admin }
 type Handler func(ctx context.Context, c *Call) (any, error)
 
 type opEntry struct {
-	perm Perm
-	fn   Handler
+	perm   Perm
+	fn     Handler
+	params bool // false: any member besides "op" and "id" is bad_request, refused before fn runs
 }
 
-// handle registers an op. Other parts add theirs with one line in
-// registerOps, the handler in their own file.
+// handle registers an op that takes no parameters: the server refuses a
+// request for it that carries any member besides "op" and "id"
+// (bad_request) before the handler runs. Other parts add theirs with one
+// line in registerOps, the handler in their own file.
 func (d *Daemon) handle(name string, perm Perm, fn Handler) {
+	d.register(name, opEntry{perm: perm, fn: fn})
+}
+
+// handleParams registers an op that takes parameters; its handler must
+// decode them with Call.Decode (strict: unknown fields are bad_request)
+// before it changes anything.
+func (d *Daemon) handleParams(name string, perm Perm, fn Handler) {
+	d.register(name, opEntry{perm: perm, fn: fn, params: true})
+}
+
+func (d *Daemon) register(name string, e opEntry) {
 	if d.ops == nil {
 		d.ops = map[string]opEntry{}
 	}
 	if _, dup := d.ops[name]; dup {
 		panic("agent: op registered twice: " + name)
 	}
-	d.ops[name] = opEntry{perm: perm, fn: fn}
+	d.ops[name] = e
 }
 
 // registerOps is the op registry: one line per op.
 func (d *Daemon) registerOps() {
 	d.handle("ping", PermAnyone, d.opPing)
-	d.handle("signal", PermAnyone, d.opSignal) // per-kind authorisation inside
+	d.handleParams("signal", PermAnyone, d.opSignal) // per-kind authorisation inside
 	d.handle("status", PermAdmin, d.opStatus)
 	d.handle("list", PermAdmin, d.opList)
-	d.handle("block", PermAdmin, d.opBlock)
-	d.handle("unblock", PermAdmin, d.opUnblock)
-	d.handle("lockdown", PermAdmin, d.opLockdown)
-	d.handle("release", PermAdmin, d.opRelease)
+	d.handleParams("block", PermAdmin, d.opBlock)
+	d.handleParams("unblock", PermAdmin, d.opUnblock)
+	d.handleParams("lockdown", PermAdmin, d.opLockdown)
+	d.handleParams("release", PermAdmin, d.opRelease)
 	d.handle("audit_verify", PermAdmin, d.opAuditVerify)
 	d.handle("audit_ack", PermAdmin, d.opAuditAck)
 	d.handle("reload", PermAdmin, d.opReload)
@@ -59,11 +73,19 @@ func (d *Daemon) registerOps() {
 	d.handle("integrity_status", PermAdmin, d.opIntegrityStatus)
 	d.handle("integrity_baseline", PermAdmin, d.opIntegrityBaseline)
 	d.handle("integrity_check", PermAdmin, d.opIntegrityCheck)
-	d.handle("integrity_accept", PermAdmin, d.opIntegrityAccept)
+	d.handleParams("integrity_accept", PermAdmin, d.opIntegrityAccept)
 }
 
 func (d *Daemon) opPing(context.Context, *Call) (any, error) {
 	return map[string]any{"pong": true, "version": Version}, nil
+}
+
+func (d *Daemon) auditFailure() *AuditFailure {
+	f := d.audit.Failure()
+	if f == nil {
+		return nil
+	}
+	return &AuditFailure{Since: f.Since, Op: f.Op, Error: f.Error, Count: f.Count}
 }
 
 // Status reports the daemon's state from memory (never the kernel).
@@ -74,7 +96,7 @@ func (d *Daemon) Status() Status {
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
 	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, Policy: d.policyStatus(), Fleet: d.fleetStatus()}
+		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, AuditFailure: d.auditFailure(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
@@ -99,10 +121,7 @@ func (d *Daemon) Blocks() []BlockInfo {
 	return out
 }
 
-func (d *Daemon) opList(_ context.Context, c *Call) (any, error) {
-	if err := c.Decode(&struct{}{}); err != nil {
-		return nil, err
-	}
+func (d *Daemon) opList(context.Context, *Call) (any, error) {
 	b := d.Blocks()
 	return map[string]any{"count": len(b), "blocks": b}, nil
 }
@@ -125,7 +144,7 @@ func (d *Daemon) opBlock(ctx context.Context, c *Call) (any, error) {
 		p.Source = "control"
 	}
 	dec := response.Decision{Action: response.ActionBlock, Targets: targets, Until: until,
-		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String()}
+		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String(), Admin: true}
 	if len(targets) == 0 { // every target was unparseable (partial mode)
 		return Outcome{Action: response.ActionBlock, Refused: bad}, nil
 	}
@@ -154,7 +173,7 @@ func (d *Daemon) opUnblock(ctx context.Context, c *Call) (any, error) {
 		p.Source = "control"
 	}
 	return d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: targets,
-		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String()})
+		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String(), Admin: true})
 }
 
 func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {
@@ -165,7 +184,7 @@ func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {
 		return nil, err
 	}
 	return d.Enforce(ctx, response.Decision{Action: response.ActionRelease, Reason: truncate(p.Reason, 1024),
-		Source: "control", Sender: c.Peer.String()})
+		Source: "control", Sender: c.Peer.String(), Admin: true})
 }
 
 func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {

@@ -119,3 +119,67 @@ func (l *peerLimiter) reset(r float64, burst int) {
 	l.rate, l.burst = rate.Limit(r), burst
 	clear(l.m)
 }
+
+// connSlots counts the control connections: in all, and per uid. It owns
+// its counters and their lock; the accept loop and the connection
+// goroutines only call its methods.
+type connSlots struct {
+	mu    sync.Mutex
+	total int            // connections being served
+	byUID map[uint32]int // open connections per uid other than root, served or being admitted
+	max   int            // control.max_connections (fixed while serving)
+}
+
+func newConnSlots(max int) *connSlots {
+	return &connSlots{max: max, byUID: map[uint32]int{}}
+}
+
+// enterUID counts a new connection of uid before its peer is resolved;
+// false: uid (not root) already has perUID connections. Each true is
+// matched by one leaveUID.
+func (s *connSlots) enterUID(uid uint32, perUID int) bool {
+	if uid == 0 {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byUID[uid] >= perUID {
+		return false
+	}
+	s.byUID[uid]++
+	return true
+}
+
+func (s *connSlots) leaveUID(uid uint32) {
+	if uid == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byUID[uid]--; s.byUID[uid] <= 0 {
+		delete(s.byUID, uid) // bounded by the connections open now
+	}
+}
+
+// take claims a slot for a resolved peer: admins may use all max slots,
+// others together only max-reserve, so the last reserve slots stay free
+// for root and admin_groups. Each true is matched by one put.
+func (s *connSlots) take(admin bool, reserve int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	limit := s.max
+	if !admin {
+		limit -= reserve
+	}
+	if s.total >= limit {
+		return false
+	}
+	s.total++
+	return true
+}
+
+func (s *connSlots) put() {
+	s.mu.Lock()
+	s.total--
+	s.mu.Unlock()
+}

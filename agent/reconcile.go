@@ -311,6 +311,7 @@ func (d *Daemon) maintain(ctx context.Context, ping func()) {
 			if err := d.audit.Sync(); err != nil {
 				d.log.Error("audit sync", "err", err)
 			}
+			d.retryRecovery()
 			if ping != nil {
 				ping()
 			}

@@ -51,12 +51,24 @@ func Listen(cfg Config) (net.Listener, error) {
 }
 
 // Serve accepts control connections on ln until ctx ends.
+//
+// Admission, so that no local user can keep root out (docs/protocol.md,
+// Limits): a uid other than root may hold control.max_connections_per_uid
+// connections, counted from SO_PEERCRED at accept before anything slow;
+// once the peer is resolved (user database, admin groups), it takes one
+// of control.max_connections slots, of which the last control.admin_reserve
+// are for root and admin_groups only. Every answer is written under
+// control.write_timeout: a peer that does not read is disconnected.
 func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
-	sem := make(chan struct{}, d.Config().Control.MaxConnections)
+	// Fixed while serving (restart to change), and read here, not per
+	// connection: the accept loop never waits on the daemon's lock.
+	limits := d.Config().Control
+	slots := newConnSlots(limits.MaxConnections)
+	refusedLog := &logThrottle{interval: refuseInterval}
 	var conns sync.Map
 	defer conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
 	for {
@@ -71,45 +83,109 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("control socket accept: %w", err)
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			d.log.Warn("control: too many connections; refusing one")
-			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = c.Write(errorLine(nil, &Error{Code: CodeTooManyConns, Message: "too many connections; try again"}))
+		cred, err := peerCred(c)
+		if err != nil {
+			d.log.Warn("control: no peer credentials; closing", "err", err)
 			c.Close()
+			continue
+		}
+		if !slots.enterUID(cred.UID, limits.MaxConnectionsPerUID) {
+			d.refuseConn(c, refusedLog, "uid", cred.UID, errorf(CodeTooManyConns,
+				"uid %d already has %d connections (control.max_connections_per_uid); close some and try again", cred.UID, limits.MaxConnectionsPerUID))
 			continue
 		}
 		conns.Store(c, nil)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-sem }()
+			defer slots.leaveUID(cred.UID)
 			defer conns.Delete(c)
 			defer c.Close()
-			d.serveConn(ctx, c)
+			cfg := d.Config().Control
+			peer := resolvePeer(cred, cfg.AdminGroups)
+			if !slots.take(peer.Admin, limits.AdminReserve) {
+				msg := "too many connections; try again"
+				if !peer.Admin && limits.AdminReserve > 0 {
+					msg = fmt.Sprintf("too many connections (the last %d of control.max_connections are kept for root and control.admin_groups); try again", limits.AdminReserve)
+				}
+				d.refuseConn(c, refusedLog, "peer", peer.String(), errorf(CodeTooManyConns, "%s", msg))
+				return
+			}
+			defer slots.put()
+			d.serveConn(ctx, c, peer, cfg)
 		}()
 	}
 }
 
+// refuseConn answers a connection it will not serve with one error line
+// and closes it. The line goes into the empty buffer of a new socket, so
+// the write never waits; its short deadline only makes sure of that (the
+// accept loop calls this). The log line is throttled: a peer reconnecting
+// in a loop must not flood the journal either.
+func (d *Daemon) refuseConn(c net.Conn, lt *logThrottle, key string, who any, e *Error) {
+	if n, ok := lt.allow(time.Now()); ok {
+		d.log.Warn("control: too many connections; refusing", key, who, "reason", e.Message, "refused_since_last_line", n)
+	}
+	_, _ = deadlineWriter{c, 100 * time.Millisecond}.Write(errorLine(nil, e))
+	c.Close()
+}
+
+// logThrottle lets the first event be logged at once, then at most one
+// line per interval, with the number of events since the last line.
+type logThrottle struct {
+	interval time.Duration
+
+	mu   sync.Mutex
+	last time.Time
+	n    int
+}
+
+func (l *logThrottle) allow(now time.Time) (n int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n++
+	if !l.last.IsZero() && now.Sub(l.last) < l.interval {
+		return 0, false
+	}
+	n, l.n, l.last = l.n, 0, now
+	return n, true
+}
+
+// deadlineWriter gives every write to the connection its own deadline, so
+// a peer that stops reading its answers cannot hold the connection (and
+// its slot) for longer than the timeout.
+type deadlineWriter struct {
+	c       net.Conn
+	timeout time.Duration
+}
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	if err := w.c.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+		return 0, err
+	}
+	return w.c.Write(p)
+}
+
 // serveConn reads one request per line and writes one response per line,
 // in order. Nothing a client sends can crash it.
-func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
+func (d *Daemon) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Control) {
 	defer func() {
 		if r := recover(); r != nil {
 			d.log.Error("control: panic serving a connection (a bug)", "panic", r)
 		}
 	}()
-	cfg := d.Config().Control
-	peer, err := peerCred(c)
-	if err != nil {
-		d.log.Warn("control: no peer credentials; closing", "err", err)
-		return
-	}
-	peer = resolvePeer(peer, cfg.AdminGroups)
 	r := bufio.NewReaderSize(c, cfg.MaxLineBytes)
-	w := bufio.NewWriterSize(c, 64<<10)
-	defer w.Flush()
+	w := bufio.NewWriterSize(deadlineWriter{c, cfg.WriteTimeout.D()}, 64<<10)
+	var werr error
+	defer func() {
+		if werr == nil {
+			werr = w.Flush()
+		}
+		if errors.Is(werr, os.ErrDeadlineExceeded) {
+			d.log.Warn("control: peer does not read its answers; closing the connection",
+				"peer", peer.String(), "write_timeout", cfg.WriteTimeout.D())
+		}
+	}()
 	var call Call // reused by every request of the connection
 	for ctx.Err() == nil {
 		_ = c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout.D()))
@@ -119,7 +195,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 		case errors.Is(err, bufio.ErrBufferFull):
 			resp = errorLine(nil, errorf(CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes))
 			if !discardLine(r) {
-				_, _ = w.Write(resp)
+				_, werr = w.Write(resp)
 				return
 			}
 		case err != nil && len(bytes.TrimSpace(line)) == 0:
@@ -130,11 +206,11 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn) {
 			}
 			resp = d.handleLineInto(ctx, peer, line, &call)
 		}
-		if _, werr := w.Write(resp); werr != nil {
+		if _, werr = w.Write(resp); werr != nil {
 			return
 		}
 		if r.Buffered() == 0 { // batch responses to pipelined requests
-			if w.Flush() != nil {
+			if werr = w.Flush(); werr != nil {
 				return
 			}
 		}
@@ -181,8 +257,11 @@ func (d *Daemon) handleLineInto(ctx context.Context, peer Peer, line []byte, buf
 		return errorLine(call.rawID(), errorf(CodeRateLimited, "too many requests from uid %d; slow down", peer.UID))
 	}
 	if !op.perm(d, peer) {
-		d.Audit("refuse", map[string]any{"op": call.Op, "code": CodeForbidden, "sender": peer.String()})
+		d.refusals.note(peer.UID, call.Op, map[string]any{"op": call.Op, "code": CodeForbidden, "sender": peer.String()})
 		return errorLine(call.rawID(), errorf(CodeForbidden, "%s may not use op %q: run as root or as a member of control.admin_groups", peer.User, call.Op))
+	}
+	if !op.params && len(call.params) > 0 { // before the op runs: an ignored field could mean "not this" (dry_run, confirm)
+		return errorLine(call.rawID(), errorf(CodeBadRequest, "op %s takes no parameters: unknown field %q", call.Op, truncate(string(call.params[0].key), 64)))
 	}
 	defer func() {
 		if r := recover(); r != nil {

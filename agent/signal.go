@@ -55,6 +55,7 @@ func (d *Daemon) newPolicy(cfg Config, own []netip.Addr, old *response.Engine) (
 	return eng, nil
 }
 
+// policyStatus is the policy's part of op status. Caller holds d.mu.
 func (d *Daemon) policyStatus() PolicyStatus {
 	eng := d.Policy()
 	if eng == nil {
@@ -62,7 +63,8 @@ func (d *Daemon) policyStatus() PolicyStatus {
 	}
 	st := eng.Stats()
 	return PolicyStatus{DryRun: eng.Config().DryRun, Rules: len(eng.Rules()), Signals: st.Signals, NoRule: st.NoRule,
-		Decisions: st.Decisions, RateLimited: st.RateLimited, Keys: st.Keys, Offenders: st.Offenders, Evicted: st.EvictedKeys}
+		Decisions: st.Decisions, RateLimited: st.RateLimited, Keys: st.Keys, Offenders: st.Offenders, Evicted: st.EvictedKeys,
+		SenderBlockCap: d.capStatus(eng, d.now())}
 }
 
 // Policy returns the policy engine in force.
@@ -210,7 +212,7 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	eng := d.Policy()
 	if !c.Peer.Admin {
 		if err := eng.Authorize(sig.Sender, sig.Kind); err != nil {
-			d.Audit("refuse", map[string]any{"op": "signal", "kind": sig.Kind, "code": CodeForbidden, "sender": c.Peer.String()})
+			d.refusals.note(c.Peer.UID, "signal", map[string]any{"op": "signal", "kind": sig.Kind, "code": CodeForbidden, "sender": c.Peer.String()})
 			d.observeSignal(sig, "forbidden")
 			return nil, errorf(CodeForbidden, "%v", err)
 		}
@@ -231,11 +233,8 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	out := SignalResult{Outcome: res.Outcome, Progress: res.Progress}
 	blocked := false
 	for _, dec := range res.Decisions {
-		if dec.Action == response.ActionLockdown && !dec.DryRun {
-			dec = d.mergeLockdown(dec)
-		}
 		sd := SignalDecision{Decision: dec}
-		o, err := d.Enforce(ctx, dec)
+		o, err := d.EnforceWith(ctx, dec, EnforceOptions{SenderCap: !c.Peer.Admin})
 		if err != nil {
 			var e *Error
 			if !errors.As(err, &e) {
@@ -285,10 +284,9 @@ const (
 
 // mergeLockdown keeps a policy lockdown from shortening or loosening an
 // active one (an operator's, typically): it ends no earlier, isolates if
-// either does, and keeps the active lockdown's allowlist.
+// either does, and keeps the active lockdown's allowlist. Caller holds d.mu
+// (startLockdown), so nothing changes between the merge and the lockdown.
 func (d *Daemon) mergeLockdown(dec response.Decision) response.Decision {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	cur := d.lockdownState()
 	if !cur.Active {
 		return dec

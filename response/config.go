@@ -26,6 +26,17 @@ type Config struct {
 	Escalation Escalation   `yaml:"escalation"`
 	Senders    []SenderRule `yaml:"senders"`
 	Limits     Limits       `yaml:"limits"`
+	// SenderBlockCap bounds the blocks that non-admin senders' signals can
+	// make, all such senders together: a compromised sender can get any
+	// unprotected address blocked, and this bounds how many.
+	SenderBlockCap BlockCap `yaml:"sender_block_cap"`
+}
+
+// BlockCap is at most Max blocks per Per. The agent enforces it (it knows
+// which sender is an admin and which blocks a decision really made).
+type BlockCap struct {
+	Max int          `yaml:"max"` // blocks per interval; default 100
+	Per api.Duration `yaml:"per"` // the interval; default 1m
 }
 
 // Rule turns N signals of a kind per key within a window into an action.
@@ -93,6 +104,8 @@ const (
 	DefaultMaxBlock     = 7 * 24 * time.Hour
 	DefaultRemember     = 30 * 24 * time.Hour
 	DefaultWindow       = time.Minute
+	DefaultBlockCapMax  = 100
+	DefaultBlockCapPer  = time.Minute
 
 	maxThreshold = 10_000 // state per key grows with min(threshold, cause_signals)
 	maxLimit     = 100_000_000
@@ -193,7 +206,20 @@ func (c Config) Validate() error {
 			}
 		}
 	}
-	return c.Limits.validate()
+	if err := c.Limits.validate(); err != nil {
+		return err
+	}
+	return c.SenderBlockCap.validate()
+}
+
+func (b BlockCap) validate() error {
+	if b.Max < 0 || b.Max > maxLimit {
+		return cfgErr("sender_block_cap.max", "%d is outside 0..%d (0 means the default)", b.Max, maxLimit)
+	}
+	if b.Per < 0 || (b.Per > 0 && b.Per.D() < time.Second) || b.Per.D() > 24*time.Hour {
+		return cfgErr("sender_block_cap.per", "%s is outside 1s..24h (0 means the default)", b.Per)
+	}
+	return nil
 }
 
 func (r Rule) validate(field string) error {
@@ -350,6 +376,10 @@ func (c Config) withDefaults() Config {
 	l.MaxSenders = orDefault(l.MaxSenders, DefaultMaxSenders)
 	if l.SenderRate == 0 {
 		l.SenderRate = DefaultSenderRate
+	}
+	c.SenderBlockCap.Max = orDefault(c.SenderBlockCap.Max, DefaultBlockCapMax)
+	if c.SenderBlockCap.Per == 0 {
+		c.SenderBlockCap.Per = api.Duration(DefaultBlockCapPer)
 	}
 	return c
 }

@@ -3,6 +3,7 @@ package response
 import (
 	"bytes"
 	"errors"
+	"github.com/parryhq/parry/agent/api"
 	"net/netip"
 	"strings"
 	"testing"
@@ -68,6 +69,7 @@ limits:
   sender_rate: 50
   sender_burst: 100
   max_senders: 64
+sender_block_cap: {max: 20, per: 10m}
 `
 
 func TestConfigDecode(t *testing.T) {
@@ -75,7 +77,8 @@ func TestConfigDecode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("decode: %v", err)
 	}
-	if !c.DryRun || c.Escalation.Remember.D() != 168*time.Hour || c.Limits.SenderRate != 50 || len(c.Senders) != 2 {
+	if !c.DryRun || c.Escalation.Remember.D() != 168*time.Hour || c.Limits.SenderRate != 50 || len(c.Senders) != 2 ||
+		c.SenderBlockCap != (BlockCap{Max: 20, Per: api.Duration(10 * time.Minute)}) {
 		t.Errorf("decoded %+v", c)
 	}
 	if got := c.Rules[1].Allow; !cmp.Equal(got, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("2001:db8:1::/48")}, cmpopts.EquateComparable(netip.Prefix{})) {
@@ -126,6 +129,8 @@ func TestConfigErrors(t *testing.T) {
 		{"sender no kinds", "senders: [{user: a}]", "senders[0].kinds"},
 		{"negative limit", "limits: {max_keys: -1}", "limits.max_keys"},
 		{"negative rate", "limits: {sender_rate: -5}", "limits.sender_rate"},
+		{"negative block cap", "sender_block_cap: {max: -1}", "sender_block_cap.max"},
+		{"block cap interval", "sender_block_cap: {per: 10ms}", "sender_block_cap.per"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

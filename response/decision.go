@@ -39,6 +39,13 @@ type Decision struct {
 	Allow   []netip.Prefix `json:"allow,omitempty"`   // lockdown: extra allowlist for this lockdown
 	Isolate bool           `json:"isolate,omitempty"` // lockdown: drop outbound too, except to the allowlist
 	DryRun  bool           `json:"dry_run,omitempty"` // recorded, never enforced
+	// Admin marks an explicit decision of a local admin (op block, unblock,
+	// lockdown, release): only such a decision may shorten or lift a block,
+	// shorten or loosen a lockdown. Every other decision (policy, fleet,
+	// feeds, log sources) may lengthen a block and never lifts an admin's.
+	// It is set by the agent's admin ops alone and never read from outside
+	// input (not in JSON).
+	Admin bool `json:"-"`
 }
 
 // Signal is one observation reported by another program, the CLI, or the

@@ -22,6 +22,7 @@ type Outcome struct {
 	Added    int       `json:"added,omitempty"`     // new blocks
 	Updated  int       `json:"updated,omitempty"`   // existing blocks whose expiry changed
 	Removed  int       `json:"removed,omitempty"`   // unblocked
+	Kept     []string  `json:"kept,omitempty"`      // targets left as they were: blocked at least as long, or an admin's block (docs/policy.md)
 	NotFound []string  `json:"not_found,omitempty"` // unblock: targets that were not blocked
 	Refused  []*Error  `json:"refused,omitempty"`   // targets the guard refused (partial mode)
 	Until    time.Time `json:"until,omitzero"`      // block/lockdown: when it ends; zero = permanent

@@ -27,6 +27,7 @@ const (
 	CodeRefused         = "refused"          // several targets refused (see "refused")
 	CodeStore           = "store_failed"     // could not commit to the store; nothing changed
 	CodeFirewall        = "firewall_failed"  // the kernel refused; nothing changed
+	CodeAudit           = "audit"            // the audit log could not be written (full disk, I/O error); nothing changed
 	CodeShuttingDown    = "shutting_down"    // the daemon is stopping
 	CodeInternal        = "internal"         // a bug; see the daemon's log
 )

@@ -15,6 +15,7 @@ type Status struct {
 	StateDir     string        `json:"state_dir"`
 	AuditSeq     uint64        `json:"audit_seq"`
 	AuditBreak   *ChainBreak   `json:"audit_chain_broken,omitempty"` // until acknowledged (parry audit ack)
+	AuditFailure *AuditFailure `json:"audit_failure,omitempty"`      // while audit appends fail
 	Policy       PolicyStatus  `json:"policy"`
 	Fleet        *FleetStatus  `json:"fleet,omitempty"` // absent: fleet off
 }
@@ -77,6 +78,8 @@ type PolicyStatus struct {
 	Keys        int    `json:"keys"`         // counting state entries now
 	Offenders   int    `json:"offenders"`    // escalation memory entries now
 	Evicted     uint64 `json:"evicted"`      // counting state dropped to stay within max_keys
+	// SenderBlockCap is response.sender_block_cap and where it stands.
+	SenderBlockCap *BlockCapStatus `json:"sender_block_cap,omitempty"`
 }
 
 // FleetStatus is the fleet's part of op status (agent/fleet's Status), also read by the metrics.
@@ -98,4 +101,25 @@ type FleetStatus struct {
 	Expired     uint64    `json:"expired"`    // remote blocks that had expired on arrival
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+}
+
+// AuditFailure is an audit log write or sync that failed, reported until
+// an append succeeds again. While it lasts, requests that change state are
+// refused with code "audit".
+type AuditFailure struct {
+	Since time.Time `json:"since"` // first failure of this run
+	Op    string    `json:"op"`    // "write" or "sync"
+	Error string    `json:"error"` // the last error
+	Count int       `json:"count"` // failed appends and syncs since
+}
+
+// BlockCapStatus is the cap's part of op status.
+type BlockCapStatus struct {
+	Max          int       `json:"max"`
+	Per          string    `json:"per"`
+	Blocks       int       `json:"blocks"`               // in the current window
+	Refusing     bool      `json:"refusing"`             // the cap is reached: blocks are refused until WindowEnds
+	Refused      int       `json:"refused"`              // decisions refused in the current window
+	RefusedTotal uint64    `json:"refused_total"`        // since start
+	WindowEnds   time.Time `json:"window_ends,omitzero"` // absent: no window open
 }

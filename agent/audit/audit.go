@@ -32,40 +32,85 @@ const Genesis = "000000000000000000000000000000000000000000000000000000000000000
 // Sentinel errors.
 var (
 	ErrClosed = errors.New("audit: log closed")
+	// ErrFailed wraps every error of an append that wrote nothing: the
+	// chain is unchanged and the caller must treat its event as not
+	// recorded.
+	ErrFailed = errors.New("audit: append failed")
 )
 
+// File is what Log needs of its file; *os.File implements it. Tests wrap it
+// to inject write and sync failures (OpenWith).
+type File interface {
+	io.Writer
+	io.ReaderAt
+	Sync() error
+	Truncate(size int64) error
+	Stat() (os.FileInfo, error)
+	Close() error
+}
+
+// Failure is an audit append or sync that failed and has not been followed
+// by a successful append yet.
+type Failure struct {
+	Since time.Time `json:"since"` // first failure of this run
+	Op    string    `json:"op"`    // "write" or "sync"
+	Error string    `json:"error"` // the last error
+	Count int       `json:"count"` // failed appends and syncs since Since
+}
+
 // Log appends to one audit file. It is safe for concurrent use.
+//
+// An append that returns nil has written its whole line(s) to the file with
+// one write(2): they survive the daemon's death, and reach the disk at the
+// next Sync. An append that fails wrote nothing: a partial write is cut off
+// at once (ftruncate needs no free space), and if that fails too, before
+// the next write. A failed Sync is reported by Failure and makes the next
+// append retry the sync first, failing while the sync fails.
 type Log struct {
 	syncMu sync.Mutex // serializes Sync, so onSync sees seqs in order
 	onSync func(seq uint64, hash string)
 	mu     sync.Mutex
-	f      *os.File
+	f      File
+	size   int64 // end of the last whole line
+	torn   bool  // the file may hold a partial line past size
 	seq    uint64
 	prev   string
 	now    func() time.Time
 	dirty  bool
 	buf    []byte
+	fail   *Failure
 }
 
 // Open opens path for appending, continuing the chain from its last line.
 func Open(path string, now func() time.Time) (*Log, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	return OpenWith(path, now, nil)
+}
+
+// OpenWith is Open with the file wrapped by wrap (nil: none), for failure
+// injection.
+func OpenWith(path string, now func() time.Time, wrap func(File) File) (*Log, error) {
+	of, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
+	var f File = of
+	if wrap != nil {
+		f = wrap(of)
+	}
 	l := &Log{f: f, prev: Genesis, now: now}
-	last, err := lastLine(f)
+	last, size, err := lastLine(f)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("open audit log %s: %w", path, err)
 	}
+	l.size = size
 	if last != nil {
 		var h struct {
 			Seq  uint64 `json:"seq"`
 			Hash string `json:"hash"`
 		}
 		if err := json.Unmarshal(last, &h); err != nil || len(h.Hash) != 64 {
-			// A torn or edited last line: continue after it; verify reports it.
+			// An edited last line: continue after it; verify reports it.
 			h.Hash = hashOf(last)
 		}
 		l.seq, l.prev = h.Seq, h.Hash
@@ -74,20 +119,23 @@ func Open(path string, now func() time.Time) (*Log, error) {
 }
 
 // lastLine returns the last complete line of f (without its newline), or
-// nil when the file is empty. A torn tail without a newline is terminated so
-// the next line starts cleanly.
-func lastLine(f *os.File) ([]byte, error) {
+// nil when the file has none, and the file's size after the repair: a torn
+// tail (a partial last line without its newline, left by a short write or
+// a crash mid-write) is cut off, so the chain continues from the last whole
+// line.
+func lastLine(f File) ([]byte, int64, error) {
 	st, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	size := st.Size()
 	if size == 0 {
-		return nil, nil
+		return nil, 0, nil
 	}
 	var tail []byte
 	const chunk = 64 << 10
-	for off := size; off > 0 && bytes.Count(tail, []byte("\n")) < 2; {
+	off := size
+	for off > 0 && bytes.Count(tail, []byte("\n")) < 2 {
 		n := int64(chunk)
 		if off < n {
 			n = off
@@ -95,24 +143,40 @@ func lastLine(f *os.File) ([]byte, error) {
 		off -= n
 		b := make([]byte, n)
 		if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
-			return nil, err
+			return nil, 0, err
 		}
 		tail = append(b, tail...)
-		if off == 0 {
-			break
-		}
 	}
 	if tail[len(tail)-1] != '\n' {
-		if _, err := f.Write([]byte("\n")); err != nil {
-			return nil, err
+		i := bytes.LastIndexByte(tail, '\n')
+		for i < 0 && off > 0 { // one torn line longer than what was read
+			n := int64(chunk)
+			if off < n {
+				n = off
+			}
+			off -= n
+			b := make([]byte, n)
+			if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+				return nil, 0, err
+			}
+			tail = append(b, tail...)
+			i = bytes.LastIndexByte(tail, '\n')
 		}
-		tail = append(tail, '\n')
+		keep := off + int64(i) + 1 // 0 when no whole line is left
+		if err := f.Truncate(keep); err != nil {
+			return nil, 0, fmt.Errorf("cut torn tail: %w", err)
+		}
+		size = keep
+		tail = tail[:i+1]
+		if len(tail) == 0 {
+			return nil, 0, nil
+		}
 	}
 	tail = tail[:len(tail)-1]
 	if i := bytes.LastIndexByte(tail, '\n'); i >= 0 {
 		tail = tail[i+1:]
 	}
-	return tail, nil
+	return tail, size, nil
 }
 
 type header struct {
@@ -146,38 +210,117 @@ func (h *header) appendRaw(raw Raw) []byte {
 	return append(b, "\"}"...)
 }
 
+// Event is one event to append: its name and fields (encoded with
+// encoding/json, or Raw).
+type Event struct {
+	Name   string
+	Fields any
+}
+
 // Append writes one event. The line reaches the kernel (survives the
-// daemon's death) before Append returns; Sync makes it durable on disk.
+// daemon's death) before Append returns; Sync makes it durable on disk. An
+// error wraps ErrFailed: nothing was written.
 func (l *Log) Append(event string, fields any) error {
+	_, err := l.AppendAll(Event{Name: event, Fields: fields})
+	return err
+}
+
+// AppendAll writes events as consecutive lines with one write: either all
+// of them are in the file when it returns nil, with the seq of the last
+// one, or none (the error wraps ErrFailed).
+func (l *Log) AppendAll(events ...Event) (uint64, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
-		return ErrClosed
+		return 0, ErrClosed
 	}
-	h := header{Seq: l.seq + 1, Time: l.now().UTC().Format(time.RFC3339Nano), Event: event, Fields: fields, Prev: l.prev}
-	var body []byte
-	if raw, ok := fields.(Raw); ok && len(raw) > 0 {
-		body = h.appendRaw(raw)
-	} else {
-		var err error
-		if body, err = json.Marshal(h); err != nil {
-			return fmt.Errorf("audit %s: encode: %w", event, err)
+	if op, err := l.repairLocked(); err != nil {
+		return 0, l.failLocked(op, err)
+	}
+	seq, prev := l.seq, l.prev
+	line := l.buf[:0]
+	for _, ev := range events {
+		h := header{Seq: seq + 1, Time: l.now().UTC().Format(time.RFC3339Nano), Event: ev.Name, Fields: ev.Fields, Prev: prev}
+		var body []byte
+		if raw, ok := ev.Fields.(Raw); ok && len(raw) > 0 {
+			body = h.appendRaw(raw)
+		} else {
+			var err error
+			if body, err = json.Marshal(h); err != nil {
+				return 0, fmt.Errorf("%w: %s: encode: %w", ErrFailed, ev.Name, err)
+			}
 		}
+		sum := sha256.Sum256(body)
+		hash := hex.EncodeToString(sum[:])
+		line = append(line, body[:len(body)-1]...)
+		line = append(line, `,"hash":"`...)
+		line = append(line, hash...)
+		line = append(line, "\"}\n"...)
+		seq, prev = h.Seq, hash
 	}
-	sum := sha256.Sum256(body)
-	hash := hex.EncodeToString(sum[:])
-	line := append(l.buf[:0], body[:len(body)-1]...)
-	line = append(line, `,"hash":"`...)
-	line = append(line, hash...)
-	line = append(line, "\"}\n"...)
-	if _, err := l.f.Write(line); err != nil {
-		return fmt.Errorf("audit %s: write: %w", event, err)
+	n, err := l.f.Write(line)
+	if err == nil && n != len(line) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		if n > 0 {
+			l.torn = true
+			if terr := l.f.Truncate(l.size); terr == nil {
+				l.torn = false
+			}
+		}
+		return 0, l.failLocked("write", fmt.Errorf("%s: write: %w", events[0].Name, err))
 	}
 	if cap(line) <= 1<<20 {
 		l.buf = line
 	}
-	l.seq, l.prev, l.dirty = h.Seq, hash, true
-	return nil
+	l.size += int64(len(line))
+	l.seq, l.prev, l.dirty = seq, prev, true
+	l.fail = nil
+	return seq, nil
+}
+
+// repairLocked cuts a torn tail left by a failed write and retries a failed
+// sync before the next write; it returns the failed operation with the
+// error. Caller holds l.mu.
+func (l *Log) repairLocked() (string, error) {
+	if l.torn {
+		if err := l.f.Truncate(l.size); err != nil {
+			return "write", fmt.Errorf("cut torn tail: %w", err)
+		}
+		l.torn = false
+	}
+	if l.fail != nil && l.fail.Op == "sync" {
+		if err := l.f.Sync(); err != nil {
+			return "sync", fmt.Errorf("sync: %w", err)
+		}
+		l.fail.Op = "write" // synced; what remains is this write
+	}
+	return "", nil
+}
+
+// failLocked records a failure and returns err wrapped in ErrFailed.
+// Caller holds l.mu.
+func (l *Log) failLocked(op string, err error) error {
+	if l.fail == nil {
+		l.fail = &Failure{Since: l.now().UTC()}
+	}
+	l.fail.Op = op
+	l.fail.Error = err.Error()
+	l.fail.Count++
+	return fmt.Errorf("%w: %w", ErrFailed, err)
+}
+
+// Failure reports the audit failure that lasts, or nil when the last append
+// (and sync) succeeded.
+func (l *Log) Failure() *Failure {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail == nil {
+		return nil
+	}
+	f := *l.fail
+	return &f
 }
 
 // OnSync sets fn, called after each fsync that made new lines durable, with
@@ -201,6 +344,9 @@ func (l *Log) Sync() error {
 	l.dirty = false
 	seq, hash := l.seq, l.prev
 	err := l.f.Sync()
+	if err != nil {
+		err = l.failLocked("sync", fmt.Errorf("sync: %w", err))
+	}
 	l.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("audit sync: %w", err)
@@ -229,17 +375,15 @@ func (l *Log) Last() (uint64, string) {
 
 // Close syncs and closes the file.
 func (l *Log) Close() error {
-	if err := l.Sync(); err != nil {
-		return err
-	}
+	serr := l.Sync()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
-		return nil
+		return serr
 	}
 	err := l.f.Close()
 	l.f = nil
-	return err
+	return errors.Join(serr, err)
 }
 
 func hashOf(b []byte) string {

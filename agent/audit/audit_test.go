@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -215,4 +216,170 @@ func TestOnSyncReportsDurableLineOnlyAfterFsync(t *testing.T) {
 	if len(got) != 2 || got[0] != 3 || got[1] != 4 || hashes[1] != hash || seq != 4 {
 		t.Fatalf("OnSync calls %v, want [3 4] with the last hash", got)
 	}
+}
+
+// faultFile injects failures into the audit log's file: a write of at most
+// short bytes followed by writeErr, a failing Truncate, a failing Sync.
+type faultFile struct {
+	File
+	writeErr error
+	short    int // bytes a failing write still writes
+	truncErr error
+	syncErr  error
+}
+
+func (f *faultFile) Write(b []byte) (int, error) {
+	if f.writeErr == nil {
+		return f.File.Write(b)
+	}
+	n, _ := f.File.Write(b[:min(f.short, len(b))])
+	return n, f.writeErr
+}
+
+func (f *faultFile) Truncate(n int64) error {
+	if f.truncErr != nil {
+		return f.truncErr
+	}
+	return f.File.Truncate(n)
+}
+
+func (f *faultFile) Sync() error {
+	if f.syncErr != nil {
+		return f.syncErr
+	}
+	return f.File.Sync()
+}
+
+func openFault(t *testing.T, path string) (*Log, *faultFile) {
+	t.Helper()
+	var ff *faultFile
+	l, err := OpenWith(path, fixedNow, func(f File) File { ff = &faultFile{File: f}; return ff })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, ff
+}
+
+func verifyOK(t *testing.T, path string, lines int) {
+	t.Helper()
+	res, err := VerifyFile(path)
+	if err != nil || !res.OK || res.Lines != lines || res.LastSeq != uint64(lines) {
+		t.Fatalf("verify = %+v, %v; want %d intact lines", res, err, lines)
+	}
+}
+
+func TestFailedWriteLeavesNoLine(t *testing.T) {
+	path := writeLog(t, 3)
+	l, ff := openFault(t, path)
+	ff.writeErr, ff.short = syscall.ENOSPC, 20 // a short write, then ENOSPC
+	err := l.Append("block", map[string]any{"targets": []string{"203.0.113.9"}})
+	if !errors.Is(err, ErrFailed) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("append on a full disk = %v, want ErrFailed wrapping ENOSPC", err)
+	}
+	if f := l.Failure(); f == nil || f.Op != "write" || f.Count != 1 {
+		t.Fatalf("Failure() = %+v, want a write failure", f)
+	}
+	if l.Seq() != 3 {
+		t.Fatalf("seq after a failed append = %d, want 3", l.Seq())
+	}
+	verifyOK(t, path, 3) // the partial line was cut off at once
+
+	// The cut fails too: the torn tail stays until the next write cuts it.
+	ff.truncErr = errors.New("injected truncate failure")
+	if err := l.Append("block", nil); !errors.Is(err, ErrFailed) {
+		t.Fatalf("append = %v, want ErrFailed", err)
+	}
+	if res, _ := VerifyFile(path); res.OK {
+		t.Fatal("the torn tail should still be in the file")
+	}
+	ff.writeErr, ff.truncErr = nil, nil // space returns
+	if err := l.Append("unblock", nil); err != nil {
+		t.Fatal(err)
+	}
+	if f := l.Failure(); f != nil {
+		t.Fatalf("Failure() after a good append = %+v, want nil", f)
+	}
+	verifyOK(t, path, 4)
+}
+
+func TestAppendAllIsAllOrNothing(t *testing.T) {
+	path := writeLog(t, 1)
+	l, ff := openFault(t, path)
+	ff.writeErr, ff.short = syscall.ENOSPC, 300 // more than one line
+	evs := []Event{{"block", map[string]any{"i": 1}}, {"block", map[string]any{"i": 2}}, {"block", map[string]any{"i": 3}}}
+	if _, err := l.AppendAll(evs...); !errors.Is(err, ErrFailed) {
+		t.Fatalf("AppendAll = %v", err)
+	}
+	verifyOK(t, path, 1)
+	ff.writeErr = nil
+	seq, err := l.AppendAll(evs...)
+	if err != nil || seq != 4 {
+		t.Fatalf("AppendAll = %d, %v; want seq 4", seq, err)
+	}
+	verifyOK(t, path, 4)
+}
+
+func TestFailedSyncFailsAppendsUntilItSucceeds(t *testing.T) {
+	path := writeLog(t, 1)
+	l, ff := openFault(t, path)
+	if err := l.Append("block", nil); err != nil {
+		t.Fatal(err)
+	}
+	ff.syncErr = syscall.EIO
+	if err := l.Sync(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Sync = %v, want EIO", err)
+	}
+	if f := l.Failure(); f == nil || f.Op != "sync" {
+		t.Fatalf("Failure() = %+v, want a sync failure", f)
+	}
+	if err := l.Append("block", nil); !errors.Is(err, ErrFailed) || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("append while sync fails = %v, want ErrFailed wrapping EIO", err)
+	}
+	ff.syncErr = nil
+	if err := l.Append("block", nil); err != nil {
+		t.Fatal(err)
+	}
+	if f := l.Failure(); f != nil {
+		t.Fatalf("Failure() = %+v, want nil", f)
+	}
+	verifyOK(t, path, 3)
+}
+
+func TestTornTailCutAtOpen(t *testing.T) {
+	for _, torn := range []string{`{"seq":4,"time":"`, strings.Repeat("x", 200<<10)} {
+		path := writeLog(t, 3)
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(torn)
+		f.Close()
+		l, err := Open(path, fixedNow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Seq() != 3 {
+			t.Fatalf("seq after a torn tail = %d, want 3", l.Seq())
+		}
+		if err := l.Append("block", nil); err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+		verifyOK(t, path, 4)
+	}
+}
+
+func TestTornOnlyLineCutAtOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	os.WriteFile(path, []byte(`{"seq":1,"ti`), 0o600)
+	l, err := Open(path, fixedNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append("start", nil); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	verifyOK(t, path, 1)
 }

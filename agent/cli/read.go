@@ -103,6 +103,10 @@ func (a *App) statusCmd() *cobra.Command {
 				fmt.Fprintf(a.Stdout, "AUDIT CHAIN BROKEN at %s: parryd had written up to seq %d; old log at line %d: %s; kept as %q (review, then `parry audit ack`)\n",
 					b.Time.Format(time.RFC3339), b.AnchorSeq, b.FoundAtLine, b.Found, b.KeptAs)
 			}
+			if f := st.AuditFailure; f != nil {
+				fmt.Fprintf(a.Stdout, "AUDIT LOG FAILING since %s (%s, %d failures): %s; changes are refused (code audit) until an append succeeds\n",
+					f.Since.Format(time.RFC3339), f.Op, f.Count, f.Error)
+			}
 			printFleet(a.Stdout, st.Fleet)
 			return nil
 		},

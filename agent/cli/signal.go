@@ -5,6 +5,7 @@ import (
 	"github.com/parryhq/parry/agent/api"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -113,4 +114,12 @@ func (a *App) printPolicy(p api.PolicyStatus) {
 	}
 	fmt.Fprintf(a.Stdout, "policy:%s %d rules; %d signals (%d no rule, %d rate-limited), %d decisions; %d keys counting, %d offenders remembered\n",
 		mode, p.Rules, p.Signals, p.NoRule, p.RateLimited, p.Decisions, p.Keys, p.Offenders)
+	if c := p.SenderBlockCap; c != nil {
+		state := ""
+		if c.Refusing {
+			state = fmt.Sprintf(" REACHED: their blocks are refused until %s (%d refused so far)", c.WindowEnds.Local().Format(time.TimeOnly), c.Refused)
+		}
+		fmt.Fprintf(a.Stdout, "sender block cap: %d of %d blocks per %s from non-admin senders' signals%s; %d refused since start\n",
+			c.Blocks, c.Max, c.Per, state, c.RefusedTotal)
+	}
 }

@@ -194,20 +194,22 @@ func (a *App) gatherTargets(args []string, file string, skipInvalid bool) ([]str
 }
 
 // chunkRequests renders base plus "targets" as request lines of at most
-// limit bytes each (newline excluded), splitting the targets between them.
-func chunkRequests(base map[string]any, targets []string, limit int) ([][]byte, error) {
+// limit bytes each (newline excluded), splitting the targets between them;
+// it also returns how many targets each line carries.
+func chunkRequests(base map[string]any, targets []string, limit int) ([][]byte, []int, error) {
 	head, err := json.Marshal(base)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	prefix := append(head[:len(head)-1:len(head)-1], `,"targets":[`...)
 	var reqs [][]byte
+	var counts []int
 	cur := append([]byte(nil), prefix...)
 	n := 0
 	for _, t := range targets {
 		q, _ := json.Marshal(t)
 		if n > 0 && len(cur)+len(q)+3 > limit {
-			reqs = append(reqs, append(cur, "]}"...))
+			reqs, counts = append(reqs, append(cur, "]}"...)), append(counts, n)
 			cur, n = append([]byte(nil), prefix...), 0
 		}
 		if n > 0 {
@@ -216,13 +218,16 @@ func chunkRequests(base map[string]any, targets []string, limit int) ([][]byte, 
 		cur = append(cur, q...)
 		n++
 	}
-	return append(reqs, append(cur, "]}"...)), nil
+	return append(reqs, append(cur, "]}"...)), append(counts, n), nil
 }
 
 // sendChunks splits targets into request lines under chunkBytes, pipelines
-// them on one connection and sums the outcomes.
+// them on one connection and sums the outcomes. If the connection breaks
+// before every chunk is answered, it says how many were acknowledged: each
+// chunk is one transaction, so those are applied (or refused) as answered,
+// and the others may or may not have been.
 func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) error {
-	reqs, err := chunkRequests(base, targets, chunkBytes)
+	reqs, counts, err := chunkRequests(base, targets, chunkBytes)
 	if err != nil {
 		return err
 	}
@@ -233,13 +238,18 @@ func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) err
 	defer c.Close()
 	var total outcome
 	var failures []string
+	acked, ackedTargets := 0, 0
+	var decodeErr error
 	err = c.Pipeline(reqs, func(i int, r client.Response) error {
+		acked++
+		ackedTargets += counts[i]
 		if !r.OK {
 			failures = append(failures, fmt.Sprintf("%s (%s)", r.Error.Message, r.Error.Code))
 			return nil
 		}
 		var o outcome
 		if err := json.Unmarshal(r.Raw, &o); err != nil {
+			decodeErr = err
 			return err
 		}
 		total.ID = o.ID
@@ -250,6 +260,13 @@ func (a *App) sendChunks(base map[string]any, targets []string, asJSON bool) err
 		total.Refused = append(total.Refused, o.Refused...)
 		return nil
 	})
+	if err != nil && decodeErr == nil && acked < len(reqs) {
+		if acked > 0 {
+			a.report(base["op"].(string), total, failures, asJSON, acked)
+		}
+		return &exitError{code: ExitFailed, err: fmt.Errorf("%d of %d chunks (%s) were acknowledged before the connection to parryd broke; the rest may or may not have been applied — check `parry list`: %w",
+			acked, len(reqs), plural(ackedTargets, "target"), err)}
+	}
 	if err != nil {
 		return &exitError{code: ExitFailed, err: err}
 	}

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -19,7 +22,7 @@ func TestChunkRequests(t *testing.T) {
 		targets = append(targets, fmt.Sprintf("10.%d.%d.%d", i>>16, (i>>8)&255, i&255))
 	}
 	base := map[string]any{"op": "block", "for": "1d", "reason": "feed \"x\"", "partial": true}
-	reqs, err := chunkRequests(base, targets, chunkBytes)
+	reqs, _, err := chunkRequests(base, targets, chunkBytes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +54,7 @@ func TestChunkRequests(t *testing.T) {
 			t.Fatalf("target %d: %s, want %s", i, got[i], targets[i])
 		}
 	}
-	if one, _ := chunkRequests(base, targets[:1], chunkBytes); len(one) != 1 {
+	if one, _, _ := chunkRequests(base, targets[:1], chunkBytes); len(one) != 1 {
 		t.Fatalf("one target: %d requests", len(one))
 	}
 }
@@ -143,5 +146,59 @@ func TestFileFormats(t *testing.T) {
 	a = &App{Stdin: strings.NewReader(long), Stderr: io.Discard}
 	if _, err := a.gatherTargets(nil, "-", false); err == nil || !strings.Contains(err.Error(), "stdin:2: line longer than 64 KiB") {
 		t.Fatalf("oversized line: err = %v, want its line number", err)
+	}
+}
+
+// parryd dies in the middle of a pipelined `parry block --file`: the CLI
+// says how many chunks (and targets) were acknowledged, and fails.
+func TestBlockFileSaysWhatWasAcknowledgedWhenConnectionBreaks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		sc := bufio.NewScanner(c)
+		sc.Buffer(nil, 1<<20)
+		for n := 0; n < 2 && sc.Scan(); n++ { // two chunks answered, then gone
+			fmt.Fprintln(c, `{"ok":true,"decision_id":"x","action":"block","added":1}`)
+		}
+	}()
+	var file strings.Builder
+	for i := range 20000 {
+		fmt.Fprintf(&file, "10.%d.%d.%d\n", i>>16, (i>>8)&255, i&255)
+	}
+	list := filepath.Join(t.TempDir(), "list")
+	if err := os.WriteFile(list, []byte(file.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := map[string]any{"op": "block", "permanent": true}
+	targets, err := (&App{Stderr: io.Discard}).gatherTargets(nil, list, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, counts, _ := chunkRequests(base, targets, chunkBytes)
+	if len(counts) < 3 {
+		t.Fatalf("the list makes %d chunks; the test needs at least 3", len(counts))
+	}
+	var stderr bytes.Buffer
+	code := Main(context.Background(), []string{"block", "--file", list, "--permanent", "--socket", path}, strings.NewReader(""), io.Discard, &stderr)
+	if code == ExitOK {
+		t.Fatal("exit 0 after the connection broke")
+	}
+	re := regexp.MustCompile(`2 of (\d+) chunks \((\d+) targets\) were acknowledged before the connection to parryd broke; the rest may or may not have been applied — check ` + "`parry list`")
+	m := re.FindStringSubmatch(stderr.String())
+	if m == nil {
+		t.Fatalf("stderr = %q\nwant it to say how many chunks were acknowledged", stderr.String())
+	}
+	// Two chunks of about 60 KiB each, out of all of them.
+	if k, _ := strconv.Atoi(m[2]); m[1] != strconv.Itoa(len(counts)) || k < counts[0] || k >= len(targets) {
+		t.Fatalf("%q: want 2 of %d chunks, about %d targets", m[0], len(counts), counts[0]+counts[1])
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -27,6 +28,7 @@ var (
 	bucketDecisions = []byte("decisions")
 	bucketState     = []byte("state")
 	bucketKV        = []byte("kv")
+	bucketPending   = []byte("pending_audit")
 	keyLockdown     = []byte("lockdown")
 )
 
@@ -54,6 +56,7 @@ type Decision struct {
 	Rule   string          `json:"rule,omitempty"`
 	Sender string          `json:"sender,omitempty"`
 	Cause  json.RawMessage `json:"cause,omitempty"`
+	Admin  bool            `json:"admin,omitempty"` // an admin's explicit block: only an admin lifts or shortens it
 }
 
 // Lockdown is the persisted lockdown state.
@@ -68,29 +71,40 @@ type Lockdown struct {
 	Sender  string         `json:"sender,omitempty"`
 }
 
-// Store is the open database.
-type Store struct {
-	db *bolt.DB
+// Pending is the audit record of a change, committed in the same
+// transaction as the change and deleted once its audit line is durable.
+// After a crash between the commit and the audit write, the daemon finds it
+// at start and writes the missing line (agent/anchor.go).
+type Pending struct {
+	Key    uint64          `json:"-"`
+	Event  string          `json:"event"`
+	Time   time.Time       `json:"time"`
+	Fields json.RawMessage `json:"fields"` // the audit line's fields, exactly as written
 }
 
-// Open opens (creating if needed) the store file at path.
+// Store is the open database.
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+// Open opens (creating if needed) the store file at path. A file that
+// fails the consistency check (see check) is refused with a
+// *CorruptError and left as it is; Open never panics on a bad file.
 func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        2 * time.Second, // another parryd holds the lock
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-	})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("open store %s: locked by another process (is another parryd running with this state dir?): %w", path, err)
+	opts := options()
+	if err := check(path, opts); err != nil {
+		return nil, openErr(path, err)
 	}
+	db, err := openRW(path, opts)
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", path, err)
+		return nil, openErr(path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketBlocks, bucketDecisions, bucketState, bucketKV} {
+		for _, b := range [][]byte{bucketBlocks, bucketDecisions, bucketState, bucketKV, bucketPending} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -101,8 +115,44 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: create buckets: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, path: path}, nil
 }
+
+func options() bolt.Options {
+	return bolt.Options{
+		Timeout:        2 * time.Second, // another parryd holds the lock
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	}
+}
+
+// openRW is bolt.Open with a panic (a bad page found while rebuilding the
+// free list) turned into a CorruptError. After a panic the descriptor is
+// lost; the caller is expected to stop.
+func openRW(path string, opts bolt.Options) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, recovered(path, r)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &opts)
+	return db, corruptErr(path, err)
+}
+
+func openErr(path string, err error) error {
+	var ce *CorruptError
+	switch {
+	case errors.As(err, &ce):
+		return err // already names the file
+	case errors.Is(err, berrors.ErrTimeout):
+		return fmt.Errorf("open store %s: locked by another process (is another parryd running with this state dir?): %w", path, err)
+	}
+	return fmt.Errorf("open store %s: %w", path, err)
+}
+
+// Path is the store file.
+func (s *Store) Path() string { return s.path }
 
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
@@ -116,6 +166,9 @@ type Change struct {
 	DelDecisions  []uint64
 	SetLockdown   *Lockdown // non-nil: store it
 	ClearLockdown bool
+	PutPending    []Pending         // audit records of this change
+	DelPending    []uint64          // keys of audit records now durable in the log
+	PutKV         map[string][]byte // key/value entries (nil value: delete)
 }
 
 // Commit applies c in one fsync'd transaction.
@@ -159,6 +212,33 @@ func (s *Store) Commit(c Change) error {
 				return err
 			}
 		}
+		pb := tx.Bucket(bucketPending)
+		for _, p := range c.PutPending {
+			v, err := json.Marshal(p)
+			if err != nil {
+				return err
+			}
+			if err := pb.Put(seqKey(p.Key), v); err != nil {
+				return err
+			}
+		}
+		for _, k := range c.DelPending {
+			if err := pb.Delete(seqKey(k)); err != nil {
+				return err
+			}
+		}
+		kv := tx.Bucket(bucketKV)
+		for k, v := range c.PutKV {
+			var err error
+			if v == nil {
+				err = kv.Delete([]byte(k))
+			} else {
+				err = kv.Put([]byte(k), v)
+			}
+			if err != nil {
+				return err
+			}
+		}
 		st := tx.Bucket(bucketState)
 		if c.ClearLockdown {
 			if err := st.Delete(keyLockdown); err != nil {
@@ -184,8 +264,14 @@ func (s *Store) Commit(c Change) error {
 
 // Load calls block for every stored block and decision for every stored
 // decision, in one read transaction.
-func (s *Store) Load(block func(Block), decision func(Decision)) error {
-	err := s.db.View(func(tx *bolt.Tx) error {
+func (s *Store) Load(block func(Block), decision func(Decision)) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("store load: %w", recovered(s.path, r))
+		}
+	}()
+	err = s.db.View(func(tx *bolt.Tx) error {
 		err := tx.Bucket(bucketDecisions).ForEach(func(k, v []byte) error {
 			var d Decision
 			if err := json.Unmarshal(v, &d); err != nil {
@@ -210,6 +296,30 @@ func (s *Store) Load(block func(Block), decision func(Decision)) error {
 		return fmt.Errorf("store load: %w", err)
 	}
 	return nil
+}
+
+// Pending returns the audit records not yet known durable in the audit
+// log, in key order.
+func (s *Store) Pending() ([]Pending, error) {
+	var out []Pending
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPending).ForEach(func(k, v []byte) error {
+			var p Pending
+			if len(k) != 8 {
+				return fmt.Errorf("%w: pending audit key %x", ErrCorrupt, k)
+			}
+			if err := json.Unmarshal(v, &p); err != nil {
+				return fmt.Errorf("%w: pending audit %x: %v", ErrCorrupt, k, err)
+			}
+			p.Key = binary.BigEndian.Uint64(k)
+			out = append(out, p)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store pending audit: %w", err)
+	}
+	return out, nil
 }
 
 // Lockdown returns the stored lockdown, or nil.

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/parryhq/parry/agent"
+	"github.com/parryhq/parry/agent/store"
 )
 
 func main() {
@@ -37,6 +38,9 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "parryd:", err)
+		if errors.Is(err, store.ErrCorrupt) {
+			os.Exit(agent.ExitStoreCorrupt) // the unit does not restart on it
+		}
 		os.Exit(1)
 	}
 }

@@ -27,20 +27,6 @@ type auditAnchor struct {
 	Hash string `json:"hash"`
 }
 
-// ChainBreak records that audit.log did not hold the anchored line at
-// start: the old file was kept aside and a new chain started. It stays
-// reported (status, audit_verify) until an admin acknowledges it.
-type ChainBreak struct {
-	Time         time.Time `json:"time"`
-	AnchorSeq    uint64    `json:"anchor_seq"`
-	AnchorHash   string    `json:"anchor_hash"`
-	Found        string    `json:"found"`             // what was wrong with the old log
-	FoundAtLine  int       `json:"found_at_line"`     // 1-based line of the fault in the old log
-	FoundLines   int       `json:"found_lines"`       // intact lines before the fault
-	FoundLastSeq uint64    `json:"found_last_seq"`    // seq of the last intact line
-	KeptAs       string    `json:"kept_as,omitempty"` // the old log, renamed; empty: it was missing
-}
-
 // openAudit checks audit.log against the anchor in the store, moves a log
 // that fails aside (never deleting it), opens the log and wires the anchor
 // to be saved after each fsync. A missing anchor (first start, upgrade) is

@@ -29,27 +29,16 @@ type blockCap struct {
 	total   uint64    // decisions refused since start
 }
 
-// BlockCapStatus is the cap's part of op status.
-type BlockCapStatus struct {
-	Max          int       `json:"max"`
-	Per          string    `json:"per"`
-	Blocks       int       `json:"blocks"`               // in the current window
-	Refusing     bool      `json:"refusing"`             // the cap is reached: blocks are refused until WindowEnds
-	Refused      int       `json:"refused"`              // decisions refused in the current window
-	RefusedTotal uint64    `json:"refused_total"`        // since start
-	WindowEnds   time.Time `json:"window_ends,omitzero"` // absent: no window open
-}
-
 // capWindow rolls the window over if it has ended, auditing how many
 // decisions the cap refused in it. Caller holds d.mu.
 func (d *Daemon) capWindow(c response.BlockCap, now time.Time) {
 	bc := &d.blockCap
-	if !bc.since.IsZero() && now.Before(bc.since.Add(c.Per)) {
+	if !bc.since.IsZero() && now.Before(bc.since.Add(c.Per.D())) {
 		return
 	}
 	if bc.refused > 0 {
 		d.Audit("sender_block_cap_end", map[string]any{"max": c.Max, "per": c.Per.String(), "blocks": bc.blocks,
-			"refused": bc.refused, "since": bc.since.UTC().Format(time.RFC3339), "until": bc.since.Add(c.Per).UTC().Format(time.RFC3339)})
+			"refused": bc.refused, "since": bc.since.UTC().Format(time.RFC3339), "until": bc.since.Add(c.Per.D()).UTC().Format(time.RFC3339)})
 	}
 	bc.since, bc.blocks, bc.refused = now, 0, 0
 }
@@ -66,7 +55,7 @@ func (d *Daemon) capAdmit(dec response.Decision, now time.Time) error {
 	}
 	bc.refused++
 	bc.total++
-	ends := bc.since.Add(c.Per)
+	ends := bc.since.Add(c.Per.D())
 	if bc.refused == 1 {
 		d.Audit("sender_block_cap", map[string]any{"max": c.Max, "per": c.Per.String(), "blocks": bc.blocks,
 			"since": bc.since.UTC().Format(time.RFC3339), "until": ends.UTC().Format(time.RFC3339),
@@ -75,7 +64,7 @@ func (d *Daemon) capAdmit(dec response.Decision, now time.Time) error {
 			"max", c.Max, "per", c.Per, "until", ends)
 	}
 	return errorf(CodeSenderBlockCap, "%d blocks caused by non-admin senders' signals within %s (response.sender_block_cap): this block is refused until %s",
-		bc.blocks, FormatDuration(c.Per), ends.UTC().Format(time.RFC3339))
+		bc.blocks, FormatDuration(c.Per.D()), ends.UTC().Format(time.RFC3339))
 }
 
 // changes reports whether a non-admin block of targets would block or
@@ -101,9 +90,9 @@ func (d *Daemon) capStatus(eng *response.Engine, now time.Time) *BlockCapStatus 
 	}
 	c := eng.Config().SenderBlockCap
 	bc := d.blockCap
-	st := &BlockCapStatus{Max: c.Max, Per: FormatDuration(c.Per), RefusedTotal: bc.total}
-	if !bc.since.IsZero() && now.Before(bc.since.Add(c.Per)) {
-		st.Blocks, st.Refused, st.WindowEnds = bc.blocks, bc.refused, bc.since.Add(c.Per).UTC()
+	st := &BlockCapStatus{Max: c.Max, Per: FormatDuration(c.Per.D()), RefusedTotal: bc.total}
+	if !bc.since.IsZero() && now.Before(bc.since.Add(c.Per.D())) {
+		st.Blocks, st.Refused, st.WindowEnds = bc.blocks, bc.refused, bc.since.Add(c.Per.D()).UTC()
 		st.Refusing = bc.blocks >= c.Max
 	}
 	return st

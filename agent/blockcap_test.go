@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"testing"
 	"time"
 
@@ -16,7 +17,7 @@ func TestSenderBlockCap(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
 	cfg := testConfig(t)
 	cfg.Response.Senders = []response.SenderRule{{User: "www-data", Kinds: []string{"scan_detected"}}}
-	cfg.Response.SenderBlockCap = response.BlockCap{Max: 3, Per: time.Minute}
+	cfg.Response.SenderBlockCap = response.BlockCap{Max: 3, Per: api.Duration(time.Minute)}
 	fw := newFakeFW()
 	d := newTestDaemon(t, cfg, fw, clk)
 	scan := func(p Peer, ip string) signalAnswer {
@@ -82,7 +83,7 @@ func TestSenderBlockCapDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := eng.Config().SenderBlockCap; c != (response.BlockCap{Max: 100, Per: time.Minute}) {
+	if c := eng.Config().SenderBlockCap; c != (response.BlockCap{Max: 100, Per: api.Duration(time.Minute)}) {
 		t.Errorf("default sender_block_cap %+v; want 100 per 1m", c)
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,5 +81,49 @@ func TestConfigRefusesBadInput(t *testing.T) {
 		if !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("config %q: error %q does not mention %q", tt.body, err, tt.want)
 		}
+	}
+}
+
+// TestConfigDurationsInEverySection: docs/config.md promises Go durations
+// plus d and w in every section; each section reads "7d" and "2w", and a
+// bad duration is refused with the line of its key.
+func TestConfigDurationsInEverySection(t *testing.T) {
+	const day = 24 * time.Hour
+	tests := []struct {
+		section, body string
+		got           func(Config) time.Duration
+		want          time.Duration
+	}{
+		{"top", "max_block: 2w\n", func(c Config) time.Duration { return c.MaxBlock.D() }, 14 * day},
+		{"response", "response:\n  escalation:\n    max: 7d\n", func(c Config) time.Duration { return c.Response.Escalation.Max.D() }, 7 * day},
+		{"response.rules", "response:\n  rules:\n    - {name: r, kind: k, action: block, window: 1d, duration: 2w}\n",
+			func(c Config) time.Duration { return c.Response.Rules[0].Duration.D() + c.Response.Rules[0].Window.D() }, 15 * day},
+		{"response.sender_block_cap", "response:\n  sender_block_cap:\n    per: 1d\n", func(c Config) time.Duration { return c.Response.SenderBlockCap.Per.D() }, day},
+		{"integrity", "integrity:\n  scan_interval: 1d\n", func(c Config) time.Duration { return c.Integrity.ScanInterval.D() }, day},
+		{"notify", "notify:\n  max_backoff: 1d\n", func(c Config) time.Duration { return c.Notify.MaxBackoff.D() }, day},
+		{"fleet", "fleet:\n  unblock_ttl: 2w\n", func(c Config) time.Duration { return c.Fleet.UnblockTTL.D() }, 14 * day},
+		// evidence's durations are bounded to minutes: the syntax is the same.
+		{"evidence", "evidence:\n  timeout: 0d3m\n", func(c Config) time.Duration { return c.Evidence.Timeout.D() }, 3 * time.Minute},
+		{"check", "check:\n  cert_warn: 2w\n", func(c Config) time.Duration { return c.Check.CertWarn.D() }, 14 * day},
+	}
+	for _, tt := range tests {
+		t.Run(tt.section, func(t *testing.T) {
+			cfg, err := LoadConfig(writeConfig(t, tt.body), false)
+			if err != nil {
+				t.Fatalf("%q: %v", tt.body, err)
+			}
+			if got := tt.got(cfg); got != tt.want {
+				t.Errorf("%q: %s, want %s", tt.body, got, tt.want)
+			}
+			// The same key with a bad value: refused, naming the key's line.
+			lines := strings.Split(strings.TrimSuffix(tt.body, "\n"), "\n")
+			last := len(lines) - 1
+			bad := strings.NewReplacer("7d", "7 days", "2w", "2 weeks", "1d", "1 day", "0d3m", "3 minutes").Replace(lines[last])
+			lines[last] = bad
+			_, err = LoadConfig(writeConfig(t, strings.Join(lines, "\n")+"\n"), false)
+			if want := fmt.Sprintf("line %d:", len(lines)); err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("%q: err = %v, want one naming %q", bad, err, want)
+			}
+		})
 	}
 }

@@ -136,15 +136,6 @@ type Daemon struct {
 // load would otherwise stay in RSS).
 const bulkTargets = 1000
 
-// Health is the state of the nftables table as last seen.
-type Health struct {
-	Present   bool      `json:"present"`
-	Checked   time.Time `json:"checked,omitzero"`
-	Heals     int       `json:"heals"`                // times the table was found missing and rebuilt
-	LastHeal  time.Time `json:"last_heal,omitzero"`   //
-	LastError string    `json:"last_error,omitempty"` // last firewall error, if the last check failed
-}
-
 // Observer is told about every decision the daemon enforced (or refused),
 // after the store and kernel have it. It runs synchronously under the
 // daemon's lock: keep it short and hand slow work to a goroutine.

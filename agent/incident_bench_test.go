@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"io"
 	"log/slog"
 	"net/http"
@@ -30,7 +31,7 @@ func BenchmarkEnforceObserverCost(b *testing.B) {
 			cfg := DefaultConfig()
 			cfg.StateDir = b.TempDir()
 			cfg.Socket = cfg.StateDir + "/s.sock"
-			cfg.Notify = webhook.Config{Webhooks: []webhook.Webhook{{URL: srv.URL}}, Timeout: time.Hour}
+			cfg.Notify = webhook.Config{Webhooks: []webhook.Webhook{{URL: srv.URL}}, Timeout: api.Duration(time.Hour)}
 			cfg.Metrics.Enabled = true
 			cfg.Metrics.Listen = "127.0.0.1:0"
 			if err := cfg.Validate(); err != nil {

@@ -43,14 +43,6 @@ func (in *Incident) opCapture(ctx context.Context, c *Call) (any, error) {
 	return map[string]any{"evidence": rec}, nil
 }
 
-// EvidenceInfo is a stored snapshot with its hash as the audit chain
-// recorded it and whether the file still matches.
-type EvidenceInfo struct {
-	evidence.Record
-	Recorded string `json:"recorded_sha256"` // from the audit log; empty: not found there
-	Intact   bool   `json:"intact"`          // file hash == recorded hash, mode 0400
-}
-
 // recordedHashes reads the evidence hashes from the audit log.
 func (in *Incident) recordedHashes() (map[string]string, error) {
 	if err := in.d.audit.Sync(); err != nil {
@@ -68,7 +60,7 @@ func (in *Incident) recordedHashes() (map[string]string, error) {
 }
 
 func info(r evidence.Record, recorded map[string]string) EvidenceInfo {
-	ei := EvidenceInfo{Record: r, Recorded: recorded[r.ID]}
+	ei := EvidenceInfo{EvidenceRecord: r, Recorded: recorded[r.ID]}
 	ei.Intact = ei.Recorded != "" && ei.Recorded == r.SHA256 && r.Mode == "0400"
 	return ei
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"io"
 	"log/slog"
 	"net/http"
@@ -231,7 +232,7 @@ func TestEnforcementUnaffectedByHungWebhook(t *testing.T) {
 	defer srv.Close()
 	defer close(release)
 	d, in := incidentDaemon(t, func(c *Config) {
-		c.Notify = webhook.Config{Webhooks: []webhook.Webhook{{Name: "ops", URL: srv.URL}}, QueueSize: 8, Timeout: time.Hour}
+		c.Notify = webhook.Config{Webhooks: []webhook.Webhook{{Name: "ops", URL: srv.URL}}, QueueSize: 8, Timeout: api.Duration(time.Hour)}
 		f := false
 		c.Evidence.BlockConnections = &f
 	})
@@ -422,8 +423,8 @@ check:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Evidence.Timeout != 3*time.Second || cfg.Evidence.AutoOnLockdown() || !cfg.Metrics.Enabled ||
-		cfg.Notify.Webhooks[0].Format != "slack" || cfg.Check.CertWarn != 240*time.Hour {
+	if cfg.Evidence.Timeout.D() != 3*time.Second || cfg.Evidence.AutoOnLockdown() || !cfg.Metrics.Enabled ||
+		cfg.Notify.Webhooks[0].Format != "slack" || cfg.Check.CertWarn.D() != 240*time.Hour {
 		t.Errorf("decoded %+v %+v %+v %+v", cfg.Evidence, cfg.Notify, cfg.Metrics, cfg.Check)
 	}
 	for _, bad := range []string{

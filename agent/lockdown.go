@@ -2,7 +2,6 @@ package agent
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
@@ -108,17 +107,6 @@ func (d *Daemon) restoreLockdown(prev *store.Lockdown, undo store.Change) {
 	if uerr := d.store.Commit(undo); uerr != nil {
 		d.log.Error("store undo after audit failure failed", "err", uerr)
 	}
-}
-
-// LockdownState is the current lockdown, if any.
-type LockdownState struct {
-	Active  bool      `json:"active"`
-	ID      string    `json:"id,omitempty"`
-	Since   time.Time `json:"since,omitzero"`
-	Until   time.Time `json:"until,omitzero"`
-	Isolate bool      `json:"isolate,omitempty"`
-	Allow   []string  `json:"allow,omitempty"`
-	Reason  string    `json:"reason,omitempty"`
 }
 
 func (d *Daemon) lockdownState() LockdownState {

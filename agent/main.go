@@ -18,8 +18,13 @@ import (
 	"github.com/parryhq/parry/firewall"
 )
 
-// ErrUsage marks a command-line error (exit code 2).
-var ErrUsage = errors.New("usage")
+// ParseFlags' outcomes other than nil, for cmd/parryd to turn into exit
+// codes: ErrUsage is a command-line error (exit 2); ErrVersion means
+// --version was printed, as flag.ErrHelp means --help was (exit 0).
+var (
+	ErrUsage   = errors.New("usage")
+	ErrVersion = errors.New("version printed")
+)
 
 // Main is parryd's process: flags, config, firewall connection, daemon,
 // control socket, systemd notification, reload. cmd/parryd only wires it to
@@ -41,7 +46,9 @@ type Main struct {
 	ln     net.Listener
 }
 
-// ParseFlags reads parryd's command line.
+// ParseFlags reads parryd's command line. It never exits: with --help it
+// prints the usage and returns flag.ErrHelp, with --version it prints the
+// version and returns ErrVersion, and a bad command line is ErrUsage.
 func (m *Main) ParseFlags(args []string) error {
 	fs := flag.NewFlagSet("parryd", flag.ContinueOnError)
 	if m.Stderr != nil {
@@ -78,7 +85,7 @@ Flags override the config file (default %s, optional).
 	}
 	if *version {
 		fmt.Fprintln(m.out(), "parryd", Version)
-		os.Exit(0)
+		return ErrVersion
 	}
 	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/audit"
-	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/response"
 )
 
@@ -81,34 +80,6 @@ func (d *Daemon) opPing(context.Context, *Call) (any, error) {
 	return map[string]any{"pong": true, "version": Version}, nil
 }
 
-// Status is the answer to op status.
-type Status struct {
-	Version      string        `json:"version"`
-	PID          int           `json:"pid"`
-	Started      time.Time     `json:"started"`
-	Uptime       string        `json:"uptime"`
-	ActiveBlocks int           `json:"active_blocks"`
-	Table        string        `json:"table"`
-	TableHealth  Health        `json:"table_health"`
-	Lockdown     LockdownState `json:"lockdown"`
-	StateDir     string        `json:"state_dir"`
-	AuditSeq     uint64        `json:"audit_seq"`
-	AuditBreak   *ChainBreak   `json:"audit_chain_broken,omitempty"` // until acknowledged (parry audit ack)
-	AuditFailure *AuditFailure `json:"audit_failure,omitempty"`      // while audit appends fail
-	Policy       PolicyStatus  `json:"policy"`
-	Fleet        *fleet.Status `json:"fleet,omitempty"` // absent: fleet off
-}
-
-// AuditFailure is an audit log write or sync that failed, reported until
-// an append succeeds again. While it lasts, requests that change state are
-// refused with code "audit".
-type AuditFailure struct {
-	Since time.Time `json:"since"` // first failure of this run
-	Op    string    `json:"op"`    // "write" or "sync"
-	Error string    `json:"error"` // the last error
-	Count int       `json:"count"` // failed appends and syncs since
-}
-
 func (d *Daemon) auditFailure() *AuditFailure {
 	f := d.audit.Failure()
 	if f == nil {
@@ -129,19 +100,6 @@ func (d *Daemon) Status() Status {
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
-
-// BlockInfo is one active block as op list reports it.
-type BlockInfo struct {
-	Target  string    `json:"target"`
-	ID      string    `json:"id"`
-	Created time.Time `json:"created"`
-	Until   time.Time `json:"until,omitzero"` // absent: permanent
-	Reason  string    `json:"reason,omitempty"`
-	Source  string    `json:"source,omitempty"`
-	Origin  string    `json:"origin,omitempty"`
-	Rule    string    `json:"rule,omitempty"`
-	Sender  string    `json:"sender,omitempty"`
-}
 
 // Blocks lists the active blocks in address order, from memory.
 func (d *Daemon) Blocks() []BlockInfo {

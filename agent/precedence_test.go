@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"github.com/parryhq/parry/agent/api"
 	"net/netip"
 	"testing"
 	"time"
@@ -292,7 +293,7 @@ func TestIntegrityLockdownMerges(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
 	cfg := testConfig(t)
 	cfg.Response.Rules = []response.Rule{{Name: "integrity-violation", Kind: "integrity_violation", Key: response.KeyNone,
-		Action: response.ActionLockdown, Duration: 10 * time.Minute}}
+		Action: response.ActionLockdown, Duration: api.Duration(10 * time.Minute)}}
 	fw := newFakeFW()
 	d := newTestDaemon(t, cfg, fw, clk)
 	admin(t, d, `{"op":"lockdown","for":"2h","isolate":true,"allow":["10.0.0.0/24"]}`)

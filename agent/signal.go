@@ -55,21 +55,6 @@ func (d *Daemon) newPolicy(cfg Config, own []netip.Addr, old *response.Engine) (
 	return eng, nil
 }
 
-// PolicyStatus is the policy's part of op status.
-type PolicyStatus struct {
-	DryRun      bool   `json:"dry_run"`
-	Rules       int    `json:"rules"`
-	Signals     uint64 `json:"signals"`      // accepted since start
-	NoRule      uint64 `json:"no_rule"`      // of which no rule counted
-	Decisions   uint64 `json:"decisions"`    // made since start (dry run included)
-	RateLimited uint64 `json:"rate_limited"` // signals refused by the per-sender limit
-	Keys        int    `json:"keys"`         // counting state entries now
-	Offenders   int    `json:"offenders"`    // escalation memory entries now
-	Evicted     uint64 `json:"evicted"`      // counting state dropped to stay within max_keys
-	// SenderBlockCap is response.sender_block_cap and where it stands.
-	SenderBlockCap *BlockCapStatus `json:"sender_block_cap,omitempty"`
-}
-
 // policyStatus is the policy's part of op status. Caller holds d.mu.
 func (d *Daemon) policyStatus() PolicyStatus {
 	eng := d.Policy()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -238,7 +239,7 @@ func TestPolicyLockdownMerges(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
 	cfg := testConfig(t)
 	cfg.Response.Rules = []response.Rule{{Name: "tamper", Kind: "tamper", Key: response.KeyNone,
-		Action: response.ActionLockdown, Duration: 10 * time.Minute, Allow: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}}}
+		Action: response.ActionLockdown, Duration: api.Duration(10 * time.Minute), Allow: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}}}
 	fw := newFakeFW()
 	d := newTestDaemon(t, cfg, fw, clk)
 	signal(t, d, rootPeer, `{"op":"signal","kind":"tamper"}`)

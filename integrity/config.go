@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Config is the `integrity:` section of parry.yaml. The zero value means the
@@ -37,10 +39,10 @@ type Config struct {
 	Nice int `yaml:"nice"`
 	// ScanInterval is the time between scheduled full checks. Default 1h;
 	// "0s" turns scheduled checks off (the watcher still runs).
-	ScanInterval *time.Duration `yaml:"scan_interval"`
+	ScanInterval *api.Duration `yaml:"scan_interval"`
 	// Debounce is how long a path must stay quiet before it is re-checked
 	// after an event. Default 50ms.
-	Debounce time.Duration `yaml:"debounce"`
+	Debounce api.Duration `yaml:"debounce"`
 	// PackageManager is "dpkg" (default) or "none".
 	PackageManager string `yaml:"package_manager"`
 	// PackageRoot is the root the package database and the files it lists
@@ -139,11 +141,11 @@ func (c Config) WithDefaults() Config {
 		c.Workers = runtime.NumCPU()
 	}
 	if c.ScanInterval == nil {
-		d := DefaultScanInterval
+		d := api.Duration(DefaultScanInterval)
 		c.ScanInterval = &d
 	}
 	if c.Debounce == 0 {
-		c.Debounce = DefaultDebounce
+		c.Debounce = api.Duration(DefaultDebounce)
 	}
 	if c.PackageManager == "" {
 		c.PackageManager = "dpkg"
@@ -192,10 +194,10 @@ func (c Config) Validate() error {
 	if c.Nice < 0 || c.Nice > 19 {
 		errs = append(errs, fmt.Errorf("integrity.nice %d: want 0..19", c.Nice))
 	}
-	if c.ScanInterval != nil && *c.ScanInterval != 0 && *c.ScanInterval < time.Minute {
+	if c.ScanInterval != nil && *c.ScanInterval != 0 && c.ScanInterval.D() < time.Minute {
 		errs = append(errs, fmt.Errorf("integrity.scan_interval %s: want 0 (off) or at least 1m", *c.ScanInterval))
 	}
-	if c.Debounce < 0 || c.Debounce > 10*time.Second {
+	if c.Debounce < 0 || c.Debounce.D() > 10*time.Second {
 		errs = append(errs, fmt.Errorf("integrity.debounce %s: want 0..10s", c.Debounce))
 	}
 	switch c.PackageManager {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/parryhq/parry/agent/api"
 	"os"
 	"path/filepath"
 	"strings"
@@ -239,7 +240,7 @@ func TestScheduledCheck(t *testing.T) {
 		src := newFakeSource()
 		col := &collector{}
 		cfg := testConfig(dir)
-		iv := 10 * time.Minute
+		iv := api.Duration(10 * time.Minute)
 		cfg.ScanInterval = &iv
 		m, err := NewMonitor(cfg, Options{StateDir: t.TempDir(), Report: col.report,
 			NewSource: func() (EventSource, error) { return src, nil }})
@@ -252,7 +253,7 @@ func TestScheduledCheck(t *testing.T) {
 		synctest.Wait()
 		p := filepath.Join(dir, "f2.txt")
 		writeFile(t, p, "silently changed")
-		time.Sleep(iv - time.Second)
+		time.Sleep(iv.D() - time.Second)
 		synctest.Wait()
 		if col.has(func(f Finding) bool { return f.Path == p }) {
 			t.Fatal("found before the scheduled check")

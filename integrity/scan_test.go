@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +37,7 @@ func testConfig(dir string, rules ...Rule) Config {
 	if rules == nil {
 		rules = []Rule{}
 	}
-	iv := time.Duration(0)
+	iv := api.Duration(0)
 	return Config{Paths: []PathSpec{{Path: dir}}, Rules: rules, PackageManager: "none", ScanInterval: &iv, Workers: 2}
 }
 
@@ -115,7 +116,7 @@ debounce: 100ms
 		t.Fatal(err)
 	}
 	c = c.WithDefaults()
-	if c.Hash != HashBLAKE3 || *c.ScanInterval != 30*time.Minute || c.Debounce != 100*time.Millisecond || len(c.Rules) != 2 {
+	if c.Hash != HashBLAKE3 || c.ScanInterval.D() != 30*time.Minute || c.Debounce.D() != 100*time.Millisecond || len(c.Rules) != 2 {
 		t.Fatalf("decoded %+v", c)
 	}
 	if err := Defaults().Validate(); err != nil {

@@ -71,7 +71,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	defer src.Close()
 	ws := &watchState{m: m, src: src, watched: map[string]bool{}, parents: map[string]bool{},
 		failed: map[string]bool{}, pending: map[string]pend{}, timer: time.NewTimer(time.Hour),
-		maxDelay: max(10*m.cfg.Debounce, 500*time.Millisecond)}
+		maxDelay: max(10*m.cfg.Debounce.D(), 500*time.Millisecond)}
 	ws.timer.Stop()
 	defer ws.timer.Stop()
 
@@ -95,7 +95,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	}
 	var tick <-chan time.Time
 	if iv := *m.cfg.ScanInterval; iv > 0 {
-		t := time.NewTicker(iv)
+		t := time.NewTicker(iv.D())
 		defer t.Stop()
 		tick = t.C
 	}
@@ -230,7 +230,7 @@ func (ws *watchState) pend(p string) {
 	if !ok {
 		pd.first = now
 	}
-	pd.due = now.Add(ws.m.cfg.Debounce)
+	pd.due = now.Add(ws.m.cfg.Debounce.D())
 	if limit := pd.first.Add(ws.maxDelay); limit.Before(pd.due) {
 		pd.due = limit // a path that never goes quiet is still checked
 	}

@@ -6,6 +6,8 @@ import (
 	"math"
 	"net/netip"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Config is the `response:` section of parry.yaml. The zero value means the
@@ -33,8 +35,8 @@ type Config struct {
 // BlockCap is at most Max blocks per Per. The agent enforces it (it knows
 // which sender is an admin and which blocks a decision really made).
 type BlockCap struct {
-	Max int           `yaml:"max"` // blocks per interval; default 100
-	Per time.Duration `yaml:"per"` // the interval; default 1m
+	Max int          `yaml:"max"` // blocks per interval; default 100
+	Per api.Duration `yaml:"per"` // the interval; default 1m
 }
 
 // Rule turns N signals of a kind per key within a window into an action.
@@ -47,11 +49,11 @@ type Rule struct {
 	// Key is what signals are counted per: "ip" (default), "user", "ip+user",
 	// or "none" (all signals of the kind together). Signals lacking a part of
 	// the key are not counted by this rule.
-	Key       string        `yaml:"key"`
-	Threshold int           `yaml:"threshold"` // signals needed within Window; default 1
-	Window    time.Duration `yaml:"window"`    // default 1m; ignored when Threshold is 1
-	Action    Action        `yaml:"action"`    // block, lockdown, notify or log
-	Duration  time.Duration `yaml:"duration"`  // block and lockdown: how long (required)
+	Key       string       `yaml:"key"`
+	Threshold int          `yaml:"threshold"` // signals needed within Window; default 1
+	Window    api.Duration `yaml:"window"`    // default 1m; ignored when Threshold is 1
+	Action    Action       `yaml:"action"`    // block, lockdown, notify or log
+	Duration  api.Duration `yaml:"duration"`  // block and lockdown: how long (required)
 	// Allow is the extra allowlist of a lockdown; Isolate drops outbound too.
 	Allow   []netip.Prefix `yaml:"allow"`
 	Isolate bool           `yaml:"isolate"`
@@ -65,9 +67,9 @@ type Rule struct {
 // same address within Remember of the previous one lasts
 // Duration * Factor^(n-1), capped at Max.
 type Escalation struct {
-	Factor   float64       `yaml:"factor"`   // default 2; 1 disables escalation
-	Max      time.Duration `yaml:"max"`      // default 168h (one week)
-	Remember time.Duration `yaml:"remember"` // default 720h (30 days) after an offender's last block
+	Factor   float64      `yaml:"factor"`   // default 2; 1 disables escalation
+	Max      api.Duration `yaml:"max"`      // default 168h (one week)
+	Remember api.Duration `yaml:"remember"` // default 720h (30 days) after an offender's last block
 }
 
 // SenderRule lets a local user or the members of a group send signals of the
@@ -132,18 +134,18 @@ func minSeverity(s string) int {
 // lockdown happens only when a configured rule or an operator asks for one.
 func DefaultRules() []Rule {
 	return []Rule{
-		{Name: "auth-failure", Kind: "auth_failure", Key: KeyIP, Threshold: 5, Window: 15 * time.Minute,
-			Action: ActionBlock, Duration: time.Hour},
-		{Name: "auth-failure-user", Kind: "auth_failure", Key: KeyUser, Threshold: 20, Window: 15 * time.Minute,
+		{Name: "auth-failure", Kind: "auth_failure", Key: KeyIP, Threshold: 5, Window: api.Duration(15 * time.Minute),
+			Action: ActionBlock, Duration: api.Duration(time.Hour)},
+		{Name: "auth-failure-user", Kind: "auth_failure", Key: KeyUser, Threshold: 20, Window: api.Duration(15 * time.Minute),
 			Action: ActionNotify},
-		{Name: "rate-exceeded", Kind: "rate_exceeded", Key: KeyIP, Threshold: 10, Window: time.Minute,
-			Action: ActionBlock, Duration: 10 * time.Minute},
+		{Name: "rate-exceeded", Kind: "rate_exceeded", Key: KeyIP, Threshold: 10, Window: api.Duration(time.Minute),
+			Action: ActionBlock, Duration: api.Duration(10 * time.Minute)},
 		{Name: "scan-detected", Kind: "scan_detected", Key: KeyIP, Threshold: 1,
-			Action: ActionBlock, Duration: time.Hour},
+			Action: ActionBlock, Duration: api.Duration(time.Hour)},
 		{Name: "ban-requested", Kind: "ban_requested", Key: KeyIP, Threshold: 1,
-			Action: ActionBlock, Duration: time.Hour},
+			Action: ActionBlock, Duration: api.Duration(time.Hour)},
 		{Name: "data-breach-attempt", Kind: "data_breach_attempt", Key: KeyIP, Threshold: 1,
-			Action: ActionBlock, Duration: 24 * time.Hour},
+			Action: ActionBlock, Duration: api.Duration(24 * time.Hour)},
 		{Name: "malware-detected", Kind: "malware_detected", Key: KeyNone, Threshold: 1,
 			Action: ActionNotify},
 		{Name: "integrity-violation", Kind: "integrity_violation", Key: KeyNone, Threshold: 1,
@@ -214,7 +216,7 @@ func (b BlockCap) validate() error {
 	if b.Max < 0 || b.Max > maxLimit {
 		return cfgErr("sender_block_cap.max", "%d is outside 0..%d (0 means the default)", b.Max, maxLimit)
 	}
-	if b.Per < 0 || (b.Per > 0 && b.Per < time.Second) || b.Per > 24*time.Hour {
+	if b.Per < 0 || (b.Per > 0 && b.Per.D() < time.Second) || b.Per.D() > 24*time.Hour {
 		return cfgErr("sender_block_cap.per", "%s is outside 1s..24h (0 means the default)", b.Per)
 	}
 	return nil
@@ -321,7 +323,7 @@ func (r Rule) withDefaults() Rule {
 		r.Threshold = 1
 	}
 	if r.Window == 0 {
-		r.Window = DefaultWindow
+		r.Window = api.Duration(DefaultWindow)
 	}
 	if r.Escalate == nil {
 		esc := r.Action == ActionBlock
@@ -361,10 +363,10 @@ func (c Config) withDefaults() Config {
 		c.Escalation.Factor = DefaultFactor
 	}
 	if c.Escalation.Max == 0 {
-		c.Escalation.Max = DefaultMaxBlock
+		c.Escalation.Max = api.Duration(DefaultMaxBlock)
 	}
 	if c.Escalation.Remember == 0 {
-		c.Escalation.Remember = DefaultRemember
+		c.Escalation.Remember = api.Duration(DefaultRemember)
 	}
 	l := &c.Limits
 	l.MaxKeys = orDefault(l.MaxKeys, DefaultMaxKeys)
@@ -377,7 +379,7 @@ func (c Config) withDefaults() Config {
 	}
 	c.SenderBlockCap.Max = orDefault(c.SenderBlockCap.Max, DefaultBlockCapMax)
 	if c.SenderBlockCap.Per == 0 {
-		c.SenderBlockCap.Per = DefaultBlockCapPer
+		c.SenderBlockCap.Per = api.Duration(DefaultBlockCapPer)
 	}
 	return c
 }

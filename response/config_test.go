@@ -3,6 +3,7 @@ package response
 import (
 	"bytes"
 	"errors"
+	"github.com/parryhq/parry/agent/api"
 	"net/netip"
 	"strings"
 	"testing"
@@ -76,8 +77,8 @@ func TestConfigDecode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("decode: %v", err)
 	}
-	if !c.DryRun || c.Escalation.Remember != 168*time.Hour || c.Limits.SenderRate != 50 || len(c.Senders) != 2 ||
-		c.SenderBlockCap != (BlockCap{Max: 20, Per: 10 * time.Minute}) {
+	if !c.DryRun || c.Escalation.Remember.D() != 168*time.Hour || c.Limits.SenderRate != 50 || len(c.Senders) != 2 ||
+		c.SenderBlockCap != (BlockCap{Max: 20, Per: api.Duration(10 * time.Minute)}) {
 		t.Errorf("decoded %+v", c)
 	}
 	if got := c.Rules[1].Allow; !cmp.Equal(got, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("2001:db8:1::/48")}, cmpopts.EquateComparable(netip.Prefix{})) {
@@ -85,7 +86,7 @@ func TestConfigDecode(t *testing.T) {
 	}
 	// the configured auth-failure replaces the built-in one in place
 	rules := c.EffectiveRules()
-	if len(rules) != len(DefaultRules())+2 || rules[0].Threshold != 3 || rules[0].Duration != 2*time.Hour {
+	if len(rules) != len(DefaultRules())+2 || rules[0].Threshold != 3 || rules[0].Duration.D() != 2*time.Hour {
 		t.Errorf("effective rules %+v", rules)
 	}
 	if *rules[len(rules)-1].Escalate || !*rules[0].Escalate {

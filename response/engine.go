@@ -187,7 +187,7 @@ func (e *Engine) Handle(sig Signal) (Result, error) {
 		cause, count, fired := e.count(k, r, sig, now)
 		if !fired {
 			res.Progress = append(res.Progress, Progress{Rule: r.Name, Key: keyText(r.Key, sig),
-				Count: count, Threshold: r.Threshold, Window: r.Window})
+				Count: count, Threshold: r.Threshold, Window: r.Window.D()})
 			continue
 		}
 		res.Decisions = append(res.Decisions, e.decide(r, sig, cause, now))
@@ -253,7 +253,7 @@ func (e *Engine) count(k stateKey, r *Rule, sig Signal, now time.Time) ([]Signal
 		n.val.cause.reset()
 	}
 	c := &n.val
-	cutoff := now.Add(-r.Window).UnixNano()
+	cutoff := now.Add(-r.Window.D()).UnixNano()
 	for c.times.len() > 0 && c.times.at(0) <= cutoff {
 		c.times.popFront()
 	}
@@ -283,7 +283,7 @@ func (e *Engine) prune(now time.Time) {
 		}
 		c := &n.val
 		w := e.rules[n.key.rule].Window
-		if c.times.len() > 0 && c.times.at(c.times.len()-1) > now.Add(-w).UnixNano() {
+		if c.times.len() > 0 && c.times.at(c.times.len()-1) > now.Add(-w.D()).UnixNano() {
 			return
 		}
 		e.keys.remove(n)
@@ -311,9 +311,9 @@ func (e *Engine) decide(r *Rule, sig Signal, cause []Signal, now time.Time) Deci
 			d.Reason = fmt.Sprintf("%s: would block %s but it is protected (allowlist, loopback or own address)", what, sig.IP)
 			return d
 		}
-		dur, repeat := r.Duration, 0
+		dur, repeat := r.Duration.D(), 0
 		if *r.Escalate {
-			dur, repeat = e.escalate(sig.IP, r.Duration, now, !d.DryRun)
+			dur, repeat = e.escalate(sig.IP, r.Duration.D(), now, !d.DryRun)
 		}
 		d.Targets = []netip.Prefix{netip.PrefixFrom(sig.IP, sig.IP.BitLen())}
 		d.Until = now.Add(dur)
@@ -322,7 +322,7 @@ func (e *Engine) decide(r *Rule, sig Signal, cause []Signal, now time.Time) Deci
 			d.Reason += fmt.Sprintf(" (repeat offence %d)", repeat+1)
 		}
 	case ActionLockdown:
-		d.Until = now.Add(r.Duration)
+		d.Until = now.Add(r.Duration.D())
 		d.Allow = slices.Clone(r.Allow)
 		d.Isolate = r.Isolate
 		d.Reason = fmt.Sprintf("%s: lock down for %s", what, r.Duration)

@@ -3,6 +3,7 @@ package response
 import (
 	"errors"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"math/rand/v2"
 	"net/netip"
 	"sync"
@@ -122,7 +123,7 @@ func TestEscalation(t *testing.T) {
 	}
 	t.Run("sequence and cap", func(t *testing.T) {
 		c := &clock{t: t0}
-		e := newEngine(t, Config{Escalation: Escalation{Factor: 3, Max: 24 * time.Hour}}, c)
+		e := newEngine(t, Config{Escalation: Escalation{Factor: 3, Max: api.Duration(24 * time.Hour)}}, c)
 		var got []time.Duration
 		for range 6 {
 			got = append(got, fire(e, c, "203.0.113.7"))
@@ -138,7 +139,7 @@ func TestEscalation(t *testing.T) {
 	})
 	t.Run("forgotten after remember", func(t *testing.T) {
 		c := &clock{t: t0}
-		e := newEngine(t, Config{Escalation: Escalation{Remember: 48 * time.Hour}}, c)
+		e := newEngine(t, Config{Escalation: Escalation{Remember: api.Duration(48 * time.Hour)}}, c)
 		fire(e, c, "203.0.113.7")
 		c.advance(47 * time.Hour)
 		if d := fire(e, c, "203.0.113.7"); d != 2*time.Hour {
@@ -161,8 +162,8 @@ func TestEscalation(t *testing.T) {
 	t.Run("base above max is kept", func(t *testing.T) {
 		c := &clock{t: t0}
 		no := false
-		e := newEngine(t, Config{BuiltinRules: &no, Escalation: Escalation{Max: time.Hour}, Rules: []Rule{
-			{Name: "scan", Kind: "scan_detected", Action: ActionBlock, Duration: 2 * time.Hour}}}, c)
+		e := newEngine(t, Config{BuiltinRules: &no, Escalation: Escalation{Max: api.Duration(time.Hour)}, Rules: []Rule{
+			{Name: "scan", Kind: "scan_detected", Action: ActionBlock, Duration: api.Duration(2 * time.Hour)}}}, c)
 		for range 3 {
 			r := mustHandle(t, e, Signal{Kind: "scan_detected", IP: ip("203.0.113.9")})
 			if d := r.Decisions[0].Until.Sub(c.t); d != 2*time.Hour {
@@ -262,9 +263,9 @@ func TestIdleStateIsPruned(t *testing.T) {
 func TestDryRunAndLog(t *testing.T) {
 	no := false
 	rules := []Rule{
-		{Name: "try-block", Kind: "rate_exceeded", Action: ActionBlock, Duration: time.Hour},
+		{Name: "try-block", Kind: "rate_exceeded", Action: ActionBlock, Duration: api.Duration(time.Hour)},
 		{Name: "watch", Kind: "odd", Key: KeyNone, Action: ActionLog},
-		{Name: "trial", Kind: "probe", Action: ActionBlock, Duration: time.Hour, DryRun: true},
+		{Name: "trial", Kind: "probe", Action: ActionBlock, Duration: api.Duration(time.Hour), DryRun: true},
 	}
 	for _, global := range []bool{false, true} {
 		t.Run(fmt.Sprint("dry_run=", global), func(t *testing.T) {
@@ -309,7 +310,7 @@ func TestProtectedAddresses(t *testing.T) {
 func TestSeverityAndLockdownRule(t *testing.T) {
 	c := &clock{t: t0}
 	rules := []Rule{{Name: "tamper", Kind: "integrity_violation", MinSeverity: "critical", Key: KeyNone,
-		Action: ActionLockdown, Duration: 15 * time.Minute, Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}, Isolate: true}}
+		Action: ActionLockdown, Duration: api.Duration(15 * time.Minute), Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}, Isolate: true}}
 	e := newEngine(t, Config{Rules: rules}, c)
 	var ds []Decision
 	for _, sev := range []string{"", "low", "high", "critical"} {

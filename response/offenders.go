@@ -23,10 +23,10 @@ type Offender struct {
 func (e *Engine) escalate(addr netip.Addr, base time.Duration, now time.Time, record bool) (time.Duration, int) {
 	esc := e.cfg.Escalation
 	prior := 0
-	if n, ok := e.offenders.peek(addr); ok && now.Sub(n.val.Last) < esc.Remember {
+	if n, ok := e.offenders.peek(addr); ok && now.Sub(n.val.Last) < esc.Remember.D() {
 		prior = n.val.Count
 	}
-	dur := scale(base, esc.Factor, prior, max(esc.Max, base))
+	dur := scale(base, esc.Factor, prior, max(esc.Max.D(), base))
 	if record {
 		_, evicted := e.offenders.put(addr, Offender{Addr: addr, Count: prior + 1, Last: now})
 		e.stats.EvictedOffenders += uint64(evicted)
@@ -51,7 +51,7 @@ func (e *Engine) Snapshot() []Offender {
 	now := e.now()
 	out := make([]Offender, 0, e.offenders.len())
 	e.offenders.each(func(n *node[netip.Addr, Offender]) {
-		if now.Sub(n.val.Last) < e.cfg.Escalation.Remember {
+		if now.Sub(n.val.Last) < e.cfg.Escalation.Remember.D() {
 			out = append(out, n.val)
 		}
 	})
@@ -70,7 +70,7 @@ func (e *Engine) Restore(saved []Offender) int {
 	slices.SortStableFunc(saved, func(a, b Offender) int { return a.Last.Compare(b.Last) })
 	taken := 0
 	for _, o := range saved {
-		if !o.Addr.IsValid() || o.Count <= 0 || now.Sub(o.Last) >= e.cfg.Escalation.Remember {
+		if !o.Addr.IsValid() || o.Count <= 0 || now.Sub(o.Last) >= e.cfg.Escalation.Remember.D() {
 			continue
 		}
 		o.Addr = o.Addr.Unmap().WithZone("")
@@ -89,7 +89,7 @@ func (e *Engine) Offender(addr netip.Addr) (Offender, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	n, ok := e.offenders.peek(addr.Unmap().WithZone(""))
-	if !ok || e.now().Sub(n.val.Last) >= e.cfg.Escalation.Remember {
+	if !ok || e.now().Sub(n.val.Last) >= e.cfg.Escalation.Remember.D() {
 		return Offender{}, false
 	}
 	return n.val, true

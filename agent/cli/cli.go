@@ -7,9 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/parryhq/parry/agent/client"
 	"github.com/spf13/cobra"
@@ -32,8 +32,60 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
+// UsageError is a mistake on the command line: an unknown command or
+// flag, a wrong number of arguments, a bad value. Main prints it with the
+// usage hint and exits 2.
+type UsageError struct {
+	Err error
+}
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
 func usageErr(format string, args ...any) error {
-	return &exitError{code: ExitUsage, err: fmt.Errorf(format, args...)}
+	return &UsageError{Err: fmt.Errorf(format, args...)}
+}
+
+// usageArgs makes an argument validator's errors usage errors.
+func usageArgs(v cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := v(cmd, args); err != nil {
+			return &UsageError{Err: err}
+		}
+		return nil
+	}
+}
+
+// walk calls fn for c and every command below it.
+func walk(c *cobra.Command, fn func(*cobra.Command)) {
+	fn(c)
+	for _, sub := range c.Commands() {
+		walk(sub, fn)
+	}
+}
+
+// unknownSubcommand finds the command args name. For a group (a command
+// that only holds subcommands) followed by a word that is none of them,
+// cobra would print the group's help and succeed; it is a usage error.
+// So is an unknown command at the top (cobra's Find reports only that).
+func unknownSubcommand(root *cobra.Command, args []string) error {
+	if len(args) > 0 && (args[0] == cobra.ShellCompRequestCmd || args[0] == cobra.ShellCompNoDescRequestCmd) {
+		return nil // shell completion asks with commands cobra adds later
+	}
+	c, rest, err := root.Find(args)
+	if err != nil {
+		return &UsageError{Err: err}
+	}
+	if c.Runnable() || !c.HasSubCommands() {
+		return nil
+	}
+	if c.ParseFlags(rest) != nil {
+		return nil // --help, or a bad flag: Execute deals with it
+	}
+	if words := c.Flags().Args(); len(words) > 0 {
+		return &UsageError{Err: fmt.Errorf("unknown command %q for %q", words[0], c.CommandPath())}
+	}
+	return nil
 }
 
 // App is one invocation of the CLI.
@@ -48,43 +100,47 @@ type App struct {
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	stdout, stderr = termSafe{stdout}, termSafe{stderr}
 	a := &App{Stdin: stdin, Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
-	root := a.rootCmd()
+	root := a.command(args)
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
+	err := unknownSubcommand(root, args)
+	if err == nil {
+		err = root.ExecuteContext(ctx)
+	}
 	if err == nil {
 		return ExitOK
+	}
+	var ue *UsageError
+	if errors.As(err, &ue) {
+		fmt.Fprintln(stderr, "parry:", ue.Err)
+		fmt.Fprintln(stderr, "Run 'parry --help' for usage.")
+		return ExitUsage
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if !ee.quiet {
 			fmt.Fprintln(stderr, "parry:", ee.err)
 		}
-		if ee.code == ExitUsage {
-			fmt.Fprintln(stderr, "Run 'parry --help' for usage.")
-		}
 		return ee.code
 	}
 	fmt.Fprintln(stderr, "parry:", err)
-	if isUsage(err) {
-		fmt.Fprintln(stderr, "Run 'parry --help' for usage.")
-		return ExitUsage
-	}
 	return ExitFailed
 }
 
-// isUsage recognises cobra's own command-line errors (unknown command or
-// flag, wrong argument count), which it reports as plain errors.
-func isUsage(err error) bool {
-	s := err.Error()
-	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires ", "invalid argument", "flag needs an argument", "if any flags in the group"} {
-		if strings.Contains(s, p) {
-			return true
+// command is the whole command tree, with cobra's help and completion
+// commands, every argument validator returning usage errors.
+func (a *App) command(args []string) *cobra.Command {
+	root := a.rootCmd()
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd(args...)
+	walk(root, func(c *cobra.Command) {
+		if c.Args != nil {
+			c.Args = usageArgs(c.Args)
 		}
-	}
-	return false
+	})
+	return root
 }
 
 func (a *App) rootCmd() *cobra.Command {
@@ -148,7 +204,7 @@ func (a *App) call(req map[string]any, out any) error {
 	}
 	defer c.Close()
 	if err := c.Call(req, out); err != nil {
-		var pe *client.Error
+		var pe *api.Error
 		if errors.As(err, &pe) {
 			return &exitError{code: ExitFailed, err: fmt.Errorf("%s (%s)", pe.Message, pe.Code)}
 		}

@@ -2,14 +2,13 @@ package cli
 
 import (
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"io"
 	"time"
-
-	"github.com/parryhq/parry/agent/fleet"
 )
 
 // printFleet adds the fleet's lines to `parry status`.
-func printFleet(w io.Writer, st *fleet.Status) {
+func printFleet(w io.Writer, st *api.FleetStatus) {
 	if st == nil {
 		fmt.Fprintln(w, "fleet: off")
 		return

@@ -2,14 +2,12 @@ package cli
 
 import (
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/parryhq/parry/agent"
-	"github.com/parryhq/parry/agent/evidence"
-	"github.com/parryhq/parry/agent/hostcheck"
-	"github.com/parryhq/parry/agent/report"
+	"github.com/parryhq/parry/agent/cli/reportfmt"
 	"github.com/spf13/cobra"
 )
 
@@ -49,7 +47,7 @@ func (a *App) evidenceCaptureCmd() *cobra.Command {
 				return usageErr("--reason is required: say why (it is kept with the snapshot)")
 			}
 			var resp struct {
-				Evidence evidence.Record `json:"evidence"`
+				Evidence api.EvidenceRecord `json:"evidence"`
 			}
 			if err := a.call(map[string]any{"op": "evidence_capture", "reason": reason}, &resp); err != nil {
 				return err
@@ -67,7 +65,7 @@ func (a *App) evidenceCaptureCmd() *cobra.Command {
 	return cmd
 }
 
-func intact(e agent.EvidenceInfo) string {
+func intact(e api.EvidenceInfo) string {
 	switch {
 	case e.Intact:
 		return "intact"
@@ -88,8 +86,8 @@ func (a *App) evidenceListCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var resp struct {
-				Count    int                  `json:"count"`
-				Evidence []agent.EvidenceInfo `json:"evidence"`
+				Count    int                `json:"count"`
+				Evidence []api.EvidenceInfo `json:"evidence"`
 			}
 			if err := a.call(map[string]any{"op": "evidence_list"}, &resp); err != nil {
 				return err
@@ -132,8 +130,8 @@ func (a *App) evidenceShowCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var resp struct {
-				Info     agent.EvidenceInfo `json:"info"`
-				Snapshot evidence.Snapshot  `json:"snapshot"`
+				Info     api.EvidenceInfo `json:"info"`
+				Snapshot api.Snapshot     `json:"snapshot"`
 			}
 			if err := a.call(map[string]any{"op": "evidence_show", "evidence_id": args[0]}, &resp); err != nil {
 				return err
@@ -155,7 +153,7 @@ func (a *App) evidenceShowCmd() *cobra.Command {
 	return cmd
 }
 
-func printSnapshot(a *App, e agent.EvidenceInfo, s *evidence.Snapshot) {
+func printSnapshot(a *App, e api.EvidenceInfo, s *api.Snapshot) {
 	w := a.Stdout
 	fmt.Fprintf(w, "evidence %s (%s)\n", e.ID, intact(e))
 	fmt.Fprintf(w, "  file     %s, mode %s, sha256 %s\n", e.Path, e.Mode, e.SHA256)
@@ -207,23 +205,23 @@ capped at 50 rows; the totals are not.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if asJSON {
-				format = report.FormatJSON
+				format = reportfmt.FormatJSON
 			}
 			switch format {
-			case report.FormatText, report.FormatMarkdown, "md", report.FormatJSON:
+			case reportfmt.FormatText, reportfmt.FormatMarkdown, "md", reportfmt.FormatJSON:
 			default:
 				return usageErr("--format %q: want text, markdown or json", format)
 			}
-			if d, err := agent.ParseDuration(since); err != nil || d <= 0 {
+			if d, err := api.ParseDuration(since); err != nil || d <= 0 {
 				return usageErr("--since %q: want a duration such as 24h or 7d", since)
 			}
 			var resp struct {
-				Report report.Report `json:"report"`
+				Report api.Report `json:"report"`
 			}
 			if err := a.call(map[string]any{"op": "report", "since": since}, &resp); err != nil {
 				return err
 			}
-			if err := report.Render(a.Stdout, resp.Report, format); err != nil {
+			if err := reportfmt.Render(a.Stdout, resp.Report, format); err != nil {
 				return err
 			}
 			if c := resp.Report.Chain; c.Checked && !c.OK {
@@ -254,7 +252,7 @@ Exit status by the worst finding: 0 none (or info only), 3 low, 4 medium,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var resp struct {
-				Check hostcheck.Report `json:"check"`
+				Check api.CheckReport `json:"check"`
 			}
 			if err := a.call(map[string]any{"op": "check"}, &resp); err != nil {
 				return err
@@ -271,7 +269,7 @@ Exit status by the worst finding: 0 none (or info only), 3 low, 4 medium,
 					fmt.Fprintf(a.Stdout, "%-8s %s  %s\n         %s\n         fix: %s\n", strings.ToUpper(f.Severity.String()), f.ID, oneLine(f.Path), oneLine(f.Message), f.Fix)
 				}
 			}
-			if code := hostcheck.ExitCode(rep.Worst, len(rep.Findings) > 0); code != 0 {
+			if code := api.CheckExitCode(rep.Worst, len(rep.Findings) > 0); code != 0 {
 				return &exitError{code: code, quiet: true, err: fmt.Errorf("worst finding: %s", rep.Worst)}
 			}
 			return nil

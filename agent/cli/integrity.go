@@ -3,13 +3,12 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"io"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/parryhq/parry/agent"
-	"github.com/parryhq/parry/integrity"
 	"github.com/spf13/cobra"
 )
 
@@ -46,7 +45,7 @@ baseline. Its digest goes into the audit chain; a baseline file that no
 longer matches it is refused as tampered. Open findings are cleared.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var res integrity.BaselineResult
+			var res api.BaselineResult
 			if err := a.call(map[string]any{"op": "integrity_baseline"}, &res); err != nil {
 				return err
 			}
@@ -64,12 +63,6 @@ longer matches it is refused as tampered. Open findings are cleared.`,
 	return cmd
 }
 
-type checkResult struct {
-	Clean    bool                `json:"clean"`
-	Findings []integrity.Finding `json:"findings"`
-	TookNs   time.Duration       `json:"took_ns"`
-}
-
 func (a *App) integrityCheckCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -84,7 +77,7 @@ Exit status: 0 nothing changed, 1 changes found (or the check failed),
 2 usage error.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var res checkResult
+			var res api.IntegrityCheck
 			if err := a.call(map[string]any{"op": "integrity_check"}, &res); err != nil {
 				return err
 			}
@@ -113,7 +106,7 @@ func (a *App) integrityStatusCmd() *cobra.Command {
 		Short: "Show watched paths, watches in use, the last scan and open findings",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var st agent.IntegrityStatus
+			var st api.IntegrityStatus
 			if err := a.call(map[string]any{"op": "integrity_status"}, &st); err != nil {
 				return err
 			}
@@ -188,7 +181,7 @@ baseline digest goes into the audit chain, with who accepted what.`,
 	return cmd
 }
 
-func printFindings(w io.Writer, fs []integrity.Finding) {
+func printFindings(w io.Writer, fs []api.Finding) {
 	for _, f := range fs {
 		fmt.Fprintf(w, "%-8s %-14s %s\n", f.Severity, f.Kind, oneLine(f.Path))
 		for _, c := range f.Changes {

@@ -2,10 +2,10 @@ package cli
 
 import (
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"strings"
 	"time"
 
-	"github.com/parryhq/parry/agent"
 	"github.com/spf13/cobra"
 )
 
@@ -48,12 +48,12 @@ Lockdowns survive parryd restarts; 'parry status' shows the active one.`,
 				if v == "" {
 					continue
 				}
-				if d, err := agent.ParseDuration(v); err != nil || d < time.Second {
+				if d, err := api.ParseDuration(v); err != nil || d < time.Second {
 					return usageErr("%s: %q is not a duration of at least 1s (e.g. 15m, 1h)", name, v)
 				}
 			}
 			for _, s := range allow {
-				if _, err := agent.ParseTarget(s); err != nil {
+				if _, err := api.ParseTarget(s); err != nil {
 					return usageErr("--allow %s: %v", s, err)
 				}
 			}
@@ -64,7 +64,7 @@ Lockdowns survive parryd restarts; 'parry status' shows the active one.`,
 			if extend != "" {
 				req["extend"] = extend
 			}
-			var out agent.LockdownResult
+			var out api.LockdownResult
 			if err := a.call(req, &out); err != nil {
 				return err
 			}
@@ -95,7 +95,7 @@ func (a *App) releaseCmd() *cobra.Command {
 		Long:  "End the active lockdown now. No active lockdown is not an error.",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var out agent.Outcome
+			var out api.Outcome
 			if err := a.call(map[string]any{"op": "release", "reason": reason}, &out); err != nil {
 				return err
 			}
@@ -112,13 +112,13 @@ func (a *App) releaseCmd() *cobra.Command {
 }
 
 // printLockdown prints a lockdown state for people.
-func (a *App) printLockdown(l agent.LockdownState) {
+func (a *App) printLockdown(l api.LockdownState) {
 	if !l.Active {
 		fmt.Fprintln(a.Stdout, "lockdown: off")
 		return
 	}
 	left := time.Until(l.Until).Truncate(time.Second)
-	fmt.Fprintf(a.Stdout, "lockdown: ACTIVE until %s (%s left)", l.Until.Local().Format(time.RFC3339), agent.FormatDuration(left))
+	fmt.Fprintf(a.Stdout, "lockdown: ACTIVE until %s (%s left)", l.Until.Local().Format(time.RFC3339), api.FormatDuration(left))
 	if l.Isolate {
 		fmt.Fprint(a.Stdout, ", isolated")
 	}

@@ -3,11 +3,11 @@ package cli
 import (
 	"bufio"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/parryhq/parry/agent"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/spf13/cobra"
 )
@@ -21,15 +21,15 @@ func (a *App) listCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var resp struct {
-				Count  int               `json:"count"`
-				Blocks []agent.BlockInfo `json:"blocks"`
+				Count  int             `json:"count"`
+				Blocks []api.BlockInfo `json:"blocks"`
 			}
 			if err := a.call(map[string]any{"op": "list"}, &resp); err != nil {
 				return err
 			}
 			if asJSON {
 				if resp.Blocks == nil {
-					resp.Blocks = []agent.BlockInfo{}
+					resp.Blocks = []api.BlockInfo{}
 				}
 				return printJSON(a.Stdout, resp)
 			}
@@ -44,7 +44,7 @@ func (a *App) listCmd() *cobra.Command {
 			for _, b := range resp.Blocks {
 				left := "never"
 				if !b.Until.IsZero() {
-					left = agent.FormatDuration(b.Until.Sub(now).Truncate(time.Second))
+					left = api.FormatDuration(b.Until.Sub(now).Truncate(time.Second))
 				}
 				origin := b.Origin
 				if origin == "" {
@@ -82,7 +82,7 @@ func (a *App) statusCmd() *cobra.Command {
 		Short: "Show parryd's version, uptime, active blocks, lockdown and table health",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var st agent.Status
+			var st api.Status
 			if err := a.call(map[string]any{"op": "status"}, &st); err != nil {
 				return err
 			}
@@ -130,7 +130,7 @@ here, without the daemon (e.g. a copy, or while parryd is stopped).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var res audit.Result
-			var brk *agent.ChainBreak
+			var brk *api.ChainBreak
 			if file != "" {
 				r, err := audit.VerifyFile(file)
 				if err != nil {
@@ -139,8 +139,8 @@ here, without the daemon (e.g. a copy, or while parryd is stopped).`,
 				res = r
 			} else {
 				var resp struct {
-					Audit      audit.Result      `json:"audit"`
-					ChainBreak *agent.ChainBreak `json:"chain_break,omitempty"`
+					Audit      audit.Result    `json:"audit"`
+					ChainBreak *api.ChainBreak `json:"chain_break,omitempty"`
 				}
 				if err := a.call(map[string]any{"op": "audit_verify"}, &resp); err != nil {
 					return err

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/parryhq/parry/integrity"
+	"github.com/parryhq/parry/agent/api"
 )
 
 func TestTermSafe(t *testing.T) {
@@ -44,7 +44,7 @@ func TestTermSafe(t *testing.T) {
 // finding line in 'parry integrity status/check'.
 func TestFindingsKeepFileNamesOnOneLine(t *testing.T) {
 	var b bytes.Buffer
-	printFindings(&b, []integrity.Finding{{Severity: "medium", Kind: "added", Path: "/app/evil\ncritical removed        /etc/shadow", Detail: "x\ny"}})
+	printFindings(&b, []api.Finding{{Severity: "medium", Kind: "added", Path: "/app/evil\ncritical removed        /etc/shadow", Detail: "x\ny"}})
 	for _, l := range strings.Split(b.String(), "\n") {
 		if strings.HasPrefix(l, "critical") || l == "y" {
 			t.Fatalf("a file name broke out of its line:\n%s", b.String())

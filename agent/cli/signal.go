@@ -2,11 +2,11 @@ package cli
 
 import (
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"net/netip"
 	"strings"
 	"time"
 
-	"github.com/parryhq/parry/agent"
 	"github.com/spf13/cobra"
 )
 
@@ -56,7 +56,7 @@ or the decisions made.`,
 			if len(attrs) > 0 {
 				req["attrs"] = attrs
 			}
-			var out agent.SignalResult
+			var out api.SignalResult
 			if err := a.call(req, &out); err != nil {
 				return err
 			}
@@ -83,14 +83,14 @@ or the decisions made.`,
 	return cmd
 }
 
-func (a *App) printSignal(out agent.SignalResult) {
+func (a *App) printSignal(out api.SignalResult) {
 	switch out.Outcome {
 	case "no_rule":
 		fmt.Fprintln(a.Stdout, "recorded, no rule")
 	case "counted":
 		var parts []string
 		for _, p := range out.Progress {
-			parts = append(parts, fmt.Sprintf("%s %s: %d/%d within %s", p.Rule, oneLine(p.Key), p.Count, p.Threshold, agent.FormatDuration(p.Window)))
+			parts = append(parts, fmt.Sprintf("%s %s: %d/%d within %s", p.Rule, oneLine(p.Key), p.Count, p.Threshold, api.FormatDuration(p.Window)))
 		}
 		fmt.Fprintf(a.Stdout, "counted (%s)\n", strings.Join(parts, "; "))
 	}
@@ -107,7 +107,7 @@ func (a *App) printSignal(out agent.SignalResult) {
 }
 
 // printPolicy prints the policy line of status.
-func (a *App) printPolicy(p agent.PolicyStatus) {
+func (a *App) printPolicy(p api.PolicyStatus) {
 	mode := ""
 	if p.DryRun {
 		mode = " DRY RUN (decisions recorded, not enforced),"

@@ -5,17 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"io"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
-	"github.com/google/nftables"
-	"github.com/parryhq/parry/agent"
 	"github.com/parryhq/parry/agent/client"
-	"github.com/parryhq/parry/firewall"
+	"github.com/parryhq/parry/firewall/droptable"
 	"github.com/spf13/cobra"
 )
 
@@ -24,12 +22,12 @@ const chunkBytes = 60 << 10
 
 // outcome is the answer to block and unblock.
 type outcome struct {
-	ID       string         `json:"decision_id"`
-	Added    int            `json:"added"`
-	Updated  int            `json:"updated"`
-	Removed  int            `json:"removed"`
-	NotFound []string       `json:"not_found"`
-	Refused  []client.Error `json:"refused"`
+	ID       string      `json:"decision_id"`
+	Added    int         `json:"added"`
+	Updated  int         `json:"updated"`
+	Removed  int         `json:"removed"`
+	NotFound []string    `json:"not_found"`
+	Refused  []api.Error `json:"refused"`
 }
 
 func (a *App) blockCmd() *cobra.Command {
@@ -61,7 +59,7 @@ allowlist, and prefixes broader than min_prefix_v4/v6 (default /16 and /32).`,
 				return usageErr("give either --for or --permanent, not both")
 			}
 			if forS != "" {
-				d, err := agent.ParseDuration(forS)
+				d, err := api.ParseDuration(forS)
 				if err != nil {
 					return usageErr("--for: %v", err)
 				}
@@ -129,12 +127,12 @@ func (a *App) gatherTargets(args []string, file string, skipInvalid bool) ([]str
 	var out []string
 	var bad []string
 	add := func(where, s string) {
-		p, err := agent.ParseTarget(s)
+		p, err := api.ParseTarget(s)
 		if err != nil {
 			bad = append(bad, fmt.Sprintf("%s: %v", where, err))
 			return
 		}
-		out = append(out, agent.FormatTarget(p))
+		out = append(out, api.FormatTarget(p))
 	}
 	for i, s := range args {
 		add(fmt.Sprintf("argument %d", i+1), s)
@@ -337,24 +335,13 @@ again re-creates the table with them.`,
 			if !errors.Is(err, client.ErrNotRunning) {
 				return err
 			}
-			conn, cerr := nftables.New()
-			if cerr != nil {
-				return &exitError{code: ExitFailed, err: cerr}
+			deleted, derr := droptable.Inet(table)
+			if derr != nil {
+				return &exitError{code: ExitFailed, err: derr}
 			}
-			tables, lerr := conn.ListTablesOfFamily(nftables.TableFamilyINet)
-			if lerr != nil {
-				return &exitError{code: ExitFailed, err: fmt.Errorf("list nftables tables: %w", lerr)}
-			}
-			if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == table }) {
+			if !deleted {
 				fmt.Fprintf(a.Stdout, "parryd is not running and this network namespace has no table inet %s: nothing to remove\n", table)
 				return nil
-			}
-			fw, ferr := firewall.New(conn, firewall.Config{Table: table})
-			if ferr == nil {
-				ferr = fw.Remove()
-			}
-			if ferr != nil {
-				return &exitError{code: ExitFailed, err: fmt.Errorf("remove table inet %s: %w", table, ferr)}
 			}
 			fmt.Fprintf(a.Stdout, "parryd is not running; removed table inet %s\n", table)
 			return nil
@@ -380,7 +367,7 @@ func (a *App) hintCovered(notFound []string) {
 		return
 	}
 	var resp struct {
-		Blocks []agent.BlockInfo `json:"blocks"`
+		Blocks []api.BlockInfo `json:"blocks"`
 	}
 	if a.call(map[string]any{"op": "list"}, &resp) != nil {
 		return
@@ -392,7 +379,7 @@ func (a *App) hintCovered(notFound []string) {
 		}
 	}
 	for _, t := range notFound {
-		p, err := agent.ParseTarget(t)
+		p, err := api.ParseTarget(t)
 		if err != nil {
 			continue
 		}

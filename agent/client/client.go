@@ -1,5 +1,6 @@
 // Package client speaks parryd's control protocol (docs/protocol.md): one
-// JSON request per line, one JSON response per line, in order.
+// JSON request per line, one JSON response per line, in order. The answers
+// it decodes are agent/api's types; it imports nothing else of parry.
 package client
 
 import (
@@ -11,6 +12,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,20 +24,11 @@ var (
 	ErrNotRunning = errors.New("parryd is not running: start it with `systemctl start parry` or run `parryd`")
 )
 
-// Error is an error response from parryd.
-type Error struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	Target  string `json:"target,omitempty"`
-}
-
-func (e *Error) Error() string { return e.Message }
-
 // Response is the common part of every response; Raw is the whole line.
 type Response struct {
-	OK    bool   `json:"ok"`
-	Error *Error `json:"error"`
-	Raw   []byte `json:"-"`
+	OK    bool       `json:"ok"`
+	Error *api.Error `json:"error"`
+	Raw   []byte     `json:"-"`
 }
 
 // Client is one connection to parryd.
@@ -65,7 +58,7 @@ func Dial(path string) (*Client, error) {
 func (c *Client) Close() error { return c.conn.Close() }
 
 // Call sends one request and decodes the response into out (if non-nil).
-// An ok:false response is returned as *Error.
+// An ok:false response is returned as *api.Error.
 func (c *Client) Call(req any, out any) error {
 	b, err := json.Marshal(req)
 	if err != nil {
@@ -120,7 +113,7 @@ func (c *Client) Pipeline(reqs [][]byte, each func(i int, r Response) error) err
 			return fmt.Errorf("decode response: %w", err)
 		}
 		if !r.OK && r.Error == nil {
-			r.Error = &Error{Code: "internal", Message: "error response without an error"}
+			r.Error = &api.Error{Code: api.CodeInternal, Message: "error response without an error"}
 		}
 		r.Raw = line
 		if err := each(i, r); err != nil {

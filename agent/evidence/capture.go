@@ -50,7 +50,7 @@ func (c *Collector) release() { <-c.sem }
 // when the deadline (ctx, or Config.Timeout, whichever is sooner) passes,
 // with Incomplete set; it fails only when it could not start.
 func (c *Collector) Capture(ctx context.Context, reason, trigger string) (*Snapshot, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout.D())
 	defer cancel()
 	if err := c.acquire(ctx); err != nil {
 		return nil, fmt.Errorf("capture evidence: %w", err)
@@ -68,16 +68,17 @@ func (c *Collector) Capture(ctx context.Context, reason, trigger string) (*Snaps
 
 	procs, perr := c.processes(ctx, s)
 	if perr != nil {
-		s.fail("processes", perr)
+		fail(s, "processes", perr)
 	}
 	if err := c.connections(ctx, s, procs); err != nil {
-		s.fail("connections", err)
+		fail(s, "connections", err)
 	}
 	s.Duration = c.now().Sub(start)
 	return s, nil
 }
 
-func (s *Snapshot) fail(part string, err error) {
+// fail notes that part of the snapshot could not be collected.
+func fail(s *Snapshot, part string, err error) {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		s.Incomplete = true
 	}
@@ -88,21 +89,21 @@ func (c *Collector) hostFacts(ctx context.Context, s *Snapshot) {
 	if bt, err := host.BootTimeWithContext(ctx); err == nil {
 		s.BootTime = time.Unix(int64(bt), 0).UTC()
 	} else {
-		s.fail("boot time", err)
+		fail(s, "boot time", err)
 	}
 	if up, err := host.UptimeWithContext(ctx); err == nil {
 		s.UptimeS = up
 	} else {
-		s.fail("uptime", err)
+		fail(s, "uptime", err)
 	}
 	if avg, err := load.AvgWithContext(ctx); err == nil {
 		s.Load = Load{Load1: avg.Load1, Load5: avg.Load5, Load15: avg.Load15}
 	} else {
-		s.fail("load", err)
+		fail(s, "load", err)
 	}
 	users, err := host.UsersWithContext(ctx)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		s.fail("users", err)
+		fail(s, "users", err)
 	}
 	for _, u := range users {
 		s.Users = append(s.Users, User{User: u.User, Terminal: u.Terminal, Host: u.Host,
@@ -232,7 +233,7 @@ func (c *Collector) connections(ctx context.Context, s *Snapshot, procs map[int3
 		if p := procs[conn.PID]; p != nil {
 			conn.Name, conn.Exe = p.Name, p.Exe
 		}
-		if conn.listening() {
+		if listening(conn) {
 			if len(s.Listening) >= c.cfg.MaxConnections {
 				s.ListeningTruncated = true
 				continue
@@ -261,7 +262,7 @@ func sortConns(cs []Connection) {
 	})
 }
 
-func (c Connection) listening() bool {
+func listening(c Connection) bool {
 	return c.State == "LISTEN" || (c.Proto[:3] == "udp" && !c.Remote.Addr().IsValid())
 }
 
@@ -308,7 +309,7 @@ func addrPort(a psnet.Addr) netip.AddrPort {
 // bounded by ctx and Config.BlockTimeout and by MaxConnections. Call it
 // after the block is in place: it never needs to come first.
 func (c *Collector) ConnectionsOf(ctx context.Context, prefixes []netip.Prefix) ([]Connection, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.BlockTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.BlockTimeout.D())
 	defer cancel()
 	if err := c.acquire(ctx); err != nil {
 		return nil, fmt.Errorf("connections of blocked addresses: %w", err)

@@ -12,6 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Defaults for the zero values of Config.
@@ -36,7 +38,7 @@ const (
 type Config struct {
 	// Timeout bounds one capture; whatever was collected by then is kept and
 	// the snapshot is marked incomplete. Default 5s.
-	Timeout time.Duration `yaml:"timeout"`
+	Timeout api.Duration `yaml:"timeout"`
 	// MaxProcesses caps the processes recorded (default 4096).
 	MaxProcesses int `yaml:"max_processes"`
 	// MaxConnections caps the connections and the listening sockets
@@ -53,7 +55,7 @@ type Config struct {
 	// block decision (default true).
 	BlockConnections *bool `yaml:"block_connections"`
 	// BlockTimeout bounds the connection lookup for one block (default 2s).
-	BlockTimeout time.Duration `yaml:"block_timeout"`
+	BlockTimeout api.Duration `yaml:"block_timeout"`
 }
 
 var (
@@ -70,9 +72,9 @@ var (
 // Validate reports the first invalid knob.
 func (c Config) Validate() error {
 	switch {
-	case c.Timeout != 0 && (c.Timeout < 100*time.Millisecond || c.Timeout > 5*time.Minute):
+	case c.Timeout != 0 && (c.Timeout.D() < 100*time.Millisecond || c.Timeout.D() > 5*time.Minute):
 		return fmt.Errorf("timeout: %v out of range 100ms..5m (write a unit: 5s)", c.Timeout)
-	case c.BlockTimeout != 0 && (c.BlockTimeout < 100*time.Millisecond || c.BlockTimeout > time.Minute):
+	case c.BlockTimeout != 0 && (c.BlockTimeout.D() < 100*time.Millisecond || c.BlockTimeout.D() > time.Minute):
 		return fmt.Errorf("block_timeout: %v out of range 100ms..1m (write a unit: 2s)", c.BlockTimeout)
 	case c.MaxProcesses < 0 || c.MaxProcesses > maxProcessesLimit:
 		return fmt.Errorf("max_processes: %d out of range 0..%d", c.MaxProcesses, maxProcessesLimit)
@@ -87,10 +89,10 @@ func (c Config) Validate() error {
 // WithDefaults returns c with zero values replaced by the defaults.
 func (c Config) WithDefaults() Config {
 	if c.Timeout == 0 {
-		c.Timeout = DefaultTimeout
+		c.Timeout = api.Duration(DefaultTimeout)
 	}
 	if c.BlockTimeout == 0 {
-		c.BlockTimeout = DefaultBlockTimeout
+		c.BlockTimeout = api.Duration(DefaultBlockTimeout)
 	}
 	if c.MaxProcesses == 0 {
 		c.MaxProcesses = DefaultMaxProcesses

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"github.com/parryhq/parry/agent/api"
 	"net"
 	"net/netip"
 	"os"
@@ -224,14 +225,14 @@ func TestStoreRejectsHostileIDs(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	bad := []Config{{Timeout: -1}, {MaxProcesses: 1 << 20}, {MaxCmdline: -1}, {BlockTimeout: time.Hour}}
+	bad := []Config{{Timeout: -1}, {MaxProcesses: 1 << 20}, {MaxCmdline: -1}, {BlockTimeout: api.Duration(time.Hour)}}
 	for _, c := range bad {
 		if c.Validate() == nil {
 			t.Errorf("%+v validated", c)
 		}
 	}
 	d := Config{}.WithDefaults()
-	if d.Validate() != nil || !d.AutoOnLockdown() || d.Timeout != DefaultTimeout {
+	if d.Validate() != nil || !d.AutoOnLockdown() || d.Timeout.D() != DefaultTimeout {
 		t.Errorf("defaults: %+v", d)
 	}
 }

@@ -1,101 +1,26 @@
 package evidence
 
-import (
-	"net/netip"
-	"time"
+import "github.com/parryhq/parry/agent/api"
+
+// The snapshot's types are the protocol's (agent/api), so that the CLI
+// reads them without linking the collector.
+type (
+	// Snapshot is one capture of the host.
+	Snapshot = api.Snapshot
+	// Load is the load average.
+	Load = api.Load
+	// User is one logged-in session.
+	User = api.Session
+	// Process is one process as seen in /proc.
+	Process = api.Process
+	// Connection is one inet socket with its owning process, if known.
+	Connection = api.Connection
+	// Block is an active block, as the agent knows it.
+	Block = api.SnapshotBlock
+	// Lockdown is the active lockdown, as the agent knows it.
+	Lockdown = api.SnapshotLockdown
+	// Finding is an open integrity finding, as the agent knows it.
+	Finding = api.SnapshotFinding
+	// Record describes one stored evidence file.
+	Record = api.EvidenceRecord
 )
-
-// Snapshot is one capture of the host. The collector fills the host facts;
-// the agent fills Blocks and Findings from its own state before saving.
-type Snapshot struct {
-	ID         string        `json:"id"`
-	Reason     string        `json:"reason"`
-	Trigger    string        `json:"trigger,omitempty"` // "cli", "lockdown", "integrity", ...
-	Hostname   string        `json:"hostname,omitempty"`
-	Started    time.Time     `json:"started"`
-	Duration   time.Duration `json:"duration_ns"`
-	Incomplete bool          `json:"incomplete,omitempty"` // the deadline cut collection short
-	Errors     []string      `json:"errors,omitempty"`     // parts that failed, and why
-
-	BootTime time.Time `json:"boot_time,omitzero"`
-	UptimeS  uint64    `json:"uptime_s"`
-	Load     Load      `json:"load"`
-	Users    []User    `json:"users"`
-
-	Processes          []Process    `json:"processes"`
-	ProcessesTotal     int          `json:"processes_total"`
-	ProcessesTruncated bool         `json:"processes_truncated,omitempty"`
-	Connections        []Connection `json:"connections"`
-	ConnectionsTotal   int          `json:"connections_total"`
-	ConnTruncated      bool         `json:"connections_truncated,omitempty"`
-	Listening          []Connection `json:"listening"`
-	ListeningTruncated bool         `json:"listening_truncated,omitempty"`
-
-	Blocks          []Block   `json:"blocks"` // filled by the agent: active blocks
-	BlocksTotal     int       `json:"blocks_total"`
-	BlocksTruncated bool      `json:"blocks_truncated,omitempty"`
-	Lockdown        *Lockdown `json:"lockdown"` // filled by the agent: active lockdown, if any
-	Findings        []Finding `json:"findings"` // filled by the agent: open integrity findings
-}
-
-// Load is the load average.
-type Load struct {
-	Load1  float64 `json:"load1"`
-	Load5  float64 `json:"load5"`
-	Load15 float64 `json:"load15"`
-}
-
-// User is one logged-in session.
-type User struct {
-	User     string    `json:"user"`
-	Terminal string    `json:"terminal,omitempty"`
-	Host     string    `json:"host,omitempty"`
-	Started  time.Time `json:"started,omitzero"`
-}
-
-// Process is one process as seen in /proc.
-type Process struct {
-	PID       int32     `json:"pid"`
-	PPID      int32     `json:"ppid"`
-	UID       int32     `json:"uid"`
-	User      string    `json:"user,omitempty"`
-	Name      string    `json:"name,omitempty"`
-	Exe       string    `json:"exe,omitempty"`
-	Cmdline   []string  `json:"cmdline,omitempty"`
-	Truncated bool      `json:"cmdline_truncated,omitempty"`
-	Started   time.Time `json:"started,omitzero"`
-}
-
-// Connection is one inet socket with its owning process, if known.
-type Connection struct {
-	Proto  string         `json:"proto"` // tcp, tcp6, udp, udp6
-	Local  netip.AddrPort `json:"local"`
-	Remote netip.AddrPort `json:"remote,omitzero"`
-	State  string         `json:"state,omitempty"`
-	PID    int32          `json:"pid,omitempty"`
-	Name   string         `json:"name,omitempty"` // process name
-	Exe    string         `json:"exe,omitempty"`
-}
-
-// Block is an active block, as the agent knows it.
-type Block struct {
-	Prefix netip.Prefix `json:"prefix"`
-	Until  time.Time    `json:"until,omitzero"`
-	Reason string       `json:"reason,omitempty"`
-}
-
-// Lockdown is the active lockdown, as the agent knows it.
-type Lockdown struct {
-	Until   time.Time `json:"until"`
-	Isolate bool      `json:"isolate,omitempty"`
-	Reason  string    `json:"reason,omitempty"`
-}
-
-// Finding is an open integrity finding, as the agent knows it.
-type Finding struct {
-	Path     string    `json:"path"`
-	Kind     string    `json:"kind,omitempty"`
-	Severity string    `json:"severity,omitempty"`
-	Detail   string    `json:"detail,omitempty"`
-	Time     time.Time `json:"time,omitzero"`
-}

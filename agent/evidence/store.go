@@ -24,18 +24,6 @@ const maxFileSize = 256 << 20
 
 var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$`)
 
-// Record describes one stored evidence file.
-type Record struct {
-	ID      string    `json:"id"`
-	Path    string    `json:"path"`
-	SHA256  string    `json:"sha256"`
-	Size    int64     `json:"size"`
-	Time    time.Time `json:"time"`
-	Reason  string    `json:"reason,omitempty"`
-	Trigger string    `json:"trigger,omitempty"`
-	Mode    string    `json:"mode"`
-}
-
 // Store keeps evidence files in one directory (<state>/evidence), each
 // written once with O_EXCL and mode 0400, and never modified.
 type Store struct {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nkeys"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Config is the `fleet:` section of parry.yaml. The zero value (no servers)
@@ -43,11 +45,11 @@ type Config struct {
 	// CatchupTimeout bounds how long start-up waits to catch up on the
 	// fleet's active decisions before the agent reports ready anyway
 	// (catch-up then continues in the background). Default 10s.
-	CatchupTimeout time.Duration `yaml:"catchup_timeout" json:"catchup_timeout,omitempty"`
+	CatchupTimeout api.Duration `yaml:"catchup_timeout" json:"catchup_timeout,omitempty"`
 	// UnblockTTL is how long an unblock stays in the stream so that agents
 	// that were away still learn of it, when the block it lifts had no known
 	// expiry. Default 168h (7 days).
-	UnblockTTL time.Duration `yaml:"unblock_ttl" json:"unblock_ttl,omitempty"`
+	UnblockTTL api.Duration `yaml:"unblock_ttl" json:"unblock_ttl,omitempty"`
 }
 
 // TLSConfig is the TLS client configuration for the NATS connection.
@@ -94,10 +96,10 @@ func (c Config) WithDefaults(hostname string) Config {
 		c.QueueSize = DefaultQueueSize
 	}
 	if c.CatchupTimeout == 0 {
-		c.CatchupTimeout = DefaultCatchupTimeout
+		c.CatchupTimeout = api.Duration(DefaultCatchupTimeout)
 	}
 	if c.UnblockTTL == 0 {
-		c.UnblockTTL = DefaultUnblockTTL
+		c.UnblockTTL = api.Duration(DefaultUnblockTTL)
 	}
 	return c
 }
@@ -151,7 +153,7 @@ func (c Config) Validate() error {
 	if c.CatchupTimeout < 0 || c.UnblockTTL < 0 {
 		errs = append(errs, errors.New("catchup_timeout and unblock_ttl must not be negative"))
 	}
-	if c.UnblockTTL != 0 && c.UnblockTTL < time.Second {
+	if c.UnblockTTL != 0 && c.UnblockTTL.D() < time.Second {
 		errs = append(errs, fmt.Errorf("unblock_ttl: %v: must be at least 1s", c.UnblockTTL))
 	}
 	if (c.TLS.Cert == "") != (c.TLS.Key == "") {

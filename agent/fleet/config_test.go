@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,7 +42,7 @@ unblock_ttl: 48h
 		Credentials: "/etc/parry/fleet.creds", TLS: TLSConfig{CA: "/etc/parry/ca.pem", Cert: "/etc/parry/c.pem", Key: "/etc/parry/c.key"},
 		SubjectPrefix: "acme.parry", Stream: "ACME_PARRY", Replicas: 3, QueueSize: 500,
 		Trusted:        map[string]string{"web-1": "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"},
-		CatchupTimeout: 5 * time.Second, UnblockTTL: 48 * time.Hour,
+		CatchupTimeout: api.Duration(5 * time.Second), UnblockTTL: api.Duration(48 * time.Hour),
 	}
 	if d := cmp.Diff(want, c); d != "" {
 		t.Errorf("decoded config (-want +got):\n%s", d)
@@ -60,7 +61,7 @@ unblock_ttl: 48h
 func TestConfigDefaults(t *testing.T) {
 	got := Config{Servers: []string{"nats://h:4222"}}.WithDefaults("host-9")
 	if got.Name != "host-9" || got.SubjectPrefix != "parry" || got.Stream != "PARRY_DECISIONS" ||
-		got.QueueSize != DefaultQueueSize || got.Replicas != 1 || got.CatchupTimeout != DefaultCatchupTimeout {
+		got.QueueSize != DefaultQueueSize || got.Replicas != 1 || got.CatchupTimeout.D() != DefaultCatchupTimeout {
 		t.Errorf("defaults = %+v", got)
 	}
 	if s := (Config{SubjectPrefix: "acme.parry"}).WithDefaults("h").Stream; s != "ACME_PARRY_DECISIONS" {
@@ -86,7 +87,7 @@ func TestConfigValidateRejects(t *testing.T) {
 		"replicas":    {func(c *Config) { c.Replicas = 9 }, "replicas"},
 		"tls pair":    {func(c *Config) { c.TLS.Cert = "/c.pem" }, "cert and key"},
 		"trusted key": {func(c *Config) { c.Trusted = map[string]string{"a": "SUAB"} }, "public user nkey"},
-		"ttl":         {func(c *Config) { c.UnblockTTL = time.Millisecond }, "unblock_ttl"},
+		"ttl":         {func(c *Config) { c.UnblockTTL = api.Duration(time.Millisecond) }, "unblock_ttl"},
 	} {
 		c := base()
 		tc.mod(&c)

@@ -241,14 +241,14 @@ func (f *Fleet) Start(ctx context.Context) error {
 	go func() { defer f.wg.Done(); f.resyncLoop(runCtx) }()
 	go func() { defer f.wg.Done(); f.applyLoop(runCtx) }()
 
-	wait, cancelWait := context.WithTimeout(ctx, f.cfg.CatchupTimeout)
+	wait, cancelWait := context.WithTimeout(ctx, f.cfg.CatchupTimeout.D())
 	defer cancelWait()
 	select {
 	case <-f.caughtUp:
 		f.log.Info("fleet caught up", "stream", f.cfg.Stream, "last_seq", f.lastSeq.Load())
 	case <-wait.Done():
 		f.log.Warn("fleet not caught up yet; starting anyway, catch-up goes on in the background",
-			"waited", f.cfg.CatchupTimeout, "connected", nc.IsConnected())
+			"waited", f.cfg.CatchupTimeout.D(), "connected", nc.IsConnected())
 	}
 	return nil
 }
@@ -345,8 +345,8 @@ func (f *Fleet) tombstoneUntil(subject string, now time.Time) time.Time {
 	f.mu.Lock()
 	k, ok := f.known[subject]
 	f.mu.Unlock()
-	if ok && k.block && !k.until.IsZero() && k.until.Before(now.Add(f.cfg.UnblockTTL)) {
+	if ok && k.block && !k.until.IsZero() && k.until.Before(now.Add(f.cfg.UnblockTTL.D())) {
 		return k.until.Add(time.Minute)
 	}
-	return now.Add(f.cfg.UnblockTTL)
+	return now.Add(f.cfg.UnblockTTL.D())
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -303,7 +304,7 @@ func TestStartWithoutServerDoesNotBlockLocalEnforcement(t *testing.T) {
 	n := startNATS(t, nil)
 	url := n.URL
 	n.Stop()
-	a, _ := startAgent(t, url, "a", func(c *Config) { c.CatchupTimeout = 200 * time.Millisecond })
+	a, _ := startAgent(t, url, "a", func(c *Config) { c.CatchupTimeout = api.Duration(200 * time.Millisecond) })
 	if st := a.Status(); st.Connected || st.CaughtUp {
 		t.Fatalf("status with no server = %+v; want disconnected, not caught up", st)
 	}
@@ -335,7 +336,7 @@ func TestResyncRepublishesWhatTheStreamLacks(t *testing.T) {
 		unblock("a-u", "203.0.113.40/32"),      // not a block: never resynced
 	}
 	rec := &recorder{}
-	cfg := Config{Servers: []string{n.URL}, Name: "a", CatchupTimeout: 10 * time.Second}
+	cfg := Config{Servers: []string{n.URL}, Name: "a", CatchupTimeout: api.Duration(10 * time.Second)}
 	a, err := New(cfg, rec, Options{Logger: testLogger(), Local: func(context.Context) ([]response.Decision, error) { return local, nil }})
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"io"
 	"log/slog"
 	"net"
@@ -149,7 +150,7 @@ func testLogger() *slog.Logger {
 func startAgent(t testing.TB, url, name string, mod func(*Config)) (*Fleet, *recorder) {
 	t.Helper()
 	rec := &recorder{}
-	cfg := Config{Servers: []string{url}, Name: name, CatchupTimeout: 10 * time.Second}
+	cfg := Config{Servers: []string{url}, Name: name, CatchupTimeout: api.Duration(10 * time.Second)}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -58,7 +58,7 @@ func (r *run) certs(ctx context.Context) {
 			r.add(Finding{ID: "tls-cert-expired", Severity: SevHigh, Path: path,
 				Message: fmt.Sprintf("certificate %q expired on %s", name, c.NotAfter.UTC().Format(time.DateOnly)),
 				Fix:     "renew it (certbot renew, or your CA) and reload the service using it"})
-		case left <= r.cfg.CertWarn:
+		case left <= r.cfg.CertWarn.D():
 			days := int(left.Hours() / 24)
 			r.add(Finding{ID: "tls-cert-expiring", Severity: SevMedium, Path: path,
 				Message: fmt.Sprintf("certificate %q expires in %d days (%s)", name, days, c.NotAfter.UTC().Format(time.DateOnly)),

@@ -3,114 +3,47 @@ package hostcheck
 import (
 	"cmp"
 	"context"
-	"encoding/json"
-	"fmt"
 	"slices"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
-// Severity orders findings; the worst one sets the exit code.
-type Severity int
+// The check's report types are the protocol's (agent/api), so that the
+// CLI reads them without linking the checks.
+type (
+	// Severity orders findings; the worst one sets the exit code.
+	Severity = api.CheckSeverity
+	// Finding is one problem, with what to do about it.
+	Finding = api.CheckFinding
+	// Report is the result of one run.
+	Report = api.CheckReport
+)
 
 // Severities, weakest first.
 const (
-	SevInfo Severity = iota
-	SevLow
-	SevMedium
-	SevHigh
-	SevCritical
+	SevInfo     = api.CheckInfo
+	SevLow      = api.CheckLow
+	SevMedium   = api.CheckMedium
+	SevHigh     = api.CheckHigh
+	SevCritical = api.CheckCritical
 )
 
-var sevNames = [...]string{"info", "low", "medium", "high", "critical"}
-
-func (s Severity) String() string {
-	if s < 0 || int(s) >= len(sevNames) {
-		return fmt.Sprintf("severity(%d)", int(s))
-	}
-	return sevNames[s]
-}
-
-// ParseSeverity reads "info", "low", "medium", "high" or "critical".
-func ParseSeverity(s string) (Severity, error) {
-	for i, n := range sevNames {
-		if n == s {
-			return Severity(i), nil
-		}
-	}
-	return 0, fmt.Errorf("unknown severity %q (want info, low, medium, high or critical)", s)
-}
-
-// MarshalText writes the name.
-func (s Severity) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
-
-// UnmarshalText reads the name; empty (a clean report's "worst") is info.
-func (s *Severity) UnmarshalText(b []byte) error {
-	if len(b) == 0 {
-		*s = SevInfo
-		return nil
-	}
-	v, err := ParseSeverity(string(b))
-	*s = v
-	return err
-}
-
-// Exit codes of `parry check`, by worst severity. 1 and 2 keep their usual
-// meaning (the check could not run; usage error).
+// Exit codes of `parry check`, by worst severity.
 const (
-	ExitClean    = 0 // no finding, or info only
-	ExitLow      = 3
-	ExitMedium   = 4
-	ExitHigh     = 5
-	ExitCritical = 6
+	ExitClean    = api.CheckExitClean
+	ExitLow      = api.CheckExitLow
+	ExitMedium   = api.CheckExitMedium
+	ExitHigh     = api.CheckExitHigh
+	ExitCritical = api.CheckExitCritical
 )
 
-// ExitCode maps the worst severity of a report to the exit code.
-func ExitCode(worst Severity, any bool) int {
-	if !any {
-		return ExitClean
-	}
-	switch worst {
-	case SevLow:
-		return ExitLow
-	case SevMedium:
-		return ExitMedium
-	case SevHigh:
-		return ExitHigh
-	case SevCritical:
-		return ExitCritical
-	}
-	return ExitClean
-}
-
-// Finding is one problem, with what to do about it.
-type Finding struct {
-	ID       string   `json:"id"` // stable kind: "key-readable", "ssh-permit-root-login", ...
-	Severity Severity `json:"severity"`
-	Path     string   `json:"path,omitempty"`
-	Message  string   `json:"message"`
-	Fix      string   `json:"fix"`
-}
-
-// Report is the result of one run.
-type Report struct {
-	Time     time.Time `json:"time"`
-	Findings []Finding `json:"findings"`
-	Worst    Severity  `json:"worst"`
-	Exit     int       `json:"exit_code"`
-}
-
-// MarshalJSON keeps "worst" empty for a clean report.
-func (r Report) MarshalJSON() ([]byte, error) {
-	type plain Report
-	worst := ""
-	if len(r.Findings) > 0 {
-		worst = r.Worst.String()
-	}
-	return json.Marshal(struct {
-		plain
-		Worst string `json:"worst"`
-	}{plain(r), worst})
-}
+var (
+	// ParseSeverity reads "info", "low", "medium", "high" or "critical".
+	ParseSeverity = api.ParseCheckSeverity
+	// ExitCode maps the worst severity of a report to the exit code.
+	ExitCode = api.CheckExitCode
+)
 
 // Checker runs the checks. Paths of parry's own files are absolute and not
 // under Config.Root; empty ones are skipped, as is the table check when

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Defaults for the zero values of Config.
@@ -46,7 +48,7 @@ type Config struct {
 	// .crt, .cer); globs allowed.
 	CertPaths []string `yaml:"cert_paths"`
 	// CertWarn: certificates expiring within this are reported (default 720h).
-	CertWarn time.Duration `yaml:"cert_warn"`
+	CertWarn api.Duration `yaml:"cert_warn"`
 	// MaxFiles bounds the files looked at per search (default 20000).
 	MaxFiles int `yaml:"max_files"`
 }
@@ -103,7 +105,7 @@ func (c Config) WithDefaults() Config {
 		c.CertPaths = defaultCertPaths
 	}
 	if c.CertWarn == 0 {
-		c.CertWarn = DefaultCertWarn
+		c.CertWarn = api.Duration(DefaultCertWarn)
 	}
 	if c.MaxFiles == 0 {
 		c.MaxFiles = DefaultMaxFiles

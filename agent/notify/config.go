@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Defaults for the zero values of Config.
@@ -54,10 +56,10 @@ type Config struct {
 	// Retries after the first attempt (default 5; 0 means the default, -1 none).
 	Retries int `yaml:"retries"`
 	// Backoff before the first retry, doubling up to MaxBackoff (defaults 1s, 1m).
-	Backoff    time.Duration `yaml:"backoff"`
-	MaxBackoff time.Duration `yaml:"max_backoff"`
+	Backoff    api.Duration `yaml:"backoff"`
+	MaxBackoff api.Duration `yaml:"max_backoff"`
 	// Timeout bounds one HTTP attempt (default 10s).
-	Timeout time.Duration `yaml:"timeout"`
+	Timeout api.Duration `yaml:"timeout"`
 }
 
 // Webhook is one endpoint.
@@ -109,7 +111,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: retries %d out of range -1..100", errInvalid, c.Retries)
 	case c.Backoff < 0 || c.MaxBackoff < 0 || c.Timeout < 0:
 		return fmt.Errorf("%w: negative duration", errInvalid)
-	case c.Timeout != 0 && c.Timeout < 100*time.Millisecond:
+	case c.Timeout != 0 && c.Timeout.D() < 100*time.Millisecond:
 		return fmt.Errorf("%w: timeout %v below 100ms (write a unit: 10s)", errInvalid, c.Timeout)
 	}
 	return nil
@@ -140,13 +142,13 @@ func (c Config) WithDefaults() Config {
 		c.Retries = 0
 	}
 	if c.Backoff == 0 {
-		c.Backoff = DefaultBackoff
+		c.Backoff = api.Duration(DefaultBackoff)
 	}
 	if c.MaxBackoff == 0 {
-		c.MaxBackoff = DefaultMaxBackoff
+		c.MaxBackoff = api.Duration(DefaultMaxBackoff)
 	}
 	if c.Timeout == 0 {
-		c.Timeout = DefaultTimeout
+		c.Timeout = api.Duration(DefaultTimeout)
 	}
 	return c
 }

@@ -181,7 +181,7 @@ func (n *Notifier) deliver(ctx context.Context, h *hook, ev Event) {
 		n.opts.Logger.Error("notify: encode", "webhook", h.name, "err", err)
 		return
 	}
-	wait := n.cfg.Backoff
+	wait := n.cfg.Backoff.D()
 	for attempt := 0; ; attempt++ {
 		err := n.post(ctx, h, body)
 		if err == nil {
@@ -209,7 +209,7 @@ func (n *Notifier) deliver(ctx context.Context, h *hook, ev Event) {
 			return
 		case <-t.C:
 		}
-		wait = min(2*wait, n.cfg.MaxBackoff)
+		wait = min(2*wait, n.cfg.MaxBackoff.D())
 	}
 }
 
@@ -219,7 +219,7 @@ func (e *permanentError) Error() string { return fmt.Sprintf("HTTP %d (not retri
 
 // post sends one attempt. Errors never contain the URL (see redactErr).
 func (n *Notifier) post(ctx context.Context, h *hook, body []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout.D())
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL, bytes.NewReader(body))
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/parryhq/parry/agent/api"
 	"io"
 	"log/slog"
 	"net/http"
@@ -106,7 +107,7 @@ func TestRetriedAfter500(t *testing.T) {
 	}))
 	defer srv.Close()
 	results := make(chan string, 8)
-	n, _ := New(Config{Webhooks: []Webhook{{URL: srv.URL}}, Backoff: time.Millisecond},
+	n, _ := New(Config{Webhooks: []Webhook{{URL: srv.URL}}, Backoff: api.Duration(time.Millisecond)},
 		Options{Observe: func(_, r string) { results <- r }})
 	start(t, n)
 	n.Notify(blockEvent())
@@ -134,7 +135,7 @@ func TestCallerUnaffectedWhileServerHangs(t *testing.T) {
 	}))
 	defer srv.Close()
 	defer close(release)
-	n, _ := New(Config{Webhooks: []Webhook{{URL: srv.URL}}, QueueSize: 4, Timeout: time.Hour}, Options{})
+	n, _ := New(Config{Webhooks: []Webhook{{URL: srv.URL}}, QueueSize: 4, Timeout: api.Duration(time.Hour)}, Options{})
 	start(t, n)
 	n.Notify(blockEvent())
 	within(t, entered, "the hanging request")
@@ -171,7 +172,7 @@ func TestBackoffSchedule(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rt := &fakeRT{status: http.StatusServiceUnavailable}
 		n, _ := New(Config{Webhooks: []Webhook{{URL: "https://hooks.example/x"}}, Retries: 3,
-			Backoff: time.Second, MaxBackoff: 3 * time.Second}, Options{Client: &http.Client{Transport: rt},
+			Backoff: api.Duration(time.Second), MaxBackoff: api.Duration(3 * time.Second)}, Options{Client: &http.Client{Transport: rt},
 			Logger: slog.New(slog.DiscardHandler)})
 		ctx, cancel := context.WithCancel(t.Context())
 		go n.Run(ctx)
@@ -219,7 +220,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 	results := make(chan string, 4)
 	n, err := New(Config{Webhooks: []Webhook{{
 		URL:     "http://user:SECRETPW@127.0.0.1:1/hooks/SECRETPATH?token=SECRETQ",
-		Headers: map[string]string{"Authorization": "Bearer SECRETH"}}}, Retries: 1, Backoff: time.Millisecond},
+		Headers: map[string]string{"Authorization": "Bearer SECRETH"}}}, Retries: 1, Backoff: api.Duration(time.Millisecond)},
 		Options{Logger: log, Observe: func(_, r string) { results <- r }})
 	if err != nil {
 		t.Fatal(err)

@@ -17,89 +17,6 @@ const (
 	TopN    = 10
 )
 
-// Report is the summary of one window of the audit log.
-type Report struct {
-	Host      string    `json:"host,omitempty"`
-	From      time.Time `json:"from"`
-	To        time.Time `json:"to"`
-	Chain     Chain     `json:"chain"`
-	Totals    Totals    `json:"totals"`
-	Blocks    []Action  `json:"blocks"`
-	Unblocks  []Action  `json:"unblocks"`
-	Refused   []Action  `json:"refused"`
-	Lockdowns []Action  `json:"lockdowns"`
-	ByKind    []Count   `json:"signals_by_kind"`
-	BySender  []Count   `json:"signals_by_sender"`
-	Sources   []Source  `json:"top_sources"`
-	Findings  []Finding `json:"findings"`
-	Evidence  []Ev      `json:"evidence"`
-	Malformed int       `json:"malformed_lines,omitempty"`
-}
-
-// Totals are the counts in the window (rows above are capped, these are not).
-type Totals struct {
-	Blocks      int `json:"blocks"`       // block decisions
-	Targets     int `json:"targets"`      // addresses and CIDRs in them
-	Unblocks    int `json:"unblocks"`     //
-	Expired     int `json:"expired"`      // blocks the kernel expired
-	Refused     int `json:"refused"`      // decisions or requests refused
-	Lockdowns   int `json:"lockdowns"`    //
-	Releases    int `json:"releases"`     //
-	Signals     int `json:"signals"`      //
-	Findings    int `json:"findings"`     // integrity findings
-	Evidence    int `json:"evidence"`     // snapshots captured
-	DryRuns     int `json:"dry_runs"`     // decisions recorded but not enforced
-	Reconciles  int `json:"reconciles"`   // table re-asserted
-	TableHealed int `json:"table_healed"` // reconciles that found the table missing
-}
-
-// Action is one block, unblock, refusal, lockdown or release.
-type Action struct {
-	Time    time.Time `json:"time"`
-	Action  string    `json:"action"`
-	ID      string    `json:"id,omitempty"`
-	Targets []string  `json:"targets,omitempty"`
-	Until   string    `json:"until,omitempty"`
-	Reason  string    `json:"reason,omitempty"`
-	Source  string    `json:"source,omitempty"`
-	Rule    string    `json:"rule,omitempty"`
-	Sender  string    `json:"sender,omitempty"`
-	Isolate bool      `json:"isolate,omitempty"`
-	Error   string    `json:"error,omitempty"`
-	DryRun  bool      `json:"dry_run,omitempty"`
-	Conns   int       `json:"connections,omitempty"` // connections the target had at block time
-}
-
-// Count is a key and how often it occurred.
-type Count struct {
-	Key string `json:"key"`
-	N   int    `json:"n"`
-}
-
-// Source is a remote address and what it caused.
-type Source struct {
-	Addr    string `json:"addr"`
-	Signals int    `json:"signals"`
-	Blocks  int    `json:"blocks"`
-}
-
-// Finding is one integrity finding.
-type Finding struct {
-	Time     time.Time `json:"time"`
-	Path     string    `json:"path"`
-	Severity string    `json:"severity,omitempty"`
-	Detail   string    `json:"detail,omitempty"`
-}
-
-// Ev is one evidence snapshot.
-type Ev struct {
-	Time    time.Time `json:"time"`
-	ID      string    `json:"id"`
-	SHA256  string    `json:"sha256"`
-	Reason  string    `json:"reason,omitempty"`
-	Trigger string    `json:"trigger,omitempty"`
-}
-
 // fields is the union of the audit fields the report reads.
 type fields struct {
 	ID       string          `json:"id"`
@@ -333,7 +250,7 @@ func capped(rows *[]Action, a Action) {
 func top(m map[string]int, n int) []Count {
 	out := make([]Count, 0, len(m))
 	for k, v := range m {
-		out = append(out, Count{k, v})
+		out = append(out, Count{Key: k, N: v})
 	}
 	slices.SortFunc(out, func(a, b Count) int { return cmp.Or(cmp.Compare(b.N, a.N), strings.Compare(a.Key, b.Key)) })
 	if len(out) > n {

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // MaxLine bounds one audit line; longer ones are skipped and counted.
@@ -137,11 +139,23 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 	}
 }
 
-// Chain is the audit chain verification result, as the agent reports it.
-type Chain struct {
-	Checked  bool   `json:"checked"`             // false: verification was not run
-	OK       bool   `json:"ok"`                  //
-	Lines    int    `json:"lines"`               // lines verified
-	FirstBad int    `json:"first_bad,omitempty"` // 1-based line of the first break
-	Reason   string `json:"reason,omitempty"`    //
-}
+// The report's types are the protocol's (agent/api), so that the CLI
+// renders them without linking the builder.
+type (
+	// Report is the summary of one window of the audit log.
+	Report = api.Report
+	// Totals are the counts in the window.
+	Totals = api.ReportTotals
+	// Action is one block, unblock, refusal, lockdown or release.
+	Action = api.ReportAction
+	// Count is a key and how often it occurred.
+	Count = api.ReportCount
+	// Source is a remote address and what it caused.
+	Source = api.ReportSource
+	// Finding is one integrity finding.
+	Finding = api.ReportFinding
+	// Ev is one evidence snapshot.
+	Ev = api.ReportEvidence
+	// Chain is the audit chain verification result, as the agent reports it.
+	Chain = api.AuditChain
+)

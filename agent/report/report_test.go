@@ -112,26 +112,26 @@ func TestGoldenDay(t *testing.T) {
 		t.Errorf("malformed %d before %d, want 1 and 1", lines.Malformed, lines.Before)
 	}
 	rep := Build(lines, Chain{Checked: true, OK: true, Lines: 22}, "web1", dayFrom, dayTo)
-	for _, format := range []string{"text", "markdown", "json"} {
-		t.Run(format, func(t *testing.T) {
-			var out bytes.Buffer
-			if err := Render(&out, rep, format); err != nil {
-				t.Fatal(err)
-			}
-			golden := filepath.Join("testdata", "day."+format+".golden")
-			if *update {
-				if err := os.WriteFile(golden, out.Bytes(), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run go test -update to create it)", err)
-			}
-			if d := cmp.Diff(string(want), out.String()); d != "" {
-				t.Errorf("%s differs from %s (-want +got; go test -update rewrites it):\n%s", format, golden, d)
-			}
-		})
+	// The JSON is the report op's answer; agent/cli/reportfmt renders
+	// this file as text and Markdown and compares with its own goldens.
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(rep); err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "day.json.golden")
+	if *update {
+		if err := os.WriteFile(golden, out.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if d := cmp.Diff(string(want), out.String()); d != "" {
+		t.Errorf("differs from %s (-want +got; go test -update rewrites it):\n%s", golden, d)
 	}
 }
 
@@ -149,20 +149,8 @@ func TestSummaryFacts(t *testing.T) {
 	if r.Blocks[0].Conns != 2 {
 		t.Errorf("block connections %d, want 2", r.Blocks[0].Conns)
 	}
-	if r.ByKind[0] != (Count{"auth_failure", 5}) || r.BySender[0] != (Count{"www-data", 5}) {
+	if r.ByKind[0] != (Count{Key: "auth_failure", N: 5}) || r.BySender[0] != (Count{Key: "www-data", N: 5}) {
 		t.Errorf("by kind %v by sender %v", r.ByKind, r.BySender)
-	}
-}
-
-func TestBrokenChainShown(t *testing.T) {
-	r := Build(Lines{}, Chain{Checked: true, OK: false, Lines: 7, FirstBad: 8, Reason: "hash mismatch: the line was edited"}, "h", dayFrom, dayTo)
-	var out bytes.Buffer
-	Render(&out, r, "markdown")
-	if !strings.Contains(out.String(), "BROKEN at line 8: hash mismatch") {
-		t.Errorf("broken chain not reported:\n%s", out.String())
-	}
-	if err := Render(&out, r, "html"); err == nil {
-		t.Error("unknown format accepted")
 	}
 }
 
@@ -177,29 +165,5 @@ func TestReadSkipsOversizedLines(t *testing.T) {
 	}
 	if len(got.Lines) != 2 || got.Malformed != 1 || got.Lines[1].Event != "unblock" {
 		t.Errorf("lines %d malformed %d: %+v", len(got.Lines), got.Malformed, got.Lines)
-	}
-}
-
-// Free text chosen by others (a reason, a user name that became a signal
-// key, a file name) cannot add rows to the text report.
-func TestTextKeepsFreeTextOnItsRow(t *testing.T) {
-	at := time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC)
-	r := Report{From: at, To: at,
-		Blocks:   []Action{{Time: at, Action: "block", Targets: []string{"203.0.113.7"}, Reason: "x\nFAKE ROW\tcol"}},
-		ByKind:   []Count{{Key: "user a\nFAKE", N: 1}},
-		Findings: []Finding{{Time: at, Severity: "high", Path: "/app/a\nFAKE", Detail: "d\rFAKE"}},
-	}
-	r.Totals.Blocks = 1
-	var out bytes.Buffer
-	if err := Render(&out, r, "text"); err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(out.String(), "\n") {
-		if strings.HasPrefix(l, "FAKE") || strings.Contains(l, "\r") {
-			t.Fatalf("free text broke out of its row: %q in\n%s", l, out.String())
-		}
-	}
-	if !strings.Contains(out.String(), `x\nFAKE ROW\tcol`) {
-		t.Fatalf("reason not shown escaped:\n%s", out.String())
 	}
 }

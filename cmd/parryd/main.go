@@ -17,7 +17,7 @@ import (
 func main() {
 	m := &agent.Main{}
 	if err := m.ParseFlags(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, flag.ErrHelp) || errors.Is(err, agent.ErrVersion) {
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "parryd:", err)

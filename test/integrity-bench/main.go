@@ -16,6 +16,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -161,7 +162,7 @@ func monitorFor(tree, state string) (*integrity.Monitor, error) {
 }
 
 func monitorWith(tree, state, hash string) (*integrity.Monitor, error) {
-	iv := time.Duration(0)
+	iv := api.Duration(0)
 	cfg := integrity.Config{Paths: []integrity.PathSpec{{Path: tree}}, Rules: []integrity.Rule{}, ScanInterval: &iv, Hash: hash}
 	return integrity.NewMonitor(cfg, integrity.Options{StateDir: state})
 }

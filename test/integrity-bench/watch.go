@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/parryhq/parry/agent/api"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,7 +33,7 @@ func latency(n int, keep bool) error {
 	}
 	var mu sync.Mutex
 	seen := map[string]time.Time{}
-	iv := time.Duration(0)
+	iv := api.Duration(0)
 	cfg := integrity.Config{Paths: []integrity.PathSpec{{Path: tree}}, Rules: []integrity.Rule{}, ScanInterval: &iv}
 	m, err := integrity.NewMonitor(cfg, integrity.Options{StateDir: filepath.Join(dir, "state"), Report: func(f integrity.Finding) {
 		now := time.Now()

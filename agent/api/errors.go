@@ -1,4 +1,4 @@
-package agent
+package api
 
 import (
 	"errors"
@@ -41,7 +41,8 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Message }
 
-func errorf(code, format string, args ...any) *Error {
+// Errorf returns an *Error with code and a formatted message.
+func Errorf(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 

@@ -1,4 +1,4 @@
-package agent
+package api
 
 import (
 	"fmt"
@@ -99,6 +99,11 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(FormatDuration(time.Duration(d))), nil }
+
+// String prints the value as time.Duration does ("168h0m0s"), so that
+// messages built from config values read as they did before the type
+// existed; MarshalText writes the config syntax ("7d").
+func (d Duration) String() string { return time.Duration(d).String() }
 
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }

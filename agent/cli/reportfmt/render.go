@@ -1,4 +1,8 @@
-package report
+// Package reportfmt renders the incident report (op report's answer,
+// api.Report) as text for the terminal or Markdown for a ticket; JSON is
+// the answer itself, indented. It is the CLI's: the daemon only builds the
+// report (agent/report).
+package reportfmt
 
 import (
 	"encoding/json"
@@ -7,6 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Formats Render accepts.
@@ -17,7 +23,7 @@ const (
 )
 
 // Render writes the report in format (text, markdown or json).
-func Render(w io.Writer, r Report, format string) error {
+func Render(w io.Writer, r api.Report, format string) error {
 	switch format {
 	case FormatText, "":
 		return renderText(w, r)
@@ -35,7 +41,7 @@ const stamp = "2006-01-02 15:04:05Z"
 
 func ts(t time.Time) string { return t.UTC().Format(stamp) }
 
-func chainLine(c Chain) string {
+func chainLine(c api.AuditChain) string {
 	switch {
 	case !c.Checked:
 		return "not verified"
@@ -53,14 +59,14 @@ func targets(ts []string) string {
 	return strings.Join(ts, ", ")
 }
 
-func verb(a Action) string {
+func verb(a api.ReportAction) string {
 	if a.Isolate {
 		return a.Action + " (isolate)"
 	}
 	return a.Action
 }
 
-func who(a Action) string {
+func who(a api.ReportAction) string {
 	s := a.Source
 	if a.Rule != "" {
 		s += "/" + a.Rule
@@ -78,7 +84,7 @@ func more(shown, total int) string {
 	return ""
 }
 
-func renderText(out io.Writer, r Report) error {
+func renderText(out io.Writer, r api.Report) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "parry report for %s\n", orDash(r.Host))
 	fmt.Fprintf(&b, "window:      %s to %s\n", ts(r.From), ts(r.To))
@@ -106,7 +112,7 @@ func renderText(out io.Writer, r Report) error {
 		rows(tw)
 		tw.Flush()
 	}
-	actions := func(rows []Action) func(*tabwriter.Writer) {
+	actions := func(rows []api.ReportAction) func(*tabwriter.Writer) {
 		return func(tw *tabwriter.Writer) {
 			for _, a := range rows {
 				extra := a.Reason
@@ -125,7 +131,7 @@ func renderText(out io.Writer, r Report) error {
 	section("Unblocks", len(r.Unblocks), actions(r.Unblocks))
 	section("Lockdowns", len(r.Lockdowns), actions(r.Lockdowns))
 	section("Refused", len(r.Refused), actions(r.Refused))
-	counts := func(cs []Count) func(*tabwriter.Writer) {
+	counts := func(cs []api.ReportCount) func(*tabwriter.Writer) {
 		return func(tw *tabwriter.Writer) {
 			for _, c := range cs {
 				fmt.Fprintf(tw, "  %s\t%d\n", cell(c.Key), c.N)
@@ -176,7 +182,7 @@ func md(s string) string {
 	return s
 }
 
-func renderMarkdown(out io.Writer, r Report) error {
+func renderMarkdown(out io.Writer, r api.Report) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## parry incident report — %s\n\n", md(r.Host))
 	fmt.Fprintf(&b, "- **Window:** %s → %s\n", ts(r.From), ts(r.To))
@@ -192,7 +198,7 @@ func renderMarkdown(out io.Writer, r Report) error {
 		{"Table re-asserted", t.Reconciles}, {"Table found missing", t.TableHealed}} {
 		fmt.Fprintf(&b, "| %s | %d |\n", kv[0], kv[1])
 	}
-	actions := func(title string, rows []Action, total int) {
+	actions := func(title string, rows []api.ReportAction, total int) {
 		fmt.Fprintf(&b, "\n### %s\n\n", title)
 		if len(rows) == 0 {
 			b.WriteString("None.\n")
@@ -217,7 +223,7 @@ func renderMarkdown(out io.Writer, r Report) error {
 	actions("Unblocks", r.Unblocks, len(r.Unblocks))
 	actions("Lockdowns", r.Lockdowns, len(r.Lockdowns))
 	actions("Refused", r.Refused, len(r.Refused))
-	counts := func(title string, cs []Count) {
+	counts := func(title string, cs []api.ReportCount) {
 		fmt.Fprintf(&b, "\n### %s\n\n", title)
 		if len(cs) == 0 {
 			b.WriteString("None.\n")

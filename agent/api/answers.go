@@ -1,0 +1,136 @@
+package api
+
+import (
+	"encoding/json"
+	"net/netip"
+	"time"
+)
+
+// The types below are the wire twins of answers whose daemon-side types
+// carry more than the wire: agent.Outcome (the prefixes applied, the error
+// for observers), agent.SignalResult (its own fast encoder, the policy's
+// types), agent.LockdownResult and agent.IntegrityStatus (integrity's own
+// types). Each has the same JSON as its daemon type; agent's
+// TestWireTwins encodes the daemon's value and this one's after a round
+// trip and compares them byte for byte.
+
+// Outcome is the answer to block, unblock and release: what enforcing one
+// decision did.
+type Outcome struct {
+	ID       string    `json:"decision_id"`
+	Action   string    `json:"action"`              // block, unblock, lockdown, release, notify, log
+	Added    int       `json:"added,omitempty"`     // new blocks
+	Updated  int       `json:"updated,omitempty"`   // existing blocks whose expiry changed
+	Removed  int       `json:"removed,omitempty"`   // unblocked
+	Kept     []string  `json:"kept,omitempty"`      // targets left as they were: blocked at least as long, or an admin's block (docs/policy.md)
+	NotFound []string  `json:"not_found,omitempty"` // unblock: targets that were not blocked
+	Refused  []*Error  `json:"refused,omitempty"`   // targets the guard refused (partial mode)
+	Until    time.Time `json:"until,omitzero"`      // block/lockdown: when it ends; zero = permanent
+	DryRun   bool      `json:"dry_run,omitempty"`   // recorded, not enforced
+}
+
+// LockdownResult is the answer to op lockdown.
+type LockdownResult struct {
+	Outcome
+	Lockdown LockdownState `json:"lockdown"`
+}
+
+// SignalResult is the answer to op signal: what the policy made of the
+// signal ("no_rule", "counted" or "decided"), and for each decision what
+// enforcing it did.
+type SignalResult struct {
+	Outcome   string           `json:"outcome"`
+	Progress  []Progress       `json:"progress,omitempty"`
+	Decisions []SignalDecision `json:"decisions,omitempty"`
+}
+
+// Progress is how far one key of a rule is towards its threshold.
+type Progress struct {
+	Rule      string        `json:"rule"`
+	Key       string        `json:"key"` // "ip 203.0.113.7", "user alice", "ip 203.0.113.7 user alice", "all"
+	Count     int           `json:"count"`
+	Threshold int           `json:"threshold"`
+	Window    time.Duration `json:"window"`
+}
+
+// SignalDecision is one decision the policy made, and its enforcement.
+type SignalDecision struct {
+	Decision
+	Enforced *Outcome `json:"enforced,omitempty"` // what enforcing it did
+	Error    *Error   `json:"error,omitempty"`    // why enforcing it was refused
+}
+
+// Decision is one thing parry decided to do, with its cause
+// (response.Decision on the wire).
+type Decision struct {
+	ID      string          `json:"id"`
+	Action  string          `json:"action"`
+	Targets []netip.Prefix  `json:"targets,omitempty"`
+	Until   time.Time       `json:"until,omitzero"`
+	Reason  string          `json:"reason,omitempty"`
+	Source  string          `json:"source,omitempty"`
+	Origin  string          `json:"origin,omitempty"`
+	Rule    string          `json:"rule,omitempty"`
+	Sender  string          `json:"sender,omitempty"`
+	Cause   json.RawMessage `json:"cause,omitempty"` // the signals that triggered it, as the daemon sent them
+	Allow   []netip.Prefix  `json:"allow,omitempty"`
+	Isolate bool            `json:"isolate,omitempty"`
+	DryRun  bool            `json:"dry_run,omitempty"`
+}
+
+// IntegrityStatus is the answer to op integrity_status.
+type IntegrityStatus struct {
+	Roots           []string      `json:"roots"`
+	Running         bool          `json:"running"`
+	Watches         int           `json:"watches"`
+	WatchFailures   int           `json:"watch_failures"`
+	BaselineDigest  string        `json:"baseline_digest,omitempty"`
+	BaselineTime    time.Time     `json:"baseline_time,omitzero"`
+	BaselineEntries int           `json:"baseline_entries"`
+	LastScan        time.Time     `json:"last_scan,omitzero"`
+	LastScanTook    time.Duration `json:"last_scan_took_ns"`
+	Events          uint64        `json:"events"`
+	Overflows       int           `json:"overflows"`
+	Rescans         int           `json:"rescans"`
+	Hash            string        `json:"hash"`
+	Open            []Finding     `json:"open"`
+	Enabled         bool          `json:"enabled"`
+	Error           string        `json:"not_watching,omitempty"` // why the watcher is not running ("error" is the protocol's)
+	DroppedSignals  int           `json:"dropped_signals,omitempty"`
+}
+
+// Finding is one thing the integrity watcher or a check noticed
+// (integrity.Finding on the wire).
+type Finding struct {
+	Time        time.Time `json:"time"`
+	Kind        string    `json:"kind"`
+	Severity    string    `json:"severity"`
+	Path        string    `json:"path"`
+	Changes     []Change  `json:"changes,omitempty"`
+	Rule        string    `json:"rule,omitempty"`        // permission: the rule's path glob
+	Package     string    `json:"package,omitempty"`     // package_update: the dpkg package
+	Remediation string    `json:"remediation,omitempty"` // what was put back, if anything
+	Detail      string    `json:"detail"`
+}
+
+// Change is one attribute of a finding that differs: Old → New.
+type Change struct {
+	Attr string `json:"attr"`
+	Old  string `json:"old"`
+	New  string `json:"new"`
+}
+
+// IntegrityCheck is the answer to op integrity_check.
+type IntegrityCheck struct {
+	Clean    bool          `json:"clean"`
+	Findings []Finding     `json:"findings"`
+	TookNs   time.Duration `json:"took_ns"`
+}
+
+// BaselineResult is the answer to op integrity_baseline.
+type BaselineResult struct {
+	Digest     string        `json:"digest"`
+	Entries    int           `json:"entries"`
+	Unreadable []string      `json:"unreadable,omitempty"`
+	Took       time.Duration `json:"took_ns"`
+}

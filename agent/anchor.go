@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/store"
 )
@@ -34,7 +35,7 @@ type auditAnchor struct {
 //
 // fresh reports that a break was found now: the log was started anew.
 func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logger, onSync func(uint64, string),
-	wrap func(audit.File) audit.File) (al *audit.Log, brk *ChainBreak, fresh bool, err error) {
+	wrap func(audit.File) audit.File) (al *audit.Log, brk *api.ChainBreak, fresh bool, err error) {
 	path := filepath.Join(dir, "audit.log")
 	brk, err = checkAnchor(st, path, now)
 	if err != nil {
@@ -80,7 +81,7 @@ func readAnchor(st *store.Store) (auditAnchor, error) {
 
 // checkAnchor verifies path against the stored anchor; on a mismatch it
 // renames the file aside, saves the break marker and returns it.
-func checkAnchor(st *store.Store, path string, now func() time.Time) (*ChainBreak, error) {
+func checkAnchor(st *store.Store, path string, now func() time.Time) (*api.ChainBreak, error) {
 	raw, err := st.Get(keyAuditAnchor)
 	if err != nil {
 		return nil, fmt.Errorf("audit anchor: %w", err)
@@ -100,7 +101,7 @@ func checkAnchor(st *store.Store, path string, now func() time.Time) (*ChainBrea
 		return nil, nil
 	}
 	t := now().UTC()
-	brk := &ChainBreak{Time: t, AnchorSeq: a.Seq, AnchorHash: a.Hash, Found: res.Reason, FoundAtLine: res.FirstBad,
+	brk := &api.ChainBreak{Time: t, AnchorSeq: a.Seq, AnchorHash: a.Hash, Found: res.Reason, FoundAtLine: res.FirstBad,
 		FoundLines: res.Lines, FoundLastSeq: res.LastSeq}
 	kept := path + ".broken-" + t.Format("20060102T150405.000Z")
 	switch err := os.Rename(path, kept); {
@@ -116,12 +117,12 @@ func checkAnchor(st *store.Store, path string, now func() time.Time) (*ChainBrea
 	return brk, nil
 }
 
-func loadBreak(st *store.Store) (*ChainBreak, error) {
+func loadBreak(st *store.Store) (*api.ChainBreak, error) {
 	raw, err := st.Get(keyAuditBreak)
 	if err != nil || raw == nil {
 		return nil, err
 	}
-	var brk ChainBreak
+	var brk api.ChainBreak
 	if err := json.Unmarshal(raw, &brk); err != nil {
 		return nil, fmt.Errorf("audit: bad chain break record in store: %w", err)
 	}
@@ -129,7 +130,7 @@ func loadBreak(st *store.Store) (*ChainBreak, error) {
 }
 
 // AuditBreak is the unacknowledged chain break, or nil.
-func (d *Daemon) AuditBreak() *ChainBreak {
+func (d *Daemon) AuditBreak() *api.ChainBreak {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.chainBreak
@@ -143,7 +144,7 @@ func (d *Daemon) opAuditAck(_ context.Context, c *Call) (any, error) {
 		return map[string]any{"acknowledged": false}, nil
 	}
 	if err := d.store.Put(keyAuditBreak, nil); err != nil {
-		return nil, errorf(CodeInternal, "acknowledge: %v", err)
+		return nil, api.Errorf(api.CodeInternal, "acknowledge: %v", err)
 	}
 	d.mu.Lock()
 	d.chainBreak = nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/response"
 )
 
@@ -121,15 +122,15 @@ func (d *Daemon) blockRun(decs []response.Decision, outs []Outcome, opt EnforceO
 
 // runOverlap refuses the targets that overlap a different target accepted
 // earlier in the same run, as the store would hold them together.
-func runOverlap(run *index, ts []netip.Prefix, refused []*Error) ([]netip.Prefix, []*Error) {
+func runOverlap(run *index, ts []netip.Prefix, refused []*api.Error) ([]netip.Prefix, []*api.Error) {
 	if run.len() == 0 {
 		return ts, refused
 	}
 	kept := ts[:0:0]
 	for _, p := range ts {
 		if q, hit := run.overlapping(p, 0); hit {
-			refused = append(refused, &Error{Code: CodeOverlap, Target: FormatTarget(p),
-				Message: fmt.Sprintf("%s overlaps %s, blocked by the same batch; unblock it first or block the same prefix", FormatTarget(p), FormatTarget(q))})
+			refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
+				Message: fmt.Sprintf("%s overlaps %s, blocked by the same batch; unblock it first or block the same prefix", api.FormatTarget(p), api.FormatTarget(q))})
 			continue
 		}
 		kept = append(kept, p)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/parryhq/parry/agent/api"
 
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/response"
@@ -38,7 +39,7 @@ func TestEnforceBatchGuardsEachDecision(t *testing.T) {
 	d.Observe(func(dec response.Decision, out Outcome) {
 		code := "ok"
 		if out.Err != nil {
-			code = CodeOf(out.Err)
+			code = api.CodeOf(out.Err)
 		}
 		seen = append(seen, dec.ID+" "+code)
 	})
@@ -79,7 +80,7 @@ func TestEnforceBatchGuardsEachDecision(t *testing.T) {
 			t.Errorf("protected %s is in the kernel", s)
 		}
 	}
-	if len(seen) != len(decs) || seen[0] != "r0 ok" || seen[50] != "p0 "+CodeAllowlisted {
+	if len(seen) != len(decs) || seen[0] != "r0 ok" || seen[50] != "p0 "+api.CodeAllowlisted {
 		t.Errorf("observers heard %d decisions (first %q, protected %q); want %d", len(seen), seen[0], seen[50], len(decs))
 	}
 	if n := len(auditEvents(t, d, "block")); n != 51 {
@@ -128,12 +129,12 @@ func TestEnforceBatchSameAsOneByOne(t *testing.T) {
 		var res []string
 		if batch {
 			for _, out := range d.EnforceBatch(context.Background(), decs, EnforceOptions{}) {
-				res = append(res, fmt.Sprintf("%s +%d ~%d -%d %v", out.ID, out.Added, out.Updated, out.Removed, CodeOf(out.Err)))
+				res = append(res, fmt.Sprintf("%s +%d ~%d -%d %v", out.ID, out.Added, out.Updated, out.Removed, api.CodeOf(out.Err)))
 			}
 		} else {
 			for _, dec := range decs {
 				out, err := d.Enforce(context.Background(), dec)
-				res = append(res, fmt.Sprintf("%s +%d ~%d -%d %v", out.ID, out.Added, out.Updated, out.Removed, CodeOf(err)))
+				res = append(res, fmt.Sprintf("%s +%d ~%d -%d %v", out.ID, out.Added, out.Updated, out.Removed, api.CodeOf(err)))
 			}
 		}
 		var blocks []string
@@ -169,8 +170,8 @@ func TestEnforceBatchKernelFailureChangesNothing(t *testing.T) {
 	fw.failBlock = errors.New("netlink: EPERM")
 	decs := remoteBlocks(20, t0.Add(5*time.Hour)) // r0 updates the existing block
 	for i, out := range d.EnforceBatch(ctx, decs, EnforceOptions{Partial: true}) {
-		if CodeOf(out.Err) != CodeFirewall || len(out.Applied) != 0 {
-			t.Errorf("decision %d: %+v; want refused with %s", i, out, CodeFirewall)
+		if api.CodeOf(out.Err) != api.CodeFirewall || len(out.Applied) != 0 {
+			t.Errorf("decision %d: %+v; want refused with %s", i, out, api.CodeFirewall)
 		}
 	}
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
@@ -208,8 +209,8 @@ func TestEnforceBatchStoreFailureUndoesKernel(t *testing.T) {
 	before, blocksBefore := fw.state(), d.Blocks()
 	d.store.Close() // every commit now fails
 	for i, out := range d.EnforceBatch(ctx, remoteBlocks(10, t0.Add(5*time.Hour)), EnforceOptions{}) {
-		if CodeOf(out.Err) != CodeStore {
-			t.Errorf("block %d: %v; want %s", i, out.Err, CodeStore)
+		if api.CodeOf(out.Err) != api.CodeStore {
+			t.Errorf("block %d: %v; want %s", i, out.Err, api.CodeStore)
 		}
 	}
 	unblocks := []response.Decision{
@@ -217,8 +218,8 @@ func TestEnforceBatchStoreFailureUndoesKernel(t *testing.T) {
 		{ID: "u1", Action: response.ActionUnblock, Targets: pfx("2001:db8:b::1"), Origin: "b"},
 	}
 	for i, out := range d.EnforceBatch(ctx, unblocks, EnforceOptions{}) {
-		if CodeOf(out.Err) != CodeStore {
-			t.Errorf("unblock %d: %v; want %s", i, out.Err, CodeStore)
+		if api.CodeOf(out.Err) != api.CodeStore {
+			t.Errorf("unblock %d: %v; want %s", i, out.Err, api.CodeStore)
 		}
 	}
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
@@ -246,8 +247,8 @@ func TestEnforceBatchUnblockKernelFailure(t *testing.T) {
 			Targets: pfx(fmt.Sprintf("2001:db8:b::%x", i)), Origin: "b"})
 	}
 	for i, out := range d.EnforceBatch(ctx, unblocks, EnforceOptions{}) {
-		if CodeOf(out.Err) != CodeFirewall || out.Removed != 0 {
-			t.Errorf("unblock %d: %+v; want refused with %s", i, out, CodeFirewall)
+		if api.CodeOf(out.Err) != api.CodeFirewall || out.Removed != 0 {
+			t.Errorf("unblock %d: %+v; want refused with %s", i, out, api.CodeFirewall)
 		}
 	}
 	d.Close()

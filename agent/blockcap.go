@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/response"
 )
 
@@ -63,8 +64,8 @@ func (d *Daemon) capAdmit(dec response.Decision, now time.Time) error {
 		d.log.Warn("sender block cap reached: policy blocks caused by non-admin senders are refused until the window ends",
 			"max", c.Max, "per", c.Per, "until", ends)
 	}
-	return errorf(CodeSenderBlockCap, "%d blocks caused by non-admin senders' signals within %s (response.sender_block_cap): this block is refused until %s",
-		bc.blocks, FormatDuration(c.Per.D()), ends.UTC().Format(time.RFC3339))
+	return api.Errorf(CodeSenderBlockCap, "%d blocks caused by non-admin senders' signals within %s (response.sender_block_cap): this block is refused until %s",
+		bc.blocks, api.FormatDuration(c.Per.D()), ends.UTC().Format(time.RFC3339))
 }
 
 // changes reports whether a non-admin block of targets would block or
@@ -84,13 +85,13 @@ func (d *Daemon) changes(dec response.Decision, targets []netip.Prefix, nowMs in
 }
 
 // capStatus is the cap's state for op status. Caller holds d.mu.
-func (d *Daemon) capStatus(eng *response.Engine, now time.Time) *BlockCapStatus {
+func (d *Daemon) capStatus(eng *response.Engine, now time.Time) *api.BlockCapStatus {
 	if eng == nil {
 		return nil
 	}
 	c := eng.Config().SenderBlockCap
 	bc := d.blockCap
-	st := &BlockCapStatus{Max: c.Max, Per: FormatDuration(c.Per.D()), RefusedTotal: bc.total}
+	st := &api.BlockCapStatus{Max: c.Max, Per: api.FormatDuration(c.Per.D()), RefusedTotal: bc.total}
 	if !bc.since.IsZero() && now.Before(bc.since.Add(c.Per.D())) {
 		st.Blocks, st.Refused, st.WindowEnds = bc.blocks, bc.refused, bc.since.Add(c.Per.D()).UTC()
 		st.Refusing = bc.blocks >= c.Max

@@ -2,10 +2,10 @@ package agent
 
 import (
 	"fmt"
-	"github.com/parryhq/parry/agent/api"
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/response"
 )
 

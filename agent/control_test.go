@@ -22,6 +22,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/test/netns"
 	"github.com/parryhq/parry/test/parrybin"
 )
@@ -42,7 +43,7 @@ func TestEveryOpRefusesUnknownFields(t *testing.T) {
 	}
 	// An unacknowledged chain break, so that audit_ack would change something.
 	d.mu.Lock()
-	d.chainBreak = &ChainBreak{Time: time.Now().UTC(), Found: "test"}
+	d.chainBreak = &api.ChainBreak{Time: time.Now().UTC(), Found: "test"}
 	d.mu.Unlock()
 
 	ops := make([]string, 0, len(d.ops))
@@ -61,7 +62,7 @@ func TestEveryOpRefusesUnknownFields(t *testing.T) {
 		for _, extra := range []string{`"dry_run":true`, `"confirm":false`, `"zz_unknown":{"a":[1]}`} {
 			line := `{"op":"` + op + `","id":7,` + extra + `}`
 			w := answer(t, d.handleLine(ctx, root, []byte(line)))
-			if w.OK || w.Error.Code != CodeBadRequest {
+			if w.OK || w.Error.Code != api.CodeBadRequest {
 				t.Errorf("%s: got ok=%v %+v, want bad_request", line, w.OK, w.Error)
 			}
 			if string(w.ID) != "7" {
@@ -133,7 +134,7 @@ func TestHelperStallingClient(t *testing.T) {
 		}
 		c.Write([]byte(`{"op":"ping"}` + "\n"))
 		first, err := bufio.NewReaderSize(c, 16).ReadString('\n') // at most one line is waiting
-		if err != nil || strings.Contains(first, CodeTooManyConns) {
+		if err != nil || strings.Contains(first, api.CodeTooManyConns) {
 			out <- fmt.Sprintf("refused %d", i)
 			c.Close()
 			continue
@@ -173,7 +174,7 @@ func TestControlSocketStallingUser(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Socket = filepath.Join(sockDir, "parry.sock")
 	cfg.Control.SocketMode = "0666"
-	cfg.Control.WriteTimeout = Duration(3 * time.Second)
+	cfg.Control.WriteTimeout = api.Duration(3 * time.Second)
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +380,7 @@ func TestRefusalsAggregated(t *testing.T) {
 		got := func() []map[string]any { mu.Lock(); defer mu.Unlock(); return slices.Clone(lines) }
 		r := newRefusals(10*time.Second, time.Now, func(f map[string]any) { mu.Lock(); lines = append(lines, f); mu.Unlock() })
 		refuse := func(uid uint32, op string) {
-			r.note(uid, op, map[string]any{"op": op, "code": CodeForbidden, "sender": fmt.Sprintf("uid=%d", uid)})
+			r.note(uid, op, map[string]any{"op": op, "code": api.CodeForbidden, "sender": fmt.Sprintf("uid=%d", uid)})
 		}
 		const n = 14000
 		for range n {
@@ -427,7 +428,7 @@ func TestRefusalFloodAuditsTwoLines(t *testing.T) {
 	alice := Peer{UID: 1000, User: "alice"}
 	const n = 500
 	for range n {
-		if w := answer(t, d.handleLine(context.Background(), alice, []byte(`{"op":"status"}`))); w.OK || w.Error.Code != CodeForbidden {
+		if w := answer(t, d.handleLine(context.Background(), alice, []byte(`{"op":"status"}`))); w.OK || w.Error.Code != api.CodeForbidden {
 			t.Fatalf("non-admin status: %+v", w)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/store"
@@ -90,8 +91,8 @@ type Daemon struct {
 	sweeper    func() (ElementReader, func(), error)
 	store      *store.Store
 	audit      *audit.Log
-	trail      auditTrail  // pending audit records of store changes (agent/trail.go)
-	chainBreak *ChainBreak // unacknowledged audit chain break (under mu)
+	trail      auditTrail      // pending audit records of store changes (agent/trail.go)
+	chainBreak *api.ChainBreak // unacknowledged audit chain break (under mu)
 	started    time.Time
 
 	mu        sync.Mutex // serializes enforcement; guards everything below
@@ -102,7 +103,7 @@ type Daemon struct {
 	observers []Observer
 	incident  atomic.Pointer[Incident] // set by AttachIncident; told of every signal
 	fleet     *fleet.Fleet             // nil: fleet off
-	health    Health
+	health    api.Health
 	blockCap  blockCap // response.sender_block_cap (blockcap.go)
 
 	ops     map[string]opEntry
@@ -363,8 +364,8 @@ func (d *Daemon) blocksInAllowlist(allow []netip.Prefix) (int, string) {
 	for p := range d.blocks.m {
 		for _, a := range allow {
 			if a.Overlaps(p) {
-				if n == 0 || FormatTarget(p) < example {
-					example = FormatTarget(p)
+				if n == 0 || api.FormatTarget(p) < example {
+					example = api.FormatTarget(p)
 				}
 				n++
 				break

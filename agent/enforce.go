@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/response"
@@ -25,7 +26,7 @@ type Outcome struct {
 	Removed  int             `json:"removed,omitempty"`   // unblocked
 	Kept     []string        `json:"kept,omitempty"`      // targets left as they were: blocked at least as long, or an admin's block (docs/policy.md)
 	NotFound []string        `json:"not_found,omitempty"` // unblock: targets that were not blocked
-	Refused  []*Error        `json:"refused,omitempty"`   // targets the guard refused (partial mode)
+	Refused  []*api.Error    `json:"refused,omitempty"`   // targets the guard refused (partial mode)
 	Until    time.Time       `json:"until,omitzero"`      // block/lockdown: when it ends; zero = permanent
 	DryRun   bool            `json:"dry_run,omitempty"`   // recorded, not enforced
 	Applied  []netip.Prefix  `json:"-"`                   // the targets actually blocked or unblocked
@@ -86,7 +87,7 @@ func (d *Daemon) enforceLocked(dec response.Decision, opt EnforceOptions) Outcom
 	case dec.Action == response.ActionRelease:
 		out, err = d.release(dec)
 	default:
-		err = errorf(CodeBadRequest, "unknown action %q", dec.Action)
+		err = api.Errorf(api.CodeBadRequest, "unknown action %q", dec.Action)
 	}
 	out.Err = err
 	d.finish(dec, out)
@@ -96,9 +97,9 @@ func (d *Daemon) enforceLocked(dec response.Decision, opt EnforceOptions) Outcom
 // finish audits a refusal (out.Err set; the success was audited by the
 // action) and tells the observers. Caller holds d.mu.
 func (d *Daemon) finish(dec response.Decision, out Outcome) {
-	if out.Err != nil && CodeOf(out.Err) != CodeSenderBlockCap { // the cap audits once per window
+	if out.Err != nil && api.CodeOf(out.Err) != CodeSenderBlockCap { // the cap audits once per window
 		f := decisionFields(dec, Outcome{ID: dec.ID, Action: dec.Action})
-		f["code"], f["error"] = CodeOf(out.Err), out.Err.Error()
+		f["code"], f["error"] = api.CodeOf(out.Err), out.Err.Error()
 		d.Audit("refuse", f)
 	}
 	for _, o := range d.observers {
@@ -162,7 +163,7 @@ func decisionFields(dec response.Decision, out Outcome) map[string]any {
 func targetStrings(ps []netip.Prefix) []string {
 	s := make([]string, len(ps))
 	for i, p := range ps {
-		s[i] = FormatTarget(p)
+		s[i] = api.FormatTarget(p)
 	}
 	return s
 }
@@ -198,10 +199,10 @@ func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, erro
 func (d *Daemon) checkBlock(dec response.Decision, opt EnforceOptions, now time.Time) (Outcome, []netip.Prefix, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action, Until: dec.Until}
 	if len(dec.Targets) == 0 {
-		return out, nil, errorf(CodeBadRequest, "block: no targets")
+		return out, nil, api.Errorf(api.CodeBadRequest, "block: no targets")
 	}
 	if !dec.Until.IsZero() && !dec.Until.After(now) {
-		return out, nil, errorf(CodeInvalidDuration, "block: until %s is in the past", dec.Until.Format(time.RFC3339))
+		return out, nil, api.Errorf(api.CodeInvalidDuration, "block: until %s is in the past", dec.Until.Format(time.RFC3339))
 	}
 	targets, refused := d.checkTargets(dec.Targets, now.UnixMilli())
 	if len(refused) > 0 && (!opt.Partial || len(targets) == 0) {
@@ -212,7 +213,7 @@ func (d *Daemon) checkBlock(dec response.Decision, opt EnforceOptions, now time.
 }
 
 // refusal is the error of a decision whose targets were refused.
-func refusal(refused []*Error, total int) error {
+func refusal(refused []*api.Error, total int) error {
 	if len(refused) == 1 {
 		return refused[0]
 	}
@@ -224,7 +225,7 @@ func refusal(refused []*Error, total int) error {
 		}
 		parts = append(parts, fmt.Sprintf("%s (%s)", r.Target, r.Code))
 	}
-	return errorf(CodeRefused, "%d of %d targets refused, nothing changed: %s; first: %s",
+	return api.Errorf(api.CodeRefused, "%d of %d targets refused, nothing changed: %s; first: %s",
 		len(refused), total, strings.Join(parts, ", "), refused[0].Message)
 }
 
@@ -267,7 +268,7 @@ func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip
 		created, owner := nowMs, uint64(0)
 		if old, ok := d.blocks.get(p); ok && !old.expired(nowMs) {
 			if !dec.Admin && !outlasts(until, old.until) {
-				out.Kept = append(out.Kept, FormatTarget(p))
+				out.Kept = append(out.Kept, api.FormatTarget(p))
 				continue
 			}
 			if !dec.Admin && d.blocks.decision(old.dec).Admin {
@@ -350,7 +351,7 @@ func (d *Daemon) commitBlocks(pl *blockPlan) error {
 		return d.undoBlock(pl.undo, pl.now, stErr, fwErr)
 	}
 	if d.crashAfterCommit != nil && d.crashAfterCommit() {
-		return errorf(CodeInternal, "test: crashed after the store commit")
+		return api.Errorf(api.CodeInternal, "test: crashed after the store commit")
 	}
 	if err := d.writeAudit(pl.audit, evs, keys); err != nil {
 		d.blocks.lastSeq = pl.lastSeq
@@ -382,15 +383,15 @@ func (d *Daemon) undoBlock(undo store.Change, now time.Time, stErr, fwErr error)
 	// failed; put it back as the store has it.
 	d.restoreKernel(undo, now)
 	if stErr != nil {
-		return &Error{Code: CodeStore, Message: stErr.Error()}
+		return &api.Error{Code: api.CodeStore, Message: stErr.Error()}
 	}
 	if uerr := d.store.Commit(undo); uerr != nil {
 		d.log.Error("store undo after firewall failure failed; reconcile will re-assert", "err", uerr)
 	}
 	if errors.Is(fwErr, firewall.ErrOverlap) {
-		return &Error{Code: CodeOverlap, Message: fwErr.Error()}
+		return &api.Error{Code: api.CodeOverlap, Message: fwErr.Error()}
 	}
-	return &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", fwErr)}
+	return &api.Error{Code: api.CodeFirewall, Message: fmt.Sprintf("firewall: %v", fwErr)}
 }
 
 // restoreKernel undoes a block in the kernel, best effort: removes what
@@ -438,9 +439,9 @@ func (d *Daemon) orphansAfterReplace(targets []netip.Prefix) []uint64 {
 }
 
 // checkTargets runs the guard and the overlap check; duplicates collapse.
-func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, []*Error) {
+func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, []*api.Error) {
 	ok := make([]netip.Prefix, 0, len(in))
-	var refused []*Error
+	var refused []*api.Error
 	seen := make(map[netip.Prefix]struct{}, len(in))
 	cidrs := false
 	for _, p := range in {
@@ -449,13 +450,13 @@ func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, [
 		}
 		seen[p] = struct{}{}
 		if e := d.guard.Check(p); e != nil {
-			e.Target = FormatTarget(p)
+			e.Target = api.FormatTarget(p)
 			refused = append(refused, e)
 			continue
 		}
 		if q, hit := d.blocks.overlapping(p, nowMs); hit {
-			refused = append(refused, &Error{Code: CodeOverlap, Target: FormatTarget(p),
-				Message: fmt.Sprintf("%s overlaps the existing block %s; unblock it first or block the same prefix", FormatTarget(p), FormatTarget(q))})
+			refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
+				Message: fmt.Sprintf("%s overlaps the existing block %s; unblock it first or block the same prefix", api.FormatTarget(p), api.FormatTarget(q))})
 			continue
 		}
 		cidrs = cidrs || !p.IsSingleIP()
@@ -468,8 +469,8 @@ func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, [
 	kept := ok[:0]
 	for _, p := range ok {
 		if q, hit := batch.overlapping(p, 0); hit {
-			refused = append(refused, &Error{Code: CodeOverlap, Target: FormatTarget(p),
-				Message: fmt.Sprintf("%s overlaps %s in the same request", FormatTarget(p), FormatTarget(q))})
+			refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
+				Message: fmt.Sprintf("%s overlaps %s in the same request", api.FormatTarget(p), api.FormatTarget(q))})
 			continue
 		}
 		batch.put(p, entry{})
@@ -506,7 +507,7 @@ type unblockPlan struct {
 func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64) (Outcome, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action}
 	if len(dec.Targets) == 0 {
-		return out, errorf(CodeBadRequest, "unblock: no targets")
+		return out, api.Errorf(api.CodeBadRequest, "unblock: no targets")
 	}
 	seen := map[netip.Prefix]bool{}
 	for _, p := range dec.Targets {
@@ -516,11 +517,11 @@ func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64
 		seen[p] = true
 		old, ok := d.blocks.get(p)
 		if !ok || old.expired(nowMs) {
-			out.NotFound = append(out.NotFound, FormatTarget(p))
+			out.NotFound = append(out.NotFound, api.FormatTarget(p))
 			continue
 		}
 		if !dec.Admin && d.blocks.decision(old.dec).Admin { // only an admin lifts an admin's block
-			out.Kept = append(out.Kept, FormatTarget(p))
+			out.Kept = append(out.Kept, api.FormatTarget(p))
 			continue
 		}
 		out.Applied = append(out.Applied, p)
@@ -558,17 +559,17 @@ func (d *Daemon) commitUnblocks(pl *unblockPlan) error {
 		return err
 	}
 	if err := d.store.Commit(pl.ch); err != nil {
-		return &Error{Code: CodeStore, Message: err.Error()}
+		return &api.Error{Code: api.CodeStore, Message: err.Error()}
 	}
 	if err := d.fw.Unblock(pl.present); err != nil {
 		if uerr := d.store.Commit(pl.undo); uerr != nil {
 			d.log.Error("store undo after firewall failure failed", "err", uerr)
 		}
 		d.noteFirewallError(err)
-		return &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
+		return &api.Error{Code: api.CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
 	}
 	if d.crashAfterCommit != nil && d.crashAfterCommit() {
-		return errorf(CodeInternal, "test: crashed after the store commit")
+		return api.Errorf(api.CodeInternal, "test: crashed after the store commit")
 	}
 	if err := d.writeAudit(pl.audit, evs, keys); err != nil {
 		d.restoreKernel(pl.undo, d.now())

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/response"
 )
@@ -20,7 +21,7 @@ var t0 = time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
 func pfx(ss ...string) []netip.Prefix {
 	var out []netip.Prefix
 	for _, s := range ss {
-		p, err := ParseTarget(s)
+		p, err := api.ParseTarget(s)
 		if err != nil {
 			panic(err)
 		}
@@ -38,7 +39,7 @@ func TestEnforceBlockUnblockExpire(t *testing.T) {
 	var seen []string
 	d.Observe(func(dec response.Decision, o Outcome) {
 		if o.Err != nil {
-			seen = append(seen, "refused:"+CodeOf(o.Err))
+			seen = append(seen, "refused:"+api.CodeOf(o.Err))
 			return
 		}
 		seen = append(seen, string(dec.Action))
@@ -48,8 +49,8 @@ func TestEnforceBlockUnblockExpire(t *testing.T) {
 	if err == nil {
 		t.Fatalf("198.51.100.0/24 contains the allowlisted 198.51.100.10: want a refusal, got %+v", out)
 	}
-	if CodeOf(err) != CodeAllowlisted || fw.state() != "" {
-		t.Fatalf("code %s, kernel %q: an atomic refusal must change nothing", CodeOf(err), fw.state())
+	if api.CodeOf(err) != api.CodeAllowlisted || fw.state() != "" {
+		t.Fatalf("code %s, kernel %q: an atomic refusal must change nothing", api.CodeOf(err), fw.state())
 	}
 	out, err = d.EnforceWith(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "198.51.100.0/24", "2001:db8:5::/48"), Until: t0.Add(time.Hour)}, EnforceOptions{Partial: true})
 	if err != nil || out.Added != 2 || len(out.Refused) != 1 || out.Refused[0].Target != "198.51.100.0/24" {
@@ -68,7 +69,7 @@ func TestEnforceBlockUnblockExpire(t *testing.T) {
 	// A CIDR inside a blocked CIDR would conflict in the kernel's interval
 	// set: refused, naming the existing block.
 	_, err = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("2001:db8:5:1::/64"), Until: clk.Now().Add(time.Hour)})
-	if CodeOf(err) != CodeOverlap || !strings.Contains(err.Error(), "2001:db8:5::/48") {
+	if api.CodeOf(err) != api.CodeOverlap || !strings.Contains(err.Error(), "2001:db8:5::/48") {
 		t.Fatalf("CIDR inside a /48: got %v", err)
 	}
 	// Single addresses live in the hash sets: an address inside a blocked
@@ -116,8 +117,8 @@ func TestFirewallFailureChangesNothing(t *testing.T) {
 	}
 	fw.failBlock = errors.New("netlink: EPERM")
 	_, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "203.0.113.9"), Until: t0.Add(5 * time.Hour)})
-	if CodeOf(err) != CodeFirewall {
-		t.Fatalf("want %s, got %v", CodeFirewall, err)
+	if api.CodeOf(err) != api.CodeFirewall {
+		t.Fatalf("want %s, got %v", api.CodeFirewall, err)
 	}
 	d.Close()
 	// The store must hold exactly what it held before: reopen and compare.
@@ -208,8 +209,8 @@ func TestStoreFailureUndoesKernel(t *testing.T) {
 	before := fw.state()
 	d.store.Close() // every commit now fails
 	_, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "203.0.113.9"), Until: t0.Add(5 * time.Hour)})
-	if CodeOf(err) != CodeStore {
-		t.Fatalf("want %s, got %v", CodeStore, err)
+	if api.CodeOf(err) != api.CodeStore {
+		t.Fatalf("want %s, got %v", api.CodeStore, err)
 	}
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
 		t.Fatalf("kernel not restored after a store failure (-want +got):\n%s", diff)

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/response"
 )
@@ -22,7 +23,7 @@ import (
 // how many targets the guard refused.
 func (d *Daemon) ApplyRemote(ctx context.Context, dec response.Decision) (int, error) {
 	if dec.Origin == "" {
-		return 0, errorf(CodeBadRequest, "remote decision without an origin")
+		return 0, api.Errorf(api.CodeBadRequest, "remote decision without an origin")
 	}
 	switch dec.Action {
 	case response.ActionBlock:
@@ -32,7 +33,7 @@ func (d *Daemon) ApplyRemote(ctx context.Context, dec response.Decision) (int, e
 		_, err := d.Enforce(ctx, dec)
 		return 0, err
 	default:
-		return 0, errorf(CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
+		return 0, api.Errorf(api.CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
 	}
 }
 
@@ -46,9 +47,9 @@ func (d *Daemon) ApplyRemoteBatch(ctx context.Context, decs []response.Decision)
 	for i, dec := range decs {
 		switch {
 		case dec.Origin == "":
-			res[i].Err = errorf(CodeBadRequest, "remote decision without an origin")
+			res[i].Err = api.Errorf(api.CodeBadRequest, "remote decision without an origin")
 		case dec.Action != response.ActionBlock && dec.Action != response.ActionUnblock:
-			res[i].Err = errorf(CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
+			res[i].Err = api.Errorf(api.CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
 		default:
 			ok, idx = append(ok, dec), append(idx, i)
 		}

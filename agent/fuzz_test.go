@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 func FuzzParseTarget(f *testing.F) {
@@ -16,7 +18,7 @@ func FuzzParseTarget(f *testing.F) {
 	}
 	g := &Guard{MinV4: 16, MinV6: 32, Own: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}
 	f.Fuzz(func(t *testing.T, s string) {
-		p, err := ParseTarget(s)
+		p, err := api.ParseTarget(s)
 		if err != nil {
 			return
 		}
@@ -24,7 +26,7 @@ func FuzzParseTarget(f *testing.F) {
 			t.Fatalf("ParseTarget(%q) = %v: not canonical", s, p)
 		}
 		// A formatted target parses back to itself.
-		if q, err := ParseTarget(FormatTarget(p)); err != nil || q != p {
+		if q, err := api.ParseTarget(api.FormatTarget(p)); err != nil || q != p {
 			t.Fatalf("round trip %q -> %v -> %v %v", s, p, q, err)
 		}
 		if e := g.Check(p); e == nil && (p.Bits() == 0 || p.Addr().IsLoopback() || p.Contains(netip.MustParseAddr("192.0.2.1"))) {
@@ -66,8 +68,8 @@ func FuzzRequest(f *testing.F) {
 		_ = time.Now
 		resp := d.handleLine(context.Background(), peer, line)
 		var w struct {
-			OK    *bool  `json:"ok"`
-			Error *Error `json:"error"`
+			OK    *bool      `json:"ok"`
+			Error *api.Error `json:"error"`
 		}
 		if len(resp) == 0 || resp[len(resp)-1] != '\n' {
 			t.Fatalf("response not one line: %q", resp)

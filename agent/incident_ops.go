@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/hostcheck"
 	"github.com/parryhq/parry/agent/report"
@@ -34,11 +35,11 @@ func (in *Incident) opCapture(ctx context.Context, c *Call) (any, error) {
 		return nil, err
 	}
 	if p.Reason == "" {
-		return nil, errorf(CodeBadRequest, `evidence_capture needs a "reason" (what happened; it is kept with the snapshot)`)
+		return nil, api.Errorf(api.CodeBadRequest, `evidence_capture needs a "reason" (what happened; it is kept with the snapshot)`)
 	}
 	rec, err := in.Capture(ctx, truncate(p.Reason, 1024), "cli")
 	if err != nil {
-		return nil, errorf(CodeInternal, "capture evidence: %v", err)
+		return nil, api.Errorf(api.CodeInternal, "capture evidence: %v", err)
 	}
 	return map[string]any{"evidence": rec}, nil
 }
@@ -59,8 +60,8 @@ func (in *Incident) recordedHashes() (map[string]string, error) {
 	return report.EvidenceHashes(f)
 }
 
-func info(r evidence.Record, recorded map[string]string) EvidenceInfo {
-	ei := EvidenceInfo{EvidenceRecord: r, Recorded: recorded[r.ID]}
+func info(r evidence.Record, recorded map[string]string) api.EvidenceInfo {
+	ei := api.EvidenceInfo{EvidenceRecord: r, Recorded: recorded[r.ID]}
 	ei.Intact = ei.Recorded != "" && ei.Recorded == r.SHA256 && r.Mode == "0400"
 	return ei
 }
@@ -71,13 +72,13 @@ func (in *Incident) opEvidenceList(_ context.Context, c *Call) (any, error) {
 	}
 	recs, err := in.evidence.List()
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	recorded, err := in.recordedHashes()
 	if err != nil {
-		return nil, errorf(CodeInternal, "read audit log: %v", err)
+		return nil, api.Errorf(api.CodeInternal, "read audit log: %v", err)
 	}
-	out := make([]EvidenceInfo, 0, len(recs))
+	out := make([]api.EvidenceInfo, 0, len(recs))
 	for _, r := range recs {
 		out = append(out, info(r, recorded))
 	}
@@ -94,15 +95,15 @@ func (in *Incident) opEvidenceShow(_ context.Context, c *Call) (any, error) {
 	snap, rec, err := in.evidence.Show(p.ID)
 	switch {
 	case errors.Is(err, evidence.ErrBadID):
-		return nil, errorf(CodeBadRequest, "%v", err)
+		return nil, api.Errorf(api.CodeBadRequest, "%v", err)
 	case errors.Is(err, evidence.ErrNotFound):
-		return nil, errorf(CodeNotFound, "no evidence %q; see parry evidence list", p.ID)
+		return nil, api.Errorf(CodeNotFound, "no evidence %q; see parry evidence list", p.ID)
 	case err != nil:
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	recorded, err := in.recordedHashes()
 	if err != nil {
-		return nil, errorf(CodeInternal, "read audit log: %v", err)
+		return nil, api.Errorf(api.CodeInternal, "read audit log: %v", err)
 	}
 	return map[string]any{"info": info(rec, recorded), "snapshot": snap}, nil
 }
@@ -117,13 +118,13 @@ func (in *Incident) opReport(_ context.Context, c *Call) (any, error) {
 	if p.Since == "" {
 		p.Since = "24h"
 	}
-	since, err := ParseDuration(p.Since)
+	since, err := api.ParseDuration(p.Since)
 	if err != nil || since <= 0 {
-		return nil, errorf(CodeInvalidDuration, `report: "since" must be a duration like 24h or 7d`)
+		return nil, api.Errorf(api.CodeInvalidDuration, `report: "since" must be a duration like 24h or 7d`)
 	}
 	rep, err := in.Report(since)
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	return map[string]any{"report": rep}, nil
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/parryhq/parry/agent/api"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	webhook "github.com/parryhq/parry/agent/notify"
 	"github.com/parryhq/parry/agent/report"
@@ -294,7 +294,7 @@ func TestIncidentOpsOverSocket(t *testing.T) {
 		}
 		return w
 	}
-	if w := call(`{"op":"evidence_capture"}`, nil); w.OK || w.Error.Code != CodeBadRequest {
+	if w := call(`{"op":"evidence_capture"}`, nil); w.OK || w.Error.Code != api.CodeBadRequest {
 		t.Errorf("capture without reason: %+v", w)
 	}
 	var capResp struct {
@@ -307,22 +307,22 @@ func TestIncidentOpsOverSocket(t *testing.T) {
 		t.Fatalf("capture: %+v", w)
 	}
 	var list struct {
-		Count    int            `json:"count"`
-		Evidence []EvidenceInfo `json:"evidence"`
+		Count    int                `json:"count"`
+		Evidence []api.EvidenceInfo `json:"evidence"`
 	}
 	call(`{"op":"evidence_list"}`, &list)
 	if list.Count != 1 || !list.Evidence[0].Intact || list.Evidence[0].Recorded != capResp.Evidence.SHA256 {
 		t.Errorf("list: %+v", list)
 	}
 	var show struct {
-		Info     EvidenceInfo   `json:"info"`
-		Snapshot map[string]any `json:"snapshot"`
+		Info     api.EvidenceInfo `json:"info"`
+		Snapshot map[string]any   `json:"snapshot"`
 	}
 	call(`{"op":"evidence_show","evidence_id":"`+capResp.Evidence.ID+`"}`, &show)
 	if !show.Info.Intact || show.Snapshot["reason"] != "handover" {
 		t.Errorf("show: %+v", show.Info)
 	}
-	if w := call(`{"op":"evidence_show","evidence_id":"../../etc/shadow"}`, nil); w.OK || w.Error.Code != CodeBadRequest {
+	if w := call(`{"op":"evidence_show","evidence_id":"../../etc/shadow"}`, nil); w.OK || w.Error.Code != api.CodeBadRequest {
 		t.Errorf("hostile id: %+v", w)
 	}
 	if w := call(`{"op":"evidence_show","evidence_id":"20260101T000000Z-00000000"}`, nil); w.OK || w.Error.Code != CodeNotFound {

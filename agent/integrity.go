@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/integrity"
 	"github.com/parryhq/parry/response"
 )
@@ -139,7 +140,7 @@ func (d *Daemon) recordBaseline(ctx context.Context, mon *integrity.Monitor, rea
 
 func (d *Daemon) noteDigest(digest string) error {
 	if err := d.store.Put(integrityDigestKey, []byte(digest)); err != nil {
-		return errorf(CodeStore, "integrity: store baseline digest: %v", err)
+		return api.Errorf(api.CodeStore, "integrity: store baseline digest: %v", err)
 	}
 	return nil
 }
@@ -238,7 +239,7 @@ func (d *Daemon) opIntegrityStatus(_ context.Context, c *Call) (any, error) {
 	}
 	mon, err := d.integrityMonitor()
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	st := IntegrityStatus{Status: mon.Status(), Enabled: true}
 	if e := d.Config().Integrity.WithDefaults().Enabled; e != nil {
@@ -259,7 +260,7 @@ func (d *Daemon) opIntegrityBaseline(ctx context.Context, c *Call) (any, error) 
 	}
 	mon, err := d.integrityMonitor()
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	res, err := d.recordBaseline(ctx, mon, "requested", c.Peer.String())
 	if err != nil {
@@ -274,7 +275,7 @@ func (d *Daemon) opIntegrityCheck(ctx context.Context, c *Call) (any, error) {
 	}
 	mon, err := d.integrityMonitor()
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	start := time.Now()
 	fs, err := mon.Check(ctx)
@@ -294,16 +295,16 @@ func (d *Daemon) opIntegrityAccept(ctx context.Context, c *Call) (any, error) {
 		return nil, err
 	}
 	if len(p.Paths) == 0 || len(p.Paths) > maxAcceptPaths {
-		return nil, errorf(CodeBadRequest, "accept needs 1 to %d paths", maxAcceptPaths)
+		return nil, api.Errorf(api.CodeBadRequest, "accept needs 1 to %d paths", maxAcceptPaths)
 	}
 	for _, path := range p.Paths {
 		if len(path) > 4096 || !filepath.IsAbs(path) || filepath.Clean(path) != path {
-			return nil, errorf(CodeBadRequest, "accept %q: want an absolute, clean path", truncate(path, 256))
+			return nil, api.Errorf(api.CodeBadRequest, "accept %q: want an absolute, clean path", truncate(path, 256))
 		}
 	}
 	mon, err := d.integrityMonitor()
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	digest, err := mon.Accept(ctx, p.Paths)
 	if err != nil {
@@ -319,13 +320,13 @@ func (d *Daemon) opIntegrityAccept(ctx context.Context, c *Call) (any, error) {
 func integrityErr(err error) error {
 	switch {
 	case errors.Is(err, integrity.ErrNoBaseline):
-		return errorf(CodeNoBaseline, "%v", err)
+		return api.Errorf(CodeNoBaseline, "%v", err)
 	case errors.Is(err, integrity.ErrBaselineTampered):
-		return errorf(CodeBaselineTampered, "%v: inspect the host, then run `parry integrity baseline`", err)
+		return api.Errorf(CodeBaselineTampered, "%v: inspect the host, then run `parry integrity baseline`", err)
 	}
-	var pe *Error
+	var pe *api.Error
 	if errors.As(err, &pe) {
 		return pe
 	}
-	return errorf(CodeBadRequest, "%v", err)
+	return api.Errorf(api.CodeBadRequest, "%v", err)
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/response"
@@ -18,11 +19,11 @@ func (d *Daemon) startLockdown(dec response.Decision) (Outcome, error) {
 	now := d.now()
 	out := Outcome{ID: dec.ID, Action: dec.Action, Until: dec.Until}
 	if !dec.Until.After(now) {
-		return out, errorf(CodeInvalidDuration, "lockdown: needs an end time in the future (a lockdown is never permanent)")
+		return out, api.Errorf(api.CodeInvalidDuration, "lockdown: needs an end time in the future (a lockdown is never permanent)")
 	}
 	for _, p := range dec.Allow {
 		if !p.IsValid() {
-			return out, errorf(CodeInvalidTarget, "lockdown: invalid allow entry")
+			return out, api.Errorf(api.CodeInvalidTarget, "lockdown: invalid allow entry")
 		}
 	}
 	l := &store.Lockdown{ID: dec.ID, Since: now.UTC(), Until: dec.Until.UTC(), Allow: dec.Allow, Isolate: dec.Isolate,
@@ -40,14 +41,14 @@ func (d *Daemon) startLockdown(dec response.Decision) (Outcome, error) {
 		return out, err
 	}
 	if err := d.store.Commit(ch); err != nil {
-		return out, &Error{Code: CodeStore, Message: err.Error()}
+		return out, &api.Error{Code: api.CodeStore, Message: err.Error()}
 	}
 	if err := d.fw.Lockdown(firewall.Lockdown{Allow: dec.Allow, Isolate: dec.Isolate, Timeout: dec.Until.Sub(now)}); err != nil {
 		if uerr := d.store.Commit(undo); uerr != nil {
 			d.log.Error("store undo after firewall failure failed", "err", uerr)
 		}
 		d.noteFirewallError(err)
-		return out, &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
+		return out, &api.Error{Code: api.CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
 	}
 	if err := d.writeAudit(events, evs, keys); err != nil {
 		d.restoreLockdown(prev, undo)
@@ -61,7 +62,7 @@ func (d *Daemon) startLockdown(dec response.Decision) (Outcome, error) {
 func (d *Daemon) release(dec response.Decision) (Outcome, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action}
 	if !dec.Admin {
-		return out, errorf(CodeForbidden, "release: only an admin ends a lockdown")
+		return out, api.Errorf(api.CodeForbidden, "release: only an admin ends a lockdown")
 	}
 	prev := d.lockdown
 	f := decisionFields(dec, out)
@@ -73,14 +74,14 @@ func (d *Daemon) release(dec response.Decision) (Outcome, error) {
 		return out, err
 	}
 	if err := d.store.Commit(ch); err != nil {
-		return out, &Error{Code: CodeStore, Message: err.Error()}
+		return out, &api.Error{Code: api.CodeStore, Message: err.Error()}
 	}
 	if err := d.fw.Release(); err != nil {
 		if uerr := d.store.Commit(undo); uerr != nil {
 			d.log.Error("store undo after firewall failure failed", "err", uerr)
 		}
 		d.noteFirewallError(err)
-		return out, &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
+		return out, &api.Error{Code: api.CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
 	}
 	if err := d.writeAudit(events, evs, keys); err != nil {
 		d.restoreLockdown(prev, undo)
@@ -109,11 +110,11 @@ func (d *Daemon) restoreLockdown(prev *store.Lockdown, undo store.Change) {
 	}
 }
 
-func (d *Daemon) lockdownState() LockdownState {
+func (d *Daemon) lockdownState() api.LockdownState {
 	l := d.lockdown
 	if l == nil || !l.Until.After(d.now()) {
-		return LockdownState{}
+		return api.LockdownState{}
 	}
-	return LockdownState{Active: true, ID: l.ID, Since: l.Since, Until: l.Until, Isolate: l.Isolate,
+	return api.LockdownState{Active: true, ID: l.ID, Since: l.Since, Until: l.Until, Isolate: l.Isolate,
 		Allow: targetStrings(l.Allow), Reason: l.Reason}
 }

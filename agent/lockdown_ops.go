@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/response"
 )
 
@@ -31,7 +32,7 @@ type lockdownParams struct {
 // LockdownResult is the answer to op lockdown.
 type LockdownResult struct {
 	Outcome
-	Lockdown LockdownState `json:"lockdown"`
+	Lockdown api.LockdownState `json:"lockdown"`
 }
 
 // opLockdown starts, replaces or extends a lockdown. The resulting
@@ -44,18 +45,18 @@ func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
 		return nil, err
 	}
 	if p.For != "" && p.Extend != "" {
-		return nil, errorf(CodeBadRequest, `give either "for" (a new lockdown) or "extend" (the active one), not both`)
+		return nil, api.Errorf(api.CodeBadRequest, `give either "for" (a new lockdown) or "extend" (the active one), not both`)
 	}
 	dec := response.Decision{Action: response.ActionLockdown, Isolate: p.Isolate,
 		Reason: truncate(p.Reason, 1024), Source: "control", Sender: c.Peer.String(), Admin: true}
 	for i, s := range p.Allow {
-		pr, err := ParseTarget(s)
+		pr, err := api.ParseTarget(s)
 		if err != nil {
-			return nil, errorf(CodeInvalidTarget, "allow[%d]: %v", i, err)
+			return nil, api.Errorf(api.CodeInvalidTarget, "allow[%d]: %v", i, err)
 		}
 		if pr.Bits() == 0 {
 			// "10.0.0.0/0" for "10.0.0.0/8" would make the lockdown a no-op.
-			return nil, errorf(CodeInvalidTarget, "allow[%d]: %s lets every address in: the lockdown would do nothing (a typo for a longer prefix?)", i, FormatTarget(pr))
+			return nil, api.Errorf(api.CodeInvalidTarget, "allow[%d]: %s lets every address in: the lockdown would do nothing (a typo for a longer prefix?)", i, api.FormatTarget(pr))
 		}
 		dec.Allow = append(dec.Allow, pr)
 	}
@@ -65,12 +66,12 @@ func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
 		return nil, err
 	}
 	if dec.Until.Sub(now) > MaxLockdown {
-		return nil, errorf(CodeInvalidDuration, "a lockdown may last at most %s from now; extend it later if needed", FormatDuration(MaxLockdown))
+		return nil, api.Errorf(api.CodeInvalidDuration, "a lockdown may last at most %s from now; extend it later if needed", api.FormatDuration(MaxLockdown))
 	}
 	slices.SortFunc(dec.Allow, comparePrefix)
 	dec.Allow = slices.Compact(dec.Allow)
 	if len(cfg.AllowPrefixes())+len(dec.Allow) == 0 && !p.Force {
-		return nil, errorf(CodeNeedsForce, "the lockdown would have an empty allowlist: nothing could reach this host, your current session included; give --allow CIDR (your management network) or --force")
+		return nil, api.Errorf(CodeNeedsForce, "the lockdown would have an empty allowlist: nothing could reach this host, your current session included; give --allow CIDR (your management network) or --force")
 	}
 	out, err := d.Enforce(ctx, dec)
 	if err != nil {
@@ -97,24 +98,24 @@ func (d *Daemon) lockdownEnd(dec *response.Decision, p lockdownParams, now time.
 		dur := DefaultLockdown
 		if p.For != "" {
 			var err error
-			dur, err = ParseDuration(p.For)
+			dur, err = api.ParseDuration(p.For)
 			if err != nil || dur < time.Second {
-				return errorf(CodeInvalidDuration, `"for" must be a duration of at least 1s, e.g. "15m"; a lockdown is never permanent`)
+				return api.Errorf(api.CodeInvalidDuration, `"for" must be a duration of at least 1s, e.g. "15m"; a lockdown is never permanent`)
 			}
 		}
 		dec.Until = now.Add(dur)
 		return nil
 	}
-	by, err := ParseDuration(p.Extend)
+	by, err := api.ParseDuration(p.Extend)
 	if err != nil || by < time.Second {
-		return errorf(CodeInvalidDuration, `"extend" must be a duration of at least 1s, e.g. "15m"`)
+		return api.Errorf(api.CodeInvalidDuration, `"extend" must be a duration of at least 1s, e.g. "15m"`)
 	}
 	d.mu.Lock()
 	cur := d.lockdownState()
 	l := d.lockdown
 	d.mu.Unlock()
 	if !cur.Active {
-		return errorf(CodeNoLockdown, "no active lockdown to extend; start one with --for")
+		return api.Errorf(CodeNoLockdown, "no active lockdown to extend; start one with --for")
 	}
 	dec.Until = cur.Until.Add(by)
 	dec.Allow = append(slices.Clone(l.Allow), dec.Allow...)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/response"
 )
@@ -80,21 +81,21 @@ func (d *Daemon) opPing(context.Context, *Call) (any, error) {
 	return map[string]any{"pong": true, "version": Version}, nil
 }
 
-func (d *Daemon) auditFailure() *AuditFailure {
+func (d *Daemon) auditFailure() *api.AuditFailure {
 	f := d.audit.Failure()
 	if f == nil {
 		return nil
 	}
-	return &AuditFailure{Since: f.Since, Op: f.Op, Error: f.Error, Count: f.Count}
+	return &api.AuditFailure{Since: f.Since, Op: f.Op, Error: f.Error, Count: f.Count}
 }
 
 // Status reports the daemon's state from memory (never the kernel).
-func (d *Daemon) Status() Status {
+func (d *Daemon) Status() api.Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := d.now()
 	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
-	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
+	return api.Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: api.FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
 		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, AuditFailure: d.auditFailure(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
@@ -102,16 +103,16 @@ func (d *Daemon) Status() Status {
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
 
 // Blocks lists the active blocks in address order, from memory.
-func (d *Daemon) Blocks() []BlockInfo {
+func (d *Daemon) Blocks() []api.BlockInfo {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	nowMs := d.now().UnixMilli()
 	ps := d.blocks.sorted(nowMs)
-	out := make([]BlockInfo, len(ps))
+	out := make([]api.BlockInfo, len(ps))
 	for i, p := range ps {
 		e, _ := d.blocks.get(p)
 		dr := d.blocks.decision(e.dec)
-		bi := BlockInfo{Target: FormatTarget(p), ID: dr.ID, Created: time.UnixMilli(e.created).UTC(),
+		bi := api.BlockInfo{Target: api.FormatTarget(p), ID: dr.ID, Created: time.UnixMilli(e.created).UTC(),
 			Reason: dr.Reason, Source: dr.Source, Origin: dr.Origin, Rule: dr.Rule, Sender: dr.Sender}
 		if e.until != 0 {
 			bi.Until = time.UnixMilli(e.until).UTC()
@@ -198,7 +199,7 @@ func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {
 	return map[string]any{"audit": res}, nil
 }
 
-func chainBreakReason(b *ChainBreak) string {
+func chainBreakReason(b *api.ChainBreak) string {
 	kept := "the old log was missing"
 	if b.KeptAs != "" {
 		kept = "the old log is kept as " + b.KeptAs
@@ -228,10 +229,10 @@ func (d *Daemon) verifyAudit() (audit.Result, error) {
 
 func (d *Daemon) opReload(context.Context, *Call) (any, error) {
 	if d.reload == nil {
-		return nil, errorf(CodeInternal, "reload is not wired in this daemon")
+		return nil, api.Errorf(api.CodeInternal, "reload is not wired in this daemon")
 	}
 	if err := d.reload(); err != nil {
-		return nil, errorf(CodeBadRequest, "reload refused, old config kept: %v", err)
+		return nil, api.Errorf(api.CodeBadRequest, "reload refused, old config kept: %v", err)
 	}
 	return nil, nil
 }
@@ -242,7 +243,7 @@ func (d *Daemon) opUninstallRules(_ context.Context, c *Call) (any, error) {
 	d.uninstalled = err == nil
 	d.mu.Unlock()
 	if err != nil {
-		return nil, errorf(CodeFirewall, "remove table: %v", err)
+		return nil, api.Errorf(api.CodeFirewall, "remove table: %v", err)
 	}
 	d.Audit("uninstall_rules", map[string]any{"table": d.Config().Table, "sender": c.Peer.String()})
 	if d.shutdown != nil {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 )
@@ -97,8 +98,8 @@ func (d *Daemon) unblockOwn(own []netip.Addr) {
 	for _, p := range keys {
 		if err := d.carveBlock(p, d.guard.Own, nowMs); err != nil {
 			d.log.Error("cannot take an own address out of a block; the guard refuses it from now on, the block stays until fixed",
-				"target", FormatTarget(p), "address", hit[p], "err", err)
-			d.Audit("own_address", map[string]any{"target": FormatTarget(p), "address": hit[p].String(), "ok": false, "error": err.Error()})
+				"target", api.FormatTarget(p), "address", hit[p], "err", err)
+			d.Audit("own_address", map[string]any{"target": api.FormatTarget(p), "address": hit[p].String(), "ok": false, "error": err.Error()})
 		}
 	}
 }
@@ -151,7 +152,7 @@ func (d *Daemon) carveBlock(p netip.Prefix, own []netip.Addr, nowMs int64) error
 	if len(pieces) > 0 {
 		action = "carved"
 	}
-	f := map[string]any{"ok": true, "target": FormatTarget(p), "action": action, "kept": len(pieces),
+	f := map[string]any{"ok": true, "target": api.FormatTarget(p), "action": action, "kept": len(pieces),
 		"reason":      "the host now has an address inside this block; parry never blocks its own addresses",
 		"decision_id": dec.ID}
 	var in []string
@@ -164,7 +165,7 @@ func (d *Daemon) carveBlock(p netip.Prefix, own []netip.Addr, nowMs int64) error
 	if len(pieces) > 0 {
 		f["pieces"] = targetStrings(pieces)
 	}
-	d.log.Warn("a block covered a new own address of this host: taken out of it", "target", FormatTarget(p), "action", action,
+	d.log.Warn("a block covered a new own address of this host: taken out of it", "target", api.FormatTarget(p), "action", action,
 		"addresses", in, "kept", len(pieces))
 	d.Audit("own_address", f)
 	return nil

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/response"
 	"github.com/parryhq/parry/test/netns"
 )
@@ -131,7 +132,7 @@ func TestNewOwnAddressLeavesBlocks(t *testing.T) {
 
 	refused := func(tg string) bool {
 		_, err := d.Enforce(context.Background(), response.Decision{ID: "x", Action: response.ActionBlock, Targets: pfx(tg), Until: until, Source: "cli"})
-		return CodeOf(err) == CodeOwnAddress
+		return api.CodeOf(err) == api.CodeOwnAddress
 	}
 	if !netns.Poll(5*time.Second, time.Millisecond, func() bool { return refused("203.0.113.9") && refused("203.0.113.4/30") }) {
 		t.Fatal("the guard did not learn the new addresses")

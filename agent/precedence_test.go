@@ -3,11 +3,11 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"github.com/parryhq/parry/agent/api"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/response"
 )
@@ -40,7 +40,7 @@ func viewBlock(t *testing.T, d *Daemon, fw *fakeFW, p netip.Prefix) blockView {
 	}
 	var v blockView
 	for _, b := range d.Blocks() {
-		if b.Target == FormatTarget(p) {
+		if b.Target == api.FormatTarget(p) {
 			v.Until, v.Reason = "permanent", b.Reason
 			if !b.Until.IsZero() {
 				v.Until = b.Until.Format(time.RFC3339)
@@ -69,7 +69,7 @@ func admin(t *testing.T, d *Daemon, line string) {
 	t.Helper()
 	var a struct {
 		OK    bool
-		Error *Error
+		Error *api.Error
 	}
 	resp := d.handleLine(context.Background(), rootPeer, []byte(line))
 	if err := json.Unmarshal(resp, &a); err != nil || !a.OK {
@@ -312,8 +312,8 @@ func TestIntegrityLockdownMerges(t *testing.T) {
 func TestNonAdminReleaseRefused(t *testing.T) {
 	d, fw, _ := precDaemon(t)
 	admin(t, d, `{"op":"lockdown","for":"2h","force":true}`)
-	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionRelease, Source: "policy"}); CodeOf(err) != CodeForbidden {
-		t.Errorf("non-admin release: %v; want %s", err, CodeForbidden)
+	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionRelease, Source: "policy"}); api.CodeOf(err) != api.CodeForbidden {
+		t.Errorf("non-admin release: %v; want %s", err, api.CodeForbidden)
 	}
 	if fw.lockdown == nil {
 		t.Error("a non-admin release ended the lockdown")

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"time"
 	"unicode/utf8"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Call is one decoded request: its op, its optional id (echoed in the
@@ -52,7 +54,7 @@ func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 	if len(line) == 0 || line[0] != '{' || !json.Valid(line) {
 		var m map[string]json.RawMessage
 		err := json.Unmarshal(line, &m) // for its message; nil for null
-		return nil, errorf(CodeBadRequest, "request is not a JSON object on one line: %s", shortErr(err))
+		return nil, api.Errorf(api.CodeBadRequest, "request is not a JSON object on one line: %s", shortErr(err))
 	}
 	c.params = c.inline[:0]
 	var op []byte
@@ -63,7 +65,7 @@ func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 		if !plainString(key) {
 			var s string
 			if err := json.Unmarshal(rawKey, &s); err != nil {
-				return nil, errorf(CodeBadRequest, "request: bad member name: %s", shortErr(err))
+				return nil, api.Errorf(api.CodeBadRequest, "request: bad member name: %s", shortErr(err))
 			}
 			key = []byte(s)
 		}
@@ -82,18 +84,18 @@ func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 		}
 	}
 	if id := c.ID; id != nil && (len(id) > 128 || (id[0] != '"' && (id[0] < '0' || id[0] > '9') && id[0] != '-')) {
-		return nil, errorf(CodeBadRequest, `"id" must be a string or number of at most 128 bytes`)
+		return nil, api.Errorf(api.CodeBadRequest, `"id" must be a string or number of at most 128 bytes`)
 	}
 	if op == nil {
-		return c, errorf(CodeBadRequest, `request has no "op"`)
+		return c, api.Errorf(api.CodeBadRequest, `request has no "op"`)
 	}
 	if op[0] != '"' {
-		return c, errorf(CodeBadRequest, `"op" must be a string`)
+		return c, api.Errorf(api.CodeBadRequest, `"op" must be a string`)
 	}
 	if plainString(op[1 : len(op)-1]) {
 		c.Op = string(op[1 : len(op)-1])
 	} else if err := json.Unmarshal(op, &c.Op); err != nil {
-		return c, errorf(CodeBadRequest, `"op" must be a string`)
+		return c, api.Errorf(api.CodeBadRequest, `"op" must be a string`)
 	}
 	return c, nil
 }
@@ -188,23 +190,23 @@ func (c *Call) Decode(v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return errorf(CodeBadRequest, "op %s: %s", c.Op, shortErr(err))
+		return api.Errorf(api.CodeBadRequest, "op %s: %s", c.Op, shortErr(err))
 	}
 	return nil
 }
 
 // parseTargets parses request targets. Without partial, the first bad one
 // refuses the request; with it, bad ones are returned as refusals.
-func parseTargets(in []string, partial bool) ([]netip.Prefix, []*Error, error) {
+func parseTargets(in []string, partial bool) ([]netip.Prefix, []*api.Error, error) {
 	if len(in) == 0 {
-		return nil, nil, errorf(CodeBadRequest, `"targets" is empty: give at least one IP or CIDR`)
+		return nil, nil, api.Errorf(api.CodeBadRequest, `"targets" is empty: give at least one IP or CIDR`)
 	}
 	out := make([]netip.Prefix, 0, len(in))
-	var bad []*Error
+	var bad []*api.Error
 	for i, s := range in {
-		p, err := ParseTarget(s)
+		p, err := api.ParseTarget(s)
 		if err != nil {
-			e := &Error{Code: CodeInvalidTarget, Message: fmt.Sprintf("targets[%d]: %v", i, err), Target: truncate(s, 64)}
+			e := &api.Error{Code: api.CodeInvalidTarget, Message: fmt.Sprintf("targets[%d]: %v", i, err), Target: truncate(s, 64)}
 			if !partial {
 				return nil, nil, e
 			}
@@ -237,24 +239,24 @@ type blockParams struct {
 func (p *blockParams) until(now time.Time, cfg *Config) (time.Time, error) {
 	switch {
 	case p.Permanent && p.For != "":
-		return time.Time{}, errorf(CodeBadRequest, `give either "for" or "permanent", not both`)
+		return time.Time{}, api.Errorf(api.CodeBadRequest, `give either "for" or "permanent", not both`)
 	case p.Permanent:
 		return time.Time{}, nil
 	case p.For == "":
 		return now.Add(cfg.DefaultBlock.D()), nil
 	}
-	d, err := ParseDuration(p.For)
+	d, err := api.ParseDuration(p.For)
 	if err != nil {
-		return time.Time{}, errorf(CodeInvalidDuration, "%v", err)
+		return time.Time{}, api.Errorf(api.CodeInvalidDuration, "%v", err)
 	}
 	if d < time.Second {
-		return time.Time{}, errorf(CodeInvalidDuration, `"for" must be at least 1s`)
+		return time.Time{}, api.Errorf(api.CodeInvalidDuration, `"for" must be at least 1s`)
 	}
 	if cfg.MaxBlock.D() > 0 && d > cfg.MaxBlock.D() {
-		return time.Time{}, errorf(CodeInvalidDuration, "%s is longer than max_block %s", FormatDuration(d), FormatDuration(cfg.MaxBlock.D()))
+		return time.Time{}, api.Errorf(api.CodeInvalidDuration, "%s is longer than max_block %s", api.FormatDuration(d), api.FormatDuration(cfg.MaxBlock.D()))
 	}
 	if d > 100*365*24*time.Hour {
-		return time.Time{}, errorf(CodeInvalidDuration, "%s is too long; use permanent", FormatDuration(d))
+		return time.Time{}, api.Errorf(api.CodeInvalidDuration, "%s is too long; use permanent", api.FormatDuration(d))
 	}
 	return now.Add(d), nil
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/response"
 )
 
@@ -16,19 +17,19 @@ import (
 func refDecode(line []byte) (op string, id json.RawMessage, params map[string]json.RawMessage, code string) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(bytes.TrimSpace(line), &m); err != nil || m == nil {
-		return "", nil, nil, CodeBadRequest
+		return "", nil, nil, api.CodeBadRequest
 	}
 	if v, ok := m["id"]; ok {
 		delete(m, "id")
 		if len(v) > 128 || (v[0] != '"' && (v[0] < '0' || v[0] > '9') && v[0] != '-') {
-			return "", nil, nil, CodeBadRequest
+			return "", nil, nil, api.CodeBadRequest
 		}
 		id = v
 	}
 	v, ok := m["op"]
 	delete(m, "op")
 	if !ok || v[0] != '"' || json.Unmarshal(v, &op) != nil { // null is refused too
-		return "", id, m, CodeBadRequest
+		return "", id, m, api.CodeBadRequest
 	}
 	return op, id, m, ""
 }
@@ -63,7 +64,7 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, line []byte) {
 		op, id, params, code := refDecode(line)
 		c, err := decodeRequest(line)
-		var e *Error
+		var e *api.Error
 		switch {
 		case code != "":
 			if !errors.As(err, &e) || e.Code != code {
@@ -91,8 +92,8 @@ func TestCallDecodeStrict(t *testing.T) {
 		t.Fatal(err)
 	}
 	var p blockParams
-	var e *Error
-	if err := c.Decode(&p); !errors.As(err, &e) || e.Code != CodeBadRequest {
+	var e *api.Error
+	if err := c.Decode(&p); !errors.As(err, &e) || e.Code != api.CodeBadRequest {
 		t.Fatalf("unknown field: got %v", err)
 	}
 	c, _ = decodeRequest([]byte(`{"op":"block","targets":["203.0.113.7"],"for":"1h","targets":["198.51.100.1"]}`))
@@ -100,7 +101,7 @@ func TestCallDecodeStrict(t *testing.T) {
 		t.Fatalf("got %+v %v", p, err)
 	}
 	c, _ = decodeRequest([]byte(`{"op":"signal","kind":"k","bogus":"x"}`))
-	if _, err := decodeSignal(c); !errors.As(err, &e) || e.Code != CodeBadRequest {
+	if _, err := decodeSignal(c); !errors.As(err, &e) || e.Code != api.CodeBadRequest {
 		t.Fatalf("signal unknown field: got %v", err)
 	}
 }

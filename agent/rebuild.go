@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
@@ -118,7 +119,7 @@ func replay(b []byte, last map[netip.Prefix]*auditDecision, lock **auditDecision
 			if skip[t] {
 				continue
 			}
-			if p, err := ParseTarget(t); err == nil {
+			if p, err := api.ParseTarget(t); err == nil {
 				out = append(out, p)
 			}
 		}

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Listen creates the control socket at path (mode and group from the
@@ -90,7 +92,7 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		if !slots.enterUID(cred.UID, limits.MaxConnectionsPerUID) {
-			d.refuseConn(c, refusedLog, "uid", cred.UID, errorf(CodeTooManyConns,
+			d.refuseConn(c, refusedLog, "uid", cred.UID, api.Errorf(api.CodeTooManyConns,
 				"uid %d already has %d connections (control.max_connections_per_uid); close some and try again", cred.UID, limits.MaxConnectionsPerUID))
 			continue
 		}
@@ -108,7 +110,7 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 				if !peer.Admin && limits.AdminReserve > 0 {
 					msg = fmt.Sprintf("too many connections (the last %d of control.max_connections are kept for root and control.admin_groups); try again", limits.AdminReserve)
 				}
-				d.refuseConn(c, refusedLog, "peer", peer.String(), errorf(CodeTooManyConns, "%s", msg))
+				d.refuseConn(c, refusedLog, "peer", peer.String(), api.Errorf(api.CodeTooManyConns, "%s", msg))
 				return
 			}
 			defer slots.put()
@@ -122,7 +124,7 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 // the write never waits; its short deadline only makes sure of that (the
 // accept loop calls this). The log line is throttled: a peer reconnecting
 // in a loop must not flood the journal either.
-func (d *Daemon) refuseConn(c net.Conn, lt *logThrottle, key string, who any, e *Error) {
+func (d *Daemon) refuseConn(c net.Conn, lt *logThrottle, key string, who any, e *api.Error) {
 	if n, ok := lt.allow(time.Now()); ok {
 		d.log.Warn("control: too many connections; refusing", key, who, "reason", e.Message, "refused_since_last_line", n)
 	}
@@ -193,7 +195,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Contr
 		var resp []byte
 		switch {
 		case errors.Is(err, bufio.ErrBufferFull):
-			resp = errorLine(nil, errorf(CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes))
+			resp = errorLine(nil, api.Errorf(api.CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes))
 			if !discardLine(r) {
 				_, werr = w.Write(resp)
 				return
@@ -247,26 +249,26 @@ func (d *Daemon) handleLineInto(ctx context.Context, peer Peer, line []byte, buf
 	}
 	call.Peer = peer
 	if ctx.Err() != nil {
-		return errorLine(call.rawID(), errorf(CodeShuttingDown, "parryd is stopping; retry when it is back"))
+		return errorLine(call.rawID(), api.Errorf(api.CodeShuttingDown, "parryd is stopping; retry when it is back"))
 	}
 	op, ok := d.ops[call.Op]
 	if !ok {
-		return errorLine(call.rawID(), errorf(CodeUnknownOp, "unknown op %q; see docs/protocol.md", call.Op))
+		return errorLine(call.rawID(), api.Errorf(api.CodeUnknownOp, "unknown op %q; see docs/protocol.md", call.Op))
 	}
 	if !d.limiter.allow(peer.UID) { // before anything that costs, the audit line of a refusal included
-		return errorLine(call.rawID(), errorf(CodeRateLimited, "too many requests from uid %d; slow down", peer.UID))
+		return errorLine(call.rawID(), api.Errorf(api.CodeRateLimited, "too many requests from uid %d; slow down", peer.UID))
 	}
 	if !op.perm(d, peer) {
-		d.refusals.note(peer.UID, call.Op, map[string]any{"op": call.Op, "code": CodeForbidden, "sender": peer.String()})
-		return errorLine(call.rawID(), errorf(CodeForbidden, "%s may not use op %q: run as root or as a member of control.admin_groups", peer.User, call.Op))
+		d.refusals.note(peer.UID, call.Op, map[string]any{"op": call.Op, "code": api.CodeForbidden, "sender": peer.String()})
+		return errorLine(call.rawID(), api.Errorf(api.CodeForbidden, "%s may not use op %q: run as root or as a member of control.admin_groups", peer.User, call.Op))
 	}
 	if !op.params && len(call.params) > 0 { // before the op runs: an ignored field could mean "not this" (dry_run, confirm)
-		return errorLine(call.rawID(), errorf(CodeBadRequest, "op %s takes no parameters: unknown field %q", call.Op, truncate(string(call.params[0].key), 64)))
+		return errorLine(call.rawID(), api.Errorf(api.CodeBadRequest, "op %s takes no parameters: unknown field %q", call.Op, truncate(string(call.params[0].key), 64)))
 	}
 	defer func() {
 		if r := recover(); r != nil {
 			d.log.Error("control: panic in op (a bug)", "op", call.Op, "panic", r)
-			resp = errorLine(call.rawID(), errorf(CodeInternal, "internal error in op %q; see the daemon's log", call.Op))
+			resp = errorLine(call.rawID(), api.Errorf(api.CodeInternal, "internal error in op %q; see the daemon's log", call.Op))
 		}
 	}()
 	result, err := op.fn(ctx, call)
@@ -301,7 +303,7 @@ func okLine(id json.RawMessage, result any) []byte {
 	if result != nil {
 		b, err := json.Marshal(result)
 		if err != nil {
-			return errorLine(id, errorf(CodeInternal, "encode result: %v", err))
+			return errorLine(id, api.Errorf(api.CodeInternal, "encode result: %v", err))
 		}
 		if len(b) > 2 && b[0] == '{' {
 			buf.WriteByte(',')
@@ -318,14 +320,14 @@ func okLine(id json.RawMessage, result any) []byte {
 
 // errorLine renders {"ok":false,"id":...,"error":{"code":...,"message":...}}.
 func errorLine(id json.RawMessage, err error) []byte {
-	var e *Error
+	var e *api.Error
 	if !errors.As(err, &e) {
-		e = &Error{Code: CodeInternal, Message: err.Error()}
+		e = &api.Error{Code: api.CodeInternal, Message: err.Error()}
 	}
 	resp := struct {
 		OK    bool            `json:"ok"`
 		ID    json.RawMessage `json:"id,omitempty"`
-		Error *Error          `json:"error"`
+		Error *api.Error      `json:"error"`
 	}{false, id, e}
 	b, _ := json.Marshal(resp)
 	return append(b, '\n')

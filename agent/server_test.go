@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // serve starts the daemon's control socket in a temp dir and returns a
@@ -35,7 +37,7 @@ func serve(t *testing.T, d *Daemon) func() net.Conn {
 type wireResp struct {
 	OK    bool            `json:"ok"`
 	ID    json.RawMessage `json:"id"`
-	Error *Error          `json:"error"`
+	Error *api.Error      `json:"error"`
 	Added int             `json:"added"`
 }
 
@@ -63,24 +65,24 @@ func TestProtocolBadInputKeepsConnectionAndState(t *testing.T) {
 	r := bufio.NewReader(c)
 	big := `{"op":"block","targets":["` + strings.Repeat("1", 1<<20) + `"]}`
 	tests := []struct{ line, code string }{
-		{"hello", CodeBadRequest},
-		{`{"op":"block","targets":["203.0.113.7"]`, CodeBadRequest}, // half a line
-		{`[1,2]`, CodeBadRequest},
-		{`null`, CodeBadRequest},
-		{`{"op":42}`, CodeBadRequest},
-		{`{"targets":[]}`, CodeBadRequest},
-		{`{"op":"nope"}`, CodeUnknownOp},
-		{`{"op":"block","targets":["203.0.113.7"],"bogus":1}`, CodeBadRequest},
-		{`{"op":"block","targets":"203.0.113.7"}`, CodeBadRequest},
-		{`{"op":"block","targets":[]}`, CodeBadRequest},
-		{`{"op":"block","targets":["not-an-ip"]}`, CodeInvalidTarget},
-		{`{"op":"block","targets":["203.0.113.7","300.1.1.1"]}`, CodeInvalidTarget},
-		{`{"op":"block","targets":["127.0.0.1"]}`, CodeLoopback},
-		{`{"op":"block","targets":["203.0.113.7"],"for":"forever"}`, CodeInvalidDuration},
-		{`{"op":"block","targets":["203.0.113.7"],"for":"1h","permanent":true}`, CodeBadRequest},
-		{big, CodeLineTooLong},
-		{"\x00\xff\xfe", CodeBadRequest},
-		{`{"op":"block","id":{"x":1},"targets":["203.0.113.7"]}`, CodeBadRequest},
+		{"hello", api.CodeBadRequest},
+		{`{"op":"block","targets":["203.0.113.7"]`, api.CodeBadRequest}, // half a line
+		{`[1,2]`, api.CodeBadRequest},
+		{`null`, api.CodeBadRequest},
+		{`{"op":42}`, api.CodeBadRequest},
+		{`{"targets":[]}`, api.CodeBadRequest},
+		{`{"op":"nope"}`, api.CodeUnknownOp},
+		{`{"op":"block","targets":["203.0.113.7"],"bogus":1}`, api.CodeBadRequest},
+		{`{"op":"block","targets":"203.0.113.7"}`, api.CodeBadRequest},
+		{`{"op":"block","targets":[]}`, api.CodeBadRequest},
+		{`{"op":"block","targets":["not-an-ip"]}`, api.CodeInvalidTarget},
+		{`{"op":"block","targets":["203.0.113.7","300.1.1.1"]}`, api.CodeInvalidTarget},
+		{`{"op":"block","targets":["127.0.0.1"]}`, api.CodeLoopback},
+		{`{"op":"block","targets":["203.0.113.7"],"for":"forever"}`, api.CodeInvalidDuration},
+		{`{"op":"block","targets":["203.0.113.7"],"for":"1h","permanent":true}`, api.CodeBadRequest},
+		{big, api.CodeLineTooLong},
+		{"\x00\xff\xfe", api.CodeBadRequest},
+		{`{"op":"block","id":{"x":1},"targets":["203.0.113.7"]}`, api.CodeBadRequest},
 	}
 	for _, tt := range tests {
 		if _, err := c.Write([]byte(tt.line + "\n")); err != nil {
@@ -116,7 +118,7 @@ func TestForbiddenForNonAdmins(t *testing.T) {
 	peer := Peer{UID: 1000, User: "alice"}
 	var w wireResp
 	json.Unmarshal(d.handleLine(context.Background(), peer, []byte(`{"op":"block","targets":["203.0.113.7"]}`)), &w)
-	if w.OK || w.Error.Code != CodeForbidden {
+	if w.OK || w.Error.Code != api.CodeForbidden {
 		t.Fatalf("non-admin block: %+v", w)
 	}
 	json.Unmarshal(d.handleLine(context.Background(), peer, []byte(`{"op":"ping"}`)), &w)
@@ -138,7 +140,7 @@ func TestRateLimit(t *testing.T) {
 	for range 10 {
 		var w wireResp
 		json.Unmarshal(d.handleLine(context.Background(), peer, []byte(`{"op":"ping"}`)), &w)
-		if !w.OK && w.Error.Code == CodeRateLimited {
+		if !w.OK && w.Error.Code == api.CodeRateLimited {
 			limited++
 		}
 	}
@@ -157,7 +159,7 @@ func TestTooManyConnections(t *testing.T) {
 	readResp(t, bufio.NewReader(c1)) // c1 is being served
 	c2 := dial()
 	w := readResp(t, bufio.NewReader(c2))
-	if w.OK || w.Error.Code != CodeTooManyConns {
+	if w.OK || w.Error.Code != api.CodeTooManyConns {
 		t.Fatalf("second connection: %+v", w)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/response"
 )
@@ -56,13 +57,13 @@ func (d *Daemon) newPolicy(cfg Config, own []netip.Addr, old *response.Engine) (
 }
 
 // policyStatus is the policy's part of op status. Caller holds d.mu.
-func (d *Daemon) policyStatus() PolicyStatus {
+func (d *Daemon) policyStatus() api.PolicyStatus {
 	eng := d.Policy()
 	if eng == nil {
-		return PolicyStatus{}
+		return api.PolicyStatus{}
 	}
 	st := eng.Stats()
-	return PolicyStatus{DryRun: eng.Config().DryRun, Rules: len(eng.Rules()), Signals: st.Signals, NoRule: st.NoRule,
+	return api.PolicyStatus{DryRun: eng.Config().DryRun, Rules: len(eng.Rules()), Signals: st.Signals, NoRule: st.NoRule,
 		Decisions: st.Decisions, RateLimited: st.RateLimited, Keys: st.Keys, Offenders: st.Offenders, Evicted: st.EvictedKeys,
 		SenderBlockCap: d.capStatus(eng, d.now())}
 }
@@ -181,8 +182,8 @@ func appendPlainString(b []byte, s string) ([]byte, bool) {
 // SignalDecision is one decision and its enforcement.
 type SignalDecision struct {
 	response.Decision
-	Enforced *Outcome `json:"enforced,omitempty"` // what Enforce did
-	Error    *Error   `json:"error,omitempty"`    // why Enforce refused it
+	Enforced *Outcome   `json:"enforced,omitempty"` // what Enforce did
+	Error    *api.Error `json:"error,omitempty"`    // why Enforce refused it
 }
 
 // peerSender is the policy's view of a control peer.
@@ -202,28 +203,28 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	if p.IP != "" {
 		a, err := netip.ParseAddr(p.IP)
 		if err != nil {
-			return nil, errorf(CodeInvalidSignal, "signal ip: %q is not an IPv4 or IPv6 address", truncate(p.IP, 64))
+			return nil, api.Errorf(CodeInvalidSignal, "signal ip: %q is not an IPv4 or IPv6 address", truncate(p.IP, 64))
 		}
 		sig.IP = a
 	}
 	if err := response.ValidateSignal(sig); err != nil {
-		return nil, errorf(CodeInvalidSignal, "%v", err)
+		return nil, api.Errorf(CodeInvalidSignal, "%v", err)
 	}
 	eng := d.Policy()
 	if !c.Peer.Admin {
 		if err := eng.Authorize(sig.Sender, sig.Kind); err != nil {
-			d.refusals.note(c.Peer.UID, "signal", map[string]any{"op": "signal", "kind": sig.Kind, "code": CodeForbidden, "sender": c.Peer.String()})
+			d.refusals.note(c.Peer.UID, "signal", map[string]any{"op": "signal", "kind": sig.Kind, "code": api.CodeForbidden, "sender": c.Peer.String()})
 			d.observeSignal(sig, "forbidden")
-			return nil, errorf(CodeForbidden, "%v", err)
+			return nil, api.Errorf(api.CodeForbidden, "%v", err)
 		}
 	}
 	if err := eng.Admit(sig.Sender); err != nil {
 		d.observeSignal(sig, "rate_limited")
-		return nil, errorf(CodeRateLimited, "%v; slow down", err)
+		return nil, api.Errorf(api.CodeRateLimited, "%v; slow down", err)
 	}
 	res, err := eng.Handle(sig)
 	if err != nil {
-		return nil, errorf(CodeInvalidSignal, "%v", err)
+		return nil, api.Errorf(CodeInvalidSignal, "%v", err)
 	}
 	d.recordSignal(sig, c.Peer, res)
 	d.observeSignal(sig, string(res.Outcome))
@@ -236,9 +237,9 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 		sd := SignalDecision{Decision: dec}
 		o, err := d.EnforceWith(ctx, dec, EnforceOptions{SenderCap: !c.Peer.Admin})
 		if err != nil {
-			var e *Error
+			var e *api.Error
 			if !errors.As(err, &e) {
-				e = &Error{Code: CodeInternal, Message: err.Error()}
+				e = &api.Error{Code: api.CodeInternal, Message: err.Error()}
 			}
 			sd.Error = e
 		} else {
@@ -444,20 +445,20 @@ func decodeSignal(c *Call) (signalParams, error) {
 		case "attrs":
 			p.Attrs = nil // a repeated member counts as its last occurrence
 			if err := json.Unmarshal(raw, &p.Attrs); err != nil {
-				return p, errorf(CodeBadRequest, `op signal: "attrs" must be an object of strings`)
+				return p, api.Errorf(api.CodeBadRequest, `op signal: "attrs" must be an object of strings`)
 			}
 			continue
 		default:
-			return p, errorf(CodeBadRequest, "op signal: unknown field %q", truncate(string(m.key), 64))
+			return p, api.Errorf(api.CodeBadRequest, "op signal: unknown field %q", truncate(string(m.key), 64))
 		}
 		k := m.key
 		if len(raw) < 2 || raw[0] != '"' {
-			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)
+			return p, api.Errorf(api.CodeBadRequest, "op signal: %q must be a string", k)
 		}
 		if plainString(raw[1 : len(raw)-1]) { // the request line was already checked as JSON
 			*dst = string(raw[1 : len(raw)-1])
 		} else if err := json.Unmarshal(raw, dst); err != nil {
-			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)
+			return p, api.Errorf(api.CodeBadRequest, "op signal: %q must be a string", k)
 		}
 	}
 	return p, nil

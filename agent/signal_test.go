@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/parryhq/parry/agent/api"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/response"
 )
@@ -26,7 +26,7 @@ var (
 
 type signalAnswer struct {
 	OK    bool `json:"ok"`
-	Error *Error
+	Error *api.Error
 	SignalResult
 }
 
@@ -70,16 +70,16 @@ func TestOpSignal(t *testing.T) {
 		peer       Peer
 		line, code string
 	}{
-		{webPeer, `{"op":"signal","kind":"scan_detected","ip":"203.0.113.8"}`, CodeForbidden},
-		{webPeer, `{"op":"block","targets":["203.0.113.8"]}`, CodeForbidden},
-		{webPeer, `{"op":"lockdown","for":"1m","force":true}`, CodeForbidden},
+		{webPeer, `{"op":"signal","kind":"scan_detected","ip":"203.0.113.8"}`, api.CodeForbidden},
+		{webPeer, `{"op":"block","targets":["203.0.113.8"]}`, api.CodeForbidden},
+		{webPeer, `{"op":"lockdown","for":"1m","force":true}`, api.CodeForbidden},
 		{rootPeer, `{"op":"signal","kind":"auth_failure","ip":"203.0.113.300"}`, CodeInvalidSignal},
 		{rootPeer, `{"op":"signal","kind":"auth failure"}`, CodeInvalidSignal},
 		{rootPeer, `{"op":"signal","kind":"x","severity":"doom"}`, CodeInvalidSignal},
-		{rootPeer, `{"op":"signal","kind":"x","colour":"red"}`, CodeBadRequest},
-		{rootPeer, `{"op":"signal","kind":"x","attrs":{"a":1}}`, CodeBadRequest},
-		{rootPeer, `{"op":"signal","kind":"x","user":5}`, CodeBadRequest},
-		{rootPeer, `{"op":"signal","kind":"x","user":null}`, CodeBadRequest},
+		{rootPeer, `{"op":"signal","kind":"x","colour":"red"}`, api.CodeBadRequest},
+		{rootPeer, `{"op":"signal","kind":"x","attrs":{"a":1}}`, api.CodeBadRequest},
+		{rootPeer, `{"op":"signal","kind":"x","user":5}`, api.CodeBadRequest},
+		{rootPeer, `{"op":"signal","kind":"x","user":null}`, api.CodeBadRequest},
 		{rootPeer, `{"op":"signal","kind":"a\u0020b"}`, CodeInvalidSignal}, // escapes are decoded before validation
 	} {
 		a := signal(t, d, tc.peer, tc.line)
@@ -134,7 +134,7 @@ func TestOpSignalRateLimitAndDryRun(t *testing.T) {
 	if len(fw.elems) != 0 {
 		t.Errorf("dry run blocked: %v", fw.elems)
 	}
-	if a := signal(t, d, rootPeer, line); a.OK || a.Error.Code != CodeRateLimited {
+	if a := signal(t, d, rootPeer, line); a.OK || a.Error.Code != api.CodeRateLimited {
 		t.Errorf("fourth within the burst of 3: %+v", a)
 	}
 	clk.Add(time.Second)
@@ -162,13 +162,13 @@ func TestOpLockdown(t *testing.T) {
 	}
 	for line, code := range map[string]string{
 		`{"op":"lockdown"}`:                                   CodeNeedsForce,
-		`{"op":"lockdown","for":"0s","force":true}`:           CodeInvalidDuration,
-		`{"op":"lockdown","for":"8d","force":true}`:           CodeInvalidDuration,
+		`{"op":"lockdown","for":"0s","force":true}`:           api.CodeInvalidDuration,
+		`{"op":"lockdown","for":"8d","force":true}`:           api.CodeInvalidDuration,
 		`{"op":"lockdown","extend":"5m"}`:                     CodeNoLockdown,
-		`{"op":"lockdown","for":"5m","extend":"5m"}`:          CodeBadRequest,
-		`{"op":"lockdown","for":"5m","allow":["10.0.0.300"]}`: CodeInvalidTarget,
-		`{"op":"lockdown","for":"5m","allow":["10.0.0.0/0"]}`: CodeInvalidTarget,
-		`{"op":"lockdown","for":"5m","allow":["::/0"]}`:       CodeInvalidTarget,
+		`{"op":"lockdown","for":"5m","extend":"5m"}`:          api.CodeBadRequest,
+		`{"op":"lockdown","for":"5m","allow":["10.0.0.300"]}`: api.CodeInvalidTarget,
+		`{"op":"lockdown","for":"5m","allow":["10.0.0.0/0"]}`: api.CodeInvalidTarget,
+		`{"op":"lockdown","for":"5m","allow":["::/0"]}`:       api.CodeInvalidTarget,
 	} {
 		if _, got := call(line); got != code {
 			t.Errorf("%s: code %q, want %q", line, got, code)

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/store"
 )
@@ -73,7 +74,7 @@ func (d *Daemon) stageAudit(ch, undo *store.Change, events []auditEvent) ([]audi
 	for i, ev := range events {
 		b, err := json.Marshal(ev.fields)
 		if err != nil {
-			return nil, nil, errorf(CodeInternal, "audit %s: encode: %v", ev.name, err)
+			return nil, nil, api.Errorf(api.CodeInternal, "audit %s: encode: %v", ev.name, err)
 		}
 		keys[i] = t.next
 		t.next++
@@ -96,7 +97,7 @@ func (d *Daemon) writeAudit(events []auditEvent, evs []audit.Event, keys []uint6
 	seq, err := d.audit.AppendAll(evs...)
 	if err != nil {
 		d.log.Error("audit append failed: the request fails and changes nothing", "event", events[0].name, "err", err)
-		return &Error{Code: CodeAudit, Message: fmt.Sprintf("audit log not writable, nothing changed: %v", err)}
+		return &api.Error{Code: api.CodeAudit, Message: fmt.Sprintf("audit log not writable, nothing changed: %v", err)}
 	}
 	if len(keys) > 0 {
 		d.trail.mu.Lock()

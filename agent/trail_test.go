@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/response"
@@ -105,8 +106,8 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 		{Action: response.ActionLockdown, Until: t0.Add(time.Hour)},
 	}
 	for _, dec := range decs {
-		if _, err := d.Enforce(ctx, dec); CodeOf(err) != CodeAudit {
-			t.Fatalf("%s with a full disk: want code %s, got %v", dec.Action, CodeAudit, err)
+		if _, err := d.Enforce(ctx, dec); api.CodeOf(err) != api.CodeAudit {
+			t.Fatalf("%s with a full disk: want code %s, got %v", dec.Action, api.CodeAudit, err)
 		}
 	}
 	outs := d.EnforceBatch(ctx, []response.Decision{
@@ -114,8 +115,8 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 		{Action: response.ActionBlock, Targets: pfx("203.0.113.21"), Until: t0.Add(time.Hour)},
 	}, EnforceOptions{})
 	for _, o := range outs {
-		if CodeOf(o.Err) != CodeAudit {
-			t.Fatalf("batch with a full disk: want code %s, got %v", CodeAudit, o.Err)
+		if api.CodeOf(o.Err) != api.CodeAudit {
+			t.Fatalf("batch with a full disk: want code %s, got %v", api.CodeAudit, o.Err)
 		}
 	}
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
@@ -149,8 +150,8 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 
 	// Space returns within a run: the next append succeeds and clears it.
 	full.Store(true)
-	if _, err := d2.Enforce(ctx, decs[0]); CodeOf(err) != CodeAudit {
-		t.Fatalf("want %s, got %v", CodeAudit, err)
+	if _, err := d2.Enforce(ctx, decs[0]); api.CodeOf(err) != api.CodeAudit {
+		t.Fatalf("want %s, got %v", api.CodeAudit, err)
 	}
 	if d2.Status().AuditFailure == nil {
 		t.Fatal("no audit failure in status")
@@ -316,8 +317,8 @@ func TestAuditOnFullFilesystem(t *testing.T) {
 		targets = append(targets, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32))
 	}
 	_, err = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: targets, Until: t0.Add(time.Hour)})
-	if CodeOf(err) != CodeAudit {
-		t.Fatalf("block on a full filesystem: want code %s, got %v", CodeAudit, err)
+	if api.CodeOf(err) != api.CodeAudit {
+		t.Fatalf("block on a full filesystem: want code %s, got %v", api.CodeAudit, err)
 	}
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
 		t.Fatalf("kernel changed (-want +got):\n%s", diff)

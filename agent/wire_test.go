@@ -32,14 +32,14 @@ func wireAnswers() []struct {
 		name string
 		v    any
 	}{
-		{"Status", new(Status)},
-		{"BlockInfo", new(BlockInfo)},
-		{"Health", new(Health)},
-		{"LockdownState", new(LockdownState)},
-		{"ChainBreak", new(ChainBreak)},
-		{"PolicyStatus", new(PolicyStatus)},
-		{"Error", new(Error)},
-		{"EvidenceInfo", new(EvidenceInfo)},
+		{"Status", new(api.Status)},
+		{"BlockInfo", new(api.BlockInfo)},
+		{"Health", new(api.Health)},
+		{"LockdownState", new(api.LockdownState)},
+		{"ChainBreak", new(api.ChainBreak)},
+		{"PolicyStatus", new(api.PolicyStatus)},
+		{"Error", new(api.Error)},
+		{"EvidenceInfo", new(api.EvidenceInfo)},
 		{"Outcome", new(Outcome)},
 		{"LockdownResult", new(LockdownResult)},
 		{"SignalResult", new(SignalResult)},

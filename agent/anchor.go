@@ -12,21 +12,13 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 )
 
-// Store keys of the audit anchor (the last durable line) and of an
-// unacknowledged chain break.
-const (
-	keyAuditAnchor = "audit/anchor"
-	keyAuditBreak  = "audit/chain_break"
-)
-
-// auditAnchor is the last line known durable in audit.log.
-type auditAnchor struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-}
+// Store key of an unacknowledged chain break (the audit anchor's is
+// enforce.KeyAuditAnchor: the record saves it after each fsync).
+const keyAuditBreak = "audit/chain_break"
 
 // openAudit checks audit.log against the anchor in the store, moves a log
 // that fails aside (never deleting it), opens the log and wires the anchor
@@ -67,9 +59,9 @@ func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logg
 }
 
 // readAnchor reads the audit anchor from the store (zero when none).
-func readAnchor(st *store.Store) (auditAnchor, error) {
-	var a auditAnchor
-	raw, err := st.Get(keyAuditAnchor)
+func readAnchor(st *store.Store) (enforce.AuditAnchor, error) {
+	var a enforce.AuditAnchor
+	raw, err := st.Get(enforce.KeyAuditAnchor)
 	if err != nil || raw == nil {
 		return a, err
 	}
@@ -82,11 +74,11 @@ func readAnchor(st *store.Store) (auditAnchor, error) {
 // checkAnchor verifies path against the stored anchor; on a mismatch it
 // renames the file aside, saves the break marker and returns it.
 func checkAnchor(st *store.Store, path string, now func() time.Time) (*api.ChainBreak, error) {
-	raw, err := st.Get(keyAuditAnchor)
+	raw, err := st.Get(enforce.KeyAuditAnchor)
 	if err != nil {
 		return nil, fmt.Errorf("audit anchor: %w", err)
 	}
-	var a auditAnchor
+	var a enforce.AuditAnchor
 	if raw == nil {
 		return nil, nil
 	}
@@ -131,24 +123,22 @@ func loadBreak(st *store.Store) (*api.ChainBreak, error) {
 
 // AuditBreak is the unacknowledged chain break, or nil.
 func (d *Daemon) AuditBreak() *api.ChainBreak {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.breakMu.Lock()
+	defer d.breakMu.Unlock()
 	return d.chainBreak
 }
 
 func (d *Daemon) opAuditAck(_ context.Context, c *Call) (any, error) {
-	d.mu.Lock()
-	brk := d.chainBreak
-	d.mu.Unlock()
+	brk := d.AuditBreak()
 	if brk == nil {
 		return map[string]any{"acknowledged": false}, nil
 	}
 	if err := d.store.Put(keyAuditBreak, nil); err != nil {
 		return nil, api.Errorf(api.CodeInternal, "acknowledge: %v", err)
 	}
-	d.mu.Lock()
+	d.breakMu.Lock()
 	d.chainBreak = nil
-	d.mu.Unlock()
+	d.breakMu.Unlock()
 	d.Audit("audit_break_acknowledged", map[string]any{"break_time": brk.Time, "kept_as": brk.KeptAs, "sender": c.Peer.String()})
 	return map[string]any{"acknowledged": true, "chain_break": brk}, nil
 }

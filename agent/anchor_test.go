@@ -10,16 +10,17 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 )
 
-func storedAnchor(t *testing.T, d *Daemon) auditAnchor {
+func storedAnchor(t *testing.T, d *Daemon) enforce.AuditAnchor {
 	t.Helper()
-	raw, err := d.Store().Get(keyAuditAnchor)
+	raw, err := d.Store().Get(enforce.KeyAuditAnchor)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var a auditAnchor
+	var a enforce.AuditAnchor
 	if raw != nil {
 		if err := json.Unmarshal(raw, &a); err != nil {
 			t.Fatal(err)
@@ -44,7 +45,7 @@ func TestAuditAnchorWrittenAfterSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	seq, hash := d.audit.Last()
-	if got := storedAnchor(t, d); got != (auditAnchor{Seq: seq, Hash: hash}) {
+	if got := storedAnchor(t, d); got != (enforce.AuditAnchor{Seq: seq, Hash: hash}) {
 		t.Fatalf("anchor after sync = %+v, want seq %d hash %s", got, seq, hash)
 	}
 	if seq <= before.Seq {
@@ -191,10 +192,10 @@ func TestAuditAnchorMissingIsAccepted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if raw, _ := st.Get(keyAuditAnchor); raw == nil {
+	if raw, _ := st.Get(enforce.KeyAuditAnchor); raw == nil {
 		t.Fatal("no anchor after a clean stop")
 	}
-	if err := st.Put(keyAuditAnchor, nil); err != nil {
+	if err := st.Put(enforce.KeyAuditAnchor, nil); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
 
@@ -29,7 +30,7 @@ func TestSenderBlockCap(t *testing.T) {
 		return a
 	}
 	refused := func(a signalAnswer) bool {
-		return a.Decisions[0].Error != nil && a.Decisions[0].Error.Code == CodeSenderBlockCap
+		return a.Decisions[0].Error != nil && a.Decisions[0].Error.Code == enforce.CodeSenderBlockCap
 	}
 	for i := 1; i <= 3; i++ {
 		if a := scan(webPeer, fmt.Sprintf("203.0.113.%d", i)); a.Decisions[0].Enforced == nil {
@@ -39,7 +40,7 @@ func TestSenderBlockCap(t *testing.T) {
 	clk.Add(10 * time.Second)
 	for i := 4; i <= 5; i++ {
 		if a := scan(webPeer, fmt.Sprintf("203.0.113.%d", i)); !refused(a) {
-			t.Errorf("block %d over the cap: %+v; want %s", i, a.Decisions[0], CodeSenderBlockCap)
+			t.Errorf("block %d over the cap: %+v; want %s", i, a.Decisions[0], enforce.CodeSenderBlockCap)
 		}
 	}
 	admin(t, d, `{"op":"block","targets":["203.0.113.50"],"permanent":true}`)

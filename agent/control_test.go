@@ -42,9 +42,9 @@ func TestEveryOpRefusesUnknownFields(t *testing.T) {
 		t.Fatalf("block: %+v", w.Error)
 	}
 	// An unacknowledged chain break, so that audit_ack would change something.
-	d.mu.Lock()
+	d.breakMu.Lock()
 	d.chainBreak = &api.ChainBreak{Time: time.Now().UTC(), Found: "test"}
-	d.mu.Unlock()
+	d.breakMu.Unlock()
 
 	ops := make([]string, 0, len(d.ops))
 	for name := range d.ops {
@@ -185,7 +185,7 @@ func TestControlSocketStallingUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	if err := d.Reconcile("start"); err != nil {
+	if err := d.heal.Reconcile("start"); err != nil {
 		t.Fatal(err)
 	}
 	serve(t, d)

@@ -154,7 +154,7 @@ func newTestDaemon(t *testing.T, cfg Config, fw *fakeFW, clk *clock) *Daemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	if err := d.Reconcile("start"); err != nil {
+	if err := d.heal.Reconcile("start"); err != nil {
 		t.Fatal(err)
 	}
 	return d

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/response"
 )
@@ -27,10 +28,10 @@ func (d *Daemon) ApplyRemote(ctx context.Context, dec response.Decision) (int, e
 	}
 	switch dec.Action {
 	case response.ActionBlock:
-		out, err := d.EnforceWith(ctx, dec, EnforceOptions{Partial: true})
+		out, err := d.path.EnforceWith(ctx, dec, enforce.EnforceOptions{Partial: true})
 		return len(out.Refused), err
 	case response.ActionUnblock:
-		_, err := d.Enforce(ctx, dec)
+		_, err := d.path.Enforce(ctx, dec)
 		return 0, err
 	default:
 		return 0, api.Errorf(api.CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
@@ -56,7 +57,7 @@ func (d *Daemon) ApplyRemoteBatch(ctx context.Context, decs []response.Decision)
 	}
 	// Partial mode only concerns blocks: a protected target of a merged
 	// remote decision must not keep the others out.
-	for j, out := range d.EnforceBatch(ctx, ok, EnforceOptions{Partial: true}) {
+	for j, out := range d.path.EnforceBatch(ctx, ok, enforce.EnforceOptions{Partial: true}) {
 		res[idx[j]] = fleet.Result{Refused: len(out.Refused), Err: out.Err}
 	}
 	return res
@@ -66,8 +67,8 @@ var _ fleet.Applier = (*Daemon)(nil)
 
 // publishToFleet is the observer that hands every local block and unblock
 // that took effect to the fleet. Remote decisions (Origin set) go nowhere.
-func publishToFleet(f *fleet.Fleet) Observer {
-	return func(dec response.Decision, out Outcome) {
+func publishToFleet(f *fleet.Fleet) enforce.Observer {
+	return func(dec response.Decision, out enforce.Outcome, _ enforce.State) {
 		if dec.Origin != "" && dec.Origin != f.Name() {
 			return
 		}
@@ -92,24 +93,14 @@ func publishToFleet(f *fleet.Fleet) Observer {
 
 // localBlocks lists this host's own active blocks, for the fleet's resync.
 func (d *Daemon) localBlocks(context.Context) ([]response.Decision, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	nowMs := d.now().UnixMilli()
 	var out []response.Decision
-	for p, e := range d.blocks.m {
-		if e.expired(nowMs) {
-			continue
-		}
-		dr := d.blocks.decision(e.dec)
+	for _, b := range d.path.Active() {
+		dr := b.Decision
 		if dr.Origin != "" {
 			continue
 		}
-		dec := response.Decision{ID: dr.ID, Action: response.ActionBlock, Targets: []netip.Prefix{p},
-			Reason: dr.Reason, Source: dr.Source, Rule: dr.Rule}
-		if e.until != 0 {
-			dec.Until = time.UnixMilli(e.until)
-		}
-		out = append(out, dec)
+		out = append(out, response.Decision{ID: dr.ID, Action: response.ActionBlock, Targets: []netip.Prefix{b.Prefix},
+			Reason: dr.Reason, Source: dr.Source, Rule: dr.Rule, Until: b.Until})
 	}
 	return out, nil
 }
@@ -126,7 +117,7 @@ func (m *Main) startFleet(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("fleet: %w", err)
 	}
-	d.Observe(publishToFleet(f))
+	d.path.Observe(publishToFleet(f))
 	if in := d.incident.Load(); in != nil && in.Metrics() != nil {
 		if err := in.Metrics().Registry().Register(f); err != nil {
 			m.Logger.Warn("fleet metrics not registered", "err", err)
@@ -136,9 +127,7 @@ func (m *Main) startFleet(ctx context.Context, cfg Config) error {
 	if err := f.Start(ctx); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	d.fleet = f
-	d.mu.Unlock()
+	d.fleet.Store(f)
 	st := f.Status()
 	d.Audit("fleet_join", map[string]any{"name": st.Name, "connected": st.Connected, "caught_up": st.CaughtUp,
 		"applied": st.Applied, "refused": st.Refused, "took": time.Since(start).Round(time.Millisecond).String()})
@@ -147,20 +136,20 @@ func (m *Main) startFleet(ctx context.Context, cfg Config) error {
 
 // stopFleet flushes what it can (bounded) and leaves the fleet.
 func (m *Main) stopFleet() {
-	if m.Daemon == nil || m.Daemon.fleet == nil {
+	if m.Daemon == nil || m.Daemon.fleet.Load() == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_ = m.Daemon.fleet.Close(ctx)
+	_ = m.Daemon.fleet.Load().Close(ctx)
 }
 
 // fleetStatus is the fleet part of op status; nil when the fleet is off.
-// Caller holds d.mu.
 func (d *Daemon) fleetStatus() *fleet.Status {
-	if d.fleet == nil {
+	f := d.fleet.Load()
+	if f == nil {
 		return nil
 	}
-	st := d.fleet.Status()
+	st := f.Status()
 	return &st
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/response"
 )
@@ -64,7 +65,7 @@ func TestApplyRemoteGoesThroughTheGuard(t *testing.T) {
 	if got := fw.state(); got != "block 203.0.113.5/32 timeout=1h0m0s" {
 		t.Errorf("kernel after a remote block:\n%s", got)
 	}
-	bs := d.Blocks()
+	bs := d.path.Blocks()
 	if len(bs) != 1 || bs[0].Origin != "b" || bs[0].Source != "fleet" {
 		t.Errorf("blocks %+v; want one from origin b, source fleet", bs)
 	}
@@ -98,7 +99,7 @@ func TestObserverPublishesWhatTookEffect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.Observe(publishToFleet(f))
+	d.path.Observe(publishToFleet(f))
 	ctx := context.Background()
 	p := func(s ...string) []netip.Prefix {
 		var out []netip.Prefix
@@ -114,19 +115,19 @@ func TestObserverPublishesWhatTookEffect(t *testing.T) {
 		queue int
 	}{
 		{"partial block: only the applied target", func() {
-			_, _ = d.EnforceWith(ctx, response.Decision{Action: response.ActionBlock, Targets: p("203.0.113.1/32", "198.51.100.10/32"), Until: until}, EnforceOptions{Partial: true})
+			_, _ = d.path.EnforceWith(ctx, response.Decision{Action: response.ActionBlock, Targets: p("203.0.113.1/32", "198.51.100.10/32"), Until: until}, enforce.EnforceOptions{Partial: true})
 		}, 1},
 		{"refused block: nothing", func() {
-			_, _ = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: p("198.51.100.10/32"), Until: until})
+			_, _ = d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: p("198.51.100.10/32"), Until: until})
 		}, 1},
 		{"remote block: nothing", func() {
 			_, _ = d.ApplyRemote(ctx, response.Decision{ID: "r", Action: response.ActionBlock, Targets: p("203.0.113.2/32"), Until: until, Origin: "b"})
 		}, 1},
 		{"lockdown: nothing", func() {
-			_, _ = d.Enforce(ctx, response.Decision{Action: response.ActionLockdown, Until: until})
+			_, _ = d.path.Enforce(ctx, response.Decision{Action: response.ActionLockdown, Until: until})
 		}, 1},
 		{"unblock, even of a target not blocked here", func() {
-			_, _ = d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: p("203.0.113.1/32", "203.0.113.9/32")})
+			_, _ = d.path.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: p("203.0.113.1/32", "203.0.113.9/32")})
 		}, 3},
 	}
 	for _, s := range steps {

@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 )
 
 func FuzzParseTarget(f *testing.F) {
 	for _, s := range []string{"203.0.113.7", "198.51.100.0/24", "2001:db8::/48", "::ffff:1.2.3.4", "fe80::1%eth0", "", "1.2.3.4/", "0.0.0.0/0", "::/0", "1.2.3.4/33", "::ffff:0:0/95"} {
 		f.Add(s)
 	}
-	g := &Guard{MinV4: 16, MinV6: 32, Own: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}
+	g := &enforce.Guard{MinV4: 16, MinV6: 32, Own: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}
 	f.Fuzz(func(t *testing.T, s string) {
 		p, err := api.ParseTarget(s)
 		if err != nil {
@@ -59,7 +60,7 @@ func FuzzRequest(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer d.Close()
-	if err := d.Reconcile("fuzz"); err != nil {
+	if err := d.heal.Reconcile("fuzz"); err != nil {
 		f.Fatal(err)
 	}
 	d.ops["uninstall_rules"] = opEntry{perm: PermAdmin, fn: d.opPing} // keep the table for the next input

@@ -214,7 +214,7 @@ func (d *Daemon) handleIntegritySignal(ctx context.Context, sig response.Signal)
 	d.observeSignal(sig, string(res.Outcome))
 	blocked := false
 	for _, dec := range res.Decisions {
-		if _, err := d.Enforce(ctx, dec); err != nil {
+		if _, err := d.path.Enforce(ctx, dec); err != nil {
 			d.log.Error("enforcing the policy's answer to an integrity finding failed", "action", dec.Action, "path", sig.Path, "err", err)
 			continue
 		}

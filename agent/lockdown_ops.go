@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
 
@@ -31,7 +32,7 @@ type lockdownParams struct {
 
 // LockdownResult is the answer to op lockdown.
 type LockdownResult struct {
-	Outcome
+	enforce.Outcome
 	Lockdown api.LockdownState `json:"lockdown"`
 }
 
@@ -73,14 +74,11 @@ func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
 	if len(cfg.AllowPrefixes())+len(dec.Allow) == 0 && !p.Force {
 		return nil, api.Errorf(CodeNeedsForce, "the lockdown would have an empty allowlist: nothing could reach this host, your current session included; give --allow CIDR (your management network) or --force")
 	}
-	out, err := d.Enforce(ctx, dec)
+	out, err := d.path.Enforce(ctx, dec)
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	st := d.lockdownState()
-	d.mu.Unlock()
-	return LockdownResult{Outcome: out, Lockdown: st}, nil
+	return LockdownResult{Outcome: out, Lockdown: d.path.Stats().Lockdown}, nil
 }
 
 func comparePrefix(a, b netip.Prefix) int {
@@ -110,14 +108,11 @@ func (d *Daemon) lockdownEnd(dec *response.Decision, p lockdownParams, now time.
 	if err != nil || by < time.Second {
 		return api.Errorf(api.CodeInvalidDuration, `"extend" must be a duration of at least 1s, e.g. "15m"`)
 	}
-	d.mu.Lock()
-	cur := d.lockdownState()
-	l := d.lockdown
-	d.mu.Unlock()
-	if !cur.Active {
+	l := d.path.CurrentLockdown()
+	if l == nil || !l.Until.After(now) {
 		return api.Errorf(CodeNoLockdown, "no active lockdown to extend; start one with --for")
 	}
-	dec.Until = cur.Until.Add(by)
+	dec.Until = l.Until.Add(by)
 	dec.Allow = append(slices.Clone(l.Allow), dec.Allow...)
 	dec.Isolate = dec.Isolate || l.Isolate
 	if dec.Reason == "" {

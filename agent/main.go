@@ -15,6 +15,7 @@ import (
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/google/nftables"
+	"github.com/parryhq/parry/agent/heal"
 	"github.com/parryhq/parry/firewall"
 )
 
@@ -177,7 +178,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.ln, err = m.listener(cfg); err != nil {
 		return err
 	}
-	d, err := New(cfg, Options{Firewall: TimeApply(fw), Logger: m.Logger, Sweeper: func() (ElementReader, func(), error) {
+	d, err := New(cfg, Options{Firewall: TimeApply(fw), Logger: m.Logger, Sweeper: func() (heal.ElementReader, func(), error) {
 		conn, err := nftables.New(nftables.AsLasting())
 		if err != nil {
 			return nil, nil, err
@@ -202,7 +203,7 @@ func (m *Main) Run(ctx context.Context) error {
 	d.shutdown = cancel
 	d.reload = m.reload
 	start := time.Now()
-	if err := d.Reconcile("start"); err != nil {
+	if err := d.heal.Reconcile("start"); err != nil {
 		return err
 	}
 	debug.FreeOSMemory() // the re-assert's netlink buffers are garbage now
@@ -216,8 +217,8 @@ func (m *Main) Run(ctx context.Context) error {
 	// it is subscribed), and take the current ones out of stored blocks:
 	// an address may have appeared while parryd was down.
 	addrsDone := make(chan struct{})
-	go func() { defer close(addrsDone); d.followAddrs(ctx) }()
-	d.unblockOwnAddrs()
+	go func() { defer close(addrsDone); d.heal.FollowAddrs(ctx) }()
+	d.path.UnblockOwn()
 	incDone := make(chan struct{})
 	go func() { inc.Run(ctx); close(incDone) }()
 	notify(m.Logger, sddaemon.SdNotifyReady)

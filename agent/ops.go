@@ -3,12 +3,14 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
 
@@ -90,40 +92,22 @@ func (d *Daemon) auditFailure() *api.AuditFailure {
 }
 
 // Status reports the daemon's state from memory (never the kernel).
+//
+// It asks each part for its own state, one after the other: none holds
+// another's lock.
 func (d *Daemon) Status() api.Status {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	now := d.now()
-	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
+	cfg := d.Config()
+	ps := d.path.Stats()
 	return api.Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: api.FormatDuration(now.Sub(d.started).Truncate(time.Second)),
-		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, AuditFailure: d.auditFailure(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
+		ActiveBlocks: ps.Active, Table: "inet " + cfg.Table, TableHealth: d.heal.Health(), Lockdown: ps.Lockdown,
+		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
 
-// Blocks lists the active blocks in address order, from memory.
-func (d *Daemon) Blocks() []api.BlockInfo {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	nowMs := d.now().UnixMilli()
-	ps := d.blocks.sorted(nowMs)
-	out := make([]api.BlockInfo, len(ps))
-	for i, p := range ps {
-		e, _ := d.blocks.get(p)
-		dr := d.blocks.decision(e.dec)
-		bi := api.BlockInfo{Target: api.FormatTarget(p), ID: dr.ID, Created: time.UnixMilli(e.created).UTC(),
-			Reason: dr.Reason, Source: dr.Source, Origin: dr.Origin, Rule: dr.Rule, Sender: dr.Sender}
-		if e.until != 0 {
-			bi.Until = time.UnixMilli(e.until).UTC()
-		}
-		out[i] = bi
-	}
-	return out
-}
-
 func (d *Daemon) opList(context.Context, *Call) (any, error) {
-	b := d.Blocks()
+	b := d.path.Blocks()
 	return map[string]any{"count": len(b), "blocks": b}, nil
 }
 
@@ -147,9 +131,9 @@ func (d *Daemon) opBlock(ctx context.Context, c *Call) (any, error) {
 	dec := response.Decision{Action: response.ActionBlock, Targets: targets, Until: until,
 		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String(), Admin: true}
 	if len(targets) == 0 { // every target was unparseable (partial mode)
-		return Outcome{Action: response.ActionBlock, Refused: bad}, nil
+		return enforce.Outcome{Action: response.ActionBlock, Refused: bad}, nil
 	}
-	out, err := d.EnforceWith(ctx, dec, EnforceOptions{Partial: p.Partial})
+	out, err := d.path.EnforceWith(ctx, dec, enforce.EnforceOptions{Partial: p.Partial})
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +157,7 @@ func (d *Daemon) opUnblock(ctx context.Context, c *Call) (any, error) {
 	if p.Source == "" {
 		p.Source = "control"
 	}
-	return d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: targets,
+	return d.path.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: targets,
 		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String(), Admin: true})
 }
 
@@ -184,7 +168,7 @@ func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {
 	if err := c.Decode(&p); err != nil {
 		return nil, err
 	}
-	return d.Enforce(ctx, response.Decision{Action: response.ActionRelease, Reason: truncate(p.Reason, 1024),
+	return d.path.Enforce(ctx, response.Decision{Action: response.ActionRelease, Reason: truncate(p.Reason, 1024),
 		Source: "control", Sender: c.Peer.String(), Admin: true})
 }
 
@@ -238,11 +222,7 @@ func (d *Daemon) opReload(context.Context, *Call) (any, error) {
 }
 
 func (d *Daemon) opUninstallRules(_ context.Context, c *Call) (any, error) {
-	d.mu.Lock()
-	err := d.fw.Remove()
-	d.uninstalled = err == nil
-	d.mu.Unlock()
-	if err != nil {
+	if err := d.heal.Uninstall(); err != nil {
 		return nil, api.Errorf(api.CodeFirewall, "remove table: %v", err)
 	}
 	d.Audit("uninstall_rules", map[string]any{"table": d.Config().Table, "sender": c.Peer.String()})
@@ -250,4 +230,12 @@ func (d *Daemon) opUninstallRules(_ context.Context, c *Call) (any, error) {
 		d.shutdown() // else self-heal would put the table back
 	}
 	return map[string]any{"removed": "inet " + d.Config().Table, "daemon": "stopping"}, nil
+}
+
+func targetStrings(ps []netip.Prefix) []string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = api.FormatTarget(p)
+	}
+	return s
 }

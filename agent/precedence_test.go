@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/response"
 )
@@ -39,7 +40,7 @@ func viewBlock(t *testing.T, d *Daemon, fw *fakeFW, p netip.Prefix) blockView {
 		return time.UnixMilli(ms).UTC().Format(time.RFC3339)
 	}
 	var v blockView
-	for _, b := range d.Blocks() {
+	for _, b := range d.path.Blocks() {
 		if b.Target == api.FormatTarget(p) {
 			v.Until, v.Reason = "permanent", b.Reason
 			if !b.Until.IsZero() {
@@ -185,7 +186,7 @@ func TestAdminBlockMayShorten(t *testing.T) {
 
 // remoteDec is a fleet decision from host b.
 func remoteDec(act response.Action, until time.Time) response.Decision {
-	return response.Decision{ID: newID(), Action: act, Targets: []netip.Prefix{precPrefix}, Until: until,
+	return response.Decision{ID: enforce.NewID(), Action: act, Targets: []netip.Prefix{precPrefix}, Until: until,
 		Source: "fleet", Origin: "b", Reason: "from b"}
 }
 
@@ -201,7 +202,7 @@ var fleetPaths = []struct {
 	{"batch", func(d *Daemon, dec response.Decision) error {
 		// A second, unrelated decision makes it a run of two.
 		other := dec
-		other.ID, other.Targets = newID(), []netip.Prefix{netip.MustParsePrefix("203.0.113.99/32")}
+		other.ID, other.Targets = enforce.NewID(), []netip.Prefix{netip.MustParsePrefix("203.0.113.99/32")}
 		res := d.ApplyRemoteBatch(context.Background(), []response.Decision{dec, other})
 		for _, r := range res {
 			if r.Err != nil {
@@ -312,7 +313,7 @@ func TestIntegrityLockdownMerges(t *testing.T) {
 func TestNonAdminReleaseRefused(t *testing.T) {
 	d, fw, _ := precDaemon(t)
 	admin(t, d, `{"op":"lockdown","for":"2h","force":true}`)
-	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionRelease, Source: "policy"}); api.CodeOf(err) != api.CodeForbidden {
+	if _, err := d.path.Enforce(context.Background(), response.Decision{Action: response.ActionRelease, Source: "policy"}); api.CodeOf(err) != api.CodeForbidden {
 		t.Errorf("non-admin release: %v; want %s", err, api.CodeForbidden)
 	}
 	if fw.lockdown == nil {

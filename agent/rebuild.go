@@ -13,6 +13,7 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 )
@@ -180,7 +181,7 @@ func rebuildChange(els []firewall.Element, kl *firewall.Lockdown, hist map[netip
 			if recovered == 0 {
 				nextSeq++
 				recovered = nextSeq
-				ch.PutDecisions = append(ch.PutDecisions, store.Decision{Seq: recovered, ID: newID(), Time: now,
+				ch.PutDecisions = append(ch.PutDecisions, store.Decision{Seq: recovered, ID: enforce.NewID(), Time: now,
 					Reason: "recovered from the kernel by parryd --rebuild-store; no audit record matched", Source: "rebuild"})
 			}
 			b.Decision = recovered
@@ -190,7 +191,7 @@ func rebuildChange(els []firewall.Element, kl *firewall.Lockdown, hist map[netip
 	}
 	rep.Blocks = len(ch.PutBlocks)
 	if kl != nil && kl.Timeout > 0 {
-		l := &store.Lockdown{ID: newID(), Since: now, Until: now.Add(kl.Timeout), Allow: kl.Allow, Isolate: kl.Isolate,
+		l := &store.Lockdown{ID: enforce.NewID(), Since: now, Until: now.Add(kl.Timeout), Allow: kl.Allow, Isolate: kl.Isolate,
 			Reason: "recovered from the kernel by parryd --rebuild-store", Source: "rebuild"}
 		if lock != nil {
 			l.ID, l.Since, l.Reason, l.Source, l.Sender = lock.dec.ID, lock.time, lock.dec.Reason, lock.dec.Source, lock.dec.Sender

@@ -13,6 +13,7 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
 
@@ -56,7 +57,7 @@ func (d *Daemon) newPolicy(cfg Config, own []netip.Addr, old *response.Engine) (
 	return eng, nil
 }
 
-// policyStatus is the policy's part of op status. Caller holds d.mu.
+// policyStatus is the policy's part of op status.
 func (d *Daemon) policyStatus() api.PolicyStatus {
 	eng := d.Policy()
 	if eng == nil {
@@ -65,7 +66,7 @@ func (d *Daemon) policyStatus() api.PolicyStatus {
 	st := eng.Stats()
 	return api.PolicyStatus{DryRun: eng.Config().DryRun, Rules: len(eng.Rules()), Signals: st.Signals, NoRule: st.NoRule,
 		Decisions: st.Decisions, RateLimited: st.RateLimited, Keys: st.Keys, Offenders: st.Offenders, Evicted: st.EvictedKeys,
-		SenderBlockCap: d.capStatus(eng, d.now())}
+		SenderBlockCap: d.path.CapStatus()}
 }
 
 // Policy returns the policy engine in force.
@@ -182,8 +183,8 @@ func appendPlainString(b []byte, s string) ([]byte, bool) {
 // SignalDecision is one decision and its enforcement.
 type SignalDecision struct {
 	response.Decision
-	Enforced *Outcome   `json:"enforced,omitempty"` // what Enforce did
-	Error    *api.Error `json:"error,omitempty"`    // why Enforce refused it
+	Enforced *enforce.Outcome `json:"enforced,omitempty"` // what Enforce did
+	Error    *api.Error       `json:"error,omitempty"`    // why Enforce refused it
 }
 
 // peerSender is the policy's view of a control peer.
@@ -235,7 +236,7 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	blocked := false
 	for _, dec := range res.Decisions {
 		sd := SignalDecision{Decision: dec}
-		o, err := d.EnforceWith(ctx, dec, EnforceOptions{SenderCap: !c.Peer.Admin})
+		o, err := d.path.EnforceWith(ctx, dec, enforce.EnforceOptions{SenderCap: !c.Peer.Admin})
 		if err != nil {
 			var e *api.Error
 			if !errors.As(err, &e) {
@@ -282,24 +283,6 @@ const (
 	signalBatch = 256
 	signalFlush = 200 * time.Millisecond
 )
-
-// mergeLockdown keeps a policy lockdown from shortening or loosening an
-// active one (an operator's, typically): it ends no earlier, isolates if
-// either does, and keeps the active lockdown's allowlist. Caller holds d.mu
-// (startLockdown), so nothing changes between the merge and the lockdown.
-func (d *Daemon) mergeLockdown(dec response.Decision) response.Decision {
-	cur := d.lockdownState()
-	if !cur.Active {
-		return dec
-	}
-	if cur.Until.After(dec.Until) {
-		dec.Until = cur.Until
-	}
-	dec.Isolate = dec.Isolate || cur.Isolate
-	dec.Allow = slices.Clone(d.lockdown.Allow)
-	dec.Reason += fmt.Sprintf(" (merged with the active lockdown %s)", cur.ID)
-	return dec
-}
 
 // signalLog holds signal records not yet in the audit log.
 type signalLog struct {

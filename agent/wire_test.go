@@ -12,6 +12,7 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/hostcheck"
@@ -40,7 +41,7 @@ func wireAnswers() []struct {
 		{"PolicyStatus", new(api.PolicyStatus)},
 		{"Error", new(api.Error)},
 		{"EvidenceInfo", new(api.EvidenceInfo)},
-		{"Outcome", new(Outcome)},
+		{"Outcome", new(enforce.Outcome)},
 		{"LockdownResult", new(LockdownResult)},
 		{"SignalResult", new(SignalResult)},
 		{"IntegrityStatus", new(IntegrityStatus)},
@@ -105,7 +106,7 @@ func TestWireTwins(t *testing.T) {
 		daemon any // filled unless already set
 		twin   any
 	}{
-		{"Outcome", new(Outcome), new(api.Outcome)},
+		{"Outcome", new(enforce.Outcome), new(api.Outcome)},
 		{"LockdownResult", new(LockdownResult), new(api.LockdownResult)},
 		{"SignalResult", new(SignalResult), new(api.SignalResult)},
 		{"IntegrityStatus", new(IntegrityStatus), new(api.IntegrityStatus)},

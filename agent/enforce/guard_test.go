@@ -1,4 +1,4 @@
-package agent
+package enforce
 
 import (
 	"net/netip"

@@ -113,7 +113,7 @@ func (m *Main) startFleet(ctx context.Context, cfg Config) error {
 		return nil
 	}
 	d := m.Daemon
-	f, err := fleet.New(cfg.Fleet, d, fleet.Options{Logger: m.Logger, Local: d.localBlocks})
+	f, err := fleet.New(cfg.Fleet, d, fleet.Options{Logger: m.Logger, Now: d.now, Local: d.localBlocks})
 	if err != nil {
 		return fmt.Errorf("fleet: %w", err)
 	}

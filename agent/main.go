@@ -255,14 +255,15 @@ func (m *Main) Run(ctx context.Context) error {
 // tick is what the maintenance loop runs every second besides its own work:
 // the watchdog ping and a STATUS= line every 10 s.
 func (m *Main) tick(ping func()) func() {
-	lastStatus := time.Now()
+	now := m.Daemon.now
+	lastStatus := now()
 	return func() {
 		if ping != nil {
 			ping()
 		}
-		if time.Since(lastStatus) >= 10*time.Second {
+		if now().Sub(lastStatus) >= 10*time.Second {
 			m.notifyStatus()
-			lastStatus = time.Now()
+			lastStatus = now()
 		}
 	}
 }
@@ -307,11 +308,12 @@ func (m *Main) watchdog() func() {
 	if err != nil || iv == 0 {
 		return nil
 	}
+	now := m.Daemon.now
 	last := time.Time{}
 	return func() {
-		if time.Since(last) >= iv/3 {
+		if now().Sub(last) >= iv/3 {
 			notify(m.Logger, sddaemon.SdNotifyWatchdog)
-			last = time.Now()
+			last = now()
 		}
 	}
 }

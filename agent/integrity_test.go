@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/parryhq/parry/integrity"
 )
 
 func TestIntegrityConfigStrict(t *testing.T) {
@@ -30,5 +33,14 @@ func TestIntegrityConfigStrict(t *testing.T) {
 	}
 	if _, err := LoadConfig(p, false); err != nil {
 		t.Fatalf("valid integrity config refused: %v", err)
+	}
+}
+
+// TestIntegrityBusyCode: a monitor that could not be had in time answers
+// with the protocol code busy, not bad_request.
+func TestIntegrityBusyCode(t *testing.T) {
+	err := integrityErr(fmt.Errorf("status: %w (check running for 9s)", integrity.ErrBusy))
+	if CodeOf(err) != CodeBusy {
+		t.Fatalf("code %q, want %q", CodeOf(err), CodeBusy)
 	}
 }

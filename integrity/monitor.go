@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -29,6 +28,14 @@ type Options struct {
 	// NewSource opens the file event source; nil means inotify via
 	// fsnotify. Tests inject events through it.
 	NewSource func() (EventSource, error)
+	// LockWait is the longest a request (Status, Check, Accept, Baseline)
+	// waits for the monitor when its context allows longer; then it gets
+	// an error wrapping ErrBusy. Default DefaultLockWait.
+	LockWait time.Duration
+	// EventQueue bounds the file events queued between the event source
+	// and the watcher loop; beyond it events are dropped and everything is
+	// rescanned (as after a kernel overflow). Default DefaultEventQueue.
+	EventQueue int
 }
 
 // Monitor owns the baseline, the scanner, the checker and the real-time
@@ -41,7 +48,7 @@ type Monitor struct {
 	checker *Checker
 	log     *slog.Logger
 
-	mu       sync.Mutex
+	mu       opLock // a request waits for it with a deadline (wait)
 	base     *Baseline
 	digest   string
 	loadErr  error                // why Load failed: given instead of ErrNoBaseline
@@ -82,11 +89,14 @@ func NewMonitor(cfg Config, opt Options) (*Monitor, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opt.LockWait <= 0 {
+		opt.LockWait = DefaultLockWait
+	}
 	if opt.Report == nil {
 		opt.Report = func(Finding) {}
 	}
 	m := &Monitor{cfg: cfg, opt: opt, scanner: sc, sel: sc.Selection(), log: opt.Logger,
-		observed: map[string]Entry{}, open: map[string][]Finding{}}
+		mu: newOpLock(), observed: map[string]Entry{}, open: map[string][]Finding{}}
 	m.checker = &Checker{Rules: rules, Now: opt.Now}
 	if cfg.PackageManager == "dpkg" {
 		m.checker.Dpkg = NewDpkg(cfg.PackageRoot, m.sel)
@@ -102,7 +112,7 @@ func (m *Monitor) Config() Config { return m.cfg }
 func (m *Monitor) Load() (string, error) {
 	b, digest, err := LoadBaseline(m.opt.StateDir, m.opt.WantDigest)
 	if err != nil {
-		m.mu.Lock()
+		m.mu.Lock("load baseline")
 		m.loadErr = err
 		m.mu.Unlock()
 		return digest, err
@@ -110,7 +120,7 @@ func (m *Monitor) Load() (string, error) {
 	if b.Algo != m.scanner.Algo() {
 		return digest, fmt.Errorf("load baseline: recorded with %s, configured %s: record a new baseline", b.Algo, m.scanner.Algo())
 	}
-	m.mu.Lock()
+	m.mu.Lock("load baseline")
 	defer m.mu.Unlock()
 	m.setBaseline(b, digest)
 	return digest, nil
@@ -134,7 +144,9 @@ type BaselineResult struct {
 // Baseline scans the selection now, stores it as the new baseline and
 // returns its digest (for the caller's audit chain).
 func (m *Monitor) Baseline(ctx context.Context) (BaselineResult, error) {
-	m.mu.Lock()
+	if err := m.mu.LockContext(ctx, "baseline", m.opt.LockWait); err != nil {
+		return BaselineResult{}, err
+	}
 	defer m.mu.Unlock()
 	start := time.Now()
 	ents, err := m.scanWatching(ctx)
@@ -172,7 +184,9 @@ func (m *Monitor) Baseline(ctx context.Context) (BaselineResult, error) {
 // Check compares the whole selection with the baseline now and returns
 // every current deviation (reporting only those not reported before).
 func (m *Monitor) Check(ctx context.Context) ([]Finding, error) {
-	m.mu.Lock()
+	if err := m.mu.LockContext(ctx, "check", m.opt.LockWait); err != nil {
+		return nil, err
+	}
 	defer m.mu.Unlock()
 	if err := m.fullRescan(ctx, true); err != nil {
 		return nil, err
@@ -183,7 +197,9 @@ func (m *Monitor) Check(ctx context.Context) ([]Finding, error) {
 // Accept takes the current state of paths (directories with everything
 // below them) into the baseline, stores it and returns the new digest.
 func (m *Monitor) Accept(ctx context.Context, paths []string) (string, error) {
-	m.mu.Lock()
+	if err := m.mu.LockContext(ctx, "accept", m.opt.LockWait); err != nil {
+		return "", err
+	}
 	defer m.mu.Unlock()
 	if m.base == nil {
 		return "", m.noBaseline()
@@ -246,9 +262,12 @@ type Status struct {
 	Open            []Finding     `json:"open"`
 }
 
-// Status reports the monitor's state and open findings.
-func (m *Monitor) Status() Status {
-	m.mu.Lock()
+// Status reports the monitor's state and open findings. It waits for the
+// monitor until ctx ends or Options.LockWait passes (ErrBusy).
+func (m *Monitor) Status(ctx context.Context) (Status, error) {
+	if err := m.mu.LockContext(ctx, "status", m.opt.LockWait); err != nil {
+		return Status{}, err
+	}
 	defer m.mu.Unlock()
 	s := Status{Roots: m.sel.Roots(), Running: m.w != nil, Hash: m.scanner.Algo(), Open: m.openLocked(),
 		LastScan: m.st.lastScan, LastScanTook: m.st.lastScanTook, Events: m.st.events,
@@ -259,7 +278,7 @@ func (m *Monitor) Status() Status {
 	if m.w != nil {
 		s.Watches = len(m.w.watched)
 	}
-	return s
+	return s, nil
 }
 
 func (m *Monitor) openLocked() []Finding {

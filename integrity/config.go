@@ -43,6 +43,10 @@ type Config struct {
 	Debounce time.Duration `yaml:"debounce"`
 	// PackageManager is "dpkg" (default) or "none".
 	PackageManager string `yaml:"package_manager"`
+	// MaxHashSize is the largest file whose content is hashed, e.g.
+	// "1GiB" (the default); a larger file is recorded by its metadata only
+	// and reported as not_hashed. "0" means no limit.
+	MaxHashSize string `yaml:"max_hash_size"`
 	// PackageRoot is the root the package database and the files it lists
 	// live under (<root>/var/lib/dpkg/info/*.md5sums). Default "/".
 	PackageRoot string `yaml:"package_root"`
@@ -87,6 +91,7 @@ const (
 const (
 	DefaultDebounce     = 50 * time.Millisecond
 	DefaultScanInterval = time.Hour
+	DefaultMaxHashSize  = "1GiB"
 )
 
 // DefaultPaths is the selection on a Debian host: configuration, system
@@ -151,6 +156,9 @@ func (c Config) WithDefaults() Config {
 	if c.PackageRoot == "" {
 		c.PackageRoot = "/"
 	}
+	if c.MaxHashSize == "" {
+		c.MaxHashSize = DefaultMaxHashSize
+	}
 	return c
 }
 
@@ -188,6 +196,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := ParseByteRate(c.IORate); err != nil {
 		errs = append(errs, fmt.Errorf("integrity.io_rate: %w", err))
+	}
+	if _, err := ParseByteSize(c.MaxHashSize); err != nil {
+		errs = append(errs, fmt.Errorf("integrity.max_hash_size: %w", err))
 	}
 	if c.Nice < 0 || c.Nice > 19 {
 		errs = append(errs, fmt.Errorf("integrity.nice %d: want 0..19", c.Nice))
@@ -243,6 +254,16 @@ func parseMode(s string) (uint32, error) {
 		return 0, fmt.Errorf("%q is not an octal mode (0000..7777)", s)
 	}
 	return uint32(m), nil
+}
+
+// ParseByteSize parses a size with the units of ParseByteRate: "1GiB",
+// "512MiB", "0" (none). Empty gives 0.
+func ParseByteSize(s string) (int64, error) {
+	n, err := ParseByteRate(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a size like 1GiB", s)
+	}
+	return n, nil
 }
 
 // ParseByteRate parses a bytes-per-second figure: "0", "", "1048576",

@@ -22,6 +22,7 @@ const (
 	KindRestored   = "restored"       // back to its baseline state after a reported change
 	KindPermission = "permission"     // violates a permission rule
 	KindUnreadable = "unreadable"     // could not be read completely
+	KindNotHashed  = "not_hashed"     // larger than max_hash_size: recorded by metadata only
 	KindOverflow   = "overflow"       // events were lost; a rescan follows
 	KindWatchLimit = "watch_limit"    // no inotify watch could be added; a rescan follows
 )

@@ -97,7 +97,7 @@ func NewMonitor(cfg Config, opt Options) (*Monitor, error) {
 	}
 	m := &Monitor{cfg: cfg, opt: opt, scanner: sc, sel: sc.Selection(), log: opt.Logger,
 		mu: newOpLock(), observed: map[string]Entry{}, open: map[string][]Finding{}}
-	m.checker = &Checker{Rules: rules, Now: opt.Now}
+	m.checker = &Checker{Rules: rules, Now: opt.Now, MaxHash: sc.MaxHashSize()}
 	if cfg.PackageManager == "dpkg" {
 		m.checker.Dpkg = NewDpkg(cfg.PackageRoot, m.sel)
 	}

@@ -162,6 +162,9 @@ func (d *Daemon) integrityFinding(f integrity.Finding) {
 	if len(f.Changes) > 0 {
 		fields["changes"] = f.Changes
 	}
+	if f.Count > 0 {
+		fields["count"] = f.Count // a burst finding: files aggregated
+	}
 	d.Audit("integrity_finding", fields)
 	d.observeFinding(f.Signal()) // incident tooling: metrics, webhook, evidence on critical
 	select {

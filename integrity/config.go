@@ -47,6 +47,16 @@ type Config struct {
 	// "1GiB" (the default); a larger file is recorded by its metadata only
 	// and reported as not_hashed. "0" means no limit.
 	MaxHashSize string `yaml:"max_hash_size"`
+	// BurstThreshold is how many `added` findings one directory reports
+	// one by one per BurstInterval; the rest are aggregated into one
+	// `burst` finding per directory and interval. Default 100.
+	BurstThreshold int `yaml:"burst_threshold"`
+	// BurstInterval is the interval of BurstThreshold. Default 10s.
+	BurstInterval *time.Duration `yaml:"burst_interval"`
+	// MaxOpenFindings bounds the findings kept open (status, evidence);
+	// beyond it new ones are reported but not kept, and counted. Default
+	// 10000.
+	MaxOpenFindings int `yaml:"max_open_findings"`
 	// PackageRoot is the root the package database and the files it lists
 	// live under (<root>/var/lib/dpkg/info/*.md5sums). Default "/".
 	PackageRoot string `yaml:"package_root"`
@@ -159,6 +169,16 @@ func (c Config) WithDefaults() Config {
 	if c.MaxHashSize == "" {
 		c.MaxHashSize = DefaultMaxHashSize
 	}
+	if c.BurstThreshold == 0 {
+		c.BurstThreshold = DefaultBurstThreshold
+	}
+	if c.BurstInterval == nil {
+		d := DefaultBurstInterval
+		c.BurstInterval = &d
+	}
+	if c.MaxOpenFindings == 0 {
+		c.MaxOpenFindings = DefaultMaxOpenFindings
+	}
 	return c
 }
 
@@ -199,6 +219,15 @@ func (c Config) Validate() error {
 	}
 	if _, err := ParseByteSize(c.MaxHashSize); err != nil {
 		errs = append(errs, fmt.Errorf("integrity.max_hash_size: %w", err))
+	}
+	if c.BurstThreshold < 0 || c.BurstThreshold > 100000 {
+		errs = append(errs, fmt.Errorf("integrity.burst_threshold %d: want 1..100000", c.BurstThreshold))
+	}
+	if c.BurstInterval != nil && (*c.BurstInterval < time.Second || *c.BurstInterval > time.Hour) {
+		errs = append(errs, fmt.Errorf("integrity.burst_interval %s: want 1s..1h", *c.BurstInterval))
+	}
+	if c.MaxOpenFindings < 0 || c.MaxOpenFindings > 1000000 {
+		errs = append(errs, fmt.Errorf("integrity.max_open_findings %d: want 1..1000000", c.MaxOpenFindings))
 	}
 	if c.Nice < 0 || c.Nice > 19 {
 		errs = append(errs, fmt.Errorf("integrity.nice %d: want 0..19", c.Nice))

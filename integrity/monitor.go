@@ -54,6 +54,8 @@ type Monitor struct {
 	loadErr  error                // why Load failed: given instead of ErrNoBaseline
 	observed map[string]Entry     // last state seen, where it differs from the baseline
 	open     map[string][]Finding // current deviations per path
+	openN    int                  // findings in open
+	agg      *aggregator          // flood aggregation (burst findings)
 	st       stats
 	w        *watchState // non-nil while Run runs
 
@@ -67,6 +69,7 @@ type stats struct {
 	overflows    int
 	watchFails   int
 	rescans      int
+	openDropped  uint64 // findings not kept open: max_open_findings reached
 }
 
 // NewMonitor builds a monitor for cfg. It does not touch the file system.
@@ -96,7 +99,7 @@ func NewMonitor(cfg Config, opt Options) (*Monitor, error) {
 		opt.Report = func(Finding) {}
 	}
 	m := &Monitor{cfg: cfg, opt: opt, scanner: sc, sel: sc.Selection(), log: opt.Logger,
-		mu: newOpLock(), observed: map[string]Entry{}, open: map[string][]Finding{}}
+		mu: newOpLock(), observed: map[string]Entry{}, open: map[string][]Finding{}, agg: newAggregator(cfg)}
 	m.checker = &Checker{Rules: rules, Now: opt.Now, MaxHash: sc.MaxHashSize()}
 	if cfg.PackageManager == "dpkg" {
 		m.checker.Dpkg = NewDpkg(cfg.PackageRoot, m.sel)
@@ -131,6 +134,9 @@ func (m *Monitor) setBaseline(b *Baseline, digest string) {
 	m.opt.WantDigest = digest
 	clear(m.observed)
 	clear(m.open)
+	m.openN = 0
+	m.agg.reset()
+	m.st.openDropped = 0
 }
 
 // BaselineResult describes a recorded baseline.
@@ -236,10 +242,16 @@ func (m *Monitor) Accept(ctx context.Context, paths []string) (string, error) {
 	for _, p := range paths {
 		for q := range m.open {
 			if q == p || strings.HasPrefix(q, p+"/") {
-				delete(m.open, q)
+				m.setOpen(q, nil)
 				delete(m.observed, q)
 			}
 		}
+		for q := range m.observed {
+			if q == p || strings.HasPrefix(q, p+"/") {
+				delete(m.observed, q) // folded into a burst: no open finding of its own
+			}
+		}
+		m.agg.dropBurstsBelow(p)
 	}
 	return digest, nil
 }
@@ -260,6 +272,14 @@ type Status struct {
 	Rescans         int           `json:"rescans"`
 	Hash            string        `json:"hash"`
 	Open            []Finding     `json:"open"`
+	// MaxOpenFindings is integrity.max_open_findings; OpenDropped counts
+	// the findings reported but not kept open because it was reached.
+	MaxOpenFindings int    `json:"max_open_findings"`
+	OpenDropped     uint64 `json:"open_dropped"`
+	// Aggregated counts the findings folded into burst findings (a flood
+	// of new files) since the baseline, instead of being recorded one by
+	// one.
+	Aggregated uint64 `json:"aggregated"`
 }
 
 // Status reports the monitor's state and open findings. It waits for the
@@ -271,7 +291,8 @@ func (m *Monitor) Status(ctx context.Context) (Status, error) {
 	defer m.mu.Unlock()
 	s := Status{Roots: m.sel.Roots(), Running: m.w != nil, Hash: m.scanner.Algo(), Open: m.openLocked(),
 		LastScan: m.st.lastScan, LastScanTook: m.st.lastScanTook, Events: m.st.events,
-		Overflows: m.st.overflows, Rescans: m.st.rescans, WatchFailures: m.st.watchFails, BaselineDigest: m.digest}
+		Overflows: m.st.overflows, Rescans: m.st.rescans, WatchFailures: m.st.watchFails, BaselineDigest: m.digest,
+		MaxOpenFindings: m.cfg.MaxOpenFindings, OpenDropped: m.st.openDropped, Aggregated: m.agg.count}
 	if m.base != nil {
 		s.BaselineTime, s.BaselineEntries = m.base.Created, len(m.base.Entries)
 	}
@@ -282,11 +303,35 @@ func (m *Monitor) Status(ctx context.Context) (Status, error) {
 }
 
 func (m *Monitor) openLocked() []Finding {
-	out := []Finding{}
+	out := make([]Finding, 0, m.openN+len(m.agg.open))
 	for _, p := range slices.Sorted(maps.Keys(m.open)) {
 		out = append(out, m.open[p]...)
 	}
+	for _, d := range slices.Sorted(maps.Keys(m.agg.open)) {
+		out = append(out, m.agg.open[d])
+	}
 	return out
+}
+
+// setOpen records fs as the open findings of path (none: nil), keeping
+// at most max_open_findings: findings of a path not open yet that would
+// exceed it are not kept, only counted. It reports whether fs is kept.
+func (m *Monitor) setOpen(path string, fs []Finding) bool {
+	old := len(m.open[path])
+	if len(fs) == 0 {
+		if old > 0 {
+			delete(m.open, path)
+			m.openN -= old
+		}
+		return true
+	}
+	if old == 0 && m.openN+len(fs) > m.cfg.MaxOpenFindings {
+		m.st.openDropped += uint64(len(fs))
+		return false
+	}
+	m.open[path] = fs
+	m.openN += len(fs) - old
+	return true
 }
 
 // evaluate judges path in state cur and reports what is new. Unless force,
@@ -309,13 +354,24 @@ func (m *Monitor) evaluate(path string, cur Entry, force bool) {
 	old := m.open[path]
 	if len(fs) == 0 {
 		if len(old) > 0 {
-			delete(m.open, path)
+			m.setOpen(path, nil)
 			m.report(Finding{Time: m.opt.Now(), Kind: KindRestored, Severity: SevLow, Path: path,
 				Detail: "back to its baseline state"})
 		}
 		return
 	}
-	m.open[path] = fs
+	// New files, and new states of files not in the baseline, count
+	// against their directory's burst threshold (a user rewriting many
+	// files of their own must not fill the audit log either).
+	if foldable(fs) && (len(old) == 0 || foldable(old)) {
+		if len(old) == 0 && seen && prev == cur {
+			return // folded before (forced re-check): its burst finding stands for it
+		}
+		if m.fold(path, fs) {
+			return // reported with its directory's burst finding
+		}
+	}
+	m.setOpen(path, fs)
 	for _, f := range fs {
 		if !slices.ContainsFunc(old, func(o Finding) bool { return sameFinding(o, f) }) {
 			m.report(f)
@@ -408,6 +464,8 @@ func (m *Monitor) fullRescan(ctx context.Context, force bool) error {
 	for _, p := range gone {
 		m.evaluate(p, Entry{}, force)
 	}
+	m.flushBursts(true)
+	m.dropStaleBursts()
 	if m.w != nil {
 		for d := range m.w.watched {
 			if !dirs[d] {

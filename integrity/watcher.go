@@ -116,6 +116,8 @@ func (m *Monitor) Run(ctx context.Context) error {
 		defer t.Stop()
 		tick = t.C
 	}
+	bursts := time.NewTicker(*m.cfg.BurstInterval)
+	defer bursts.Stop()
 	var batch []queued
 	for {
 		select {
@@ -142,6 +144,8 @@ func (m *Monitor) Run(ctx context.Context) error {
 			}
 		case <-ws.timer.C:
 			m.locked("debounced checks", func() { ws.armed = false; ws.fire(ctx) })
+		case <-bursts.C:
+			m.locked("burst findings", func() { m.flushBursts(false) })
 		case <-tick:
 			m.locked("scheduled check", func() {
 				if err := m.fullRescan(ctx, false); err != nil {

@@ -16,6 +16,9 @@ func TestIntegrityConfigStrict(t *testing.T) {
 		"integrity:\n  bogus: 1\n":                                      "bogus",
 		"integrity:\n  paths:\n    - path: etc\n":                       "absolute",
 		"integrity:\n  rules:\n    - path: /x\n      mode_max: \"9\"\n": "mode_max",
+		"integrity:\n  max_hash_size: huge\n":                           "integrity.max_hash_size",
+		"integrity:\n  burst_interval: 1ms\n":                           "integrity.burst_interval",
+		"integrity:\n  max_open_findings: -1\n":                         "integrity.max_open_findings",
 	} {
 		p := filepath.Join(t.TempDir(), "parry.yaml")
 		if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
@@ -27,7 +30,8 @@ func TestIntegrityConfigStrict(t *testing.T) {
 		}
 	}
 	p := filepath.Join(t.TempDir(), "parry.yaml")
-	ok := "integrity:\n  paths:\n    - path: /etc\n      exclude: [\"*.swp\"]\n  rules:\n    - path: /etc/shadow\n      mode_max: \"0640\"\n      owner: root\n  scan_interval: 30m\n  io_rate: 50MiB\n"
+	ok := "integrity:\n  paths:\n    - path: /etc\n      exclude: [\"*.swp\"]\n  rules:\n    - path: /etc/shadow\n      mode_max: \"0640\"\n      owner: root\n  scan_interval: 30m\n  io_rate: 50MiB\n" +
+		"  max_hash_size: 512MiB\n  burst_threshold: 20\n  burst_interval: 30s\n  max_open_findings: 500\n"
 	if err := os.WriteFile(p, []byte(ok), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,16 @@
 package agent
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/parryhq/parry/integrity"
 )
@@ -46,5 +51,80 @@ func TestIntegrityBusyCode(t *testing.T) {
 	err := integrityErr(fmt.Errorf("status: %w (check running for 9s)", integrity.ErrBusy))
 	if CodeOf(err) != CodeBusy {
 		t.Fatalf("code %q, want %q", CodeOf(err), CodeBusy)
+	}
+}
+
+// TestStuckIntegrityMonitorAnswersBusy: with the integrity monitor held
+// (a check stuck in its report callback, as a hung watcher holds it), op
+// integrity_status answers busy and an evidence capture still completes,
+// without the open findings and saying why, both within a bounded time.
+func TestStuckIntegrityMonitorAnswersBusy(t *testing.T) {
+	d, in := incidentDaemon(t, nil)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hold, held := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	mon, err := integrity.NewMonitor(integrity.Config{Paths: []integrity.PathSpec{{Path: dir}}, Rules: []integrity.Rule{}, PackageManager: "none"},
+		integrity.Options{StateDir: t.TempDir(), LockWait: integrityWait, Report: func(integrity.Finding) {
+			once.Do(func() { close(held); <-hold })
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mon.Baseline(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "g"), []byte("y"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	checked := make(chan error, 1)
+	go func() { _, err := mon.Check(context.Background()); checked <- err }()
+	<-held
+	defer func() { close(hold); <-checked }()
+	d.integ.mu.Lock()
+	d.integ.mon = mon
+	d.integ.mu.Unlock()
+
+	type answer struct {
+		resp []byte
+		err  error
+		ev   bool
+	}
+	answers := make(chan answer, 2)
+	go func() {
+		answers <- answer{resp: d.handleLine(context.Background(), rootPeer, []byte(`{"op":"integrity_status"}`))}
+	}()
+	go func() {
+		rec, err := in.Capture(context.Background(), "test", "manual")
+		if err == nil {
+			snap, _, serr := in.evidence.Show(rec.ID)
+			err = serr
+			if serr == nil && !slices.ContainsFunc(snap.Errors, func(s string) bool { return strings.Contains(s, "busy") }) {
+				err = fmt.Errorf("snapshot errors %q do not say the monitor was busy", snap.Errors)
+			}
+		}
+		answers <- answer{err: err, ev: true}
+	}()
+	timeout := time.After(integrityWait + 20*time.Second)
+	for range 2 {
+		select {
+		case a := <-answers:
+			switch {
+			case a.ev && a.err != nil:
+				t.Errorf("evidence capture: %v", a.err)
+			case !a.ev:
+				var w struct {
+					OK    bool   `json:"ok"`
+					Error *Error `json:"error"`
+				}
+				if err := json.Unmarshal(a.resp, &w); err != nil || w.OK || w.Error == nil || w.Error.Code != CodeBusy {
+					t.Errorf("integrity_status on a held monitor: %s", a.resp)
+				}
+			}
+		case <-timeout:
+			t.Fatal("a request waited without bound on the integrity monitor")
+		}
 	}
 }

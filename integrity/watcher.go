@@ -53,6 +53,9 @@ type watchState struct {
 	timer    *time.Timer
 	armed    bool
 	maxDelay time.Duration
+
+	errLogged time.Time // last source error logged (at most one a minute)
+	errQuiet  int       // source errors not logged since
 }
 
 type pend struct{ first, due time.Time }
@@ -308,7 +311,14 @@ func (ws *watchState) unwatchTree(d string) {
 func (ws *watchState) onError(ctx context.Context, err error) {
 	m := ws.m
 	if !errors.Is(err, fsnotify.ErrEventOverflow) {
-		m.log.Warn("integrity watcher", "err", err)
+		// Churn in a watched tree (directories renamed and removed under
+		// their watches) makes such errors at will: log one a minute.
+		if now := time.Now(); now.Sub(ws.errLogged) >= time.Minute {
+			m.log.Warn("integrity watcher", "err", err, "not_logged_since", ws.errQuiet)
+			ws.errLogged, ws.errQuiet = now, 0
+		} else {
+			ws.errQuiet++
+		}
 		return
 	}
 	m.st.overflows++

@@ -16,10 +16,13 @@ import (
 // directory and interval ("N files created under DIR", with a bounded
 // sample of names), reported when the interval ends. Folded paths keep no
 // open finding of their own: the directory's burst finding stands for them
-// until they are accepted or gone. Across all directories at most
+// until they are accepted or gone, and while it is open every new one in
+// that directory is folded at once (a flood that lasts does not report
+// burst_threshold more files each interval). Across all directories at most
 // globalBurstFactor × burst_threshold findings are reported one by one per
-// interval; beyond that they are folded under their selection root, so that
-// a flood spread over many directories is bounded too.
+// interval; beyond that, and for the whole next interval when that many
+// came in the last one, they are folded under their selection root, so
+// that a flood spread over many directories is bounded too.
 
 // Defaults of the flood limits.
 const (
@@ -36,6 +39,7 @@ const (
 type burstWindow struct {
 	start  time.Time
 	n      int      // reported one by one in this window
+	seen   int      // global window: every foldable finding in it
 	folded int      // folded since the last flush
 	sample []string // names of the first folded paths
 	sev    string   // highest severity folded
@@ -45,6 +49,7 @@ type aggregator struct {
 	threshold int
 	interval  time.Duration
 	global    burstWindow
+	hot       bool                    // the last interval had a global flood: fold everything by root
 	dirs      map[string]*burstWindow // by directory (or root, when folded globally)
 	open      map[string]Finding      // the open burst finding per directory
 	total     map[string]int          // paths folded under each open burst finding
@@ -57,7 +62,7 @@ func newAggregator(cfg Config) *aggregator {
 }
 
 func (a *aggregator) reset() {
-	a.global = burstWindow{}
+	a.global, a.hot = burstWindow{}, false
 	clear(a.dirs)
 	clear(a.open)
 	clear(a.total)
@@ -82,10 +87,13 @@ func foldable(fs []Finding) bool {
 func (m *Monitor) fold(path string, fs []Finding) bool {
 	a := m.agg
 	now := m.opt.Now()
-	if now.Sub(a.global.start) >= a.interval {
+	limit := globalBurstFactor * a.threshold
+	if since := now.Sub(a.global.start); since >= a.interval {
+		a.hot = a.global.seen >= limit && since < 2*a.interval
 		a.global = burstWindow{start: now}
 	}
-	overGlobal := a.global.n >= globalBurstFactor*a.threshold
+	a.global.seen++
+	overGlobal := a.hot || a.global.n >= limit
 	key := filepath.Dir(path)
 	if overGlobal {
 		key = m.rootOf(path) // a flood over many directories: fold by root
@@ -95,7 +103,7 @@ func (m *Monitor) fold(path string, fs []Finding) bool {
 		w = &burstWindow{start: now}
 		a.dirs[key] = w
 	}
-	if !overGlobal && w.n < a.threshold {
+	if _, burst := a.open[key]; !overGlobal && !burst && w.n < a.threshold {
 		w.n++
 		a.global.n++
 		return false

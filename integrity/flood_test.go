@@ -131,3 +131,102 @@ func TestMaxOpenFindings(t *testing.T) {
 		t.Errorf("%d findings reported, want 500 (each still reported once)", n)
 	}
 }
+
+// TestBurstAggregationRules drives the aggregation with a fake clock:
+// the per-directory threshold, one burst finding per directory and
+// interval with the right count, folding at once while a burst is open,
+// the global limit folding under the root (and the interval after a global
+// flood), and critical findings never folded.
+func TestBurstAggregationRules(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	cfg := testConfig(dir)
+	cfg.BurstThreshold = 3
+	iv := 10 * time.Second
+	cfg.BurstInterval = &iv
+	col := &collector{}
+	m, err := NewMonitor(cfg, Options{StateDir: t.TempDir(), Report: col.report, Now: func() time.Time { return now }})
+	must(t, err)
+	_, err = m.Baseline(context.Background())
+	must(t, err)
+	ino := uint64(1000)
+	add := func(p string, mode uint32) {
+		ino++
+		m.evaluate(filepath.Join(dir, p), Entry{Type: TypeFile, Mode: mode, Inode: ino, Nlink: 1}, false)
+	}
+	count := func(kind, path string) (n, sum int) {
+		for _, f := range col.snapshot() {
+			if f.Kind == kind && f.Path == filepath.Join(dir, path) {
+				n++
+				sum += f.Count
+			}
+		}
+		return n, sum
+	}
+	individual := func(prefix string) int {
+		n := 0
+		for _, f := range col.snapshot() {
+			if f.Kind == KindAdded && strings.HasPrefix(f.Path, filepath.Join(dir, prefix)+"/") {
+				n++
+			}
+		}
+		return n
+	}
+
+	for i := range 5 {
+		add(fmt.Sprintf("a/%d", i), 0o644)
+	}
+	add("a/suid", 0o4755) // critical: reported although over the threshold
+	if got := individual("a"); got != 4 {
+		t.Errorf("%d reported one by one in a/, want 3 + the critical one", got)
+	}
+	m.flushBursts(false)
+	if n, _ := count(KindBurst, "a"); n != 0 {
+		t.Errorf("burst reported before its interval ended")
+	}
+	now = now.Add(iv)
+	m.flushBursts(false)
+	if n, sum := count(KindBurst, "a"); n != 1 || sum != 2 {
+		t.Errorf("a/: %d burst findings for %d files, want 1 for 2", n, sum)
+	}
+	// While a/'s burst is open, new files there fold at once.
+	for i := range 4 {
+		add(fmt.Sprintf("a/later%d", i), 0o644)
+	}
+	if got := individual("a"); got != 4 {
+		t.Errorf("a/ reported %d one by one after its burst opened, want still 4", got)
+	}
+	// The global limit (10 × 3 = 30 a interval): 40 directories of one
+	// file each: 30 one by one, 10 folded under the root.
+	for i := range 40 {
+		add(fmt.Sprintf("d%02d/x", i), 0o644)
+	}
+	if got := individual(""); got != 4+30 {
+		t.Errorf("%d reported one by one in all, want 34", got)
+	}
+	now = now.Add(iv)
+	m.flushBursts(false)
+	if n, sum := count(KindBurst, "a"); n != 2 || sum != 6 {
+		t.Errorf("a/: %d burst findings for %d files, want 2 for 6", n, sum)
+	}
+	if n, sum := count(KindBurst, ""); n != 1 || sum != 10 {
+		t.Errorf("root: %d burst findings for %d files, want 1 for 10", n, sum)
+	}
+	// The interval after a global flood folds everything by root.
+	add("fresh/x", 0o644)
+	if got := individual("fresh"); got != 0 {
+		t.Errorf("reported one by one right after a global flood")
+	}
+	// Two quiet intervals later, back to normal.
+	now = now.Add(3 * iv)
+	m.flushBursts(false)
+	add("calm/x", 0o644)
+	if got := individual("calm"); got != 1 {
+		t.Errorf("after quiet intervals: %d reported one by one, want 1", got)
+	}
+	st, err := m.Status(context.Background())
+	must(t, err)
+	if st.Aggregated != 2+4+10+1 {
+		t.Errorf("status aggregated %d, want 17", st.Aggregated)
+	}
+}

@@ -48,7 +48,7 @@ type Monitor struct {
 	checker *Checker
 	log     *slog.Logger
 
-	mu       opLock // a request waits for it with a deadline (wait)
+	mu       opLock // requests wait for it at most Options.LockWait
 	base     *Baseline
 	digest   string
 	loadErr  error                // why Load failed: given instead of ErrNoBaseline

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/integrity"
 	"golang.org/x/sys/unix"
 )
@@ -37,7 +38,7 @@ func flood(n int, noAggregate, keep bool) error {
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return err
 	}
-	iv := time.Duration(0)
+	iv := api.Duration(0)
 	cfg := integrity.Config{Paths: []integrity.PathSpec{{Path: tree}}, Rules: []integrity.Rule{}, ScanInterval: &iv, PackageManager: "none"}
 	if noAggregate {
 		cfg.BurstThreshold, cfg.MaxOpenFindings = 100000, 1000000

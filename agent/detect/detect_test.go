@@ -140,19 +140,22 @@ func TestSplitSyslog(t *testing.T) {
 
 func TestRequiredLiterals(t *testing.T) {
 	for _, tc := range []struct {
-		re, prefix string
-		needles    []string
+		re       string
+		prefixes []string
+		needles  []string
 	}{
-		{`^Failed (?:password|none) for (?P<user>.*) from <IP> port <PORT> ssh2$`, "Failed ", []string{" ssh2", " from "}},
-		{`^<IP> - .* "GET /(?i:wp) HTTP/[0-9.]+" 404 .*$`, "", []string{`" 404 `, ` "GET /`}},
-		{`^(?:a|b)x <IP>$`, "", nil},
+		{`^Failed (?:password|none) for (?P<user>.*) from <IP> port <PORT> ssh2$`, []string{"Failed password for ", "Failed none for "}, []string{" ssh2", " from "}},
+		{`^(?:error: )?max (?:ab|cd) <IP>$`, []string{"max ab ", "max cd ", "error: max ab ", "error: max cd "}, nil},
+		{`^(?:error: )?[a-z]+ <IP>$`, nil, nil},
+		{`^<IP> - .* "GET /(?i:wp) HTTP/[0-9.]+" 404 .*$`, nil, []string{`" 404 `, ` "GET /`}},
+		{`^(?:a|b)x <IP>$`, nil, nil}, // [ab]: a class, not literals
 	} {
 		p, err := compilePattern(Pattern{Match: tc.re}, true)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.prefix != tc.prefix || strings.Join(p.needles, "|") != strings.Join(tc.needles, "|") {
-			t.Errorf("%s: prefix %q needles %q, want %q %q", tc.re, p.prefix, p.needles, tc.prefix, tc.needles)
+		if strings.Join(p.prefixes, "|") != strings.Join(tc.prefixes, "|") || strings.Join(p.needles, "|") != strings.Join(tc.needles, "|") {
+			t.Errorf("%s: prefixes %q needles %q, want %q %q", tc.re, p.prefixes, p.needles, tc.prefixes, tc.needles)
 		}
 	}
 }

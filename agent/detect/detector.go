@@ -86,7 +86,7 @@ type Detector struct {
 
 type pattern struct {
 	re       *regexp.Regexp
-	prefix   string   // literal every match starts with
+	prefixes []string // every match starts with one of them (none: no check)
 	needles  []string // other literals every match contains, longest first
 	kind     string
 	ip       int // submatch indexes
@@ -216,7 +216,7 @@ func compilePattern(p Pattern, needIP bool) (pattern, error) {
 		return pattern{}, fmt.Errorf("%q: %w", p.Match, err)
 	}
 	tree = tree.Simplify()
-	c.prefix, c.needles = requiredLiterals(tree)
+	c.prefixes, c.needles = requiredLiterals(tree)
 	c.min, c.max = lengthBounds(tree)
 	return c, nil
 }
@@ -418,7 +418,7 @@ func (p *pattern) precheck(s string) bool {
 	if len(s) < p.min || p.max >= 0 && len(s) > p.max {
 		return false
 	}
-	if !strings.HasPrefix(s, p.prefix) {
+	if len(p.prefixes) > 0 && !hasAnyPrefix(s, p.prefixes) {
 		return false
 	}
 	for _, n := range p.needles {
@@ -427,6 +427,15 @@ func (p *pattern) precheck(s string) bool {
 		}
 	}
 	return true
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *pattern) matches(s string) bool { return p.precheck(s) && p.re.MatchString(s) }

@@ -21,7 +21,9 @@ func FuzzMatch(f *testing.F) {
 	}
 	for _, d := range set.Detectors() {
 		for _, p := range d.patterns {
-			f.Add(p.prefix + strings.Join(p.needles, " 203.0.113.9 "))
+			for _, pre := range p.prefixes {
+				f.Add(pre + strings.Join(p.needles, " 203.0.113.9 "))
+			}
 		}
 	}
 	f.Add("Invalid user x from 6.6.6.6 from 203.0.113.9 port 5555")

@@ -2,18 +2,95 @@ package detect
 
 import (
 	"regexp/syntax"
+	"slices"
 	"sort"
+	"strings"
 	"unicode/utf8"
 )
 
-// maxNeedles is how many inner literals a pattern's precheck tests.
-const maxNeedles = 2
+// maxNeedles is how many inner literals a pattern's precheck tests;
+// maxPrefixes how many alternative literal starts it tries.
+const (
+	maxNeedles  = 2
+	maxPrefixes = 16
+)
 
-// requiredLiterals returns the literal every match of re starts with and up
-// to maxNeedles other literals (of 3 bytes or more) every match contains,
-// the rarest first (see score). They let Match skip the regexp for the ~95% of lines that
-// cannot match, with strings.HasPrefix and strings.Contains.
-func requiredLiterals(re *syntax.Regexp) (prefix string, needles []string) {
+// leadingLiterals returns the literals one of which every match of re
+// starts with (each as long as it can be), or nil when some match can
+// start with anything. exact reports that re matches exactly those
+// strings.
+func leadingLiterals(re *syntax.Regexp) (set []string, exact bool) {
+	switch re.Op {
+	case syntax.OpLiteral:
+		if re.Flags&syntax.FoldCase != 0 {
+			return nil, false
+		}
+		return []string{string(re.Rune)}, true
+	case syntax.OpBeginText, syntax.OpEmptyMatch:
+		return []string{""}, true
+	case syntax.OpCapture:
+		return leadingLiterals(re.Sub[0])
+	case syntax.OpQuest:
+		sub, ex := leadingLiterals(re.Sub[0])
+		if sub == nil || !ex {
+			return nil, false
+		}
+		return append([]string{""}, sub...), true
+	case syntax.OpAlternate:
+		exact = true
+		for _, b := range re.Sub {
+			sub, ex := leadingLiterals(b)
+			if sub == nil {
+				return nil, false
+			}
+			set = append(set, sub...)
+			exact = exact && ex
+		}
+		if len(set) > maxPrefixes {
+			return nil, false
+		}
+		return set, exact
+	case syntax.OpConcat:
+		set = []string{""}
+		for _, c := range re.Sub {
+			sub, ex := leadingLiterals(c)
+			if sub == nil || len(set)*len(sub) > maxPrefixes {
+				return nonEmpty(set), false
+			}
+			next := make([]string, 0, len(set)*len(sub))
+			for _, a := range set {
+				for _, b := range sub {
+					next = append(next, a+b)
+				}
+			}
+			set = next
+			if !ex {
+				return nonEmpty(set), false
+			}
+		}
+		return set, true
+	}
+	return nil, false
+}
+
+// nonEmpty returns set, or nil if one of its strings is empty (then a
+// match may start with anything).
+func nonEmpty(set []string) []string {
+	for _, s := range set {
+		if s == "" {
+			return nil
+		}
+	}
+	return set
+}
+
+// requiredLiterals returns the literals one of which every match of re
+// starts with (nil: no such literal) and up to maxNeedles other literals
+// (of 3 bytes or more) every match contains, the rarest first (see score).
+// They let Match skip the regexp, with strings.HasPrefix and
+// strings.Contains, for the ~95% of lines that cannot match.
+func requiredLiterals(re *syntax.Regexp) (prefixes []string, needles []string) {
+	var prefix string
 	var items []item
 	flatten(re, &items)
 	var runs []string
@@ -37,10 +114,19 @@ func requiredLiterals(re *syntax.Regexp) (prefix string, needles []string) {
 	}
 	flush()
 	sort.SliceStable(runs, func(i, j int) bool { return score(runs[i]) > score(runs[j]) })
+	if lead, _ := leadingLiterals(re); len(lead) > 1 || len(lead) == 1 && len(lead[0]) > len(prefix) {
+		prefixes = nonEmpty(lead)
+	} else if prefix != "" {
+		prefixes = []string{prefix}
+	}
+	// A needle every prefix holds tests nothing the prefix has not.
+	runs = slices.DeleteFunc(runs, func(n string) bool {
+		return len(prefixes) > 0 && !slices.ContainsFunc(prefixes, func(p string) bool { return !strings.Contains(p, n) })
+	})
 	if len(runs) > maxNeedles {
 		runs = runs[:maxNeedles]
 	}
-	return prefix, runs
+	return prefixes, runs
 }
 
 // score ranks literals by how rarely a line holds them: longer is rarer,

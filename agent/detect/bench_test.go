@@ -76,7 +76,7 @@ func allMatching(n int) []Line {
 	}
 	lines := make([]Line, n)
 	for i := range lines {
-		lines[i] = Line{Text: fmt.Sprintf(forms[r.IntN(len(forms))], 1+r.IntN(250), 1024+r.IntN(60000)), Unit: "ssh.service", Identifier: "sshd-session"}
+		lines[i] = Line{Text: fmt.Sprintf(forms[r.IntN(len(forms))], 1+r.IntN(250), 1024+r.IntN(60000)), Journal: true, Unit: "ssh.service", Identifier: "sshd-session"}
 	}
 	return lines
 }
@@ -119,7 +119,7 @@ func BenchmarkAuthJournalMix(b *testing.B) {
 	lines := authLogMix(100_000)
 	for i := range lines {
 		_, msg, _ := splitSyslog(lines[i].Text)
-		lines[i] = Line{Text: msg, Unit: "ssh.service", Identifier: "sshd"}
+		lines[i] = Line{Text: msg, Journal: true, Unit: "ssh.service", Identifier: "sshd"}
 	}
 	benchLines(b, builtinSet(b), lines, func(m int) bool { return m > 3000 && m < 7000 })
 }

@@ -194,7 +194,11 @@ func TestSetSelection(t *testing.T) {
 	if r.Outcome != Missed {
 		t.Errorf("mail.log connect line: %v", r.Outcome)
 	}
-	if r := set.Match(Line{Text: "x", Unit: "cron.service", Identifier: "CRON"}); r.Outcome != NotApplicable {
+	// A journal entry with neither unit nor identifier reaches no detector.
+	if r := set.Match(Line{Text: "Failed password for root from 203.0.113.9 port 22 ssh2", Journal: true}); r.Outcome != NotApplicable {
+		t.Errorf("journal line without unit: %v", r.Outcome)
+	}
+	if r := set.Match(Line{Text: "x", Journal: true, Unit: "cron.service", Identifier: "CRON"}); r.Outcome != NotApplicable {
 		t.Errorf("cron journal line: %v", r.Outcome)
 	}
 }
@@ -207,7 +211,7 @@ func TestSignalFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	user := "\xff\xfe" + strings.Repeat("é", 200)
-	r := set.Get("sshd").Match(Line{Text: "Invalid user " + user + " from 203.0.113.9 port 22", Source: "journal", Unit: "ssh.service", Identifier: "sshd"})
+	r := set.Get("sshd").Match(Line{Text: "Invalid user " + user + " from 203.0.113.9 port 22", Source: "journal", Journal: true, Unit: "ssh.service", Identifier: "sshd"})
 	if r.Outcome != Matched {
 		t.Fatalf("outcome %v", r.Outcome)
 	}

@@ -32,11 +32,12 @@ const (
 )
 
 // Line is one line handed to a detector with what is known of its origin.
-// A journal line has Unit and/or Identifier and Text is its MESSAGE; a line
-// from a file or stdin has neither and Text is the whole line.
+// A journal line has Journal set, its Unit and Identifier, and Text is its
+// MESSAGE; a line from a file or stdin has Text the whole line.
 type Line struct {
 	Text       string
 	Cut        bool      // the source cut it at MaxLine: never matches
+	Journal    bool      // from the journal: Unit and Identifier are checked
 	Source     string    // name of the source it came from ("journal", "nginx-access")
 	Unit       string    // _SYSTEMD_UNIT, journal only
 	Identifier string    // SYSLOG_IDENTIFIER, journal only
@@ -351,8 +352,7 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// Match runs the detector over one line. A journal line (Unit or Identifier
-// set) is first checked against the detector's units and identifiers; a
+// Match runs the detector over one line. A journal line is first checked against the detector's units and identifiers; a
 // file line is not checked against Files (the caller chose the detector for
 // the file, see Set.ForFile). With header: syslog, a file line's syslog
 // header is split off and its program must be one of the identifiers; a
@@ -389,7 +389,7 @@ func (d *Detector) Match(l Line) Result {
 // message returns the text the patterns see, or false when the line is
 // from a source the detector does not read.
 func (d *Detector) message(l Line) (string, bool) {
-	if l.Unit != "" || l.Identifier != "" {
+	if l.Journal {
 		return l.Text, d.appliesToJournal(l.Unit, l.Identifier)
 	}
 	if d.syslog {

@@ -33,7 +33,7 @@ type sample struct {
 }
 
 func (s sample) toLine() Line {
-	return Line{Text: s.Line, Unit: s.Unit, Identifier: s.Identifier, Source: "test"}
+	return Line{Text: s.Line, Journal: s.Unit != "" || s.Identifier != "", Unit: s.Unit, Identifier: s.Identifier, Source: "test"}
 }
 
 // attacker is the address injection samples try to get blocked.

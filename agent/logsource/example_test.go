@@ -24,7 +24,7 @@ func ExampleFile() {
 	if err != nil {
 		panic(err)
 	}
-	handle := func(response.Signal) {} // the policy engine
+	handle := func(response.Signal) {}  // the policy engine
 	save := func(logsource.Position) {} // the store
 	src.Run(context.TODO(), func(l logsource.Line) {
 		r := dets.Match(detect.Line{Text: l.Text, Cut: l.Cut, Path: l.Path, Source: "auth.log", Time: l.Time})

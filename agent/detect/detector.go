@@ -229,7 +229,7 @@ func checkSources(s Sources) error {
 		}
 	}
 	for _, id := range s.Identifiers {
-		if !ValidIdentifier(id) {
+		if !validIdentifier(id) {
 			return fmt.Errorf("identifier %q: 1..64 of A-Z a-z 0-9 _ . @ / -", id)
 		}
 	}
@@ -272,22 +272,18 @@ func validKind(s string) bool {
 	return true
 }
 
-// ValidUnit reports whether s is a systemd unit name made of the characters
-// systemd allows (A-Z a-z 0-9 : _ . @ - and \ of escapes), 1..256 long.
-// Such a name is safe as a journalctl argument.
-func ValidUnit(s string) bool {
-	return validChars(s, 256, func(c byte) bool { return c == ':' || c == '_' || c == '.' || c == '@' || c == '-' || c == '\\' })
-}
-
+// validUnitGlob is logsource.ValidUnit's charset plus the globs * and ?.
 func validUnitGlob(s string) bool {
 	return validChars(s, 256, func(c byte) bool {
 		return c == ':' || c == '_' || c == '.' || c == '@' || c == '-' || c == '\\' || c == '*' || c == '?'
 	})
 }
 
-// ValidIdentifier reports whether s is a SYSLOG_IDENTIFIER of A-Z a-z 0-9
-// _ . @ / - (postfix logs as "postfix/smtpd"), 1..64 long.
-func ValidIdentifier(s string) bool {
+// validIdentifier reports whether s is a SYSLOG_IDENTIFIER of A-Z a-z 0-9
+// _ . @ / - (postfix logs as "postfix/smtpd"), 1..64 long: the charset of
+// logsource.ValidIdentifier, so every detector's identifiers can be given
+// to journalctl.
+func validIdentifier(s string) bool {
 	return validChars(s, 64, func(c byte) bool { return c == '_' || c == '.' || c == '@' || c == '/' || c == '-' })
 }
 

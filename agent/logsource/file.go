@@ -67,7 +67,8 @@ type FileStats struct {
 	Err         string    `json:"error,omitempty"` // last error opening or reading, cleared by a successful read
 }
 
-// File follows one log file. Run it once; Stats may be called at any time.
+// File follows one log file. Run it once (a second Run panics); Stats may
+// be called at any time.
 type File struct {
 	o       FileOptions
 	dir     string
@@ -183,6 +184,7 @@ func (s *File) start() *reader {
 				// The same file. If it was truncated or rewritten while we
 				// were down, the first step finds that (size or fingerprint)
 				// and looks for logrotate's copy.
+				s.update(func(st *FileStats) { st.Open = true })
 				return &reader{f: f, dev: dev, ino: ino, off: p.Offset, fpLen: p.FPLen, fp: p.Fingerprint, lastGrowth: now}
 			}
 		}
@@ -197,7 +199,7 @@ func (s *File) start() *reader {
 		fp, ok, _ := fingerprint(f, p.FPLen)
 		return ok && fp == p.Fingerprint
 	}); f != nil {
-		s.update(func(st *FileStats) { st.Rotations++ })
+		s.update(func(st *FileStats) { st.Rotations++; st.Open = true })
 		return &reader{f: f, dev: p.Device, ino: p.Inode, off: p.Offset, fpLen: p.FPLen, fp: p.Fingerprint,
 			rotated: true, rotatedAt: now, lastGrowth: now}
 	}

@@ -184,6 +184,16 @@ func TestSetSelection(t *testing.T) {
 	if strings.Join(units, ",") != "ssh.service,sshd.service" || strings.Join(ids, ",") != "sshd,sshd-auth,sshd-session" {
 		t.Errorf("Journal() = %v %v", units, ids)
 	}
+	mine, err := Compile(Spec{Name: "sshd", Kind: "auth_failure", Sources: Sources{Files: []string{"/var/log/auth.log"}},
+		Patterns: []Pattern{{Match: `^x <IP>$`}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra, _ := Compile(Spec{Name: "zz", Kind: "k", Patterns: []Pattern{{Match: `^y <IP>$`}}})
+	with := set.With(mine, extra)
+	if with.Get("sshd") != mine || with.Get("zz") != extra || len(with.Detectors()) != len(set.Detectors())+1 || set.Get("sshd") == mine {
+		t.Errorf("With: %v", names(with))
+	}
 	// mail.log carries both postfix and dovecot lines: each goes to its own.
 	mail := set.ForFile("/var/log/mail.log")
 	r := mail.Match(Line{Text: "Dec  1 09:00:00 mail dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<bob>, method=PLAIN, rip=203.0.113.9, lip=192.0.2.1, session=<x>"})

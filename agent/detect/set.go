@@ -62,6 +62,21 @@ type Set struct{ ds []*Detector }
 // decides it.
 func NewSet(ds ...*Detector) *Set { return &Set{ds: slices.Clone(ds)} }
 
+// With returns a set where each of ds replaces the detector of the same
+// name, or is appended: a user's detector called "sshd" replaces the
+// built-in one.
+func (s *Set) With(ds ...*Detector) *Set {
+	out := slices.Clone(s.ds)
+	for _, d := range ds {
+		if i := slices.IndexFunc(out, func(o *Detector) bool { return o.name == d.name }); i >= 0 {
+			out[i] = d
+		} else {
+			out = append(out, d)
+		}
+	}
+	return &Set{ds: out}
+}
+
 // Detectors returns the set's detectors in order.
 func (s *Set) Detectors() []*Detector { return slices.Clone(s.ds) }
 

@@ -144,7 +144,7 @@ func Compile(s Spec) (*Detector, error) {
 		if err != nil {
 			return nil, bad("pattern %d%s: %v", i+1, atLine(p.Line), err)
 		}
-		c.kind = cmp(p.Kind, s.Kind)
+		c.kind = orDefault(p.Kind, s.Kind)
 		d.patterns = append(d.patterns, c)
 	}
 	for i, p := range s.Ignore {
@@ -160,7 +160,7 @@ func Compile(s Spec) (*Detector, error) {
 	return d, nil
 }
 
-func cmp(a, b string) string {
+func orDefault(a, b string) string {
 	if a != "" {
 		return a
 	}

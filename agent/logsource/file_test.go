@@ -460,3 +460,24 @@ func TestPositionJSON(t *testing.T) {
 		t.Errorf("round trip %+v", q)
 	}
 }
+
+// TestFileUnreadable: a path that cannot be read as a log (here a
+// directory) is an error in Stats and retried; once a file is there it is
+// read from its start.
+func TestFileUnreadable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.log")
+	must(t, os.Mkdir(path, 0o755))
+	r := runFile(t, FileOptions{Path: path})
+	if !netns.Poll(10*time.Second, 2*time.Millisecond, func() bool { return r.src.Stats().Err != "" }) {
+		t.Fatalf("no error in stats: %+v", r.src.Stats())
+	}
+	must(t, os.Remove(path))
+	w := newWriter(t, path)
+	w.write(5)
+	r.c.waitFor(t, 5)
+	r.stop()
+	checkExact(t, r.c.snapshot(), 0, 5)
+	if st := r.src.Stats(); st.Err != "" {
+		t.Errorf("error not cleared: %q", st.Err)
+	}
+}

@@ -232,3 +232,18 @@ func TestSignalFields(t *testing.T) {
 		t.Errorf("signal %+v", r.Signal)
 	}
 }
+
+// TestBuiltinsRequireUnit: a built-in detector that reads the journal
+// requires the unit journald sets, not only the identifier any local user
+// can choose (logger -t sshd).
+func TestBuiltinsRequireUnit(t *testing.T) {
+	set, err := Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range set.Detectors() {
+		if s := d.Sources(); len(s.Identifiers) > 0 && len(s.Units) == 0 {
+			t.Errorf("%s: identifiers %v without units", d.Name(), s.Identifiers)
+		}
+	}
+}

@@ -430,7 +430,7 @@ func (in *Incident) Capture(ctx context.Context, reason, trigger string) (eviden
 	if err != nil {
 		return evidence.Record{}, err
 	}
-	in.fill(snap)
+	in.fill(ctx, snap)
 	rec, err := in.evidence.Save(snap)
 	if err != nil {
 		return evidence.Record{}, err
@@ -446,7 +446,7 @@ func (in *Incident) Capture(ctx context.Context, reason, trigger string) (eviden
 	return rec, nil
 }
 
-func (in *Incident) fill(s *evidence.Snapshot) {
+func (in *Incident) fill(ctx context.Context, s *evidence.Snapshot) {
 	s.Blocks, s.BlocksTotal = in.activeBlocks()
 	if len(s.Blocks) > maxEvidenceBlks {
 		s.Blocks, s.BlocksTruncated = s.Blocks[:maxEvidenceBlks], true
@@ -454,29 +454,42 @@ func (in *Incident) fill(s *evidence.Snapshot) {
 	if l := in.d.Status().Lockdown; l.Active {
 		s.Lockdown = &evidence.Lockdown{Until: l.Until, Isolate: l.Isolate, Reason: l.Reason}
 	}
-	if open, ok := in.openFindings(); ok {
+	open, ok, err := in.openFindings(ctx)
+	if ok {
 		s.Findings = append(s.Findings, open...)
 		return
+	}
+	if err != nil {
+		// A busy or stuck monitor costs the snapshot its open findings,
+		// never the snapshot: the recent ones below stand in.
+		s.Errors = append(s.Errors, "integrity open findings: "+err.Error()+"; recent findings recorded instead")
 	}
 	in.mu.Lock()
 	s.Findings = append(s.Findings, in.findings...)
 	in.mu.Unlock()
 }
 
-// openFindings are the integrity monitor's unresolved findings, when it runs.
-func (in *Incident) openFindings() ([]evidence.Finding, bool) {
+// openFindings are the integrity monitor's unresolved findings, when it
+// runs. It waits for the monitor no longer than integrityWait.
+func (in *Incident) openFindings(ctx context.Context) ([]evidence.Finding, bool, error) {
 	s := &in.d.integ
 	s.mu.Lock()
 	mon := s.mon
 	s.mu.Unlock()
 	if mon == nil {
-		return nil, false
+		return nil, false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, integrityWait)
+	defer cancel()
+	st, err := mon.Status(ctx)
+	if err != nil {
+		return nil, false, err
 	}
 	var out []evidence.Finding
-	for _, f := range mon.Status().Open {
+	for _, f := range st.Open {
 		out = append(out, evidence.Finding{Path: f.Path, Kind: f.Kind, Severity: f.Severity, Detail: f.Detail, Time: f.Time})
 	}
-	return out, true
+	return out, true, nil
 }
 
 // activeBlocks copies the active blocks out of the decision path (a

@@ -19,7 +19,13 @@ const (
 	CodeNoBaseline       = "no_baseline"        // no integrity baseline recorded yet
 	CodeBaselineTampered = "baseline_tampered"  // the stored baseline does not match its digest
 	CodeIntegrityOff     = "integrity_disabled" // integrity.enabled is false
+	CodeBusy             = "busy"               // the part asked is busy (a long scan) or stuck; nothing changed, try again
 )
+
+// integrityWait is the longest a request waits for the integrity monitor
+// (its lock: a full scan, or a stuck watcher, holds it); it is then
+// answered with CodeBusy. Scans themselves are not cut short by it.
+const integrityWait = 5 * time.Second
 
 // integrityDigestKey is where the store keeps the digest of the baseline
 // last recorded (the same digest goes into the audit chain). A baseline file
@@ -53,7 +59,7 @@ func (d *Daemon) integrityMonitor() (*integrity.Monitor, error) {
 	s.signals = make(chan response.Signal, 1024)
 	mon, err := integrity.NewMonitor(cfg.Integrity, integrity.Options{
 		StateDir: cfg.StateDir, WantDigest: string(want), Report: d.integrityFinding,
-		Logger: d.log.With("component", "integrity"), Now: d.now,
+		Logger: d.log.With("component", "integrity"), Now: d.now, LockWait: integrityWait,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("integrity: %w", err)
@@ -157,6 +163,9 @@ func (d *Daemon) integrityFinding(f integrity.Finding) {
 	if len(f.Changes) > 0 {
 		fields["changes"] = f.Changes
 	}
+	if f.Count > 0 {
+		fields["count"] = f.Count // a burst finding: files aggregated
+	}
 	d.Audit("integrity_finding", fields)
 	d.observeFinding(f.Signal()) // incident tooling: metrics, webhook, evidence on critical
 	select {
@@ -233,7 +242,7 @@ type IntegrityStatus struct {
 	DroppedSignals int    `json:"dropped_signals,omitempty"`
 }
 
-func (d *Daemon) opIntegrityStatus(_ context.Context, c *Call) (any, error) {
+func (d *Daemon) opIntegrityStatus(ctx context.Context, c *Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}
@@ -241,7 +250,11 @@ func (d *Daemon) opIntegrityStatus(_ context.Context, c *Call) (any, error) {
 	if err != nil {
 		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
-	st := IntegrityStatus{Status: mon.Status(), Enabled: true}
+	ms, err := mon.Status(ctx)
+	if err != nil {
+		return nil, integrityErr(err)
+	}
+	st := IntegrityStatus{Status: ms, Enabled: true}
 	if e := d.Config().Integrity.WithDefaults().Enabled; e != nil {
 		st.Enabled = *e
 	}
@@ -323,6 +336,8 @@ func integrityErr(err error) error {
 		return api.Errorf(CodeNoBaseline, "%v", err)
 	case errors.Is(err, integrity.ErrBaselineTampered):
 		return api.Errorf(CodeBaselineTampered, "%v: inspect the host, then run `parry integrity baseline`", err)
+	case errors.Is(err, integrity.ErrBusy):
+		return api.Errorf(CodeBusy, "%v", err)
 	}
 	var pe *api.Error
 	if errors.As(err, &pe) {

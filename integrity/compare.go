@@ -1,6 +1,7 @@
 package integrity
 
 import (
+	"fmt"
 	"slices"
 	"time"
 )
@@ -11,6 +12,15 @@ type Checker struct {
 	Rules *Rules
 	Dpkg  *Dpkg // nil: no package-manager awareness
 	Now   func() time.Time
+	// MaxHash is the scanner's max_hash_size: a larger file was not
+	// hashed (0: no limit).
+	MaxHash int64
+}
+
+// unhashed reports whether e is a regular file the scanner did not hash
+// because of its size.
+func (c *Checker) unhashed(e *Entry) bool {
+	return c.MaxHash > 0 && e.Type == TypeFile && e.Size > c.MaxHash
 }
 
 // Judge returns the findings for path, whose baseline state is base and
@@ -19,7 +29,7 @@ func (c *Checker) Judge(path string, base, cur Entry) ([]Finding, Entry) {
 	now := c.Now()
 	var out []Finding
 	if f := classify(path, &base, &cur, now); f != nil {
-		if cur.Type == TypeFile && (f.Kind == KindAdded || onlyContent(f.Changes)) {
+		if cur.Type == TypeFile && !c.unhashed(&cur) && (f.Kind == KindAdded || onlyContent(f.Changes)) {
 			if pkg := c.Dpkg.Explain(path); pkg != "" {
 				f.Kind, f.Severity, f.Package = KindPackage, SevLow, pkg
 				f.Detail = "content matches package " + pkg + ": " + f.Detail
@@ -28,6 +38,10 @@ func (c *Checker) Judge(path string, base, cur Entry) ([]Finding, Entry) {
 		out = append(out, *f)
 	} else if cur.Err != "" {
 		out = append(out, Finding{Time: now, Kind: KindUnreadable, Severity: SevLow, Path: path, Detail: cur.Err})
+	}
+	if c.unhashed(&cur) {
+		out = append(out, Finding{Time: now, Kind: KindNotHashed, Severity: SevLow, Path: path,
+			Detail: fmt.Sprintf("size %d bytes is over integrity.max_hash_size (%d): content not hashed, recorded by metadata only", cur.Size, c.MaxHash)})
 	}
 	perm, after := c.Rules.Check(path, cur, now)
 	return append(out, perm...), after

@@ -45,6 +45,20 @@ type Config struct {
 	Debounce api.Duration `yaml:"debounce"`
 	// PackageManager is "dpkg" (default) or "none".
 	PackageManager string `yaml:"package_manager"`
+	// MaxHashSize is the largest file whose content is hashed, e.g.
+	// "1GiB" (the default); a larger file is recorded by its metadata only
+	// and reported as not_hashed. "0" means no limit.
+	MaxHashSize string `yaml:"max_hash_size"`
+	// BurstThreshold is how many `added` findings one directory reports
+	// one by one per BurstInterval; the rest are aggregated into one
+	// `burst` finding per directory and interval. Default 100.
+	BurstThreshold int `yaml:"burst_threshold"`
+	// BurstInterval is the interval of BurstThreshold. Default 10s.
+	BurstInterval *time.Duration `yaml:"burst_interval"`
+	// MaxOpenFindings bounds the findings kept open (status, evidence);
+	// beyond it new ones are reported but not kept, and counted. Default
+	// 10000.
+	MaxOpenFindings int `yaml:"max_open_findings"`
 	// PackageRoot is the root the package database and the files it lists
 	// live under (<root>/var/lib/dpkg/info/*.md5sums). Default "/".
 	PackageRoot string `yaml:"package_root"`
@@ -89,6 +103,7 @@ const (
 const (
 	DefaultDebounce     = 50 * time.Millisecond
 	DefaultScanInterval = time.Hour
+	DefaultMaxHashSize  = "1GiB"
 )
 
 // DefaultPaths is the selection on a Debian host: configuration, system
@@ -153,6 +168,19 @@ func (c Config) WithDefaults() Config {
 	if c.PackageRoot == "" {
 		c.PackageRoot = "/"
 	}
+	if c.MaxHashSize == "" {
+		c.MaxHashSize = DefaultMaxHashSize
+	}
+	if c.BurstThreshold == 0 {
+		c.BurstThreshold = DefaultBurstThreshold
+	}
+	if c.BurstInterval == nil {
+		d := DefaultBurstInterval
+		c.BurstInterval = &d
+	}
+	if c.MaxOpenFindings == 0 {
+		c.MaxOpenFindings = DefaultMaxOpenFindings
+	}
 	return c
 }
 
@@ -190,6 +218,18 @@ func (c Config) Validate() error {
 	}
 	if _, err := ParseByteRate(c.IORate); err != nil {
 		errs = append(errs, fmt.Errorf("integrity.io_rate: %w", err))
+	}
+	if _, err := ParseByteSize(c.MaxHashSize); err != nil {
+		errs = append(errs, fmt.Errorf("integrity.max_hash_size: %w", err))
+	}
+	if c.BurstThreshold < 0 || c.BurstThreshold > 100000 {
+		errs = append(errs, fmt.Errorf("integrity.burst_threshold %d: want 1..100000", c.BurstThreshold))
+	}
+	if c.BurstInterval != nil && (*c.BurstInterval < time.Second || *c.BurstInterval > time.Hour) {
+		errs = append(errs, fmt.Errorf("integrity.burst_interval %s: want 1s..1h", *c.BurstInterval))
+	}
+	if c.MaxOpenFindings < 0 || c.MaxOpenFindings > 1000000 {
+		errs = append(errs, fmt.Errorf("integrity.max_open_findings %d: want 1..1000000", c.MaxOpenFindings))
 	}
 	if c.Nice < 0 || c.Nice > 19 {
 		errs = append(errs, fmt.Errorf("integrity.nice %d: want 0..19", c.Nice))
@@ -245,6 +285,16 @@ func parseMode(s string) (uint32, error) {
 		return 0, fmt.Errorf("%q is not an octal mode (0000..7777)", s)
 	}
 	return uint32(m), nil
+}
+
+// ParseByteSize parses a size with the units of ParseByteRate: "1GiB",
+// "512MiB", "0" (none). Empty gives 0.
+func ParseByteSize(s string) (int64, error) {
+	n, err := ParseByteRate(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a size like 1GiB", s)
+	}
+	return n, nil
 }
 
 // ParseByteRate parses a bytes-per-second figure: "0", "", "1048576",

@@ -163,7 +163,8 @@ func TestWatchLimitReported(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- m.Run(ctx) }()
 		synctest.Wait()
-		st := m.Status()
+		st, err := m.Status(context.Background())
+		must(t, err)
 		if st.Watches != 1 || st.WatchFailures != 1 {
 			t.Errorf("watches %d, failures %d; want 1 and 1", st.Watches, st.WatchFailures)
 		}

@@ -22,6 +22,8 @@ const (
 	KindRestored   = "restored"       // back to its baseline state after a reported change
 	KindPermission = "permission"     // violates a permission rule
 	KindUnreadable = "unreadable"     // could not be read completely
+	KindNotHashed  = "not_hashed"     // larger than max_hash_size: recorded by metadata only
+	KindBurst      = "burst"          // many files created in one directory: their findings aggregated
 	KindOverflow   = "overflow"       // events were lost; a rescan follows
 	KindWatchLimit = "watch_limit"    // no inotify watch could be added; a rescan follows
 )
@@ -51,6 +53,7 @@ type Finding struct {
 	Rule        string    `json:"rule,omitempty"`        // permission: the rule's path glob
 	Package     string    `json:"package,omitempty"`     // package_update: the dpkg package
 	Remediation string    `json:"remediation,omitempty"` // what was put back, if anything
+	Count       int       `json:"count,omitempty"`       // burst: files aggregated into this finding in its interval
 	Detail      string    `json:"detail"`
 }
 

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -29,6 +28,14 @@ type Options struct {
 	// NewSource opens the file event source; nil means inotify via
 	// fsnotify. Tests inject events through it.
 	NewSource func() (EventSource, error)
+	// LockWait is the longest a request (Status, Check, Accept, Baseline)
+	// waits for the monitor when its context allows longer; then it gets
+	// an error wrapping ErrBusy. Default DefaultLockWait.
+	LockWait time.Duration
+	// EventQueue bounds the file events queued between the event source
+	// and the watcher loop; beyond it events are dropped and everything is
+	// rescanned (as after a kernel overflow). Default DefaultEventQueue.
+	EventQueue int
 }
 
 // Monitor owns the baseline, the scanner, the checker and the real-time
@@ -41,12 +48,14 @@ type Monitor struct {
 	checker *Checker
 	log     *slog.Logger
 
-	mu       sync.Mutex
+	mu       opLock // requests wait for it at most Options.LockWait
 	base     *Baseline
 	digest   string
 	loadErr  error                // why Load failed: given instead of ErrNoBaseline
 	observed map[string]Entry     // last state seen, where it differs from the baseline
 	open     map[string][]Finding // current deviations per path
+	openN    int                  // findings in open
+	agg      *aggregator          // flood aggregation (burst findings)
 	st       stats
 	w        *watchState // non-nil while Run runs
 
@@ -60,6 +69,7 @@ type stats struct {
 	overflows    int
 	watchFails   int
 	rescans      int
+	openDropped  uint64 // findings not kept open: max_open_findings reached
 }
 
 // NewMonitor builds a monitor for cfg. It does not touch the file system.
@@ -82,12 +92,15 @@ func NewMonitor(cfg Config, opt Options) (*Monitor, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opt.LockWait <= 0 {
+		opt.LockWait = DefaultLockWait
+	}
 	if opt.Report == nil {
 		opt.Report = func(Finding) {}
 	}
 	m := &Monitor{cfg: cfg, opt: opt, scanner: sc, sel: sc.Selection(), log: opt.Logger,
-		observed: map[string]Entry{}, open: map[string][]Finding{}}
-	m.checker = &Checker{Rules: rules, Now: opt.Now}
+		mu: newOpLock(), observed: map[string]Entry{}, open: map[string][]Finding{}, agg: newAggregator(cfg)}
+	m.checker = &Checker{Rules: rules, Now: opt.Now, MaxHash: sc.MaxHashSize()}
 	if cfg.PackageManager == "dpkg" {
 		m.checker.Dpkg = NewDpkg(cfg.PackageRoot, m.sel)
 	}
@@ -102,7 +115,7 @@ func (m *Monitor) Config() Config { return m.cfg }
 func (m *Monitor) Load() (string, error) {
 	b, digest, err := LoadBaseline(m.opt.StateDir, m.opt.WantDigest)
 	if err != nil {
-		m.mu.Lock()
+		m.mu.Lock("load baseline")
 		m.loadErr = err
 		m.mu.Unlock()
 		return digest, err
@@ -110,7 +123,7 @@ func (m *Monitor) Load() (string, error) {
 	if b.Algo != m.scanner.Algo() {
 		return digest, fmt.Errorf("load baseline: recorded with %s, configured %s: record a new baseline", b.Algo, m.scanner.Algo())
 	}
-	m.mu.Lock()
+	m.mu.Lock("load baseline")
 	defer m.mu.Unlock()
 	m.setBaseline(b, digest)
 	return digest, nil
@@ -121,6 +134,9 @@ func (m *Monitor) setBaseline(b *Baseline, digest string) {
 	m.opt.WantDigest = digest
 	clear(m.observed)
 	clear(m.open)
+	m.openN = 0
+	m.agg.reset()
+	m.st.openDropped = 0
 }
 
 // BaselineResult describes a recorded baseline.
@@ -134,7 +150,9 @@ type BaselineResult struct {
 // Baseline scans the selection now, stores it as the new baseline and
 // returns its digest (for the caller's audit chain).
 func (m *Monitor) Baseline(ctx context.Context) (BaselineResult, error) {
-	m.mu.Lock()
+	if err := m.mu.LockContext(ctx, "baseline", m.opt.LockWait); err != nil {
+		return BaselineResult{}, err
+	}
 	defer m.mu.Unlock()
 	start := time.Now()
 	ents, err := m.scanWatching(ctx)
@@ -172,7 +190,9 @@ func (m *Monitor) Baseline(ctx context.Context) (BaselineResult, error) {
 // Check compares the whole selection with the baseline now and returns
 // every current deviation (reporting only those not reported before).
 func (m *Monitor) Check(ctx context.Context) ([]Finding, error) {
-	m.mu.Lock()
+	if err := m.mu.LockContext(ctx, "check", m.opt.LockWait); err != nil {
+		return nil, err
+	}
 	defer m.mu.Unlock()
 	if err := m.fullRescan(ctx, true); err != nil {
 		return nil, err
@@ -183,7 +203,9 @@ func (m *Monitor) Check(ctx context.Context) ([]Finding, error) {
 // Accept takes the current state of paths (directories with everything
 // below them) into the baseline, stores it and returns the new digest.
 func (m *Monitor) Accept(ctx context.Context, paths []string) (string, error) {
-	m.mu.Lock()
+	if err := m.mu.LockContext(ctx, "accept", m.opt.LockWait); err != nil {
+		return "", err
+	}
 	defer m.mu.Unlock()
 	if m.base == nil {
 		return "", m.noBaseline()
@@ -220,10 +242,16 @@ func (m *Monitor) Accept(ctx context.Context, paths []string) (string, error) {
 	for _, p := range paths {
 		for q := range m.open {
 			if q == p || strings.HasPrefix(q, p+"/") {
-				delete(m.open, q)
+				m.setOpen(q, nil)
 				delete(m.observed, q)
 			}
 		}
+		for q := range m.observed {
+			if q == p || strings.HasPrefix(q, p+"/") {
+				delete(m.observed, q) // folded into a burst: no open finding of its own
+			}
+		}
+		m.agg.dropBurstsBelow(p)
 	}
 	return digest, nil
 }
@@ -244,30 +272,66 @@ type Status struct {
 	Rescans         int           `json:"rescans"`
 	Hash            string        `json:"hash"`
 	Open            []Finding     `json:"open"`
+	// MaxOpenFindings is integrity.max_open_findings; OpenDropped counts
+	// the findings reported but not kept open because it was reached.
+	MaxOpenFindings int    `json:"max_open_findings"`
+	OpenDropped     uint64 `json:"open_dropped"`
+	// Aggregated counts the findings folded into burst findings (a flood
+	// of new files) since the baseline, instead of being recorded one by
+	// one.
+	Aggregated uint64 `json:"aggregated"`
 }
 
-// Status reports the monitor's state and open findings.
-func (m *Monitor) Status() Status {
-	m.mu.Lock()
+// Status reports the monitor's state and open findings. It waits for the
+// monitor until ctx ends or Options.LockWait passes (ErrBusy).
+func (m *Monitor) Status(ctx context.Context) (Status, error) {
+	if err := m.mu.LockContext(ctx, "status", m.opt.LockWait); err != nil {
+		return Status{}, err
+	}
 	defer m.mu.Unlock()
 	s := Status{Roots: m.sel.Roots(), Running: m.w != nil, Hash: m.scanner.Algo(), Open: m.openLocked(),
 		LastScan: m.st.lastScan, LastScanTook: m.st.lastScanTook, Events: m.st.events,
-		Overflows: m.st.overflows, Rescans: m.st.rescans, WatchFailures: m.st.watchFails, BaselineDigest: m.digest}
+		Overflows: m.st.overflows, Rescans: m.st.rescans, WatchFailures: m.st.watchFails, BaselineDigest: m.digest,
+		MaxOpenFindings: m.cfg.MaxOpenFindings, OpenDropped: m.st.openDropped, Aggregated: m.agg.count}
 	if m.base != nil {
 		s.BaselineTime, s.BaselineEntries = m.base.Created, len(m.base.Entries)
 	}
 	if m.w != nil {
 		s.Watches = len(m.w.watched)
 	}
-	return s
+	return s, nil
 }
 
 func (m *Monitor) openLocked() []Finding {
-	out := []Finding{}
+	out := make([]Finding, 0, m.openN+len(m.agg.open))
 	for _, p := range slices.Sorted(maps.Keys(m.open)) {
 		out = append(out, m.open[p]...)
 	}
+	for _, d := range slices.Sorted(maps.Keys(m.agg.open)) {
+		out = append(out, m.agg.open[d])
+	}
 	return out
+}
+
+// setOpen records fs as the open findings of path (none: nil), keeping
+// at most max_open_findings: findings of a path not open yet that would
+// exceed it are not kept, only counted. It reports whether fs is kept.
+func (m *Monitor) setOpen(path string, fs []Finding) bool {
+	old := len(m.open[path])
+	if len(fs) == 0 {
+		if old > 0 {
+			delete(m.open, path)
+			m.openN -= old
+		}
+		return true
+	}
+	if old == 0 && m.openN+len(fs) > m.cfg.MaxOpenFindings {
+		m.st.openDropped += uint64(len(fs))
+		return false
+	}
+	m.open[path] = fs
+	m.openN += len(fs) - old
+	return true
 }
 
 // evaluate judges path in state cur and reports what is new. Unless force,
@@ -290,13 +354,24 @@ func (m *Monitor) evaluate(path string, cur Entry, force bool) {
 	old := m.open[path]
 	if len(fs) == 0 {
 		if len(old) > 0 {
-			delete(m.open, path)
+			m.setOpen(path, nil)
 			m.report(Finding{Time: m.opt.Now(), Kind: KindRestored, Severity: SevLow, Path: path,
 				Detail: "back to its baseline state"})
 		}
 		return
 	}
-	m.open[path] = fs
+	// New files, and new states of files not in the baseline, count
+	// against their directory's burst threshold (a user rewriting many
+	// files of their own must not fill the audit log either).
+	if foldable(fs) && (len(old) == 0 || foldable(old)) {
+		if len(old) == 0 && seen && prev == cur {
+			return // folded before (forced re-check): its burst finding stands for it
+		}
+		if m.fold(path, fs) {
+			return // reported with its directory's burst finding
+		}
+	}
+	m.setOpen(path, fs)
 	for _, f := range fs {
 		if !slices.ContainsFunc(old, func(o Finding) bool { return sameFinding(o, f) }) {
 			m.report(f)
@@ -389,6 +464,8 @@ func (m *Monitor) fullRescan(ctx context.Context, force bool) error {
 	for _, p := range gone {
 		m.evaluate(p, Entry{}, force)
 	}
+	m.flushBursts(true)
+	m.dropStaleBursts()
 	if m.w != nil {
 		for d := range m.w.watched {
 			if !dirs[d] {

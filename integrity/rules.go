@@ -145,6 +145,8 @@ func (rs *Rules) Check(path string, e Entry, now time.Time) ([]Finding, Entry) {
 		if r.Remediate {
 			after, what, err := remediate(path, &e, v)
 			switch {
+			case errors.Is(err, errHardLinked):
+				f.Remediation = "refused: " + err.Error()
 			case err != nil:
 				f.Remediation = "failed: " + err.Error()
 			default:
@@ -157,7 +159,10 @@ func (rs *Rules) Check(path string, e Entry, now time.Time) ([]Finding, Entry) {
 	return out, e
 }
 
-var errReplaced = errors.New("file was replaced meanwhile; not touched")
+var (
+	errReplaced   = errors.New("file was replaced meanwhile; not touched")
+	errHardLinked = errors.New("not touched: a mode or owner change applies to every link, and another may be a file outside the watched tree (a link to /etc/shadow)")
+)
 
 // remediate applies v's mode and owner to path through a descriptor opened
 // without following symlinks, after checking it is still the inode e.
@@ -173,6 +178,12 @@ func remediate(path string, e *Entry, v *violation) (Entry, string, error) {
 	}
 	if st.Ino != e.Inode {
 		return *e, "", errReplaced
+	}
+	// Directories cannot be hard-linked (their count is that of their
+	// subdirectories); a regular file with more than one name may be
+	// somebody else's file seen through a link planted in the tree.
+	if typeOf(st.Mode) != TypeDir && st.Nlink > 1 {
+		return *e, "", fmt.Errorf("file has %d hard links: %w", st.Nlink, errHardLinked)
 	}
 	var did []string
 	if v.uid >= 0 || v.gid >= 0 {

@@ -28,6 +28,7 @@ type Scanner struct {
 	nice    int
 	limiter *rate.Limiter // nil: unlimited
 	chunk   int
+	maxHash int64 // files larger are not hashed; 0: no limit
 }
 
 // NewScanner builds a scanner for cfg (defaults applied, validated).
@@ -37,6 +38,7 @@ func NewScanner(cfg Config) (*Scanner, error) {
 		return nil, err
 	}
 	s := &Scanner{sel: NewSelection(cfg), algo: cfg.Hash, workers: cfg.Workers, nice: cfg.Nice, chunk: readBufSize}
+	s.maxHash, _ = ParseByteSize(cfg.MaxHashSize)
 	bps, _ := ParseByteRate(cfg.IORate)
 	if bps > 0 {
 		burst := max(bps, 64<<10)
@@ -48,6 +50,9 @@ func NewScanner(cfg Config) (*Scanner, error) {
 
 // Selection returns the scanner's selection.
 func (s *Scanner) Selection() *Selection { return s.sel }
+
+// MaxHashSize is the largest file hashed (0: no limit).
+func (s *Scanner) MaxHashSize() int64 { return s.maxHash }
 
 // Algo is the content hash algorithm in use.
 func (s *Scanner) Algo() string { return s.algo }
@@ -157,6 +162,9 @@ func (w *worker) readAndHash(ctx context.Context, fd int, e *Entry) {
 	var err error
 	if e.Xattrs, err = fdXattrs(fd, &w.xbuf); err != nil {
 		e.Err = fmt.Sprintf("xattrs: %v", err)
+	}
+	if w.s.maxHash > 0 && e.Size > w.s.maxHash {
+		return // metadata only: reading a huge (or sparse) file would burn the CPU
 	}
 	w.h.Reset()
 	// Read until EOF, or stop once the size fstat gave has been read (one

@@ -1,12 +1,14 @@
 package integrity
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -40,7 +42,7 @@ func (s fsnotifySource) Events() <-chan fsnotify.Event { return s.w.Events }
 func (s fsnotifySource) Errors() <-chan error          { return s.w.Errors }
 func (s fsnotifySource) Close() error                  { return s.w.Close() }
 
-// watchState is the watcher's state; the Monitor's mutex guards it.
+// watchState is the watcher's state; the Monitor's lock guards it.
 type watchState struct {
 	m        *Monitor
 	src      EventSource
@@ -51,6 +53,9 @@ type watchState struct {
 	timer    *time.Timer
 	armed    bool
 	maxDelay time.Duration
+
+	errLogged time.Time // last source error logged (at most one a minute)
+	errQuiet  int       // source errors not logged since
 }
 
 type pend struct{ first, due time.Time }
@@ -59,6 +64,18 @@ type pend struct{ first, due time.Time }
 // what changed while nothing watched), then events, debounced per path,
 // each answered by re-stat'ing and re-hashing the path; and a full check
 // every scan_interval and after an event overflow.
+//
+// Why this cannot deadlock against fsnotify: fsnotify's reader goroutine
+// sends some errors while it holds the lock that Add and Remove take (an
+// IN_MOVE_SELF on a directory already gone). If the goroutine that calls
+// Add/Remove were also the one receiving from fsnotify's channels, each
+// would wait for the other forever — which is what a directory renamed
+// away and replaced by a symlink did. So the channels are drained by a
+// goroutine of their own (pump) that never calls into fsnotify and never
+// waits on anything but those channels and the short lock of its queue;
+// the loop below, which adds and removes watches, reads from that queue.
+// The queue is bounded (Options.EventQueue): when it is full, events are
+// dropped and the loop rescans everything, as after a kernel overflow.
 func (m *Monitor) Run(ctx context.Context) error {
 	newSrc := m.opt.NewSource
 	if newSrc == nil {
@@ -68,14 +85,17 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer src.Close()
+	q := newEventQueue(cmp.Or(m.opt.EventQueue, DefaultEventQueue))
+	pumped, stop := make(chan struct{}), make(chan struct{})
+	go func() { defer close(pumped); q.pump(src, stop) }()
+	defer func() { src.Close(); close(stop); <-pumped }()
 	ws := &watchState{m: m, src: src, watched: map[string]bool{}, parents: map[string]bool{},
 		failed: map[string]bool{}, pending: map[string]pend{}, timer: time.NewTimer(time.Hour),
 		maxDelay: max(10*m.cfg.Debounce.D(), 500*time.Millisecond)}
 	ws.timer.Stop()
 	defer ws.timer.Stop()
 
-	m.mu.Lock()
+	m.mu.Lock("start watcher")
 	if m.base == nil {
 		m.mu.Unlock()
 		return ErrNoBaseline
@@ -86,7 +106,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	err = m.fullRescan(ctx, true)
 	m.mu.Unlock()
 	defer func() {
-		m.mu.Lock()
+		m.mu.Lock("stop watcher")
 		m.w = nil
 		m.mu.Unlock()
 	}()
@@ -99,24 +119,38 @@ func (m *Monitor) Run(ctx context.Context) error {
 		defer t.Stop()
 		tick = t.C
 	}
+	bursts := time.NewTicker(*m.cfg.BurstInterval)
+	defer bursts.Stop()
+	var batch []queued
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev, ok := <-src.Events():
-			if !ok {
+		case <-q.ready:
+			var lost, closed bool
+			batch, lost, closed = q.take(batch[:0])
+			m.locked("events", func() {
+				for _, it := range batch {
+					if it.err != nil {
+						ws.onError(ctx, it.err)
+					} else {
+						ws.onEvent(ctx, it.ev)
+					}
+				}
+				if lost {
+					ws.onError(ctx, errQueueOverflow)
+				}
+			})
+			clear(batch)
+			if closed {
 				return errors.New("integrity watcher: event source closed")
 			}
-			m.locked(func() { ws.onEvent(ctx, ev) })
-		case err, ok := <-src.Errors():
-			if !ok {
-				return errors.New("integrity watcher: event source closed")
-			}
-			m.locked(func() { ws.onError(ctx, err) })
 		case <-ws.timer.C:
-			m.locked(func() { ws.armed = false; ws.fire(ctx) })
+			m.locked("debounced checks", func() { ws.armed = false; ws.fire(ctx) })
+		case <-bursts.C:
+			m.locked("burst findings", func() { m.flushBursts(false) })
 		case <-tick:
-			m.locked(func() {
+			m.locked("scheduled check", func() {
 				if err := m.fullRescan(ctx, false); err != nil {
 					m.log.Warn("integrity scheduled check", "err", err)
 				}
@@ -125,8 +159,98 @@ func (m *Monitor) Run(ctx context.Context) error {
 	}
 }
 
-func (m *Monitor) locked(f func()) {
-	m.mu.Lock()
+// DefaultEventQueue bounds the events (and errors) waiting between
+// fsnotify and the watcher loop: about 100 bytes each plus the name.
+const DefaultEventQueue = 65536
+
+// errQueueOverflow stands for events dropped from the watcher's own queue:
+// handled like the kernel's overflow (a full rescan).
+var errQueueOverflow = fmt.Errorf("integrity watcher queue full: %w", fsnotify.ErrEventOverflow)
+
+// queued is one event or error taken from the source.
+type queued struct {
+	ev  fsnotify.Event
+	err error
+}
+
+// eventQueue carries events from pump to the watcher loop. Its lock is
+// held only to append or to swap the slice out, never around a call.
+type eventQueue struct {
+	mu     sync.Mutex
+	items  []queued
+	limit  int
+	lost   bool // items were dropped since the last take
+	closed bool
+	ready  chan struct{} // cap 1: something to take
+}
+
+func newEventQueue(limit int) *eventQueue {
+	return &eventQueue{limit: limit, ready: make(chan struct{}, 1)}
+}
+
+// pump drains src's channels until both are closed (src.Close) or stop
+// is. It never calls into src.
+func (q *eventQueue) pump(src EventSource, stop <-chan struct{}) {
+	evs, errs := src.Events(), src.Errors()
+	for evs != nil || errs != nil {
+		var it queued
+		select {
+		case <-stop:
+			return
+		case ev, ok := <-evs:
+			if !ok {
+				evs = nil
+				continue
+			}
+			it.ev = ev
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			it.err = err
+		}
+		q.put(it)
+	}
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.poke()
+}
+
+func (q *eventQueue) put(it queued) {
+	q.mu.Lock()
+	if len(q.items) < q.limit {
+		q.items = append(q.items, it)
+	} else {
+		q.lost = true
+	}
+	q.mu.Unlock()
+	q.poke()
+}
+
+func (q *eventQueue) poke() {
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take moves what is queued into buf (swapping slices, so the queue's lock
+// is held for no copy) and says whether items were lost meanwhile and
+// whether the source is closed.
+func (q *eventQueue) take(buf []queued) ([]queued, bool, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.items
+	q.items = buf
+	lost, closed := q.lost, q.closed
+	q.lost = false
+	return out, lost, closed
+}
+
+func (m *Monitor) locked(what string, f func()) {
+	m.mu.Lock(what)
 	defer m.mu.Unlock()
 	f()
 }
@@ -187,7 +311,14 @@ func (ws *watchState) unwatchTree(d string) {
 func (ws *watchState) onError(ctx context.Context, err error) {
 	m := ws.m
 	if !errors.Is(err, fsnotify.ErrEventOverflow) {
-		m.log.Warn("integrity watcher", "err", err)
+		// Churn in a watched tree (directories renamed and removed under
+		// their watches) makes such errors at will: log one a minute.
+		if now := time.Now(); now.Sub(ws.errLogged) >= time.Minute {
+			m.log.Warn("integrity watcher", "err", err, "not_logged_since", ws.errQuiet)
+			ws.errLogged, ws.errQuiet = now, 0
+		} else {
+			ws.errQuiet++
+		}
 		return
 	}
 	m.st.overflows++

@@ -94,6 +94,9 @@ type IntegrityStatus struct {
 	Rescans         int           `json:"rescans"`
 	Hash            string        `json:"hash"`
 	Open            []Finding     `json:"open"`
+	MaxOpenFindings int           `json:"max_open_findings"` // integrity.max_open_findings
+	OpenDropped     uint64        `json:"open_dropped"`      // reported but not kept open: the bound was reached
+	Aggregated      uint64        `json:"aggregated"`        // folded into burst findings since the baseline
 	Enabled         bool          `json:"enabled"`
 	Error           string        `json:"not_watching,omitempty"` // why the watcher is not running ("error" is the protocol's)
 	DroppedSignals  int           `json:"dropped_signals,omitempty"`
@@ -110,6 +113,7 @@ type Finding struct {
 	Rule        string    `json:"rule,omitempty"`        // permission: the rule's path glob
 	Package     string    `json:"package,omitempty"`     // package_update: the dpkg package
 	Remediation string    `json:"remediation,omitempty"` // what was put back, if anything
+	Count       int       `json:"count,omitempty"`       // burst: files aggregated into this finding in its interval
 	Detail      string    `json:"detail"`
 }
 

@@ -136,7 +136,14 @@ func (a *App) integrityStatusCmd() *cobra.Command {
 			if !st.LastScan.IsZero() {
 				fmt.Fprintf(w, "last full scan: %s (took %s)\n", st.LastScan.Local().Format(time.RFC3339), st.LastScanTook.Round(time.Millisecond))
 			}
-			fmt.Fprintf(w, "open findings: %d\n", len(st.Open))
+			fmt.Fprintf(w, "open findings: %d", len(st.Open))
+			if st.Aggregated > 0 {
+				fmt.Fprintf(w, " (%d more aggregated into burst findings)", st.Aggregated)
+			}
+			if st.OpenDropped > 0 {
+				fmt.Fprintf(w, " (%d not kept: integrity.max_open_findings %d reached)", st.OpenDropped, st.MaxOpenFindings)
+			}
+			fmt.Fprintln(w)
 			printFindings(w, st.Open)
 			return nil
 		},

@@ -6,6 +6,7 @@
 //	go run ./test/integrity-bench                 # speed: parry vs aide, sha256sum, openssl
 //	go run ./test/integrity-bench -mode latency   # 1,000 changes: median/p99 detection latency
 //	go run ./test/integrity-bench -mode memory    # RSS with 100,000 watched files
+//	go run ./test/integrity-bench -mode flood     # RSS, reports and open findings after 200,000 new files
 //	go run ./test/integrity-bench -files 5000 -big 6   # a smaller tree
 //
 // Root is not required. aide, sha256sum, openssl, find and xargs must be
@@ -31,13 +32,15 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "speed", "speed | latency | memory")
+	mode := flag.String("mode", "speed", "speed | latency | memory | flood")
 	files := flag.Int("files", 50000, "speed: number of files in the tree")
 	big := flag.Int("big", 60, "speed: how many of them are 1-16 MiB (the rest 1-64 KiB)")
 	runs := flag.Int("runs", 3, "speed: runs of each parry measurement (median reported)")
 	noAIDE := flag.Bool("no-aide", false, "speed: skip AIDE")
 	changes := flag.Int("changes", 1000, "latency: number of changes")
 	watched := flag.Int("watched", 100000, "memory: number of watched files")
+	floodN := flag.Int("flood", 200000, "flood: number of files created")
+	noAggregate := flag.Bool("no-aggregate", false, "flood: turn burst aggregation and the open bound off (the figures before them)")
 	keep := flag.Bool("keep", false, "keep the generated tree")
 	hash := flag.String("hash", "sha256", "speed: parry's content hash, sha256 or blake3")
 	flag.Parse()
@@ -50,6 +53,8 @@ func main() {
 		err = latency(*changes, *keep)
 	case "memory":
 		err = memory(*watched, *keep)
+	case "flood":
+		err = flood(*floodN, *noAggregate, *keep)
 	case "memory-child":
 		err = memoryChild(flag.Arg(0), flag.Arg(1))
 	default:

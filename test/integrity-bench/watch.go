@@ -53,7 +53,7 @@ func latency(n int, keep bool) error {
 	}
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
-	for !m.Status().Running {
+	for st, _ := m.Status(ctx); !st.Running; st, _ = m.Status(ctx) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	var paths []string
@@ -171,10 +171,13 @@ func memoryChild(tree, state string) error {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
-	for !m.Status().Running {
+	for st, _ := m.Status(ctx); !st.Running; st, _ = m.Status(ctx) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	st := m.Status()
+	st, err := m.Status(ctx)
+	if err != nil {
+		return err
+	}
 	runtime.GC()
 	debug.FreeOSMemory()
 	var ms runtime.MemStats

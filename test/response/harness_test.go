@@ -6,6 +6,7 @@ package response_test
 import (
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,9 +22,16 @@ func TestMain(m *testing.M) {
 }
 
 // newDaemon prepares (does not start) a parryd in ns on config (YAML; the
-// harness sets the state dir, socket and table).
+// harness sets the state dir, socket and table). The integrity watcher is
+// off unless config has an integrity section: by default it watches the
+// host's /etc, where other tests' useradd and userdel land, and its
+// integrity_violation signals would show up in the policy counts these
+// tests assert on.
 func newDaemon(t testing.TB, ns *netns.NS, config string) *daemon.Daemon {
 	t.Helper()
+	if !strings.Contains(config, "integrity:") {
+		config = "integrity:\n  enabled: false\n" + config
+	}
 	return daemon.New(t, ns, daemon.Options{Config: config})
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 )
@@ -128,7 +129,7 @@ func (d *Daemon) AuditBreak() *api.ChainBreak {
 	return d.chainBreak
 }
 
-func (d *Daemon) opAuditAck(_ context.Context, c *Call) (any, error) {
+func (d *Daemon) opAuditAck(_ context.Context, c *control.Call) (any, error) {
 	brk := d.AuditBreak()
 	if brk == nil {
 		return map[string]any{"acknowledged": false}, nil

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 )
@@ -165,7 +166,7 @@ func TestAuditAnchorAtStart(t *testing.T) {
 				t.Fatal("status does not report the break")
 			}
 			// Acknowledged: verify is ok again, and stays so across a restart.
-			if _, err := d.opAuditAck(context.Background(), &Call{Peer: Peer{User: "root"}}); err != nil {
+			if _, err := d.opAuditAck(context.Background(), &control.Call{Peer: control.Peer{User: "root"}}); err != nil {
 				t.Fatal(err)
 			}
 			out, _ = d.opAuditVerify(context.Background(), nil)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
@@ -21,7 +22,7 @@ func TestSenderBlockCap(t *testing.T) {
 	cfg.Response.SenderBlockCap = response.BlockCap{Max: 3, Per: api.Duration(time.Minute)}
 	fw := newFakeFW()
 	d := newTestDaemon(t, cfg, fw, clk)
-	scan := func(p Peer, ip string) signalAnswer {
+	scan := func(p control.Peer, ip string) signalAnswer {
 		t.Helper()
 		a := signal(t, d, p, `{"op":"signal","kind":"scan_detected","ip":"`+ip+`"}`)
 		if !a.OK || len(a.Decisions) != 1 {

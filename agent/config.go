@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/hostcheck"
@@ -34,18 +35,18 @@ const DefaultConfigPath = "/etc/parry/parry.yaml"
 // zero value means "defaults"). If the type has a `Validate() error` method,
 // Validate calls it and prefixes its error with the key.
 type Config struct {
-	Table        string       `yaml:"table"`         // nftables table name in family inet
-	Priority     int          `yaml:"priority"`      // hook priority of the table's chains
-	Socket       string       `yaml:"socket"`        // control socket path
-	StateDir     string       `yaml:"state_dir"`     // store.db, audit.log, others' state
-	Allowlist    []string     `yaml:"allowlist"`     // IPs/CIDRs never blocked
-	DefaultBlock api.Duration `yaml:"default_block"` // block duration when none is given
-	MinPrefixV4  int          `yaml:"min_prefix_v4"` // broadest IPv4 prefix that may be blocked
-	MinPrefixV6  int          `yaml:"min_prefix_v6"` // broadest IPv6 prefix that may be blocked
-	MaxBlock     api.Duration `yaml:"max_block"`     // longest temporary block (0: no limit)
-	Prune        api.Duration `yaml:"prune_interval"`
-	Reassert     api.Duration `yaml:"reassert_interval"` // least time between two re-assertions after foreign nftables commits
-	Control      Control      `yaml:"control"`
+	Table        string         `yaml:"table"`         // nftables table name in family inet
+	Priority     int            `yaml:"priority"`      // hook priority of the table's chains
+	Socket       string         `yaml:"socket"`        // control socket path
+	StateDir     string         `yaml:"state_dir"`     // store.db, audit.log, others' state
+	Allowlist    []string       `yaml:"allowlist"`     // IPs/CIDRs never blocked
+	DefaultBlock api.Duration   `yaml:"default_block"` // block duration when none is given
+	MinPrefixV4  int            `yaml:"min_prefix_v4"` // broadest IPv4 prefix that may be blocked
+	MinPrefixV6  int            `yaml:"min_prefix_v6"` // broadest IPv6 prefix that may be blocked
+	MaxBlock     api.Duration   `yaml:"max_block"`     // longest temporary block (0: no limit)
+	Prune        api.Duration   `yaml:"prune_interval"`
+	Reassert     api.Duration   `yaml:"reassert_interval"` // least time between two re-assertions after foreign nftables commits
+	Control      control.Config `yaml:"control"`
 
 	Response  response.Config  `yaml:"response"`
 	Integrity integrity.Config `yaml:"integrity"`
@@ -60,22 +61,6 @@ type Config struct {
 	allow []netip.Prefix // parsed Allowlist, set by Validate
 }
 
-// Control is the `control:` section: the socket's permissions and limits.
-type Control struct {
-	AdminGroups    []string     `yaml:"admin_groups"`    // groups whose members may do everything (root always may)
-	SocketGroup    string       `yaml:"socket_group"`    // group owning the socket, if it exists
-	SocketMode     string       `yaml:"socket_mode"`     // octal, e.g. "0660"
-	MaxConnections int          `yaml:"max_connections"` // concurrent connections
-	MaxLineBytes   int          `yaml:"max_line_bytes"`  // longest request line, newline included
-	Rate           float64      `yaml:"rate"`            // requests per second per peer (uid)
-	Burst          int          `yaml:"burst"`           // requests a peer may send at once
-	IdleTimeout    api.Duration `yaml:"idle_timeout"`    // close a connection idle this long
-	WriteTimeout   api.Duration `yaml:"write_timeout"`   // close a connection whose peer does not read an answer for this long
-
-	MaxConnectionsPerUID int `yaml:"max_connections_per_uid"` // concurrent connections of one uid other than root
-	AdminReserve         int `yaml:"admin_reserve"`           // of max_connections, slots only root and admin_groups may take
-}
-
 // DefaultConfig returns the built-in defaults.
 func DefaultConfig() Config {
 	return Config{
@@ -88,7 +73,7 @@ func DefaultConfig() Config {
 		MinPrefixV6:  32,
 		Prune:        api.Duration(10 * time.Second),
 		Reassert:     api.Duration(30 * time.Second),
-		Control: Control{
+		Control: control.Config{
 			SocketGroup:    "parry",
 			SocketMode:     "0660",
 			MaxConnections: 64,
@@ -181,7 +166,7 @@ func (c *Config) Validate() error {
 		c.allow = append(c.allow, p)
 	}
 	ct := &c.Control
-	if _, err := parseMode(ct.SocketMode); err != nil {
+	if _, err := control.ParseMode(ct.SocketMode); err != nil {
 		bad("control.socket_mode: %v", err)
 	}
 	if ct.MaxConnections < 1 {
@@ -230,11 +215,3 @@ func validateSections(c *Config) []error {
 
 // AllowPrefixes returns the parsed allowlist (after Validate).
 func (c *Config) AllowPrefixes() []netip.Prefix { return c.allow }
-
-func parseMode(s string) (os.FileMode, error) {
-	var m uint32
-	if _, err := fmt.Sscanf(s, "%o", &m); err != nil || m > 0o777 {
-		return 0, fmt.Errorf("%q is not an octal file mode like 0660", s)
-	}
-	return os.FileMode(m), nil
-}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/heal"
@@ -75,7 +76,8 @@ type Options struct {
 //   - heal (agent/heal): reconcile and self-heal; the table's health.
 //   - rec (enforce.Record): the audit log's writer and the trail of store
 //     changes.
-//   - the control server (server.go, ops.go): socket, peers, limits, ops.
+//   - server (agent/control): the control socket, peers, limits and the
+//     op table; the ops themselves are in the files of the parts they ask.
 //   - the policy (signal.go): the engine, escalation memory, signal records.
 //   - integ (integrity.go), the incident tooling (incident.go) and the
 //     fleet (fleet.go), fed by the path's observers and read-only views.
@@ -100,9 +102,7 @@ type Daemon struct {
 	incident atomic.Pointer[Incident]    // set by AttachIncident; told of every signal
 	fleet    atomic.Pointer[fleet.Fleet] // set once joined; nil: fleet off
 
-	ops      map[string]opEntry // the op table: filled before Serve, read-only after
-	limiter  *peerLimiter
-	refusals *refusals // audit lines of repeated refusals, aggregated (refuse.go)
+	server *control.Server // the control server: socket, peers, limits, op table
 
 	policy  atomic.Pointer[response.Engine] // swapped on reload
 	signals signalLog                       // signal records waiting for the audit log
@@ -159,9 +159,6 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		d.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	d.limiter = newPeerLimiter(cfg.Control.Rate, cfg.Control.Burst)
-	d.refusals = newRefusals(refuseInterval, d.now, func(f map[string]any) { d.Audit("refuse", f) })
-	d.registerOps()
 	// The path reports kernel errors and bulk changes to self-heal, built
 	// next (the path calls neither before it is shared).
 	d.path, err = enforce.New(enforce.Options{Kernel: opts.Firewall, Store: st, Record: d.rec, Log: d.log, Now: d.now,
@@ -182,6 +179,9 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.policy.Store(eng)
+	d.server = control.NewServer(control.Options{Log: d.log, Now: d.now, Audit: d.Audit,
+		Config: func() control.Config { return d.Config().Control }})
+	d.registerOps()
 	return d, nil
 }
 
@@ -220,8 +220,8 @@ func (d *Daemon) Close() error {
 	var errs []error
 	if d.audit != nil {
 		d.flushSignals()
-		if d.refusals != nil {
-			d.refusals.close()
+		if d.server != nil {
+			d.server.Close()
 		}
 	}
 	if d.store != nil && d.Policy() != nil {
@@ -287,7 +287,7 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 	d.cfg = cfg
 	d.cfgMu.Unlock()
 	d.policy.Store(eng)
-	d.limiter.reset(cfg.Control.Rate, cfg.Control.Burst)
+	d.server.Limit(cfg.Control.Rate, cfg.Control.Burst)
 	f := map[string]any{"ok": true, "allowlist": len(cfg.AllowPrefixes())}
 	if len(restart) > 0 {
 		f["needs_restart"] = restart

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
 )
 
@@ -54,7 +55,7 @@ func FuzzRequest(f *testing.F) {
 		f.Fatal(err)
 	}
 	fw := newFakeFW()
-	d, err := New(cfg, Options{Firewall: fw, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	d, err := New(cfg, Options{Firewall: keepTable{fw}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		HostAddrs: func() ([]netip.Addr, error) { return nil, nil }})
 	if err != nil {
 		f.Fatal(err)
@@ -63,11 +64,10 @@ func FuzzRequest(f *testing.F) {
 	if err := d.heal.Reconcile("fuzz"); err != nil {
 		f.Fatal(err)
 	}
-	d.ops["uninstall_rules"] = opEntry{perm: PermAdmin, fn: d.opPing} // keep the table for the next input
-	peer := Peer{UID: 0, Admin: true, User: "root"}
+	peer := control.Peer{UID: 0, Admin: true, User: "root"}
 	f.Fuzz(func(t *testing.T, line []byte) {
 		_ = time.Now
-		resp := d.handleLine(context.Background(), peer, line)
+		resp := d.server.HandleLine(context.Background(), peer, line)
 		var w struct {
 			OK    *bool      `json:"ok"`
 			Error *api.Error `json:"error"`
@@ -83,3 +83,9 @@ func FuzzRequest(f *testing.F) {
 		}
 	})
 }
+
+// keepTable is a firewall whose table survives uninstall_rules, so that
+// the next fuzz input finds it.
+type keepTable struct{ *fakeFW }
+
+func (keepTable) Remove() error { return nil }

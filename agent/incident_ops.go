@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/hostcheck"
 	"github.com/parryhq/parry/agent/report"
@@ -20,14 +21,14 @@ const CodeNotFound = "not_found"
 // registerOps adds the incident ops to the daemon's registry. Called by
 // AttachIncident before the socket is served.
 func (in *Incident) registerOps() {
-	in.d.handleParams("evidence_capture", PermAdmin, in.opCapture)
-	in.d.handle("evidence_list", PermAdmin, in.opEvidenceList)
-	in.d.handleParams("evidence_show", PermAdmin, in.opEvidenceShow)
-	in.d.handleParams("report", PermAdmin, in.opReport)
-	in.d.handle("check", PermAdmin, in.opCheck)
+	in.d.server.HandleParams("evidence_capture", control.PermAdmin, in.opCapture)
+	in.d.server.Handle("evidence_list", control.PermAdmin, in.opEvidenceList)
+	in.d.server.HandleParams("evidence_show", control.PermAdmin, in.opEvidenceShow)
+	in.d.server.HandleParams("report", control.PermAdmin, in.opReport)
+	in.d.server.Handle("check", control.PermAdmin, in.opCheck)
 }
 
-func (in *Incident) opCapture(ctx context.Context, c *Call) (any, error) {
+func (in *Incident) opCapture(ctx context.Context, c *control.Call) (any, error) {
 	var p struct {
 		Reason string `json:"reason"`
 	}
@@ -66,7 +67,7 @@ func info(r evidence.Record, recorded map[string]string) api.EvidenceInfo {
 	return ei
 }
 
-func (in *Incident) opEvidenceList(_ context.Context, c *Call) (any, error) {
+func (in *Incident) opEvidenceList(_ context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}
@@ -85,7 +86,7 @@ func (in *Incident) opEvidenceList(_ context.Context, c *Call) (any, error) {
 	return map[string]any{"count": len(out), "evidence": out}, nil
 }
 
-func (in *Incident) opEvidenceShow(_ context.Context, c *Call) (any, error) {
+func (in *Incident) opEvidenceShow(_ context.Context, c *control.Call) (any, error) {
 	var p struct {
 		ID string `json:"evidence_id"`
 	}
@@ -108,7 +109,7 @@ func (in *Incident) opEvidenceShow(_ context.Context, c *Call) (any, error) {
 	return map[string]any{"info": info(rec, recorded), "snapshot": snap}, nil
 }
 
-func (in *Incident) opReport(_ context.Context, c *Call) (any, error) {
+func (in *Incident) opReport(_ context.Context, c *control.Call) (any, error) {
 	var p struct {
 		Since string `json:"since"`
 	}
@@ -151,7 +152,7 @@ func (in *Incident) Report(since time.Duration) (report.Report, error) {
 	return report.Summarize(f, chain, in.host, from, to.Add(time.Second))
 }
 
-func (in *Incident) opCheck(ctx context.Context, c *Call) (any, error) {
+func (in *Incident) opCheck(ctx context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}

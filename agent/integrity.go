@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/integrity"
 	"github.com/parryhq/parry/response"
 )
@@ -191,8 +192,8 @@ func (d *Daemon) integritySignals(ctx context.Context) {
 
 // integritySender is how the integrity watcher appears as a signal sender
 // and in the audit log.
-func integritySender() Peer {
-	return Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), User: "parryd-integrity", Admin: true}
+func integritySender() control.Peer {
+	return control.Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), User: "parryd-integrity", Admin: true}
 }
 
 // handleIntegritySignal runs one integrity_violation signal through the
@@ -242,7 +243,7 @@ type IntegrityStatus struct {
 	DroppedSignals int    `json:"dropped_signals,omitempty"`
 }
 
-func (d *Daemon) opIntegrityStatus(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opIntegrityStatus(ctx context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}
@@ -267,7 +268,7 @@ func (d *Daemon) opIntegrityStatus(ctx context.Context, c *Call) (any, error) {
 	return st, nil
 }
 
-func (d *Daemon) opIntegrityBaseline(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opIntegrityBaseline(ctx context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}
@@ -282,7 +283,7 @@ func (d *Daemon) opIntegrityBaseline(ctx context.Context, c *Call) (any, error) 
 	return res, nil
 }
 
-func (d *Daemon) opIntegrityCheck(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opIntegrityCheck(ctx context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}
@@ -300,7 +301,7 @@ func (d *Daemon) opIntegrityCheck(ctx context.Context, c *Call) (any, error) {
 
 const maxAcceptPaths = 4096
 
-func (d *Daemon) opIntegrityAccept(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opIntegrityAccept(ctx context.Context, c *control.Call) (any, error) {
 	var p struct {
 		Paths []string `json:"paths"`
 	}

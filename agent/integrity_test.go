@@ -95,7 +95,7 @@ func TestStuckIntegrityMonitorAnswersBusy(t *testing.T) {
 	}
 	answers := make(chan answer, 2)
 	go func() {
-		answers <- answer{resp: d.handleLine(context.Background(), rootPeer, []byte(`{"op":"integrity_status"}`))}
+		answers <- answer{resp: d.server.HandleLine(context.Background(), rootPeer, []byte(`{"op":"integrity_status"}`))}
 	}()
 	go func() {
 		rec, err := in.Capture(context.Background(), "test", "manual")

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
@@ -40,7 +41,7 @@ type LockdownResult struct {
 // allowlist (configured plus "allow", plus the extended lockdown's) must not
 // be empty unless "force": a lockdown with nothing allowed cuts off every
 // new connection, the operator's next SSH session included.
-func (d *Daemon) opLockdown(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opLockdown(ctx context.Context, c *control.Call) (any, error) {
 	var p lockdownParams
 	if err := c.Decode(&p); err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/google/nftables"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/heal"
 	"github.com/parryhq/parry/firewall"
 )
@@ -224,7 +225,7 @@ func (m *Main) Run(ctx context.Context) error {
 	notify(m.Logger, sddaemon.SdNotifyReady)
 	m.notifyStatus()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- d.Serve(ctx, m.ln) }()
+	go func() { serveErr <- d.server.Serve(ctx, m.ln) }()
 	ping := m.watchdog()
 	maintained := make(chan struct{})
 	go func() {
@@ -300,7 +301,7 @@ func (m *Main) listener(cfg Config) (net.Listener, error) {
 			return ls[0], nil
 		}
 	}
-	return Listen(cfg)
+	return control.Listen(cfg.Socket, cfg.Control)
 }
 
 func (m *Main) watchdog() func() {

@@ -10,76 +10,34 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
 
-// Perm decides whether a peer may use an op.
-type Perm func(d *Daemon, p Peer) bool
-
-// PermAnyone lets every peer that can open the socket use the op.
-func PermAnyone(*Daemon, Peer) bool { return true }
-
-// PermAdmin allows root and members of control.admin_groups.
-func PermAdmin(_ *Daemon, p Peer) bool { return p.Admin }
-
-// Handler runs one op. Its result is marshalled as a JSON object whose
-// fields join "ok" and "id" at the top level of the response; an error with
-// a code (*Error) becomes {"ok":false,"error":{...}}.
-type Handler func(ctx context.Context, c *Call) (any, error)
-
-type opEntry struct {
-	perm   Perm
-	fn     Handler
-	params bool // false: any member besides "op" and "id" is bad_request, refused before fn runs
-}
-
-// handle registers an op that takes no parameters: the server refuses a
-// request for it that carries any member besides "op" and "id"
-// (bad_request) before the handler runs. Other parts add theirs with one
-// line in registerOps, the handler in their own file.
-func (d *Daemon) handle(name string, perm Perm, fn Handler) {
-	d.register(name, opEntry{perm: perm, fn: fn})
-}
-
-// handleParams registers an op that takes parameters; its handler must
-// decode them with Call.Decode (strict: unknown fields are bad_request)
-// before it changes anything.
-func (d *Daemon) handleParams(name string, perm Perm, fn Handler) {
-	d.register(name, opEntry{perm: perm, fn: fn, params: true})
-}
-
-func (d *Daemon) register(name string, e opEntry) {
-	if d.ops == nil {
-		d.ops = map[string]opEntry{}
-	}
-	if _, dup := d.ops[name]; dup {
-		panic("agent: op registered twice: " + name)
-	}
-	d.ops[name] = e
-}
-
-// registerOps is the op registry: one line per op.
+// registerOps is the daemon's part of the op table: one line per op, the
+// handler in the file of the part it asks (the incident tooling adds its
+// own in incident_ops.go).
 func (d *Daemon) registerOps() {
-	d.handle("ping", PermAnyone, d.opPing)
-	d.handleParams("signal", PermAnyone, d.opSignal) // per-kind authorisation inside
-	d.handle("status", PermAdmin, d.opStatus)
-	d.handle("list", PermAdmin, d.opList)
-	d.handleParams("block", PermAdmin, d.opBlock)
-	d.handleParams("unblock", PermAdmin, d.opUnblock)
-	d.handleParams("lockdown", PermAdmin, d.opLockdown)
-	d.handleParams("release", PermAdmin, d.opRelease)
-	d.handle("audit_verify", PermAdmin, d.opAuditVerify)
-	d.handle("audit_ack", PermAdmin, d.opAuditAck)
-	d.handle("reload", PermAdmin, d.opReload)
-	d.handle("uninstall_rules", PermAdmin, d.opUninstallRules)
-	d.handle("integrity_status", PermAdmin, d.opIntegrityStatus)
-	d.handle("integrity_baseline", PermAdmin, d.opIntegrityBaseline)
-	d.handle("integrity_check", PermAdmin, d.opIntegrityCheck)
-	d.handleParams("integrity_accept", PermAdmin, d.opIntegrityAccept)
+	d.server.Handle("ping", control.PermAnyone, d.opPing)
+	d.server.HandleParams("signal", control.PermAnyone, d.opSignal) // per-kind authorisation inside
+	d.server.Handle("status", control.PermAdmin, d.opStatus)
+	d.server.Handle("list", control.PermAdmin, d.opList)
+	d.server.HandleParams("block", control.PermAdmin, d.opBlock)
+	d.server.HandleParams("unblock", control.PermAdmin, d.opUnblock)
+	d.server.HandleParams("lockdown", control.PermAdmin, d.opLockdown)
+	d.server.HandleParams("release", control.PermAdmin, d.opRelease)
+	d.server.Handle("audit_verify", control.PermAdmin, d.opAuditVerify)
+	d.server.Handle("audit_ack", control.PermAdmin, d.opAuditAck)
+	d.server.Handle("reload", control.PermAdmin, d.opReload)
+	d.server.Handle("uninstall_rules", control.PermAdmin, d.opUninstallRules)
+	d.server.Handle("integrity_status", control.PermAdmin, d.opIntegrityStatus)
+	d.server.Handle("integrity_baseline", control.PermAdmin, d.opIntegrityBaseline)
+	d.server.Handle("integrity_check", control.PermAdmin, d.opIntegrityCheck)
+	d.server.HandleParams("integrity_accept", control.PermAdmin, d.opIntegrityAccept)
 }
 
-func (d *Daemon) opPing(context.Context, *Call) (any, error) {
+func (d *Daemon) opPing(context.Context, *control.Call) (any, error) {
 	return map[string]any{"pong": true, "version": Version}, nil
 }
 
@@ -104,14 +62,14 @@ func (d *Daemon) Status() api.Status {
 		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
 }
 
-func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
+func (d *Daemon) opStatus(context.Context, *control.Call) (any, error) { return d.Status(), nil }
 
-func (d *Daemon) opList(context.Context, *Call) (any, error) {
+func (d *Daemon) opList(context.Context, *control.Call) (any, error) {
 	b := d.path.Blocks()
 	return map[string]any{"count": len(b), "blocks": b}, nil
 }
 
-func (d *Daemon) opBlock(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opBlock(ctx context.Context, c *control.Call) (any, error) {
 	var p blockParams
 	if err := c.Decode(&p); err != nil {
 		return nil, err
@@ -141,7 +99,7 @@ func (d *Daemon) opBlock(ctx context.Context, c *Call) (any, error) {
 	return out, nil
 }
 
-func (d *Daemon) opUnblock(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opUnblock(ctx context.Context, c *control.Call) (any, error) {
 	var p struct {
 		Targets []string `json:"targets"`
 		Reason  string   `json:"reason"`
@@ -161,7 +119,7 @@ func (d *Daemon) opUnblock(ctx context.Context, c *Call) (any, error) {
 		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String(), Admin: true})
 }
 
-func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opRelease(ctx context.Context, c *control.Call) (any, error) {
 	var p struct {
 		Reason string `json:"reason"`
 	}
@@ -172,7 +130,7 @@ func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {
 		Source: "control", Sender: c.Peer.String(), Admin: true})
 }
 
-func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {
+func (d *Daemon) opAuditVerify(context.Context, *control.Call) (any, error) {
 	res, err := d.verifyAudit()
 	if err != nil {
 		return nil, err
@@ -211,7 +169,7 @@ func (d *Daemon) verifyAudit() (audit.Result, error) {
 	return res, err
 }
 
-func (d *Daemon) opReload(context.Context, *Call) (any, error) {
+func (d *Daemon) opReload(context.Context, *control.Call) (any, error) {
 	if d.reload == nil {
 		return nil, api.Errorf(api.CodeInternal, "reload is not wired in this daemon")
 	}
@@ -221,7 +179,7 @@ func (d *Daemon) opReload(context.Context, *Call) (any, error) {
 	return nil, nil
 }
 
-func (d *Daemon) opUninstallRules(_ context.Context, c *Call) (any, error) {
+func (d *Daemon) opUninstallRules(_ context.Context, c *control.Call) (any, error) {
 	if err := d.heal.Uninstall(); err != nil {
 		return nil, api.Errorf(api.CodeFirewall, "remove table: %v", err)
 	}

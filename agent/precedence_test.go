@@ -72,7 +72,7 @@ func admin(t *testing.T, d *Daemon, line string) {
 		OK    bool
 		Error *api.Error
 	}
-	resp := d.handleLine(context.Background(), rootPeer, []byte(line))
+	resp := d.server.HandleLine(context.Background(), rootPeer, []byte(line))
 	if err := json.Unmarshal(resp, &a); err != nil || !a.OK {
 		t.Fatalf("%s: %s", line, resp)
 	}

@@ -10,19 +10,21 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
 )
 
 // serve starts the daemon's control socket in a temp dir and returns a
 // dialer.
 func serve(t *testing.T, d *Daemon) func() net.Conn {
 	t.Helper()
-	ln, err := Listen(d.Config())
+	cfg := d.Config()
+	ln, err := control.Listen(cfg.Socket, cfg.Control)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { d.Serve(ctx, ln); close(done) }()
+	go func() { d.server.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return func() net.Conn {
 		c, err := net.Dial("unix", d.Config().Socket)
@@ -115,17 +117,17 @@ func TestProtocolBadInputKeepsConnectionAndState(t *testing.T) {
 func TestForbiddenForNonAdmins(t *testing.T) {
 	clk := &clock{t: time.Now()}
 	d := newTestDaemon(t, testConfig(t), newFakeFW(), clk)
-	peer := Peer{UID: 1000, User: "alice"}
+	peer := control.Peer{UID: 1000, User: "alice"}
 	var w wireResp
-	json.Unmarshal(d.handleLine(context.Background(), peer, []byte(`{"op":"block","targets":["203.0.113.7"]}`)), &w)
+	json.Unmarshal(d.server.HandleLine(context.Background(), peer, []byte(`{"op":"block","targets":["203.0.113.7"]}`)), &w)
 	if w.OK || w.Error.Code != api.CodeForbidden {
 		t.Fatalf("non-admin block: %+v", w)
 	}
-	json.Unmarshal(d.handleLine(context.Background(), peer, []byte(`{"op":"ping"}`)), &w)
+	json.Unmarshal(d.server.HandleLine(context.Background(), peer, []byte(`{"op":"ping"}`)), &w)
 	if !w.OK {
 		t.Fatalf("non-admin ping: %+v", w)
 	}
-	peer = resolvePeer(Peer{UID: 0, GID: 0}, nil)
+	peer = control.ResolvePeer(control.Peer{UID: 0, GID: 0}, nil)
 	if !peer.Admin {
 		t.Fatal("root is not admin")
 	}
@@ -135,11 +137,11 @@ func TestRateLimit(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Control.Rate, cfg.Control.Burst = 1, 3
 	d := newTestDaemon(t, cfg, newFakeFW(), &clock{t: time.Now()})
-	peer := Peer{UID: 0, Admin: true}
+	peer := control.Peer{UID: 0, Admin: true}
 	limited := 0
 	for range 10 {
 		var w wireResp
-		json.Unmarshal(d.handleLine(context.Background(), peer, []byte(`{"op":"ping"}`)), &w)
+		json.Unmarshal(d.server.HandleLine(context.Background(), peer, []byte(`{"op":"ping"}`)), &w)
 		if !w.OK && w.Error.Code == api.CodeRateLimited {
 			limited++
 		}

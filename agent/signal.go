@@ -13,6 +13,7 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
@@ -134,9 +135,9 @@ type SignalResult struct {
 	Decisions []SignalDecision    `json:"decisions,omitempty"`
 }
 
-// appendFields renders a result without decisions (nearly every signal's)
+// AppendFields renders a result without decisions (nearly every signal's)
 // without reflection; one with decisions goes through encoding/json.
-func (r SignalResult) appendFields(b []byte) ([]byte, bool) {
+func (r SignalResult) AppendFields(b []byte) ([]byte, bool) {
 	if len(r.Decisions) > 0 {
 		return b, false
 	}
@@ -188,13 +189,13 @@ type SignalDecision struct {
 }
 
 // peerSender is the policy's view of a control peer.
-func peerSender(p Peer) response.Sender {
+func peerSender(p control.Peer) response.Sender {
 	return response.Sender{UID: p.UID, GID: p.GID, PID: p.PID, User: p.User, Groups: p.Groups}
 }
 
 // opSignal: authorise the sender for the kind, rate-limit it, run the
 // policy, record the signal, and enforce what the policy decided.
-func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opSignal(ctx context.Context, c *control.Call) (any, error) {
 	p, err := decodeSignal(c)
 	if err != nil {
 		return nil, err
@@ -214,7 +215,7 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 	eng := d.Policy()
 	if !c.Peer.Admin {
 		if err := eng.Authorize(sig.Sender, sig.Kind); err != nil {
-			d.refusals.note(c.Peer.UID, "signal", map[string]any{"op": "signal", "kind": sig.Kind, "code": api.CodeForbidden, "sender": c.Peer.String()})
+			d.server.Refused(c.Peer.UID, "signal", map[string]any{"op": "signal", "kind": sig.Kind, "code": api.CodeForbidden, "sender": c.Peer.String()})
 			d.observeSignal(sig, "forbidden")
 			return nil, api.Errorf(api.CodeForbidden, "%v", err)
 		}
@@ -295,7 +296,7 @@ type signalLog struct {
 // recordSignal queues the audit record of a signal and what became of it.
 // It goes to the audit chain only, not the journal; the decisions it leads
 // to are journalled.
-func (d *Daemon) recordSignal(sig response.Signal, peer Peer, res response.Result) {
+func (d *Daemon) recordSignal(sig response.Signal, peer control.Peer, res response.Result) {
 	r := signalRecord{Kind: sig.Kind, User: sig.User, Source: sig.Source, Severity: sig.Severity, Path: sig.Path,
 		Detail: sig.Detail, Attrs: sig.Attrs, Sender: peer.String(), Outcome: string(res.Outcome), Time: sig.Time}
 	if sig.IP.IsValid() {
@@ -405,12 +406,11 @@ func appendJSONString(b []byte, s string) []byte {
 // request's fields (Call.Decode re-encodes them first: too slow for the
 // rate signals come at), as strictly: unknown fields and wrong types are
 // bad_request.
-func decodeSignal(c *Call) (signalParams, error) {
+func decodeSignal(c *control.Call) (signalParams, error) {
 	var p signalParams
-	for _, m := range c.params {
-		raw := m.raw
+	for key, raw := range c.Params() {
 		var dst *string
-		switch string(m.key) {
+		switch string(key) {
 		case "kind":
 			dst = &p.Kind
 		case "ip":
@@ -432,13 +432,13 @@ func decodeSignal(c *Call) (signalParams, error) {
 			}
 			continue
 		default:
-			return p, api.Errorf(api.CodeBadRequest, "op signal: unknown field %q", truncate(string(m.key), 64))
+			return p, api.Errorf(api.CodeBadRequest, "op signal: unknown field %q", truncate(string(key), 64))
 		}
-		k := m.key
+		k := key
 		if len(raw) < 2 || raw[0] != '"' {
 			return p, api.Errorf(api.CodeBadRequest, "op signal: %q must be a string", k)
 		}
-		if plainString(raw[1 : len(raw)-1]) { // the request line was already checked as JSON
+		if control.PlainString(raw[1 : len(raw)-1]) { // the request line was already checked as JSON
 			*dst = string(raw[1 : len(raw)-1])
 		} else if err := json.Unmarshal(raw, dst); err != nil {
 			return p, api.Errorf(api.CodeBadRequest, "op signal: %q must be a string", k)

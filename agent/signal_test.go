@@ -16,12 +16,13 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/response"
 )
 
 var (
-	rootPeer = Peer{UID: 0, User: "root", Groups: []string{"root"}, Admin: true}
-	webPeer  = Peer{UID: 33, GID: 33, User: "www-data", Groups: []string{"www-data"}}
+	rootPeer = control.Peer{UID: 0, User: "root", Groups: []string{"root"}, Admin: true}
+	webPeer  = control.Peer{UID: 33, GID: 33, User: "www-data", Groups: []string{"www-data"}}
 )
 
 type signalAnswer struct {
@@ -30,10 +31,10 @@ type signalAnswer struct {
 	SignalResult
 }
 
-func signal(t testing.TB, d *Daemon, p Peer, line string) signalAnswer {
+func signal(t testing.TB, d *Daemon, p control.Peer, line string) signalAnswer {
 	t.Helper()
 	var a signalAnswer
-	resp := d.handleLine(context.Background(), p, []byte(line))
+	resp := d.server.HandleLine(context.Background(), p, []byte(line))
 	if err := json.Unmarshal(resp, &a); err != nil {
 		t.Fatalf("%s: %v", resp, err)
 	}
@@ -67,7 +68,7 @@ func TestOpSignal(t *testing.T) {
 
 	// refusals change nothing
 	for _, tc := range []struct {
-		peer       Peer
+		peer       control.Peer
 		line, code string
 	}{
 		{webPeer, `{"op":"signal","kind":"scan_detected","ip":"203.0.113.8"}`, api.CodeForbidden},
@@ -154,7 +155,7 @@ func TestOpLockdown(t *testing.T) {
 	d := newTestDaemon(t, cfg, fw, clk)
 	call := func(line string) (map[string]any, string) {
 		var m map[string]any
-		json.Unmarshal(d.handleLine(context.Background(), rootPeer, []byte(line)), &m)
+		json.Unmarshal(d.server.HandleLine(context.Background(), rootPeer, []byte(line)), &m)
 		if e, ok := m["error"].(map[string]any); ok {
 			return m, e["code"].(string)
 		}
@@ -223,7 +224,7 @@ func BenchmarkOpSignal(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		line := fmt.Appendf(nil, `{"op":"signal","kind":"auth_failure","ip":"10.%d.%d.%d","source":"bench"}`, byte(i>>16), byte(i>>8), byte(i))
-		if resp := d.handleLine(context.Background(), rootPeer, line); !strings.HasPrefix(string(resp), `{"ok":true`) {
+		if resp := d.server.HandleLine(context.Background(), rootPeer, line); !strings.HasPrefix(string(resp), `{"ok":true`) {
 			b.Fatalf("%s", resp)
 		}
 		i++
@@ -246,7 +247,7 @@ func TestPolicyLockdownMerges(t *testing.T) {
 	if fw.lockdown == nil || fw.lockdown.Timeout != 10*time.Minute || len(fw.lockdown.Allow) != 1 {
 		t.Fatalf("policy lockdown: %+v", fw.lockdown)
 	}
-	d.handleLine(context.Background(), rootPeer, []byte(`{"op":"lockdown","for":"2h","isolate":true,"allow":["10.0.0.0/24"]}`))
+	d.server.HandleLine(context.Background(), rootPeer, []byte(`{"op":"lockdown","for":"2h","isolate":true,"allow":["10.0.0.0/24"]}`))
 	clk.Add(time.Minute)
 	a := signal(t, d, rootPeer, `{"op":"signal","kind":"tamper"}`)
 	if len(a.Decisions) != 1 || a.Decisions[0].Error != nil {

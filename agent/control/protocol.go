@@ -1,11 +1,9 @@
-package agent
+package control
 
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
-	"net/netip"
-	"time"
+	"iter"
 	"unicode/utf8"
 
 	"github.com/parryhq/parry/agent/api"
@@ -30,6 +28,19 @@ type param struct {
 	raw    []byte // the value as sent (valid JSON)
 }
 
+// Params yields the call's parameters in the order sent: each member's
+// name (unquoted) and its value as sent (valid JSON). The bytes point into
+// the request line. For ops that decode faster than Decode (signal).
+func (c *Call) Params() iter.Seq2[[]byte, []byte] {
+	return func(yield func(key, raw []byte) bool) {
+		for _, p := range c.params {
+			if !yield(p.key, p.raw) {
+				return
+			}
+		}
+	}
+}
+
 func (c *Call) rawID() json.RawMessage {
 	if c == nil {
 		return nil
@@ -37,16 +48,16 @@ func (c *Call) rawID() json.RawMessage {
 	return c.ID
 }
 
-// decodeRequest parses one request line: a JSON object with a string "op"
+// DecodeRequest parses one request line: a JSON object with a string "op"
 // and an optional "id" (string or number, echoed back). The line is
 // checked as JSON once and then split into its members in one pass, with
 // no map and no copy of the values; a repeated member counts as its last
 // occurrence, as with encoding/json.
-func decodeRequest(line []byte) (*Call, error) {
+func DecodeRequest(line []byte) (*Call, error) {
 	return decodeRequestInto(new(Call), line)
 }
 
-// decodeRequestInto is decodeRequest into c, which it resets first (a
+// decodeRequestInto is DecodeRequest into c, which it resets first (a
 // connection reuses one Call for all its requests).
 func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 	*c = Call{}
@@ -62,7 +73,7 @@ func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 		kEnd := skipString(line, i)
 		rawKey := line[i:kEnd]
 		key := rawKey[1 : len(rawKey)-1]
-		if !plainString(key) {
+		if !PlainString(key) {
 			var s string
 			if err := json.Unmarshal(rawKey, &s); err != nil {
 				return nil, api.Errorf(api.CodeBadRequest, "request: bad member name: %s", shortErr(err))
@@ -92,7 +103,7 @@ func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 	if op[0] != '"' {
 		return c, api.Errorf(api.CodeBadRequest, `"op" must be a string`)
 	}
-	if plainString(op[1 : len(op)-1]) {
+	if PlainString(op[1 : len(op)-1]) {
 		c.Op = string(op[1 : len(op)-1])
 	} else if err := json.Unmarshal(op, &c.Op); err != nil {
 		return c, api.Errorf(api.CodeBadRequest, `"op" must be a string`)
@@ -102,7 +113,7 @@ func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 
 // plainString reports whether the inside of a JSON string literal means
 // itself: no escapes and valid UTF-8 (which encoding/json would replace).
-func plainString(b []byte) bool {
+func PlainString(b []byte) bool {
 	return bytes.IndexByte(b, '\\') < 0 && utf8.Valid(b)
 }
 
@@ -195,68 +206,9 @@ func (c *Call) Decode(v any) error {
 	return nil
 }
 
-// parseTargets parses request targets. Without partial, the first bad one
-// refuses the request; with it, bad ones are returned as refusals.
-func parseTargets(in []string, partial bool) ([]netip.Prefix, []*api.Error, error) {
-	if len(in) == 0 {
-		return nil, nil, api.Errorf(api.CodeBadRequest, `"targets" is empty: give at least one IP or CIDR`)
-	}
-	out := make([]netip.Prefix, 0, len(in))
-	var bad []*api.Error
-	for i, s := range in {
-		p, err := api.ParseTarget(s)
-		if err != nil {
-			e := &api.Error{Code: api.CodeInvalidTarget, Message: fmt.Sprintf("targets[%d]: %v", i, err), Target: truncate(s, 64)}
-			if !partial {
-				return nil, nil, e
-			}
-			bad = append(bad, e)
-			continue
-		}
-		out = append(out, p)
-	}
-	return out, bad, nil
-}
-
 func truncate(s string, n int) string {
 	if len(s) > n {
 		return s[:n]
 	}
 	return s
-}
-
-// blockParams are the parameters of op "block".
-type blockParams struct {
-	Targets   []string `json:"targets"`
-	For       string   `json:"for"`       // duration; default config default_block
-	Permanent bool     `json:"permanent"` // no expiry; excludes "for"
-	Reason    string   `json:"reason"`
-	Source    string   `json:"source"`  // who asks, free-form; default "control"
-	Partial   bool     `json:"partial"` // apply the acceptable targets, report the rest
-}
-
-// until resolves the block's end time (zero: permanent).
-func (p *blockParams) until(now time.Time, cfg *Config) (time.Time, error) {
-	switch {
-	case p.Permanent && p.For != "":
-		return time.Time{}, api.Errorf(api.CodeBadRequest, `give either "for" or "permanent", not both`)
-	case p.Permanent:
-		return time.Time{}, nil
-	case p.For == "":
-		return now.Add(cfg.DefaultBlock.D()), nil
-	}
-	d, err := api.ParseDuration(p.For)
-	if err != nil {
-		return time.Time{}, api.Errorf(api.CodeInvalidDuration, "%v", err)
-	}
-	if d < time.Second {
-		return time.Time{}, api.Errorf(api.CodeInvalidDuration, `"for" must be at least 1s`)
-	}
-	if cfg.MaxBlock.D() > 0 && d > cfg.MaxBlock.D() {
-		return time.Time{}, api.Errorf(api.CodeInvalidDuration, "%s is longer than max_block %s", api.FormatDuration(d), api.FormatDuration(cfg.MaxBlock.D()))
-	}
-	if d > 100*365*24*time.Hour {
-		return time.Time{}, api.Errorf(api.CodeInvalidDuration, "%s is too long; use permanent", api.FormatDuration(d))
-	}
-	return now.Add(d), nil
 }

@@ -107,7 +107,7 @@ type Daemon struct {
 	policy  atomic.Pointer[response.Engine] // swapped on reload
 	signals signalLog                       // signal records waiting for the audit log
 
-	integ integrityState // integrity monitor (agent/integrity.go)
+	integ *integrityGlue // the integrity monitor and its ops (agent/integrity.go)
 
 	closing chan struct{}
 	closeMu sync.Once
@@ -179,6 +179,8 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.policy.Store(eng)
+	d.integ = &integrityGlue{log: d.log, now: d.now, store: st, audit: d.Audit, config: d.Config,
+		observe: d.observeFinding, handle: d.handleIntegritySignal}
 	d.server = control.NewServer(control.Options{Log: d.log, Now: d.now, Audit: d.Audit,
 		Config: func() control.Config { return d.Config().Control }})
 	d.registerOps()

@@ -472,7 +472,7 @@ func (in *Incident) fill(ctx context.Context, s *evidence.Snapshot) {
 // openFindings are the integrity monitor's unresolved findings, when it
 // runs. It waits for the monitor no longer than integrityWait.
 func (in *Incident) openFindings(ctx context.Context) ([]evidence.Finding, bool, error) {
-	s := &in.d.integ
+	s := in.d.integ
 	s.mu.Lock()
 	mon := s.mon
 	s.mu.Unlock()

@@ -235,7 +235,7 @@ func (m *Main) Run(ctx context.Context) error {
 	integrityDone := make(chan struct{})
 	go func() {
 		defer close(integrityDone)
-		d.runIntegrity(ctx) // agent/integrity.go
+		d.integ.run(ctx) // agent/integrity.go
 	}()
 	select {
 	case <-ctx.Done():

@@ -31,10 +31,7 @@ func (d *Daemon) registerOps() {
 	d.server.Handle("audit_ack", control.PermAdmin, d.opAuditAck)
 	d.server.Handle("reload", control.PermAdmin, d.opReload)
 	d.server.Handle("uninstall_rules", control.PermAdmin, d.opUninstallRules)
-	d.server.Handle("integrity_status", control.PermAdmin, d.opIntegrityStatus)
-	d.server.Handle("integrity_baseline", control.PermAdmin, d.opIntegrityBaseline)
-	d.server.Handle("integrity_check", control.PermAdmin, d.opIntegrityCheck)
-	d.server.HandleParams("integrity_accept", control.PermAdmin, d.opIntegrityAccept)
+	d.integ.register(d.server)
 }
 
 func (d *Daemon) opPing(context.Context, *control.Call) (any, error) {

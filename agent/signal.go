@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -445,4 +446,49 @@ func decodeSignal(c *control.Call) (signalParams, error) {
 		}
 	}
 	return p, nil
+}
+
+// integritySender is how the integrity watcher appears as a signal sender
+// and in the audit log.
+func integritySender() control.Peer {
+	return control.Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), User: "parryd-integrity", Admin: true}
+}
+
+// handleIntegritySignal runs one integrity_violation signal through the
+// response policy (which may notify, log, block or lock down, as its rules
+// for kind integrity_violation say) and enforces what it decides, exactly
+// as op signal does for signals from the socket.
+func (d *Daemon) handleIntegritySignal(ctx context.Context, sig response.Signal) {
+	eng := d.Policy()
+	if eng == nil {
+		d.log.Warn("integrity_violation signal dropped: no policy engine", "path", sig.Path)
+		return
+	}
+	peer := integritySender()
+	sig.Sender = peerSender(peer)
+	if sig.Time.IsZero() {
+		sig.Time = d.now().UTC()
+	}
+	if err := response.ValidateSignal(sig); err != nil {
+		d.log.Error("integrity_violation signal invalid", "path", sig.Path, "err", err)
+		return
+	}
+	res, err := eng.Handle(sig)
+	if err != nil {
+		d.log.Error("policy refused an integrity_violation signal", "path", sig.Path, "err", err)
+		return
+	}
+	d.recordSignal(sig, peer, res)
+	d.observeSignal(sig, string(res.Outcome))
+	blocked := false
+	for _, dec := range res.Decisions {
+		if _, err := d.path.Enforce(ctx, dec); err != nil {
+			d.log.Error("enforcing the policy's answer to an integrity finding failed", "action", dec.Action, "path", sig.Path, "err", err)
+			continue
+		}
+		blocked = blocked || (dec.Action == response.ActionBlock && !dec.DryRun)
+	}
+	if blocked {
+		d.saveOffenders()
+	}
 }

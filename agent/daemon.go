@@ -104,8 +104,7 @@ type Daemon struct {
 
 	server *control.Server // the control server: socket, peers, limits, op table
 
-	policy  atomic.Pointer[response.Engine] // swapped on reload
-	signals signalLog                       // signal records waiting for the audit log
+	policy *policy // the signal path: engine, escalation memory, signal records (signal.go)
 
 	integ *integrityGlue // the integrity monitor and its ops (agent/integrity.go)
 
@@ -159,10 +158,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		d.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	// The path reports kernel errors and bulk changes to self-heal, built
-	// next (the path calls neither before it is shared).
+	// The parts, in the order they need each other. The path reports kernel
+	// errors and bulk changes to self-heal and reads the sender cap from the
+	// policy, both built after it (the path calls neither before it is
+	// shared).
 	d.path, err = enforce.New(enforce.Options{Kernel: opts.Firewall, Store: st, Record: d.rec, Log: d.log, Now: d.now,
-		HostAddrs: opts.HostAddrs, SenderCap: d.senderCap,
+		HostAddrs: opts.HostAddrs, SenderCap: func() response.BlockCap { return d.policy.senderCap() },
 		OnKernelError: func(err error) { d.heal.KernelError(err) }, OnBulk: func() { d.heal.Bulk() },
 		CrashAfterCommit: func() bool { return d.crashAfterCommit != nil && d.crashAfterCommit() }}, guardConfig(cfg))
 	if err != nil {
@@ -173,16 +174,18 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		TableName: cfg.Table, Sweeper: opts.Sweeper, AddrEvents: opts.AddrEvents,
 		PruneEvery:    func() time.Duration { return d.Config().Prune.D() },
 		ReassertEvery: func() time.Duration { return d.Config().Reassert.D() }})
-	eng, err := d.newPolicy(cfg, d.path.Own(), nil)
+	d.server = control.NewServer(control.Options{Log: d.log, Now: d.now, Audit: d.Audit,
+		Config: func() control.Config { return d.Config().Control }})
+	d.policy = &policy{log: d.log, now: d.now, store: st, audit: al, path: d.path, refused: d.server.Refused,
+		observeSignal: d.observeSignal}
+	eng, err := d.policy.build(cfg, d.path.Own(), nil)
 	if err != nil {
 		d.Close()
 		return nil, err
 	}
-	d.policy.Store(eng)
+	d.policy.eng.Store(eng)
 	d.integ = &integrityGlue{log: d.log, now: d.now, store: st, audit: d.Audit, config: d.Config,
-		observe: d.observeFinding, handle: d.handleIntegritySignal}
-	d.server = control.NewServer(control.Options{Log: d.log, Now: d.now, Audit: d.Audit,
-		Config: func() control.Config { return d.Config().Control }})
+		observe: d.observeFinding, handle: d.policy.handleOwn}
 	d.registerOps()
 	return d, nil
 }
@@ -190,14 +193,6 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 // guardConfig is the decision path's guard config from cfg.
 func guardConfig(cfg Config) enforce.GuardConfig {
 	return enforce.GuardConfig{Allow: cfg.AllowPrefixes(), MinV4: cfg.MinPrefixV4, MinV6: cfg.MinPrefixV6}
-}
-
-// senderCap is response.sender_block_cap of the policy in force.
-func (d *Daemon) senderCap() response.BlockCap {
-	if eng := d.Policy(); eng != nil {
-		return eng.Config().SenderBlockCap
-	}
-	return response.BlockCap{}
 }
 
 // maintain runs the maintenance loop (agent/heal) until ctx ends; every
@@ -220,14 +215,14 @@ func (d *Daemon) maintain(ctx context.Context, ping func()) {
 func (d *Daemon) Close() error {
 	d.closeMu.Do(func() { close(d.closing) })
 	var errs []error
-	if d.audit != nil {
-		d.flushSignals()
-		if d.server != nil {
-			d.server.Close()
-		}
+	if d.audit != nil && d.policy != nil {
+		d.policy.flushSignals()
 	}
-	if d.store != nil && d.Policy() != nil {
-		d.flushOffenders()
+	if d.audit != nil && d.server != nil {
+		d.server.Close()
+	}
+	if d.store != nil && d.policy != nil && d.policy.engine() != nil {
+		d.policy.flushOffenders()
 	}
 	if d.audit != nil {
 		errs = append(errs, d.audit.Close())
@@ -275,7 +270,7 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		cfg.Control.AdminReserve != old.Control.AdminReserve {
 		restart = append(restart, "control.max_connections/max_connections_per_uid/admin_reserve")
 	}
-	eng, err := d.newPolicy(cfg, d.path.Own(), d.Policy())
+	eng, err := d.policy.build(cfg, d.path.Own(), d.policy.engine())
 	if err != nil {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
 		return fmt.Errorf("reload: %w", err)
@@ -288,7 +283,7 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 	d.cfgMu.Lock()
 	d.cfg = cfg
 	d.cfgMu.Unlock()
-	d.policy.Store(eng)
+	d.policy.eng.Store(eng)
 	d.server.Limit(cfg.Control.Rate, cfg.Control.Burst)
 	f := map[string]any{"ok": true, "allowlist": len(cfg.AllowPrefixes())}
 	if len(restart) > 0 {

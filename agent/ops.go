@@ -20,7 +20,7 @@ import (
 // own in incident_ops.go).
 func (d *Daemon) registerOps() {
 	d.server.Handle("ping", control.PermAnyone, d.opPing)
-	d.server.HandleParams("signal", control.PermAnyone, d.opSignal) // per-kind authorisation inside
+	d.server.HandleParams("signal", control.PermAnyone, d.policy.opSignal) // per-kind authorisation inside
 	d.server.Handle("status", control.PermAdmin, d.opStatus)
 	d.server.Handle("list", control.PermAdmin, d.opList)
 	d.server.HandleParams("block", control.PermAdmin, d.opBlock)
@@ -56,7 +56,7 @@ func (d *Daemon) Status() api.Status {
 	ps := d.path.Stats()
 	return api.Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: api.FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: ps.Active, Table: "inet " + cfg.Table, TableHealth: d.heal.Health(), Lockdown: ps.Lockdown,
-		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
+		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policy.status(), Fleet: d.fleetStatus()}
 }
 
 func (d *Daemon) opStatus(context.Context, *control.Call) (any, error) { return d.Status(), nil }

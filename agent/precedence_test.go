@@ -299,7 +299,7 @@ func TestIntegrityLockdownMerges(t *testing.T) {
 	d := newTestDaemon(t, cfg, fw, clk)
 	admin(t, d, `{"op":"lockdown","for":"2h","isolate":true,"allow":["10.0.0.0/24"]}`)
 	clk.Add(time.Minute)
-	d.handleIntegritySignal(context.Background(), response.Signal{Kind: "integrity_violation", Path: "/etc/passwd", Severity: "high"})
+	d.policy.handleOwn(context.Background(), response.Signal{Kind: "integrity_violation", Path: "/etc/passwd", Severity: "high"})
 	l := fw.lockdown
 	if l == nil || l.Timeout != 119*time.Minute || !l.Isolate || len(l.Allow) != 1 {
 		t.Errorf("after an integrity lockdown during an admin's: %+v, want the admin's 119m left, isolated, 10.0.0.0/24", l)

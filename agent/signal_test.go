@@ -114,7 +114,7 @@ func TestOpSignal(t *testing.T) {
 		t.Errorf("audit chain: %+v %v", res, err)
 	}
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	if o, ok := d2.Policy().Offender(netip.MustParseAddr("203.0.113.7")); !ok || o.Count != 1 {
+	if o, ok := d2.policy.engine().Offender(netip.MustParseAddr("203.0.113.7")); !ok || o.Count != 1 {
 		t.Errorf("offender after restart: %+v %v", o, ok)
 	}
 }

@@ -21,12 +21,11 @@ const (
 	CodeNoBaseline       = "no_baseline"        // no integrity baseline recorded yet
 	CodeBaselineTampered = "baseline_tampered"  // the stored baseline does not match its digest
 	CodeIntegrityOff     = "integrity_disabled" // integrity.enabled is false
-	CodeBusy             = "busy"               // the part asked is busy (a long scan) or stuck; nothing changed, try again
 )
 
 // integrityWait is the longest a request waits for the integrity monitor
 // (its lock: a full scan, or a stuck watcher, holds it); it is then
-// answered with CodeBusy. Scans themselves are not cut short by it.
+// answered with api.CodeBusy. Scans themselves are not cut short by it.
 const integrityWait = 5 * time.Second
 
 // integrityDigestKey is where the store keeps the digest of the baseline
@@ -306,7 +305,7 @@ func integrityErr(err error) error {
 	case errors.Is(err, integrity.ErrBaselineTampered):
 		return api.Errorf(CodeBaselineTampered, "%v: inspect the host, then run `parry integrity baseline`", err)
 	case errors.Is(err, integrity.ErrBusy):
-		return api.Errorf(CodeBusy, "%v", err)
+		return api.Errorf(api.CodeBusy, "%v", err)
 	}
 	var pe *api.Error
 	if errors.As(err, &pe) {

@@ -50,8 +50,8 @@ func TestIntegrityConfigStrict(t *testing.T) {
 // with the protocol code busy, not bad_request.
 func TestIntegrityBusyCode(t *testing.T) {
 	err := integrityErr(fmt.Errorf("status: %w (check running for 9s)", integrity.ErrBusy))
-	if api.CodeOf(err) != CodeBusy {
-		t.Fatalf("code %q, want %q", api.CodeOf(err), CodeBusy)
+	if api.CodeOf(err) != api.CodeBusy {
+		t.Fatalf("code %q, want %q", api.CodeOf(err), api.CodeBusy)
 	}
 }
 
@@ -120,7 +120,7 @@ func TestStuckIntegrityMonitorAnswersBusy(t *testing.T) {
 					OK    bool       `json:"ok"`
 					Error *api.Error `json:"error"`
 				}
-				if err := json.Unmarshal(a.resp, &w); err != nil || w.OK || w.Error == nil || w.Error.Code != CodeBusy {
+				if err := json.Unmarshal(a.resp, &w); err != nil || w.OK || w.Error == nil || w.Error.Code != api.CodeBusy {
 					t.Errorf("integrity_status on a held monitor: %s", a.resp)
 				}
 			}

@@ -30,13 +30,16 @@ func (dp *Path) EnforceBatch(ctx context.Context, decs []response.Decision, opt 
 			decs[i].ID = NewID()
 		}
 	}
-	if err := ctx.Err(); err != nil {
+	err := ctx.Err()
+	if err == nil {
+		err = dp.mu.lockWithin(ctx, dp.lockWait)
+	}
+	if err != nil {
 		for i, dec := range decs {
 			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
 		}
 		return outs
 	}
-	dp.mu.Lock()
 	defer dp.mu.Unlock()
 	for i := 0; i < len(decs); {
 		n := runLen(decs[i:])

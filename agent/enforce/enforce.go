@@ -63,7 +63,9 @@ func (dp *Path) EnforceWith(ctx context.Context, dec response.Decision, opt Enfo
 	if dec.ID == "" {
 		dec.ID = NewID()
 	}
-	dp.mu.Lock()
+	if err := dp.mu.lockWithin(ctx, dp.lockWait); err != nil {
+		return Outcome{ID: dec.ID, Action: dec.Action}, err
+	}
 	defer dp.mu.Unlock()
 	out := dp.enforceLocked(dec, opt)
 	return out, out.Err

@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
@@ -89,6 +88,9 @@ type Options struct {
 	OnKernelError func(error)
 	// OnBulk is called after a change of BulkTargets targets or more.
 	OnBulk func()
+	// LockWait bounds how long a decision waits for the path while another
+	// change holds it (answered busy); default DefaultLockWait.
+	LockWait time.Duration
 	// CrashAfterCommit, set by tests, simulates a crash between the store
 	// commit of a change and its audit write: when it returns true, the
 	// change stays committed and its audit line is never written.
@@ -106,11 +108,13 @@ type Path struct {
 	kernelError func(error)
 	bulk        func()
 	crash       func() bool
+	lockWait    time.Duration
 
 	// mu serializes every change to the kernel's blocks and lockdown, and
 	// guards blocks, guard, gcfg, lock, blockCap and observers. Nothing
-	// else takes it; Observers run under it.
-	mu        sync.Mutex
+	// else takes it; Observers run under it. A decision waits for it at
+	// most lockWait (lock.go).
+	mu        pathLock
 	blocks    *index
 	guard     Guard
 	gcfg      GuardConfig
@@ -127,7 +131,10 @@ func New(opts Options, g GuardConfig) (*Path, error) {
 	}
 	dp := &Path{kernel: opts.Kernel, store: opts.Store, rec: opts.Record, log: opts.Log, now: opts.Now,
 		hostAddrs: opts.HostAddrs, kernelError: opts.OnKernelError, bulk: opts.OnBulk, crash: opts.CrashAfterCommit,
-		blocks: newIndex(), gcfg: g}
+		blocks: newIndex(), gcfg: g, mu: newPathLock(), lockWait: opts.LockWait}
+	if dp.lockWait <= 0 {
+		dp.lockWait = DefaultLockWait
+	}
 	if dp.log == nil {
 		dp.log = slog.Default()
 	}

@@ -472,21 +472,12 @@ func (in *Incident) fill(ctx context.Context, s *evidence.Snapshot) {
 // openFindings are the integrity monitor's unresolved findings, when it
 // runs. It waits for the monitor no longer than integrityWait.
 func (in *Incident) openFindings(ctx context.Context) ([]evidence.Finding, bool, error) {
-	s := in.d.integ
-	s.mu.Lock()
-	mon := s.mon
-	s.mu.Unlock()
-	if mon == nil {
-		return nil, false, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, integrityWait)
-	defer cancel()
-	st, err := mon.Status(ctx)
-	if err != nil {
+	open, ok, err := in.d.integ.openFindings(ctx)
+	if !ok || err != nil {
 		return nil, false, err
 	}
 	var out []evidence.Finding
-	for _, f := range st.Open {
+	for _, f := range open {
 		out = append(out, evidence.Finding{Path: f.Path, Kind: f.Kind, Severity: f.Severity, Detail: f.Detail, Time: f.Time})
 	}
 	return out, true, nil

@@ -321,3 +321,21 @@ func (g *integrityGlue) register(s *control.Server) {
 	s.Handle("integrity_check", control.PermAdmin, g.opCheck)
 	s.HandleParams("integrity_accept", control.PermAdmin, g.opAccept)
 }
+
+// openFindings are the monitor's unresolved findings, when it runs (false:
+// it does not), waiting for it at most integrityWait.
+func (g *integrityGlue) openFindings(ctx context.Context) ([]integrity.Finding, bool, error) {
+	g.mu.Lock()
+	mon := g.mon
+	g.mu.Unlock()
+	if mon == nil {
+		return nil, false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, integrityWait)
+	defer cancel()
+	st, err := mon.Status(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	return st.Open, true, nil
+}

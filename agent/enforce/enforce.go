@@ -50,7 +50,9 @@ type EnforceOptions struct {
 // guard checks the targets, the store commits the decision (fsync), the
 // firewall applies it, the audit log records it, and observers hear of it.
 // When Enforce returns without error the decision is durable and in effect.
-// Errors carry a protocol code (CodeOf); on error nothing changed.
+// Errors carry a protocol code (api.CodeOf); on error nothing changed. It
+// waits for another change at most Options.LockWait (then api.CodeBusy),
+// or until ctx ends.
 func (dp *Path) Enforce(ctx context.Context, dec response.Decision) (Outcome, error) {
 	return dp.EnforceWith(ctx, dec, EnforceOptions{})
 }

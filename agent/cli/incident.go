@@ -192,25 +192,29 @@ func (a *App) reportCmd() *cobra.Command {
 	var since, format string
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "report [--since 24h] [--format text|markdown|json]",
+		Use:   "report [--since 24h] [--format text|markdown|html|json]",
 		Short: "Summarise the audit log for an incident ticket",
 		Long: `Summarise the audit log of the last --since: blocks and unblocks, refusals,
 signals by kind and sender, top sources, lockdowns, integrity findings,
 evidence captured, and the result of verifying the audit chain.
 
---format markdown is what you paste into an incident ticket. Long lists are
+--format markdown is what you paste into an incident ticket. --format html
+is one self-contained page (inline CSS and SVG charts, no script, nothing
+fetched): signals, blocks and findings over time with lockdowns shaded, the
+top sources, kinds, detectors and rules, and the tables. Long lists are
 capped at 50 rows; the totals are not.`,
 		Example: `  parry report
-  parry report --since 7d --format markdown > incident.md`,
+  parry report --since 7d --format markdown > incident.md
+  parry report --since 24h --format html > day.html`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if asJSON {
 				format = reportfmt.FormatJSON
 			}
 			switch format {
-			case reportfmt.FormatText, reportfmt.FormatMarkdown, "md", reportfmt.FormatJSON:
+			case reportfmt.FormatText, reportfmt.FormatMarkdown, "md", reportfmt.FormatHTML, reportfmt.FormatJSON:
 			default:
-				return usageErr("--format %q: want text, markdown or json", format)
+				return usageErr("--format %q: want text, markdown, html or json", format)
 			}
 			if d, err := api.ParseDuration(since); err != nil || d <= 0 {
 				return usageErr("--since %q: want a duration such as 24h or 7d", since)
@@ -231,7 +235,7 @@ capped at 50 rows; the totals are not.`,
 		},
 	}
 	cmd.Flags().StringVar(&since, "since", "24h", "how far back (90m, 24h, 7d)")
-	cmd.Flags().StringVar(&format, "format", "text", "text, markdown or json")
+	cmd.Flags().StringVar(&format, "format", "text", "text, markdown, html or json")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "same as --format json")
 	return cmd
 }

@@ -53,7 +53,7 @@ func (a *App) evidenceCaptureCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.Stdout, resp.Evidence)
+				return printResult(a.Stdout, true, resp.Evidence)
 			}
 			r := resp.Evidence
 			fmt.Fprintf(a.Stdout, "evidence %s written: %s (%d bytes)\nsha256 %s (recorded in the audit chain)\n", r.ID, r.Path, r.Size, r.SHA256)
@@ -93,7 +93,10 @@ func (a *App) evidenceListCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.Stdout, resp)
+				if resp.Evidence == nil {
+					resp.Evidence = []api.EvidenceInfo{}
+				}
+				return printResult(a.Stdout, true, resp)
 			}
 			if resp.Count == 0 {
 				fmt.Fprintln(a.Stdout, "no evidence captured")
@@ -137,7 +140,7 @@ func (a *App) evidenceShowCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				if err := printJSON(a.Stdout, resp); err != nil {
+				if err := printResult(a.Stdout, resp.Info.Intact, resp); err != nil {
 					return err
 				}
 			} else {
@@ -225,10 +228,16 @@ capped at 50 rows; the totals are not.`,
 			if err := a.call(map[string]any{"op": "report", "since": since}, &resp); err != nil {
 				return err
 			}
-			if err := reportfmt.Render(a.Stdout, resp.Report, format); err != nil {
+			c := resp.Report.Chain
+			if format == reportfmt.FormatJSON {
+				// The report with "ok" first, as every --json answer (ok: the chain is not broken).
+				if err := printResult(a.Stdout, !c.Checked || c.OK, resp.Report); err != nil {
+					return err
+				}
+			} else if err := reportfmt.Render(a.Stdout, resp.Report, format); err != nil {
 				return err
 			}
-			if c := resp.Report.Chain; c.Checked && !c.OK {
+			if c.Checked && !c.OK {
 				return &exitError{code: ExitFailed, quiet: true, err: fmt.Errorf("audit chain broken")}
 			}
 			return nil
@@ -263,7 +272,7 @@ Exit status by the worst finding: 0 none (or info only), 3 low, 4 medium,
 			}
 			rep := resp.Check
 			if asJSON {
-				if err := printJSON(a.Stdout, rep); err != nil {
+				if err := printResult(a.Stdout, api.CheckExitCode(rep.Worst, len(rep.Findings) > 0) == 0, rep); err != nil {
 					return err
 				}
 			} else if len(rep.Findings) == 0 {

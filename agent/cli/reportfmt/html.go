@@ -6,6 +6,7 @@ import (
 	"html/template"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
@@ -19,24 +20,27 @@ const FormatHTML = "html"
 //go:embed report.html.tmpl
 var htmlSource string
 
-var htmlTmpl = template.Must(template.New("report").Funcs(template.FuncMap{
-	"ts":      ts,
-	"clean":   svg.Clean,
-	"verb":    verb,
-	"who":     who,
-	"targets": targets,
-	"chain":   chainLine,
-	"detail": func(a api.ReportAction) string {
-		s := a.Reason
-		if a.Error != "" {
-			s = a.Error
-		}
-		if a.Conns > 0 {
-			s += fmt.Sprintf(" (%d connections at block time)", a.Conns)
-		}
-		return s
-	},
-}).Parse(htmlSource))
+// htmlTmpl is parsed on first use, not at every start of the CLI.
+var htmlTmpl = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("report").Funcs(template.FuncMap{
+		"ts":      ts,
+		"clean":   svg.Clean,
+		"verb":    verb,
+		"who":     who,
+		"targets": targets,
+		"chain":   chainLine,
+		"detail": func(a api.ReportAction) string {
+			s := a.Reason
+			if a.Error != "" {
+				s = a.Error
+			}
+			if a.Conns > 0 {
+				s += fmt.Sprintf(" (%d connections at block time)", a.Conns)
+			}
+			return s
+		},
+	}).Parse(htmlSource))
+})
 
 // htmlView is what the template reads: the report, and the charts drawn
 // from it (SVG the svg package escaped).
@@ -110,7 +114,7 @@ func renderHTML(w io.Writer, r api.Report) error {
 		v.CountTables = append(v.CountTables, countTable{"Blocks by rule", r.ByRule})
 	}
 	var b strings.Builder
-	if err := htmlTmpl.Execute(&b, v); err != nil {
+	if err := htmlTmpl().Execute(&b, v); err != nil {
 		return fmt.Errorf("report: html: %w", err)
 	}
 	_, err := io.WriteString(w, b.String())

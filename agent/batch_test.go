@@ -273,7 +273,7 @@ func TestApplyRemoteBatch(t *testing.T) {
 		{ID: "c", Action: response.ActionLockdown, Until: until, Origin: "b"},
 		{ID: "d", Action: response.ActionUnblock, Targets: pfx("203.0.113.1"), Origin: "b"},
 	}
-	res := d.ApplyRemoteBatch(context.Background(), decs)
+	res := d.fleet.ApplyRemoteBatch(context.Background(), decs)
 	got := make([]string, len(res))
 	for i, r := range res {
 		got[i] = fmt.Sprintf("refused=%d err=%v", r.Refused, r.Err != nil)

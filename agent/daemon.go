@@ -23,7 +23,6 @@ import (
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
-	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/heal"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
@@ -80,7 +79,8 @@ type Options struct {
 //     op table; the ops themselves are in the files of the parts they ask.
 //   - the policy (signal.go): the engine, escalation memory, signal records.
 //   - integ (integrity.go), the incident tooling (incident.go) and the
-//     fleet (fleet.go), fed by the path's observers and read-only views.
+//     fleet glue (fleet.go), fed by the path's observers and read-only
+//     views.
 type Daemon struct {
 	log     *slog.Logger
 	now     func() time.Time
@@ -99,8 +99,8 @@ type Daemon struct {
 	breakMu    sync.Mutex      // guards chainBreak
 	chainBreak *api.ChainBreak // unacknowledged audit chain break
 
-	incident atomic.Pointer[Incident]    // set by AttachIncident; told of every signal
-	fleet    atomic.Pointer[fleet.Fleet] // set once joined; nil: fleet off
+	incident atomic.Pointer[Incident] // set by AttachIncident; told of every signal
+	fleet    *fleetGlue               // the fleet, once joined (fleet.go)
 
 	server *control.Server // the control server: socket, peers, limits, op table
 
@@ -184,6 +184,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.policy.eng.Store(eng)
+	d.fleet = &fleetGlue{path: d.path}
 	d.integ = &integrityGlue{log: d.log, now: d.now, store: st, audit: d.Audit, config: d.Config,
 		observe: d.observeFinding, handle: d.policy.handleOwn}
 	d.registerOps()

@@ -56,7 +56,7 @@ func (d *Daemon) Status() api.Status {
 	ps := d.path.Stats()
 	return api.Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: api.FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: ps.Active, Table: "inet " + cfg.Table, TableHealth: d.heal.Health(), Lockdown: ps.Lockdown,
-		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policy.status(), Fleet: d.fleetStatus()}
+		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policy.status(), Fleet: d.fleet.status()}
 }
 
 func (d *Daemon) opStatus(context.Context, *control.Call) (any, error) { return d.Status(), nil }

@@ -196,14 +196,14 @@ var fleetPaths = []struct {
 	apply func(d *Daemon, dec response.Decision) error
 }{
 	{"single", func(d *Daemon, dec response.Decision) error {
-		_, err := d.ApplyRemote(context.Background(), dec)
+		_, err := d.fleet.ApplyRemote(context.Background(), dec)
 		return err
 	}},
 	{"batch", func(d *Daemon, dec response.Decision) error {
 		// A second, unrelated decision makes it a run of two.
 		other := dec
 		other.ID, other.Targets = enforce.NewID(), []netip.Prefix{netip.MustParsePrefix("203.0.113.99/32")}
-		res := d.ApplyRemoteBatch(context.Background(), []response.Decision{dec, other})
+		res := d.fleet.ApplyRemoteBatch(context.Background(), []response.Decision{dec, other})
 		for _, r := range res {
 			if r.Err != nil {
 				return r.Err
@@ -330,10 +330,10 @@ func TestAdminBlockSurvivesRestartAsAdmins(t *testing.T) {
 	admin(t, d, `{"op":"block","targets":["`+precTarget+`"],"reason":"admin ban","permanent":true}`)
 	d.Close()
 	d = newTestDaemon(t, cfg, fw, clk)
-	if _, err := d.ApplyRemote(context.Background(), remoteDec(response.ActionUnblock, time.Time{})); err != nil {
+	if _, err := d.fleet.ApplyRemote(context.Background(), remoteDec(response.ActionUnblock, time.Time{})); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.ApplyRemote(context.Background(), remoteDec(response.ActionBlock, clk.Now().Add(time.Hour))); err != nil {
+	if _, err := d.fleet.ApplyRemote(context.Background(), remoteDec(response.ActionBlock, clk.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
 	wantView(t, "after a restart, a fleet unblock and a fleet 1h block", viewBlock(t, d, fw, precPrefix),

@@ -143,7 +143,7 @@ func TestAuditAnchorAtStart(t *testing.T) {
 				t.Fatalf("audit_verify ok=%v, want %v: %+v", res.OK, !tc.broken, res)
 			}
 			if !tc.broken {
-				if d.Status().AuditBreak != nil {
+				if statusOf(t, d).AuditBreak != nil {
 					t.Fatal("status reports a break on an intact log")
 				}
 				return
@@ -162,7 +162,7 @@ func TestAuditAnchorAtStart(t *testing.T) {
 			if !strings.HasPrefix(string(b), `{"seq":1,`) || !strings.Contains(strings.SplitN(string(b), "\n", 2)[0], `"event":"audit_chain_broken"`) {
 				t.Fatalf("first line of the new log: %.200s", b)
 			}
-			if d.Status().AuditBreak == nil {
+			if statusOf(t, d).AuditBreak == nil {
 				t.Fatal("status does not report the break")
 			}
 			// Acknowledged: verify is ok again, and stays so across a restart.

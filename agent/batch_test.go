@@ -73,7 +73,7 @@ func TestEnforceBatchGuardsEachDecision(t *testing.T) {
 	if last := outs[len(outs)-1]; last.Err != nil || len(last.Refused) != 1 || fmt.Sprint(last.Applied) != "[203.0.113.77/32]" {
 		t.Errorf("partial decision: %+v; want 203.0.113.77 applied, 1 refused", last)
 	}
-	if n := d.Status().ActiveBlocks; n != 51 {
+	if n := statusOf(t, d).ActiveBlocks; n != 51 {
 		t.Errorf("%d active blocks; want 51", n)
 	}
 	for _, s := range protected {
@@ -97,7 +97,7 @@ func TestEnforceBatchGuardsEachDecision(t *testing.T) {
 	// The store has every applied block: a restart finds them.
 	d.Close()
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	if n := len(d2.path.Blocks()); n != 51 {
+	if n := len(blocksOf(t, d2)); n != 51 {
 		t.Errorf("after restart %d blocks; want 51", n)
 	}
 }
@@ -139,7 +139,7 @@ func TestEnforceBatchSameAsOneByOne(t *testing.T) {
 			}
 		}
 		var blocks []string
-		for _, bi := range d.path.Blocks() {
+		for _, bi := range blocksOf(t, d) {
 			blocks = append(blocks, fmt.Sprintf("%s until %v", bi.Target, bi.Until))
 		}
 		return fw.state() + "\n" + fmt.Sprint(blocks), res
@@ -167,7 +167,7 @@ func TestEnforceBatchKernelFailureChangesNothing(t *testing.T) {
 	if out := d.path.EnforceBatch(ctx, first, enforce.EnforceOptions{}); out[0].Err != nil {
 		t.Fatal(out[0].Err)
 	}
-	before, blocksBefore := fw.state(), d.path.Blocks()
+	before, blocksBefore := fw.state(), blocksOf(t, d)
 	fw.failBlock = errors.New("netlink: EPERM")
 	decs := remoteBlocks(20, t0.Add(5*time.Hour)) // r0 updates the existing block
 	for i, out := range d.path.EnforceBatch(ctx, decs, enforce.EnforceOptions{Partial: true}) {
@@ -178,7 +178,7 @@ func TestEnforceBatchKernelFailureChangesNothing(t *testing.T) {
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
 		t.Errorf("kernel changed (-before +after):\n%s", diff)
 	}
-	if diff := cmp.Diff(blocksBefore, d.path.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d)); diff != "" {
 		t.Errorf("index changed (-before +after):\n%s", diff)
 	}
 	if n := len(auditEvents(t, d, "refuse")); n != 20 {
@@ -187,12 +187,12 @@ func TestEnforceBatchKernelFailureChangesNothing(t *testing.T) {
 	d.Close()
 	fw.failBlock = nil
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	if diff := cmp.Diff(blocksBefore, d2.path.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d2)); diff != "" {
 		t.Errorf("store changed by a failed batch (-before +after):\n%s", diff)
 	}
 	// The sequence numbers given back are reused without a clash.
-	if out := d2.path.EnforceBatch(ctx, decs, enforce.EnforceOptions{}); out[19].Err != nil || len(d2.path.Blocks()) != 20 {
-		t.Errorf("after the failure, the batch applies: %v, %d blocks", out[19].Err, len(d2.path.Blocks()))
+	if out := d2.path.EnforceBatch(ctx, decs, enforce.EnforceOptions{}); out[19].Err != nil || len(blocksOf(t, d2)) != 20 {
+		t.Errorf("after the failure, the batch applies: %v, %d blocks", out[19].Err, len(blocksOf(t, d2)))
 	}
 }
 
@@ -207,7 +207,7 @@ func TestEnforceBatchStoreFailureUndoesKernel(t *testing.T) {
 	if out := d.path.EnforceBatch(ctx, remoteBlocks(3, t0.Add(time.Hour)), enforce.EnforceOptions{}); out[2].Err != nil {
 		t.Fatal(out[2].Err)
 	}
-	before, blocksBefore := fw.state(), d.path.Blocks()
+	before, blocksBefore := fw.state(), blocksOf(t, d)
 	d.store.Close() // every commit now fails
 	for i, out := range d.path.EnforceBatch(ctx, remoteBlocks(10, t0.Add(5*time.Hour)), enforce.EnforceOptions{}) {
 		if api.CodeOf(out.Err) != api.CodeStore {
@@ -226,7 +226,7 @@ func TestEnforceBatchStoreFailureUndoesKernel(t *testing.T) {
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
 		t.Errorf("kernel not restored (-before +after):\n%s", diff)
 	}
-	if diff := cmp.Diff(blocksBefore, d.path.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d)); diff != "" {
 		t.Errorf("index changed (-before +after):\n%s", diff)
 	}
 }
@@ -240,7 +240,7 @@ func TestEnforceBatchUnblockKernelFailure(t *testing.T) {
 	d := newTestDaemon(t, cfg, fw, clk)
 	ctx := context.Background()
 	d.path.EnforceBatch(ctx, remoteBlocks(4, t0.Add(time.Hour)), enforce.EnforceOptions{})
-	blocksBefore := d.path.Blocks()
+	blocksBefore := blocksOf(t, d)
 	fw.failUnblock = errors.New("netlink: EPERM")
 	var unblocks []response.Decision
 	for i := range 4 {
@@ -255,7 +255,7 @@ func TestEnforceBatchUnblockKernelFailure(t *testing.T) {
 	d.Close()
 	fw.failUnblock = nil
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	if diff := cmp.Diff(blocksBefore, d2.path.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d2)); diff != "" {
 		t.Errorf("store changed by a failed unblock batch (-before +after):\n%s", diff)
 	}
 }

@@ -54,7 +54,7 @@ func TestSenderBlockCap(t *testing.T) {
 	if n := len(fw.elems); n != 5 {
 		t.Errorf("kernel holds %d blocks; want 3 under the cap and the admin's two", n)
 	}
-	st := d.Status().Policy.SenderBlockCap
+	st := statusOf(t, d).Policy.SenderBlockCap
 	if st == nil || !st.Refusing || st.Blocks != 3 || st.Refused != 2 || st.RefusedTotal != 2 || st.Max != 3 ||
 		!st.WindowEnds.Equal(clk.Now().Add(50*time.Second)) {
 		t.Errorf("status: %+v", st)
@@ -75,7 +75,7 @@ func TestSenderBlockCap(t *testing.T) {
 	if len(ends) != 1 || ends[0]["refused"] != 2.0 {
 		t.Errorf("audit lines after the capped window: %v; want one with refused 2", ends)
 	}
-	if st := d.Status().Policy.SenderBlockCap; st.Refusing || st.Blocks != 1 || st.Refused != 0 || st.RefusedTotal != 2 {
+	if st := statusOf(t, d).Policy.SenderBlockCap; st.Refusing || st.Blocks != 1 || st.Refused != 0 || st.RefusedTotal != 2 {
 		t.Errorf("status in the next window: %+v", st)
 	}
 }

@@ -91,11 +91,11 @@ func TestEnforceBlockUnblockExpire(t *testing.T) {
 	// Expiry: the /48 had 1h from t0.
 	clk.Add(51 * time.Minute)
 	d.path.Prune()
-	if n := d.Status().ActiveBlocks; n != 0 {
+	if n := statusOf(t, d).ActiveBlocks; n != 0 {
 		t.Fatalf("after expiry: %d active", n)
 	}
-	if n := d.path.Stats().Decisions; n != 0 {
-		t.Errorf("decisions leak after every block ended: %d left", n)
+	if st, err := d.path.Stats(context.Background()); err != nil || st.Decisions != 0 {
+		t.Errorf("decisions leak after every block ended: %d left (%v)", st.Decisions, err)
 	}
 	if diff := cmp.Diff([]string{"refused:allowlisted", "block", "block", "refused:overlap", "block", "unblock", "unblock"}, seen); diff != "" {
 		t.Errorf("observer calls (-want +got):\n%s", diff)
@@ -125,7 +125,7 @@ func TestFirewallFailureChangesNothing(t *testing.T) {
 	// The store must hold exactly what it held before: reopen and compare.
 	fw.failBlock = nil
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	got := d2.path.Blocks()
+	got := blocksOf(t, d2)
 	if len(got) != 1 || got[0].Target != "203.0.113.7" || !got[0].Until.Equal(t0.Add(time.Hour)) {
 		t.Fatalf("after a failed block the store changed: %+v", got)
 	}
@@ -164,8 +164,8 @@ func TestSelfHeal(t *testing.T) {
 	}
 	fw.drop()
 	d.heal.CheckTable()
-	if fw.state() != "block 203.0.113.7/32 timeout=1h0m0s" || d.Status().TableHealth.Heals != 1 {
-		t.Fatalf("after heal: %q %+v", fw.state(), d.Status().TableHealth)
+	if fw.state() != "block 203.0.113.7/32 timeout=1h0m0s" || statusOf(t, d).TableHealth.Heals != 1 {
+		t.Fatalf("after heal: %q %+v", fw.state(), statusOf(t, d).TableHealth)
 	}
 }
 
@@ -186,7 +186,7 @@ func TestStoreFailureUndoesKernel(t *testing.T) {
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
 		t.Fatalf("kernel not restored after a store failure (-want +got):\n%s", diff)
 	}
-	if n := d.Status().ActiveBlocks; n != 1 {
+	if n := statusOf(t, d).ActiveBlocks; n != 1 {
 		t.Fatalf("index changed: %d", n)
 	}
 }

@@ -65,7 +65,7 @@ func TestApplyRemoteGoesThroughTheGuard(t *testing.T) {
 	if got := fw.state(); got != "block 203.0.113.5/32 timeout=1h0m0s" {
 		t.Errorf("kernel after a remote block:\n%s", got)
 	}
-	bs := d.path.Blocks()
+	bs := blocksOf(t, d)
 	if len(bs) != 1 || bs[0].Origin != "b" || bs[0].Source != "fleet" {
 		t.Errorf("blocks %+v; want one from origin b, source fleet", bs)
 	}

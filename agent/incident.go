@@ -136,8 +136,9 @@ func (in *Incident) refreshGauges(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
-		st := in.d.path.Stats()
-		in.updateGauges(st.Blocks4, st.Blocks6, st.Lockdown)
+		if st, err := in.d.path.Stats(ctx); err == nil { // busy: the gauges stay until the next refresh
+			in.updateGauges(st.Blocks4, st.Blocks6, st.Lockdown)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -451,7 +452,9 @@ func (in *Incident) fill(ctx context.Context, s *evidence.Snapshot) {
 	if len(s.Blocks) > maxEvidenceBlks {
 		s.Blocks, s.BlocksTruncated = s.Blocks[:maxEvidenceBlks], true
 	}
-	if l := in.d.Status().Lockdown; l.Active {
+	if st, err := in.d.path.Stats(ctx); err != nil {
+		s.Errors = append(s.Errors, "lockdown state: "+err.Error())
+	} else if l := st.Lockdown; l.Active {
 		s.Lockdown = &evidence.Lockdown{Until: l.Until, Isolate: l.Isolate, Reason: l.Reason}
 	}
 	open, ok, err := in.openFindings(ctx)

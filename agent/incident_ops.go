@@ -165,6 +165,6 @@ func (in *Incident) opCheck(ctx context.Context, c *control.Call) (any, error) {
 func (in *Incident) Check(ctx context.Context) hostcheck.Report {
 	ch := &hostcheck.Checker{Config: in.cfg.Check, Now: in.d.now, ConfigPath: in.configPath,
 		StateDir: in.cfg.StateDir, SocketPath: in.cfg.Socket, Table: "inet " + in.cfg.Table,
-		TablePresent: func() (bool, error) { return in.d.Status().TableHealth.Present, nil }}
+		TablePresent: func() (bool, error) { return in.d.heal.Health().Present, nil }}
 	return ch.Run(ctx)
 }

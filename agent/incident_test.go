@@ -266,8 +266,8 @@ func TestEnforcementUnaffectedByHungWebhook(t *testing.T) {
 	if st.Dropped == 0 || st.Dropped+uint64(st.Queued) > 200 {
 		t.Errorf("stats %+v: a hung endpoint must fill its queue and drop, never block", st)
 	}
-	if d.Status().ActiveBlocks != 200 {
-		t.Errorf("active blocks %d, want 200", d.Status().ActiveBlocks)
+	if statusOf(t, d).ActiveBlocks != 200 {
+		t.Errorf("active blocks %d, want 200", statusOf(t, d).ActiveBlocks)
 	}
 }
 

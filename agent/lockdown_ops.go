@@ -79,7 +79,11 @@ func (d *Daemon) opLockdown(ctx context.Context, c *control.Call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return LockdownResult{Outcome: out, Lockdown: d.path.Stats().Lockdown}, nil
+	st, err := d.path.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return LockdownResult{Outcome: out, Lockdown: st.Lockdown}, nil
 }
 
 func comparePrefix(a, b netip.Prefix) int {

@@ -207,13 +207,15 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := d.heal.Reconcile("start"); err != nil {
 		return err
 	}
-	debug.FreeOSMemory() // the re-assert's netlink buffers are garbage now
-	m.Logger.Info("table ready and store re-asserted", "table", cfg.Table, "blocks", d.Status().ActiveBlocks, "took", time.Since(start).String())
+	debug.FreeOSMemory()       // the re-assert's netlink buffers are garbage now
+	ps, _ := d.path.Stats(ctx) // nothing else holds the path yet
+	m.Logger.Info("table ready and store re-asserted", "table", cfg.Table, "blocks", ps.Active, "took", time.Since(start).String())
 	if err := m.startFleet(ctx, cfg); err != nil {
 		return err
 	}
 	defer m.stopFleet()
-	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": d.Status().ActiveBlocks})
+	ps, _ = d.path.Stats(ctx)
+	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": ps.Active})
 	// Follow the host's addresses as they change (the watcher resyncs once
 	// it is subscribed), and take the current ones out of stored blocks:
 	// an address may have appeared while parryd was down.
@@ -319,8 +321,18 @@ func (m *Main) watchdog() func() {
 	}
 }
 
+// statusWait bounds how long the STATUS= line waits for the decision path
+// (the maintenance loop sends it, and must go on).
+const statusWait = time.Second
+
 func (m *Main) notifyStatus() {
-	st := m.Daemon.Status()
+	ctx, cancel := context.WithTimeout(context.Background(), statusWait)
+	defer cancel()
+	st, err := m.Daemon.Status(ctx)
+	if err != nil {
+		notify(m.Logger, "STATUS=decision path busy: "+err.Error())
+		return
+	}
 	table := "ok"
 	if !st.TableHealth.Present {
 		table = "missing"

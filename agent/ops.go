@@ -49,20 +49,27 @@ func (d *Daemon) auditFailure() *api.AuditFailure {
 // Status reports the daemon's state from memory (never the kernel).
 //
 // It asks each part for its own state, one after the other: none holds
-// another's lock.
-func (d *Daemon) Status() api.Status {
+// another's lock. The decision path is waited for at most its LockWait
+// (busy) or until ctx ends.
+func (d *Daemon) Status(ctx context.Context) (api.Status, error) {
 	now := d.now()
 	cfg := d.Config()
-	ps := d.path.Stats()
+	ps, err := d.path.Stats(ctx)
+	if err != nil {
+		return api.Status{}, err
+	}
 	return api.Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: api.FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: ps.Active, Table: "inet " + cfg.Table, TableHealth: d.heal.Health(), Lockdown: ps.Lockdown,
-		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policy.status(), Fleet: d.fleet.status()}
+		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policy.status(), Fleet: d.fleet.status()}, nil
 }
 
-func (d *Daemon) opStatus(context.Context, *control.Call) (any, error) { return d.Status(), nil }
+func (d *Daemon) opStatus(ctx context.Context, _ *control.Call) (any, error) { return d.Status(ctx) }
 
-func (d *Daemon) opList(context.Context, *control.Call) (any, error) {
-	b := d.path.Blocks()
+func (d *Daemon) opList(ctx context.Context, _ *control.Call) (any, error) {
+	b, err := d.path.Blocks(ctx)
+	if err != nil {
+		return nil, err
+	}
 	return map[string]any{"count": len(b), "blocks": b}, nil
 }
 

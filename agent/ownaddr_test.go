@@ -102,7 +102,7 @@ func TestNewOwnAddressLeavesBlocks(t *testing.T) {
 	if !netns.Poll(5*time.Second, time.Millisecond, func() bool { return fw.state() == want }) {
 		t.Fatalf("kernel (-want +got):\n%s", cmp.Diff(want, fw.state()))
 	}
-	st := d.Status()
+	st := statusOf(t, d)
 	if st.ActiveBlocks != 4 {
 		t.Errorf("active blocks %d, want 4", st.ActiveBlocks)
 	}

@@ -40,7 +40,7 @@ func viewBlock(t *testing.T, d *Daemon, fw *fakeFW, p netip.Prefix) blockView {
 		return time.UnixMilli(ms).UTC().Format(time.RFC3339)
 	}
 	var v blockView
-	for _, b := range d.path.Blocks() {
+	for _, b := range blocksOf(t, d) {
 		if b.Target == api.FormatTarget(p) {
 			v.Until, v.Reason = "permanent", b.Reason
 			if !b.Until.IsZero() {
@@ -304,7 +304,7 @@ func TestIntegrityLockdownMerges(t *testing.T) {
 	if l == nil || l.Timeout != 119*time.Minute || !l.Isolate || len(l.Allow) != 1 {
 		t.Errorf("after an integrity lockdown during an admin's: %+v, want the admin's 119m left, isolated, 10.0.0.0/24", l)
 	}
-	if st := d.Status().Lockdown; !st.Until.Equal(clk.Now().Add(119 * time.Minute)) {
+	if st := statusOf(t, d).Lockdown; !st.Until.Equal(clk.Now().Add(119 * time.Minute)) {
 		t.Errorf("lockdown until %s; want the admin's", st.Until)
 	}
 }

@@ -98,7 +98,7 @@ func TestProtocolBadInputKeepsConnectionAndState(t *testing.T) {
 	if s := fw.state(); s != "" {
 		t.Fatalf("bad input changed the kernel: %q", s)
 	}
-	if n := d.Status().ActiveBlocks; n != 0 {
+	if n := statusOf(t, d).ActiveBlocks; n != 0 {
 		t.Fatalf("bad input changed the store: %d blocks", n)
 	}
 	// The same connection still works, ids are echoed, and pipelining keeps order.

@@ -61,7 +61,7 @@ func TestOpSignal(t *testing.T) {
 	if to, ok := fw.elems[netip.MustParsePrefix("203.0.113.7/32")]; !ok || to != time.Hour {
 		t.Errorf("kernel: %v %v, want a 1h block", to, ok)
 	}
-	blocks := d.path.Blocks()
+	blocks := blocksOf(t, d)
 	if len(blocks) != 1 || blocks[0].Rule != "auth-failure" || blocks[0].Source != "policy" || blocks[0].Sender != "uid=33(www-data)" {
 		t.Errorf("stored block: %+v", blocks)
 	}

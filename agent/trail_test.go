@@ -98,7 +98,7 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	before, blocksBefore := fw.state(), d.path.Blocks()
+	before, blocksBefore := fw.state(), blocksOf(t, d)
 	full.Store(true)
 
 	decs := []response.Decision{
@@ -126,7 +126,7 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 	if fw.lockdown != nil {
 		t.Fatalf("lockdown in the kernel after a refused lockdown: %+v", fw.lockdown)
 	}
-	st := d.Status()
+	st := statusOf(t, d)
 	if st.AuditFailure == nil || st.AuditFailure.Op != "write" || !strings.Contains(st.AuditFailure.Error, "no space left") {
 		t.Fatalf("status.audit_failure = %+v, want the ENOSPC write failure", st.AuditFailure)
 	}
@@ -139,13 +139,13 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 	d.Close()
 	full.Store(false)
 	d2 := newAuditFaultDaemon(t, cfg, fw, clk, &full)
-	if diff := cmp.Diff(blocksBefore, d2.path.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d2)); diff != "" {
 		t.Fatalf("store changed by refused requests (-want +got):\n%s", diff)
 	}
 	if p, _ := d2.store.Pending(); len(p) != 0 {
 		t.Fatalf("pending audit records of refused requests left in the store: %+v", p)
 	}
-	if d2.Status().AuditFailure != nil {
+	if statusOf(t, d2).AuditFailure != nil {
 		t.Fatal("audit failure reported after a restart with space")
 	}
 
@@ -154,14 +154,14 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 	if _, err := d2.path.Enforce(ctx, decs[0]); api.CodeOf(err) != api.CodeAudit {
 		t.Fatalf("want %s, got %v", api.CodeAudit, err)
 	}
-	if d2.Status().AuditFailure == nil {
+	if statusOf(t, d2).AuditFailure == nil {
 		t.Fatal("no audit failure in status")
 	}
 	full.Store(false)
 	if _, err := d2.path.Enforce(ctx, decs[0]); err != nil {
 		t.Fatal(err)
 	}
-	if f := d2.Status().AuditFailure; f != nil {
+	if f := statusOf(t, d2).AuditFailure; f != nil {
 		t.Fatalf("audit failure still reported after a good append: %+v", f)
 	}
 	res, err := d2.verifyAudit()
@@ -195,7 +195,7 @@ func TestCrashBeforeAuditWriteRecoveredAtStart(t *testing.T) {
 	}
 
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	if n := len(d2.path.Blocks()); n != 4 {
+	if n := len(blocksOf(t, d2)); n != 4 {
 		t.Fatalf("blocks after restart = %d, want 4 (committed before the crash)", n)
 	}
 	got := map[string]map[string]any{}
@@ -303,7 +303,7 @@ func TestAuditOnFullFilesystem(t *testing.T) {
 	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	before, blocksBefore := fw.state(), d.path.Blocks()
+	before, blocksBefore := fw.state(), blocksOf(t, d)
 	filler, err := os.Create(filepath.Join(mnt, "filler"))
 	if err != nil {
 		t.Fatal(err)
@@ -324,10 +324,10 @@ func TestAuditOnFullFilesystem(t *testing.T) {
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
 		t.Fatalf("kernel changed (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(blocksBefore, d.path.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d)); diff != "" {
 		t.Fatalf("blocks changed (-want +got):\n%s", diff)
 	}
-	if f := d.Status().AuditFailure; f == nil || !strings.Contains(f.Error, "no space left") {
+	if f := statusOf(t, d).AuditFailure; f == nil || !strings.Contains(f.Error, "no space left") {
 		t.Fatalf("status.audit_failure = %+v", f)
 	}
 	verifyAuditOK(t, cfg.StateDir)
@@ -336,7 +336,7 @@ func TestAuditOnFullFilesystem(t *testing.T) {
 	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: targets, Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	if f := d.Status().AuditFailure; f != nil {
+	if f := statusOf(t, d).AuditFailure; f != nil {
 		t.Fatalf("audit failure still reported: %+v", f)
 	}
 	if res, err := d.verifyAudit(); err != nil || !res.OK {

@@ -67,8 +67,9 @@ func blockOf(target string) response.Decision {
 	return response.Decision{Action: response.ActionBlock, Targets: pfx(target), Until: time.Now().Add(time.Hour), Admin: true}
 }
 
-// A decision never waits without bound for a path held by a stuck change:
-// after LockWait it is answered busy, and it changed nothing.
+// A decision, or a read of the path's state (status, list), never waits
+// without bound for a path held by a stuck change: after LockWait it is
+// answered busy, and it changed nothing.
 func TestEnforceWaitIsBounded(t *testing.T) {
 	k := &holdKernel{entered: make(chan struct{}), release: make(chan struct{})}
 	dp := newTestPath(t, k, 20*time.Millisecond)
@@ -86,6 +87,12 @@ func TestEnforceWaitIsBounded(t *testing.T) {
 			t.Fatalf("batch decision %d behind a stuck change: %v, want %s", i, o.Err, api.CodeBusy)
 		}
 	}
+	if _, err := dp.Stats(ctx); api.CodeOf(err) != api.CodeBusy { // status behind a stuck change
+		t.Fatalf("stats behind a stuck change: %v, want %s", err, api.CodeBusy)
+	}
+	if _, err := dp.Blocks(ctx); api.CodeOf(err) != api.CodeBusy { // list
+		t.Fatalf("blocks behind a stuck change: %v, want %s", err, api.CodeBusy)
+	}
 	cctx, cancel := context.WithTimeout(ctx, time.Millisecond) // ends the wait before the bound, as a client's deadline would
 	defer cancel()
 	if _, err := dp.Enforce(cctx, blockOf("203.0.113.5")); !errors.Is(err, context.DeadlineExceeded) && api.CodeOf(err) != api.CodeBusy {
@@ -96,8 +103,12 @@ func TestEnforceWaitIsBounded(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
+	bs, err := dp.Blocks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var got []string
-	for _, b := range dp.Blocks() {
+	for _, b := range bs {
 		got = append(got, b.Target)
 	}
 	if len(got) != 1 || got[0] != "203.0.113.1" {

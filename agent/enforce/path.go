@@ -13,6 +13,7 @@ package enforce
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -258,14 +259,17 @@ func (dp *Path) state() State {
 	return st
 }
 
-// Stats are the path's counts and lockdown, from memory.
-func (dp *Path) Stats() Stats {
-	dp.mu.Lock()
+// Stats are the path's counts and lockdown, from memory. Like a decision,
+// it waits for another change at most LockWait (busy) or until ctx ends.
+func (dp *Path) Stats(ctx context.Context) (Stats, error) {
+	if err := dp.mu.lockWithin(ctx, dp.lockWait); err != nil {
+		return Stats{}, err
+	}
 	defer dp.mu.Unlock()
 	st := Stats{Active: dp.blocks.len() - dp.blocks.countExpired(dp.now().UnixMilli()), Decisions: len(dp.blocks.decs),
 		Lockdown: dp.lock.state()}
 	st.Blocks4, st.Blocks6 = dp.blocks.familyCounts()
-	return st
+	return st, nil
 }
 
 // CurrentLockdown is a copy of the stored lockdown, in force or expired;
@@ -288,9 +292,12 @@ func (dp *Path) CapStatus() *api.BlockCapStatus {
 	return dp.blockCap.status(dp.now())
 }
 
-// Blocks lists the active blocks in address order, from memory.
-func (dp *Path) Blocks() []api.BlockInfo {
-	dp.mu.Lock()
+// Blocks lists the active blocks in address order, from memory. It waits
+// for another change at most LockWait (busy) or until ctx ends.
+func (dp *Path) Blocks(ctx context.Context) ([]api.BlockInfo, error) {
+	if err := dp.mu.lockWithin(ctx, dp.lockWait); err != nil {
+		return nil, err
+	}
 	defer dp.mu.Unlock()
 	ps := dp.blocks.sorted(dp.now().UnixMilli())
 	out := make([]api.BlockInfo, len(ps))
@@ -304,7 +311,7 @@ func (dp *Path) Blocks() []api.BlockInfo {
 		}
 		out[i] = bi
 	}
-	return out
+	return out, nil
 }
 
 // Block is one active block as Active reports it.

@@ -282,7 +282,8 @@ func TestApplyRemoteBatch(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("results (-want +got):\n%s", diff)
 	}
-	if s, l := fw.state(), d.path.CurrentLockdown(); s != "" || l != nil {
+	l, err := d.path.CurrentLockdown(context.Background())
+	if s := fw.state(); s != "" || l != nil || err != nil {
 		t.Errorf("kernel holds %q, lockdown %v; want nothing (blocked, then unblocked; no lockdown)", s, l)
 	}
 }

@@ -276,7 +276,7 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
 		return fmt.Errorf("reload: %w", err)
 	}
-	n, example, err := d.path.Configure(guardConfig(cfg))
+	n, example, err := d.path.Configure(context.Background(), guardConfig(cfg))
 	if err != nil {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
 		return fmt.Errorf("reload: %w", err)

@@ -64,7 +64,7 @@ func (d *Daemon) opLockdown(ctx context.Context, c *control.Call) (any, error) {
 	}
 	now := d.now()
 	cfg := d.Config()
-	if err := d.lockdownEnd(&dec, p, now); err != nil {
+	if err := d.lockdownEnd(ctx, &dec, p, now); err != nil {
 		return nil, err
 	}
 	if dec.Until.Sub(now) > MaxLockdown {
@@ -96,7 +96,7 @@ func comparePrefix(a, b netip.Prefix) int {
 // lockdownEnd sets the end of a new lockdown ("for", default 15m), or of
 // the active one extended ("extend"), which keeps its allowlist, isolation
 // and reason unless given anew.
-func (d *Daemon) lockdownEnd(dec *response.Decision, p lockdownParams, now time.Time) error {
+func (d *Daemon) lockdownEnd(ctx context.Context, dec *response.Decision, p lockdownParams, now time.Time) error {
 	if p.Extend == "" {
 		dur := DefaultLockdown
 		if p.For != "" {
@@ -113,7 +113,10 @@ func (d *Daemon) lockdownEnd(dec *response.Decision, p lockdownParams, now time.
 	if err != nil || by < time.Second {
 		return api.Errorf(api.CodeInvalidDuration, `"extend" must be a duration of at least 1s, e.g. "15m"`)
 	}
-	l := d.path.CurrentLockdown()
+	l, err := d.path.CurrentLockdown(ctx)
+	if err != nil {
+		return err
+	}
 	if l == nil || !l.Until.After(now) {
 		return api.Errorf(CodeNoLockdown, "no active lockdown to extend; start one with --for")
 	}

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
@@ -110,6 +111,7 @@ type Path struct {
 	bulk        func()
 	crash       func() bool
 	lockWait    time.Duration
+	own         atomic.Pointer[[]netip.Addr] // guard.Own, for readers that must not wait (Own)
 
 	// mu serializes every change to the kernel's blocks and lockdown, and
 	// guards blocks, guard, gcfg, lock, blockCap and observers. Nothing
@@ -204,20 +206,21 @@ func (dp *Path) refreshGuard() {
 		own = dp.guard.Own
 	}
 	dp.guard = Guard{Allow: dp.gcfg.Allow, Own: own, MinV4: dp.gcfg.MinV4, MinV6: dp.gcfg.MinV6}
+	dp.own.Store(&own)
 }
 
-// Own is the host's own addresses as the guard last read them.
-func (dp *Path) Own() []netip.Addr {
-	dp.mu.Lock()
-	defer dp.mu.Unlock()
-	return slices.Clone(dp.guard.Own)
-}
+// Own is the host's own addresses as the guard last read them (a
+// snapshot: it never waits for the path).
+func (dp *Path) Own() []netip.Addr { return slices.Clone(*dp.own.Load()) }
 
 // Configure switches the guard to a new config (reload) and the kernel to
 // its allowlist. It returns how many active blocks overlap the new
 // allowlist, and names one. On error nothing changed.
-func (dp *Path) Configure(g GuardConfig) (overlapping int, example string, err error) {
-	dp.mu.Lock()
+// It waits for another change at most LockWait (busy) or until ctx ends.
+func (dp *Path) Configure(ctx context.Context, g GuardConfig) (overlapping int, example string, err error) {
+	if err := dp.mu.lockWithin(ctx, dp.lockWait); err != nil {
+		return 0, "", err
+	}
 	defer dp.mu.Unlock()
 	if err := dp.kernel.SetAllow(g.Allow); err != nil {
 		return 0, "", fmt.Errorf("allowlist: %w", err)
@@ -273,21 +276,27 @@ func (dp *Path) Stats(ctx context.Context) (Stats, error) {
 }
 
 // CurrentLockdown is a copy of the stored lockdown, in force or expired;
-// nil: none.
-func (dp *Path) CurrentLockdown() *store.Lockdown {
-	dp.mu.Lock()
+// nil: none. It waits for another change at most LockWait (busy) or until
+// ctx ends.
+func (dp *Path) CurrentLockdown(ctx context.Context) (*store.Lockdown, error) {
+	if err := dp.mu.lockWithin(ctx, dp.lockWait); err != nil {
+		return nil, err
+	}
 	defer dp.mu.Unlock()
 	if dp.lock.cur == nil {
-		return nil
+		return nil, nil
 	}
 	l := *dp.lock.cur
 	l.Allow = slices.Clone(l.Allow)
-	return &l
+	return &l, nil
 }
 
-// CapStatus is the sender block cap's state for op status.
+// CapStatus is the sender block cap's state for op status; nil when the
+// path stays busy for LockWait.
 func (dp *Path) CapStatus() *api.BlockCapStatus {
-	dp.mu.Lock()
+	if dp.mu.lockWithin(context.Background(), dp.lockWait) != nil {
+		return nil
+	}
 	defer dp.mu.Unlock()
 	return dp.blockCap.status(dp.now())
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,22 +31,50 @@ const attemptTimeout = 30 * time.Second
 // (with sshpass for passwords) and socat for the probes. Every argument is
 // passed as its own argv element; no shell is involved.
 type Client struct {
-	lab    *Lab
 	NS     *netns.NS
 	Server netip.Addr // the address connected to
+	Port   int
 	Bind   netip.Addr // the source address; zero lets the kernel choose
+
+	key     string // private key authorized for keyUser; empty outside a Lab
+	keyUser string
+	strays  *strays // keys authorized nowhere, for TooManyAuthFailures
+}
+
+// strays are keys authorized nowhere, made on first use.
+type strays struct {
+	dir  string
+	once sync.Once
+	keys []string
+	err  error
+}
+
+// NewClient returns a client in ns for an sshd that is not a Lab's, such as
+// the one of a booted Debian (test/boot): every attempt but KeyLogin works.
+func NewClient(t testing.TB, ns *netns.NS, server netip.Addr, port int) *Client {
+	return &Client{NS: ns, Server: server, Port: port, strays: &strays{dir: t.TempDir()}}
 }
 
 // Peer returns a client in the peer namespace that connects over IPv4
 // (from Pair.PeerV4).
 func (l *Lab) Peer() *Client {
-	return &Client{lab: l, NS: l.Pair.Peer, Server: l.Pair.HostV4}
+	return &Client{NS: l.Pair.Peer, Server: l.Pair.HostV4, Port: l.Port, key: l.key, keyUser: KeyUser, strays: l.strays}
 }
 
 // PeerV6 returns a client in the peer namespace that connects over IPv6
 // (from Pair.PeerV6).
 func (l *Lab) PeerV6() *Client {
-	return &Client{lab: l, NS: l.Pair.Peer, Server: l.Pair.HostV6}
+	c := l.Peer()
+	c.Server = l.Pair.HostV6
+	return c
+}
+
+// WithKey returns a copy of c whose KeyLogin logs in as user with the
+// private key at path, for an sshd that is not a Lab's.
+func (c *Client) WithKey(user, path string) *Client {
+	d := *c
+	d.key, d.keyUser = path, user
+	return &d
 }
 
 // From returns a copy of c that connects from addr, an address of c's
@@ -76,7 +105,7 @@ func (c *Client) sshArgs(user string) []string {
 		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "GlobalKnownHostsFile=/dev/null",
 		"-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "ConnectionAttempts=1",
 		"-o", "IdentityAgent=none", "-o", "ForwardAgent=no",
-		"-p", strconv.Itoa(c.lab.Port), "-l", user,
+		"-p", strconv.Itoa(c.Port), "-l", user,
 	}
 	if c.Bind.IsValid() {
 		args = append(args, "-b", c.Bind.String())
@@ -130,11 +159,15 @@ func (c *Client) FailPassword(user string) error {
 	return nil
 }
 
-// KeyLogin logs in as KeyUser with the lab's authorized key: sshd logs
-// "Accepted publickey". The session then fails (nobody's shell is
-// nologin); only a refused key or a broken connection is an error.
+// KeyLogin logs in with the authorized key (a Lab's: as KeyUser) and runs
+// true: sshd logs "Accepted publickey". In a Lab the session then fails
+// (nobody's shell is nologin); only a refused key or a broken connection is
+// an error.
 func (c *Client) KeyLogin() error {
-	args := append(c.sshArgs(KeyUser), "-i", c.lab.key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+	if c.key == "" {
+		return errors.New("key login: this client has no authorized key (see WithKey)")
+	}
+	args := append(c.sshArgs(c.keyUser), "-i", c.key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
 		"-o", "PreferredAuthentications=publickey", c.Server.String(), "true")
 	code, out, err := c.run(nil, "ssh", args...)
 	if err != nil {
@@ -150,7 +183,7 @@ func (c *Client) KeyLogin() error {
 // more than sshd's MaxAuthTries (6), so that sshd disconnects with "Too
 // many authentication failures".
 func (c *Client) TooManyAuthFailures(user string) error {
-	keys, err := c.lab.strayKeys()
+	keys, err := c.strays.get()
 	if err != nil {
 		return err
 	}
@@ -170,18 +203,17 @@ func (c *Client) TooManyAuthFailures(user string) error {
 	return nil
 }
 
-func (l *Lab) strayKeys() ([]string, error) {
-	l.keysOnce.Do(func() {
+func (s *strays) get() ([]string, error) {
+	s.once.Do(func() {
 		for i := range 7 {
-			k := filepath.Join(l.Dir, fmt.Sprintf("stray%d_ed25519", i))
-			if err := keygen(k); err != nil {
-				l.keysErr = err
+			k := filepath.Join(s.dir, fmt.Sprintf("stray%d_ed25519", i))
+			if s.err = keygen(k); s.err != nil {
 				return
 			}
-			l.strays = append(l.strays, k)
+			s.keys = append(s.keys, k)
 		}
 	})
-	return l.strays, l.keysErr
+	return s.keys, s.err
 }
 
 // KexProbe offers only a key exchange sshd 9.2 does not enable
@@ -210,7 +242,7 @@ func (c *Client) BannerProbe(line string) error {
 	if strings.ContainsAny(line, "\r\n") {
 		return fmt.Errorf("banner probe: line %q holds a line break", line)
 	}
-	addr := "TCP:" + netip.AddrPortFrom(c.Server, uint16(c.lab.Port)).String() + ",connect-timeout=5"
+	addr := "TCP:" + netip.AddrPortFrom(c.Server, uint16(c.Port)).String() + ",connect-timeout=5"
 	if c.Bind.IsValid() {
 		addr += ",bind=" + netip.AddrPortFrom(c.Bind, 0).String()
 	}

@@ -79,9 +79,7 @@ type Lab struct {
 
 	stopOnce sync.Once
 	stopErr  error
-	keysOnce sync.Once
-	keysErr  error
-	strays   []string // keys authorized nowhere, for TooManyAuthFailures
+	strays   *strays // shared by the lab's clients
 }
 
 // Require skips the test, or fails it under CI, when root or a tool the lab
@@ -137,7 +135,7 @@ func Start(t testing.TB, cfg Config) *Lab {
 	l := &Lab{
 		Pair: cfg.Pair, Port: cfg.Port, Dir: dir,
 		LogPath: filepath.Join(dir, "sshd.log"), Config: filepath.Join(dir, "sshd_config"),
-		key: filepath.Join(dir, "client_ed25519"), exited: make(chan struct{}),
+		key: filepath.Join(dir, "client_ed25519"), exited: make(chan struct{}), strays: &strays{dir: dir},
 	}
 	hostKey := filepath.Join(dir, "ssh_host_ed25519_key")
 	for _, k := range []string{hostKey, l.key} {

@@ -215,14 +215,34 @@ func (l *Lab) sshdConfig(cfg Config, hostKey string) (string, error) {
 	return strings.Join(lines, "\n") + "\n", nil
 }
 
+// accounting is the login accounting sshd writes to: failed logins go to
+// btmp (lastb), sessions to wtmp and lastlog.
+var accounting = []string{"btmp", "wtmp", "lastlog"}
+
+// private binds a file of the lab's directory over each of the host's
+// accounting files that exists, in the mount namespace `ip netns exec` made
+// (a slave of the host's: nothing propagates back), then execs the rest of
+// its arguments. Its only arguments are the lab's own paths.
+const private = `d=$1; shift
+for f in btmp wtmp lastlog; do
+	if [ -e "/var/log/$f" ]; then mount --bind "$d/$f" "/var/log/$f" || exit 1; fi
+done
+exec "$@"`
+
 // start runs sshd in the foreground as PID 1 of a new PID namespace (its
 // connection children call setsid, so a process group would not hold them;
-// when a PID namespace's first process ends, the kernel kills the rest).
+// when a PID namespace's first process ends, the kernel kills the rest),
+// with the lab's own files in place of the host's login accounting.
 func (l *Lab) start() error {
+	for _, f := range accounting {
+		if err := os.WriteFile(filepath.Join(l.Dir, f), nil, 0o600); err != nil {
+			return err
+		}
+	}
 	ctx, kill := context.WithCancel(context.Background())
 	l.kill = kill
-	l.cmd = l.Pair.Host.Command(ctx, "unshare", "--pid", "--fork", "--kill-child",
-		SSHD, "-D", "-e", "-E", l.LogPath, "-f", l.Config)
+	l.cmd = l.Pair.Host.Command(ctx, "sh", "-c", private, "sshlab", l.Dir,
+		"unshare", "--pid", "--fork", "--kill-child", SSHD, "-D", "-e", "-E", l.LogPath, "-f", l.Config)
 	stderr, err := os.Create(filepath.Join(l.Dir, "sshd.stderr"))
 	if err != nil {
 		kill()

@@ -3,6 +3,8 @@ package sshlab_test
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ const wait = 30 * time.Second
 // Five failed password logins from the peer namespace make sshd log five
 // "Failed password" lines naming the peer's address, and nothing else does.
 func TestFailedPasswordsFromPeer(t *testing.T) {
+	hostBtmp := fileSize("/var/log/btmp")
 	lab := sshlab.Start(t, sshlab.Config{})
 	peer := lab.Peer()
 	var wg sync.WaitGroup
@@ -47,6 +50,23 @@ func TestFailedPasswordsFromPeer(t *testing.T) {
 			t.Errorf("line %q does not match %v", line, want)
 		}
 	}
+	// sshd records failed logins in btmp: the lab's, never the host's.
+	const utmpRecord = 384 // sizeof(struct utmp) on Linux
+	if n := fileSize(filepath.Join(lab.Dir, "btmp")); n != 5*utmpRecord {
+		t.Errorf("the lab's btmp holds %d bytes, want 5 records of %d", n, utmpRecord)
+	}
+	if n := fileSize("/var/log/btmp"); n != hostBtmp {
+		t.Errorf("the host's /var/log/btmp changed from %d to %d bytes", hostBtmp, n)
+	}
+}
+
+// fileSize returns the size of path, or -1 when it does not exist.
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return -1
+	}
+	return fi.Size()
 }
 
 // sshd logs the user name as the client sent it: "x from 6.6.6.6" appears

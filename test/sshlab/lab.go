@@ -220,13 +220,16 @@ func (l *Lab) sshdConfig(cfg Config, hostKey string) (string, error) {
 var accounting = []string{"btmp", "wtmp", "lastlog"}
 
 // private binds a file of the lab's directory over each of the host's
-// accounting files that exists, in the mount namespace `ip netns exec` made
-// (a slave of the host's: nothing propagates back), then execs the rest of
-// its arguments. Its only arguments are the lab's own paths.
+// accounting files that exists, and /dev/null over the host's syslog socket
+// (PAM's modules log there, and the host's journal is no place for the
+// lab's failures), in the mount namespace `ip netns exec` made (a slave of
+// the host's: nothing propagates back); then it execs the rest of its
+// arguments. Its only arguments are the lab's own paths.
 const private = `d=$1; shift
 for f in btmp wtmp lastlog; do
 	if [ -e "/var/log/$f" ]; then mount --bind "$d/$f" "/var/log/$f" || exit 1; fi
 done
+if [ -e /dev/log ]; then mount --bind /dev/null /dev/log || exit 1; fi
 exec "$@"`
 
 // start runs sshd in the foreground as PID 1 of a new PID namespace (its

@@ -1,21 +1,21 @@
 #!/bin/sh
 # Installs the Debian packages parry's test suite needs: the kernel-facing tests
 # (nftables, iproute2, ping, socat), the boot test (debootstrap,
-# systemd-nspawn), the packaging checks (lintian, systemd-analyze), the
-# side-by-side benchmarks (aide) and the ssh lab of test/sshlab
-# (openssh-server, sshpass). Idempotent; runs apt-get update only when
+# systemd-nspawn), the packaging checks (lintian, systemd-analyze) and the
+# side-by-side benchmarks (aide). Idempotent; runs apt-get update only when
 # something is missing. Needs root.
-#
-# No package may start or enable a service on the host while it installs:
-# a policy-rc.d that exits 101 is in place for the install (unless the host
-# already has one), and when this script is what installs openssh-server,
-# the host's ssh.service is disabled and kept from ever starting
-# (/etc/ssh/sshd_not_to_be_run, which Debian's unit and init script honour).
-# The lab runs its own sshd, with its own config, inside a test namespace.
 set -eu
-PKGS="nftables iproute2 iputils-ping socat netcat-openbsd procps psmisc kmod util-linux passwd debootstrap systemd systemd-container dbus lintian aide git make ca-certificates python3 openssl openssh-server openssh-client sshpass"
-installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q "install ok installed"; }
+PKGS="nftables iproute2 iputils-ping socat netcat-openbsd procps psmisc kmod util-linux passwd debootstrap systemd systemd-container dbus lintian aide git make ca-certificates python3 openssl"
 missing=""
+# The ssh lab (test/sshlab) runs Debian's sshd with its own config inside a
+# test namespace. No package may start or enable a service on the host while
+# it installs: a policy-rc.d that exits 101 is in place for the install
+# (unless the host already has one), and when this script is what installs
+# openssh-server, the host's ssh.service is disabled and kept from ever
+# starting (/etc/ssh/sshd_not_to_be_run, which Debian's unit and init script
+# honour).
+PKGS="$PKGS openssh-server openssh-client sshpass"
+installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in $PKGS; do
 	installed "$p" || missing="$missing $p"
 done

@@ -3,12 +3,14 @@ package boot
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -127,6 +129,28 @@ func TestRecordSSHJournal(t *testing.T) {
 		}
 		idle(a.kind)
 	}
+	// A burst of connections whose sshd child logs and exits at once: the
+	// entries journald cannot attribute to ssh.service any more (see below)
+	// show up most under such load.
+	c.must("logger", "-p", "auth.info", "-t", "sshlab-attempt", fmt.Sprintf("kind=silent-probe-burst attack=yes client=%s user=\"\" note=\"20 at once (MaxStartups 10:30:100 may drop some)\"", pair.PeerV4))
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Go(func() { errs <- v4.BannerProbe("") })
+	}
+	wg.Wait()
+	close(errs)
+	dropped := 0
+	for err := range errs {
+		switch {
+		case errors.Is(err, sshlab.ErrMaxStartups):
+			dropped++
+		case err != nil:
+			t.Fatalf("burst: %v", err)
+		}
+	}
+	t.Logf("burst: %d of 20 connections dropped past MaxStartups", dropped)
+	idle("burst")
 	c.must("journalctl", "--sync")
 	// Not by unit alone: journald takes _SYSTEMD_UNIT (and _COMM) from
 	// /proc of the sender, and a connection child that logs its last line

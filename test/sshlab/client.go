@@ -24,6 +24,12 @@ const WrongPassword = "parry-sshlab-wrong-password"
 // client's address.
 const InjectionUser = "x from 6.6.6.6"
 
+// ErrMaxStartups is returned by an attempt that sshd turned away before
+// the SSH handshake because too many unauthenticated connections were open
+// (MaxStartups, 10:30:100 by default): sshd logs "drop connection #N from
+// [ADDR]:PORT on [ADDR]:PORT past MaxStartups".
+var ErrMaxStartups = errors.New("sshd refused the connection: Exceeded MaxStartups")
+
 // attemptTimeout bounds one client attempt, connection and all.
 const attemptTimeout = 30 * time.Second
 
@@ -253,6 +259,9 @@ func (c *Client) BannerProbe(line string) error {
 	code, out, err := c.runInput(in, nil, "socat", "-T5", "-", addr)
 	if err != nil {
 		return fmt.Errorf("banner probe: %w", err)
+	}
+	if strings.HasPrefix(out, "Exceeded MaxStartups") {
+		return fmt.Errorf("banner probe: %w", ErrMaxStartups)
 	}
 	if code != 0 || !strings.HasPrefix(out, "SSH-2.0-") {
 		return fmt.Errorf("banner probe: want sshd's identification, got exit %d: %s", code, out)

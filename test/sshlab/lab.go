@@ -61,6 +61,10 @@ type Config struct {
 	// Extra lines appended to the generated sshd_config, such as
 	// "MaxAuthTries 3".
 	Extra []string
+	// LogPath is the file sshd logs to (sshd -E appends to it); empty means
+	// sshd.log in the lab's directory. A daemon's file source can read it
+	// where its detectors look (such as a test's own auth.log path).
+	LogPath string
 }
 
 // Lab is one running sshd. Its methods are safe for concurrent use.
@@ -136,6 +140,9 @@ func Start(t testing.TB, cfg Config) *Lab {
 		Pair: cfg.Pair, Port: cfg.Port, Dir: dir,
 		LogPath: filepath.Join(dir, "sshd.log"), Config: filepath.Join(dir, "sshd_config"),
 		key: filepath.Join(dir, "client_ed25519"), exited: make(chan struct{}), strays: &strays{dir: dir},
+	}
+	if cfg.LogPath != "" {
+		l.LogPath = cfg.LogPath
 	}
 	hostKey := filepath.Join(dir, "ssh_host_ed25519_key")
 	for _, k := range []string{hostKey, l.key} {

@@ -98,10 +98,15 @@ func TestInjectedUserLoggedVerbatim(t *testing.T) {
 	}
 }
 
-// A login with the authorized key is logged as "Accepted publickey": the
+// A login with the authorized key is logged as "Accepted publickey" (here
+// at Debian's default LogLevel, into a log file the test chose): the
 // negative case a detector must leave alone.
 func TestKeyLoginAccepted(t *testing.T) {
-	lab := sshlab.Start(t, sshlab.Config{LogLevel: "INFO"})
+	logPath := filepath.Join(t.TempDir(), "auth.log")
+	lab := sshlab.Start(t, sshlab.Config{LogLevel: "INFO", LogPath: logPath})
+	if lab.LogPath != logPath {
+		t.Fatalf("LogPath %s, want %s", lab.LogPath, logPath)
+	}
 	if err := lab.Peer().KeyLogin(); err != nil {
 		t.Fatal(err)
 	}

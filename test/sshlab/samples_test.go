@@ -62,7 +62,8 @@ func TestSamplesLog(t *testing.T) {
 }
 
 // The journal sample is journalctl's JSON, one entry per line, with the
-// fields a journal source selects and reads.
+// fields a journal source selects and reads, and sshd entries that journald
+// could not attribute to ssh.service.
 func TestSamplesJournal(t *testing.T) {
 	f, err := sshlab.Samples.Open("testdata/openssh-9.2.journal.json")
 	if err != nil {
@@ -73,6 +74,7 @@ func TestSamplesJournal(t *testing.T) {
 	sc.Buffer(nil, 1<<20)
 	ids := map[string]int{}
 	var messages []string
+	noUnit := 0 // sshd entries journald could not attribute to ssh.service
 	for sc.Scan() {
 		var e map[string]string
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
@@ -86,6 +88,9 @@ func TestSamplesJournal(t *testing.T) {
 		ids[e["SYSLOG_IDENTIFIER"]]++
 		if e["SYSLOG_IDENTIFIER"] == "sshd" {
 			messages = append(messages, e["MESSAGE"])
+			if e["_SYSTEMD_UNIT"] == "" {
+				noUnit++
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -93,6 +98,11 @@ func TestSamplesJournal(t *testing.T) {
 	}
 	if ids["sshd"] == 0 || ids["sshlab-attempt"] == 0 {
 		t.Errorf("entries per SYSLOG_IDENTIFIER: %v", ids)
+	}
+	// The sample keeps journald's race (README.md): a journal reader must
+	// not depend on _SYSTEMD_UNIT being there.
+	if noUnit == 0 {
+		t.Errorf("no sshd entry without _SYSTEMD_UNIT: the sample no longer shows the race")
 	}
 	for _, want := range []string{
 		`^Failed password for invalid user x from 6\.6\.6\.6 from 192\.0\.2\.2 port \d+ ssh2$`,

@@ -9,9 +9,22 @@
 // private config and host keys generated into a temporary directory. It
 // listens only on the namespace's addresses, logs to a file of its own
 // (sshd -D -e -E) and runs as PID 1 of a PID namespace of its own, so that
-// stopping it also ends every connection child it forked. Nothing here reads
-// the host's sshd_config, starts the host's ssh.service or touches port 22 of
-// the machine's own namespace.
+// stopping it also ends every connection child it forked. Its login
+// accounting (btmp, wtmp, lastlog) goes to files of the lab, and PAM's
+// syslog lines to /dev/null, through bind mounts in the namespace's own
+// mount namespace. Nothing here reads the host's sshd_config, starts the
+// host's ssh.service or touches port 22 of the machine's own namespace.
+//
+// A test starts a lab, makes attempts from the peer and waits for sshd's
+// lines:
+//
+//	lab := sshlab.Start(t, sshlab.Config{})
+//	if err := lab.Peer().FailPassword("root"); err != nil {
+//		t.Fatal(err)
+//	}
+//	lines, err := lab.WaitLines("Failed password for root from 192.0.2.2 port ", 1, 30*time.Second)
+//
+// The recorded samples of every attempt kind are in testdata/ (Samples).
 package sshlab
 
 import (

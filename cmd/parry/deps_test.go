@@ -25,6 +25,7 @@ func TestCLIDoesNotLinkTheDaemon(t *testing.T) {
 		"github.com/parryhq/parry/agent/audit":         true,
 		"github.com/parryhq/parry/agent/cli/reportfmt": true,
 		"github.com/parryhq/parry/firewall/droptable":  true,
+		"github.com/parryhq/parry/integrity/dpkg":      true,
 	}
 	forbidden := []string{"go.etcd.io/bbolt", "github.com/nats-io/", "github.com/prometheus/", "github.com/shirou/gopsutil",
 		"github.com/fsnotify/", "github.com/coreos/go-systemd", "github.com/google/nftables", "github.com/mdlayher/"}

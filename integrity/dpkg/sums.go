@@ -51,10 +51,26 @@ func Sums(root string, keep func(path string) bool) (map[string][]Listing, int, 
 	if err != nil {
 		return nil, 0, fmt.Errorf("list md5sums: %w", err)
 	}
+	kept := func(from int) { // keep only what keep wants, list by list: parryd watches a part of the system
+		if keep == nil {
+			return
+		}
+		n := from
+		for _, e := range d.entries[from:] {
+			if keep(filepath.Join(root, d.phys(&e))) {
+				d.entries[n] = e
+				n++
+			}
+		}
+		d.entries = d.entries[:n]
+	}
+	kept(0)
 	for _, f := range lists {
+		from := len(d.entries)
 		if err := d.readMD5sums(f, strings.TrimSuffix(filepath.Base(f), ".md5sums")); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, 0, fmt.Errorf("read %s: %w", f, err)
 		}
+		kept(from)
 	}
 	out := map[string][]Listing{}
 	for _, it := range d.items() {

@@ -156,11 +156,7 @@ func (d *db) items() []item {
 	byRel := map[string]int{}
 	var items []item
 	for _, e := range d.entries {
-		canon := "/" + d.canonical(e.listed[1:])
-		phys := canon
-		if dv, ok := d.diverts[canon]; ok && !dv.owns(e.pkg) {
-			phys = dv.to
-		}
+		phys := d.phys(&e)
 		rel := phys[1:]
 		i, ok := byRel[rel]
 		if !ok {
@@ -190,6 +186,16 @@ func (d *db) items() []item {
 	// Path order: files of one directory together, as they lie on disk.
 	sort.Slice(items, func(a, b int) bool { return items[a].rel < items[b].rel })
 	return items
+}
+
+// phys is the absolute path (below the root) where e's file is: its
+// listed path through the /usr-merge aliases and the diversions.
+func (d *db) phys(e *entry) string {
+	canon := "/" + d.canonical(e.listed[1:])
+	if dv, ok := d.diverts[canon]; ok && !dv.owns(e.pkg) {
+		return dv.to
+	}
+	return canon
 }
 
 type worker struct {

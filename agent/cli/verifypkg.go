@@ -101,7 +101,7 @@ func printPackageFindings(w io.Writer, res *dpkg.Result) {
 	if len(parts) > 0 {
 		summary = strings.Join(parts, ", ")
 	}
-	fmt.Fprintf(w, "checked %s (%s conffiles, %.1f MiB) of %s in %s: %s\n", countOf(res.Files, "file"), fmt.Sprint(res.Conffiles),
+	fmt.Fprintf(w, "checked %s (%d conffiles, %.1f MiB) of %s in %s: %s\n", countOf(res.Files, "file"), res.Conffiles,
 		float64(res.Bytes)/(1<<20), countOf(res.Packages, "package"), res.Took.Round(time.Millisecond), summary)
 	if res.Malformed > 0 {
 		fmt.Fprintf(w, "%s in dpkg's lists ignored (too long, unsafe path or bad sum)\n", countOf(res.Malformed, "line"))

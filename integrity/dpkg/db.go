@@ -29,6 +29,8 @@ const (
 	MaxListSize   = 256 << 20 // one md5sums, status or diversions file
 )
 
+var maxListSize = MaxListSize // tests lower it
+
 var (
 	// ErrNoDatabase is returned when the root has no dpkg status file.
 	ErrNoDatabase = errors.New("no dpkg database")
@@ -73,11 +75,16 @@ var installedStates = map[string]bool{
 }
 
 // readLines calls fn for each line of r (without the newline). Lines
-// longer than max are skipped and counted; so is everything past MaxListSize.
+// longer than max are skipped and counted; past MaxListSize reading stops
+// and the rest counts as one skipped line (a line cut there is not used).
 func readLines(r io.Reader, max int, fn func(line []byte)) (skipped int, err error) {
-	br := bufio.NewReaderSize(io.LimitReader(r, MaxListSize), max+1)
+	br := bufio.NewReaderSize(r, max+1)
+	total := 0
 	for {
 		line, err := br.ReadSlice('\n')
+		if total += len(line); total > maxListSize {
+			return skipped + 1, nil
+		}
 		if errors.Is(err, bufio.ErrBufferFull) {
 			skipped++
 			for errors.Is(err, bufio.ErrBufferFull) { // the rest of the long line

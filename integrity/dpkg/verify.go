@@ -257,7 +257,7 @@ var noOpenat2 atomic.Bool
 // component is protected.
 func (w *worker) open(rel string) (int, error) {
 	flags := uint64(openFlags | unix.O_NOATIME)
-	for {
+	for retry := 0; ; retry++ {
 		var fd int
 		var err error
 		if !noOpenat2.Load() {
@@ -270,8 +270,8 @@ func (w *worker) open(rel string) (int, error) {
 		} else {
 			fd, err = unix.Openat(w.rootFD, rel, int(flags), 0)
 		}
-		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
-			continue // openat2 asks to retry when a rename raced it
+		if (errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN)) && retry < 16 {
+			continue // openat2 asks to retry when a rename raced it; not forever
 		}
 		if errors.Is(err, unix.EPERM) && flags&unix.O_NOATIME != 0 {
 			flags &^= unix.O_NOATIME

@@ -391,3 +391,22 @@ func TestVerifyControlCharactersInNames(t *testing.T) {
 		t.Fatalf("findings %q", r.lines(res))
 	}
 }
+
+// A list over MaxListSize is read up to the bound; the line cut there is
+// not used (a cut path could name another file).
+func TestReadLinesBound(t *testing.T) {
+	defer func(n int) { maxListSize = n }(maxListSize)
+	maxListSize = 1 << 20
+	line := strings.Repeat("x", 99) + "\n"
+	data := strings.Repeat(line, maxListSize/100+5)
+	n := 0
+	skipped, err := readLines(strings.NewReader(data), MaxPathLine, func(l []byte) {
+		if len(l) != 99 {
+			t.Fatalf("a cut line was used: %d bytes", len(l))
+		}
+		n++
+	})
+	if err != nil || skipped != 1 || n != maxListSize/100 {
+		t.Errorf("read %d lines, skipped %d, err %v; want %d, 1, nil", n, skipped, err, maxListSize/100)
+	}
+}

@@ -6,6 +6,7 @@
 //	go run ./test/pkgverify-bench              # warm: 3 runs of each
 //	go run ./test/pkgverify-bench -cold        # also cold: package files evicted before each run
 //	go run ./test/pkgverify-bench -no-debsums  # debsums takes minutes
+//	go run ./test/pkgverify-bench -cold -debsums-runs 1
 //
 // "Cold" evicts the content of every file dpkg lists from the page cache
 // (posix_fadvise DONTNEED) before each run; inodes and directories stay
@@ -36,6 +37,7 @@ type sample struct{ wall, cpu time.Duration }
 
 type tool struct {
 	name string
+	runs int
 	run  func() (sample, error)
 }
 
@@ -43,12 +45,13 @@ func main() {
 	runs := flag.Int("runs", 3, "runs of each tool per cache state (median reported)")
 	cold := flag.Bool("cold", false, "also measure with the package files evicted from the page cache")
 	noDebsums := flag.Bool("no-debsums", false, "skip debsums")
+	debsumsRuns := flag.Int("debsums-runs", 0, "runs of debsums (it takes minutes); 0: -runs")
 	flag.Parse()
 	if _, err := os.Stat("/var/lib/dpkg/status"); err != nil {
 		fmt.Println("skipped: no dpkg database:", err)
 		return
 	}
-	tools := []tool{{name: "parry integrity verify-packages", run: parry}}
+	tools := []tool{{name: "parry integrity verify-packages", runs: *runs, run: parry}}
 	for _, t := range []struct{ name, bin string }{{"debsums -s", "debsums"}, {"dpkg --verify", "dpkg"}} {
 		if t.bin == "debsums" && *noDebsums {
 			continue
@@ -58,7 +61,11 @@ func main() {
 			continue
 		}
 		args := strings.Fields(t.name)
-		tools = append(tools, tool{name: t.name, run: func() (sample, error) { return child(args...) }})
+		n := *runs
+		if t.bin == "debsums" && *debsumsRuns > 0 {
+			n = *debsumsRuns
+		}
+		tools = append(tools, tool{name: t.name, runs: n, run: func() (sample, error) { return child(args...) }})
 	}
 	res, err := dpkg.Verify(context.Background(), dpkg.Options{})
 	if err != nil {
@@ -79,15 +86,14 @@ func main() {
 	fmt.Printf("%-34s %-5s %10s %10s %s\n", "tool", "cache", "wall s", "CPU s", "runs (wall s)")
 	medians := map[string]time.Duration{}
 	for _, state := range states {
-		for _, t := range tools {
-			if state == "warm" {
-				if _, err := t.run(); err != nil { // warm the cache
-					fmt.Printf("%s: %v\n", t.name, err)
-					continue
-				}
+		if state == "warm" { // every tool reads the same files: one run warms the cache for all
+			if _, err := parry(); err != nil {
+				fmt.Println("warm-up:", err)
 			}
+		}
+		for _, t := range tools {
 			var ss []sample
-			for range *runs {
+			for range t.runs {
 				if state == "cold" {
 					evict(files)
 				}

@@ -22,6 +22,24 @@ type Report struct {
 	Findings  []ReportFinding  `json:"findings"`
 	Evidence  []ReportEvidence `json:"evidence"`
 	Malformed int              `json:"malformed_lines,omitempty"`
+
+	// Added for the HTML report's charts; absent from older daemons.
+	Series     *ReportSeries `json:"series,omitempty"`              // counts over the window, in equal steps
+	ByRule     []ReportCount `json:"blocks_by_rule,omitempty"`      // block decisions by source/rule ("policy/auth-bruteforce", "cli")
+	ByDetector []ReportCount `json:"signals_by_detector,omitempty"` // signals by the detector, else the reporting program
+	ByCountry  []ReportCount `json:"sources_by_country,omitempty"`  // signals by the country a source sent (absent: none known)
+	ByASN      []ReportCount `json:"sources_by_asn,omitempty"`      // signals by the AS number a source sent (absent: none known)
+}
+
+// ReportSeries is what happened in each step of the window: element i of
+// each slice counts [Start+i*Step, Start+(i+1)*Step).
+type ReportSeries struct {
+	Start    time.Time `json:"start"`
+	Step     int64     `json:"step_seconds"`
+	Blocks   []int     `json:"blocks"`   // block decisions
+	Signals  []int     `json:"signals"`  //
+	Refused  []int     `json:"refused"`  // decisions or requests refused
+	Findings []int     `json:"findings"` // integrity findings
 }
 
 // ReportTotals are the counts in the window (rows above are capped, these are not).
@@ -69,6 +87,8 @@ type ReportSource struct {
 	Addr    string `json:"addr"`
 	Signals int    `json:"signals"`
 	Blocks  int    `json:"blocks"`
+	Country string `json:"country,omitempty"` // as the signal said (ISO 3166 code), when one did
+	ASN     string `json:"asn,omitempty"`     // as the signal said, when one did
 }
 
 // ReportFinding is one integrity finding.

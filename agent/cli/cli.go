@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,9 +25,10 @@ const (
 
 // exitError carries an exit code; its message is already printed if quiet.
 type exitError struct {
-	code  int
-	err   error
-	quiet bool
+	code    int
+	err     error
+	quiet   bool
+	apiCode string // the daemon's error code, when the daemon refused
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
@@ -98,7 +100,8 @@ type App struct {
 
 // Main runs the CLI and returns the process exit code.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	stdout, stderr = termSafe{stdout}, termSafe{stderr}
+	out := &countingWriter{w: termSafe{stdout}}
+	stdout, stderr = out, termSafe{stderr}
 	a := &App{Stdin: stdin, Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
 	root := a.command(args)
 	root.SetArgs(args)
@@ -111,6 +114,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	if err == nil {
 		return ExitOK
+	}
+	if out.n == 0 && wantsJSON(root, args) {
+		// --json promised an object on stdout: say what failed in one.
+		printFailure(stdout, err)
 	}
 	var ue *UsageError
 	if errors.As(err, &ue) {
@@ -206,11 +213,93 @@ func (a *App) call(req map[string]any, out any) error {
 	if err := c.Call(req, out); err != nil {
 		var pe *api.Error
 		if errors.As(err, &pe) {
-			return &exitError{code: ExitFailed, err: fmt.Errorf("%s (%s)", pe.Message, pe.Code)}
+			return &exitError{code: ExitFailed, err: fmt.Errorf("%s (%s)", pe.Message, pe.Code), apiCode: string(pe.Code)}
 		}
 		return &exitError{code: ExitFailed, err: err}
 	}
 	return nil
+}
+
+// countingWriter counts what reached stdout.
+type countingWriter struct {
+	w io.Writer
+	n int
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += n
+	return n, err
+}
+
+// wantsJSON reports whether the command that ran was asked for JSON
+// (--json, or report's --format json). Flags are parsed by then.
+func wantsJSON(root *cobra.Command, args []string) bool {
+	c, _, err := root.Find(args)
+	if err != nil {
+		return false
+	}
+	if f := c.Flags().Lookup("json"); f != nil && f.Changed && f.Value.String() == "true" {
+		return true
+	}
+	f := c.Flags().Lookup("format")
+	return f != nil && f.Changed && f.Value.String() == "json"
+}
+
+// jsonFailure is what a --json command prints when it fails before it
+// has an answer to print (parryd unreachable, a refusal, a usage error).
+type jsonFailure struct {
+	OK    bool `json:"ok"`
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func printFailure(w io.Writer, err error) {
+	var f jsonFailure
+	f.Error.Code, f.Error.Message = "failed", err.Error()
+	var ue *UsageError
+	var ee *exitError
+	switch {
+	case errors.As(err, &ue):
+		f.Error.Code, f.Error.Message = "usage", ue.Err.Error()
+	case errors.As(err, &ee) && ee.apiCode != "":
+		f.Error.Code = ee.apiCode
+	}
+	_ = printJSON(w, f)
+}
+
+// printResult prints v, which must encode as a JSON object, with "ok"
+// (true when the command exits 0) as its first member: every --json
+// output has the same shape, {"ok": ..., the answer's members}. An answer
+// with an "ok" of its own (audit verify's) keeps it; it says the same.
+func printResult(w io.Writer, ok bool, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode json: %w", err)
+	}
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(b, &members); err != nil {
+		return fmt.Errorf("encode json: not an object: %w", err)
+	}
+	if _, has := members["ok"]; !has {
+		head := `{"ok":false`
+		if ok {
+			head = `{"ok":true`
+		}
+		if len(members) > 0 {
+			head += ","
+		}
+		b = append([]byte(head), b[1:]...)
+	}
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		return fmt.Errorf("encode json: %w", err)
+	}
+	out.WriteByte('\n')
+	_, err = w.Write(out.Bytes())
+	return err
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -53,7 +53,7 @@ func (a *App) evidenceCaptureCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.Stdout, resp.Evidence)
+				return printResult(a.Stdout, true, resp.Evidence)
 			}
 			r := resp.Evidence
 			fmt.Fprintf(a.Stdout, "evidence %s written: %s (%d bytes)\nsha256 %s (recorded in the audit chain)\n", r.ID, r.Path, r.Size, r.SHA256)
@@ -93,7 +93,10 @@ func (a *App) evidenceListCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.Stdout, resp)
+				if resp.Evidence == nil {
+					resp.Evidence = []api.EvidenceInfo{}
+				}
+				return printResult(a.Stdout, true, resp)
 			}
 			if resp.Count == 0 {
 				fmt.Fprintln(a.Stdout, "no evidence captured")
@@ -137,7 +140,7 @@ func (a *App) evidenceShowCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				if err := printJSON(a.Stdout, resp); err != nil {
+				if err := printResult(a.Stdout, resp.Info.Intact, resp); err != nil {
 					return err
 				}
 			} else {
@@ -192,25 +195,29 @@ func (a *App) reportCmd() *cobra.Command {
 	var since, format string
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "report [--since 24h] [--format text|markdown|json]",
+		Use:   "report [--since 24h] [--format text|markdown|html|json]",
 		Short: "Summarise the audit log for an incident ticket",
 		Long: `Summarise the audit log of the last --since: blocks and unblocks, refusals,
 signals by kind and sender, top sources, lockdowns, integrity findings,
 evidence captured, and the result of verifying the audit chain.
 
---format markdown is what you paste into an incident ticket. Long lists are
+--format markdown is what you paste into an incident ticket. --format html
+is one self-contained page (inline CSS and SVG charts, no script, nothing
+fetched): signals, blocks and findings over time with lockdowns shaded, the
+top sources, kinds, detectors and rules, and the tables. Long lists are
 capped at 50 rows; the totals are not.`,
 		Example: `  parry report
-  parry report --since 7d --format markdown > incident.md`,
+  parry report --since 7d --format markdown > incident.md
+  parry report --since 24h --format html > day.html`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if asJSON {
 				format = reportfmt.FormatJSON
 			}
 			switch format {
-			case reportfmt.FormatText, reportfmt.FormatMarkdown, "md", reportfmt.FormatJSON:
+			case reportfmt.FormatText, reportfmt.FormatMarkdown, "md", reportfmt.FormatHTML, reportfmt.FormatJSON:
 			default:
-				return usageErr("--format %q: want text, markdown or json", format)
+				return usageErr("--format %q: want text, markdown, html or json", format)
 			}
 			if d, err := api.ParseDuration(since); err != nil || d <= 0 {
 				return usageErr("--since %q: want a duration such as 24h or 7d", since)
@@ -221,17 +228,23 @@ capped at 50 rows; the totals are not.`,
 			if err := a.call(map[string]any{"op": "report", "since": since}, &resp); err != nil {
 				return err
 			}
-			if err := reportfmt.Render(a.Stdout, resp.Report, format); err != nil {
+			c := resp.Report.Chain
+			if format == reportfmt.FormatJSON {
+				// The report with "ok" first, as every --json answer (ok: the chain is not broken).
+				if err := printResult(a.Stdout, !c.Checked || c.OK, resp.Report); err != nil {
+					return err
+				}
+			} else if err := reportfmt.Render(a.Stdout, resp.Report, format); err != nil {
 				return err
 			}
-			if c := resp.Report.Chain; c.Checked && !c.OK {
+			if c.Checked && !c.OK {
 				return &exitError{code: ExitFailed, quiet: true, err: fmt.Errorf("audit chain broken")}
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&since, "since", "24h", "how far back (90m, 24h, 7d)")
-	cmd.Flags().StringVar(&format, "format", "text", "text, markdown or json")
+	cmd.Flags().StringVar(&format, "format", "text", "text, markdown, html or json")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "same as --format json")
 	return cmd
 }
@@ -259,7 +272,7 @@ Exit status by the worst finding: 0 none (or info only), 3 low, 4 medium,
 			}
 			rep := resp.Check
 			if asJSON {
-				if err := printJSON(a.Stdout, rep); err != nil {
+				if err := printResult(a.Stdout, api.CheckExitCode(rep.Worst, len(rep.Findings) > 0) == 0, rep); err != nil {
 					return err
 				}
 			} else if len(rep.Findings) == 0 {

@@ -52,7 +52,7 @@ longer matches it is refused as tampered. Open findings are cleared.`,
 				return err
 			}
 			if asJSON {
-				return printJSON(a.Stdout, res)
+				return printResult(a.Stdout, true, res)
 			}
 			fmt.Fprintf(a.Stdout, "baseline recorded: %d entries in %s\ndigest: %s\n", res.Entries, res.Took.Round(time.Millisecond), res.Digest)
 			if n := len(res.Unreadable); n > 0 {
@@ -84,7 +84,7 @@ Exit status: 0 nothing changed, 1 changes found (or the check failed),
 				return err
 			}
 			if asJSON {
-				if err := printJSON(a.Stdout, res); err != nil {
+				if err := printResult(a.Stdout, res.Clean, res); err != nil {
 					return err
 				}
 			} else {
@@ -113,7 +113,7 @@ func (a *App) integrityStatusCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.Stdout, st)
+				return printResult(a.Stdout, true, st)
 			}
 			w := a.Stdout
 			state := "watching"
@@ -180,7 +180,7 @@ baseline digest goes into the audit chain, with who accepted what.`,
 				return err
 			}
 			if asJSON {
-				return printJSON(a.Stdout, res)
+				return printResult(a.Stdout, true, res)
 			}
 			fmt.Fprintf(a.Stdout, "accepted %s; baseline digest now %s\n", countOf(len(res.Accepted), "path"), res.Digest)
 			return nil

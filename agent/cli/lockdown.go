@@ -69,7 +69,7 @@ Lockdowns survive parryd restarts; 'parry status' shows the active one.`,
 				return err
 			}
 			if asJSON {
-				return printJSON(a.Stdout, out)
+				return printResult(a.Stdout, true, out)
 			}
 			a.printLockdown(out.Lockdown)
 			return nil
@@ -100,7 +100,7 @@ func (a *App) releaseCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.Stdout, out)
+				return printResult(a.Stdout, true, out)
 			}
 			fmt.Fprintln(a.Stdout, "lockdown: off")
 			return nil

@@ -31,7 +31,7 @@ func (a *App) listCmd() *cobra.Command {
 				if resp.Blocks == nil {
 					resp.Blocks = []api.BlockInfo{}
 				}
-				return printJSON(a.Stdout, resp)
+				return printResult(a.Stdout, true, resp)
 			}
 			if resp.Count == 0 {
 				fmt.Fprintln(a.Stdout, "no active blocks")
@@ -87,7 +87,7 @@ func (a *App) statusCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				return printJSON(a.Stdout, st)
+				return printResult(a.Stdout, true, st)
 			}
 			fmt.Fprintf(a.Stdout, "parryd %s (pid %d), up %s\n", st.Version, st.PID, st.Uptime)
 			fmt.Fprintf(a.Stdout, "active blocks: %d\n", st.ActiveBlocks)
@@ -152,7 +152,7 @@ here, without the daemon (e.g. a copy, or while parryd is stopped).`,
 				if brk != nil {
 					out = map[string]any{"audit": res, "chain_break": brk}
 				}
-				if err := printJSON(a.Stdout, out); err != nil {
+				if err := printResult(a.Stdout, res.OK, out); err != nil {
 					return err
 				}
 			} else if res.OK {

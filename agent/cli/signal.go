@@ -62,7 +62,7 @@ or the decisions made.`,
 			}
 			switch {
 			case asJSON:
-				return printJSON(a.Stdout, out)
+				return printResult(a.Stdout, true, out)
 			case quiet:
 				return nil
 			}

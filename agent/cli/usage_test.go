@@ -31,7 +31,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"block", "203.0.113.7", "--for"}, // flag needs an argument
 		{"lockdown", "--isolate=maybe"},   // invalid flag value
 		{"block"},                         // no targets (the command's own check)
-		{"report", "--format", "html"},    //
+		{"report", "--format", "pdf"},     //
 	} {
 		var stderr bytes.Buffer
 		code := Main(context.Background(), append([]string{"--socket", "/nonexistent/s.sock"}, args...), strings.NewReader(""), io.Discard, &stderr)

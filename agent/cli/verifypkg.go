@@ -46,7 +46,7 @@ proves and what it cannot.`,
 				return &exitError{code: ExitFailed, err: err}
 			}
 			if asJSON {
-				if err := printJSON(a.Stdout, res); err != nil {
+				if err := printResult(a.Stdout, res.Clean, res); err != nil {
 					return err
 				}
 			} else {

@@ -68,12 +68,13 @@ func TestVerifyPackagesCLI(t *testing.T) {
 	}
 	code, out, _ = runParry("integrity", "verify-packages", "--root", root, "--json")
 	var res struct {
+		OK       bool `json:"ok"`
 		Clean    bool `json:"clean"`
 		Findings []struct {
 			Kind, Severity, Path string
 		} `json:"findings"`
 	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil || code != ExitFailed || res.Clean || len(res.Findings) != 2 {
+	if err := json.Unmarshal([]byte(out), &res); err != nil || code != ExitFailed || res.OK || res.Clean || len(res.Findings) != 2 {
 		t.Fatalf("--json: exit %d, %v, %+v", code, err, res)
 	}
 	if code, _, errOut := runParry("integrity", "verify-packages", "--root", root, "nosuch"); code != ExitUsage {

@@ -43,6 +43,37 @@ type fields struct {
 	Conns    json.RawMessage `json:"connections"`
 	Present  *bool           `json:"table_was_present"`
 	Signals  []fields        `json:"signals"` // event "signals": a batch of signal records
+	Detector string          `json:"detector"`
+	Country  string          `json:"country"`
+	ASN      json.RawMessage `json:"asn"` // a number or a string
+	Attrs    struct {
+		Detector string `json:"detector"`
+		Country  string `json:"country"`
+		ASN      string `json:"asn"`
+	} `json:"attrs"`
+}
+
+// asn is the signal's AS number as text ("AS64500"), from its field or attrs.
+func (f fields) asn() string {
+	s := f.Attrs.ASN
+	if len(f.ASN) > 0 {
+		var v any
+		if json.Unmarshal(f.ASN, &v) == nil {
+			switch v := v.(type) {
+			case string:
+				s = v
+			case float64:
+				s = strconv.FormatFloat(v, 'f', -1, 64)
+			}
+		}
+	}
+	if s == "" {
+		return ""
+	}
+	if !strings.HasPrefix(strings.ToUpper(s), "AS") {
+		s = "AS" + s
+	}
+	return s
 }
 
 // sender reads the sender as a string ("uid=0(root)") or a Sender object.
@@ -76,16 +107,79 @@ func (f fields) action(l Line) Action {
 
 // builder accumulates one report.
 type builder struct {
-	r        Report
-	kinds    map[string]int
-	senders  map[string]int
-	sources  map[string]*Source
-	blockIdx map[string]int // decision id -> index in r.Blocks
+	r         Report
+	kinds     map[string]int
+	senders   map[string]int
+	rules     map[string]int
+	detectors map[string]int
+	countries map[string]int
+	asns      map[string]int
+	sources   map[string]*Source
+	blockIdx  map[string]int // decision id -> index in r.Blocks
+	series    *Series
 }
+
+// MaxKeys bounds the distinct keys one count table keeps (kinds, senders,
+// rules, detectors, countries, ASNs): beyond it new keys count as "other",
+// so a flood of hostile names cannot grow the report without bound.
+const MaxKeys = 4096
+
+// MaxSteps bounds the steps of the report's series (a 24h window has 96
+// steps of 15 minutes).
+const MaxSteps = 100
+
+// steps are the step widths a series may have, smallest first.
+var steps = []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour,
+	3 * time.Hour, 6 * time.Hour, 12 * time.Hour, 24 * time.Hour, 7 * 24 * time.Hour}
+
+// newSeries picks the smallest step that covers [from, to) in at most
+// MaxSteps steps, aligned on the step; nil for an open window.
+func newSeries(from, to time.Time) *Series {
+	if from.IsZero() || to.IsZero() || !to.After(from) {
+		return nil
+	}
+	for _, st := range steps {
+		start := from.UTC().Truncate(st)
+		n := int((to.Sub(start) + st - 1) / st)
+		if n <= MaxSteps || st == steps[len(steps)-1] {
+			n = min(n, 10*MaxSteps) // a window of years at weekly steps: bounded all the same
+			return &Series{Start: start, Step: int64(st / time.Second), Blocks: make([]int, n),
+				Signals: make([]int, n), Refused: make([]int, n), Findings: make([]int, n)}
+		}
+	}
+	return nil
+}
+
+// tick counts one event at t in the series slice pick chooses.
+func (b *builder) tick(t time.Time, pick func(*Series) []int) {
+	s := b.series
+	if s == nil || t.Before(s.Start) {
+		return
+	}
+	i := int(t.Sub(s.Start) / (time.Duration(s.Step) * time.Second))
+	if v := pick(s); i < len(v) {
+		v[i]++
+	}
+}
+
+func blocksOf(s *Series) []int   { return s.Blocks }
+func signalsOf(s *Series) []int  { return s.Signals }
+func refusedOf(s *Series) []int  { return s.Refused }
+func findingsOf(s *Series) []int { return s.Findings }
 
 func newBuilder(chain Chain, host string, from, to time.Time) *builder {
 	return &builder{r: Report{Host: host, From: from.UTC(), To: to.UTC(), Chain: chain},
-		kinds: map[string]int{}, senders: map[string]int{}, sources: map[string]*Source{}, blockIdx: map[string]int{}}
+		kinds: map[string]int{}, senders: map[string]int{}, rules: map[string]int{}, detectors: map[string]int{},
+		countries: map[string]int{}, asns: map[string]int{},
+		sources: map[string]*Source{}, blockIdx: map[string]int{}, series: newSeries(from, to)}
+}
+
+// count adds one to key in m, or to "other" once m has MaxKeys keys.
+func count(m map[string]int, key string) {
+	if _, ok := m[key]; !ok && len(m) >= MaxKeys {
+		key = "other"
+	}
+	m[key]++
 }
 
 // Build summarises the lines (already limited to [from, to)).
@@ -112,6 +206,16 @@ func (b *builder) finish(malformed int) Report {
 	r := &b.r
 	r.Malformed = malformed
 	r.ByKind, r.BySender = top(b.kinds, TopN), top(b.senders, TopN)
+	r.Series = b.series
+	// The new tables are absent when empty, as older daemons send them.
+	for _, t := range []struct {
+		dst *[]Count
+		m   map[string]int
+	}{{&r.ByRule, b.rules}, {&r.ByDetector, b.detectors}, {&r.ByCountry, b.countries}, {&r.ByASN, b.asns}} {
+		if len(t.m) > 0 {
+			*t.dst = top(t.m, TopN)
+		}
+	}
 	for _, s := range b.sources {
 		r.Sources = append(r.Sources, *s)
 	}
@@ -143,6 +247,12 @@ func (b *builder) add(l Line, f fields) {
 	switch l.Event {
 	case "block":
 		r.Totals.Blocks++
+		b.tick(l.Time, blocksOf)
+		rule := cmp.Or(f.Source, "unknown")
+		if f.Rule != "" {
+			rule += "/" + f.Rule
+		}
+		count(b.rules, rule)
 		r.Totals.Targets += len(f.Targets)
 		for _, t := range f.Targets {
 			b.source(t).Blocks++
@@ -161,6 +271,7 @@ func (b *builder) add(l Line, f fields) {
 		r.Totals.Expired += max(f.Count, len(f.Targets))
 	case "refuse":
 		r.Totals.Refused++
+		b.tick(l.Time, refusedOf)
 		a := f.action(l)
 		if a.Action = f.Action; a.Action == "" {
 			a.Action = f.Op
@@ -206,19 +317,31 @@ func (b *builder) add(l Line, f fields) {
 
 func (b *builder) signal(l Line, f fields) {
 	b.r.Totals.Signals++
-	b.kinds[cmp.Or(f.Kind, "unknown")]++
+	b.tick(l.Time, signalsOf)
+	count(b.kinds, cmp.Or(f.Kind, "unknown"))
 	sender := f.sender()
 	if i := strings.Index(sender, " pid="); i >= 0 { // one sender, whatever process it used
 		sender = sender[:i]
 	}
-	b.senders[cmp.Or(sender, f.Source, "unknown")]++
+	count(b.senders, cmp.Or(sender, f.Source, "unknown"))
+	count(b.detectors, cmp.Or(f.Detector, f.Attrs.Detector, f.Source, "unknown"))
+	country, asn := cmp.Or(f.Country, f.Attrs.Country), f.asn()
+	if country != "" {
+		count(b.countries, country)
+	}
+	if asn != "" {
+		count(b.asns, asn)
+	}
 	if f.IP != "" {
-		b.source(f.IP).Signals++
+		src := b.source(f.IP)
+		src.Signals++
+		src.Country, src.ASN = cmp.Or(country, src.Country), cmp.Or(asn, src.ASN)
 	}
 }
 
 func (b *builder) finding(l Line, f fields) {
 	b.r.Totals.Findings++
+	b.tick(l.Time, findingsOf)
 	if len(b.r.Findings) < MaxRows {
 		b.r.Findings = append(b.r.Findings, Finding{Time: l.Time.UTC(), Path: f.Path, Severity: f.Severity, Detail: f.Detail})
 	}

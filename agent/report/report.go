@@ -158,4 +158,6 @@ type (
 	Ev = api.ReportEvidence
 	// Chain is the audit chain verification result, as the agent reports it.
 	Chain = api.AuditChain
+	// Series is what happened in each step of the window.
+	Series = api.ReportSeries
 )

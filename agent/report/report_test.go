@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,7 +61,8 @@ func scriptedDay(t *testing.T) []byte {
 	c.add(t, "2026-03-10T00:00:00Z", "start", map[string]any{"version": "0.1.0", "pid": 812, "blocks": 0})
 	for i := range 5 {
 		c.add(t, "2026-03-10T02:14:0"+string(rune('0'+i))+"Z", "signal", map[string]any{"kind": "auth_failure", "ip": "203.0.113.7",
-			"user": "admin", "source": "webapp", "sender": "www-data", "result": "accepted"})
+			"user": "admin", "source": "webapp", "sender": "www-data", "result": "accepted",
+			"attrs": map[string]string{"country": "NL", "asn": "64500"}})
 	}
 	c.add(t, "2026-03-10T02:14:05Z", "block", map[string]any{"id": "d-ssh", "action": "block", "targets": []string{"203.0.113.7"},
 		"until": "2026-03-10T03:14:05Z", "reason": "5 auth_failure in 60s", "source": "policy", "rule": "auth-bruteforce", "added": 1})
@@ -72,7 +74,8 @@ func scriptedDay(t *testing.T) []byte {
 	var batch []map[string]any
 	for i := range 3 {
 		batch = append(batch, map[string]any{"kind": "port_scan", "ip": "198.51.100." + string(rune('1'+i)),
-			"source": "fail2ban", "sender": "uid=0(root) pid=" + string(rune('7'+i)), "outcome": "decided"})
+			"source": "fail2ban", "sender": "uid=0(root) pid=" + string(rune('7'+i)), "outcome": "decided",
+			"attrs": map[string]string{"detector": "nftables-scan", "country": "US"}})
 	}
 	c.add(t, "2026-03-10T09:00:02Z", "signals", map[string]any{"count": 3, "signals": batch})
 	c.add(t, "2026-03-10T09:01:00Z", "block", map[string]any{"id": "d-scan", "action": "block", "targets": []string{"198.51.100.0/24"},
@@ -143,7 +146,7 @@ func TestSummaryFacts(t *testing.T) {
 	if d := cmp.Diff(want, r.Totals); d != "" {
 		t.Errorf("totals (-want +got):\n%s", d)
 	}
-	if r.Sources[0] != (Source{Addr: "203.0.113.7", Signals: 5, Blocks: 1}) {
+	if r.Sources[0] != (Source{Addr: "203.0.113.7", Signals: 5, Blocks: 1, Country: "NL", ASN: "AS64500"}) {
 		t.Errorf("top source %+v", r.Sources[0])
 	}
 	if r.Blocks[0].Conns != 2 {
@@ -165,5 +168,63 @@ func TestReadSkipsOversizedLines(t *testing.T) {
 	}
 	if len(got.Lines) != 2 || got.Malformed != 1 || got.Lines[1].Event != "unblock" {
 		t.Errorf("lines %d malformed %d: %+v", len(got.Lines), got.Malformed, got.Lines)
+	}
+}
+
+func TestSeries(t *testing.T) {
+	lines, _ := Read(bytes.NewReader(scriptedDay(t)), dayFrom, dayTo)
+	r := Build(lines, Chain{}, "web1", dayFrom, dayTo)
+	s := r.Series
+	if s == nil || !s.Start.Equal(dayFrom) || s.Step != 15*60 || len(s.Signals) != 96 {
+		t.Fatalf("series %+v, want 96 steps of 15m from %s", s, dayFrom)
+	}
+	// 02:14 is step 8 (5 signals, 1 block), 09:00 step 36 (3 signals),
+	// 10:30 step 42 (a refusal), 11:00 step 44 (a finding and its signal).
+	for _, c := range []struct {
+		name string
+		v    []int
+		i, n int
+	}{{"signals", s.Signals, 8, 5}, {"blocks", s.Blocks, 8, 1}, {"signals", s.Signals, 36, 3}, {"blocks", s.Blocks, 36, 1},
+		{"refused", s.Refused, 42, 1}, {"findings", s.Findings, 44, 1}, {"signals", s.Signals, 44, 1}} {
+		if c.v[c.i] != c.n {
+			t.Errorf("%s[%d] = %d, want %d", c.name, c.i, c.v[c.i], c.n)
+		}
+	}
+	sum := func(v []int) (n int) {
+		for _, x := range v {
+			n += x
+		}
+		return n
+	}
+	if sum(s.Signals) != r.Totals.Signals || sum(s.Blocks) != r.Totals.Blocks || sum(s.Findings) != r.Totals.Findings {
+		t.Errorf("series sums %d %d %d differ from totals %+v", sum(s.Signals), sum(s.Blocks), sum(s.Findings), r.Totals)
+	}
+	if r.Sources[0].Country != "NL" || r.Sources[0].ASN != "AS64500" {
+		t.Errorf("top source %+v, want country NL and AS64500", r.Sources[0])
+	}
+	if r := Build(Lines{}, Chain{}, "h", time.Time{}, time.Time{}); r.Series != nil {
+		t.Errorf("open window has series %+v", r.Series)
+	}
+	// A window of a year is still at most a bounded number of steps.
+	if r := Build(Lines{}, Chain{}, "h", dayFrom.AddDate(-1, 0, 0), dayTo); len(r.Series.Blocks) > MaxSteps {
+		t.Errorf("a year in %d steps of %ds", len(r.Series.Blocks), r.Series.Step)
+	}
+}
+
+// TestCountKeysBounded: signals with a fresh kind, country and detector
+// each keep the count tables at MaxKeys keys, the rest as "other".
+func TestCountKeysBounded(t *testing.T) {
+	var in bytes.Buffer
+	for i := range MaxKeys + 100 {
+		fmt.Fprintf(&in, `{"seq":%d,"time":"2026-03-10T01:00:00Z","event":"signal","fields":{"kind":"k%d","detector":"d%d","country":"c%d"}}`+"\n", i+1, i, i, i)
+	}
+	b := newBuilder(Chain{}, "h", dayFrom, dayTo)
+	if _, err := Scan(&in, dayFrom, dayTo, func(l Line) { b.add(l, l.fields) }); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range map[string]map[string]int{"kinds": b.kinds, "detectors": b.detectors, "countries": b.countries} {
+		if len(m) != MaxKeys+1 || m["other"] != 100 {
+			t.Errorf("%s: %d keys, other=%d; want %d and 100", name, len(m), m["other"], MaxKeys+1)
+		}
 	}
 }

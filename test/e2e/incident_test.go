@@ -125,7 +125,13 @@ func TestEvidenceReportCheckMetrics(t *testing.T) {
 			t.Errorf("markdown report lacks %q:\n%s", want, md)
 		}
 	}
-	if _, _, code := d.Parry("report", "--format", "html"); code != 2 {
+	// The HTML page from the real daemon's report: the charts over time
+	// (the daemon sends the series) and the verified chain.
+	page := d.MustParry("report", "--since", "1h", "--format", "html")
+	if n := strings.Count(page, `<svg xmlns="http://www.w3.org/2000/svg" class="chart time"`); n != 3 || !strings.Contains(page, `class="verdict ok"`) || !strings.Contains(page, "192.0.2.2") {
+		t.Errorf("html report: %d time charts (want 3), verdict ok %v", n, strings.Contains(page, `class="verdict ok"`))
+	}
+	if _, _, code := d.Parry("report", "--format", "pdf"); code != 2 {
 		t.Errorf("bad format: exit %d, want 2", code)
 	}
 

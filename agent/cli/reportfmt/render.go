@@ -1,6 +1,7 @@
 // Package reportfmt renders the incident report (op report's answer,
 // api.Report) as text for the terminal or Markdown for a ticket; JSON is
-// the answer itself, indented. It is the CLI's: the daemon only builds the
+// the answer itself, indented; HTML is one self-contained page with charts
+// (html.go, drawn by package svg). It is the CLI's: the daemon only builds the
 // report (agent/report).
 package reportfmt
 
@@ -22,19 +23,21 @@ const (
 	FormatJSON     = "json"
 )
 
-// Render writes the report in format (text, markdown or json).
+// Render writes the report in format (text, markdown, html or json).
 func Render(w io.Writer, r api.Report, format string) error {
 	switch format {
 	case FormatText, "":
 		return renderText(w, r)
 	case FormatMarkdown, "md":
 		return renderMarkdown(w, r)
+	case FormatHTML:
+		return renderHTML(w, r)
 	case FormatJSON:
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
-	return fmt.Errorf("report: unknown format %q (want text, markdown or json)", format)
+	return fmt.Errorf("report: unknown format %q (want text, markdown, html or json)", format)
 }
 
 const stamp = "2006-01-02 15:04:05Z"

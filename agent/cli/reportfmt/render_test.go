@@ -28,7 +28,7 @@ func TestGoldenDay(t *testing.T) {
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatal(err)
 	}
-	for _, format := range []string{"text", "markdown", "json"} {
+	for _, format := range []string{"text", "markdown", "html", "json"} {
 		t.Run(format, func(t *testing.T) {
 			var out bytes.Buffer
 			if err := Render(&out, rep, format); err != nil {
@@ -60,7 +60,11 @@ func TestBrokenChainShown(t *testing.T) {
 	if !strings.Contains(out.String(), "BROKEN at line 8: hash mismatch") {
 		t.Errorf("broken chain not reported:\n%s", out.String())
 	}
-	if err := Render(&out, r, "html"); err == nil {
+	var page bytes.Buffer
+	if err := Render(&page, r, "html"); err != nil || !strings.Contains(page.String(), `class="verdict broken"`) {
+		t.Errorf("html: %v; the broken chain is not shown as broken", err)
+	}
+	if err := Render(&out, r, "pdf"); err == nil {
 		t.Error("unknown format accepted")
 	}
 }

@@ -2,11 +2,11 @@
 # Installs the Debian packages parry's test suite needs: the kernel-facing tests
 # (nftables, iproute2, ping, socat), the boot test (debootstrap,
 # systemd-nspawn), the packaging checks (lintian, systemd-analyze) and the
-# side-by-side benchmarks (aide), the HTML report in a browser (chromium) and
+# side-by-side benchmarks (aide, debsums), the HTML report in a browser (chromium) and
 # the Prometheus rules and scrape (prometheus, promtool). Idempotent; runs apt-get update only when
 # something is missing. Needs root.
 set -eu
-PKGS="nftables iproute2 iputils-ping socat netcat-openbsd procps psmisc kmod util-linux passwd debootstrap systemd systemd-container dbus lintian aide git make ca-certificates python3 openssl chromium prometheus"
+PKGS="nftables iproute2 iputils-ping socat netcat-openbsd procps psmisc kmod util-linux passwd debootstrap systemd systemd-container dbus lintian aide debsums git make ca-certificates python3 openssl chromium prometheus"
 missing=""
 # The ssh lab (test/sshlab) runs Debian's sshd with its own config inside a
 # test namespace. No package may start or enable a service on the host while

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"unsafe"
 )
 
 // Parsing limits.
@@ -137,7 +138,10 @@ func parseLine(line []byte, lim Limits, b *builder, rep *Report, bad func(string
 		bad("more than one field", orig)
 		return
 	}
-	p, err := parseEntry(string(line))
+	// The string aliases the read buffer without a copy: netip keeps no
+	// part of it (zones, the one part it would keep, are refused) and the
+	// parse error that quotes it is dropped.
+	p, err := parseEntry(unsafe.String(&line[0], len(line)))
 	if err != nil {
 		rep.Malformed++
 		bad(err.Error(), orig)

@@ -153,6 +153,11 @@ type Update struct {
 	at    time.Time
 }
 
+// State is the state u leads to: the caller stores it (MarshalBinary) in
+// the same transaction as the blocks of the diff. It is nil when the
+// fetch failed (the last good state stays).
+func (u *Update) State() *State { return u.state }
+
 // Options are the parts a Feed gets from outside.
 type Options struct {
 	Now     func() time.Time // nil: time.Now
@@ -220,7 +225,9 @@ func (f *Feed) Restore(s *State) {
 	f.state = &c
 	f.st.LastSuccess, f.st.LastChange = c.Success, c.Changed
 	f.setCounts()
-	f.st.Next = f.now()
+	// Not at once after every restart: the kernel entries were given
+	// now+for at the last apply, and the store re-asserts them.
+	f.st.Next = c.Success.Add(f.cfg.Refresh.D())
 }
 
 func (f *Feed) setCounts() {

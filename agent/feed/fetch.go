@@ -118,7 +118,7 @@ func (f *Feed) fetchHTTP(ctx context.Context, last *State) (fetched, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout.D())
 	defer cancel()
 	out, err := f.doHTTP(ctx, last)
-	if err != nil && ctx.Err() != nil && !errors.Is(err, ErrTooLarge) {
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && !errors.Is(err, ErrTooLarge) {
 		err = fmt.Errorf("%w after %s: %w", ErrTimeout, f.cfg.Timeout.D(), err)
 	}
 	return out, err

@@ -301,7 +301,7 @@ func decodeSet(b []byte) (*Set, []byte, error) {
 	}
 	b = b[m:]
 	s := &Set{v4: make([]uint64, 0, n)}
-	var prev uint64
+	var prev, end4 uint64
 	for i := uint64(0); i < n; i++ {
 		d, m := binary.Uvarint(b)
 		if m <= 0 || (i > 0 && d == 0) || d > 1<<40 {
@@ -310,11 +310,12 @@ func decodeSet(b []byte) (*Set, []byte, error) {
 		b = b[m:]
 		k := prev + d
 		bits := k & 0xff
-		if k>>40 != 0 || bits > 32 || pfx4(k).Masked() != pfx4(k) {
-			return nil, nil, errCorrupt
+		if k>>40 != 0 || bits > 32 || pfx4(k).Masked() != pfx4(k) || (i > 0 && k>>8 < end4) {
+			return nil, nil, errCorrupt // not a prefix, or inside the previous one
 		}
 		s.v4 = append(s.v4, k)
 		prev = k
+		end4 = k>>8 + uint64(1)<<(32-bits)
 	}
 	n, m = binary.Uvarint(b)
 	if m <= 0 || n > uint64(len(b))/17+1 {
@@ -328,8 +329,13 @@ func decodeSet(b []byte) (*Set, []byte, error) {
 	for i := uint64(0); i < n; i++ {
 		k := key6{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:16]), b[16]}
 		b = b[17:]
-		if k.bits > 128 || pfx6(k).Masked() != pfx6(k) || (i > 0 && cmp6(s.v6[i-1], k) >= 0) {
+		if k.bits > 128 || pfx6(k).Masked() != pfx6(k) {
 			return nil, nil, errCorrupt
+		}
+		if i > 0 {
+			if hi, lo := s.v6[i-1].last(); less128(k.hi, k.lo, hi, lo) {
+				return nil, nil, errCorrupt // not after the previous one
+			}
 		}
 		s.v6 = append(s.v6, k)
 	}

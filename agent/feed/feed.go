@@ -290,7 +290,7 @@ func (f *Feed) Fetch(ctx context.Context) (*Update, error) {
 	if err != nil {
 		u.Err = fmt.Errorf("feed %s: %w", f.cfg.Name, err)
 		if last != nil && now.Sub(last.Success) <= f.cfg.MaxStale.D() {
-			u.Diff = Compare(last.Set, last.Set)
+			u.Diff = Compare(last.Set, last.Set) // renew all, change nothing
 		} else {
 			u.Diff = Compare(nil, nil)
 		}

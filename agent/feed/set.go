@@ -240,6 +240,9 @@ func Compare(old, new *Set) Diff {
 	if new == nil {
 		new = &Set{}
 	}
+	if old == new { // sets are immutable: share, do not copy
+		return Diff{Added: &Set{}, Removed: &Set{}, Kept: new}
+	}
 	a4, r4, k4 := merge(old.v4, new.v4, cmp.Compare[uint64])
 	a6, r6, k6 := merge(old.v6, new.v6, cmp6)
 	return Diff{Added: &Set{a4, a6}, Removed: &Set{r4, r6}, Kept: &Set{k4, k6}}

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/maxmind/mmdbwriter"
 	"github.com/maxmind/mmdbwriter/mmdbtype"
+	"github.com/oschwald/maxminddb-golang/v2"
 )
 
 type rec struct {
@@ -111,6 +112,24 @@ func TestCountryExpand(t *testing.T) {
 		if diff := cmp.Diff(c.want, strs(got)); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", c.code, diff)
 		}
+	}
+	// The fixture does alias the IPv4 subtree: a raw walk with aliases
+	// sees XX's networks again under ::ffff:0:0/96 and 2002::/16, and a
+	// mapped address resolves through the alias.
+	aliased := map[string]bool{}
+	for res := range d.country.Networks(maxminddb.IncludeAliasedNetworks()) {
+		for _, a := range []string{"::ffff:0:0/96", "2002::/16"} {
+			if netip.MustParsePrefix(a).Contains(res.Prefix().Addr()) {
+				aliased[a] = true
+			}
+		}
+	}
+	if len(aliased) != 2 {
+		t.Errorf("fixture without IPv4 aliases: %v", aliased)
+	}
+	var r countryRecord
+	if err := d.country.Lookup(netip.MustParseAddr("::ffff:203.0.113.5")).Decode(&r); err != nil || r.code() != "XX" {
+		t.Errorf("mapped address through the alias: %q %v", r.code(), err)
 	}
 	if _, err := d.Country(ctx, "QQ"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("unknown country: %v", err)

@@ -32,22 +32,25 @@ type Config struct {
 	MinPrefixV4 int `yaml:"min_prefix_v4"` // broadest IPv4 prefix accepted from this feed
 	MinPrefixV6 int `yaml:"min_prefix_v6"` // broadest IPv6 prefix accepted from this feed
 
-	MaxSize  Size         `yaml:"max_size"`  // a body or file larger than this is refused
-	Timeout  api.Duration `yaml:"timeout"`   // bound on one fetch, connect to last byte
-	MaxStale api.Duration `yaml:"max_stale"` // a failing feed's last good entries are renewed this long after its last success
+	MaxSize    Size         `yaml:"max_size"`    // a body or file larger than this is refused
+	MaxEntries int          `yaml:"max_entries"` // a feed listing more entries than this is refused
+	Timeout    api.Duration `yaml:"timeout"`     // bound on one fetch, connect to last byte
+	MaxStale   api.Duration `yaml:"max_stale"`   // a failing feed's last good entries are renewed this long after its last success
 }
 
 // Defaults and bounds of the knobs.
 const (
-	DefaultRefresh  = 6 * time.Hour
-	MinRefresh      = time.Minute
-	DefaultTimeout  = 60 * time.Second
-	MaxTimeout      = 10 * time.Minute
-	DefaultMaxSize  = Size(16 << 20)
-	MaxMaxSize      = Size(256 << 20)
-	DefaultMaxStale = 7 * 24 * time.Hour
-	DefaultMinV4    = 16 // as the daemon's own min_prefix_v4
-	DefaultMinV6    = 32 // as the daemon's own min_prefix_v6
+	DefaultRefresh    = 6 * time.Hour
+	MinRefresh        = time.Minute
+	DefaultTimeout    = 60 * time.Second
+	MaxTimeout        = 10 * time.Minute
+	DefaultMaxSize    = Size(16 << 20)
+	MaxMaxSize        = Size(256 << 20)
+	DefaultMaxEntries = 1_000_000
+	MaxMaxEntries     = 10_000_000
+	DefaultMaxStale   = 7 * 24 * time.Hour
+	DefaultMinV4      = 16 // as the daemon's own min_prefix_v4
+	DefaultMinV6      = 32 // as the daemon's own min_prefix_v6
 	// MaxRedirects is the most redirects one fetch follows.
 	MaxRedirects = 5
 )
@@ -78,6 +81,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxSize == 0 {
 		c.MaxSize = DefaultMaxSize
+	}
+	if c.MaxEntries == 0 {
+		c.MaxEntries = DefaultMaxEntries
 	}
 	if c.Timeout == 0 {
 		c.Timeout = api.Duration(DefaultTimeout)
@@ -130,6 +136,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxSize < 1 || c.MaxSize > MaxMaxSize {
 		bad("max_size: must be within 1..%s", MaxMaxSize)
+	}
+	if c.MaxEntries < 1 || c.MaxEntries > MaxMaxEntries {
+		bad("max_entries: must be within 1..%d", MaxMaxEntries)
 	}
 	if c.Timeout.D() < time.Second || c.Timeout.D() > MaxTimeout {
 		bad("timeout: must be within 1s..%s", MaxTimeout)

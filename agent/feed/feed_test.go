@@ -460,6 +460,7 @@ func TestConfig(t *testing.T) {
 		"- name: x\n  path: /b\n  refresh: 1h\n  for: 30m\n",
 		"- name: x\n  path: /b\n  max_size: 1TiB\n",
 		"- name: x\n  path: /b\n  format: json\n",
+		"- name: x\n  path: /b\n  max_entries: 20000000\n",
 		"- name: x\n  path: /b\n- name: x\n  path: /c\n",
 	} {
 		if _, err := DecodeConfigs([]byte(bad)); err == nil {

@@ -100,7 +100,7 @@ func (c *capped) Read(p []byte) (int, error) {
 }
 
 func (f *Feed) limits() Limits {
-	return Limits{MinPrefixV4: f.cfg.MinPrefixV4, MinPrefixV6: f.cfg.MinPrefixV6}
+	return Limits{MinPrefixV4: f.cfg.MinPrefixV4, MinPrefixV6: f.cfg.MinPrefixV6, MaxEntries: f.cfg.MaxEntries}
 }
 
 func (f *Feed) parse(r io.Reader) (fetched, error) {

@@ -52,7 +52,7 @@ func FuzzParse(f *testing.F) {
 // FuzzState: no input makes UnmarshalBinary panic or accept a set that
 // breaks the invariants.
 func FuzzState(f *testing.F) {
-	s, _, _ := Parse(bytes.NewReader([]byte("1.2.3.0/24\n9.9.9.9\n2001:db8::/32\n")), Limits{8, 16})
+	s, _, _ := Parse(bytes.NewReader([]byte("1.2.3.0/24\n9.9.9.9\n2001:db8::/32\n")), Limits{MinPrefixV4: 8, MinPrefixV6: 16})
 	b, _ := (&State{Source: "x", ETag: "e", Set: s}).MarshalBinary()
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, in []byte) {

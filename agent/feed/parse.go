@@ -27,6 +27,10 @@ const (
 // Limits are what a parse refuses.
 type Limits struct {
 	MinPrefixV4, MinPrefixV6 int // broader entries are refused and counted
+	// MaxEntries bounds the entries as listed, before duplicates and
+	// covered ones are dropped; more refuse the feed (ErrTooMany). 0: no
+	// bound.
+	MaxEntries int
 }
 
 // BadLine is one refused line: its number (from 1) and why. Text is the
@@ -52,6 +56,9 @@ type Report struct {
 // ErrGarbage is returned when a feed is mostly not addresses (an HTML
 // error page, a wrong URL, a truncated or binary file).
 var ErrGarbage = errors.New("feed is mostly malformed")
+
+// ErrTooMany is returned when a feed lists more than Limits.MaxEntries.
+var ErrTooMany = errors.New("feed lists more than max_entries")
 
 // Parse reads the "lines" format: one IPv4/IPv6 address or CIDR per line;
 // `#` and `;` start a comment that runs to the end of the line (Spamhaus
@@ -97,6 +104,9 @@ func Parse(r io.Reader, lim Limits) (*Set, Report, error) {
 		if len(line) > 0 {
 			rep.Lines++
 			parseLine(line, lim, &b, &rep, bad)
+			if lim.MaxEntries > 0 && len(b.v4)+len(b.v6) > lim.MaxEntries {
+				return nil, rep, fmt.Errorf("%w (%d) at line %d", ErrTooMany, lim.MaxEntries, rep.Lines)
+			}
 		}
 		if err != nil {
 			break

@@ -81,6 +81,16 @@ func TestParseLongLine(t *testing.T) {
 	}
 }
 
+func TestParseMaxEntries(t *testing.T) {
+	in := "1.1.1.1\n1.1.1.1\n2.2.2.2\n"
+	if _, _, err := Parse(strings.NewReader(in), Limits{MinPrefixV4: 8, MaxEntries: 3}); err != nil {
+		t.Errorf("3 of 3: %v", err)
+	}
+	if _, _, err := Parse(strings.NewReader(in+"3.3.3.3\n"), Limits{MinPrefixV4: 8, MaxEntries: 3}); !errors.Is(err, ErrTooMany) {
+		t.Errorf("4 of 3: %v, want ErrTooMany", err)
+	}
+}
+
 func TestParseGarbage(t *testing.T) {
 	// A few bad lines among many good ones: accepted, counted.
 	var b bytes.Buffer
@@ -164,7 +174,7 @@ func TestCompare(t *testing.T) {
 }
 
 func TestStateBinary(t *testing.T) {
-	s, _, err := Parse(strings.NewReader("1.2.3.0/24\n9.9.9.9\n2001:db8::/32\n2001:db8:ffff::1\n"), Limits{8, 16})
+	s, _, err := Parse(strings.NewReader("1.2.3.0/24\n9.9.9.9\n2001:db8::/32\n2001:db8:ffff::1\n"), Limits{MinPrefixV4: 8, MinPrefixV6: 16})
 	if err != nil {
 		t.Fatal(err)
 	}

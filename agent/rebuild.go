@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 )
@@ -118,7 +120,7 @@ func replay(b []byte, last map[netip.Prefix]*auditDecision, lock **auditDecision
 			if skip[t] {
 				continue
 			}
-			if p, err := ParseTarget(t); err == nil {
+			if p, err := api.ParseTarget(t); err == nil {
 				out = append(out, p)
 			}
 		}
@@ -179,7 +181,7 @@ func rebuildChange(els []firewall.Element, kl *firewall.Lockdown, hist map[netip
 			if recovered == 0 {
 				nextSeq++
 				recovered = nextSeq
-				ch.PutDecisions = append(ch.PutDecisions, store.Decision{Seq: recovered, ID: newID(), Time: now,
+				ch.PutDecisions = append(ch.PutDecisions, store.Decision{Seq: recovered, ID: enforce.NewID(), Time: now,
 					Reason: "recovered from the kernel by parryd --rebuild-store; no audit record matched", Source: "rebuild"})
 			}
 			b.Decision = recovered
@@ -189,7 +191,7 @@ func rebuildChange(els []firewall.Element, kl *firewall.Lockdown, hist map[netip
 	}
 	rep.Blocks = len(ch.PutBlocks)
 	if kl != nil && kl.Timeout > 0 {
-		l := &store.Lockdown{ID: newID(), Since: now, Until: now.Add(kl.Timeout), Allow: kl.Allow, Isolate: kl.Isolate,
+		l := &store.Lockdown{ID: enforce.NewID(), Since: now, Until: now.Add(kl.Timeout), Allow: kl.Allow, Isolate: kl.Isolate,
 			Reason: "recovered from the kernel by parryd --rebuild-store", Source: "rebuild"}
 		if lock != nil {
 			l.ID, l.Since, l.Reason, l.Source, l.Sender = lock.dec.ID, lock.time, lock.dec.Reason, lock.dec.Source, lock.dec.Sender

@@ -3,10 +3,8 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -21,11 +19,10 @@ const (
 	keyAuditBreak  = "audit/chain_break"
 )
 
-// auditAnchor is the last line known durable in audit.log.
-type auditAnchor struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-}
+// auditAnchor is the last line known durable in audit.log: seq, hash,
+// and where it is (segment and offset), so the check at start reads only
+// the tail after it.
+type auditAnchor = audit.Anchor
 
 // openAudit checks audit.log against the anchor in the store, moves a log
 // that fails aside (never deleting it), opens the log and wires the anchor
@@ -33,7 +30,7 @@ type auditAnchor struct {
 // accepted.
 //
 // fresh reports that a break was found now: the log was started anew.
-func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logger, onSync func(uint64, string),
+func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logger, onSync func(audit.Anchor),
 	wrap func(audit.File) audit.File) (al *audit.Log, brk *ChainBreak, fresh bool, err error) {
 	path := filepath.Join(dir, "audit.log")
 	brk, err = checkAnchor(st, path, now)
@@ -92,7 +89,7 @@ func checkAnchor(st *store.Store, path string, now func() time.Time) (*ChainBrea
 	if err := json.Unmarshal(raw, &a); err != nil || a.Seq == 0 {
 		return nil, fmt.Errorf("audit anchor: bad record in store: %q", raw)
 	}
-	res, err := audit.VerifyFileAgainst(path, a.Seq, a.Hash)
+	res, err := audit.CheckAnchor(path, a)
 	if err != nil {
 		return nil, fmt.Errorf("audit anchor: check %s: %w", path, err)
 	}
@@ -102,13 +99,11 @@ func checkAnchor(st *store.Store, path string, now func() time.Time) (*ChainBrea
 	t := now().UTC()
 	brk := &ChainBreak{Time: t, AnchorSeq: a.Seq, AnchorHash: a.Hash, Found: res.Reason, FoundAtLine: res.FirstBad,
 		FoundLines: res.Lines, FoundLastSeq: res.LastSeq}
-	kept := path + ".broken-" + t.Format("20060102T150405.000Z")
-	switch err := os.Rename(path, kept); {
-	case err == nil:
-		brk.KeptAs = filepath.Base(kept)
-	case !errors.Is(err, os.ErrNotExist):
+	kept, err := audit.KeepBroken(path, "broken-"+t.Format("20060102T150405.000Z"))
+	if err != nil {
 		return nil, fmt.Errorf("audit anchor: keep the broken log: %w", err)
 	}
+	brk.KeptAs = kept
 	b, _ := json.Marshal(brk)
 	if err := st.Put(keyAuditBreak, b); err != nil {
 		return nil, fmt.Errorf("audit anchor: save break: %w", err)

@@ -180,7 +180,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	d.audit, d.chainBreak = al, brk
-	if err := d.recoverAudit(anchor.Seq, fresh); err != nil {
+	if err := d.recoverAudit(anchor, fresh); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}

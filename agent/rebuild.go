@@ -67,7 +67,7 @@ type auditLine struct {
 func auditHistory(path string) (map[netip.Prefix]*auditDecision, *auditDecision, int, int, error) {
 	last := map[netip.Prefix]*auditDecision{}
 	var lock *auditDecision
-	f, err := os.Open(path)
+	f, err := audit.OpenAll(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return last, nil, 0, 0, nil
 	}

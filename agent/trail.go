@@ -113,7 +113,8 @@ func (d *Daemon) writeAudit(events []auditEvent, evs []audit.Event, keys []uint6
 
 // onAuditSync saves the anchor (the last durable line) and deletes the
 // pending records whose lines it covers, in one transaction.
-func (d *Daemon) onAuditSync(seq uint64, hash string) {
+func (d *Daemon) onAuditSync(a audit.Anchor) {
+	seq := a.Seq
 	t := &d.trail
 	t.mu.Lock()
 	var done []uint64
@@ -127,7 +128,7 @@ func (d *Daemon) onAuditSync(seq uint64, hash string) {
 	}
 	t.written = kept
 	t.mu.Unlock()
-	b, _ := json.Marshal(auditAnchor{Seq: seq, Hash: hash})
+	b, _ := json.Marshal(a)
 	// On failure the records stay; at start they are found in the log and
 	// not written twice.
 	if err := d.store.Commit(store.Change{PutKV: map[string][]byte{keyAuditAnchor: b}, DelPending: done}); err != nil {
@@ -141,7 +142,7 @@ func (d *Daemon) onAuditSync(seq uint64, hash string) {
 // true when the log was started anew (chain break): nothing of the old one
 // counts. A failure to write leaves the records for the maintenance loop
 // to retry; status shows the audit failure meanwhile.
-func (d *Daemon) recoverAudit(anchor uint64, fresh bool) error {
+func (d *Daemon) recoverAudit(anchor auditAnchor, fresh bool) error {
 	pend, err := d.store.Pending()
 	if err != nil {
 		return fmt.Errorf("audit recovery: %w", err)
@@ -221,10 +222,12 @@ func (d *Daemon) retryRecovery() {
 }
 
 // findLines reports which of pend have their audit line in the log at path
-// after the line with seq anchor: the event and the exact fields bytes.
-func findLines(path string, anchor uint64, pend []store.Pending) (map[uint64]bool, error) {
+// after the anchored line (across segments, from the anchor's offset):
+// the event and the exact fields bytes.
+func findLines(path string, a auditAnchor, pend []store.Pending) (map[uint64]bool, error) {
+	anchor := a.Seq
 	found := map[uint64]bool{}
-	f, err := os.Open(path)
+	f, err := audit.OpenAfter(path, a)
 	if errors.Is(err, os.ErrNotExist) {
 		return found, nil
 	}

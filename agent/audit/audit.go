@@ -305,7 +305,9 @@ func (l *Log) AppendAll(events ...Event) (uint64, error) {
 	if op, err := l.repairLocked(); err != nil {
 		return 0, l.failLocked(op, err)
 	}
-	l.maybeRotateLocked()
+	if err := l.maybeRotateLocked(); err != nil {
+		return 0, err
+	}
 	line, seq, prev, lastAt, err := l.render(l.buf[:0], l.seq, l.prev, events)
 	if err != nil {
 		return 0, err

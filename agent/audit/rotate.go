@@ -81,23 +81,27 @@ func (l *Log) step(name string) error {
 	return nil
 }
 
-// maybeRotateLocked rotates when the current segment is full. Caller holds
-// l.mu.
-func (l *Log) maybeRotateLocked() {
+// maybeRotateLocked rotates when the current segment is full. A failed
+// rotation is remembered and the append goes on in the current segment;
+// only a test's injected crash is returned. Caller holds l.mu.
+func (l *Log) maybeRotateLocked() error {
 	if l.size == 0 || l.size < int64(l.cfg.MaxSize) {
-		return
+		return nil
 	}
 	now := l.now()
 	if now.Before(l.rot.retry) {
-		return
+		return nil
 	}
 	l.rot.err = nil
-	if err := l.rotateLocked(); err != nil {
+	if err := l.rotateLocked(); errors.Is(err, errCrash) {
+		return err
+	} else if err != nil {
 		l.rot.err, l.rot.retry = err, now.Add(rotateRetry)
-		return
+		return nil
 	}
 	l.rot.count++
 	l.maint.kick(l)
+	return nil
 }
 
 // rotateLocked closes the current segment and starts the next (see the

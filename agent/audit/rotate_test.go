@@ -709,3 +709,32 @@ func TestBackgroundMaintenanceCompressesAndStopsOnClose(t *testing.T) {
 	}
 	mustVerify(t, path)
 }
+
+func TestVerifyWithAStaleListOfSegments(t *testing.T) {
+	// Maintenance compresses and removes segments while parry audit verify
+	// reads them: a list taken before it still verifies.
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := openRot(t, path, Config{MaxSize: 4096, Keep: 4}, newClock())
+	fill(t, l, 200)
+	l.Sync()
+	stale, _ := Segments(path)
+	for n := -1; n != l.rot.count; {
+		n = l.rot.count
+		if err := l.Maintain(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l.rot.count == 0 {
+		t.Fatal("no rotation: the test needs the removal records to rotate the current segment")
+	}
+	res, err := verifyList(path, stale, 0, "")
+	if err != nil || !res.OK || len(res.Removed) == 0 {
+		t.Fatalf("walk of the stale list = %+v, %v", res, err)
+	}
+	if !IsSegment(filepath.Join(filepath.Dir(path), stale[0].Name)) || IsSegment(path) {
+		t.Fatal("IsSegment")
+	}
+	if r, err := VerifyLog(filepath.Join(filepath.Dir(path), l.p.segName(stale[len(stale)-2].First, true))); err != nil || !r.OK {
+		t.Fatalf("one segment alone: %+v, %v", r, err)
+	}
+}

@@ -65,6 +65,19 @@ func (p logPath) segName(first uint64, gz bool) string {
 	return n
 }
 
+// IsSegment reports whether path names an old segment of a log
+// (<stem>-<20 digits><ext>, optionally .gz) rather than a current file.
+func IsSegment(path string) bool {
+	name := strings.TrimSuffix(filepath.Base(path), ".gz")
+	ext := filepath.Ext(name)
+	i := strings.LastIndexByte(name, '-')
+	if i < 0 {
+		return false
+	}
+	_, _, ok := logPath{stem: name[:i], ext: ext}.parse(filepath.Base(path))
+	return ok
+}
+
 // parse reads an old segment's name; anything else is not one.
 func (p logPath) parse(name string) (first uint64, gz bool, ok bool) {
 	rest, ok := strings.CutPrefix(name, p.stem+"-")
@@ -181,8 +194,14 @@ func lineTime(line []byte) (time.Time, bool) {
 }
 
 // openSegment opens a segment for reading, decompressing a gzipped one.
+// A plain old segment compressed since it was listed is read from its
+// .gz.
 func openSegment(p logPath, s Segment) (io.ReadCloser, error) {
 	f, err := os.Open(p.file(s.Name))
+	if errors.Is(err, fs.ErrNotExist) && !s.Current && !s.Compressed && s.First > 0 && p.stem != "" {
+		s.Name, s.Compressed = p.segName(s.First, true), true
+		f, err = os.Open(p.file(s.Name))
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -77,12 +77,13 @@ type verifier struct {
 	anyStart  bool               // one segment alone: its first line may continue an earlier one
 	anchored  bool               // the first line read must be the checkpoint itself
 	prevFile  string
-	last      Segment // the last segment read whole
-	lastLines int     // lines read of it
+	present   map[uint64]bool // first seqs of the segments read
+	last      Segment         // the last segment read whole
+	lastLines int             // lines read of it
 }
 
 func newVerifier(wantSeq uint64, wantHash string) *verifier {
-	return &verifier{res: Result{OK: true}, prev: Genesis, wantSeq: wantSeq, wantHash: wantHash, removed: map[uint64]Removed{}}
+	return &verifier{res: Result{OK: true}, prev: Genesis, wantSeq: wantSeq, wantHash: wantHash, removed: map[uint64]Removed{}, present: map[uint64]bool{}}
 }
 
 var hashKey = []byte(`,"hash":"`)
@@ -93,6 +94,7 @@ var hashKey = []byte(`,"hash":"`)
 // an error: unreadable is as broken as edited).
 func (v *verifier) segment(r io.Reader, name string, compressed bool) (bool, error) {
 	v.res.Segments++
+	first := true
 	br := bufio.NewReaderSize(r, 256<<10)
 	suffix := len(hashKey) + 64 + len(`"}`)
 	var buf []byte
@@ -143,9 +145,9 @@ func (v *verifier) segment(r io.Reader, name string, compressed bool) (bool, err
 		if err := json.Unmarshal(body, &h); err != nil {
 			return bad("not valid JSON: %v", err)
 		}
-		first := v.res.Lines == 0 && v.seq == 0 && v.prev == Genesis
+		start := v.res.Lines == 0 && v.seq == 0 && v.prev == Genesis
 		switch {
-		case v.anchored && first:
+		case v.anchored && start:
 			if h.Seq != v.wantSeq || hash != v.wantHash {
 				return bad("the line there is not seq %d as parryd wrote it: the log was replaced or rewritten", v.wantSeq)
 			}
@@ -155,10 +157,10 @@ func (v *verifier) segment(r io.Reader, name string, compressed bool) (bool, err
 				return bad("prev hash does not match the line before: a line was removed, inserted or reordered")
 			}
 			return bad("seq %d follows %d", h.Seq, v.seq)
-		case first && v.anyStart:
-		case first && h.Seq > 1 && !v.noGaps:
+		case start && v.anyStart:
+		case start && h.Seq > 1 && !v.noGaps:
 			v.gaps = append(v.gaps, gap{from: 1, to: h.Seq - 1, hash: h.Prev, file: name})
-		case first:
+		case start:
 			return bad("the log starts at seq %d, not at seq 1 from the genesis hash", h.Seq)
 		case h.Seq <= v.seq:
 			return bad("seq %d follows seq %d of %s: segments overlap", h.Seq, v.seq, v.prevFile)
@@ -183,6 +185,9 @@ func (v *verifier) segment(r io.Reader, name string, compressed bool) (bool, err
 		}
 		if v.res.FirstSeq == 0 {
 			v.res.FirstSeq = h.Seq
+		}
+		if first {
+			v.present[h.Seq], first = true, false
 		}
 		v.prev, v.seq = hash, h.Seq
 		v.res.Lines, v.res.LastSeq = v.res.Lines+1, v.seq
@@ -224,7 +229,9 @@ func (v *verifier) finish() Result {
 		break
 	}
 	for _, r := range v.removed {
-		v.res.Removed = append(v.res.Removed, r)
+		if !v.present[r.FirstSeq] { // recorded, but a crash kept the file: it was read
+			v.res.Removed = append(v.res.Removed, r)
+		}
 	}
 	slices.SortFunc(v.res.Removed, func(a, b Removed) int { return cmpUint(a.FirstSeq, b.FirstSeq) })
 	return v.res
@@ -268,8 +275,34 @@ func VerifyFileAgainst(path string, seq uint64, hash string) (Result, error) {
 		}
 		return Result{}, fmt.Errorf("audit verify: %w", notExist(path))
 	}
-	v := newVerifier(seq, hash)
-	return v.walk(splitPath(path), segs)
+	return verifyList(path, segs, seq, hash)
+}
+
+// verifyList walks segs, the list of Segments(path). A rotation,
+// compression or removal while it reads changes the list: a break found
+// then is checked again on the new list (at most three times).
+func verifyList(path string, segs []Segment, seq uint64, hash string) (Result, error) {
+	for try := 0; ; try++ {
+		v := newVerifier(seq, hash)
+		res, err := v.walk(splitPath(path), segs)
+		if err != nil || res.OK || try == 2 {
+			return res, err
+		}
+		again, lerr := Segments(path)
+		if lerr != nil || slices.Equal(again, segs) {
+			return res, err
+		}
+		segs = again
+	}
+}
+
+// VerifyLog verifies path: an old segment alone (VerifySegment) when its
+// name is one, else the log whose current file it is (VerifyFile).
+func VerifyLog(path string) (Result, error) {
+	if IsSegment(path) {
+		return VerifySegment(path)
+	}
+	return VerifyFile(path)
 }
 
 // walk verifies segs in order, after what v has read already; the last

@@ -277,6 +277,7 @@ type maintenance struct {
 	state   sync.Mutex // guards the fields below
 	started bool
 	manual  bool // tests: no background runs, only Maintain
+	stopped bool
 	kickc   chan struct{}
 	stopc   chan struct{}
 	done    chan struct{}
@@ -289,7 +290,7 @@ type maintenance struct {
 func (m *maintenance) kick(l *Log) {
 	m.state.Lock()
 	defer m.state.Unlock()
-	if m.manual || m.stopc == nil {
+	if m.manual || m.stopc == nil || m.stopped {
 		return
 	}
 	if !m.started {
@@ -344,17 +345,13 @@ func (m *maintenance) run(l *Log) {
 // stop ends the background maintenance and waits for it.
 func (m *maintenance) stop() {
 	m.state.Lock()
-	stopc, started := m.stopc, m.started
-	if stopc != nil {
-		select {
-		case <-stopc:
-			stopc = nil // already stopped
-		default:
-			close(stopc)
-		}
+	wait := m.started && !m.stopped
+	if m.stopc != nil && !m.stopped {
+		close(m.stopc)
 	}
+	m.stopped = true
 	m.state.Unlock()
-	if stopc != nil && started {
+	if wait {
 		<-m.done
 	}
 }

@@ -738,3 +738,54 @@ func TestVerifyWithAStaleListOfSegments(t *testing.T) {
 		t.Fatalf("one segment alone: %+v, %v", r, err)
 	}
 }
+
+func TestLegacyAnchorChecksTheWholeLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := openRot(t, path, Config{MaxSize: 4096, Keep: -1}, newClock())
+	fill(t, l, 100)
+	seq, hash := l.Last()
+	l.Close()
+	if res, err := CheckAnchor(path, Anchor{Seq: seq, Hash: hash}); err != nil || !res.OK || res.Lines != int(seq) {
+		t.Fatalf("anchor without a position = %+v, %v; want the whole log read", res, err)
+	}
+	segs, _ := Segments(path)
+	p := filepath.Join(filepath.Dir(path), segs[1].Name)
+	b := mustRead(t, p)
+	os.WriteFile(p, bytes.Replace(b, []byte("test rotation"), []byte("test rotatiom"), 1), 0o600)
+	if res, _ := CheckAnchor(path, Anchor{Seq: seq, Hash: hash}); res.OK || res.File != segs[1].Name {
+		t.Fatalf("an edit before the anchor, anchor without a position: %+v", res)
+	}
+}
+
+func TestInterruptedCompressionRedone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	dir := filepath.Dir(path)
+	l := openRot(t, path, Config{MaxSize: 4096, Keep: -1}, newClock())
+	fill(t, l, 40)
+	segs, _ := Segments(path)
+	plain := filepath.Join(dir, segs[0].Name)
+	// A crash after the .gz was renamed, before the plain file was
+	// removed; and a .gz.tmp of a compression cut short.
+	src := mustRead(t, plain)
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	zw.Write(src[:len(src)/2]) // a wrong .gz: the plain file is what counts
+	zw.Close()
+	os.WriteFile(plain+".gz", zb.Bytes(), 0o600)
+	os.WriteFile(filepath.Join(dir, segs[1].Name+".gz.tmp"), []byte("junk"), 0o600)
+	if got := segNames(t, path); got[0] != segs[0].Name {
+		t.Fatalf("listed %v; want the plain file while both exist", got)
+	}
+	mustVerify(t, path)
+	if err := l.Maintain(); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "*.tmp"))
+	if len(m) != 0 {
+		t.Fatalf("left %v", m)
+	}
+	if _, err := os.Stat(plain); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("plain file left")
+	}
+	mustVerify(t, path)
+}

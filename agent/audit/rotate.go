@@ -65,6 +65,14 @@ type rotation struct {
 	count int       // rotations done by this Log
 }
 
+// SetConfig changes rotation and retention (zero values: defaults) from
+// the next append and the next maintenance on: a config reload.
+func (l *Log) SetConfig(cfg Config) {
+	l.mu.Lock()
+	l.cfg = cfg.WithDefaults()
+	l.mu.Unlock()
+}
+
 // RotateError is the last rotation failure, or nil once a rotation
 // succeeded (the log keeps appending to the current segment meanwhile).
 func (l *Log) RotateError() error {
@@ -381,8 +389,11 @@ func (l *Log) maintain(stop <-chan struct{}) error {
 		return fmt.Errorf("audit maintenance: %w", err)
 	}
 	l.removeTemps()
+	l.mu.Lock()
+	cfg := l.cfg
+	l.mu.Unlock()
 	var errs []error
-	if l.cfg.compress() {
+	if cfg.compress() {
 		for i, s := range segs {
 			if s.Current || s.Compressed {
 				continue
@@ -394,7 +405,7 @@ func (l *Log) maintain(stop <-chan struct{}) error {
 			segs[i].Name, segs[i].Compressed = l.p.segName(s.First, true), true
 		}
 	}
-	if err := l.retain(segs); err != nil {
+	if err := l.retain(segs, cfg); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -483,8 +494,8 @@ func (l *Log) compress(s Segment, stop <-chan struct{}) error {
 
 // retain removes the oldest segments beyond Keep or older than MaxAge,
 // recording each removal first. segs is Segments' list (old ones, then the
-// current).
-func (l *Log) retain(segs []Segment) error {
+// current); cfg is the log's config when the maintenance started.
+func (l *Log) retain(segs []Segment, cfg Config) error {
 	l.maint.state.Lock()
 	anchor := l.maint.anchor
 	l.maint.state.Unlock()
@@ -497,7 +508,7 @@ func (l *Log) retain(segs []Segment) error {
 	now := l.now()
 	for i := 0; i < old && i+1 < len(segs); i++ {
 		s := segs[i]
-		byCount := l.cfg.Keep >= 0 && old-i > l.cfg.Keep
+		byCount := cfg.Keep >= 0 && old-i > cfg.Keep
 		head, err := firstLine(l.p, segs[i+1])
 		if err != nil {
 			return fmt.Errorf("retention: %w", err)
@@ -507,7 +518,7 @@ func (l *Log) retain(segs []Segment) error {
 			Fields segmentStart `json:"fields"`
 		}
 		closed, _ := lineTime(head)
-		byAge := l.cfg.MaxAge > 0 && !closed.IsZero() && now.Sub(closed) > l.cfg.MaxAge.D()
+		byAge := cfg.MaxAge > 0 && !closed.IsZero() && now.Sub(closed) > cfg.MaxAge.D()
 		if !byCount && !byAge {
 			return nil
 		}

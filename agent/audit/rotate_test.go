@@ -789,3 +789,25 @@ func TestInterruptedCompressionRedone(t *testing.T) {
 	}
 	mustVerify(t, path)
 }
+
+func TestSetConfigAppliesToTheNextAppend(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := openRot(t, path, Config{}, newClock())
+	fill(t, l, 40) // far below 64 MiB: one file
+	if n := len(segNames(t, path)); n != 1 {
+		t.Fatalf("%d segments", n)
+	}
+	l.SetConfig(Config{MaxSize: 4096, Keep: 1})
+	fill(t, l, 1)
+	if n := len(segNames(t, path)); n != 2 {
+		t.Fatalf("%d segments after lowering max_size, want 2", n)
+	}
+	fill(t, l, 40)
+	l.Sync()
+	if err := l.Maintain(); err != nil {
+		t.Fatal(err)
+	}
+	if res := mustVerify(t, path); len(res.Removed) == 0 {
+		t.Fatalf("keep 1 removed nothing: %+v", res)
+	}
+}

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -31,8 +32,10 @@ type Anchor struct {
 // same segment and in later ones, with nothing missing). It costs the same
 // with a gigabyte of history as with none; an edit to a line before the
 // anchor is found by VerifyFile, not here. A log cut before the anchored
-// line, deleted, or rewritten fails. An anchor without a position, or
-// whose segment is gone, falls back to VerifyFileAgainst (the whole log).
+// line, deleted, or rewritten fails. An anchor without a position (saved
+// by a version without segments) is located by a binary search on seq in
+// its plain segment; when that fails, or the anchor's segment is gone, the
+// check falls back to VerifyFileAgainst (the whole log).
 //
 // Line numbers in the result (FirstBad, Lines) count from the anchored
 // line.
@@ -40,12 +43,15 @@ func CheckAnchor(path string, a Anchor) (Result, error) {
 	if a.Seq == 0 {
 		return Result{OK: true}, nil
 	}
-	if a.Segment == 0 {
-		return VerifyFileAgainst(path, a.Seq, a.Hash)
-	}
 	segs, err := Segments(path)
 	if err != nil {
 		return Result{}, fmt.Errorf("audit anchor: %w", err)
+	}
+	if a.Segment == 0 {
+		var ok bool
+		if a, ok = locate(splitPath(path), segs, a); !ok {
+			return VerifyFileAgainst(path, a.Seq, a.Hash)
+		}
 	}
 	if len(segs) == 0 {
 		return Result{FirstBad: 1, File: filepath.Base(path), Reason: fmt.Sprintf("the audit log is missing, but parryd has written %d lines to it: it was deleted or moved", a.Seq)}, nil
@@ -176,4 +182,91 @@ func KeepBroken(path, suffix string) (string, error) {
 		}
 	}
 	return kept, nil
+}
+
+// locate finds the line of an anchor without a position: in the plain
+// segment that holds a.Seq, by a binary search on the seqs at line starts
+// (lines are in seq order), in O(log size) reads. ok is false when it
+// cannot (a gzipped segment, a line that does not parse on the way, no
+// line with that seq): the caller reads the whole log then.
+func locate(p logPath, segs []Segment, a Anchor) (Anchor, bool) {
+	var s *Segment
+	for i := range segs {
+		if segs[i].First != 0 && segs[i].First <= a.Seq {
+			s = &segs[i]
+		}
+	}
+	if s == nil || s.Compressed {
+		return a, false
+	}
+	f, err := os.Open(p.file(s.Name))
+	if err != nil {
+		return a, false
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return a, false
+	}
+	// lo: a line start with seq <= a.Seq; hi: past lo, every line starting
+	// at or after hi has seq > a.Seq (or hi is the end).
+	lo, hi := int64(0), st.Size()
+	for hi-lo > 64<<10 {
+		mid := lo + (hi-lo)/2
+		start, seq, ok := lineAfter(f, mid-1, hi) // the first line starting at or after mid
+		switch {
+		case !ok:
+			return a, false
+		case start >= hi:
+			hi = mid
+		case seq <= a.Seq:
+			lo = start
+		default:
+			hi = start
+		}
+	}
+	for off := lo; off < hi; {
+		head := make([]byte, 32)
+		n, _ := f.ReadAt(head, off)
+		seq := lineSeq(head[:n])
+		if seq == a.Seq {
+			a.Segment, a.Offset = s.First, off
+			return a, true
+		}
+		if seq == 0 || seq > a.Seq {
+			return a, false
+		}
+		next, _, ok := lineAfter(f, off, st.Size())
+		if !ok || next <= off {
+			return a, false
+		}
+		off = next
+	}
+	return a, false
+}
+
+// lineAfter finds the line that starts just past the first newline at or
+// after offset from, and its seq; a start at or past limit (or the end, as
+// limit, when no newline follows) is returned without its seq. ok is false
+// when no newline comes within 4 MiB or the line does not start with a
+// seq.
+func lineAfter(f *os.File, from, limit int64) (start int64, seq uint64, ok bool) {
+	buf := make([]byte, 64<<10)
+	for off := from; off < from+4<<20; off += int64(len(buf)) {
+		n, err := f.ReadAt(buf, off)
+		if i := bytes.IndexByte(buf[:n], '\n'); i >= 0 {
+			start = off + int64(i) + 1
+			if start >= limit {
+				return start, 0, true
+			}
+			head := make([]byte, 32)
+			m, _ := f.ReadAt(head, start)
+			seq = lineSeq(head[:m])
+			return start, seq, seq != 0
+		}
+		if err != nil {
+			return limit, 0, true // the end: no line starts after from
+		}
+	}
+	return 0, 0, false
 }

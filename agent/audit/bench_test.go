@@ -64,8 +64,10 @@ func startAudit(b *testing.B, path string, cfg Config, a Anchor) {
 // (CheckAnchor with the anchor of the last fsync, then OpenConfig and
 // Close) with no history and with PARRY_BENCH_HISTORY bytes of it (default
 // 1 GiB; 1 KiB lines): rotated into 64 MiB segments, and as one legacy
-// audit.log. For comparison, "full-verify" is the check start made before
-// anchors had an offset (VerifyFileAgainst over the whole log). The files
+// audit.log, with the anchor as saved now and as saved by a version
+// without positions ("legacy-anchor", located by a binary search on seq).
+// For comparison, "full-verify" is the check start made before anchors had
+// an offset (VerifyFileAgainst over the whole log). The files
 // are written once, in PARRY_BENCH_DIR (default the test's temp dir), and
 // read from the page cache.
 //
@@ -117,6 +119,11 @@ func BenchmarkStartWithHistory(b *testing.B) {
 	b.Run(fmt.Sprintf("history=%s/one-file", hist), func(b *testing.B) {
 		for b.Loop() {
 			startAudit(b, one, oneCfg, oneA)
+		}
+	})
+	b.Run(fmt.Sprintf("history=%s/one-file/legacy-anchor", hist), func(b *testing.B) {
+		for b.Loop() { // an anchor saved before anchors had a position
+			startAudit(b, one, oneCfg, Anchor{Seq: oneA.Seq, Hash: oneA.Hash})
 		}
 	})
 	b.Run(fmt.Sprintf("history=%s/one-file/full-verify", hist), func(b *testing.B) {

@@ -739,22 +739,48 @@ func TestVerifyWithAStaleListOfSegments(t *testing.T) {
 	}
 }
 
-func TestLegacyAnchorChecksTheWholeLog(t *testing.T) {
+func TestLegacyAnchorIsLocated(t *testing.T) {
+	// An anchor saved before anchors had a position: found by seq.
 	path := filepath.Join(t.TempDir(), "audit.log")
-	l := openRot(t, path, Config{MaxSize: 4096, Keep: -1}, newClock())
-	fill(t, l, 100)
-	seq, hash := l.Last()
+	l := openRot(t, path, Config{MaxSize: 1 << 20, Compress: no(), Keep: -1}, newClock())
+	var anchors []Anchor
+	l.OnSync(func(a Anchor) { anchors = append(anchors, a) })
+	for range 40 { // 40 anchors over about 2 MiB: a few segments
+		fill(t, l, 200)
+		l.Sync()
+	}
+	seq, _ := l.Last()
 	l.Close()
-	if res, err := CheckAnchor(path, Anchor{Seq: seq, Hash: hash}); err != nil || !res.OK || res.Lines != int(seq) {
-		t.Fatalf("anchor without a position = %+v, %v; want the whole log read", res, err)
+	if n := len(segNames(t, path)); n < 2 {
+		t.Fatalf("%d segments", n)
 	}
-	segs, _ := Segments(path)
-	p := filepath.Join(filepath.Dir(path), segs[1].Name)
-	b := mustRead(t, p)
-	os.WriteFile(p, bytes.Replace(b, []byte("test rotation"), []byte("test rotatiom"), 1), 0o600)
-	if res, _ := CheckAnchor(path, Anchor{Seq: seq, Hash: hash}); res.OK || res.File != segs[1].Name {
-		t.Fatalf("an edit before the anchor, anchor without a position: %+v", res)
+	for _, a := range anchors {
+		got, ok := locate(splitPath(path), mustSegments(t, path), Anchor{Seq: a.Seq, Hash: a.Hash})
+		if !ok || got != a {
+			t.Fatalf("located %+v, %v; want %+v", got, ok, a)
+		}
+		res, err := CheckAnchor(path, Anchor{Seq: a.Seq, Hash: a.Hash})
+		if err != nil || !res.OK || res.LastSeq != seq || res.Lines != int(seq-a.Seq+1) {
+			t.Fatalf("check of legacy anchor %d = %+v, %v; want the tail only", a.Seq, res, err)
+		}
 	}
+	// A seq no line has, or a wrong hash: the whole log is read and the
+	// verdict is the full verify's.
+	if res, _ := CheckAnchor(path, Anchor{Seq: seq + 5, Hash: Genesis}); res.OK || !strings.Contains(res.Reason, "removed from its end") {
+		t.Fatalf("anchor past the end: %+v", res)
+	}
+	if res, _ := CheckAnchor(path, Anchor{Seq: anchors[3].Seq, Hash: Genesis}); res.OK {
+		t.Fatalf("wrong hash: %+v", res)
+	}
+}
+
+func mustSegments(t *testing.T, path string) []Segment {
+	t.Helper()
+	segs, err := Segments(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return segs
 }
 
 func TestInterruptedCompressionRedone(t *testing.T) {

@@ -3,10 +3,8 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -27,14 +25,14 @@ const keyAuditBreak = "audit/chain_break"
 // accepted.
 //
 // fresh reports that a break was found now: the log was started anew.
-func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logger, onSync func(uint64, string),
+func openAudit(st *store.Store, dir string, acfg audit.Config, now func() time.Time, log *slog.Logger, onSync func(audit.Anchor),
 	wrap func(audit.File) audit.File) (al *audit.Log, brk *api.ChainBreak, fresh bool, err error) {
 	path := filepath.Join(dir, "audit.log")
 	brk, err = checkAnchor(st, path, now)
 	if err != nil {
 		return nil, nil, false, err
 	}
-	al, err = audit.OpenWith(path, now, wrap)
+	al, err = audit.OpenConfig(path, acfg, now, wrap)
 	if err != nil {
 		return nil, nil, false, err
 	}
@@ -86,7 +84,7 @@ func checkAnchor(st *store.Store, path string, now func() time.Time) (*api.Chain
 	if err := json.Unmarshal(raw, &a); err != nil || a.Seq == 0 {
 		return nil, fmt.Errorf("audit anchor: bad record in store: %q", raw)
 	}
-	res, err := audit.VerifyFileAgainst(path, a.Seq, a.Hash)
+	res, err := audit.CheckAnchor(path, a)
 	if err != nil {
 		return nil, fmt.Errorf("audit anchor: check %s: %w", path, err)
 	}
@@ -96,13 +94,11 @@ func checkAnchor(st *store.Store, path string, now func() time.Time) (*api.Chain
 	t := now().UTC()
 	brk := &api.ChainBreak{Time: t, AnchorSeq: a.Seq, AnchorHash: a.Hash, Found: res.Reason, FoundAtLine: res.FirstBad,
 		FoundLines: res.Lines, FoundLastSeq: res.LastSeq}
-	kept := path + ".broken-" + t.Format("20060102T150405.000Z")
-	switch err := os.Rename(path, kept); {
-	case err == nil:
-		brk.KeptAs = filepath.Base(kept)
-	case !errors.Is(err, os.ErrNotExist):
+	kept, err := audit.KeepBroken(path, "broken-"+t.Format("20060102T150405.000Z"))
+	if err != nil {
 		return nil, fmt.Errorf("audit anchor: keep the broken log: %w", err)
 	}
+	brk.KeptAs = kept
 	b, _ := json.Marshal(brk)
 	if err := st.Put(keyAuditBreak, b); err != nil {
 		return nil, fmt.Errorf("audit anchor: save break: %w", err)

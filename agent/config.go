@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/fleet"
@@ -51,6 +52,7 @@ type Config struct {
 	Response  response.Config  `yaml:"response"`
 	Integrity integrity.Config `yaml:"integrity"`
 	Fleet     fleet.Config     `yaml:"fleet"`
+	Audit     audit.Config     `yaml:"audit"` // rotation and retention of the audit log
 
 	// Incident tooling (docs/incident.md).
 	Evidence evidence.Config  `yaml:"evidence"`

@@ -147,14 +147,14 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	d.store = st
 	d.rec = enforce.NewRecord(st, d.log, d.now)
 	anchor, _ := readAnchor(st)
-	al, brk, fresh, err := openAudit(st, cfg.StateDir, d.now, d.log, d.rec.OnSync, opts.AuditFile)
+	al, brk, fresh, err := openAudit(st, cfg.StateDir, cfg.Audit, d.now, d.log, d.rec.OnSync, opts.AuditFile)
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	d.audit, d.chainBreak = al, brk
 	d.rec.Use(al)
-	if err := d.rec.Recover(filepath.Join(cfg.StateDir, "audit.log"), anchor.Seq, fresh); err != nil {
+	if err := d.rec.Recover(filepath.Join(cfg.StateDir, "audit.log"), anchor, fresh); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
@@ -286,6 +286,7 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 	d.cfgMu.Unlock()
 	d.policy.eng.Store(eng)
 	d.server.Limit(cfg.Control.Rate, cfg.Control.Burst)
+	d.audit.SetConfig(cfg.Audit)
 	f := map[string]any{"ok": true, "allowlist": len(cfg.AllowPrefixes())}
 	if len(restart) > 0 {
 		f["needs_restart"] = restart

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/hostcheck"
@@ -50,7 +51,7 @@ func (in *Incident) recordedHashes() (map[string]string, error) {
 	if err := in.d.audit.Sync(); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(filepath.Join(in.cfg.StateDir, "audit.log"))
+	f, err := audit.OpenAll(filepath.Join(in.cfg.StateDir, "audit.log"))
 	if errors.Is(err, os.ErrNotExist) {
 		return map[string]string{}, nil
 	}
@@ -141,7 +142,7 @@ func (in *Incident) Report(since time.Duration) (report.Report, error) {
 	chain := report.Chain{Checked: true, OK: res.OK, Lines: res.Lines, FirstBad: res.FirstBad, Reason: res.Reason}
 	to := in.d.now()
 	from := to.Add(-since)
-	f, err := os.Open(path)
+	f, err := audit.OpenSince(path, from)
 	if errors.Is(err, os.ErrNotExist) {
 		return report.Build(report.Lines{}, chain, in.host, from, to), nil
 	}

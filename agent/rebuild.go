@@ -69,7 +69,7 @@ type auditLine struct {
 func auditHistory(path string) (map[netip.Prefix]*auditDecision, *auditDecision, int, int, error) {
 	last := map[netip.Prefix]*auditDecision{}
 	var lock *auditDecision
-	f, err := os.Open(path)
+	f, err := audit.OpenAll(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return last, nil, 0, 0, nil
 	}
@@ -258,7 +258,7 @@ func (m *Main) rebuildStore(cfg Config) (RebuildReport, error) {
 	if err := st.Close(); err != nil {
 		return rep, fmt.Errorf("rebuild store: %w", err)
 	}
-	al, err := audit.Open(auditPath, time.Now)
+	al, err := audit.OpenConfig(auditPath, cfg.Audit, time.Now, nil)
 	if err == nil {
 		err = al.Append("store_rebuilt", map[string]any{"blocks": rep.Blocks, "matched": rep.Matched, "unmatched": rep.Unmatched,
 			"lockdown": rep.Lockdown, "kept_as": filepath.Base(kept), "audit_lines": lines, "audit_faults": faults})

@@ -70,11 +70,10 @@ type Record struct {
 // known durable in audit.log.
 const KeyAuditAnchor = "audit/anchor"
 
-// AuditAnchor is the last line known durable in audit.log.
-type AuditAnchor struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-}
+// AuditAnchor is the last line known durable in audit.log: seq, hash,
+// and where it is (segment and offset), so the check at start reads only
+// the tail after it.
+type AuditAnchor = audit.Anchor
 
 type writtenLine struct{ key, seq uint64 }
 
@@ -168,7 +167,8 @@ func (r *Record) write(events []auditEvent, evs []audit.Event, keys []uint64) er
 
 // OnSync saves the anchor (the last durable line) and deletes the
 // pending records whose lines it covers, in one transaction.
-func (r *Record) OnSync(seq uint64, hash string) {
+func (r *Record) OnSync(a audit.Anchor) {
+	seq := a.Seq
 	r.mu.Lock()
 	var done []uint64
 	kept := r.written[:0]
@@ -181,7 +181,7 @@ func (r *Record) OnSync(seq uint64, hash string) {
 	}
 	r.written = kept
 	r.mu.Unlock()
-	b, _ := json.Marshal(AuditAnchor{Seq: seq, Hash: hash})
+	b, _ := json.Marshal(a)
 	// On failure the records stay; at start they are found in the log and
 	// not written twice.
 	if err := r.store.Commit(store.Change{PutKV: map[string][]byte{KeyAuditAnchor: b}, DelPending: done}); err != nil {
@@ -190,13 +190,13 @@ func (r *Record) OnSync(seq uint64, hash string) {
 }
 
 // Recover writes the audit lines of changes committed to the store
-// whose lines never reached the audit log (see above). anchor is the seq
-// of the last line known durable before this start (0: none); fresh is
+// whose lines never reached the audit log (see above). anchor is the
+// last line known durable before this start (0: none); fresh is
 // true when the log was started anew (chain break): nothing of the old one
 // counts. A failure to write leaves the records for the maintenance loop
 // to retry; status shows the audit failure meanwhile.
 // path is the audit log's file.
-func (r *Record) Recover(path string, anchor uint64, fresh bool) error {
+func (r *Record) Recover(path string, anchor AuditAnchor, fresh bool) error {
 	pend, err := r.store.Pending()
 	if err != nil {
 		return fmt.Errorf("audit recovery: %w", err)
@@ -277,10 +277,12 @@ func (r *Record) RetryRecovery() {
 }
 
 // findLines reports which of pend have their audit line in the log at path
-// after the line with seq anchor: the event and the exact fields bytes.
-func findLines(path string, anchor uint64, pend []store.Pending) (map[uint64]bool, error) {
+// after the anchored line (across segments, from the anchor's offset):
+// the event and the exact fields bytes.
+func findLines(path string, a AuditAnchor, pend []store.Pending) (map[uint64]bool, error) {
+	anchor := a.Seq
 	found := map[uint64]bool{}
-	f, err := os.Open(path)
+	f, err := audit.OpenAfter(path, a)
 	if errors.Is(err, os.ErrNotExist) {
 		return found, nil
 	}

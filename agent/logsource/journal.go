@@ -75,8 +75,11 @@ type Entry struct {
 	Unit       string // _SYSTEMD_UNIT, set by journald
 	Identifier string // SYSLOG_IDENTIFIER, set by the sender
 	PID        int
-	Time       time.Time // __REALTIME_TIMESTAMP
-	Cursor     string    // save it once the entry is handled
+	// Root is set when the entry's _UID (a trusted field: journald sets it
+	// from the sender's credentials) is 0.
+	Root   bool
+	Time   time.Time // __REALTIME_TIMESTAMP
+	Cursor string    // save it once the entry is handled
 }
 
 // JournalStats are a journal source's counters.
@@ -359,6 +362,7 @@ type jsonEntry struct {
 	Unit       json.RawMessage `json:"_SYSTEMD_UNIT"`
 	Identifier json.RawMessage `json:"SYSLOG_IDENTIFIER"`
 	PID        json.RawMessage `json:"_PID"`
+	UID        json.RawMessage `json:"_UID"`
 	Realtime   string          `json:"__REALTIME_TIMESTAMP"`
 	Cursor     string          `json:"__CURSOR"`
 }
@@ -385,6 +389,9 @@ func (j *Journal) parse(line []byte, tooLong bool) (Entry, bool) {
 	e.Identifier, _ = field(je.Identifier)
 	if p, ok := field(je.PID); ok {
 		e.PID, _ = strconv.Atoi(p)
+	}
+	if u, ok := field(je.UID); ok && u == "0" {
+		e.Root = true
 	}
 	if us, err := strconv.ParseInt(je.Realtime, 10, 64); err == nil {
 		e.Time = time.UnixMicro(us)

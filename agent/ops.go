@@ -32,6 +32,7 @@ func (d *Daemon) registerOps() {
 	d.server.Handle("reload", control.PermAdmin, d.opReload)
 	d.server.Handle("uninstall_rules", control.PermAdmin, d.opUninstallRules)
 	d.integ.register(d.server)
+	d.sources.register(d.server)
 }
 
 func (d *Daemon) opPing(context.Context, *control.Call) (any, error) {
@@ -60,7 +61,8 @@ func (d *Daemon) Status(ctx context.Context) (api.Status, error) {
 	}
 	return api.Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: api.FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: ps.Active, Table: "inet " + cfg.Table, TableHealth: d.heal.Health(), Lockdown: ps.Lockdown,
-		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policy.status(), Fleet: d.fleet.status()}, nil
+		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policy.status(), Fleet: d.fleet.status(),
+		Sources: d.sources.summary()}, nil
 }
 
 func (d *Daemon) opStatus(ctx context.Context, _ *control.Call) (any, error) { return d.Status(ctx) }

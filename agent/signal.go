@@ -39,6 +39,7 @@ type policy struct {
 	path          *enforce.Path
 	refused       func(uid uint32, op string, fields map[string]any) // the control server's aggregated refusals
 	observeSignal func(s response.Signal, result string)             // the incident tooling's metrics
+	observeSource func(source, detector, result string)              // the log sources' lines (metrics)
 
 	eng     atomic.Pointer[response.Engine]
 	signals signalLog // signal records waiting for the audit log

@@ -361,12 +361,10 @@ func (r *runner) runFile(ctx context.Context, start Mark) {
 		var prev Mark
 		if r.pos.File != nil && r.pos.File.Inode == p.Inode && r.pos.File.Device == p.Device && r.pos.File.Offset <= p.Offset {
 			prev = r.pos
-		} else if !l.Cut {
+		} else {
 			q := p
-			q.Offset -= int64(len(l.Text)) + 1
-			if q.Offset >= 0 {
-				prev = Mark{File: &q}
-			}
+			q.Offset = l.Start
+			prev = Mark{File: &q}
 		}
 		r.mu.Unlock()
 		r.process(ctx, line, pos, prev, replay, at)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -115,5 +116,47 @@ func testSSHBruteForce(t *testing.T, restart bool) {
 	}
 	if restart && st.Replayed == 0 {
 		t.Errorf("source status after the restart: nothing read back: %+v", st)
+	}
+}
+
+// TestSourceUnavailable: a journal without journalctl and a file in a
+// directory that does not exist are reported unavailable, with why, in
+// parry source status and parry status; parryd runs on, and the file
+// source reads the file once it appears.
+func TestSourceUnavailable(t *testing.T) {
+	netns.RequireRoot(t)
+	ns := netns.New(t)
+	dir := filepath.Join(t.TempDir(), "later")
+	logPath := filepath.Join(dir, "auth.log")
+	cfg := quietConfig + "sources:\n  journal:\n    journalctl: parry-no-such-journalctl\n  files:\n    - path: " + logPath + "\n      detectors: [sshd]\n"
+	d := daemon.New(t, ns, daemon.Options{Config: cfg})
+	d.Start()
+	var st api.SourcesStatus
+	netns.Eventually(t, 10*time.Second, "both sources reported unavailable with an error", func() bool {
+		if err := json.Unmarshal([]byte(d.MustParry("source", "status", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		return len(st.Sources) == 2 && !st.Sources[0].Available && st.Sources[0].Error != "" && !st.Sources[1].Available && st.Sources[1].Error != ""
+	})
+	status := d.MustParry("status")
+	for _, want := range []string{"WARNING: source journal unavailable (retrying): ", "WARNING: source " + logPath + " unavailable (retrying): "} {
+		if !strings.Contains(status, want) {
+			t.Errorf("parry status lacks %q:\n%s", want, status)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(logPath, []byte("Failed password for root from 203.0.113.9 port 5555 ssh2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	netns.Eventually(t, 10*time.Second, "the file read once it appears", func() bool {
+		if err := json.Unmarshal([]byte(d.MustParry("source", "status", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Sources[1].Available && st.Sources[1].Matched == 1
+	})
+	if !d.Alive() {
+		t.Fatal("parryd exited")
 	}
 }

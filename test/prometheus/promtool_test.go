@@ -61,7 +61,7 @@ func TestRulesCheck(t *testing.T) {
 	if err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "SUCCESS: 7 rules found") {
+	if !strings.Contains(out, "SUCCESS: 8 rules found") {
 		t.Errorf("promtool check rules:\n%s", out)
 	}
 }

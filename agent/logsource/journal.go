@@ -275,6 +275,46 @@ func (j *Journal) Run(ctx context.Context, emit func(Entry)) error {
 	}
 }
 
+// matchArgs are the match arguments of Args: units and identifiers,
+// joined by "+".
+func (j *Journal) matchArgs() []string {
+	var args []string
+	for _, u := range j.o.Units {
+		if len(args) > 0 {
+			args = append(args, "+")
+		}
+		args = append(args, "_SYSTEMD_UNIT="+u)
+	}
+	for _, id := range j.o.Identifiers {
+		if len(args) > 0 {
+			args = append(args, "+")
+		}
+		args = append(args, "SYSLOG_IDENTIFIER="+id)
+	}
+	return args
+}
+
+// Selects reports whether the journal holds any entry the source's
+// matches select (journalctl --lines=1, fixed arguments, bounded by ctx):
+// false on a host where no such unit or program ever logged, which is
+// worth a warning (the unit is named differently, or logs elsewhere).
+func (j *Journal) Selects(ctx context.Context) (bool, error) {
+	path, err := exec.LookPath(j.o.Command)
+	if err != nil {
+		return false, fmt.Errorf("journal source: %w", err)
+	}
+	args := append([]string{"--lines=1", "--output=cat", "--no-pager", "--quiet"}, j.matchArgs()...)
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.WaitDelay = time.Second
+	out := &tailBuffer{max: 4096}
+	stderr := &tailBuffer{max: maxStderr}
+	cmd.Stdout, cmd.Stderr = out, stderr
+	if err := cmd.Run(); err != nil {
+		return false, fmt.Errorf("journal source: journalctl --lines=1: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.TrimSpace(out.String()) != "", nil
+}
+
 // runOnce runs journalctl once and returns the entries it delivered.
 func (j *Journal) runOnce(ctx context.Context, emit func(Entry)) (int, error) {
 	path, err := exec.LookPath(j.o.Command)

@@ -193,6 +193,7 @@ type runner struct {
 	decisions   uint64
 	lastLine    time.Time
 	silent      bool
+	noMatch     bool // the journal's matches select no entry at all
 	perDetector map[string]map[string]uint64
 }
 
@@ -285,6 +286,7 @@ func (r *runner) runJournal(ctx context.Context, start Mark, now time.Time) {
 	r.mu.Lock()
 	r.journal = j
 	r.mu.Unlock()
+	go r.checkSelects(ctx, j)
 	_ = j.Run(ctx, func(e logsource.Entry) {
 		line := detect.Line{Text: e.Message, Cut: e.Cut, Journal: true, Source: r.name, Unit: e.Unit,
 			Identifier: e.Identifier, Root: e.Root, Time: e.Time}
@@ -371,6 +373,25 @@ func (r *runner) runFile(ctx context.Context, start Mark) {
 	})
 }
 
+// checkSelects warns once when the journal holds no entry the source's
+// matches select: the unit is named differently or logs elsewhere, and the
+// source would wait for lines that never come.
+func (r *runner) checkSelects(ctx context.Context, j *logsource.Journal) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ok, err := j.Selects(ctx)
+	if err != nil || ok {
+		return // unavailable is reported by the source itself
+	}
+	r.mu.Lock()
+	r.noMatch = r.lines == 0
+	warn := r.noMatch
+	r.mu.Unlock()
+	if warn {
+		r.m.o.Logger.Warn("source: the journal holds no entry its match selects", "source", r.name, "units", r.units, "identifiers", r.idents)
+	}
+}
+
 // process runs one line through the detectors and the policy (or, read
 // back, the counts only), then advances the position.
 func (r *runner) process(ctx context.Context, line detect.Line, pos, prev Mark, replay bool, at time.Time) {
@@ -385,6 +406,7 @@ func (r *runner) process(ctx context.Context, line detect.Line, pos, prev Mark, 
 	}
 	r.mu.Lock()
 	r.lines++
+	r.noMatch = false
 	r.lastLine = pos.Time
 	if line.Cut {
 		r.cut++
@@ -516,6 +538,9 @@ func (r *runner) status() api.SourceStatus {
 		st.Position, _ = json.Marshal(r.pos)
 	}
 	f, j := r.file, r.journal
+	if r.noMatch {
+		st.Warning = fmt.Sprintf("the journal holds no entry of units %v or identifiers %v: nothing to read", r.units, r.idents)
+	}
 	r.mu.Unlock()
 	now := r.m.o.Now()
 	switch {
@@ -544,7 +569,7 @@ func (r *runner) status() api.SourceStatus {
 		if last.IsZero() {
 			last = r.m.started
 		}
-		if !last.IsZero() && now.Sub(last) >= sa {
+		if !last.IsZero() && now.Sub(last) >= sa && st.Warning == "" {
 			st.Warning = fmt.Sprintf("no line read for %s (silent_after %s)", api.FormatDuration(now.Sub(last).Truncate(time.Second)), api.FormatDuration(sa))
 		}
 	}

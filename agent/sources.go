@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -78,8 +80,10 @@ func sourceSender() control.Peer {
 // sourcePolicy is the policy as agent/sources sees it.
 type sourcePolicy struct{ sp *policy }
 
-func (p sourcePolicy) Signal(ctx context.Context, sig response.Signal) bool {
-	return p.sp.handleSource(ctx, sig)
+func (p sourcePolicy) Signal(sig response.Signal) []response.Decision { return p.sp.handleSource(sig) }
+
+func (p sourcePolicy) Enforce(ctx context.Context, decs []response.Decision) {
+	p.sp.enforceSource(ctx, decs)
 }
 
 func (p sourcePolicy) Replay(sig response.Signal, at time.Time) {
@@ -91,17 +95,16 @@ func (p sourcePolicy) Replay(sig response.Signal, at time.Time) {
 	}
 }
 
-// handleSource runs one signal of a log source through the policy and
-// enforces what it decides, as op signal does, with three differences: the
-// sender is parryd's own sources (no per-kind authorisation, no sender rate
-// limit: the volume is bounded by the logs, and a limit would drop the
-// failures that make a block), the decision names the detector and the
-// source and quotes the line, and blocks count against the sender block
-// cap (SenderCap), since the text is attacker-controlled.
-func (sp *policy) handleSource(ctx context.Context, sig response.Signal) bool {
+// handleSource runs one signal of a log source through the policy, as op
+// signal does, with three differences: the sender is parryd's own sources
+// (no per-kind authorisation, no sender rate limit: the volume is bounded
+// by the logs, and a limit would drop the failures that make a block), the
+// decisions name the detector and the source and quote the line, and they
+// are enforced by enforceSource, in batches, against the sender block cap.
+func (sp *policy) handleSource(sig response.Signal) []response.Decision {
 	eng := sp.engine()
 	if eng == nil {
-		return false
+		return nil
 	}
 	peer := sourceSender()
 	sig.Sender = peerSender(peer)
@@ -111,28 +114,47 @@ func (sp *policy) handleSource(ctx context.Context, sig response.Signal) bool {
 	res, err := eng.Handle(sig)
 	if err != nil {
 		sp.log.Warn("source: the policy refused a signal", "detector", sig.Source, "err", err)
-		return false
+		return nil
 	}
 	sp.recordSignal(sig, peer, res)
 	sp.observeSignal(sig, string(res.Outcome))
-	if len(res.Decisions) == 0 {
-		return false
+	for i := range res.Decisions {
+		res.Decisions[i].Source = sourceOf(sig)
+		res.Decisions[i].Reason = sourceReason(sig, res.Decisions[i].Reason)
 	}
-	sp.flushSignals() // the cause is in the log before the decision
+	return res.Decisions
+}
+
+// enforceSource enforces the log sources' decisions as one batch (one
+// store commit), counting their blocks against the sender block cap
+// (SenderCap), since the text they come from is attacker-controlled.
+func (sp *policy) enforceSource(ctx context.Context, decs []response.Decision) {
+	sp.flushSignals() // the causes are in the log before the decisions
+	// Blocks first, in their order, then the rest (notify, log): a
+	// notify between two blocks would end the batch's run of blocks, and
+	// one store commit would become many. They are independent of each
+	// other; only blocks of one address must keep their order, and do.
+	slices.SortStableFunc(decs, func(a, b response.Decision) int {
+		return cmp.Compare(actionOrder(a), actionOrder(b))
+	})
 	blocked := false
-	for _, dec := range res.Decisions {
-		dec.Source = sourceOf(sig)
-		dec.Reason = sourceReason(sig, dec.Reason)
-		if _, err := sp.path.EnforceWith(ctx, dec, enforce.EnforceOptions{SenderCap: true}); err != nil {
-			sp.log.Warn("source: enforcing a decision failed", "action", dec.Action, "source", dec.Source, "code", api.CodeOf(err), "err", err)
+	for i, o := range sp.path.EnforceBatch(ctx, decs, enforce.EnforceOptions{SenderCap: true}) {
+		if o.Err != nil {
+			sp.log.Warn("source: enforcing a decision failed", "action", decs[i].Action, "source", decs[i].Source, "code", api.CodeOf(o.Err), "err", o.Err)
 			continue
 		}
-		blocked = blocked || (dec.Action == response.ActionBlock && !dec.DryRun)
+		blocked = blocked || (decs[i].Action == response.ActionBlock && !decs[i].DryRun && len(o.Applied) > 0)
 	}
 	if blocked {
 		sp.saveOffenders()
 	}
-	return true
+}
+
+func actionOrder(d response.Decision) int {
+	if d.Action == response.ActionBlock && !d.DryRun {
+		return 0
+	}
+	return 1
 }
 
 // sourceOf is a decision's source: the detector and the log source,

@@ -16,10 +16,11 @@ import (
 
 // Handler is the policy as the sources see it.
 type Handler interface {
-	// Signal runs a signal through the policy and enforces what it
-	// decides. It reports whether a decision was made: the source's
-	// position is then saved at once.
-	Signal(ctx context.Context, sig response.Signal) bool
+	// Signal runs a signal through the policy (counted, recorded) and
+	// returns the decisions it made, which the manager hands to Enforce.
+	Signal(sig response.Signal) []response.Decision
+	// Enforce enforces decisions, as one batch (one store commit).
+	Enforce(ctx context.Context, decs []response.Decision)
 	// Replay counts a signal already handled before a restart, at the time
 	// it was first seen, without deciding (response.Engine.Replay).
 	Replay(sig response.Signal, at time.Time)
@@ -54,7 +55,19 @@ type Manager struct {
 	cfg     Config
 	runners []*runner
 	started time.Time
+	queue   chan pendingDecisions // to the enforcer (group commit)
 }
+
+// pendingDecisions are the decisions of one line, on their way to the
+// enforcer.
+type pendingDecisions struct {
+	r    *runner
+	seq  uint64
+	decs []response.Decision
+}
+
+// maxBatch bounds the decisions the enforcer takes in one batch.
+const maxBatch = 1024
 
 // New checks cfg and builds the sources; Run starts them.
 func New(cfg Config, o Options) (*Manager, error) {
@@ -74,7 +87,7 @@ func New(cfg Config, o Options) (*Manager, error) {
 	if o.Window == nil {
 		o.Window = func() time.Duration { return 0 }
 	}
-	m := &Manager{o: o, cfg: cfg, started: o.Now()}
+	m := &Manager{o: o, cfg: cfg, started: o.Now(), queue: make(chan pendingDecisions, maxBatch)}
 	for _, s := range specs {
 		m.runners = append(m.runners, &runner{m: m, spec: s, key: "sources/" + s.name + "/position",
 			perDetector: map[string]map[string]uint64{}})
@@ -92,12 +105,16 @@ func (m *Manager) Run(ctx context.Context) {
 		wg.Add(1)
 		go func() { defer wg.Done(); r.run(ctx) }()
 	}
+	enforced := make(chan struct{})
+	go func() { defer close(enforced); m.enforcer(context.WithoutCancel(ctx)) }()
 	t := time.NewTicker(m.o.SaveEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			wg.Wait()
+			close(m.queue) // the enforcer finishes what is queued
+			<-enforced
 			for _, r := range m.runners {
 				r.save()
 			}
@@ -107,6 +124,42 @@ func (m *Manager) Run(ctx context.Context) {
 				r.save()
 				r.checkSilence()
 			}
+		}
+	}
+}
+
+// enforcer enforces the sources' decisions until the queue is closed: the
+// first waiting decision at once (a lone attack is not delayed), and
+// whatever queued up meanwhile as one batch, one store commit for all
+// (a burst of a thousand attackers is not a thousand fsyncs). A source's
+// position is saved past a line only once the line's decisions are
+// enforced.
+func (m *Manager) enforcer(ctx context.Context) {
+	for p := range m.queue {
+		batch := []pendingDecisions{p}
+		n := len(p.decs)
+	drain:
+		for n < maxBatch {
+			select {
+			case q, ok := <-m.queue:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, q)
+				n += len(q.decs)
+			default:
+				break drain
+			}
+		}
+		decs := make([]response.Decision, 0, n)
+		for _, q := range batch {
+			decs = append(decs, q.decs...)
+		}
+		ectx, cancel := context.WithTimeout(ctx, time.Minute)
+		m.o.Handler.Enforce(ectx, decs)
+		cancel()
+		for _, q := range batch {
+			q.r.enforced(q.seq)
 		}
 	}
 }
@@ -162,6 +215,15 @@ type record struct {
 	Marks []Mark `json:"marks,omitempty"`
 }
 
+// pendingLine is a line whose decisions wait for the enforcer: the
+// position before it, and how many marks there were then (marks after it
+// are not saved either).
+type pendingLine struct {
+	seq    uint64
+	before Mark
+	marks  int
+}
+
 // maxMarks bounds a record's marks.
 const maxMarks = 64
 
@@ -183,6 +245,8 @@ type runner struct {
 	replayEnd   *Mark // while reading back: the saved position
 	replayMarks []Mark
 	replayFrom  *logsource.Position // file: where reading back began
+	pending     []pendingLine       // lines whose decisions are not enforced yet, in order
+	seq         uint64
 	lines       uint64
 	matched     uint64
 	ignored     uint64
@@ -393,15 +457,17 @@ func (r *runner) checkSelects(ctx context.Context, j *logsource.Journal) {
 }
 
 // process runs one line through the detectors and the policy (or, read
-// back, the counts only), then advances the position.
+// back, the counts only), then advances the position. Decisions go to the
+// enforcer; the saved position stays before the line until they are
+// enforced, so a crash in between reads the line again as new.
 func (r *runner) process(ctx context.Context, line detect.Line, pos, prev Mark, replay bool, at time.Time) {
 	res := r.set.Match(line)
-	decided := false
+	var decs []response.Decision
 	if res.Outcome == detect.Matched {
 		if replay {
 			r.m.o.Handler.Replay(res.Signal, at)
 		} else {
-			decided = r.m.o.Handler.Signal(ctx, res.Signal)
+			decs = r.m.o.Handler.Signal(res.Signal)
 		}
 	}
 	r.mu.Lock()
@@ -424,9 +490,6 @@ func (r *runner) process(ctx context.Context, line detect.Line, pos, prev Mark, 
 	if replay {
 		r.replayed++
 	}
-	if decided {
-		r.decisions++
-	}
 	if res.Detector != "" {
 		pd := r.perDetector[res.Detector]
 		if pd == nil {
@@ -434,6 +497,20 @@ func (r *runner) process(ctx context.Context, line detect.Line, pos, prev Mark, 
 			r.perDetector[res.Detector] = pd
 		}
 		pd[res.Outcome.String()]++
+	}
+	var seq uint64
+	if len(decs) > 0 {
+		r.decisions++
+		r.seq++
+		seq = r.seq
+		before := prev
+		if before.zero() {
+			before = r.pos
+		}
+		if before.Time.IsZero() {
+			before.Time = pos.Time
+		}
+		r.pending = append(r.pending, pendingLine{seq: seq, before: before, marks: len(r.marks)})
 	}
 	if !replay && !prev.zero() && (len(r.marks) == 0 || pos.Time.Sub(r.marks[len(r.marks)-1].Time) >= r.markEvery()) {
 		prev.Time = pos.Time
@@ -445,9 +522,23 @@ func (r *runner) process(ctx context.Context, line detect.Line, pos, prev Mark, 
 	if obs := r.m.o.Observe; obs != nil {
 		obs(r.name, res.Detector, res.Outcome.String())
 	}
-	if decided {
-		r.save() // a line that led to a decision is never read as new again
+	if len(decs) > 0 {
+		r.m.queue <- pendingDecisions{r: r, seq: seq, decs: decs}
 	}
+}
+
+// enforced is the enforcer's word that the decisions of the lines up to
+// seq are enforced: the position may move past them, and is saved now.
+func (r *runner) enforced(seq uint64) {
+	r.mu.Lock()
+	i := 0
+	for i < len(r.pending) && r.pending[i].seq <= seq {
+		i++
+	}
+	r.pending = r.pending[i:]
+	r.dirty = true
+	r.mu.Unlock()
+	r.save()
 }
 
 // save writes the position and the marks of the policy window if they
@@ -463,6 +554,11 @@ func (r *runner) save() {
 	r.dirty = false
 	r.pruneMarks(r.m.o.Now())
 	rec := record{Kind: r.kind, Pos: r.pos, Marks: append([]Mark(nil), r.marks...)}
+	if len(r.pending) > 0 { // not past a line whose decisions are not enforced yet
+		p := r.pending[0]
+		rec.Pos, rec.Marks = p.before, rec.Marks[:min(p.marks, len(rec.Marks))]
+		r.dirty = true
+	}
 	r.mu.Unlock()
 	b, err := json.Marshal(rec)
 	if err == nil {
@@ -487,7 +583,10 @@ func (r *runner) pruneMarks(now time.Time) {
 		}
 	}
 	r.marks = r.marks[i:]
-	for len(r.marks) > maxMarks {
+	for j := range r.pending {
+		r.pending[j].marks = max(r.pending[j].marks-i, 0)
+	}
+	for len(r.marks) > maxMarks && len(r.pending) == 0 {
 		thin := r.marks[:1]
 		for j := 1; j < len(r.marks)-1; j++ {
 			if j%2 == 0 {

@@ -50,7 +50,7 @@ func newPolicy(t *testing.T) *policy {
 	return &policy{eng: eng}
 }
 
-func (p *policy) Signal(_ context.Context, sig response.Signal) bool {
+func (p *policy) Signal(sig response.Signal) []response.Decision {
 	res, err := p.eng.Handle(sig)
 	if err != nil {
 		panic(err)
@@ -58,8 +58,13 @@ func (p *policy) Signal(_ context.Context, sig response.Signal) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.signals++
-	p.decisions = append(p.decisions, res.Decisions...)
-	return len(res.Decisions) > 0
+	return res.Decisions
+}
+
+func (p *policy) Enforce(_ context.Context, decs []response.Decision) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.decisions = append(p.decisions, decs...)
 }
 
 func (p *policy) Replay(sig response.Signal, at time.Time) {

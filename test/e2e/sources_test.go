@@ -23,7 +23,7 @@ func sshdFileConfig(path string) string {
 }
 
 // handledTo is the offset up to which the one file source has handled its file.
-func handledTo(t *testing.T, d *daemon.Daemon) int64 {
+func handledTo(t testing.TB, d *daemon.Daemon) int64 {
 	var pos struct {
 		File struct {
 			Offset int64 `json:"offset"`
@@ -37,7 +37,7 @@ func handledTo(t *testing.T, d *daemon.Daemon) int64 {
 	return pos.File.Offset
 }
 
-func sourceStatus(t *testing.T, d *daemon.Daemon) api.SourceStatus {
+func sourceStatus(t testing.TB, d *daemon.Daemon) api.SourceStatus {
 	t.Helper()
 	var st api.SourcesStatus
 	if err := json.Unmarshal([]byte(d.MustParry("source", "status", "--json")), &st); err != nil {

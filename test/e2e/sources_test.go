@@ -160,3 +160,46 @@ func TestSourceUnavailable(t *testing.T) {
 		t.Fatal("parryd exited")
 	}
 }
+
+// TestFileSourceRotation: parryd follows a log that is rotated (rename and
+// create, as logrotate does) while lines are written: 20 addresses with 5
+// failures each, interleaved, the rotation after the 50th line; every
+// line is counted once (100 matched), and exactly the 20 addresses are
+// blocked.
+func TestFileSourceRotation(t *testing.T) {
+	netns.RequireRoot(t)
+	ns := netns.New(t)
+	logPath := filepath.Join(t.TempDir(), "auth.log")
+	if err := os.WriteFile(logPath, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemon.New(t, ns, daemon.Options{Config: sshdFileConfig(logPath)})
+	d.Start()
+	netns.Eventually(t, 10*time.Second, "the file source open", func() bool { return sourceStatus(t, d).Available })
+	f, err := os.OpenFile(logPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for round := range 5 {
+		for a := range 20 {
+			fmt.Fprintf(f, "Failed password for u%d from 203.0.113.%d port %d ssh2\n", a, 10+a, 40000+round) // a user each: no auth-failure-user notify
+			if n++; n == 50 {
+				f.Close()
+				if err := os.Rename(logPath, logPath+".1"); err != nil {
+					t.Fatal(err)
+				}
+				if f, err = os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	f.Close()
+	netns.Eventually(t, 20*time.Second, "100 lines matched", func() bool { return sourceStatus(t, d).Matched >= 100 })
+	netns.Eventually(t, 10*time.Second, "20 blocks in the kernel", func() bool { return len(kernelElems(t, ns, "parry")) == 20 })
+	st := sourceStatus(t, d)
+	if st.Matched != 100 || st.Decisions != 20 || st.Rotations != 1 {
+		t.Errorf("source status: matched %d, decisions %d, rotations %d; want 100, 20, 1", st.Matched, st.Decisions, st.Rotations)
+	}
+}

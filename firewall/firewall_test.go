@@ -54,7 +54,7 @@ func TestEnsureCreatesLayout(t *testing.T) {
 	if d := cmp.Diff(wantChains, got.Chains); d != "" {
 		t.Errorf("chains (-want +got):\n%s", d)
 	}
-	if d := cmp.Diff(map[string]int{"prerouting": 11, "input": 16, "forward": 16, "output": 8, "rejecting": 2}, got.Rules); d != "" {
+	if d := cmp.Diff(map[string]int{"prerouting": 12, "input": 16, "forward": 16, "output": 8, "rejecting": 2}, got.Rules); d != "" {
 		t.Errorf("rules per chain (-want +got):\n%s", d)
 	}
 	if ok, err := f.Present(); err != nil || !ok {
@@ -421,7 +421,7 @@ func TestEnsureRebuildsADamagedTable(t *testing.T) {
 				t.Fatalf("Present after Ensure = %v, %v; want true", ok, err)
 			}
 			got := listTable(t, ns, f.Table())
-			if len(got.Sets) != 24 || got.Rules["input"] != 16 || got.Rules["output"] != 8 || got.Rules["prerouting"] != 11 {
+			if len(got.Sets) != 24 || got.Rules["input"] != 16 || got.Rules["output"] != 8 || got.Rules["prerouting"] != 12 {
 				t.Errorf("rebuilt table: %d sets, rules %v", len(got.Sets), got.Rules)
 			}
 			if other := listTable(t, ns, "other"); other.Sets["keep"].Elems["192.0.2.55/32"] != 0 || len(other.Sets["keep"].Elems) != 1 {

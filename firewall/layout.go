@@ -174,22 +174,28 @@ func (f *NFT) chain(c chainSpec) *nftables.Chain {
 func (f *NFT) rules(chain string) [][]expr.Any {
 	s := func(name string) *nftables.Set { return f.sets[name] }
 	accept, drop := expr.VerdictAccept, expr.VerdictDrop
-	blocks := func(suffixes ...string) [][]expr.Any {
+	blocks := func(a Action, suffixes ...string) [][]expr.Any {
 		var out [][]expr.Any
-		for _, a := range []Action{Drop, Reject} {
-			for _, v6 := range []bool{false, true} {
-				for _, suf := range suffixes {
-					set := s(blockSetName(a, v6, suf))
-					switch suf {
-					case "proto", "port":
-						out = append(out, scopeInSet(set, v6, a))
-					default:
-						out = append(out, append(addrMatch(set, true), actionVerdict(a)...))
-					}
+		for _, v6 := range []bool{false, true} {
+			for _, suf := range suffixes {
+				set := s(blockSetName(a, v6, suf))
+				switch suf {
+				case "proto", "port":
+					out = append(out, scopeInSet(set, v6, a))
+				default:
+					out = append(out, append(addrMatch(set, true), actionVerdict(a)...))
 				}
 			}
 		}
 		return out
+	}
+	// Drop blocks, then neighbour discovery, then reject blocks: a host
+	// cannot send a reset or an ICMPv6 error to a peer whose neighbour
+	// advertisements it rejects.
+	blocksND := func(suffixes ...string) [][]expr.Any {
+		out := blocks(Drop, suffixes...)
+		out = append(out, neighbourDiscovery())
+		return append(out, blocks(Reject, suffixes...)...)
 	}
 	head := [][]expr.Any{
 		ifIndex(expr.MetaKeyIIF, 1, accept),
@@ -207,7 +213,7 @@ func (f *NFT) rules(chain string) [][]expr.Any {
 			{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}},
 		}
 	case chainPrerouting:
-		return append(head, blocks("proto", "port")...)
+		return append(head, blocksND("proto", "port")...)
 	case chainOutput:
 		return [][]expr.Any{
 			ifIndex(expr.MetaKeyOIF, 1, accept),
@@ -220,11 +226,10 @@ func (f *NFT) rules(chain string) [][]expr.Any {
 			addrInSet(s(setIsolate6), false, drop),
 		}
 	}
-	out := append(head, blocks("", "net")...)
+	out := append(head, blocksND("", "net")...)
 	return append(out,
 		addrInSet(s(setLockAllow4), true, accept),
 		addrInSet(s(setLockAllow6), true, accept),
-		neighbourDiscovery(),
 		addrInSet(s(setLockdown4), true, drop),
 		addrInSet(s(setLockdown6), true, drop),
 	)

@@ -147,11 +147,11 @@ func pingAnswer(t testing.TB, ns *netns.NS, dst netip.Addr, timeout time.Duratio
 }
 
 func ping(dst netip.Addr, timeout time.Duration) (icmpAnswer, error) {
-	family, proto, echo := unix.AF_INET, unix.IPPROTO_ICMP, byte(8)
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: dst.As4()}
-	if dst.Is6() {
-		family, proto, echo = unix.AF_INET6, unix.IPPROTO_ICMPV6, 128
-		sa = &unix.SockaddrInet6{Addr: dst.As16()}
+	family, proto, echo := unix.AF_INET6, unix.IPPROTO_ICMPV6, byte(128)
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: dst.As16()}
+	if dst.Is4() {
+		family, proto, echo = unix.AF_INET, unix.IPPROTO_ICMP, 8
+		sa = &unix.SockaddrInet4{Addr: dst.As4()}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/test/netns"
+	"golang.org/x/sys/unix"
 )
 
 // benchSets are the inputs of the Block benchmarks: 100,000 elements of
@@ -29,6 +30,14 @@ func benchSets() []struct {
 		a6 := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i), 14: byte(i >> 8), 13: byte(i >> 16)})
 		single6 = append(single6, firewall.Element{Prefix: netip.PrefixFrom(a6, 128), Timeout: time.Hour})
 	}
+	scoped := func(els []firewall.Element, proto uint8, port uint16, a firewall.Action) []firewall.Element {
+		out := make([]firewall.Element, len(els))
+		for i, e := range els {
+			e.Proto, e.Port, e.Action = proto, port, a
+			out[i] = e
+		}
+		return out
+	}
 	return []struct {
 		name, set string
 		elems     []firewall.Element
@@ -36,6 +45,11 @@ func benchSets() []struct {
 		{"ipv4-addr", "block4", single4},
 		{"ipv4-cidr", "block4net", cidr4},
 		{"ipv6-addr", "block6", single6},
+		{"ipv4-addr-reject", "reject4", scoped(single4, 0, 0, firewall.Reject)},
+		{"ipv4-addr-tcp22", "block4port", scoped(single4, unix.IPPROTO_TCP, 22, firewall.Drop)},
+		{"ipv4-cidr-tcp22", "block4port", scoped(cidr4, unix.IPPROTO_TCP, 22, firewall.Drop)},
+		{"ipv6-addr-tcp22-reject", "reject6port", scoped(single6, unix.IPPROTO_TCP, 22, firewall.Reject)},
+		{"ipv4-addr-udp", "block4proto", scoped(single4, unix.IPPROTO_UDP, 0, firewall.Drop)},
 	}
 }
 
@@ -143,6 +157,12 @@ func nftFile(b *testing.B, set string, elems []firewall.Element) string {
 		if e.Prefix.IsSingleIP() && set != "block4net" {
 			p = e.Prefix.Addr().String()
 		}
+		if e.Proto != 0 {
+			p += " . " + map[uint8]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp"}[e.Proto]
+		}
+		if e.Port != 0 {
+			p += fmt.Sprintf(" . %d", e.Port)
+		}
 		fmt.Fprintf(&sb, "%s timeout 1h,\n", p)
 	}
 	sb.WriteString("}\n")
@@ -224,4 +244,63 @@ func BenchmarkBlockOneWatch(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkBlockOne is the latency of Block with one element of each kind
+// (plain, reject, port-scoped, protocol-scoped), into sets that are empty
+// and into sets that already hold 100,000 elements of that kind, in the
+// same namespace and run.
+func BenchmarkBlockOne(b *testing.B) {
+	ns := netns.New(b)
+	f, err := firewall.New(ns.Conn(b, firewall.ConnOptions()...), firewall.Config{Table: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Ensure(); err != nil {
+		b.Fatal(err)
+	}
+	one := netip.MustParsePrefix("203.0.113.8/32")
+	kinds := []struct {
+		name string
+		elem firewall.Element
+	}{
+		{"plain", firewall.Element{Prefix: one, Timeout: time.Hour}},
+		{"reject", firewall.Element{Prefix: one, Action: firewall.Reject, Timeout: time.Hour}},
+		{"tcp22", firewall.Element{Prefix: one, Proto: unix.IPPROTO_TCP, Port: 22, Timeout: time.Hour}},
+		{"tcp22-reject", firewall.Element{Prefix: one, Proto: unix.IPPROTO_TCP, Port: 22, Action: firewall.Reject, Timeout: time.Hour}},
+		{"udp", firewall.Element{Prefix: one, Proto: unix.IPPROTO_UDP, Timeout: time.Hour}},
+		{"cidr", firewall.Element{Prefix: netip.MustParsePrefix("203.0.113.0/28"), Timeout: time.Hour}},
+		{"cidr-tcp22", firewall.Element{Prefix: netip.MustParsePrefix("203.0.113.0/28"), Proto: unix.IPPROTO_TCP, Port: 22, Timeout: time.Hour}},
+	}
+	for _, fill := range []int{0, 100_000} {
+		for _, k := range kinds {
+			b.Run(fmt.Sprintf("%s/set%d", k.name, fill), func(b *testing.B) {
+				if fill > 0 {
+					b.StopTimer()
+					if err := f.Remove(); err != nil {
+						b.Fatal(err)
+					}
+					if err := f.Ensure(); err != nil {
+						b.Fatal(err)
+					}
+					els := v4Elements(fill, 0)
+					for i := range els {
+						els[i].Proto, els[i].Port, els[i].Action = k.elem.Proto, k.elem.Port, k.elem.Action
+						if !k.elem.Prefix.IsSingleIP() {
+							els[i].Prefix = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 12), byte(i >> 4), byte(i << 4)}), 28)
+						}
+					}
+					if err := f.Block(els); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+				for b.Loop() {
+					if err := f.Block([]firewall.Element{k.elem}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }

@@ -176,7 +176,9 @@ func (f *NFT) blockSet(e Element) *nftables.Set {
 // encode returns the set of a normalised element and its kernel elements
 // with timeout t: one hash element, an rbtree interval's start and end (a
 // unit never split between messages), or one concatenated range element
-// (key and inclusive key end).
+// (key and inclusive key end). A single address gets a key end equal to
+// its key: the kernel would accept it without one, but nft then lists such
+// elements as ranges spanning two of them.
 func (f *NFT) encode(e Element, t time.Duration) (*nftables.Set, []nftables.SetElement) {
 	s := f.blockSet(e)
 	switch {

@@ -12,7 +12,10 @@ import (
 // addresses, some /24-/28 and /16-/20 prefixes, a few IPv6 /64s, a fifth of
 // them overlapping an earlier block (inside it, around it or equal), most
 // expiring within a day, 5% permanent, 10% scoped (scope 1: a port).
-func feedBlocks(n int, rng *rand.Rand) []Block[int] {
+func feedBlocks(n int, rng *rand.Rand) []Block[int] { return feedMix(n, 5, 15, rng) }
+
+// feedMix is feedBlocks with wide% /16-/20 and mid% /24-/28 prefixes.
+func feedMix(n, wide, mid int, rng *rand.Rand) []Block[int] {
 	out := make([]Block[int], 0, n)
 	random := func() netip.Prefix {
 		var b [4]byte
@@ -21,11 +24,11 @@ func feedBlocks(n int, rng *rand.Rand) []Block[int] {
 		}
 		bits := 32
 		switch r := rng.IntN(100); {
-		case r < 5:
+		case r < wide:
 			bits = 16 + rng.IntN(5)
-		case r < 20:
+		case r < wide+mid:
 			bits = 24 + rng.IntN(5)
-		case r < 25:
+		case r < wide+mid+5:
 			var b6 [16]byte
 			b6[0], b6[1], b6[2], b6[3] = 0x20, 0x01, 0x0d, 0xb8
 			for i := 4; i < 8; i++ {
@@ -65,11 +68,17 @@ func heapInUse() uint64 {
 
 // BenchmarkBuild is a full build: n logical blocks added to an empty
 // union, then every piece read (what a start-up re-assert sends). It
-// reports the heap the union holds per logical block.
+// reports the heap the union holds per logical block. "mixed" is
+// feedBlocks; "addresses" has 0.2% /16-/20 and 1% /24-/28 prefixes.
 func BenchmarkBuild(b *testing.B) {
-	for _, n := range []int{100_000, 1_000_000} {
-		blocks := feedBlocks(n, rand.New(rand.NewPCG(1, 2)))
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
+	for _, tc := range []struct {
+		name      string
+		wide, mid int
+		n         int
+	}{{"mixed", 5, 15, 100_000}, {"mixed", 5, 15, 1_000_000}, {"addresses", 0, 1, 1_000_000}} {
+		n := tc.n
+		blocks := feedMix(n, tc.wide, tc.mid, rand.New(rand.NewPCG(1, 2)))
+		b.Run(fmt.Sprintf("%s/%d", tc.name, n), func(b *testing.B) {
 			var pieces int
 			var held uint64
 			for b.Loop() {

@@ -82,6 +82,23 @@ func (a Action) String() string {
 	return fmt.Sprintf("action(%d)", uint8(a))
 }
 
+// Scope is an element's kernel class: protocol, port and action. Elements
+// of one scope live in one set and must not overlap there; package
+// firewall/union keeps them apart (use Scope as its scope type).
+type Scope struct {
+	Proto  uint8
+	Port   uint16
+	Action Action
+}
+
+// Scope returns e's scope.
+func (e Element) Scope() Scope { return Scope{e.Proto, e.Port, e.Action} }
+
+// Element is the element of scope s for prefix p with timeout t.
+func (s Scope) Element(p netip.Prefix, t time.Duration) Element {
+	return Element{Prefix: p, Timeout: t, Proto: s.Proto, Port: s.Port, Action: s.Action}
+}
+
 // Plain reports whether e has no scope and the default action: it lives in
 // the sets of the original layout (block4, block6, block4net, block6net).
 func (e Element) Plain() bool { return e.Proto == 0 && e.Port == 0 && e.Action == Drop }

@@ -119,6 +119,71 @@ func (f *NFT) Block(elems []Element) error {
 	return nil
 }
 
+// Apply deletes del and adds (or re-times) add in one transaction: the
+// kernel diff of package firewall/union, where a piece that is deleted
+// may overlap one that is added (198.51.100.0/24 replaced by its two
+// halves), so the deletes go first and nothing is left unblocked in
+// between. Absent elements of del are not an error (as UnblockElements);
+// the timeouts of del are ignored. A batch larger than MaxTxBytes is split
+// into several transactions, deletes first; between them part of the
+// change is visible.
+func (f *NFT) Apply(del, add []Element) error {
+	norm := make([]Element, 0, len(del))
+	for _, e := range del {
+		e.Timeout = 0
+		n, err := normElement(e)
+		if err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		norm = append(norm, n)
+	}
+	adds, err := normElements(add)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	b := newChangeBuilder(false)
+	var permanent []change
+	for _, e := range adds {
+		s, unit := f.encode(e, e.Timeout)
+		b.add(s, unit...)
+		if e.Timeout == 0 {
+			permanent = append(permanent, f.deleteAdd(e)...)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	addChanges := b.changes()
+	replaceAll := !f.updatesTimeouts()
+	if replaceAll {
+		addChanges = addDeleteAdd(addChanges)
+	}
+	build := func(del []Element) []change {
+		all := append(f.addThenDelete(del), addChanges...)
+		if txBytes(all) <= f.maxTx { // one transaction
+			for i := range all[:max(len(all)-1, 0)] {
+				all[i].glued = true
+			}
+		}
+		return all
+	}
+	err = f.apply(nil, build(norm))
+	if errors.Is(err, ErrOverlap) && len(norm) > 0 {
+		var present []Element
+		if present, err = f.presentOf(norm); err == nil {
+			err = f.apply(nil, build(present))
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	if len(permanent) > 0 && !replaceAll {
+		if err := f.apply(nil, permanent); err != nil {
+			return fmt.Errorf("apply (make permanent): %w", err)
+		}
+	}
+	return nil
+}
+
 // addDeleteAdd turns each add into add, delete, add, glued into one
 // transaction: the first add makes sure the delete finds the element, the
 // last one sets the new timeout. For kernels that do not replace the

@@ -280,3 +280,25 @@ func TestEnsureUpgradesV1Layout(t *testing.T) {
 		t.Errorf("input chain, fresh vs upgraded (-fresh +upgraded):\n%s", d)
 	}
 }
+
+// TestEnsureRebuildsOnSetOfAnotherType: a set of ours with another key
+// type cannot be mended in place; Ensure replaces our table (only ours).
+func TestEnsureRebuildsOnSetOfAnotherType(t *testing.T) {
+	ns := netns.New(t)
+	f := newFirewall(t, ns)
+	ns.MustRun(t, "nft", "delete", "table", "inet", f.Table())
+	ns.MustRun(t, "nft", "add", "table", "inet", f.Table())
+	ns.MustRun(t, "nft", "add", "set", "inet", f.Table(), "block4port", "{ type ipv4_addr . inet_service; flags interval; }")
+	if ok, err := f.Present(); err != nil || ok {
+		t.Fatalf("Present = %v, %v; want false", ok, err)
+	}
+	if err := f.Ensure(); err != nil {
+		t.Fatalf("Ensure: %v", err)
+	}
+	if ok, err := f.Present(); err != nil || !ok {
+		t.Fatalf("Present after Ensure = %v, %v; want true", ok, err)
+	}
+	if got := listTable(t, ns, f.Table()).Sets["block4port"].Type; got != "ipv4_addr . inet_proto . inet_service" {
+		t.Errorf("block4port type after Ensure = %q", got)
+	}
+}

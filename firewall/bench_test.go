@@ -3,6 +3,7 @@ package firewall_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/parryhq/parry/firewall"
+	"github.com/parryhq/parry/firewall/union"
 	"github.com/parryhq/parry/test/netns"
 	"golang.org/x/sys/unix"
 )
@@ -303,4 +305,136 @@ func BenchmarkBlockOne(b *testing.B) {
 			})
 		}
 	}
+}
+
+// feedPrefixes makes n feed entries: 85% single IPv4 addresses, 15%
+// /24-/28 prefixes, a fifth of all of them inside, around or equal to an
+// earlier entry (overlap).
+func feedPrefixes(n int, rng *rand.Rand) []netip.Prefix {
+	out := make([]netip.Prefix, 0, n)
+	for range n {
+		a := netip.AddrFrom4([4]byte{byte(1 + rng.IntN(222)), byte(rng.IntN(256)), byte(rng.IntN(256)), byte(rng.IntN(256))})
+		p := netip.PrefixFrom(a, 32)
+		if rng.IntN(100) < 15 {
+			p = netip.PrefixFrom(a, 24+rng.IntN(5)).Masked()
+		}
+		if len(out) > 0 && rng.IntN(5) == 0 {
+			q := out[rng.IntN(len(out))]
+			p = netip.PrefixFrom(q.Addr(), max(16, min(32, q.Bits()+rng.IntN(9)-4))).Masked()
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// BenchmarkFeed100k is issue 14's feed figure: 100,000 entries with 20%
+// overlap through firewall/union into the kernel with Apply (first load),
+// then a refresh with 1% of the entries replaced (the union's diff, one
+// Apply), beside `nft -f` loading the same union (the first load's pieces)
+// into the same sets. Entries expire in 1h (first load) and 2h (refresh:
+// every kept entry is renewed, so every piece is re-timed).
+func BenchmarkFeed100k(b *testing.B) {
+	ns := netns.New(b)
+	f, err := firewall.New(ns.Conn(b, firewall.ConnOptions()...), firewall.Config{Table: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(14, 1))
+	entries := feedPrefixes(100_000, rng)
+	fresh := func() {
+		b.Helper()
+		if err := f.Remove(); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Ensure(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	toElements := func(ps []union.Piece[firewall.Scope], now time.Time) []firewall.Element {
+		out := make([]firewall.Element, 0, len(ps))
+		for _, p := range ps {
+			out = append(out, p.Scope.Element(p.Prefix, time.UnixMilli(p.Expiry).Sub(now)))
+		}
+		return out
+	}
+	load := func(now time.Time) (*union.Union[int, firewall.Scope], []union.Piece[firewall.Scope]) {
+		u := union.New[int, firewall.Scope]()
+		for i, p := range entries {
+			if err := u.Add(i, union.Block[firewall.Scope]{Prefix: p, Expiry: now.Add(time.Hour).UnixMilli()}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return u, u.Pieces()
+	}
+	var pieces int
+	b.Run("first-load/parry", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			fresh()
+			b.StartTimer()
+			now := time.Now()
+			_, ps := load(now)
+			pieces = len(ps)
+			if err := f.Apply(nil, toElements(ps, now)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(pieces), "pieces")
+	})
+	b.Run("first-load/nft-f", func(b *testing.B) {
+		now := time.Now()
+		_, ps := load(now)
+		var single, nets []firewall.Element
+		for _, e := range toElements(ps, now) {
+			if e.Prefix.IsSingleIP() {
+				single = append(single, e)
+			} else {
+				nets = append(nets, e)
+			}
+		}
+		files := []string{nftFile(b, "block4", single), nftFile(b, "block4net", nets)}
+		for b.Loop() {
+			b.StopTimer()
+			fresh()
+			b.StartTimer()
+			for _, file := range files {
+				if out, err := ns.Run("nft", "-f", file); err != nil {
+					b.Fatalf("nft -f: %v: %s", err, out)
+				}
+			}
+		}
+	})
+	b.Run("refresh-1pct/parry", func(b *testing.B) {
+		var diff int
+		for b.Loop() {
+			b.StopTimer()
+			fresh()
+			now := time.Now()
+			u, ps := load(now)
+			if err := f.Apply(nil, toElements(ps, now)); err != nil {
+				b.Fatal(err)
+			}
+			changed := feedPrefixes(1_000, rng)
+			b.StartTimer()
+			// The refresh: 1% replaced, every kept entry renewed.
+			later := now.Add(time.Minute)
+			exp := later.Add(2 * time.Hour).UnixMilli()
+			for i, p := range entries {
+				if i < len(changed) {
+					u.Remove(i, union.Block[firewall.Scope]{Prefix: p, Expiry: now.Add(time.Hour).UnixMilli()})
+					p = changed[i]
+					i += len(entries)
+				}
+				if err := u.Add(i, union.Block[firewall.Scope]{Prefix: p, Expiry: exp}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			d := u.Changes()
+			diff = len(d.Add) + len(d.Del) + len(d.Retime)
+			if err := f.Apply(toElements(d.Del, later), toElements(append(d.Add, d.Retime...), later)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(diff), "diff-elems")
+	})
 }

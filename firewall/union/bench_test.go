@@ -143,3 +143,28 @@ func BenchmarkChange1pct(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkChangeOne is one `parry block` against a union of 1,000,000
+// blocks: one block added and its kernel diff read, then removed again.
+func BenchmarkChangeOne(b *testing.B) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	u := New[int, int]()
+	for i, bl := range feedBlocks(1_000_000, rng) {
+		if err := u.Add(i, bl); err != nil {
+			b.Fatal(err)
+		}
+	}
+	u.Pieces()
+	extra := feedBlocks(1000, rng)
+	i := 0
+	for b.Loop() {
+		bl := extra[i%len(extra)]
+		if err := u.Add(-1, bl); err != nil {
+			b.Fatal(err)
+		}
+		u.Changes()
+		u.Remove(-1, bl)
+		u.Changes()
+		i++
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
+	"github.com/parryhq/parry/agent/events"
 	"github.com/parryhq/parry/agent/heal"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
@@ -108,6 +109,9 @@ type Daemon struct {
 
 	integ *integrityGlue // the integrity monitor and its ops (agent/integrity.go)
 
+	events    *events.Hub // the audit log's tap: live events for op events (events_ops.go)
+	auditPath string
+
 	closing chan struct{}
 	closeMu sync.Once
 
@@ -154,6 +158,9 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	d.audit, d.chainBreak = al, brk
 	d.rec.Use(al)
+	d.auditPath = filepath.Join(cfg.StateDir, "audit.log")
+	d.events = events.NewHub(0)
+	d.events.Start(al.SetTap(d.events))
 	if err := d.rec.Recover(filepath.Join(cfg.StateDir, "audit.log"), anchor, fresh); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("agent: %w", err)

@@ -323,7 +323,7 @@ func (l *Log) Append(event string, fields any) error {
 func (l *Log) AppendAll(events ...Event) (uint64, error) {
 	l.mu.Lock()
 	before, tap := l.seq, l.tap
-	seq, tapped, err := l.appendLocked(events, tap != nil && tap.Tapping())
+	seq, tapped, err := l.appendLocked(events)
 	after := l.seq
 	l.mu.Unlock()
 	if tap != nil && after != before {
@@ -340,8 +340,10 @@ func (l *Log) AppendAll(events ...Event) (uint64, error) {
 }
 
 // appendLocked is AppendAll under l.mu; tapped is a copy of the lines
-// written when tapping. Caller holds l.mu.
-func (l *Log) appendLocked(events []Event, tapping bool) (seq uint64, tapped []byte, err error) {
+// written if the tap is tapping once they are written (not before: a
+// subscriber that missed the copy can find the line in the file). Caller
+// holds l.mu.
+func (l *Log) appendLocked(events []Event) (seq uint64, tapped []byte, err error) {
 	if l.f == nil {
 		return 0, nil, ErrClosed
 	}
@@ -375,7 +377,7 @@ func (l *Log) appendLocked(events []Event, tapping bool) (seq uint64, tapped []b
 	l.size += int64(len(line))
 	l.seq, l.prev, l.dirty = seq, prev, true
 	l.fail = nil
-	if tapping {
+	if l.tap != nil && l.tap.Tapping() {
 		tapped = append([]byte(nil), line...)
 	}
 	return seq, tapped, nil

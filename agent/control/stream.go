@@ -106,7 +106,7 @@ func (s *Server) runStream(ctx context.Context, c net.Conn, r *bufio.Reader, st 
 		defer cancel()
 		_, _ = io.Copy(io.Discard, r)
 	}()
-	err := st.Run(ctx, &StreamWriter{c: c, timeout: cfg.WriteTimeout.D()})
+	err := st.Run(ctx, NewStreamWriter(c, cfg.WriteTimeout.D()))
 	_ = c.SetReadDeadline(time.Now()) // unblock the reader
 	<-done
 	if errors.Is(err, context.Canceled) || errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
@@ -121,4 +121,9 @@ func (c *Call) closeStream() {
 		c.stream.Close()
 		c.stream = nil
 	}
+}
+
+// NewStreamWriter is the writer a stream gets on c (tests of streams).
+func NewStreamWriter(c net.Conn, timeout time.Duration) *StreamWriter {
+	return &StreamWriter{c: c, timeout: timeout}
 }

@@ -1,0 +1,154 @@
+package events
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
+)
+
+func openLog(t testing.TB) (*audit.Log, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := audit.Open(path, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, path
+}
+
+func line(seq uint64, name string) []byte {
+	return fmt.Appendf(nil, `{"seq":%d,"event":%q}`+"\n", seq, name)
+}
+
+// TestHubOrdersAppends: appends reported out of order (concurrent
+// appenders after the log's lock) are delivered in seq order.
+func TestHubOrdersAppends(t *testing.T) {
+	h := NewHub(16)
+	h.Start(10)
+	s := h.Subscribe(nil)
+	defer s.Close()
+	h.Appended(12, 14, []string{"b", "c"}, append(line(13, "b"), line(14, "c")...))
+	if got := s.Take(nil); len(got) != 0 {
+		t.Fatalf("delivered %d events before seq 11", len(got))
+	}
+	h.Appended(10, 12, []string{"a"}, line(12, "a")) // a rotation took seq 11: only 12 is tapped
+	var seqs []uint64
+	for _, it := range s.Take(nil) {
+		seqs = append(seqs, it.Seq)
+	}
+	if fmt.Sprint(seqs) != "[12 13 14]" {
+		t.Fatalf("seqs %v, want [12 13 14]", seqs)
+	}
+}
+
+// TestHubOverflowCountsMissed: a full queue drops what comes and counts
+// it; the count comes with the next event, where the gap is.
+func TestHubOverflowCountsMissed(t *testing.T) {
+	h := NewHub(8)
+	s := h.Subscribe(func(name string) bool { return name != "skip" })
+	defer s.Close()
+	for seq := uint64(1); seq <= 20; seq++ {
+		h.Appended(seq-1, seq, []string{"x"}, line(seq, "x"))
+	}
+	h.Appended(20, 21, []string{"skip"}, line(21, "skip")) // filtered: not missed
+	got := s.Take(nil)
+	if len(got) != 9 || got[7].Seq != 8 || got[8].Line != nil || got[8].Missed != 12 || got[8].After != 8 || got[8].MissedMax != 20 {
+		t.Fatalf("got %+v; want seqs 1..8 then a gap of 12 after 8", got)
+	}
+	for seq := uint64(22); seq <= 30; seq++ {
+		h.Appended(seq-1, seq, []string{"x"}, line(seq, "x"))
+	}
+	got = s.Take(nil)
+	if len(got) != 9 || got[0].Seq != 22 || got[0].Missed != 0 || got[8].Missed != 1 {
+		t.Fatalf("after the gap: %+v", got)
+	}
+}
+
+// TestReplayJoinsLive: a stream with a replay, started while four
+// goroutines append, delivers every seq from the first to the last
+// exactly once, in order: subscribed first, replayed to the file's end,
+// live events up to it dropped.
+func TestReplayJoinsLive(t *testing.T) {
+	l, path := openLog(t)
+	h := NewHub(1 << 16)
+	h.Start(l.SetTap(h))
+	for i := range 500 {
+		if err := l.Append("block", map[string]any{"i": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for i := range 500 {
+				if err := l.Append("unblock", map[string]any{"g": g, "i": i}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	st := h.Open(Options{Since: time.Now().Add(-time.Hour), AuditPath: path})
+	defer st.Close()
+	server, cl := net.Pipe()
+	defer cl.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- st.Run(ctx, control.NewStreamWriter(server, 10*time.Second)) }()
+	close(start)
+	r := bufio.NewReader(cl)
+	const last = 500 + 4*500
+	var want uint64 = 1
+	replayed, live := 0, false
+	_ = cl.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for want <= last || !live {
+		b, err := r.ReadBytes('\n')
+		if err != nil {
+			t.Fatalf("read: %v (waiting for seq %d)", err, want)
+		}
+		var m struct {
+			Seq      uint64 `json:"seq"`
+			Live     bool   `json:"live"`
+			Replayed int    `json:"replayed"`
+			Missed   int    `json:"missed"`
+		}
+		if err := json.Unmarshal(b, &m); err != nil {
+			t.Fatalf("line %q: %v", b, err)
+		}
+		switch {
+		case m.Live:
+			replayed, live = m.Replayed, true
+			if want-1 != uint64(replayed) {
+				t.Fatalf("live marker after seq %d says %d replayed", want-1, replayed)
+			}
+		case m.Missed > 0:
+			t.Fatalf("missed %d events (queue of 65536)", m.Missed)
+		case m.Seq != want:
+			t.Fatalf("seq %d, want %d: a gap or a duplicate at the join", m.Seq, want)
+		default:
+			want++
+		}
+	}
+	wg.Wait()
+	cancel()
+	cl.Close()
+	<-done
+	if replayed < 500 {
+		t.Errorf("replayed %d events, want at least the 500 appended before", replayed)
+	}
+	t.Logf("%d events replayed, %d live", replayed, last-replayed)
+}

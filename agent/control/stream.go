@@ -127,3 +127,6 @@ func (c *Call) closeStream() {
 func NewStreamWriter(c net.Conn, timeout time.Duration) *StreamWriter {
 	return &StreamWriter{c: c, timeout: timeout}
 }
+
+// Bytes are the lines buffered since the last Flush (tests).
+func (w *StreamWriter) Bytes() []byte { return w.buf }

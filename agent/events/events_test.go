@@ -152,3 +152,35 @@ func TestReplayJoinsLive(t *testing.T) {
 	}
 	t.Logf("%d events replayed, %d live", replayed, last-replayed)
 }
+
+// TestLiveLineIsTheDecodedOne: the stream line cut from an audit line
+// without decoding (live) is byte for byte the decoded one (event), for
+// fields with nested chain-like keys, HTML characters, control
+// characters, and none at all.
+func TestLiveLineIsTheDecodedOne(t *testing.T) {
+	l, path := openLog(t)
+	h := NewHub(64)
+	h.Start(l.SetTap(h))
+	s := h.Subscribe(nil)
+	defer s.Close()
+	for _, f := range []any{
+		map[string]any{"targets": []string{"203.0.113.7"}, "reason": "<b>&\x1b[31m", "attrs": map[string]string{"prev": "x", ",\"prev\":\"": "y"}},
+		nil,
+		map[string]any{},
+		map[string]any{"fields": ",\"fields\":1"},
+	} {
+		if err := l.Append("block", f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := &Stream{path: path}
+	for _, it := range s.Take(nil) {
+		fast := control.NewStreamWriter(nil, 0)
+		slow := control.NewStreamWriter(nil, 0)
+		st.live(fast, it)
+		st.event(slow, it.Line)
+		if a, b := fast.Bytes(), slow.Bytes(); string(a) != string(b) {
+			t.Errorf("audit line %s\n live %s\n want %s", it.Line, a, b)
+		}
+	}
+}

@@ -99,6 +99,7 @@ type Daemon struct {
 
 	breakMu    sync.Mutex      // guards chainBreak
 	chainBreak *api.ChainBreak // unacknowledged audit chain break
+	breakOpen  atomic.Bool     // chainBreak != nil, for the metrics (no lock)
 
 	incident atomic.Pointer[Incident] // set by AttachIncident; told of every signal
 	fleet    *fleetGlue               // the fleet, once joined (fleet.go)
@@ -157,6 +158,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	d.audit, d.chainBreak = al, brk
+	d.breakOpen.Store(brk != nil)
 	d.rec.Use(al)
 	d.auditPath = filepath.Join(cfg.StateDir, "audit.log")
 	d.events = events.NewHub(0)
@@ -178,6 +180,11 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.heal = heal.New(heal.Options{Table: opts.Firewall, Path: d.path, Audit: d.Audit, Log: d.log, Now: d.now,
+		Reasserted: func(reason string) {
+			if in := d.incident.Load(); in != nil && in.metrics != nil {
+				in.metrics.Reasserted(reason)
+			}
+		},
 		TableName: cfg.Table, Sweeper: opts.Sweeper, AddrEvents: opts.AddrEvents,
 		PruneEvery:    func() time.Duration { return d.Config().Prune.D() },
 		ReassertEvery: func() time.Duration { return d.Config().Reassert.D() }})

@@ -28,6 +28,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -98,7 +99,8 @@ type Log struct {
 	rot     rotation    // rotation state (rotate.go), under mu
 	maint   maintenance // compression and retention (rotate.go)
 	crashAt func(step string) error
-	tap     Tap // under mu
+	tap     Tap         // under mu
+	failing atomic.Bool // fail != nil, readable without mu (metrics)
 }
 
 // Tap hears of every line appended (parry events, agent/events): the log
@@ -377,6 +379,7 @@ func (l *Log) appendLocked(events []Event) (seq uint64, tapped []byte, err error
 	l.size += int64(len(line))
 	l.seq, l.prev, l.dirty = seq, prev, true
 	l.fail = nil
+	l.failing.Store(false)
 	if l.tap != nil && l.tap.Tapping() {
 		tapped = append([]byte(nil), line...)
 	}
@@ -439,8 +442,13 @@ func (l *Log) failLocked(op string, err error) error {
 	l.fail.Op = op
 	l.fail.Error = err.Error()
 	l.fail.Count++
+	l.failing.Store(true)
 	return fmt.Errorf("%w: %w", ErrFailed, err)
 }
+
+// Failing reports whether an audit failure lasts (Failure is not nil),
+// without waiting for the log's lock: for the metrics.
+func (l *Log) Failing() bool { return l.failing.Load() }
 
 // Failure reports the audit failure that lasts, or nil when the last append
 // (and sync) succeeded.

@@ -2,10 +2,13 @@ package events
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/control"
+	"golang.org/x/sys/unix"
 )
 
 func openLog(t testing.TB) (*audit.Log, string) {
@@ -183,4 +187,69 @@ func TestLiveLineIsTheDecodedOne(t *testing.T) {
 			t.Errorf("audit line %s\n live %s\n want %s", it.Line, a, b)
 		}
 	}
+}
+
+// TestStalledSubscriberDropped: a subscriber that does not read for the
+// write timeout is dropped (Run ends with the write error) while the
+// appends go on unhindered; what it was sent stays whole lines.
+func TestStalledSubscriberDropped(t *testing.T) {
+	l, _ := openLog(t)
+	h := NewHub(64)
+	h.Start(l.SetTap(h))
+	st := h.Open(Options{})
+	defer st.Close()
+	fds, err := unixPair(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, cl := fds[0], fds[1]
+	done := make(chan error, 1)
+	go func() { done <- st.Run(context.Background(), control.NewStreamWriter(server, 200*time.Millisecond)) }()
+	big := map[string]string{"reason": string(make([]byte, 4096))}
+	for i := 0; ; i++ {
+		if err := l.Append("block", big); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if !isWriteErr(err) {
+				t.Fatalf("Run: %v, want a write error", err)
+			}
+			t.Logf("dropped after %d appends", i+1)
+			server.Close()
+			b, _ := io.ReadAll(cl)
+			if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+				for l := range bytes.Lines(b[:i+1]) {
+					if !json.Valid(l) {
+						t.Fatalf("a line sent is not JSON: %.80q", l)
+					}
+				}
+			}
+			return
+		default:
+		}
+		if i > 100000 {
+			t.Fatal("a subscriber that never reads was never dropped")
+		}
+	}
+}
+
+func unixPair(t *testing.T) ([2]net.Conn, error) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return [2]net.Conn{}, err
+	}
+	var out [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return out, err
+		}
+		t.Cleanup(func() { c.Close() })
+		out[i] = c
+	}
+	return out, nil
 }

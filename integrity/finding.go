@@ -55,13 +55,23 @@ type Finding struct {
 	Remediation string    `json:"remediation,omitempty"` // what was put back, if anything
 	Count       int       `json:"count,omitempty"`       // burst: files aggregated into this finding in its interval
 	Detail      string    `json:"detail"`
+	// Diff is the unified diff (hunks, no header) from the accepted content
+	// to the current one, for files integrity.diff selects; DiffOmitted
+	// counts the lines left off (bounds: MaxDiffLines in status,
+	// ReportDiffLines in what is reported at once). ContentNote says why a
+	// selected file's content change has no diff (secret, binary, too
+	// large, no copy kept).
+	Diff        []string `json:"diff,omitempty"`
+	DiffOmitted int      `json:"diff_omitted,omitempty"`
+	ContentNote string   `json:"content_note,omitempty"`
 }
 
 // Signal turns f into the signal the response policy receives. Text is
 // made valid UTF-8 (paths are bytes) and cut to the signal's limits.
 func (f Finding) Signal() response.Signal {
 	attrs := map[string]string{"finding": f.Kind}
-	for k, v := range map[string]string{"rule": f.Rule, "package": f.Package, "remediation": f.Remediation} {
+	for k, v := range map[string]string{"rule": f.Rule, "package": f.Package, "remediation": f.Remediation,
+		"diff": diffText(f, response.MaxAttrValue), "content": f.ContentNote} {
 		if v != "" {
 			attrs[k] = clip(v, response.MaxAttrValue)
 		}

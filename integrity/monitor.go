@@ -56,6 +56,7 @@ type Monitor struct {
 	open     map[string][]Finding // current deviations per path
 	openN    int                  // findings in open
 	agg      *aggregator          // flood aggregation (burst findings)
+	diff     *differ              // copies of accepted content, diffs
 	st       stats
 	w        *watchState // non-nil while Run runs
 
@@ -99,7 +100,8 @@ func NewMonitor(cfg Config, opt Options) (*Monitor, error) {
 		opt.Report = func(Finding) {}
 	}
 	m := &Monitor{cfg: cfg, opt: opt, scanner: sc, sel: sc.Selection(), log: opt.Logger,
-		mu: newOpLock(), observed: map[string]Entry{}, open: map[string][]Finding{}, agg: newAggregator(cfg)}
+		mu: newOpLock(), observed: map[string]Entry{}, open: map[string][]Finding{}, agg: newAggregator(cfg),
+		diff: newDiffer(cfg, opt.StateDir, sc.hashOf)}
 	m.checker = &Checker{Rules: rules, Now: opt.Now, MaxHash: sc.MaxHashSize()}
 	if cfg.PackageManager == "dpkg" {
 		m.checker.Dpkg = NewDpkg(cfg.PackageRoot, m.sel)
@@ -177,6 +179,9 @@ func (m *Monitor) Baseline(ctx context.Context) (BaselineResult, error) {
 		return BaselineResult{}, err
 	}
 	m.setBaseline(b, digest)
+	if n := m.diff.take(ents, nil, m.opt.Now()); n > 0 {
+		m.log.Info("integrity: content of some files selected by integrity.diff not kept; their changes come without a diff", "files", n)
+	}
 	res := BaselineResult{Digest: digest, Entries: len(ents), Took: time.Since(start)}
 	for _, p := range paths {
 		if ents[p].Err != "" {
@@ -239,6 +244,14 @@ func (m *Monitor) Accept(ctx context.Context, paths []string) (string, error) {
 		return "", err
 	}
 	m.base, m.digest, m.opt.WantDigest = b, digest, digest
+	m.diff.take(ents, func(q string) bool {
+		for _, p := range paths {
+			if q == p || strings.HasPrefix(q, p+"/") {
+				return true
+			}
+		}
+		return false
+	}, m.opt.Now())
 	for _, p := range paths {
 		for q := range m.open {
 			if q == p || strings.HasPrefix(q, p+"/") {
@@ -280,6 +293,12 @@ type Status struct {
 	// of new files) since the baseline, instead of being recorded one by
 	// one.
 	Aggregated uint64 `json:"aggregated"`
+	// Copies and CopiesBytes are the files whose accepted content is kept
+	// for diffs (integrity.diff) and their compressed size; CopiesDropped
+	// counts the copies dropped since start to stay under MaxCopyTotal.
+	Copies        int    `json:"copies"`
+	CopiesBytes   int64  `json:"copies_bytes"`
+	CopiesDropped uint64 `json:"copies_dropped"`
 }
 
 // Status reports the monitor's state and open findings. It waits for the
@@ -293,6 +312,8 @@ func (m *Monitor) Status(ctx context.Context) (Status, error) {
 		LastScan: m.st.lastScan, LastScanTook: m.st.lastScanTook, Events: m.st.events,
 		Overflows: m.st.overflows, Rescans: m.st.rescans, WatchFailures: m.st.watchFails, BaselineDigest: m.digest,
 		MaxOpenFindings: m.cfg.MaxOpenFindings, OpenDropped: m.st.openDropped, Aggregated: m.agg.count}
+	m.diff.store.load()
+	s.Copies, s.CopiesBytes, s.CopiesDropped = len(m.diff.store.index), m.diff.store.total, m.diff.store.dropped
 	if m.base != nil {
 		s.BaselineTime, s.BaselineEntries = m.base.Created, len(m.base.Entries)
 	}
@@ -346,6 +367,11 @@ func (m *Monitor) evaluate(path string, cur Entry, force bool) {
 		return
 	}
 	fs, after := m.checker.Judge(path, base, cur)
+	for i := range fs {
+		if fs[i].Path == path && fs[i].Kind != KindPermission {
+			m.diff.explain(&fs[i], &base, &cur)
+		}
+	}
 	if after == base {
 		delete(m.observed, path)
 	} else {
@@ -385,7 +411,7 @@ func sameFinding(a, b Finding) bool {
 
 func (m *Monitor) report(f Finding) {
 	m.log.Debug("integrity finding", "kind", f.Kind, "severity", f.Severity, "path", f.Path, "detail", f.Detail)
-	m.opt.Report(f)
+	m.opt.Report(cutDiff(f))
 }
 
 // reportEvent reports a watcher condition (overflow, watch limit) that is

@@ -68,6 +68,9 @@ type Config struct {
 	// directories). Default: DefaultDiff. An explicit empty list keeps
 	// nothing. Secret files are never kept or shown.
 	Diff []string `yaml:"diff"`
+	// Attribution names the process behind each change (fanotify; needs
+	// CAP_SYS_ADMIN, which the shipped unit does not grant). Default false.
+	Attribution *bool `yaml:"attribution"`
 }
 
 // PathSpec is one root of the selection.
@@ -193,6 +196,10 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Diff == nil {
 		c.Diff = DefaultDiff()
+	}
+	if c.Attribution == nil {
+		f := false
+		c.Attribution = &f
 	}
 	return c
 }

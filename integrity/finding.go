@@ -64,6 +64,9 @@ type Finding struct {
 	Diff        []string `json:"diff,omitempty"`
 	DiffOmitted int      `json:"diff_omitted,omitempty"`
 	ContentNote string   `json:"content_note,omitempty"`
+	// Actor is the process behind the change (integrity.attribution), nil
+	// when unknown.
+	Actor *Actor `json:"actor,omitempty"`
 }
 
 // Signal turns f into the signal the response policy receives. Text is
@@ -71,7 +74,7 @@ type Finding struct {
 func (f Finding) Signal() response.Signal {
 	attrs := map[string]string{"finding": f.Kind}
 	for k, v := range map[string]string{"rule": f.Rule, "package": f.Package, "remediation": f.Remediation,
-		"diff": diffText(f, response.MaxAttrValue), "content": f.ContentNote} {
+		"diff": diffText(f, response.MaxAttrValue), "content": f.ContentNote, "actor": actorText(f.Actor)} {
 		if v != "" {
 			attrs[k] = clip(v, response.MaxAttrValue)
 		}
@@ -80,6 +83,13 @@ func (f Finding) Signal() response.Signal {
 		Kind: SignalKind, Source: "integrity", Severity: f.Severity,
 		Path: clip(f.Path, response.MaxTextLen), Detail: clip(f.Detail, response.MaxTextLen), Time: f.Time, Attrs: attrs,
 	}
+}
+
+func actorText(a *Actor) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }
 
 // clip makes s valid UTF-8 of at most n bytes.

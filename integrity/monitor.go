@@ -1,6 +1,7 @@
 package integrity
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -59,6 +60,8 @@ type Monitor struct {
 	diff     *differ              // copies of accepted content, diffs
 	st       stats
 	w        *watchState // non-nil while Run runs
+	att      *actors     // attribution table, while Run runs with fanotify
+	attState string      // "off", "on", "unavailable: why"
 
 	warnedOutside bool // logged that baseline entries lie outside the selection
 }
@@ -299,6 +302,11 @@ type Status struct {
 	Copies        int    `json:"copies"`
 	CopiesBytes   int64  `json:"copies_bytes"`
 	CopiesDropped uint64 `json:"copies_dropped"`
+	// Attribution is "off" (integrity.attribution false), "on", or
+	// "unavailable: <why>" (then findings come without an actor);
+	// AttributionEvents counts the fanotify events read.
+	Attribution       string `json:"attribution"`
+	AttributionEvents uint64 `json:"attribution_events"`
 }
 
 // Status reports the monitor's state and open findings. It waits for the
@@ -312,6 +320,12 @@ func (m *Monitor) Status(ctx context.Context) (Status, error) {
 		LastScan: m.st.lastScan, LastScanTook: m.st.lastScanTook, Events: m.st.events,
 		Overflows: m.st.overflows, Rescans: m.st.rescans, WatchFailures: m.st.watchFails, BaselineDigest: m.digest,
 		MaxOpenFindings: m.cfg.MaxOpenFindings, OpenDropped: m.st.openDropped, Aggregated: m.agg.count}
+	s.Attribution = cmp.Or(m.attState, "off")
+	if m.att != nil {
+		m.att.mu.Lock()
+		s.AttributionEvents = m.att.events
+		m.att.mu.Unlock()
+	}
 	m.diff.store.load()
 	s.Copies, s.CopiesBytes, s.CopiesDropped = len(m.diff.store.index), m.diff.store.total, m.diff.store.dropped
 	if m.base != nil {
@@ -371,6 +385,9 @@ func (m *Monitor) evaluate(path string, cur Entry, force bool) {
 		if fs[i].Path == path && fs[i].Kind != KindPermission {
 			m.diff.explain(&fs[i], &base, &cur)
 		}
+		if fs[i].Path == path {
+			fs[i].Actor = m.actorFor(path)
+		}
 	}
 	if after == base {
 		delete(m.observed, path)
@@ -382,7 +399,7 @@ func (m *Monitor) evaluate(path string, cur Entry, force bool) {
 		if len(old) > 0 {
 			m.setOpen(path, nil)
 			m.report(Finding{Time: m.opt.Now(), Kind: KindRestored, Severity: SevLow, Path: path,
-				Detail: "back to its baseline state"})
+				Detail: "back to its baseline state", Actor: m.actorFor(path)})
 		}
 		return
 	}
@@ -403,6 +420,16 @@ func (m *Monitor) evaluate(path string, cur Entry, force bool) {
 			m.report(f)
 		}
 	}
+}
+
+// actorFor is the latest process seen changing path recently enough to
+// have caused what is being judged now: within the longest debounce
+// delay and a second of slack.
+func (m *Monitor) actorFor(path string) *Actor {
+	if m.att == nil || m.w == nil {
+		return nil
+	}
+	return m.att.latest(path, time.Now().Add(-m.w.maxDelay-m.cfg.Debounce.D()-time.Second))
 }
 
 func sameFinding(a, b Finding) bool {

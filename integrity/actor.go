@@ -82,10 +82,30 @@ type procReader struct {
 	tick  float64 // clock ticks per second (USER_HZ)
 	users map[uint32]string
 	buf   []byte
+	// cache: what describe said of a process, by pid, reused for events
+	// of the same process (same start time and executable) within
+	// actorCacheTTL: one writer making a thousand changes a second is
+	// described a few times a second, not a thousand.
+	cache map[int32]cachedActor
+}
+
+type cachedActor struct {
+	start uint64
+	exe   string
+	at    time.Time
+	actor Actor
+}
+
+// actorCacheTTL bounds how stale a cached description may be (a changed
+// command line, uid or unit shows after at most this long).
+const actorCacheTTL = 500 * time.Millisecond
+
+func (pr *procReader) exe(pid int32) (string, error) {
+	return os.Readlink(pr.proc + "/" + strconv.Itoa(int(pid)) + "/exe")
 }
 
 func newProcReader() *procReader {
-	pr := &procReader{proc: "/proc", tick: 100, users: map[uint32]string{}, buf: make([]byte, 4096)}
+	pr := &procReader{proc: "/proc", tick: 100, users: map[uint32]string{}, buf: make([]byte, 4096), cache: map[int32]cachedActor{}}
 	var info unix.Sysinfo_t
 	if unix.Sysinfo(&info) == nil {
 		// Boot time is good to the second here; start times are compared

@@ -321,8 +321,17 @@ func (s *fanotifySource) resolve(pid int32, pidfd int, now time.Time, pr *procRe
 	if err != nil || (!s.pidfds && pr.startedAfter(start, now)) {
 		return Actor{PID: pid, Time: now, Exited: true}
 	}
-	if !pr.describe(pid, &a) {
+	exe, _ := pr.exe(pid)
+	if c, ok := pr.cache[pid]; ok && c.start == start && c.exe == exe && now.Sub(c.at) < actorCacheTTL {
+		a = c.actor // the same process (pid, start time, executable), described a moment ago
+		a.Time = now
+	} else if !pr.describe(pid, &a) {
 		return Actor{PID: pid, Time: now, Exited: true}
+	} else {
+		if len(pr.cache) >= 1024 {
+			clear(pr.cache)
+		}
+		pr.cache[pid] = cachedActor{start: start, exe: exe, at: now, actor: a}
 	}
 	if s.pidfds {
 		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}

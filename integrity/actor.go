@@ -176,6 +176,25 @@ func (pr *procReader) stat(pid int32) (ppid int32, start uint64, err error) {
 	return int32(p), st, nil
 }
 
+// kernelThread reports whether pid is a kernel thread (PF_KTHREAD in the
+// flags of /proc/PID/stat): it has no executable.
+func (pr *procReader) kernelThread(pid int32) bool {
+	b, err := pr.read(pid, "stat", 1024)
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return false
+	}
+	fs := strings.Fields(string(b[i+1:]))
+	if len(fs) < 7 {
+		return false
+	}
+	flags, err := strconv.ParseUint(fs[6], 10, 64)
+	return err == nil && flags&0x00200000 != 0
+}
+
 // startedAfter reports whether a process with start time start (ticks)
 // began after t (with a second of slack): then it is not the one behind
 // an event read at t.

@@ -321,7 +321,12 @@ func (s *fanotifySource) resolve(pid int32, pidfd int, now time.Time, pr *procRe
 	if err != nil || (!s.pidfds && pr.startedAfter(start, now)) {
 		return Actor{PID: pid, Time: now, Exited: true}
 	}
-	exe, _ := pr.exe(pid)
+	exe, err := pr.exe(pid)
+	if err != nil && !pr.kernelThread(pid) {
+		// A process on its way out has lost its memory map (and with it
+		// /proc/PID/exe) before its pidfd says it exited.
+		return Actor{PID: pid, Time: now, Exited: true}
+	}
 	if c, ok := pr.cache[pid]; ok && c.start == start && c.exe == exe && now.Sub(c.at) < actorCacheTTL {
 		a = c.actor // the same process (pid, start time, executable), described a moment ago
 		a.Time = now

@@ -80,26 +80,31 @@ type Decision struct {
 
 // IntegrityStatus is the answer to op integrity_status.
 type IntegrityStatus struct {
-	Roots           []string      `json:"roots"`
-	Running         bool          `json:"running"`
-	Watches         int           `json:"watches"`
-	WatchFailures   int           `json:"watch_failures"`
-	BaselineDigest  string        `json:"baseline_digest,omitempty"`
-	BaselineTime    time.Time     `json:"baseline_time,omitzero"`
-	BaselineEntries int           `json:"baseline_entries"`
-	LastScan        time.Time     `json:"last_scan,omitzero"`
-	LastScanTook    time.Duration `json:"last_scan_took_ns"`
-	Events          uint64        `json:"events"`
-	Overflows       int           `json:"overflows"`
-	Rescans         int           `json:"rescans"`
-	Hash            string        `json:"hash"`
-	Open            []Finding     `json:"open"`
-	MaxOpenFindings int           `json:"max_open_findings"` // integrity.max_open_findings
-	OpenDropped     uint64        `json:"open_dropped"`      // reported but not kept open: the bound was reached
-	Aggregated      uint64        `json:"aggregated"`        // folded into burst findings since the baseline
-	Enabled         bool          `json:"enabled"`
-	Error           string        `json:"not_watching,omitempty"` // why the watcher is not running ("error" is the protocol's)
-	DroppedSignals  int           `json:"dropped_signals,omitempty"`
+	Roots             []string      `json:"roots"`
+	Running           bool          `json:"running"`
+	Watches           int           `json:"watches"`
+	WatchFailures     int           `json:"watch_failures"`
+	BaselineDigest    string        `json:"baseline_digest,omitempty"`
+	BaselineTime      time.Time     `json:"baseline_time,omitzero"`
+	BaselineEntries   int           `json:"baseline_entries"`
+	LastScan          time.Time     `json:"last_scan,omitzero"`
+	LastScanTook      time.Duration `json:"last_scan_took_ns"`
+	Events            uint64        `json:"events"`
+	Overflows         int           `json:"overflows"`
+	Rescans           int           `json:"rescans"`
+	Hash              string        `json:"hash"`
+	Open              []Finding     `json:"open"`
+	MaxOpenFindings   int           `json:"max_open_findings"`  // integrity.max_open_findings
+	OpenDropped       uint64        `json:"open_dropped"`       // reported but not kept open: the bound was reached
+	Aggregated        uint64        `json:"aggregated"`         // folded into burst findings since the baseline
+	Copies            int           `json:"copies"`             // files whose accepted content is kept for diffs
+	CopiesBytes       int64         `json:"copies_bytes"`       // their compressed size
+	CopiesDropped     uint64        `json:"copies_dropped"`     // dropped since start to stay under the bound
+	Attribution       string        `json:"attribution"`        // off, on, or unavailable: why
+	AttributionEvents uint64        `json:"attribution_events"` // fanotify events read
+	Enabled           bool          `json:"enabled"`
+	Error             string        `json:"not_watching,omitempty"` // why the watcher is not running ("error" is the protocol's)
+	DroppedSignals    int           `json:"dropped_signals,omitempty"`
 }
 
 // Finding is one thing the integrity watcher or a check noticed
@@ -115,6 +120,34 @@ type Finding struct {
 	Remediation string    `json:"remediation,omitempty"` // what was put back, if anything
 	Count       int       `json:"count,omitempty"`       // burst: files aggregated into this finding in its interval
 	Detail      string    `json:"detail"`
+	Diff        []string  `json:"diff,omitempty"`         // unified diff hunks from the accepted content (integrity.diff)
+	DiffOmitted int       `json:"diff_omitted,omitempty"` // diff lines left off
+	ContentNote string    `json:"content_note,omitempty"` // why a selected file's content change has no diff
+	Actor       *Actor    `json:"actor,omitempty"`        // the process behind the change (integrity.attribution)
+}
+
+// Actor is the process behind an integrity change (integrity.Actor on the
+// wire). Exe, Cmdline, User and Unit come from the process: hostile text.
+type Actor struct {
+	PID       int32         `json:"pid"`
+	Exited    bool          `json:"exited,omitempty"`
+	Exe       string        `json:"exe,omitempty"`
+	Cmdline   string        `json:"cmdline,omitempty"`
+	UID       uint32        `json:"uid"`
+	User      string        `json:"user,omitempty"`
+	LoginUID  int64         `json:"login_uid"` // -1: unset
+	LoginUser string        `json:"login_user,omitempty"`
+	Session   string        `json:"session,omitempty"`
+	Unit      string        `json:"unit,omitempty"`
+	Parents   []ActorParent `json:"parents,omitempty"`
+	Event     string        `json:"event"`
+	Time      time.Time     `json:"time"`
+}
+
+// ActorParent is one ancestor of an Actor.
+type ActorParent struct {
+	PID int32  `json:"pid"`
+	Exe string `json:"exe,omitempty"`
 }
 
 // Change is one attribute of a finding that differs: Old → New.

@@ -64,7 +64,7 @@ longer matches it is refused as tampered. Open findings are cleared.`,
 }
 
 func (a *App) integrityCheckCmd() *cobra.Command {
-	var asJSON bool
+	var asJSON, fullDiff bool
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Compare the watched paths with the baseline now",
@@ -86,7 +86,7 @@ Exit status: 0 nothing changed, 1 changes found (or the check failed),
 					return err
 				}
 			} else {
-				printFindings(a.Stdout, res.Findings)
+				printFindings(a.Stdout, res.Findings, fullDiff)
 				fmt.Fprintf(a.Stdout, "checked in %s: %s\n", res.TookNs.Round(time.Millisecond), countOf(len(res.Findings), "finding"))
 			}
 			if !res.Clean {
@@ -96,11 +96,12 @@ Exit status: 0 nothing changed, 1 changes found (or the check failed),
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&fullDiff, "diff", false, "print whole diffs (default: the first 20 lines of each)")
 	return cmd
 }
 
 func (a *App) integrityStatusCmd() *cobra.Command {
-	var asJSON bool
+	var asJSON, fullDiff bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show watched paths, watches in use, the last scan and open findings",
@@ -144,11 +145,18 @@ func (a *App) integrityStatusCmd() *cobra.Command {
 				fmt.Fprintf(w, " (%d not kept: integrity.max_open_findings %d reached)", st.OpenDropped, st.MaxOpenFindings)
 			}
 			fmt.Fprintln(w)
-			printFindings(w, st.Open)
+			if st.Attribution != "" && st.Attribution != "off" {
+				fmt.Fprintf(w, "attribution: %s\n", oneLine(st.Attribution))
+			}
+			if st.Copies > 0 || st.CopiesDropped > 0 {
+				fmt.Fprintf(w, "content copies: %s, %d KiB (%d dropped to stay under the bound)\n", countOf(st.Copies, "file"), st.CopiesBytes>>10, st.CopiesDropped)
+			}
+			printFindings(w, st.Open, fullDiff)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&fullDiff, "diff", false, "print whole diffs (default: the first 20 lines of each)")
 	return cmd
 }
 
@@ -188,7 +196,10 @@ baseline digest goes into the audit chain, with who accepted what.`,
 	return cmd
 }
 
-func printFindings(w io.Writer, fs []api.Finding) {
+// shownDiffLines is how much of a finding's diff is printed without --diff.
+const shownDiffLines = 20
+
+func printFindings(w io.Writer, fs []api.Finding, fullDiff bool) {
 	for _, f := range fs {
 		fmt.Fprintf(w, "%-8s %-14s %s\n", f.Severity, f.Kind, oneLine(f.Path))
 		for _, c := range f.Changes {
@@ -203,7 +214,66 @@ func printFindings(w io.Writer, fs []api.Finding) {
 		if f.Remediation != "" {
 			fmt.Fprintf(w, "           remediated: %s\n", oneLine(f.Remediation))
 		}
+		if f.Actor != nil {
+			fmt.Fprintf(w, "           by %s\n", oneLine(actorLine(f.Actor)))
+		} else if fileKinds[f.Kind] {
+			fmt.Fprintln(w, "           actor unknown")
+		}
+		printDiff(w, f, fullDiff)
 	}
+}
+
+// fileKinds are the findings about a file's state, which have an actor
+// when attribution knows one.
+var fileKinds = map[string]bool{"added": true, "removed": true, "changed": true, "permission": true, "package_update": true}
+
+// printDiff prints f's diff: "- old", "+ new", "  context". Lines come
+// from the file (hostile): newlines and carriage returns are shown as \n
+// and \r, and every other control character is escaped by termSafe.
+func printDiff(w io.Writer, f api.Finding, full bool) {
+	if f.ContentNote != "" {
+		fmt.Fprintf(w, "           %s\n", oneLine(f.ContentNote))
+	}
+	esc := strings.NewReplacer("\n", `\n`, "\r", `\r`)
+	for i, l := range f.Diff {
+		if !full && i == shownDiffLines {
+			fmt.Fprintf(w, "           … %d more lines (parry integrity status --diff)\n", len(f.Diff)-i+f.DiffOmitted)
+			return
+		}
+		if strings.HasPrefix(l, "@@") || l == "" {
+			fmt.Fprintf(w, "           %s\n", esc.Replace(l))
+			continue
+		}
+		fmt.Fprintf(w, "           %c %s\n", l[0], esc.Replace(l[1:]))
+	}
+	if f.DiffOmitted > 0 {
+		fmt.Fprintf(w, "           … %d more lines not kept\n", f.DiffOmitted)
+	}
+}
+
+// actorLine is "pid 4242 /usr/bin/vim.basic (uid 1000 alice, login uid
+// 1000 alice, unit session-7.scope)".
+func actorLine(a *api.Actor) string {
+	if a.Exited {
+		return fmt.Sprintf("pid %d (exited before it could be identified)", a.PID)
+	}
+	s := fmt.Sprintf("pid %d %s (uid %d", a.PID, dash(a.Exe), a.UID)
+	if a.User != "" {
+		s += " " + a.User
+	}
+	if a.LoginUID >= 0 && a.LoginUID != int64(a.UID) {
+		s += fmt.Sprintf(", login uid %d", a.LoginUID)
+		if a.LoginUser != "" {
+			s += " " + a.LoginUser
+		}
+	}
+	if a.Unit != "" {
+		s += ", unit " + a.Unit
+	}
+	if len(a.Parents) > 0 {
+		s += fmt.Sprintf(", parent pid %d %s", a.Parents[0].PID, dash(a.Parents[0].Exe))
+	}
+	return s + ")"
 }
 
 // countOf is "1 entry", "2 entries", "3 paths".

@@ -30,7 +30,12 @@ const (
 	BaselineDigest = "integrity.baseline.sha256"
 )
 
-const baselineMagic = "PARRYIB1"
+// Baseline file formats: PARRYIB2 adds the inode flags after the xattrs;
+// PARRYIB1 (without them) is still read, its entries with flags 0.
+const (
+	baselineMagic   = "PARRYIB2"
+	baselineMagicV1 = "PARRYIB1"
+)
 
 // Baseline is the recorded state of the selection.
 type Baseline struct {
@@ -74,6 +79,7 @@ func (b *Baseline) Encode() []byte {
 		buf = binary.AppendVarint(buf, e.Ctime)
 		buf = appendString(buf, e.Target)
 		buf = appendString(buf, e.Xattrs)
+		buf = binary.AppendUvarint(buf, uint64(e.Flags))
 		buf = appendString(buf, e.Err)
 		if e.Hash == ([32]byte{}) {
 			buf = append(buf, 0)
@@ -94,7 +100,8 @@ func appendString(b []byte, s string) []byte {
 // DecodeBaseline parses what Encode wrote.
 func DecodeBaseline(data []byte) (*Baseline, error) {
 	d := decoder{data: data}
-	if !bytes.HasPrefix(data, []byte(baselineMagic)) {
+	v1 := bytes.HasPrefix(data, []byte(baselineMagicV1))
+	if !v1 && !bytes.HasPrefix(data, []byte(baselineMagic)) {
 		return nil, errors.New("decode baseline: bad magic")
 	}
 	d.data = d.data[len(baselineMagic):]
@@ -117,7 +124,15 @@ func DecodeBaseline(data []byte) (*Baseline, error) {
 		e.Mode, e.UID, e.GID = uint32(d.uvarint()), uint32(d.uvarint()), uint32(d.uvarint())
 		e.Nlink, e.Size, e.Inode = d.uvarint(), int64(d.uvarint()), d.uvarint()
 		e.Mtime, e.Ctime = d.varint(), d.varint()
-		e.Target, e.Xattrs, e.Err = d.str(), d.str(), d.str()
+		e.Target, e.Xattrs = d.str(), d.str()
+		if !v1 {
+			if f := d.uvarint(); f <= 0xffffffff {
+				e.Flags = uint32(f)
+			} else {
+				d.err = errors.New("bad flags")
+			}
+		}
+		e.Err = d.str()
 		if d.byte() == 1 {
 			copy(e.Hash[:], d.take(32))
 		}

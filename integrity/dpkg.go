@@ -1,33 +1,28 @@
 package integrity
 
 import (
-	"bufio"
 	"crypto/md5"
-	"encoding/hex"
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
+	"github.com/parryhq/parry/integrity/dpkg"
 	"golang.org/x/sys/unix"
 )
 
 // Dpkg knows the md5 sums dpkg recorded for the files it installed
-// (<root>/var/lib/dpkg/info/*.md5sums), for the selected paths only. It
-// reloads when the info directory changes.
+// (<root>/var/lib/dpkg/info/*.md5sums, and the conffiles' in
+// <root>/var/lib/dpkg/status), for the selected paths only, at the paths
+// the files are at (/usr-merge aliases and diversions applied, see
+// integrity/dpkg). It reloads when the info directory changes.
 type Dpkg struct {
 	root string
 	sel  *Selection
 
 	mu    sync.Mutex
 	mtime int64
-	sums  map[string]pkgSum
-}
-
-type pkgSum struct {
-	pkg string
-	md5 [16]byte
+	sums  map[string][]dpkg.Listing
 }
 
 // NewDpkg reads package sums under root lazily, keeping those sel selects.
@@ -48,37 +43,11 @@ func (d *Dpkg) load() {
 		return
 	}
 	d.mtime = mt
-	d.sums = map[string]pkgSum{}
-	files, _ := filepath.Glob(filepath.Join(d.infoDir(), "*.md5sums"))
-	for _, f := range files {
-		pkg := strings.TrimSuffix(filepath.Base(f), ".md5sums")
-		d.readSums(f, pkg)
-	}
-}
-
-func (d *Dpkg) readSums(file, pkg string) {
-	f, err := os.Open(file)
+	sums, _, err := dpkg.Sums(d.root, d.sel.Selected)
 	if err != nil {
-		return
+		sums = map[string][]dpkg.Listing{}
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		sum, rel, ok := strings.Cut(sc.Text(), "  ")
-		if !ok || len(sum) != 32 {
-			continue
-		}
-		p := filepath.Join(d.root, "/"+rel)
-		if !d.sel.Selected(p) {
-			continue
-		}
-		var ps pkgSum
-		if _, err := hex.Decode(ps.md5[:], []byte(sum)); err != nil {
-			continue
-		}
-		ps.pkg = pkg
-		d.sums[p] = ps
-	}
+	d.sums = sums
 }
 
 // Explain returns the package whose recorded md5 matches the current
@@ -89,7 +58,7 @@ func (d *Dpkg) Explain(path string) string {
 	}
 	d.mu.Lock()
 	d.load()
-	ps, ok := d.sums[path]
+	ls, ok := d.sums[path]
 	d.mu.Unlock()
 	if !ok {
 		return ""
@@ -103,10 +72,13 @@ func (d *Dpkg) Explain(path string) string {
 	if _, err := io.Copy(h, f); err != nil {
 		return ""
 	}
-	if [16]byte(h.Sum(nil)) != ps.md5 {
-		return ""
+	sum := [16]byte(h.Sum(nil))
+	for _, l := range ls {
+		if l.MD5 == sum {
+			return l.Package
+		}
 	}
-	return ps.pkg
+	return ""
 }
 
 // Len is the number of selected files dpkg has sums for.

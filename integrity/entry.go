@@ -76,6 +76,7 @@ type Entry struct {
 	Mtime  int64 // Unix nanoseconds
 	Ctime  int64 // Unix nanoseconds
 	Inode  uint64
+	Flags  uint32   // inode flags (FS_IOC_GETFLAGS) of files and directories, masked to flagMask
 	Target string   // symlink target
 	Xattrs string   // "name=hexvalue" sorted, joined by ","; "" when none
 	Hash   [32]byte // content hash of a regular file; zero when not hashed

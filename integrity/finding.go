@@ -142,6 +142,9 @@ func Diff(old, new *Entry) []Change {
 	if old.Xattrs != new.Xattrs {
 		add("xattrs", old.Xattrs, new.Xattrs)
 	}
+	if old.Flags != new.Flags {
+		add("flags", FlagsString(old.Flags), FlagsString(new.Flags))
+	}
 	if old.Inode != new.Inode {
 		add("inode", strconv.FormatUint(old.Inode, 10), strconv.FormatUint(new.Inode, 10))
 	}
@@ -200,6 +203,9 @@ func classify(path string, base, cur *Entry, now time.Time) *Finding {
 				f.Severity = SevHigh
 			}
 			parts[i] = fmt.Sprintf("%s %s → %s", c.Attr, short(c.Old), short(c.New))
+			if c.Attr == "flags" { // say it in words: attackers clear +i to edit, set it to persist
+				parts[i] = flagsDetail(base.Flags, cur.Flags)
+			}
 		}
 		f.Detail = strings.Join(parts, "; ")
 	}

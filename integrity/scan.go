@@ -100,6 +100,10 @@ func (w *worker) entry(ctx context.Context, path string) Entry {
 		if e.Target, err = os.Readlink(path); err != nil {
 			e.Err = fmt.Sprintf("readlink: %v", err)
 		}
+	case TypeDir:
+		if e.Flags, err = dirFlags(path); err != nil {
+			e.Err = fmt.Sprintf("flags: %v", err)
+		}
 	}
 	if e.Xattrs, err = pathXattrs(path, &w.xbuf); err != nil && e.Err == "" {
 		e.Err = fmt.Sprintf("xattrs: %v", err)
@@ -162,6 +166,9 @@ func (w *worker) readAndHash(ctx context.Context, fd int, e *Entry) {
 	var err error
 	if e.Xattrs, err = fdXattrs(fd, &w.xbuf); err != nil {
 		e.Err = fmt.Sprintf("xattrs: %v", err)
+	}
+	if e.Flags, err = fdFlags(fd); err != nil && e.Err == "" {
+		e.Err = fmt.Sprintf("flags: %v", err)
 	}
 	if w.s.maxHash > 0 && e.Size > w.s.maxHash {
 		return // metadata only: reading a huge (or sparse) file would burn the CPU

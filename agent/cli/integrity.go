@@ -28,10 +28,12 @@ Examples:
   parry integrity check --json
   parry integrity status              # watches, last scan, open findings
   parry integrity accept /etc/hosts   # the current state of /etc/hosts is the new normal
+  parry integrity verify-packages     # every dpkg-installed file against dpkg's md5 sums (no daemon)
 
 See docs/integrity.md for the configuration.`,
 	}
-	cmd.AddCommand(a.integrityBaselineCmd(), a.integrityCheckCmd(), a.integrityStatusCmd(), a.integrityAcceptCmd())
+	cmd.AddCommand(a.integrityBaselineCmd(), a.integrityCheckCmd(), a.integrityStatusCmd(), a.integrityAcceptCmd(),
+		a.integrityVerifyPackagesCmd())
 	return cmd
 }
 

@@ -134,6 +134,8 @@ func TestBoot(t *testing.T) {
 		t.Errorf("ordering cycle in the boot transaction with parry enabled:\n%s", out)
 	}
 
+	c.checkVerifyPackages()
+
 	// Block the peer: packets from it are dropped, and the journal has it.
 	c.must("parry", "block", peer, "--for", "1h", "--reason", "boot test")
 	if reachable(pair) {

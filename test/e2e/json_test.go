@@ -45,6 +45,7 @@ func TestEveryJSONHasOK(t *testing.T) {
 		{[]string{"integrity", "status"}, true},
 		{[]string{"integrity", "check"}, true},
 		{[]string{"integrity", "accept", filepath.Join(watched, "app.conf")}, true},
+		{[]string{"integrity", "verify-packages", "coreutils"}, true}, // runs in the CLI, over this machine's dpkg database
 		{[]string{"report"}, true},
 		{[]string{"report", "--format", "json", "--since", "1h"}, true}, // same shape without --json
 		{[]string{"check"}, false},                                      // ok follows the exit code (the host's posture)

@@ -39,7 +39,7 @@ func DefaultDiff() []string {
 		"/etc/passwd", "/etc/group", "/etc/login.defs",
 		"/etc/crontab", "/etc/cron*/**", "/etc/systemd/system/**", "/etc/ld.so.preload", "/etc/rc.local",
 		"/etc/profile", "/etc/profile.d/*", "/etc/bash.bashrc", "/etc/environment",
-		"/root/.ssh/authorized_keys", "/root/.bashrc", "/root/.profile",
+		"/root/.ssh/authorized_keys",
 		"/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf",
 	}
 }

@@ -449,3 +449,27 @@ func lcs(a, b []string) int {
 	}
 	return dp[0][0]
 }
+
+// Every default diff glob lies inside the default selection (a glob
+// outside it would never see a finding) and none selects a secret.
+func TestDefaultDiffInsideDefaultPaths(t *testing.T) {
+	sel := NewSelection(Defaults())
+	sec := newSecrets(DefaultRules())
+	for _, g := range DefaultDiff() {
+		p := strings.NewReplacer("**", "x", "*", "x").Replace(g)
+		if !sel.Selected(p) {
+			t.Errorf("%s (e.g. %s) is outside the default paths", g, p)
+		}
+		if sec.secret(p) {
+			t.Errorf("%s (e.g. %s) is a secret", g, p)
+		}
+	}
+	for _, p := range []string{"/etc/shadow", "/etc/ssh/ssh_host_ed25519_key", "/root/.ssh/id_rsa", "/srv/app/.env", "/etc/parry/parry.yaml"} {
+		if !sec.secret(p) {
+			t.Errorf("%s is not a secret", p)
+		}
+	}
+	if sec.secret("/root/.ssh/id_rsa.pub") || sec.secret("/etc/ssh/sshd_config") {
+		t.Error("a public file is a secret")
+	}
+}

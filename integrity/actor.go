@@ -87,6 +87,7 @@ type procReader struct {
 	// actorCacheTTL: one writer making a thousand changes a second is
 	// described a few times a second, not a thousand.
 	cache map[int32]cachedActor
+	byIno map[uint64]cachedActor // by pidfd inode, where pidfds are pidfs
 }
 
 type cachedActor struct {
@@ -105,7 +106,7 @@ func (pr *procReader) exe(pid int32) (string, error) {
 }
 
 func newProcReader() *procReader {
-	pr := &procReader{proc: "/proc", tick: 100, users: map[uint32]string{}, buf: make([]byte, 4096), cache: map[int32]cachedActor{}}
+	pr := &procReader{proc: "/proc", tick: 100, users: map[uint32]string{}, buf: make([]byte, 4096), cache: map[int32]cachedActor{}, byIno: map[uint64]cachedActor{}}
 	var info unix.Sysinfo_t
 	if unix.Sysinfo(&info) == nil {
 		// Boot time is good to the second here; start times are compared

@@ -79,6 +79,10 @@ type fanotifySource struct {
 	EventSource
 	fd     int
 	pidfds bool // FAN_REPORT_PIDFD: exited processes are told apart exactly
+	// pidfs: pidfds live on pidfs (Linux 6.9+), whose inode numbers name
+	// one process for the system's lifetime: a cached description is
+	// found by the event's pidfd inode alone.
+	pidfs bool
 	stop   int  // eventfd waking the reader
 	done   chan struct{}
 	table  *actors
@@ -109,10 +113,21 @@ func newFanotifySource(inner EventSource, log *slog.Logger) (*fanotifySource, er
 		unix.Close(fd)
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	s := &fanotifySource{EventSource: inner, fd: fd, pidfds: pidfds, stop: stop, done: make(chan struct{}),
+	s := &fanotifySource{EventSource: inner, fd: fd, pidfds: pidfds, pidfs: pidfds && onPidfs(), stop: stop, done: make(chan struct{}),
 		table: &actors{byPath: map[string][]Actor{}}, log: log, dirs: map[string]string{}, keys: map[string]string{}}
 	go s.read()
 	return s, nil
+}
+
+// onPidfs reports whether this kernel's pidfds are pidfs inodes.
+func onPidfs() bool {
+	fd, err := unix.PidfdOpen(unix.Getpid(), 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	var st unix.Statfs_t
+	return unix.Fstatfs(fd, &st) == nil && st.Type == unix.PID_FS_MAGIC
 }
 
 func handleKey(fsid [8]byte, typ int32, h []byte) string {
@@ -317,6 +332,18 @@ func (s *fanotifySource) resolve(pid int32, pidfd int, now time.Time, pr *procRe
 		a.Exited = true // FAN_NOPIDFD: gone before the event was read
 		return a
 	}
+	var ino uint64
+	if s.pidfs {
+		var st unix.Stat_t
+		if unix.Fstat(pidfd, &st) == nil {
+			ino = st.Ino
+			if c, ok := pr.byIno[ino]; ok && now.Sub(c.at) < actorCacheTTL {
+				a = c.actor // this very process, described a moment ago while alive
+				a.Time = now
+				return a
+			}
+		}
+	}
 	_, start, err := pr.stat(pid)
 	if err != nil || (!s.pidfds && pr.startedAfter(start, now)) {
 		return Actor{PID: pid, Time: now, Exited: true}
@@ -345,6 +372,12 @@ func (s *fanotifySource) resolve(pid int32, pidfd int, now time.Time, pr *procRe
 		}
 	} else if _, start2, err := pr.stat(pid); err != nil || start2 != start {
 		return Actor{PID: pid, Time: now, Exited: true}
+	}
+	if ino != 0 {
+		if len(pr.byIno) >= 1024 {
+			clear(pr.byIno)
+		}
+		pr.byIno[ino] = cachedActor{start: start, exe: exe, at: now, actor: a}
 	}
 	return a
 }

@@ -83,10 +83,10 @@ type fanotifySource struct {
 	// one process for the system's lifetime: a cached description is
 	// found by the event's pidfd inode alone.
 	pidfs bool
-	stop   int  // eventfd waking the reader
-	done   chan struct{}
-	table  *actors
-	log    *slog.Logger
+	stop  int // eventfd waking the reader
+	done  chan struct{}
+	table *actors
+	log   *slog.Logger
 
 	mu       sync.Mutex
 	dirs     map[string]string // fanotify dir handle key → directory

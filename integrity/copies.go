@@ -41,9 +41,13 @@ const copyMagic = "PARRYCC1"
 // the content hash it was taken at, so a copy is only used for the path
 // and the baseline state it belongs to. The Monitor's lock guards it.
 type copyStore struct {
-	dir     string
-	limit   int64 // MaxCopyTotal
-	hashOf  func([]byte) [32]byte
+	dir    string
+	limit  int64 // MaxCopyTotal
+	hashOf func([]byte) [32]byte
+	// keep says whether a stored copy may stay: a path no longer selected,
+	// or now a secret (a rule added since), is deleted when the store is
+	// loaded.
+	keep    func(path string) bool
 	index   map[string]copyMeta // by path; nil until loaded
 	total   int64
 	dropped uint64 // copies dropped to stay under limit since start
@@ -89,7 +93,7 @@ func (cs *copyStore) load() {
 			continue
 		}
 		path, hash, _, err := cs.read(name, false)
-		if err != nil || copyName(path) != name {
+		if err != nil || copyName(path) != name || (cs.keep != nil && !cs.keep(path)) {
 			_ = os.Remove(filepath.Join(cs.dir, name)) // unreadable, or not ours: no use
 			continue
 		}

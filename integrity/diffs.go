@@ -59,6 +59,7 @@ func newDiffer(cfg Config, stateDir string, hashOf func([]byte) [32]byte) *diffe
 	for _, g := range cfg.Diff {
 		d.globs = append(d.globs, compileGlob(g))
 	}
+	d.store.keep = d.selected
 	return d
 }
 

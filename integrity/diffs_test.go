@@ -473,3 +473,32 @@ func TestDefaultDiffInsideDefaultPaths(t *testing.T) {
 		t.Error("a public file is a secret")
 	}
 }
+
+// A copy kept before a rule marked its file secret is deleted when the
+// store is next loaded, not used for a diff.
+func TestCopyOfNewSecretDeleted(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	p := filepath.Join(dir, "app.conf")
+	writeFile(t, p, "token=OLDSECRET\n")
+	m, _ := diffMonitor(t, dir, state)
+	res, err := m.Baseline(context.Background())
+	must(t, err)
+	if _, err := os.Stat(filepath.Join(state, CopiesDir, copyName(p))); err != nil {
+		t.Fatal(err)
+	}
+	m2, _ := diffMonitor(t, dir, state, Rule{Path: p, Secret: true})
+	m2.opt.WantDigest = res.Digest
+	_, err = m2.Load()
+	must(t, err)
+	writeFile(t, p, "token=NEWSECRET\n")
+	fs, err := m2.Check(context.Background())
+	must(t, err)
+	if f := findingFor(fs, p); f == nil || f.ContentNote != NoteSecret || f.Diff != nil {
+		t.Fatalf("finding %+v", f)
+	}
+	st, err := m2.Status(context.Background())
+	must(t, err)
+	if _, err := os.Stat(filepath.Join(state, CopiesDir, copyName(p))); err == nil || st.Copies != 0 {
+		t.Errorf("copy of a secret kept (%d copies)", st.Copies)
+	}
+}

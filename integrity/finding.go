@@ -85,6 +85,19 @@ func (f Finding) Signal() response.Signal {
 	}
 }
 
+// ActorText is the actor in one line, "" when unknown (for evidence and
+// reports).
+func (f Finding) ActorText() string { return actorText(f.Actor) }
+
+// ContentText is what changed in the content, for evidence and reports:
+// the diff as text cut to ReportDiffBytes, or the content note.
+func (f Finding) ContentText() string {
+	if len(f.Diff) == 0 {
+		return f.ContentNote
+	}
+	return diffText(f, ReportDiffBytes)
+}
+
 func actorText(a *Actor) string {
 	if a == nil {
 		return ""

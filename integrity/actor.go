@@ -2,6 +2,7 @@ package integrity
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -32,6 +33,12 @@ type Actor struct {
 	LoginUser string `json:"login_user,omitempty"`
 	Session   string `json:"session,omitempty"` // audit session id
 	Unit      string `json:"unit,omitempty"`    // systemd unit, from /proc/PID/cgroup
+	// Remote is the remote host of the login session (logind's
+	// REMOTE_HOST: an address, or a name sshd resolved), and
+	// LoginService the PAM service it logged in through (sshd, login...),
+	// when Unit is a session scope.
+	Remote       string `json:"remote,omitempty"`
+	LoginService string `json:"login_service,omitempty"`
 	// Parents is the parent chain, nearest first, at most MaxActorParents.
 	Parents []ActorParent `json:"parents,omitempty"`
 	Event   string        `json:"event"` // modify, attrib, create, delete, moved_from, moved_to
@@ -68,6 +75,9 @@ func (a *Actor) String() string {
 			s += " " + a.LoginUser
 		}
 	}
+	if a.Remote != "" {
+		s += ", " + cmp.Or(a.LoginService, "login") + " session from " + a.Remote
+	}
 	if a.Unit != "" {
 		s += ", unit " + a.Unit
 	}
@@ -77,11 +87,12 @@ func (a *Actor) String() string {
 // procReader resolves pids through /proc, with a small cache of user
 // names. Safe for use by one goroutine.
 type procReader struct {
-	proc  string // "/proc"
-	boot  time.Time
-	tick  float64 // clock ticks per second (USER_HZ)
-	users map[uint32]string
-	buf   []byte
+	proc        string // "/proc"
+	runSessions string // "/run/systemd/sessions": logind's session files
+	boot        time.Time
+	tick        float64 // clock ticks per second (USER_HZ)
+	users       map[uint32]string
+	buf         []byte
 	// cache: what describe said of a process, by pid, reused for events
 	// of the same process (same start time and executable) within
 	// actorCacheTTL: one writer making a thousand changes a second is
@@ -106,7 +117,7 @@ func (pr *procReader) exe(pid int32) (string, error) {
 }
 
 func newProcReader() *procReader {
-	pr := &procReader{proc: "/proc", tick: 100, users: map[uint32]string{}, buf: make([]byte, 4096), cache: map[int32]cachedActor{}, byIno: map[uint64]cachedActor{}}
+	pr := &procReader{proc: "/proc", runSessions: "/run/systemd/sessions", tick: 100, users: map[uint32]string{}, buf: make([]byte, 4096), cache: map[int32]cachedActor{}, byIno: map[uint64]cachedActor{}}
 	var info unix.Sysinfo_t
 	if unix.Sysinfo(&info) == nil {
 		// Boot time is good to the second here; start times are compared
@@ -251,6 +262,7 @@ func (pr *procReader) describe(pid int32, a *Actor) bool {
 	if b, err := pr.read(pid, "cgroup", 4096); err == nil {
 		a.Unit = unitOf(string(b))
 	}
+	a.Remote, a.LoginService = pr.session(a.Unit)
 	pp, _, err := pr.stat(pid)
 	for i := 0; err == nil && pp > 0 && i < MaxActorParents; i++ {
 		p := ActorParent{PID: pp}
@@ -263,6 +275,30 @@ func (pr *procReader) describe(pid int32, a *Actor) bool {
 		pp, _, err = pr.stat(pp)
 	}
 	return true
+}
+
+// session reads logind's record of the session whose scope is unit
+// ("session-7.scope"): its remote host and PAM service.
+func (pr *procReader) session(unit string) (remote, service string) {
+	id, ok := strings.CutPrefix(unit, "session-")
+	if id, ok = strings.CutSuffix(id, ".scope"); !ok || id == "" || strings.ContainsAny(id, "/.") {
+		return "", ""
+	}
+	f, err := os.Open(pr.runSessions + "/" + id)
+	if err != nil {
+		return "", ""
+	}
+	defer f.Close()
+	b := make([]byte, 8192)
+	n, _ := f.Read(b)
+	for _, line := range strings.Split(string(b[:n]), "\n") {
+		if v, ok := strings.CutPrefix(line, "REMOTE_HOST="); ok {
+			remote = clip(v, 256)
+		} else if v, ok := strings.CutPrefix(line, "SERVICE="); ok {
+			service = clip(v, 64)
+		}
+	}
+	return remote, service
 }
 
 // unitOf is the systemd unit in /proc/PID/cgroup's unified line: the last

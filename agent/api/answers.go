@@ -129,19 +129,21 @@ type Finding struct {
 // Actor is the process behind an integrity change (integrity.Actor on the
 // wire). Exe, Cmdline, User and Unit come from the process: hostile text.
 type Actor struct {
-	PID       int32         `json:"pid"`
-	Exited    bool          `json:"exited,omitempty"`
-	Exe       string        `json:"exe,omitempty"`
-	Cmdline   string        `json:"cmdline,omitempty"`
-	UID       uint32        `json:"uid"`
-	User      string        `json:"user,omitempty"`
-	LoginUID  int64         `json:"login_uid"` // -1: unset
-	LoginUser string        `json:"login_user,omitempty"`
-	Session   string        `json:"session,omitempty"`
-	Unit      string        `json:"unit,omitempty"`
-	Parents   []ActorParent `json:"parents,omitempty"`
-	Event     string        `json:"event"`
-	Time      time.Time     `json:"time"`
+	PID          int32         `json:"pid"`
+	Exited       bool          `json:"exited,omitempty"`
+	Exe          string        `json:"exe,omitempty"`
+	Cmdline      string        `json:"cmdline,omitempty"`
+	UID          uint32        `json:"uid"`
+	User         string        `json:"user,omitempty"`
+	LoginUID     int64         `json:"login_uid"` // -1: unset
+	LoginUser    string        `json:"login_user,omitempty"`
+	Session      string        `json:"session,omitempty"`
+	Unit         string        `json:"unit,omitempty"`
+	Remote       string        `json:"remote,omitempty"`        // remote host of the login session
+	LoginService string        `json:"login_service,omitempty"` // its PAM service (sshd, login ...)
+	Parents      []ActorParent `json:"parents,omitempty"`
+	Event        string        `json:"event"`
+	Time         time.Time     `json:"time"`
 }
 
 // ActorParent is one ancestor of an Actor.

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"github.com/parryhq/parry/agent/api"
@@ -268,6 +269,9 @@ func actorLine(a *api.Actor) string {
 		if a.LoginUser != "" {
 			s += " " + a.LoginUser
 		}
+	}
+	if a.Remote != "" {
+		s += ", " + cmp.Or(a.LoginService, "login") + " session from " + a.Remote
 	}
 	if a.Unit != "" {
 		s += ", unit " + a.Unit

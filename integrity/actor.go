@@ -280,8 +280,9 @@ func (pr *procReader) describe(pid int32, a *Actor) bool {
 // session reads logind's record of the session whose scope is unit
 // ("session-7.scope"): its remote host and PAM service.
 func (pr *procReader) session(unit string) (remote, service string) {
-	id, ok := strings.CutPrefix(unit, "session-")
-	if id, ok = strings.CutSuffix(id, ".scope"); !ok || id == "" || strings.ContainsAny(id, "/.") {
+	id, ok1 := strings.CutPrefix(unit, "session-")
+	id, ok2 := strings.CutSuffix(id, ".scope")
+	if !ok1 || !ok2 || id == "" || strings.ContainsAny(id, "/.") {
 		return "", ""
 	}
 	f, err := os.Open(pr.runSessions + "/" + id)

@@ -14,6 +14,11 @@ const (
 	// MaxDiffLines is the most diff lines a finding keeps (integrity
 	// status); the rest are counted in DiffOmitted.
 	MaxDiffLines = 2000
+	// MaxDiffBytes bounds the diff text one finding keeps.
+	MaxDiffBytes = 64 << 10
+	// MaxOpenDiffBytes bounds the diff text of all open findings: past it,
+	// a finding keeps only what a report carries.
+	MaxOpenDiffBytes = 8 << 20
 	// ReportDiffLines and ReportDiffBytes bound the diff in what is
 	// reported as it happens (audit line, journal, signal, notifications).
 	ReportDiffLines = 20
@@ -168,16 +173,28 @@ func (d *differ) explain(f *Finding, base, cur *Entry) {
 		f.ContentNote = "content changed only in the final newline"
 		return
 	}
-	if len(lines) > MaxDiffLines {
-		f.DiffOmitted = len(lines) - MaxDiffLines
-		lines = lines[:MaxDiffLines]
+	n, size := 0, 0
+	for n < len(lines) && n < MaxDiffLines && size+len(lines[n])+1 <= MaxDiffBytes {
+		size += len(lines[n]) + 1
+		n++
 	}
-	f.Diff = lines
+	f.DiffOmitted = len(lines) - n
+	f.Diff = lines[:n:n]
 }
 
 // isBinary: a NUL byte, or not UTF-8.
 func isBinary(b []byte) bool {
 	return bytes.IndexByte(b, 0) >= 0 || !utf8.Valid(b)
+}
+
+func diffSize(fs []Finding) int {
+	n := 0
+	for _, f := range fs {
+		for _, l := range f.Diff {
+			n += len(l) + 1
+		}
+	}
+	return n
 }
 
 // cutDiff returns f with its diff cut to what a report carries.

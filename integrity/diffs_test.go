@@ -502,3 +502,54 @@ func TestCopyOfNewSecretDeleted(t *testing.T) {
 		t.Errorf("copy of a secret kept (%d copies)", st.Copies)
 	}
 }
+
+// Open findings keep at most MaxOpenDiffBytes of diff text in all: past
+// it a finding keeps only what a report carries; one finding at most
+// MaxDiffBytes.
+func TestOpenDiffBudget(t *testing.T) {
+	dir := t.TempDir()
+	const files = 12
+	for i := range files {
+		writeFile(t, filepath.Join(dir, fmt.Sprintf("f%02d", i)), "")
+	}
+	m, _ := diffMonitor(t, dir, t.TempDir())
+	m.diffBudget = 5 * MaxDiffBytes
+	ctx := context.Background()
+	_, err := m.Baseline(ctx)
+	must(t, err)
+	for i := range files {
+		// 900 lines of 250 bytes: each diff is cut at MaxDiffBytes.
+		var b strings.Builder
+		for j := range 900 {
+			fmt.Fprintf(&b, "%s %03d\n", strings.Repeat("x", 245), j)
+		}
+		writeFile(t, filepath.Join(dir, fmt.Sprintf("f%02d", i)), b.String())
+	}
+	fs, err := m.Check(ctx)
+	must(t, err)
+	total, full, cut := 0, 0, 0
+	for _, f := range fs {
+		size := diffSize([]Finding{f})
+		total += size
+		if size > MaxDiffBytes {
+			t.Errorf("%s keeps %d bytes of diff", f.Path, size)
+		}
+		if f.DiffOmitted == 0 {
+			t.Errorf("%s: nothing omitted", f.Path)
+		}
+		if len(f.Diff) > ReportDiffLines {
+			full++
+		} else {
+			cut++
+		}
+	}
+	if total > m.diffBudget || m.diffBytes != total || full != 5 || cut != files-5 {
+		t.Errorf("open diff text %d bytes (accounted %d), bound %d; %d full, %d cut", total, m.diffBytes, m.diffBudget, full, cut)
+	}
+	t.Logf("%d findings with a full diff, %d cut to the report's", full, cut)
+	_, err = m.Accept(ctx, []string{dir})
+	must(t, err)
+	if m.diffBytes != 0 {
+		t.Errorf("after accept: %d bytes accounted", m.diffBytes)
+	}
+}

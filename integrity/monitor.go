@@ -49,19 +49,21 @@ type Monitor struct {
 	checker *Checker
 	log     *slog.Logger
 
-	mu       opLock // requests wait for it at most Options.LockWait
-	base     *Baseline
-	digest   string
-	loadErr  error                // why Load failed: given instead of ErrNoBaseline
-	observed map[string]Entry     // last state seen, where it differs from the baseline
-	open     map[string][]Finding // current deviations per path
-	openN    int                  // findings in open
-	agg      *aggregator          // flood aggregation (burst findings)
-	diff     *differ              // copies of accepted content, diffs
-	st       stats
-	w        *watchState // non-nil while Run runs
-	att      *actors     // attribution table, while Run runs with fanotify
-	attState string      // "off", "on", "unavailable: why"
+	mu         opLock // requests wait for it at most Options.LockWait
+	base       *Baseline
+	digest     string
+	loadErr    error                // why Load failed: given instead of ErrNoBaseline
+	observed   map[string]Entry     // last state seen, where it differs from the baseline
+	open       map[string][]Finding // current deviations per path
+	openN      int                  // findings in open
+	diffBytes  int                  // diff text in open
+	diffBudget int                  // its bound: MaxOpenDiffBytes
+	agg        *aggregator          // flood aggregation (burst findings)
+	diff       *differ              // copies of accepted content, diffs
+	st         stats
+	w          *watchState // non-nil while Run runs
+	att        *actors     // attribution table, while Run runs with fanotify
+	attState   string      // "off", "on", "unavailable: why"
 
 	warnedOutside bool // logged that baseline entries lie outside the selection
 }
@@ -104,7 +106,7 @@ func NewMonitor(cfg Config, opt Options) (*Monitor, error) {
 	}
 	m := &Monitor{cfg: cfg, opt: opt, scanner: sc, sel: sc.Selection(), log: opt.Logger,
 		mu: newOpLock(), observed: map[string]Entry{}, open: map[string][]Finding{}, agg: newAggregator(cfg),
-		diff: newDiffer(cfg, opt.StateDir, sc.hashOf)}
+		diff: newDiffer(cfg, opt.StateDir, sc.hashOf), diffBudget: MaxOpenDiffBytes}
 	m.checker = &Checker{Rules: rules, Now: opt.Now, MaxHash: sc.MaxHashSize()}
 	if cfg.PackageManager == "dpkg" {
 		m.checker.Dpkg = NewDpkg(cfg.PackageRoot, m.sel)
@@ -140,6 +142,7 @@ func (m *Monitor) setBaseline(b *Baseline, digest string) {
 	clear(m.observed)
 	clear(m.open)
 	m.openN = 0
+	m.diffBytes = 0
 	m.agg.reset()
 	m.st.openDropped = 0
 }
@@ -353,10 +356,12 @@ func (m *Monitor) openLocked() []Finding {
 // exceed it are not kept, only counted. It reports whether fs is kept.
 func (m *Monitor) setOpen(path string, fs []Finding) bool {
 	old := len(m.open[path])
+	oldDiff := diffSize(m.open[path])
 	if len(fs) == 0 {
 		if old > 0 {
 			delete(m.open, path)
 			m.openN -= old
+			m.diffBytes -= oldDiff
 		}
 		return true
 	}
@@ -364,8 +369,16 @@ func (m *Monitor) setOpen(path string, fs []Finding) bool {
 		m.st.openDropped += uint64(len(fs))
 		return false
 	}
+	newDiff := diffSize(fs)
+	if m.diffBytes-oldDiff+newDiff > m.diffBudget {
+		for i := range fs {
+			fs[i] = cutDiff(fs[i]) // over the budget: keep what a report keeps
+		}
+		newDiff = diffSize(fs)
+	}
 	m.open[path] = fs
 	m.openN += len(fs) - old
+	m.diffBytes += newDiff - oldDiff
 	return true
 }
 

@@ -17,7 +17,8 @@ const (
 	// MaxDiffBytes bounds the diff text one finding keeps.
 	MaxDiffBytes = 64 << 10
 	// MaxOpenDiffBytes bounds the diff text of all open findings: past it,
-	// a finding keeps only what a report carries.
+	// a finding keeps only what a report carries (so the bound is this
+	// plus ReportDiffBytes per open finding).
 	MaxOpenDiffBytes = 8 << 20
 	// ReportDiffLines and ReportDiffBytes bound the diff in what is
 	// reported as it happens (audit line, journal, signal, notifications).

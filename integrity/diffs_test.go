@@ -543,7 +543,7 @@ func TestOpenDiffBudget(t *testing.T) {
 			cut++
 		}
 	}
-	if total > m.diffBudget || m.diffBytes != total || full != 5 || cut != files-5 {
+	if total > m.diffBudget+cut*ReportDiffBytes || m.diffBytes != total || full != 5 || cut != files-5 {
 		t.Errorf("open diff text %d bytes (accounted %d), bound %d; %d full, %d cut", total, m.diffBytes, m.diffBudget, full, cut)
 	}
 	t.Logf("%d findings with a full diff, %d cut to the report's", full, cut)

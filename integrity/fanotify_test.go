@@ -287,3 +287,42 @@ func attributedShare(b *testing.B, dir string, col *collector) {
 	}
 	fmt.Printf("attributed to the right process: %d of %d writers living >= 50ms (%.0f%%), misattributed %d\n", right, n, 100*float64(right)/n, wrong)
 }
+
+// Without CAP_SYS_ADMIN (a child of this test with it dropped from its
+// bounding set, as under the shipped unit) attribution is unavailable, the
+// status says why, and the inotify watcher reports changes as before,
+// without an actor.
+func TestAttributionUnavailableFallsBack(t *testing.T) {
+	if os.Getenv("PARRY_TEST_NO_SYS_ADMIN") == "" {
+		requireRoot(t)
+		if _, err := exec.LookPath("setpriv"); err != nil {
+			t.Skip("no setpriv")
+		}
+		exe, err := os.Executable()
+		must(t, err)
+		cmd := exec.Command("setpriv", "--bounding-set=-sys_admin", "--", exe, "-test.run=^TestAttributionUnavailableFallsBack$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "PARRY_TEST_NO_SYS_ADMIN=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestAttributionUnavailableFallsBack") {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		t.Logf("child:\n%s", out)
+		return
+	}
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	on := true
+	cfg.Attribution = &on
+	col := &collector{}
+	m := startWatcher(t, cfg, col)
+	st := statusWithin(t, m, 5*time.Second)
+	if !strings.HasPrefix(st.Attribution, "unavailable: fanotify_init: ") {
+		t.Fatalf("attribution %q without CAP_SYS_ADMIN", st.Attribution)
+	}
+	t.Logf("status attribution: %s", st.Attribution)
+	p := filepath.Join(dir, "f")
+	writeFile(t, p, "x")
+	if a := waitActor(t, col, p); a != nil {
+		t.Fatalf("actor %+v", a)
+	}
+}

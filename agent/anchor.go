@@ -3,29 +3,21 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 )
 
-// Store keys of the audit anchor (the last durable line) and of an
-// unacknowledged chain break.
-const (
-	keyAuditAnchor = "audit/anchor"
-	keyAuditBreak  = "audit/chain_break"
-)
-
-// auditAnchor is the last line known durable in audit.log.
-type auditAnchor struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-}
+// Store key of an unacknowledged chain break (the audit anchor's is
+// enforce.KeyAuditAnchor: the record saves it after each fsync).
+const keyAuditBreak = "audit/chain_break"
 
 // openAudit checks audit.log against the anchor in the store, moves a log
 // that fails aside (never deleting it), opens the log and wires the anchor
@@ -33,14 +25,14 @@ type auditAnchor struct {
 // accepted.
 //
 // fresh reports that a break was found now: the log was started anew.
-func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logger, onSync func(uint64, string),
-	wrap func(audit.File) audit.File) (al *audit.Log, brk *ChainBreak, fresh bool, err error) {
+func openAudit(st *store.Store, dir string, acfg audit.Config, now func() time.Time, log *slog.Logger, onSync func(audit.Anchor),
+	wrap func(audit.File) audit.File) (al *audit.Log, brk *api.ChainBreak, fresh bool, err error) {
 	path := filepath.Join(dir, "audit.log")
 	brk, err = checkAnchor(st, path, now)
 	if err != nil {
 		return nil, nil, false, err
 	}
-	al, err = audit.OpenWith(path, now, wrap)
+	al, err = audit.OpenConfig(path, acfg, now, wrap)
 	if err != nil {
 		return nil, nil, false, err
 	}
@@ -66,9 +58,9 @@ func openAudit(st *store.Store, dir string, now func() time.Time, log *slog.Logg
 }
 
 // readAnchor reads the audit anchor from the store (zero when none).
-func readAnchor(st *store.Store) (auditAnchor, error) {
-	var a auditAnchor
-	raw, err := st.Get(keyAuditAnchor)
+func readAnchor(st *store.Store) (enforce.AuditAnchor, error) {
+	var a enforce.AuditAnchor
+	raw, err := st.Get(enforce.KeyAuditAnchor)
 	if err != nil || raw == nil {
 		return a, err
 	}
@@ -80,19 +72,19 @@ func readAnchor(st *store.Store) (auditAnchor, error) {
 
 // checkAnchor verifies path against the stored anchor; on a mismatch it
 // renames the file aside, saves the break marker and returns it.
-func checkAnchor(st *store.Store, path string, now func() time.Time) (*ChainBreak, error) {
-	raw, err := st.Get(keyAuditAnchor)
+func checkAnchor(st *store.Store, path string, now func() time.Time) (*api.ChainBreak, error) {
+	raw, err := st.Get(enforce.KeyAuditAnchor)
 	if err != nil {
 		return nil, fmt.Errorf("audit anchor: %w", err)
 	}
-	var a auditAnchor
+	var a enforce.AuditAnchor
 	if raw == nil {
 		return nil, nil
 	}
 	if err := json.Unmarshal(raw, &a); err != nil || a.Seq == 0 {
 		return nil, fmt.Errorf("audit anchor: bad record in store: %q", raw)
 	}
-	res, err := audit.VerifyFileAgainst(path, a.Seq, a.Hash)
+	res, err := audit.CheckAnchor(path, a)
 	if err != nil {
 		return nil, fmt.Errorf("audit anchor: check %s: %w", path, err)
 	}
@@ -100,15 +92,13 @@ func checkAnchor(st *store.Store, path string, now func() time.Time) (*ChainBrea
 		return nil, nil
 	}
 	t := now().UTC()
-	brk := &ChainBreak{Time: t, AnchorSeq: a.Seq, AnchorHash: a.Hash, Found: res.Reason, FoundAtLine: res.FirstBad,
+	brk := &api.ChainBreak{Time: t, AnchorSeq: a.Seq, AnchorHash: a.Hash, Found: res.Reason, FoundAtLine: res.FirstBad,
 		FoundLines: res.Lines, FoundLastSeq: res.LastSeq}
-	kept := path + ".broken-" + t.Format("20060102T150405.000Z")
-	switch err := os.Rename(path, kept); {
-	case err == nil:
-		brk.KeptAs = filepath.Base(kept)
-	case !errors.Is(err, os.ErrNotExist):
+	kept, err := audit.KeepBroken(path, "broken-"+t.Format("20060102T150405.000Z"))
+	if err != nil {
 		return nil, fmt.Errorf("audit anchor: keep the broken log: %w", err)
 	}
+	brk.KeptAs = kept
 	b, _ := json.Marshal(brk)
 	if err := st.Put(keyAuditBreak, b); err != nil {
 		return nil, fmt.Errorf("audit anchor: save break: %w", err)
@@ -116,12 +106,12 @@ func checkAnchor(st *store.Store, path string, now func() time.Time) (*ChainBrea
 	return brk, nil
 }
 
-func loadBreak(st *store.Store) (*ChainBreak, error) {
+func loadBreak(st *store.Store) (*api.ChainBreak, error) {
 	raw, err := st.Get(keyAuditBreak)
 	if err != nil || raw == nil {
 		return nil, err
 	}
-	var brk ChainBreak
+	var brk api.ChainBreak
 	if err := json.Unmarshal(raw, &brk); err != nil {
 		return nil, fmt.Errorf("audit: bad chain break record in store: %w", err)
 	}
@@ -129,25 +119,23 @@ func loadBreak(st *store.Store) (*ChainBreak, error) {
 }
 
 // AuditBreak is the unacknowledged chain break, or nil.
-func (d *Daemon) AuditBreak() *ChainBreak {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+func (d *Daemon) AuditBreak() *api.ChainBreak {
+	d.breakMu.Lock()
+	defer d.breakMu.Unlock()
 	return d.chainBreak
 }
 
-func (d *Daemon) opAuditAck(_ context.Context, c *Call) (any, error) {
-	d.mu.Lock()
-	brk := d.chainBreak
-	d.mu.Unlock()
+func (d *Daemon) opAuditAck(_ context.Context, c *control.Call) (any, error) {
+	brk := d.AuditBreak()
 	if brk == nil {
 		return map[string]any{"acknowledged": false}, nil
 	}
 	if err := d.store.Put(keyAuditBreak, nil); err != nil {
-		return nil, errorf(CodeInternal, "acknowledge: %v", err)
+		return nil, api.Errorf(api.CodeInternal, "acknowledge: %v", err)
 	}
-	d.mu.Lock()
+	d.breakMu.Lock()
 	d.chainBreak = nil
-	d.mu.Unlock()
+	d.breakMu.Unlock()
 	d.Audit("audit_break_acknowledged", map[string]any{"break_time": brk.Time, "kept_as": brk.KeptAs, "sender": c.Peer.String()})
 	return map[string]any{"acknowledged": true, "chain_break": brk}, nil
 }

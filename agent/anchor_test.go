@@ -10,16 +10,18 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 )
 
-func storedAnchor(t *testing.T, d *Daemon) auditAnchor {
+func storedAnchor(t *testing.T, d *Daemon) enforce.AuditAnchor {
 	t.Helper()
-	raw, err := d.Store().Get(keyAuditAnchor)
+	raw, err := d.Store().Get(enforce.KeyAuditAnchor)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var a auditAnchor
+	var a enforce.AuditAnchor
 	if raw != nil {
 		if err := json.Unmarshal(raw, &a); err != nil {
 			t.Fatal(err)
@@ -44,7 +46,7 @@ func TestAuditAnchorWrittenAfterSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	seq, hash := d.audit.Last()
-	if got := storedAnchor(t, d); got != (auditAnchor{Seq: seq, Hash: hash}) {
+	if got := storedAnchor(t, d); got.Seq != seq || got.Hash != hash || got.Segment == 0 {
 		t.Fatalf("anchor after sync = %+v, want seq %d hash %s", got, seq, hash)
 	}
 	if seq <= before.Seq {
@@ -141,7 +143,7 @@ func TestAuditAnchorAtStart(t *testing.T) {
 				t.Fatalf("audit_verify ok=%v, want %v: %+v", res.OK, !tc.broken, res)
 			}
 			if !tc.broken {
-				if d.Status().AuditBreak != nil {
+				if statusOf(t, d).AuditBreak != nil {
 					t.Fatal("status reports a break on an intact log")
 				}
 				return
@@ -160,11 +162,11 @@ func TestAuditAnchorAtStart(t *testing.T) {
 			if !strings.HasPrefix(string(b), `{"seq":1,`) || !strings.Contains(strings.SplitN(string(b), "\n", 2)[0], `"event":"audit_chain_broken"`) {
 				t.Fatalf("first line of the new log: %.200s", b)
 			}
-			if d.Status().AuditBreak == nil {
+			if statusOf(t, d).AuditBreak == nil {
 				t.Fatal("status does not report the break")
 			}
 			// Acknowledged: verify is ok again, and stays so across a restart.
-			if _, err := d.opAuditAck(context.Background(), &Call{Peer: Peer{User: "root"}}); err != nil {
+			if _, err := d.opAuditAck(context.Background(), &control.Call{Peer: control.Peer{User: "root"}}); err != nil {
 				t.Fatal(err)
 			}
 			out, _ = d.opAuditVerify(context.Background(), nil)
@@ -191,10 +193,10 @@ func TestAuditAnchorMissingIsAccepted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if raw, _ := st.Get(keyAuditAnchor); raw == nil {
+	if raw, _ := st.Get(enforce.KeyAuditAnchor); raw == nil {
 		t.Fatal("no anchor after a clean stop")
 	}
-	if err := st.Put(keyAuditAnchor, nil); err != nil {
+	if err := st.Put(enforce.KeyAuditAnchor, nil); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

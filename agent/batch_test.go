@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/response"
@@ -35,10 +37,10 @@ func TestEnforceBatchGuardsEachDecision(t *testing.T) {
 	cfg := testConfig(t)
 	d := newTestDaemon(t, cfg, fw, clk)
 	var seen []string
-	d.Observe(func(dec response.Decision, out Outcome) {
+	d.path.Observe(func(dec response.Decision, out enforce.Outcome, _ enforce.State) {
 		code := "ok"
 		if out.Err != nil {
-			code = CodeOf(out.Err)
+			code = api.CodeOf(out.Err)
 		}
 		seen = append(seen, dec.ID+" "+code)
 	})
@@ -53,7 +55,7 @@ func TestEnforceBatchGuardsEachDecision(t *testing.T) {
 	decs = append(decs, response.Decision{ID: "mixed", Action: response.ActionBlock, Until: until,
 		Targets: pfx("127.0.0.5", "203.0.113.77"), Source: "fleet", Origin: "b"})
 	calls := fw.blockCalls
-	outs := d.EnforceBatch(context.Background(), decs, EnforceOptions{Partial: true})
+	outs := d.path.EnforceBatch(context.Background(), decs, enforce.EnforceOptions{Partial: true})
 	if n := fw.blockCalls - calls; n != 1 {
 		t.Errorf("%d kernel updates for one run; want 1", n)
 	}
@@ -71,7 +73,7 @@ func TestEnforceBatchGuardsEachDecision(t *testing.T) {
 	if last := outs[len(outs)-1]; last.Err != nil || len(last.Refused) != 1 || fmt.Sprint(last.Applied) != "[203.0.113.77/32]" {
 		t.Errorf("partial decision: %+v; want 203.0.113.77 applied, 1 refused", last)
 	}
-	if n := d.Status().ActiveBlocks; n != 51 {
+	if n := statusOf(t, d).ActiveBlocks; n != 51 {
 		t.Errorf("%d active blocks; want 51", n)
 	}
 	for _, s := range protected {
@@ -79,7 +81,7 @@ func TestEnforceBatchGuardsEachDecision(t *testing.T) {
 			t.Errorf("protected %s is in the kernel", s)
 		}
 	}
-	if len(seen) != len(decs) || seen[0] != "r0 ok" || seen[50] != "p0 "+CodeAllowlisted {
+	if len(seen) != len(decs) || seen[0] != "r0 ok" || seen[50] != "p0 "+api.CodeAllowlisted {
 		t.Errorf("observers heard %d decisions (first %q, protected %q); want %d", len(seen), seen[0], seen[50], len(decs))
 	}
 	if n := len(auditEvents(t, d, "block")); n != 51 {
@@ -95,7 +97,7 @@ func TestEnforceBatchGuardsEachDecision(t *testing.T) {
 	// The store has every applied block: a restart finds them.
 	d.Close()
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	if n := len(d2.Blocks()); n != 51 {
+	if n := len(blocksOf(t, d2)); n != 51 {
 		t.Errorf("after restart %d blocks; want 51", n)
 	}
 }
@@ -127,17 +129,17 @@ func TestEnforceBatchSameAsOneByOne(t *testing.T) {
 		d := newTestDaemon(t, testConfig(t), fw, &clock{t: t0})
 		var res []string
 		if batch {
-			for _, out := range d.EnforceBatch(context.Background(), decs, EnforceOptions{}) {
-				res = append(res, fmt.Sprintf("%s +%d ~%d -%d %v", out.ID, out.Added, out.Updated, out.Removed, CodeOf(out.Err)))
+			for _, out := range d.path.EnforceBatch(context.Background(), decs, enforce.EnforceOptions{}) {
+				res = append(res, fmt.Sprintf("%s +%d ~%d -%d %v", out.ID, out.Added, out.Updated, out.Removed, api.CodeOf(out.Err)))
 			}
 		} else {
 			for _, dec := range decs {
-				out, err := d.Enforce(context.Background(), dec)
-				res = append(res, fmt.Sprintf("%s +%d ~%d -%d %v", out.ID, out.Added, out.Updated, out.Removed, CodeOf(err)))
+				out, err := d.path.Enforce(context.Background(), dec)
+				res = append(res, fmt.Sprintf("%s +%d ~%d -%d %v", out.ID, out.Added, out.Updated, out.Removed, api.CodeOf(err)))
 			}
 		}
 		var blocks []string
-		for _, bi := range d.Blocks() {
+		for _, bi := range blocksOf(t, d) {
 			blocks = append(blocks, fmt.Sprintf("%s until %v", bi.Target, bi.Until))
 		}
 		return fw.state() + "\n" + fmt.Sprint(blocks), res
@@ -162,21 +164,21 @@ func TestEnforceBatchKernelFailureChangesNothing(t *testing.T) {
 	d := newTestDaemon(t, cfg, fw, clk)
 	ctx := context.Background()
 	first := remoteBlocks(1, t0.Add(time.Hour))
-	if out := d.EnforceBatch(ctx, first, EnforceOptions{}); out[0].Err != nil {
+	if out := d.path.EnforceBatch(ctx, first, enforce.EnforceOptions{}); out[0].Err != nil {
 		t.Fatal(out[0].Err)
 	}
-	before, blocksBefore := fw.state(), d.Blocks()
+	before, blocksBefore := fw.state(), blocksOf(t, d)
 	fw.failBlock = errors.New("netlink: EPERM")
 	decs := remoteBlocks(20, t0.Add(5*time.Hour)) // r0 updates the existing block
-	for i, out := range d.EnforceBatch(ctx, decs, EnforceOptions{Partial: true}) {
-		if CodeOf(out.Err) != CodeFirewall || len(out.Applied) != 0 {
-			t.Errorf("decision %d: %+v; want refused with %s", i, out, CodeFirewall)
+	for i, out := range d.path.EnforceBatch(ctx, decs, enforce.EnforceOptions{Partial: true}) {
+		if api.CodeOf(out.Err) != api.CodeFirewall || len(out.Applied) != 0 {
+			t.Errorf("decision %d: %+v; want refused with %s", i, out, api.CodeFirewall)
 		}
 	}
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
 		t.Errorf("kernel changed (-before +after):\n%s", diff)
 	}
-	if diff := cmp.Diff(blocksBefore, d.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d)); diff != "" {
 		t.Errorf("index changed (-before +after):\n%s", diff)
 	}
 	if n := len(auditEvents(t, d, "refuse")); n != 20 {
@@ -185,12 +187,12 @@ func TestEnforceBatchKernelFailureChangesNothing(t *testing.T) {
 	d.Close()
 	fw.failBlock = nil
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	if diff := cmp.Diff(blocksBefore, d2.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d2)); diff != "" {
 		t.Errorf("store changed by a failed batch (-before +after):\n%s", diff)
 	}
 	// The sequence numbers given back are reused without a clash.
-	if out := d2.EnforceBatch(ctx, decs, EnforceOptions{}); out[19].Err != nil || len(d2.Blocks()) != 20 {
-		t.Errorf("after the failure, the batch applies: %v, %d blocks", out[19].Err, len(d2.Blocks()))
+	if out := d2.path.EnforceBatch(ctx, decs, enforce.EnforceOptions{}); out[19].Err != nil || len(blocksOf(t, d2)) != 20 {
+		t.Errorf("after the failure, the batch applies: %v, %d blocks", out[19].Err, len(blocksOf(t, d2)))
 	}
 }
 
@@ -202,29 +204,29 @@ func TestEnforceBatchStoreFailureUndoesKernel(t *testing.T) {
 	fw := newFakeFW()
 	d := newTestDaemon(t, testConfig(t), fw, clk)
 	ctx := context.Background()
-	if out := d.EnforceBatch(ctx, remoteBlocks(3, t0.Add(time.Hour)), EnforceOptions{}); out[2].Err != nil {
+	if out := d.path.EnforceBatch(ctx, remoteBlocks(3, t0.Add(time.Hour)), enforce.EnforceOptions{}); out[2].Err != nil {
 		t.Fatal(out[2].Err)
 	}
-	before, blocksBefore := fw.state(), d.Blocks()
+	before, blocksBefore := fw.state(), blocksOf(t, d)
 	d.store.Close() // every commit now fails
-	for i, out := range d.EnforceBatch(ctx, remoteBlocks(10, t0.Add(5*time.Hour)), EnforceOptions{}) {
-		if CodeOf(out.Err) != CodeStore {
-			t.Errorf("block %d: %v; want %s", i, out.Err, CodeStore)
+	for i, out := range d.path.EnforceBatch(ctx, remoteBlocks(10, t0.Add(5*time.Hour)), enforce.EnforceOptions{}) {
+		if api.CodeOf(out.Err) != api.CodeStore {
+			t.Errorf("block %d: %v; want %s", i, out.Err, api.CodeStore)
 		}
 	}
 	unblocks := []response.Decision{
 		{ID: "u0", Action: response.ActionUnblock, Targets: pfx("2001:db8:b::0"), Origin: "b"},
 		{ID: "u1", Action: response.ActionUnblock, Targets: pfx("2001:db8:b::1"), Origin: "b"},
 	}
-	for i, out := range d.EnforceBatch(ctx, unblocks, EnforceOptions{}) {
-		if CodeOf(out.Err) != CodeStore {
-			t.Errorf("unblock %d: %v; want %s", i, out.Err, CodeStore)
+	for i, out := range d.path.EnforceBatch(ctx, unblocks, enforce.EnforceOptions{}) {
+		if api.CodeOf(out.Err) != api.CodeStore {
+			t.Errorf("unblock %d: %v; want %s", i, out.Err, api.CodeStore)
 		}
 	}
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
 		t.Errorf("kernel not restored (-before +after):\n%s", diff)
 	}
-	if diff := cmp.Diff(blocksBefore, d.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d)); diff != "" {
 		t.Errorf("index changed (-before +after):\n%s", diff)
 	}
 }
@@ -237,23 +239,23 @@ func TestEnforceBatchUnblockKernelFailure(t *testing.T) {
 	cfg := testConfig(t)
 	d := newTestDaemon(t, cfg, fw, clk)
 	ctx := context.Background()
-	d.EnforceBatch(ctx, remoteBlocks(4, t0.Add(time.Hour)), EnforceOptions{})
-	blocksBefore := d.Blocks()
+	d.path.EnforceBatch(ctx, remoteBlocks(4, t0.Add(time.Hour)), enforce.EnforceOptions{})
+	blocksBefore := blocksOf(t, d)
 	fw.failUnblock = errors.New("netlink: EPERM")
 	var unblocks []response.Decision
 	for i := range 4 {
 		unblocks = append(unblocks, response.Decision{ID: fmt.Sprintf("u%d", i), Action: response.ActionUnblock,
 			Targets: pfx(fmt.Sprintf("2001:db8:b::%x", i)), Origin: "b"})
 	}
-	for i, out := range d.EnforceBatch(ctx, unblocks, EnforceOptions{}) {
-		if CodeOf(out.Err) != CodeFirewall || out.Removed != 0 {
-			t.Errorf("unblock %d: %+v; want refused with %s", i, out, CodeFirewall)
+	for i, out := range d.path.EnforceBatch(ctx, unblocks, enforce.EnforceOptions{}) {
+		if api.CodeOf(out.Err) != api.CodeFirewall || out.Removed != 0 {
+			t.Errorf("unblock %d: %+v; want refused with %s", i, out, api.CodeFirewall)
 		}
 	}
 	d.Close()
 	fw.failUnblock = nil
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	if diff := cmp.Diff(blocksBefore, d2.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d2)); diff != "" {
 		t.Errorf("store changed by a failed unblock batch (-before +after):\n%s", diff)
 	}
 }
@@ -271,7 +273,7 @@ func TestApplyRemoteBatch(t *testing.T) {
 		{ID: "c", Action: response.ActionLockdown, Until: until, Origin: "b"},
 		{ID: "d", Action: response.ActionUnblock, Targets: pfx("203.0.113.1"), Origin: "b"},
 	}
-	res := d.ApplyRemoteBatch(context.Background(), decs)
+	res := d.fleet.ApplyRemoteBatch(context.Background(), decs)
 	got := make([]string, len(res))
 	for i, r := range res {
 		got[i] = fmt.Sprintf("refused=%d err=%v", r.Refused, r.Err != nil)
@@ -280,7 +282,8 @@ func TestApplyRemoteBatch(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("results (-want +got):\n%s", diff)
 	}
-	if s := fw.state(); s != "" || d.lockdown != nil {
-		t.Errorf("kernel holds %q, lockdown %v; want nothing (blocked, then unblocked; no lockdown)", s, d.lockdown)
+	l, err := d.path.CurrentLockdown(context.Background())
+	if s := fw.state(); s != "" || l != nil || err != nil {
+		t.Errorf("kernel holds %q, lockdown %v; want nothing (blocked, then unblocked; no lockdown)", s, l)
 	}
 }

@@ -2,10 +2,12 @@ package agent
 
 import (
 	"fmt"
-	"github.com/parryhq/parry/agent/api"
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
 
@@ -20,7 +22,7 @@ func TestSenderBlockCap(t *testing.T) {
 	cfg.Response.SenderBlockCap = response.BlockCap{Max: 3, Per: api.Duration(time.Minute)}
 	fw := newFakeFW()
 	d := newTestDaemon(t, cfg, fw, clk)
-	scan := func(p Peer, ip string) signalAnswer {
+	scan := func(p control.Peer, ip string) signalAnswer {
 		t.Helper()
 		a := signal(t, d, p, `{"op":"signal","kind":"scan_detected","ip":"`+ip+`"}`)
 		if !a.OK || len(a.Decisions) != 1 {
@@ -29,7 +31,7 @@ func TestSenderBlockCap(t *testing.T) {
 		return a
 	}
 	refused := func(a signalAnswer) bool {
-		return a.Decisions[0].Error != nil && a.Decisions[0].Error.Code == CodeSenderBlockCap
+		return a.Decisions[0].Error != nil && a.Decisions[0].Error.Code == enforce.CodeSenderBlockCap
 	}
 	for i := 1; i <= 3; i++ {
 		if a := scan(webPeer, fmt.Sprintf("203.0.113.%d", i)); a.Decisions[0].Enforced == nil {
@@ -39,7 +41,7 @@ func TestSenderBlockCap(t *testing.T) {
 	clk.Add(10 * time.Second)
 	for i := 4; i <= 5; i++ {
 		if a := scan(webPeer, fmt.Sprintf("203.0.113.%d", i)); !refused(a) {
-			t.Errorf("block %d over the cap: %+v; want %s", i, a.Decisions[0], CodeSenderBlockCap)
+			t.Errorf("block %d over the cap: %+v; want %s", i, a.Decisions[0], enforce.CodeSenderBlockCap)
 		}
 	}
 	admin(t, d, `{"op":"block","targets":["203.0.113.50"],"permanent":true}`)
@@ -52,7 +54,7 @@ func TestSenderBlockCap(t *testing.T) {
 	if n := len(fw.elems); n != 5 {
 		t.Errorf("kernel holds %d blocks; want 3 under the cap and the admin's two", n)
 	}
-	st := d.Status().Policy.SenderBlockCap
+	st := statusOf(t, d).Policy.SenderBlockCap
 	if st == nil || !st.Refusing || st.Blocks != 3 || st.Refused != 2 || st.RefusedTotal != 2 || st.Max != 3 ||
 		!st.WindowEnds.Equal(clk.Now().Add(50*time.Second)) {
 		t.Errorf("status: %+v", st)
@@ -73,7 +75,7 @@ func TestSenderBlockCap(t *testing.T) {
 	if len(ends) != 1 || ends[0]["refused"] != 2.0 {
 		t.Errorf("audit lines after the capped window: %v; want one with refused 2", ends)
 	}
-	if st := d.Status().Policy.SenderBlockCap; st.Refusing || st.Blocks != 1 || st.Refused != 0 || st.RefusedTotal != 2 {
+	if st := statusOf(t, d).Policy.SenderBlockCap; st.Refusing || st.Blocks != 1 || st.Refused != 0 || st.RefusedTotal != 2 {
 		t.Errorf("status in the next window: %+v", st)
 	}
 }

@@ -12,6 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/hostcheck"
@@ -33,22 +36,23 @@ const DefaultConfigPath = "/etc/parry/parry.yaml"
 // zero value means "defaults"). If the type has a `Validate() error` method,
 // Validate calls it and prefixes its error with the key.
 type Config struct {
-	Table        string   `yaml:"table"`         // nftables table name in family inet
-	Priority     int      `yaml:"priority"`      // hook priority of the table's chains
-	Socket       string   `yaml:"socket"`        // control socket path
-	StateDir     string   `yaml:"state_dir"`     // store.db, audit.log, others' state
-	Allowlist    []string `yaml:"allowlist"`     // IPs/CIDRs never blocked
-	DefaultBlock Duration `yaml:"default_block"` // block duration when none is given
-	MinPrefixV4  int      `yaml:"min_prefix_v4"` // broadest IPv4 prefix that may be blocked
-	MinPrefixV6  int      `yaml:"min_prefix_v6"` // broadest IPv6 prefix that may be blocked
-	MaxBlock     Duration `yaml:"max_block"`     // longest temporary block (0: no limit)
-	Prune        Duration `yaml:"prune_interval"`
-	Reassert     Duration `yaml:"reassert_interval"` // least time between two re-assertions after foreign nftables commits
-	Control      Control  `yaml:"control"`
+	Table        string         `yaml:"table"`         // nftables table name in family inet
+	Priority     int            `yaml:"priority"`      // hook priority of the table's chains
+	Socket       string         `yaml:"socket"`        // control socket path
+	StateDir     string         `yaml:"state_dir"`     // store.db, audit.log, others' state
+	Allowlist    []string       `yaml:"allowlist"`     // IPs/CIDRs never blocked
+	DefaultBlock api.Duration   `yaml:"default_block"` // block duration when none is given
+	MinPrefixV4  int            `yaml:"min_prefix_v4"` // broadest IPv4 prefix that may be blocked
+	MinPrefixV6  int            `yaml:"min_prefix_v6"` // broadest IPv6 prefix that may be blocked
+	MaxBlock     api.Duration   `yaml:"max_block"`     // longest temporary block (0: no limit)
+	Prune        api.Duration   `yaml:"prune_interval"`
+	Reassert     api.Duration   `yaml:"reassert_interval"` // least time between two re-assertions after foreign nftables commits
+	Control      control.Config `yaml:"control"`
 
 	Response  response.Config  `yaml:"response"`
 	Integrity integrity.Config `yaml:"integrity"`
 	Fleet     fleet.Config     `yaml:"fleet"`
+	Audit     audit.Config     `yaml:"audit"` // rotation and retention of the audit log
 
 	// Incident tooling (docs/incident.md).
 	Evidence evidence.Config  `yaml:"evidence"`
@@ -59,22 +63,6 @@ type Config struct {
 	allow []netip.Prefix // parsed Allowlist, set by Validate
 }
 
-// Control is the `control:` section: the socket's permissions and limits.
-type Control struct {
-	AdminGroups    []string `yaml:"admin_groups"`    // groups whose members may do everything (root always may)
-	SocketGroup    string   `yaml:"socket_group"`    // group owning the socket, if it exists
-	SocketMode     string   `yaml:"socket_mode"`     // octal, e.g. "0660"
-	MaxConnections int      `yaml:"max_connections"` // concurrent connections
-	MaxLineBytes   int      `yaml:"max_line_bytes"`  // longest request line, newline included
-	Rate           float64  `yaml:"rate"`            // requests per second per peer (uid)
-	Burst          int      `yaml:"burst"`           // requests a peer may send at once
-	IdleTimeout    Duration `yaml:"idle_timeout"`    // close a connection idle this long
-	WriteTimeout   Duration `yaml:"write_timeout"`   // close a connection whose peer does not read an answer for this long
-
-	MaxConnectionsPerUID int `yaml:"max_connections_per_uid"` // concurrent connections of one uid other than root
-	AdminReserve         int `yaml:"admin_reserve"`           // of max_connections, slots only root and admin_groups may take
-}
-
 // DefaultConfig returns the built-in defaults.
 func DefaultConfig() Config {
 	return Config{
@@ -82,20 +70,20 @@ func DefaultConfig() Config {
 		Priority:     -10,
 		Socket:       "/run/parry/parry.sock",
 		StateDir:     "/var/lib/parry",
-		DefaultBlock: Duration(24 * time.Hour),
+		DefaultBlock: api.Duration(24 * time.Hour),
 		MinPrefixV4:  16,
 		MinPrefixV6:  32,
-		Prune:        Duration(10 * time.Second),
-		Reassert:     Duration(30 * time.Second),
-		Control: Control{
+		Prune:        api.Duration(10 * time.Second),
+		Reassert:     api.Duration(30 * time.Second),
+		Control: control.Config{
 			SocketGroup:    "parry",
 			SocketMode:     "0660",
 			MaxConnections: 64,
 			MaxLineBytes:   64 << 10,
 			Rate:           2000,
 			Burst:          4000,
-			IdleTimeout:    Duration(5 * time.Minute),
-			WriteTimeout:   Duration(5 * time.Second),
+			IdleTimeout:    api.Duration(5 * time.Minute),
+			WriteTimeout:   api.Duration(5 * time.Second),
 
 			MaxConnectionsPerUID: 8,
 			AdminReserve:         8,
@@ -172,7 +160,7 @@ func (c *Config) Validate() error {
 	}
 	c.allow = c.allow[:0]
 	for _, s := range c.Allowlist {
-		p, err := ParseTarget(s)
+		p, err := api.ParseTarget(s)
 		if err != nil {
 			bad("allowlist: %v", err)
 			continue
@@ -180,7 +168,7 @@ func (c *Config) Validate() error {
 		c.allow = append(c.allow, p)
 	}
 	ct := &c.Control
-	if _, err := parseMode(ct.SocketMode); err != nil {
+	if _, err := control.ParseMode(ct.SocketMode); err != nil {
 		bad("control.socket_mode: %v", err)
 	}
 	if ct.MaxConnections < 1 {
@@ -229,11 +217,3 @@ func validateSections(c *Config) []error {
 
 // AllowPrefixes returns the parsed allowlist (after Validate).
 func (c *Config) AllowPrefixes() []netip.Prefix { return c.allow }
-
-func parseMode(s string) (os.FileMode, error) {
-	var m uint32
-	if _, err := fmt.Sscanf(s, "%o", &m); err != nil || m > 0o777 {
-		return 0, fmt.Errorf("%q is not an octal file mode like 0660", s)
-	}
-	return os.FileMode(m), nil
-}

@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
 
@@ -20,7 +22,7 @@ var t0 = time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
 func pfx(ss ...string) []netip.Prefix {
 	var out []netip.Prefix
 	for _, s := range ss {
-		p, err := ParseTarget(s)
+		p, err := api.ParseTarget(s)
 		if err != nil {
 			panic(err)
 		}
@@ -36,22 +38,22 @@ func TestEnforceBlockUnblockExpire(t *testing.T) {
 	d := newTestDaemon(t, cfg, fw, clk)
 	ctx := context.Background()
 	var seen []string
-	d.Observe(func(dec response.Decision, o Outcome) {
+	d.path.Observe(func(dec response.Decision, o enforce.Outcome, _ enforce.State) {
 		if o.Err != nil {
-			seen = append(seen, "refused:"+CodeOf(o.Err))
+			seen = append(seen, "refused:"+api.CodeOf(o.Err))
 			return
 		}
 		seen = append(seen, string(dec.Action))
 	})
 
-	out, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "198.51.100.0/24"), Until: t0.Add(time.Hour), Reason: "r"})
+	out, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "198.51.100.0/24"), Until: t0.Add(time.Hour), Reason: "r"})
 	if err == nil {
 		t.Fatalf("198.51.100.0/24 contains the allowlisted 198.51.100.10: want a refusal, got %+v", out)
 	}
-	if CodeOf(err) != CodeAllowlisted || fw.state() != "" {
-		t.Fatalf("code %s, kernel %q: an atomic refusal must change nothing", CodeOf(err), fw.state())
+	if api.CodeOf(err) != api.CodeAllowlisted || fw.state() != "" {
+		t.Fatalf("code %s, kernel %q: an atomic refusal must change nothing", api.CodeOf(err), fw.state())
 	}
-	out, err = d.EnforceWith(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "198.51.100.0/24", "2001:db8:5::/48"), Until: t0.Add(time.Hour)}, EnforceOptions{Partial: true})
+	out, err = d.path.EnforceWith(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "198.51.100.0/24", "2001:db8:5::/48"), Until: t0.Add(time.Hour)}, enforce.EnforceOptions{Partial: true})
 	if err != nil || out.Added != 2 || len(out.Refused) != 1 || out.Refused[0].Target != "198.51.100.0/24" {
 		t.Fatalf("partial block: %+v %v", out, err)
 	}
@@ -61,39 +63,39 @@ func TestEnforceBlockUnblockExpire(t *testing.T) {
 	}
 	// Re-block updates the expiry.
 	clk.Add(10 * time.Minute)
-	out, err = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: clk.Now().Add(2 * time.Hour)})
+	out, err = d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: clk.Now().Add(2 * time.Hour)})
 	if err != nil || out.Updated != 1 || out.Added != 0 {
 		t.Fatalf("re-block: %+v %v", out, err)
 	}
 	// A CIDR inside a blocked CIDR would conflict in the kernel's interval
 	// set: refused, naming the existing block.
-	_, err = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("2001:db8:5:1::/64"), Until: clk.Now().Add(time.Hour)})
-	if CodeOf(err) != CodeOverlap || !strings.Contains(err.Error(), "2001:db8:5::/48") {
+	_, err = d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("2001:db8:5:1::/64"), Until: clk.Now().Add(time.Hour)})
+	if api.CodeOf(err) != api.CodeOverlap || !strings.Contains(err.Error(), "2001:db8:5::/48") {
 		t.Fatalf("CIDR inside a /48: got %v", err)
 	}
 	// Single addresses live in the hash sets: an address inside a blocked
 	// CIDR, or a CIDR around a blocked address, is fine.
-	out, err = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("2001:db8:5:1::7", "203.0.113.0/24"), Until: clk.Now().Add(time.Hour)})
+	out, err = d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("2001:db8:5:1::7", "203.0.113.0/24"), Until: clk.Now().Add(time.Hour)})
 	if err != nil || out.Added != 2 {
 		t.Fatalf("address inside a CIDR, CIDR around an address: %+v %v", out, err)
 	}
-	out, err = d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: pfx("2001:db8:5:1::7", "203.0.113.0/24")})
+	out, err = d.path.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: pfx("2001:db8:5:1::7", "203.0.113.0/24")})
 	if err != nil || out.Removed != 2 {
 		t.Fatalf("unblock them again: %+v %v", out, err)
 	}
 	// Unblock.
-	out, err = d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: pfx("203.0.113.7", "203.0.113.8")})
+	out, err = d.path.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: pfx("203.0.113.7", "203.0.113.8")})
 	if err != nil || out.Removed != 1 || len(out.NotFound) != 1 {
 		t.Fatalf("unblock: %+v %v", out, err)
 	}
 	// Expiry: the /48 had 1h from t0.
 	clk.Add(51 * time.Minute)
-	d.prune()
-	if n := d.Status().ActiveBlocks; n != 0 {
+	d.path.Prune()
+	if n := statusOf(t, d).ActiveBlocks; n != 0 {
 		t.Fatalf("after expiry: %d active", n)
 	}
-	if len(d.blocks.decs) != 0 {
-		t.Errorf("decisions leak after every block ended: %d left", len(d.blocks.decs))
+	if st, err := d.path.Stats(context.Background()); err != nil || st.Decisions != 0 {
+		t.Errorf("decisions leak after every block ended: %d left (%v)", st.Decisions, err)
 	}
 	if diff := cmp.Diff([]string{"refused:allowlisted", "block", "block", "refused:overlap", "block", "unblock", "unblock"}, seen); diff != "" {
 		t.Errorf("observer calls (-want +got):\n%s", diff)
@@ -111,19 +113,19 @@ func TestFirewallFailureChangesNothing(t *testing.T) {
 	cfg := testConfig(t)
 	d := newTestDaemon(t, cfg, fw, clk)
 	ctx := context.Background()
-	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	fw.failBlock = errors.New("netlink: EPERM")
-	_, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "203.0.113.9"), Until: t0.Add(5 * time.Hour)})
-	if CodeOf(err) != CodeFirewall {
-		t.Fatalf("want %s, got %v", CodeFirewall, err)
+	_, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "203.0.113.9"), Until: t0.Add(5 * time.Hour)})
+	if api.CodeOf(err) != api.CodeFirewall {
+		t.Fatalf("want %s, got %v", api.CodeFirewall, err)
 	}
 	d.Close()
 	// The store must hold exactly what it held before: reopen and compare.
 	fw.failBlock = nil
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	got := d2.Blocks()
+	got := blocksOf(t, d2)
 	if len(got) != 1 || got[0].Target != "203.0.113.7" || !got[0].Until.Equal(t0.Add(time.Hour)) {
 		t.Fatalf("after a failed block the store changed: %+v", got)
 	}
@@ -135,10 +137,10 @@ func TestRestartRestoresRemainingTime(t *testing.T) {
 	cfg := testConfig(t)
 	d := newTestDaemon(t, cfg, fw, clk)
 	ctx := context.Background()
-	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.8")}); err != nil {
+	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.8")}); err != nil {
 		t.Fatal(err)
 	}
 	d.Close()
@@ -157,43 +159,13 @@ func TestSelfHeal(t *testing.T) {
 	clk := &clock{t: t0}
 	fw := newFakeFW()
 	d := newTestDaemon(t, testConfig(t), fw, clk)
-	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+	if _, err := d.path.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	fw.drop()
-	d.checkTable()
-	if fw.state() != "block 203.0.113.7/32 timeout=1h0m0s" || d.Status().TableHealth.Heals != 1 {
-		t.Fatalf("after heal: %q %+v", fw.state(), d.Status().TableHealth)
-	}
-}
-
-func TestOverlapIndex(t *testing.T) {
-	x := newIndex()
-	for _, s := range []string{"10.1.2.3", "10.9.0.0/16", "2001:db8::/48"} {
-		x.put(pfx(s)[0], entry{dec: 1})
-	}
-	for s, want := range map[string]string{
-		"10.1.2.0/24":       "", // addresses (hash set) never overlap CIDRs (interval set)
-		"10.1.0.0/16":       "",
-		"10.9.5.5":          "",
-		"10.9.0.0/24":       "10.9.0.0/16",
-		"10.0.0.0/8":        "10.9.0.0/16",
-		"10.1.2.4":          "",
-		"10.1.3.0/24":       "",
-		"2001:db8:0:1::1":   "",
-		"2001:db8:0:1::/64": "2001:db8::/48",
-		"2001:db8:1::/48":   "",
-		"2001:db8::/32":     "2001:db8::/48",
-		"10.1.2.3":          "", // same prefix: an update, not an overlap
-	} {
-		q, ok := x.overlapping(pfx(s)[0], 0)
-		got := ""
-		if ok {
-			got = q.String()
-		}
-		if got != want {
-			t.Errorf("overlapping(%s) = %q, want %q", s, got, want)
-		}
+	d.heal.CheckTable()
+	if fw.state() != "block 203.0.113.7/32 timeout=1h0m0s" || statusOf(t, d).TableHealth.Heals != 1 {
+		t.Fatalf("after heal: %q %+v", fw.state(), statusOf(t, d).TableHealth)
 	}
 }
 
@@ -202,19 +174,19 @@ func TestStoreFailureUndoesKernel(t *testing.T) {
 	fw := newFakeFW()
 	d := newTestDaemon(t, testConfig(t), fw, clk)
 	ctx := context.Background()
-	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	before := fw.state()
 	d.store.Close() // every commit now fails
-	_, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "203.0.113.9"), Until: t0.Add(5 * time.Hour)})
-	if CodeOf(err) != CodeStore {
-		t.Fatalf("want %s, got %v", CodeStore, err)
+	_, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7", "203.0.113.9"), Until: t0.Add(5 * time.Hour)})
+	if api.CodeOf(err) != api.CodeStore {
+		t.Fatalf("want %s, got %v", api.CodeStore, err)
 	}
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
 		t.Fatalf("kernel not restored after a store failure (-want +got):\n%s", diff)
 	}
-	if n := d.Status().ActiveBlocks; n != 1 {
+	if n := statusOf(t, d).ActiveBlocks; n != 1 {
 		t.Fatalf("index changed: %d", n)
 	}
 }
@@ -225,7 +197,7 @@ func TestReloadReportsBlocksInsideNewAllowlist(t *testing.T) {
 	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
 	cfg := testConfig(t)
 	d := newTestDaemon(t, cfg, newFakeFW(), clk)
-	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionBlock,
+	if _, err := d.path.Enforce(context.Background(), response.Decision{Action: response.ActionBlock,
 		Targets: pfx("203.0.113.7", "203.0.113.9", "2001:db8::/48"), Until: clk.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}

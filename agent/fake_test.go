@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/firewall"
 )
 
@@ -154,8 +156,28 @@ func newTestDaemon(t *testing.T, cfg Config, fw *fakeFW, clk *clock) *Daemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	if err := d.Reconcile("start"); err != nil {
+	if err := d.heal.Reconcile("start"); err != nil {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// statusOf is d.Status for tests: the decision path is never busy there.
+func statusOf(t testing.TB, d *Daemon) api.Status {
+	t.Helper()
+	st, err := d.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// blocksOf is the decision path's list of active blocks, for tests.
+func blocksOf(t testing.TB, d *Daemon) []api.BlockInfo {
+	t.Helper()
+	b, err := d.path.Blocks(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -4,15 +4,28 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/response"
 )
 
 // The fleet (docs/fleet.md): with a `fleet:` section, every local block and
 // unblock is published over NATS JetStream and the fleet's decisions are
-// enforced here through Enforce, guard first. Lockdowns stay local.
+// enforced here through the decision path, guard first. Lockdowns stay
+// local.
+
+// fleetGlue joins the decision path and the fleet (package agent/fleet
+// does the work): it applies the fleet's decisions through the path,
+// lists this host's blocks for a resync and publishes local decisions
+// (publishToFleet). The fleet is set once joined (atomic; nil: off).
+type fleetGlue struct {
+	path *enforce.Path
+	f    atomic.Pointer[fleet.Fleet]
+}
 
 // ApplyRemote enforces a decision from another host through the normal path:
 // the guard refuses what the allowlist, loopback and our own addresses
@@ -20,53 +33,53 @@ import (
 // is applied in partial mode: the fleet merges the targets of one remote
 // decision, and a protected one must not keep the others out. It returns
 // how many targets the guard refused.
-func (d *Daemon) ApplyRemote(ctx context.Context, dec response.Decision) (int, error) {
+func (g *fleetGlue) ApplyRemote(ctx context.Context, dec response.Decision) (int, error) {
 	if dec.Origin == "" {
-		return 0, errorf(CodeBadRequest, "remote decision without an origin")
+		return 0, api.Errorf(api.CodeBadRequest, "remote decision without an origin")
 	}
 	switch dec.Action {
 	case response.ActionBlock:
-		out, err := d.EnforceWith(ctx, dec, EnforceOptions{Partial: true})
+		out, err := g.path.EnforceWith(ctx, dec, enforce.EnforceOptions{Partial: true})
 		return len(out.Refused), err
 	case response.ActionUnblock:
-		_, err := d.Enforce(ctx, dec)
+		_, err := g.path.Enforce(ctx, dec)
 		return 0, err
 	default:
-		return 0, errorf(CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
+		return 0, api.Errorf(api.CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
 	}
 }
 
 // ApplyRemoteBatch is ApplyRemote for many decisions, in order, through
 // EnforceBatch: one store commit and one kernel update for a run of them
 // (a catch-up, a burst), each still guarded, audited and observed on its own.
-func (d *Daemon) ApplyRemoteBatch(ctx context.Context, decs []response.Decision) []fleet.Result {
+func (g *fleetGlue) ApplyRemoteBatch(ctx context.Context, decs []response.Decision) []fleet.Result {
 	res := make([]fleet.Result, len(decs))
 	ok := make([]response.Decision, 0, len(decs))
 	idx := make([]int, 0, len(decs))
 	for i, dec := range decs {
 		switch {
 		case dec.Origin == "":
-			res[i].Err = errorf(CodeBadRequest, "remote decision without an origin")
+			res[i].Err = api.Errorf(api.CodeBadRequest, "remote decision without an origin")
 		case dec.Action != response.ActionBlock && dec.Action != response.ActionUnblock:
-			res[i].Err = errorf(CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
+			res[i].Err = api.Errorf(api.CodeBadRequest, "remote %s refused: only blocks and unblocks travel", dec.Action)
 		default:
 			ok, idx = append(ok, dec), append(idx, i)
 		}
 	}
 	// Partial mode only concerns blocks: a protected target of a merged
 	// remote decision must not keep the others out.
-	for j, out := range d.EnforceBatch(ctx, ok, EnforceOptions{Partial: true}) {
+	for j, out := range g.path.EnforceBatch(ctx, ok, enforce.EnforceOptions{Partial: true}) {
 		res[idx[j]] = fleet.Result{Refused: len(out.Refused), Err: out.Err}
 	}
 	return res
 }
 
-var _ fleet.Applier = (*Daemon)(nil)
+var _ fleet.Applier = (*fleetGlue)(nil)
 
 // publishToFleet is the observer that hands every local block and unblock
 // that took effect to the fleet. Remote decisions (Origin set) go nowhere.
-func publishToFleet(f *fleet.Fleet) Observer {
-	return func(dec response.Decision, out Outcome) {
+func publishToFleet(f *fleet.Fleet) enforce.Observer {
+	return func(dec response.Decision, out enforce.Outcome, _ enforce.State) {
 		if dec.Origin != "" && dec.Origin != f.Name() {
 			return
 		}
@@ -90,25 +103,15 @@ func publishToFleet(f *fleet.Fleet) Observer {
 }
 
 // localBlocks lists this host's own active blocks, for the fleet's resync.
-func (d *Daemon) localBlocks(context.Context) ([]response.Decision, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	nowMs := d.now().UnixMilli()
+func (g *fleetGlue) localBlocks(context.Context) ([]response.Decision, error) {
 	var out []response.Decision
-	for p, e := range d.blocks.m {
-		if e.expired(nowMs) {
-			continue
-		}
-		dr := d.blocks.decision(e.dec)
+	for _, b := range g.path.Active() {
+		dr := b.Decision
 		if dr.Origin != "" {
 			continue
 		}
-		dec := response.Decision{ID: dr.ID, Action: response.ActionBlock, Targets: []netip.Prefix{p},
-			Reason: dr.Reason, Source: dr.Source, Rule: dr.Rule}
-		if e.until != 0 {
-			dec.Until = time.UnixMilli(e.until)
-		}
-		out = append(out, dec)
+		out = append(out, response.Decision{ID: dr.ID, Action: response.ActionBlock, Targets: []netip.Prefix{b.Prefix},
+			Reason: dr.Reason, Source: dr.Source, Rule: dr.Rule, Until: b.Until})
 	}
 	return out, nil
 }
@@ -121,11 +124,11 @@ func (m *Main) startFleet(ctx context.Context, cfg Config) error {
 		return nil
 	}
 	d := m.Daemon
-	f, err := fleet.New(cfg.Fleet, d, fleet.Options{Logger: m.Logger, Local: d.localBlocks})
+	f, err := fleet.New(cfg.Fleet, d.fleet, fleet.Options{Logger: m.Logger, Now: d.now, Local: d.fleet.localBlocks})
 	if err != nil {
 		return fmt.Errorf("fleet: %w", err)
 	}
-	d.Observe(publishToFleet(f))
+	d.path.Observe(publishToFleet(f))
 	if in := d.incident.Load(); in != nil && in.Metrics() != nil {
 		if err := in.Metrics().Registry().Register(f); err != nil {
 			m.Logger.Warn("fleet metrics not registered", "err", err)
@@ -135,9 +138,7 @@ func (m *Main) startFleet(ctx context.Context, cfg Config) error {
 	if err := f.Start(ctx); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	d.fleet = f
-	d.mu.Unlock()
+	d.fleet.f.Store(f)
 	st := f.Status()
 	d.Audit("fleet_join", map[string]any{"name": st.Name, "connected": st.Connected, "caught_up": st.CaughtUp,
 		"applied": st.Applied, "refused": st.Refused, "took": time.Since(start).Round(time.Millisecond).String()})
@@ -146,20 +147,20 @@ func (m *Main) startFleet(ctx context.Context, cfg Config) error {
 
 // stopFleet flushes what it can (bounded) and leaves the fleet.
 func (m *Main) stopFleet() {
-	if m.Daemon == nil || m.Daemon.fleet == nil {
+	if m.Daemon == nil || m.Daemon.fleet.f.Load() == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_ = m.Daemon.fleet.Close(ctx)
+	_ = m.Daemon.fleet.f.Load().Close(ctx)
 }
 
-// fleetStatus is the fleet part of op status; nil when the fleet is off.
-// Caller holds d.mu.
-func (d *Daemon) fleetStatus() *fleet.Status {
-	if d.fleet == nil {
+// status is the fleet part of op status; nil when the fleet is off.
+func (g *fleetGlue) status() *fleet.Status {
+	f := g.f.Load()
+	if f == nil {
 		return nil
 	}
-	st := d.fleet.Status()
+	st := f.Status()
 	return &st
 }

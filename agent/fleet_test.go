@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/response"
 )
@@ -57,14 +58,14 @@ func TestApplyRemoteGoesThroughTheGuard(t *testing.T) {
 		return dec
 	}
 	// allowlisted 198.51.100.10 refused, the other target applied
-	refused, err := d.ApplyRemote(ctx, remote("198.51.100.10/32", "203.0.113.5/32"))
+	refused, err := d.fleet.ApplyRemote(ctx, remote("198.51.100.10/32", "203.0.113.5/32"))
 	if err != nil || refused != 1 {
 		t.Fatalf("mixed remote block: refused %d, err %v; want 1, nil", refused, err)
 	}
 	if got := fw.state(); got != "block 203.0.113.5/32 timeout=1h0m0s" {
 		t.Errorf("kernel after a remote block:\n%s", got)
 	}
-	bs := d.Blocks()
+	bs := blocksOf(t, d)
 	if len(bs) != 1 || bs[0].Origin != "b" || bs[0].Source != "fleet" {
 		t.Errorf("blocks %+v; want one from origin b, source fleet", bs)
 	}
@@ -75,14 +76,14 @@ func TestApplyRemoteGoesThroughTheGuard(t *testing.T) {
 		"lockdown":    {ID: "l", Action: response.ActionLockdown, Until: until, Origin: "b"},
 		"no origin":   {ID: "n", Action: response.ActionBlock, Until: until, Targets: []netip.Prefix{netip.MustParsePrefix("203.0.113.6/32")}},
 	} {
-		if _, err := d.ApplyRemote(ctx, dec); err == nil {
+		if _, err := d.fleet.ApplyRemote(ctx, dec); err == nil {
 			t.Errorf("%s: remote decision applied; want refused", name)
 		}
 	}
 	if got := fw.state(); got != "block 203.0.113.5/32 timeout=1h0m0s" {
 		t.Errorf("refused remote decisions changed the kernel:\n%s", got)
 	}
-	if _, err := d.ApplyRemote(ctx, response.Decision{ID: "u", Action: response.ActionUnblock, Origin: "b",
+	if _, err := d.fleet.ApplyRemote(ctx, response.Decision{ID: "u", Action: response.ActionUnblock, Origin: "b",
 		Targets: []netip.Prefix{netip.MustParsePrefix("203.0.113.5/32")}}); err != nil || fw.state() != "" {
 		t.Errorf("remote unblock: err %v, kernel %q; want nil and empty", err, fw.state())
 	}
@@ -94,11 +95,11 @@ func TestObserverPublishesWhatTookEffect(t *testing.T) {
 	fw := newFakeFW()
 	clk := &clock{t: time.Now()}
 	d := newTestDaemon(t, testConfig(t), fw, clk)
-	f, err := fleet.New(fleet.Config{Servers: []string{"nats://127.0.0.1:1"}, Name: "a"}, d, fleet.Options{})
+	f, err := fleet.New(fleet.Config{Servers: []string{"nats://127.0.0.1:1"}, Name: "a"}, d.fleet, fleet.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.Observe(publishToFleet(f))
+	d.path.Observe(publishToFleet(f))
 	ctx := context.Background()
 	p := func(s ...string) []netip.Prefix {
 		var out []netip.Prefix
@@ -114,19 +115,19 @@ func TestObserverPublishesWhatTookEffect(t *testing.T) {
 		queue int
 	}{
 		{"partial block: only the applied target", func() {
-			_, _ = d.EnforceWith(ctx, response.Decision{Action: response.ActionBlock, Targets: p("203.0.113.1/32", "198.51.100.10/32"), Until: until}, EnforceOptions{Partial: true})
+			_, _ = d.path.EnforceWith(ctx, response.Decision{Action: response.ActionBlock, Targets: p("203.0.113.1/32", "198.51.100.10/32"), Until: until}, enforce.EnforceOptions{Partial: true})
 		}, 1},
 		{"refused block: nothing", func() {
-			_, _ = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: p("198.51.100.10/32"), Until: until})
+			_, _ = d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: p("198.51.100.10/32"), Until: until})
 		}, 1},
 		{"remote block: nothing", func() {
-			_, _ = d.ApplyRemote(ctx, response.Decision{ID: "r", Action: response.ActionBlock, Targets: p("203.0.113.2/32"), Until: until, Origin: "b"})
+			_, _ = d.fleet.ApplyRemote(ctx, response.Decision{ID: "r", Action: response.ActionBlock, Targets: p("203.0.113.2/32"), Until: until, Origin: "b"})
 		}, 1},
 		{"lockdown: nothing", func() {
-			_, _ = d.Enforce(ctx, response.Decision{Action: response.ActionLockdown, Until: until})
+			_, _ = d.path.Enforce(ctx, response.Decision{Action: response.ActionLockdown, Until: until})
 		}, 1},
 		{"unblock, even of a target not blocked here", func() {
-			_, _ = d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: p("203.0.113.1/32", "203.0.113.9/32")})
+			_, _ = d.path.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: p("203.0.113.1/32", "203.0.113.9/32")})
 		}, 3},
 	}
 	for _, s := range steps {

@@ -8,15 +8,19 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
+	"github.com/parryhq/parry/agent/enforce"
 )
 
 func FuzzParseTarget(f *testing.F) {
 	for _, s := range []string{"203.0.113.7", "198.51.100.0/24", "2001:db8::/48", "::ffff:1.2.3.4", "fe80::1%eth0", "", "1.2.3.4/", "0.0.0.0/0", "::/0", "1.2.3.4/33", "::ffff:0:0/95"} {
 		f.Add(s)
 	}
-	g := &Guard{MinV4: 16, MinV6: 32, Own: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}
+	g := &enforce.Guard{MinV4: 16, MinV6: 32, Own: []netip.Addr{netip.MustParseAddr("192.0.2.1")}}
 	f.Fuzz(func(t *testing.T, s string) {
-		p, err := ParseTarget(s)
+		p, err := api.ParseTarget(s)
 		if err != nil {
 			return
 		}
@@ -24,7 +28,7 @@ func FuzzParseTarget(f *testing.F) {
 			t.Fatalf("ParseTarget(%q) = %v: not canonical", s, p)
 		}
 		// A formatted target parses back to itself.
-		if q, err := ParseTarget(FormatTarget(p)); err != nil || q != p {
+		if q, err := api.ParseTarget(api.FormatTarget(p)); err != nil || q != p {
 			t.Fatalf("round trip %q -> %v -> %v %v", s, p, q, err)
 		}
 		if e := g.Check(p); e == nil && (p.Bits() == 0 || p.Addr().IsLoopback() || p.Contains(netip.MustParseAddr("192.0.2.1"))) {
@@ -51,23 +55,22 @@ func FuzzRequest(f *testing.F) {
 		f.Fatal(err)
 	}
 	fw := newFakeFW()
-	d, err := New(cfg, Options{Firewall: fw, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	d, err := New(cfg, Options{Firewall: keepTable{fw}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		HostAddrs: func() ([]netip.Addr, error) { return nil, nil }})
 	if err != nil {
 		f.Fatal(err)
 	}
 	defer d.Close()
-	if err := d.Reconcile("fuzz"); err != nil {
+	if err := d.heal.Reconcile("fuzz"); err != nil {
 		f.Fatal(err)
 	}
-	d.ops["uninstall_rules"] = opEntry{perm: PermAdmin, fn: d.opPing} // keep the table for the next input
-	peer := Peer{UID: 0, Admin: true, User: "root"}
+	peer := control.Peer{UID: 0, Admin: true, User: "root"}
 	f.Fuzz(func(t *testing.T, line []byte) {
 		_ = time.Now
-		resp := d.handleLine(context.Background(), peer, line)
+		resp := d.server.HandleLine(context.Background(), peer, line)
 		var w struct {
-			OK    *bool  `json:"ok"`
-			Error *Error `json:"error"`
+			OK    *bool      `json:"ok"`
+			Error *api.Error `json:"error"`
 		}
 		if len(resp) == 0 || resp[len(resp)-1] != '\n' {
 			t.Fatalf("response not one line: %q", resp)
@@ -80,3 +83,9 @@ func FuzzRequest(f *testing.F) {
 		}
 	})
 }
+
+// keepTable is a firewall whose table survives uninstall_rules, so that
+// the next fuzz input finds it.
+type keepTable struct{ *fakeFW }
+
+func (keepTable) Remove() error { return nil }

@@ -8,13 +8,15 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/evidence"
+	"github.com/parryhq/parry/agent/heal"
 	"github.com/parryhq/parry/agent/metrics"
 	webhook "github.com/parryhq/parry/agent/notify"
 	"github.com/parryhq/parry/firewall"
@@ -33,9 +35,11 @@ const (
 
 // Incident wires evidence capture, notifications, metrics, the report and
 // the host check into the daemon. It hears of decisions through the
-// observer hook, after the store and the kernel have them, and does all
-// slow work (evidence, connection lookups, webhooks) on its own goroutines:
-// enforcement never waits for it.
+// decision path's observer hook, after the store and the kernel have them,
+// with the path's state after each; otherwise it reads snapshots (the
+// path's Active and Stats, Status) and never takes another part's lock. It
+// does all slow work (evidence, connection lookups, webhooks) on its own
+// goroutines: enforcement never waits for it.
 type Incident struct {
 	d          *Daemon
 	log        *slog.Logger
@@ -91,7 +95,7 @@ func AttachIncident(d *Daemon, configPath string) (*Incident, error) {
 		return nil, fmt.Errorf("agent: notify: %w", err)
 	}
 	in.registerOps()
-	d.Observe(in.observe)
+	d.path.Observe(in.observe)
 	d.incident.Store(in)
 	return in, nil
 }
@@ -132,9 +136,9 @@ func (in *Incident) refreshGauges(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
-		in.d.mu.Lock()
-		in.updateGauges()
-		in.d.mu.Unlock()
+		if st, err := in.d.path.Stats(ctx); err == nil { // busy: the gauges stay until the next refresh
+			in.updateGauges(st.Blocks4, st.Blocks6, st.Lockdown)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -143,23 +147,10 @@ func (in *Incident) refreshGauges(ctx context.Context) {
 	}
 }
 
-// updateGauges reads in-memory counts. Caller holds d.mu.
-func (in *Incident) updateGauges() {
-	v4, v6 := in.d.blocks.familyCounts()
+// updateGauges sets the block and lockdown gauges.
+func (in *Incident) updateGauges(v4, v6 int, lock api.LockdownState) {
 	in.metrics.SetActiveBlocks(v4, v6)
-	lock := in.d.lockdownState()
 	in.metrics.SetLockdown(lock.Active, lock.Until)
-}
-
-// familyCounts sums the per-prefix-length counters: O(1) in the blocks.
-func (x *index) familyCounts() (v4, v6 int) {
-	for _, n := range x.lens[0] {
-		v4 += int(n)
-	}
-	for _, n := range x.lens[1] {
-		v6 += int(n)
-	}
-	return v4, v6
 }
 
 func (in *Incident) work(ctx context.Context) {
@@ -192,9 +183,9 @@ func (d *Daemon) observeSignal(s response.Signal, result string) {
 	}
 }
 
-// succeeded tells from the outcome and the daemon's state whether the
-// decision took effect. Caller holds d.mu (observers run under it).
-func (in *Incident) succeeded(dec response.Decision, out Outcome) bool {
+// succeeded tells from the outcome and the path's state after it whether
+// the decision took effect.
+func (in *Incident) succeeded(dec response.Decision, out enforce.Outcome, st enforce.State) bool {
 	switch {
 	case out.DryRun || dec.Action == response.ActionLog || dec.Action == response.ActionNotify:
 		return true
@@ -203,25 +194,25 @@ func (in *Incident) succeeded(dec response.Decision, out Outcome) bool {
 	case dec.Action == response.ActionUnblock:
 		return out.Removed > 0 || len(out.NotFound) > 0
 	case dec.Action == response.ActionLockdown:
-		return in.d.lockdown != nil && in.d.lockdown.ID == dec.ID
+		return st.LockdownID != "" && st.LockdownID == dec.ID
 	case dec.Action == response.ActionRelease:
-		return in.d.lockdown == nil
+		return st.LockdownID == ""
 	}
 	return false
 }
 
-// observe runs under the daemon's lock after every decision: it only
-// counts, queues webhooks and queues background jobs.
-func (in *Incident) observe(dec response.Decision, out Outcome) {
-	ok := in.succeeded(dec, out)
+// observe runs under the decision path's lock after every decision: it
+// only counts, queues webhooks and queues background jobs.
+func (in *Incident) observe(dec response.Decision, out enforce.Outcome, st enforce.State) {
+	ok := in.succeeded(dec, out, st)
 	if in.metrics != nil {
-		in.updateGauges()
+		in.updateGauges(st.Blocks4, st.Blocks6, st.Lockdown)
 		switch {
 		case out.Err != nil:
 			in.metrics.DecisionRefused(dec)
 		case ok:
 			var apply time.Duration
-			if t, isTimed := in.d.fw.(applyTimer); isTimed && dec.Action == response.ActionBlock && !out.DryRun {
+			if t := in.d.timed; t != nil && dec.Action == response.ActionBlock && !out.DryRun {
 				apply = t.lastBlock()
 			}
 			in.metrics.Decision(dec, apply)
@@ -280,7 +271,7 @@ func (in *Incident) finding(s response.Signal) {
 	}
 }
 
-func (in *Incident) notifyDecision(dec response.Decision, out Outcome) {
+func (in *Incident) notifyDecision(dec response.Decision, out enforce.Outcome) {
 	kind, sev := webhook.KindDecision, "medium"
 	switch dec.Action {
 	case response.ActionLockdown:
@@ -297,7 +288,7 @@ func (in *Incident) notifyDecision(dec response.Decision, out Outcome) {
 	in.notifier.Notify(webhook.Event{Kind: kind, Severity: sev, Title: decisionTitle(dec, out), Decision: &d})
 }
 
-func decisionTitle(dec response.Decision, out Outcome) string {
+func decisionTitle(dec response.Decision, out enforce.Outcome) string {
 	var b strings.Builder
 	b.WriteString(string(dec.Action))
 	if out.DryRun {
@@ -461,7 +452,9 @@ func (in *Incident) fill(ctx context.Context, s *evidence.Snapshot) {
 	if len(s.Blocks) > maxEvidenceBlks {
 		s.Blocks, s.BlocksTruncated = s.Blocks[:maxEvidenceBlks], true
 	}
-	if l := in.d.Status().Lockdown; l.Active {
+	if st, err := in.d.path.Stats(ctx); err != nil {
+		s.Errors = append(s.Errors, "lockdown state: "+err.Error())
+	} else if l := st.Lockdown; l.Active {
 		s.Lockdown = &evidence.Lockdown{Until: l.Until, Isolate: l.Isolate, Reason: l.Reason}
 	}
 	open, ok, err := in.openFindings(ctx)
@@ -482,47 +475,28 @@ func (in *Incident) fill(ctx context.Context, s *evidence.Snapshot) {
 // openFindings are the integrity monitor's unresolved findings, when it
 // runs. It waits for the monitor no longer than integrityWait.
 func (in *Incident) openFindings(ctx context.Context) ([]evidence.Finding, bool, error) {
-	s := &in.d.integ
-	s.mu.Lock()
-	mon := s.mon
-	s.mu.Unlock()
-	if mon == nil {
-		return nil, false, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, integrityWait)
-	defer cancel()
-	st, err := mon.Status(ctx)
-	if err != nil {
+	open, ok, err := in.d.integ.openFindings(ctx)
+	if !ok || err != nil {
 		return nil, false, err
 	}
 	var out []evidence.Finding
-	for _, f := range st.Open {
+	for _, f := range open {
 		out = append(out, evidence.Finding{Path: f.Path, Kind: f.Kind, Severity: f.Severity, Detail: f.Detail, Time: f.Time})
 	}
 	return out, true, nil
 }
 
-// activeBlocks copies the active blocks out of the daemon's index with a
-// short hold of its lock (a copy, no sort), then sorts them outside it.
+// activeBlocks copies the active blocks out of the decision path (a
+// snapshot, address order).
 func (in *Incident) activeBlocks() ([]evidence.Block, int) {
-	d := in.d
-	d.mu.Lock()
-	nowMs := d.now().UnixMilli()
-	out := make([]evidence.Block, 0, d.blocks.len())
-	for p, e := range d.blocks.m {
-		if e.expired(nowMs) {
-			continue
+	act := in.d.path.Active()
+	out := make([]evidence.Block, len(act))
+	for i, b := range act {
+		out[i] = evidence.Block{Prefix: b.Prefix, Reason: b.Decision.Reason}
+		if !b.Until.IsZero() {
+			out[i].Until = b.Until.UTC()
 		}
-		b := evidence.Block{Prefix: p, Reason: d.blocks.decision(e.dec).Reason}
-		if e.until != 0 {
-			b.Until = time.UnixMilli(e.until).UTC()
-		}
-		out = append(out, b)
 	}
-	d.mu.Unlock()
-	slices.SortFunc(out, func(a, b evidence.Block) int {
-		return cmp.Or(a.Prefix.Addr().Compare(b.Prefix.Addr()), cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()))
-	})
 	return out, len(out)
 }
 
@@ -530,24 +504,25 @@ func (in *Incident) activeBlocks() ([]evidence.Block, int) {
 type applyTimer interface{ lastBlock() time.Duration }
 
 // TimeApply wraps the firewall so that the metrics can report how long
-// each block took in the kernel. The daemon calls the firewall under its
-// lock, so the last duration belongs to the decision being observed.
-func TimeApply(fw Enforcer) Enforcer {
-	t := &timedFirewall{Enforcer: fw}
-	if w, ok := fw.(watcher); ok {
+// each block took in the kernel. The decision path calls the firewall
+// under its lock, so the last duration belongs to the decision being
+// observed.
+func TimeApply(fw Firewall) Firewall {
+	t := &timedFirewall{Firewall: fw}
+	if w, ok := fw.(heal.Watcher); ok {
 		return &timedWatchFirewall{timedFirewall: t, w: w}
 	}
 	return t
 }
 
 type timedFirewall struct {
-	Enforcer
+	Firewall
 	last atomic.Int64
 }
 
 func (t *timedFirewall) Block(elems []firewall.Element) error {
 	start := time.Now()
-	err := t.Enforcer.Block(elems)
+	err := t.Firewall.Block(elems)
 	t.last.Store(int64(time.Since(start)))
 	return err
 }
@@ -556,7 +531,7 @@ func (t *timedFirewall) lastBlock() time.Duration { return time.Duration(t.last.
 
 type timedWatchFirewall struct {
 	*timedFirewall
-	w watcher
+	w heal.Watcher
 }
 
 func (t *timedWatchFirewall) Watch(ctx context.Context, changed, foreign func()) error {

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"github.com/parryhq/parry/agent/api"
 	"io"
 	"log/slog"
 	"net/http"
@@ -12,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 	webhook "github.com/parryhq/parry/agent/notify"
 	"github.com/parryhq/parry/response"
 )
@@ -43,7 +44,7 @@ func BenchmarkEnforceObserverCost(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer d.Close()
-			d.Reconcile("bench")
+			d.heal.Reconcile("bench")
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			if withIncident {
@@ -57,7 +58,7 @@ func BenchmarkEnforceObserverCost(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
-				if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: []netip.Prefix{p}, Until: until}); err != nil {
+				if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: []netip.Prefix{p}, Until: until}); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -96,11 +97,9 @@ func BenchmarkObserve(b *testing.B) {
 	}()
 	p := netip.MustParsePrefix("203.0.113.7/32")
 	dec := response.Decision{ID: "x", Action: response.ActionBlock, Targets: []netip.Prefix{p}, Until: time.Now().Add(time.Hour), Source: "policy"}
-	out := Outcome{ID: "x", Action: response.ActionBlock, Added: 1, Applied: []netip.Prefix{p}}
+	out := enforce.Outcome{ID: "x", Action: response.ActionBlock, Added: 1, Applied: []netip.Prefix{p}}
 	b.ResetTimer()
 	for range b.N {
-		d.mu.Lock()
-		in.observe(dec, out)
-		d.mu.Unlock()
+		in.observe(dec, out, enforce.State{Blocks4: 1})
 	}
 }

@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/hostcheck"
 	"github.com/parryhq/parry/agent/report"
@@ -19,14 +22,14 @@ const CodeNotFound = "not_found"
 // registerOps adds the incident ops to the daemon's registry. Called by
 // AttachIncident before the socket is served.
 func (in *Incident) registerOps() {
-	in.d.handleParams("evidence_capture", PermAdmin, in.opCapture)
-	in.d.handle("evidence_list", PermAdmin, in.opEvidenceList)
-	in.d.handleParams("evidence_show", PermAdmin, in.opEvidenceShow)
-	in.d.handleParams("report", PermAdmin, in.opReport)
-	in.d.handle("check", PermAdmin, in.opCheck)
+	in.d.server.HandleParams("evidence_capture", control.PermAdmin, in.opCapture)
+	in.d.server.Handle("evidence_list", control.PermAdmin, in.opEvidenceList)
+	in.d.server.HandleParams("evidence_show", control.PermAdmin, in.opEvidenceShow)
+	in.d.server.HandleParams("report", control.PermAdmin, in.opReport)
+	in.d.server.Handle("check", control.PermAdmin, in.opCheck)
 }
 
-func (in *Incident) opCapture(ctx context.Context, c *Call) (any, error) {
+func (in *Incident) opCapture(ctx context.Context, c *control.Call) (any, error) {
 	var p struct {
 		Reason string `json:"reason"`
 	}
@@ -34,11 +37,11 @@ func (in *Incident) opCapture(ctx context.Context, c *Call) (any, error) {
 		return nil, err
 	}
 	if p.Reason == "" {
-		return nil, errorf(CodeBadRequest, `evidence_capture needs a "reason" (what happened; it is kept with the snapshot)`)
+		return nil, api.Errorf(api.CodeBadRequest, `evidence_capture needs a "reason" (what happened; it is kept with the snapshot)`)
 	}
 	rec, err := in.Capture(ctx, truncate(p.Reason, 1024), "cli")
 	if err != nil {
-		return nil, errorf(CodeInternal, "capture evidence: %v", err)
+		return nil, api.Errorf(api.CodeInternal, "capture evidence: %v", err)
 	}
 	return map[string]any{"evidence": rec}, nil
 }
@@ -48,7 +51,7 @@ func (in *Incident) recordedHashes() (map[string]string, error) {
 	if err := in.d.audit.Sync(); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(filepath.Join(in.cfg.StateDir, "audit.log"))
+	f, err := audit.OpenAll(filepath.Join(in.cfg.StateDir, "audit.log"))
 	if errors.Is(err, os.ErrNotExist) {
 		return map[string]string{}, nil
 	}
@@ -59,32 +62,32 @@ func (in *Incident) recordedHashes() (map[string]string, error) {
 	return report.EvidenceHashes(f)
 }
 
-func info(r evidence.Record, recorded map[string]string) EvidenceInfo {
-	ei := EvidenceInfo{EvidenceRecord: r, Recorded: recorded[r.ID]}
+func info(r evidence.Record, recorded map[string]string) api.EvidenceInfo {
+	ei := api.EvidenceInfo{EvidenceRecord: r, Recorded: recorded[r.ID]}
 	ei.Intact = ei.Recorded != "" && ei.Recorded == r.SHA256 && r.Mode == "0400"
 	return ei
 }
 
-func (in *Incident) opEvidenceList(_ context.Context, c *Call) (any, error) {
+func (in *Incident) opEvidenceList(_ context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}
 	recs, err := in.evidence.List()
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	recorded, err := in.recordedHashes()
 	if err != nil {
-		return nil, errorf(CodeInternal, "read audit log: %v", err)
+		return nil, api.Errorf(api.CodeInternal, "read audit log: %v", err)
 	}
-	out := make([]EvidenceInfo, 0, len(recs))
+	out := make([]api.EvidenceInfo, 0, len(recs))
 	for _, r := range recs {
 		out = append(out, info(r, recorded))
 	}
 	return map[string]any{"count": len(out), "evidence": out}, nil
 }
 
-func (in *Incident) opEvidenceShow(_ context.Context, c *Call) (any, error) {
+func (in *Incident) opEvidenceShow(_ context.Context, c *control.Call) (any, error) {
 	var p struct {
 		ID string `json:"evidence_id"`
 	}
@@ -94,20 +97,20 @@ func (in *Incident) opEvidenceShow(_ context.Context, c *Call) (any, error) {
 	snap, rec, err := in.evidence.Show(p.ID)
 	switch {
 	case errors.Is(err, evidence.ErrBadID):
-		return nil, errorf(CodeBadRequest, "%v", err)
+		return nil, api.Errorf(api.CodeBadRequest, "%v", err)
 	case errors.Is(err, evidence.ErrNotFound):
-		return nil, errorf(CodeNotFound, "no evidence %q; see parry evidence list", p.ID)
+		return nil, api.Errorf(CodeNotFound, "no evidence %q; see parry evidence list", p.ID)
 	case err != nil:
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	recorded, err := in.recordedHashes()
 	if err != nil {
-		return nil, errorf(CodeInternal, "read audit log: %v", err)
+		return nil, api.Errorf(api.CodeInternal, "read audit log: %v", err)
 	}
 	return map[string]any{"info": info(rec, recorded), "snapshot": snap}, nil
 }
 
-func (in *Incident) opReport(_ context.Context, c *Call) (any, error) {
+func (in *Incident) opReport(_ context.Context, c *control.Call) (any, error) {
 	var p struct {
 		Since string `json:"since"`
 	}
@@ -117,13 +120,13 @@ func (in *Incident) opReport(_ context.Context, c *Call) (any, error) {
 	if p.Since == "" {
 		p.Since = "24h"
 	}
-	since, err := ParseDuration(p.Since)
+	since, err := api.ParseDuration(p.Since)
 	if err != nil || since <= 0 {
-		return nil, errorf(CodeInvalidDuration, `report: "since" must be a duration like 24h or 7d`)
+		return nil, api.Errorf(api.CodeInvalidDuration, `report: "since" must be a duration like 24h or 7d`)
 	}
 	rep, err := in.Report(since)
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	return map[string]any{"report": rep}, nil
 }
@@ -139,7 +142,7 @@ func (in *Incident) Report(since time.Duration) (report.Report, error) {
 	chain := report.Chain{Checked: true, OK: res.OK, Lines: res.Lines, FirstBad: res.FirstBad, Reason: res.Reason}
 	to := in.d.now()
 	from := to.Add(-since)
-	f, err := os.Open(path)
+	f, err := audit.OpenSince(path, from)
 	if errors.Is(err, os.ErrNotExist) {
 		return report.Build(report.Lines{}, chain, in.host, from, to), nil
 	}
@@ -150,7 +153,7 @@ func (in *Incident) Report(since time.Duration) (report.Report, error) {
 	return report.Summarize(f, chain, in.host, from, to.Add(time.Second))
 }
 
-func (in *Incident) opCheck(ctx context.Context, c *Call) (any, error) {
+func (in *Incident) opCheck(ctx context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}
@@ -163,6 +166,6 @@ func (in *Incident) opCheck(ctx context.Context, c *Call) (any, error) {
 func (in *Incident) Check(ctx context.Context) hostcheck.Report {
 	ch := &hostcheck.Checker{Config: in.cfg.Check, Now: in.d.now, ConfigPath: in.configPath,
 		StateDir: in.cfg.StateDir, SocketPath: in.cfg.Socket, Table: "inet " + in.cfg.Table,
-		TablePresent: func() (bool, error) { return in.d.Status().TableHealth.Present, nil }}
+		TablePresent: func() (bool, error) { return in.d.heal.Health().Present, nil }}
 	return ch.Run(ctx)
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/parryhq/parry/agent/api"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	webhook "github.com/parryhq/parry/agent/notify"
 	"github.com/parryhq/parry/agent/report"
@@ -42,7 +42,7 @@ func incidentDaemon(t *testing.T, mutate func(*Config)) (*Daemon, *Incident) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Reconcile("start"); err != nil {
+	if err := d.heal.Reconcile("start"); err != nil {
 		t.Fatal(err)
 	}
 	in, err := AttachIncident(d, "")
@@ -94,11 +94,11 @@ func checkEvidenceFile(t *testing.T, d *Daemon, fields map[string]any) {
 func TestLockdownCapturesEvidenceAsync(t *testing.T) {
 	d, in := incidentDaemon(t, nil)
 	until := d.now().Add(time.Hour)
-	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionBlock,
+	if _, err := d.path.Enforce(context.Background(), response.Decision{Action: response.ActionBlock,
 		Targets: pfx("203.0.113.9"), Until: until, Reason: "pre-existing"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionLockdown, Until: until, Reason: "intrusion"}); err != nil {
+	if _, err := d.path.Enforce(context.Background(), response.Decision{Action: response.ActionLockdown, Until: until, Reason: "intrusion"}); err != nil {
 		t.Fatal(err)
 	}
 	var ev []map[string]any
@@ -184,10 +184,10 @@ func TestMetricsFromDecisions(t *testing.T) {
 	d, in := incidentDaemon(t, func(c *Config) { c.Metrics.Enabled = true; c.Metrics.Listen = "127.0.0.1:0" })
 	ctx := context.Background()
 	until := d.now().Add(time.Hour)
-	d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Source: "policy", Targets: pfx("203.0.113.1", "203.0.113.2", "2001:db8:9::/48"), Until: until})
-	d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Source: "cli", Targets: pfx("127.0.0.1"), Until: until}) // refused: counted as such
-	d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Source: "cli", Targets: pfx("203.0.113.2")})
-	d.Enforce(ctx, response.Decision{Action: response.ActionLockdown, Source: "cli", Until: until})
+	d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Source: "policy", Targets: pfx("203.0.113.1", "203.0.113.2", "2001:db8:9::/48"), Until: until})
+	d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Source: "cli", Targets: pfx("127.0.0.1"), Until: until}) // refused: counted as such
+	d.path.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Source: "cli", Targets: pfx("203.0.113.2")})
+	d.path.Enforce(ctx, response.Decision{Action: response.ActionLockdown, Source: "cli", Until: until})
 	reg := in.Metrics().Registry()
 	want := `
 # HELP parry_blocks_active Blocks currently in force, by address family (ipv4, ipv6).
@@ -242,7 +242,7 @@ func TestEnforcementUnaffectedByHungWebhook(t *testing.T) {
 	go func() {
 		for i := range 200 {
 			target := pfx(fmt.Sprintf("198.18.%d.%d", i/250, i%250+1))
-			if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: target, Until: until}); err != nil {
+			if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: target, Until: until}); err != nil {
 				done <- err
 				return
 			}
@@ -266,8 +266,8 @@ func TestEnforcementUnaffectedByHungWebhook(t *testing.T) {
 	if st.Dropped == 0 || st.Dropped+uint64(st.Queued) > 200 {
 		t.Errorf("stats %+v: a hung endpoint must fill its queue and drop, never block", st)
 	}
-	if d.Status().ActiveBlocks != 200 {
-		t.Errorf("active blocks %d, want 200", d.Status().ActiveBlocks)
+	if statusOf(t, d).ActiveBlocks != 200 {
+		t.Errorf("active blocks %d, want 200", statusOf(t, d).ActiveBlocks)
 	}
 }
 
@@ -294,7 +294,7 @@ func TestIncidentOpsOverSocket(t *testing.T) {
 		}
 		return w
 	}
-	if w := call(`{"op":"evidence_capture"}`, nil); w.OK || w.Error.Code != CodeBadRequest {
+	if w := call(`{"op":"evidence_capture"}`, nil); w.OK || w.Error.Code != api.CodeBadRequest {
 		t.Errorf("capture without reason: %+v", w)
 	}
 	var capResp struct {
@@ -307,22 +307,22 @@ func TestIncidentOpsOverSocket(t *testing.T) {
 		t.Fatalf("capture: %+v", w)
 	}
 	var list struct {
-		Count    int            `json:"count"`
-		Evidence []EvidenceInfo `json:"evidence"`
+		Count    int                `json:"count"`
+		Evidence []api.EvidenceInfo `json:"evidence"`
 	}
 	call(`{"op":"evidence_list"}`, &list)
 	if list.Count != 1 || !list.Evidence[0].Intact || list.Evidence[0].Recorded != capResp.Evidence.SHA256 {
 		t.Errorf("list: %+v", list)
 	}
 	var show struct {
-		Info     EvidenceInfo   `json:"info"`
-		Snapshot map[string]any `json:"snapshot"`
+		Info     api.EvidenceInfo `json:"info"`
+		Snapshot map[string]any   `json:"snapshot"`
 	}
 	call(`{"op":"evidence_show","evidence_id":"`+capResp.Evidence.ID+`"}`, &show)
 	if !show.Info.Intact || show.Snapshot["reason"] != "handover" {
 		t.Errorf("show: %+v", show.Info)
 	}
-	if w := call(`{"op":"evidence_show","evidence_id":"../../etc/shadow"}`, nil); w.OK || w.Error.Code != CodeBadRequest {
+	if w := call(`{"op":"evidence_show","evidence_id":"../../etc/shadow"}`, nil); w.OK || w.Error.Code != api.CodeBadRequest {
 		t.Errorf("hostile id: %+v", w)
 	}
 	if w := call(`{"op":"evidence_show","evidence_id":"20260101T000000Z-00000000"}`, nil); w.OK || w.Error.Code != CodeNotFound {

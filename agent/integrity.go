@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"log/slog"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
+	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/integrity"
 	"github.com/parryhq/parry/response"
 )
@@ -18,12 +21,11 @@ const (
 	CodeNoBaseline       = "no_baseline"        // no integrity baseline recorded yet
 	CodeBaselineTampered = "baseline_tampered"  // the stored baseline does not match its digest
 	CodeIntegrityOff     = "integrity_disabled" // integrity.enabled is false
-	CodeBusy             = "busy"               // the part asked is busy (a long scan) or stuck; nothing changed, try again
 )
 
 // integrityWait is the longest a request waits for the integrity monitor
 // (its lock: a full scan, or a stuck watcher, holds it); it is then
-// answered with CodeBusy. Scans themselves are not cut short by it.
+// answered with api.CodeBusy. Scans themselves are not cut short by it.
 const integrityWait = 5 * time.Second
 
 // integrityDigestKey is where the store keeps the digest of the baseline
@@ -31,8 +33,19 @@ const integrityWait = 5 * time.Second
 // that does not match it is refused.
 const integrityDigestKey = "integrity/baseline_digest"
 
-// integrityState is the daemon's integrity monitor. The zero value is ready.
-type integrityState struct {
+// integrityGlue is the integrity part of the daemon: the monitor (created
+// on first use), its watcher loop, its findings into the audit log, the
+// incident tooling (observe) and the policy (handle), and the integrity
+// ops. mu guards mon, err, restart, signals and dropped.
+type integrityGlue struct {
+	log     *slog.Logger
+	now     func() time.Time
+	store   *store.Store
+	audit   func(event string, fields map[string]any) error
+	config  func() Config
+	observe func(response.Signal)                  // the incident tooling hears of every finding
+	handle  func(context.Context, response.Signal) // the policy, as for op signal
+
 	mu      sync.Mutex
 	mon     *integrity.Monitor
 	err     error         // why the watcher is not running, if it is not
@@ -41,24 +54,24 @@ type integrityState struct {
 	dropped int
 }
 
-// integrityMonitor returns the monitor, creating it on first use.
-func (d *Daemon) integrityMonitor() (*integrity.Monitor, error) {
-	s := &d.integ
+// monitor returns the monitor, creating it on first use.
+func (g *integrityGlue) monitor() (*integrity.Monitor, error) {
+	s := g
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mon != nil {
 		return s.mon, nil
 	}
-	cfg := d.Config()
-	want, err := d.store.Get(integrityDigestKey)
+	cfg := g.config()
+	want, err := g.store.Get(integrityDigestKey)
 	if err != nil {
 		return nil, fmt.Errorf("integrity: read baseline digest: %w", err)
 	}
 	s.restart = make(chan struct{}, 1)
 	s.signals = make(chan response.Signal, 1024)
 	mon, err := integrity.NewMonitor(cfg.Integrity, integrity.Options{
-		StateDir: cfg.StateDir, WantDigest: string(want), Report: d.integrityFinding,
-		Logger: d.log.With("component", "integrity"), Now: d.now, LockWait: integrityWait,
+		StateDir: cfg.StateDir, WantDigest: string(want), Report: g.finding,
+		Logger: g.log.With("component", "integrity"), Now: g.now, LockWait: integrityWait,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("integrity: %w", err)
@@ -67,57 +80,57 @@ func (d *Daemon) integrityMonitor() (*integrity.Monitor, error) {
 	return mon, nil
 }
 
-func (d *Daemon) setIntegrityErr(err error) {
-	d.integ.mu.Lock()
-	d.integ.err = err
-	d.integ.mu.Unlock()
+func (g *integrityGlue) setErr(err error) {
+	g.mu.Lock()
+	g.err = err
+	g.mu.Unlock()
 }
 
-// runIntegrity runs the integrity watcher until ctx ends. On the first
+// run runs the integrity watcher until ctx ends. On the first
 // start it records a baseline; a baseline that fails its digest check is
 // reported and not used, and the watcher waits for `parry integrity
 // baseline`.
-func (d *Daemon) runIntegrity(ctx context.Context) {
-	if e := d.Config().Integrity.WithDefaults().Enabled; e != nil && !*e {
-		d.setIntegrityErr(errors.New("integrity.enabled is false"))
+func (g *integrityGlue) run(ctx context.Context) {
+	if e := g.config().Integrity.WithDefaults().Enabled; e != nil && !*e {
+		g.setErr(errors.New("integrity.enabled is false"))
 		return
 	}
-	mon, err := d.integrityMonitor()
+	mon, err := g.monitor()
 	if err != nil {
-		d.log.Error("integrity watcher not started", "err", err)
-		d.setIntegrityErr(err)
+		g.log.Error("integrity watcher not started", "err", err)
+		g.setErr(err)
 		return
 	}
-	go d.integritySignals(ctx)
+	go g.feed(ctx)
 	_, err = mon.Load()
 	switch {
 	case errors.Is(err, integrity.ErrNoBaseline):
-		d.log.Info("no integrity baseline yet: recording one")
-		if _, err = d.recordBaseline(ctx, mon, "first start", "parryd"); err != nil {
-			d.log.Error("integrity baseline", "err", err)
+		g.log.Info("no integrity baseline yet: recording one")
+		if _, err = g.recordBaseline(ctx, mon, "first start", "parryd"); err != nil {
+			g.log.Error("integrity baseline", "err", err)
 		}
 	case errors.Is(err, integrity.ErrBaselineTampered):
-		d.Audit("integrity_baseline_tampered", map[string]any{"error": err.Error()})
-		d.integrityFinding(integrity.Finding{Time: d.now(), Kind: "baseline_tampered", Severity: integrity.SevCritical,
-			Path:   filepath.Join(d.Config().StateDir, integrity.BaselineFile),
+		g.audit("integrity_baseline_tampered", map[string]any{"error": err.Error()})
+		g.finding(integrity.Finding{Time: g.now(), Kind: "baseline_tampered", Severity: integrity.SevCritical,
+			Path:   filepath.Join(g.config().StateDir, integrity.BaselineFile),
 			Detail: "the integrity baseline does not match its recorded digest; it is not used. Inspect the host, then run `parry integrity baseline`"})
 	}
 	for {
 		if err == nil {
-			d.setIntegrityErr(nil)
+			g.setErr(nil)
 			err = mon.Run(ctx)
 		}
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			d.log.Warn("integrity watcher stopped; retrying in 30s or on a new baseline", "err", err)
-			d.setIntegrityErr(err)
+			g.log.Warn("integrity watcher stopped; retrying in 30s or on a new baseline", "err", err)
+			g.setErr(err)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.integ.restart:
+		case <-g.restart:
 		case <-time.After(30 * time.Second):
 		}
 		err = nil
@@ -126,33 +139,33 @@ func (d *Daemon) runIntegrity(ctx context.Context) {
 
 // recordBaseline scans and stores a baseline, puts its digest into the
 // store and the audit chain, and wakes the watcher.
-func (d *Daemon) recordBaseline(ctx context.Context, mon *integrity.Monitor, reason, sender string) (integrity.BaselineResult, error) {
+func (g *integrityGlue) recordBaseline(ctx context.Context, mon *integrity.Monitor, reason, sender string) (integrity.BaselineResult, error) {
 	res, err := mon.Baseline(ctx)
 	if err != nil {
 		return res, err
 	}
-	if err := d.noteDigest(res.Digest); err != nil {
+	if err := g.noteDigest(res.Digest); err != nil {
 		return res, err
 	}
-	d.Audit("integrity_baseline", map[string]any{"digest": res.Digest, "entries": res.Entries,
+	g.audit("integrity_baseline", map[string]any{"digest": res.Digest, "entries": res.Entries,
 		"unreadable": len(res.Unreadable), "reason": reason, "sender": sender, "took": res.Took.String()})
 	select {
-	case d.integ.restart <- struct{}{}:
+	case g.restart <- struct{}{}:
 	default:
 	}
 	return res, nil
 }
 
-func (d *Daemon) noteDigest(digest string) error {
-	if err := d.store.Put(integrityDigestKey, []byte(digest)); err != nil {
-		return errorf(CodeStore, "integrity: store baseline digest: %v", err)
+func (g *integrityGlue) noteDigest(digest string) error {
+	if err := g.store.Put(integrityDigestKey, []byte(digest)); err != nil {
+		return api.Errorf(api.CodeStore, "integrity: store baseline digest: %v", err)
 	}
 	return nil
 }
 
-// integrityFinding records a finding: audit chain (and structured log) at
+// finding records a finding: audit chain (and structured log) at
 // once, and a signal for the policy, handed off so the watcher never waits.
-func (d *Daemon) integrityFinding(f integrity.Finding) {
+func (g *integrityGlue) finding(f integrity.Finding) {
 	fields := map[string]any{"kind": f.Kind, "severity": f.Severity, "path": f.Path, "detail": f.Detail}
 	for k, v := range map[string]string{"rule": f.Rule, "package": f.Package, "remediation": f.Remediation} {
 		if v != "" {
@@ -165,71 +178,27 @@ func (d *Daemon) integrityFinding(f integrity.Finding) {
 	if f.Count > 0 {
 		fields["count"] = f.Count // a burst finding: files aggregated
 	}
-	d.Audit("integrity_finding", fields)
-	d.observeFinding(f.Signal()) // incident tooling: metrics, webhook, evidence on critical
+	g.audit("integrity_finding", fields)
+	g.observe(f.Signal()) // incident tooling: metrics, webhook, evidence on critical
 	select {
-	case d.integ.signals <- f.Signal():
+	case g.signals <- f.Signal():
 	default:
-		d.integ.mu.Lock()
-		d.integ.dropped++
-		d.integ.mu.Unlock()
+		g.mu.Lock()
+		g.dropped++
+		g.mu.Unlock()
 	}
 }
 
-// integritySignals feeds integrity_violation signals to the policy.
-func (d *Daemon) integritySignals(ctx context.Context) {
+// feed hands integrity_violation signals to the policy, off the watcher's
+// goroutine.
+func (g *integrityGlue) feed(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case sig := <-d.integ.signals:
-			d.handleIntegritySignal(ctx, sig)
+		case sig := <-g.signals:
+			g.handle(ctx, sig)
 		}
-	}
-}
-
-// integritySender is how the integrity watcher appears as a signal sender
-// and in the audit log.
-func integritySender() Peer {
-	return Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), User: "parryd-integrity", Admin: true}
-}
-
-// handleIntegritySignal runs one integrity_violation signal through the
-// response policy (which may notify, log, block or lock down, as its rules
-// for kind integrity_violation say) and enforces what it decides, exactly
-// as op signal does for signals from the socket.
-func (d *Daemon) handleIntegritySignal(ctx context.Context, sig response.Signal) {
-	eng := d.Policy()
-	if eng == nil {
-		d.log.Warn("integrity_violation signal dropped: no policy engine", "path", sig.Path)
-		return
-	}
-	peer := integritySender()
-	sig.Sender = peerSender(peer)
-	if sig.Time.IsZero() {
-		sig.Time = d.now().UTC()
-	}
-	if err := response.ValidateSignal(sig); err != nil {
-		d.log.Error("integrity_violation signal invalid", "path", sig.Path, "err", err)
-		return
-	}
-	res, err := eng.Handle(sig)
-	if err != nil {
-		d.log.Error("policy refused an integrity_violation signal", "path", sig.Path, "err", err)
-		return
-	}
-	d.recordSignal(sig, peer, res)
-	d.observeSignal(sig, string(res.Outcome))
-	blocked := false
-	for _, dec := range res.Decisions {
-		if _, err := d.Enforce(ctx, dec); err != nil {
-			d.log.Error("enforcing the policy's answer to an integrity finding failed", "action", dec.Action, "path", sig.Path, "err", err)
-			continue
-		}
-		blocked = blocked || (dec.Action == response.ActionBlock && !dec.DryRun)
-	}
-	if blocked {
-		d.saveOffenders()
 	}
 }
 
@@ -241,53 +210,53 @@ type IntegrityStatus struct {
 	DroppedSignals int    `json:"dropped_signals,omitempty"`
 }
 
-func (d *Daemon) opIntegrityStatus(ctx context.Context, c *Call) (any, error) {
+func (g *integrityGlue) opStatus(ctx context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}
-	mon, err := d.integrityMonitor()
+	mon, err := g.monitor()
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	ms, err := mon.Status(ctx)
 	if err != nil {
 		return nil, integrityErr(err)
 	}
 	st := IntegrityStatus{Status: ms, Enabled: true}
-	if e := d.Config().Integrity.WithDefaults().Enabled; e != nil {
+	if e := g.config().Integrity.WithDefaults().Enabled; e != nil {
 		st.Enabled = *e
 	}
-	d.integ.mu.Lock()
-	if d.integ.err != nil {
-		st.Error = d.integ.err.Error()
+	g.mu.Lock()
+	if g.err != nil {
+		st.Error = g.err.Error()
 	}
-	st.DroppedSignals = d.integ.dropped
-	d.integ.mu.Unlock()
+	st.DroppedSignals = g.dropped
+	g.mu.Unlock()
 	return st, nil
 }
 
-func (d *Daemon) opIntegrityBaseline(ctx context.Context, c *Call) (any, error) {
+func (g *integrityGlue) opBaseline(ctx context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}
-	mon, err := d.integrityMonitor()
+	mon, err := g.monitor()
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
-	res, err := d.recordBaseline(ctx, mon, "requested", c.Peer.String())
+	res, err := g.recordBaseline(ctx, mon, "requested", c.Peer.String())
 	if err != nil {
 		return nil, integrityErr(err)
 	}
 	return res, nil
 }
 
-func (d *Daemon) opIntegrityCheck(ctx context.Context, c *Call) (any, error) {
+func (g *integrityGlue) opCheck(ctx context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&struct{}{}); err != nil {
 		return nil, err
 	}
-	mon, err := d.integrityMonitor()
+	mon, err := g.monitor()
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	start := time.Now()
 	fs, err := mon.Check(ctx)
@@ -299,7 +268,7 @@ func (d *Daemon) opIntegrityCheck(ctx context.Context, c *Call) (any, error) {
 
 const maxAcceptPaths = 4096
 
-func (d *Daemon) opIntegrityAccept(ctx context.Context, c *Call) (any, error) {
+func (g *integrityGlue) opAccept(ctx context.Context, c *control.Call) (any, error) {
 	var p struct {
 		Paths []string `json:"paths"`
 	}
@@ -307,40 +276,66 @@ func (d *Daemon) opIntegrityAccept(ctx context.Context, c *Call) (any, error) {
 		return nil, err
 	}
 	if len(p.Paths) == 0 || len(p.Paths) > maxAcceptPaths {
-		return nil, errorf(CodeBadRequest, "accept needs 1 to %d paths", maxAcceptPaths)
+		return nil, api.Errorf(api.CodeBadRequest, "accept needs 1 to %d paths", maxAcceptPaths)
 	}
 	for _, path := range p.Paths {
 		if len(path) > 4096 || !filepath.IsAbs(path) || filepath.Clean(path) != path {
-			return nil, errorf(CodeBadRequest, "accept %q: want an absolute, clean path", truncate(path, 256))
+			return nil, api.Errorf(api.CodeBadRequest, "accept %q: want an absolute, clean path", truncate(path, 256))
 		}
 	}
-	mon, err := d.integrityMonitor()
+	mon, err := g.monitor()
 	if err != nil {
-		return nil, errorf(CodeInternal, "%v", err)
+		return nil, api.Errorf(api.CodeInternal, "%v", err)
 	}
 	digest, err := mon.Accept(ctx, p.Paths)
 	if err != nil {
 		return nil, integrityErr(err)
 	}
-	if err := d.noteDigest(digest); err != nil {
+	if err := g.noteDigest(digest); err != nil {
 		return nil, err
 	}
-	d.Audit("integrity_accept", map[string]any{"paths": p.Paths, "digest": digest, "sender": c.Peer.String()})
+	g.audit("integrity_accept", map[string]any{"paths": p.Paths, "digest": digest, "sender": c.Peer.String()})
 	return map[string]any{"digest": digest, "accepted": p.Paths}, nil
 }
 
 func integrityErr(err error) error {
 	switch {
 	case errors.Is(err, integrity.ErrNoBaseline):
-		return errorf(CodeNoBaseline, "%v", err)
+		return api.Errorf(CodeNoBaseline, "%v", err)
 	case errors.Is(err, integrity.ErrBaselineTampered):
-		return errorf(CodeBaselineTampered, "%v: inspect the host, then run `parry integrity baseline`", err)
+		return api.Errorf(CodeBaselineTampered, "%v: inspect the host, then run `parry integrity baseline`", err)
 	case errors.Is(err, integrity.ErrBusy):
-		return errorf(CodeBusy, "%v", err)
+		return api.Errorf(api.CodeBusy, "%v", err)
 	}
-	var pe *Error
+	var pe *api.Error
 	if errors.As(err, &pe) {
 		return pe
 	}
-	return errorf(CodeBadRequest, "%v", err)
+	return api.Errorf(api.CodeBadRequest, "%v", err)
+}
+
+// register adds the integrity ops to the control server.
+func (g *integrityGlue) register(s *control.Server) {
+	s.Handle("integrity_status", control.PermAdmin, g.opStatus)
+	s.Handle("integrity_baseline", control.PermAdmin, g.opBaseline)
+	s.Handle("integrity_check", control.PermAdmin, g.opCheck)
+	s.HandleParams("integrity_accept", control.PermAdmin, g.opAccept)
+}
+
+// openFindings are the monitor's unresolved findings, when it runs (false:
+// it does not), waiting for it at most integrityWait.
+func (g *integrityGlue) openFindings(ctx context.Context) ([]integrity.Finding, bool, error) {
+	g.mu.Lock()
+	mon := g.mon
+	g.mu.Unlock()
+	if mon == nil {
+		return nil, false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, integrityWait)
+	defer cancel()
+	st, err := mon.Status(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	return st.Open, true, nil
 }

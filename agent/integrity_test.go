@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/integrity"
 )
 
@@ -49,8 +50,8 @@ func TestIntegrityConfigStrict(t *testing.T) {
 // with the protocol code busy, not bad_request.
 func TestIntegrityBusyCode(t *testing.T) {
 	err := integrityErr(fmt.Errorf("status: %w (check running for 9s)", integrity.ErrBusy))
-	if CodeOf(err) != CodeBusy {
-		t.Fatalf("code %q, want %q", CodeOf(err), CodeBusy)
+	if api.CodeOf(err) != api.CodeBusy {
+		t.Fatalf("code %q, want %q", api.CodeOf(err), api.CodeBusy)
 	}
 }
 
@@ -94,7 +95,7 @@ func TestStuckIntegrityMonitorAnswersBusy(t *testing.T) {
 	}
 	answers := make(chan answer, 2)
 	go func() {
-		answers <- answer{resp: d.handleLine(context.Background(), rootPeer, []byte(`{"op":"integrity_status"}`))}
+		answers <- answer{resp: d.server.HandleLine(context.Background(), rootPeer, []byte(`{"op":"integrity_status"}`))}
 	}()
 	go func() {
 		rec, err := in.Capture(context.Background(), "test", "manual")
@@ -116,10 +117,10 @@ func TestStuckIntegrityMonitorAnswersBusy(t *testing.T) {
 				t.Errorf("evidence capture: %v", a.err)
 			case !a.ev:
 				var w struct {
-					OK    bool   `json:"ok"`
-					Error *Error `json:"error"`
+					OK    bool       `json:"ok"`
+					Error *api.Error `json:"error"`
 				}
-				if err := json.Unmarshal(a.resp, &w); err != nil || w.OK || w.Error == nil || w.Error.Code != CodeBusy {
+				if err := json.Unmarshal(a.resp, &w); err != nil || w.OK || w.Error == nil || w.Error.Code != api.CodeBusy {
 					t.Errorf("integrity_status on a held monitor: %s", a.resp)
 				}
 			}

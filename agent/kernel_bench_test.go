@@ -33,7 +33,7 @@ func BenchmarkEnforceChunks100k(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := d.Reconcile("bench"); err != nil {
+		if err := d.heal.Reconcile("bench"); err != nil {
 			b.Fatal(err)
 		}
 		var all []netip.Prefix
@@ -43,7 +43,7 @@ func BenchmarkEnforceChunks100k(b *testing.B) {
 		b.StartTimer()
 		for i := 0; i < len(all); i += 4400 {
 			chunk := all[i:min(i+4400, len(all))]
-			if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: chunk, Until: time.Now().Add(time.Hour)}); err != nil {
+			if _, err := d.path.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: chunk, Until: time.Now().Add(time.Hour)}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -73,13 +73,13 @@ func BenchmarkLoadAndReassert100k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	d.Reconcile("bench")
+	d.heal.Reconcile("bench")
 	for i := 0; i < 100_000; i += 4400 {
 		var chunk []netip.Prefix
 		for j := i; j < min(i+4400, 100_000); j++ {
 			chunk = append(chunk, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(1 + j>>16), byte(j >> 8), byte(j)}), 32))
 		}
-		if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: chunk, Until: time.Now().Add(time.Hour)}); err != nil {
+		if _, err := d.path.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: chunk, Until: time.Now().Add(time.Hour)}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -94,7 +94,7 @@ func BenchmarkLoadAndReassert100k(b *testing.B) {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		if err := d.Reconcile("start"); err != nil {
+		if err := d.heal.Reconcile("start"); err != nil {
 			b.Fatal(err)
 		}
 		load, reassert = load+t1.Sub(t0), reassert+time.Since(t1)
@@ -122,12 +122,12 @@ func BenchmarkEnforceOne(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer d.Close()
-	d.Reconcile("bench")
+	d.heal.Reconcile("bench")
 	var fwT time.Duration
 	b.ResetTimer()
 	for i := range b.N {
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(1 + i>>16), byte(i >> 8), byte(i)}), 32)
-		if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: []netip.Prefix{p}, Until: time.Now().Add(time.Hour)}); err != nil {
+		if _, err := d.path.Enforce(context.Background(), response.Decision{Action: response.ActionBlock, Targets: []netip.Prefix{p}, Until: time.Now().Add(time.Hour)}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -15,6 +15,8 @@ import (
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/google/nftables"
+	"github.com/parryhq/parry/agent/control"
+	"github.com/parryhq/parry/agent/heal"
 	"github.com/parryhq/parry/firewall"
 )
 
@@ -177,7 +179,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.ln, err = m.listener(cfg); err != nil {
 		return err
 	}
-	d, err := New(cfg, Options{Firewall: TimeApply(fw), Logger: m.Logger, Sweeper: func() (ElementReader, func(), error) {
+	d, err := New(cfg, Options{Firewall: TimeApply(fw), Logger: m.Logger, Sweeper: func() (heal.ElementReader, func(), error) {
 		conn, err := nftables.New(nftables.AsLasting())
 		if err != nil {
 			return nil, nil, err
@@ -202,28 +204,30 @@ func (m *Main) Run(ctx context.Context) error {
 	d.shutdown = cancel
 	d.reload = m.reload
 	start := time.Now()
-	if err := d.Reconcile("start"); err != nil {
+	if err := d.heal.Reconcile("start"); err != nil {
 		return err
 	}
-	debug.FreeOSMemory() // the re-assert's netlink buffers are garbage now
-	m.Logger.Info("table ready and store re-asserted", "table", cfg.Table, "blocks", d.Status().ActiveBlocks, "took", time.Since(start).String())
+	debug.FreeOSMemory()       // the re-assert's netlink buffers are garbage now
+	ps, _ := d.path.Stats(ctx) // nothing else holds the path yet
+	m.Logger.Info("table ready and store re-asserted", "table", cfg.Table, "blocks", ps.Active, "took", time.Since(start).String())
 	if err := m.startFleet(ctx, cfg); err != nil {
 		return err
 	}
 	defer m.stopFleet()
-	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": d.Status().ActiveBlocks})
+	ps, _ = d.path.Stats(ctx)
+	d.Audit("start", map[string]any{"version": Version, "pid": os.Getpid(), "blocks": ps.Active})
 	// Follow the host's addresses as they change (the watcher resyncs once
 	// it is subscribed), and take the current ones out of stored blocks:
 	// an address may have appeared while parryd was down.
 	addrsDone := make(chan struct{})
-	go func() { defer close(addrsDone); d.followAddrs(ctx) }()
-	d.unblockOwnAddrs()
+	go func() { defer close(addrsDone); d.heal.FollowAddrs(ctx) }()
+	d.path.UnblockOwn()
 	incDone := make(chan struct{})
 	go func() { inc.Run(ctx); close(incDone) }()
 	notify(m.Logger, sddaemon.SdNotifyReady)
 	m.notifyStatus()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- d.Serve(ctx, m.ln) }()
+	go func() { serveErr <- d.server.Serve(ctx, m.ln) }()
 	ping := m.watchdog()
 	maintained := make(chan struct{})
 	go func() {
@@ -233,7 +237,7 @@ func (m *Main) Run(ctx context.Context) error {
 	integrityDone := make(chan struct{})
 	go func() {
 		defer close(integrityDone)
-		d.runIntegrity(ctx) // agent/integrity.go
+		d.integ.run(ctx) // agent/integrity.go
 	}()
 	select {
 	case <-ctx.Done():
@@ -254,14 +258,15 @@ func (m *Main) Run(ctx context.Context) error {
 // tick is what the maintenance loop runs every second besides its own work:
 // the watchdog ping and a STATUS= line every 10 s.
 func (m *Main) tick(ping func()) func() {
-	lastStatus := time.Now()
+	now := m.Daemon.now
+	lastStatus := now()
 	return func() {
 		if ping != nil {
 			ping()
 		}
-		if time.Since(lastStatus) >= 10*time.Second {
+		if now().Sub(lastStatus) >= 10*time.Second {
 			m.notifyStatus()
-			lastStatus = time.Now()
+			lastStatus = now()
 		}
 	}
 }
@@ -298,7 +303,7 @@ func (m *Main) listener(cfg Config) (net.Listener, error) {
 			return ls[0], nil
 		}
 	}
-	return Listen(cfg)
+	return control.Listen(cfg.Socket, cfg.Control)
 }
 
 func (m *Main) watchdog() func() {
@@ -306,17 +311,28 @@ func (m *Main) watchdog() func() {
 	if err != nil || iv == 0 {
 		return nil
 	}
+	now := m.Daemon.now
 	last := time.Time{}
 	return func() {
-		if time.Since(last) >= iv/3 {
+		if now().Sub(last) >= iv/3 {
 			notify(m.Logger, sddaemon.SdNotifyWatchdog)
-			last = time.Now()
+			last = now()
 		}
 	}
 }
 
+// statusWait bounds how long the STATUS= line waits for the decision path
+// (the maintenance loop sends it, and must go on).
+const statusWait = time.Second
+
 func (m *Main) notifyStatus() {
-	st := m.Daemon.Status()
+	ctx, cancel := context.WithTimeout(context.Background(), statusWait)
+	defer cancel()
+	st, err := m.Daemon.Status(ctx)
+	if err != nil {
+		notify(m.Logger, "STATUS=decision path busy: "+err.Error())
+		return
+	}
 	table := "ok"
 	if !st.TableHealth.Present {
 		table = "missing"

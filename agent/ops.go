@@ -3,130 +3,77 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 )
 
-// Perm decides whether a peer may use an op.
-type Perm func(d *Daemon, p Peer) bool
-
-// PermAnyone lets every peer that can open the socket use the op.
-func PermAnyone(*Daemon, Peer) bool { return true }
-
-// PermAdmin allows root and members of control.admin_groups.
-func PermAdmin(_ *Daemon, p Peer) bool { return p.Admin }
-
-// Handler runs one op. Its result is marshalled as a JSON object whose
-// fields join "ok" and "id" at the top level of the response; an error with
-// a code (*Error) becomes {"ok":false,"error":{...}}.
-type Handler func(ctx context.Context, c *Call) (any, error)
-
-type opEntry struct {
-	perm   Perm
-	fn     Handler
-	params bool // false: any member besides "op" and "id" is bad_request, refused before fn runs
-}
-
-// handle registers an op that takes no parameters: the server refuses a
-// request for it that carries any member besides "op" and "id"
-// (bad_request) before the handler runs. Other parts add theirs with one
-// line in registerOps, the handler in their own file.
-func (d *Daemon) handle(name string, perm Perm, fn Handler) {
-	d.register(name, opEntry{perm: perm, fn: fn})
-}
-
-// handleParams registers an op that takes parameters; its handler must
-// decode them with Call.Decode (strict: unknown fields are bad_request)
-// before it changes anything.
-func (d *Daemon) handleParams(name string, perm Perm, fn Handler) {
-	d.register(name, opEntry{perm: perm, fn: fn, params: true})
-}
-
-func (d *Daemon) register(name string, e opEntry) {
-	if d.ops == nil {
-		d.ops = map[string]opEntry{}
-	}
-	if _, dup := d.ops[name]; dup {
-		panic("agent: op registered twice: " + name)
-	}
-	d.ops[name] = e
-}
-
-// registerOps is the op registry: one line per op.
+// registerOps is the daemon's part of the op table: one line per op, the
+// handler in the file of the part it asks (the incident tooling adds its
+// own in incident_ops.go).
 func (d *Daemon) registerOps() {
-	d.handle("ping", PermAnyone, d.opPing)
-	d.handleParams("signal", PermAnyone, d.opSignal) // per-kind authorisation inside
-	d.handle("status", PermAdmin, d.opStatus)
-	d.handle("list", PermAdmin, d.opList)
-	d.handleParams("block", PermAdmin, d.opBlock)
-	d.handleParams("unblock", PermAdmin, d.opUnblock)
-	d.handleParams("lockdown", PermAdmin, d.opLockdown)
-	d.handleParams("release", PermAdmin, d.opRelease)
-	d.handle("audit_verify", PermAdmin, d.opAuditVerify)
-	d.handle("audit_ack", PermAdmin, d.opAuditAck)
-	d.handle("reload", PermAdmin, d.opReload)
-	d.handle("uninstall_rules", PermAdmin, d.opUninstallRules)
-	d.handle("integrity_status", PermAdmin, d.opIntegrityStatus)
-	d.handle("integrity_baseline", PermAdmin, d.opIntegrityBaseline)
-	d.handle("integrity_check", PermAdmin, d.opIntegrityCheck)
-	d.handleParams("integrity_accept", PermAdmin, d.opIntegrityAccept)
+	d.server.Handle("ping", control.PermAnyone, d.opPing)
+	d.server.HandleParams("signal", control.PermAnyone, d.policy.opSignal) // per-kind authorisation inside
+	d.server.Handle("status", control.PermAdmin, d.opStatus)
+	d.server.Handle("list", control.PermAdmin, d.opList)
+	d.server.HandleParams("block", control.PermAdmin, d.opBlock)
+	d.server.HandleParams("unblock", control.PermAdmin, d.opUnblock)
+	d.server.HandleParams("lockdown", control.PermAdmin, d.opLockdown)
+	d.server.HandleParams("release", control.PermAdmin, d.opRelease)
+	d.server.Handle("audit_verify", control.PermAdmin, d.opAuditVerify)
+	d.server.Handle("audit_ack", control.PermAdmin, d.opAuditAck)
+	d.server.Handle("reload", control.PermAdmin, d.opReload)
+	d.server.Handle("uninstall_rules", control.PermAdmin, d.opUninstallRules)
+	d.integ.register(d.server)
 }
 
-func (d *Daemon) opPing(context.Context, *Call) (any, error) {
+func (d *Daemon) opPing(context.Context, *control.Call) (any, error) {
 	return map[string]any{"pong": true, "version": Version}, nil
 }
 
-func (d *Daemon) auditFailure() *AuditFailure {
+func (d *Daemon) auditFailure() *api.AuditFailure {
 	f := d.audit.Failure()
 	if f == nil {
 		return nil
 	}
-	return &AuditFailure{Since: f.Since, Op: f.Op, Error: f.Error, Count: f.Count}
+	return &api.AuditFailure{Since: f.Since, Op: f.Op, Error: f.Error, Count: f.Count}
 }
 
 // Status reports the daemon's state from memory (never the kernel).
-func (d *Daemon) Status() Status {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+//
+// It asks each part for its own state, one after the other: none holds
+// another's lock. The decision path is waited for at most its LockWait
+// (busy) or until ctx ends.
+func (d *Daemon) Status(ctx context.Context) (api.Status, error) {
 	now := d.now()
-	n := d.blocks.len() - d.blocks.countExpired(now.UnixMilli())
-	return Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: FormatDuration(now.Sub(d.started).Truncate(time.Second)),
-		ActiveBlocks: n, Table: "inet " + d.cfg.Table, TableHealth: d.health, Lockdown: d.lockdownState(),
-		StateDir: d.cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.chainBreak, AuditFailure: d.auditFailure(), Policy: d.policyStatus(), Fleet: d.fleetStatus()}
-}
-
-func (d *Daemon) opStatus(context.Context, *Call) (any, error) { return d.Status(), nil }
-
-// Blocks lists the active blocks in address order, from memory.
-func (d *Daemon) Blocks() []BlockInfo {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	nowMs := d.now().UnixMilli()
-	ps := d.blocks.sorted(nowMs)
-	out := make([]BlockInfo, len(ps))
-	for i, p := range ps {
-		e, _ := d.blocks.get(p)
-		dr := d.blocks.decision(e.dec)
-		bi := BlockInfo{Target: FormatTarget(p), ID: dr.ID, Created: time.UnixMilli(e.created).UTC(),
-			Reason: dr.Reason, Source: dr.Source, Origin: dr.Origin, Rule: dr.Rule, Sender: dr.Sender}
-		if e.until != 0 {
-			bi.Until = time.UnixMilli(e.until).UTC()
-		}
-		out[i] = bi
+	cfg := d.Config()
+	ps, err := d.path.Stats(ctx)
+	if err != nil {
+		return api.Status{}, err
 	}
-	return out
+	return api.Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: api.FormatDuration(now.Sub(d.started).Truncate(time.Second)),
+		ActiveBlocks: ps.Active, Table: "inet " + cfg.Table, TableHealth: d.heal.Health(), Lockdown: ps.Lockdown,
+		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policy.status(), Fleet: d.fleet.status()}, nil
 }
 
-func (d *Daemon) opList(context.Context, *Call) (any, error) {
-	b := d.Blocks()
+func (d *Daemon) opStatus(ctx context.Context, _ *control.Call) (any, error) { return d.Status(ctx) }
+
+func (d *Daemon) opList(ctx context.Context, _ *control.Call) (any, error) {
+	b, err := d.path.Blocks(ctx)
+	if err != nil {
+		return nil, err
+	}
 	return map[string]any{"count": len(b), "blocks": b}, nil
 }
 
-func (d *Daemon) opBlock(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opBlock(ctx context.Context, c *control.Call) (any, error) {
 	var p blockParams
 	if err := c.Decode(&p); err != nil {
 		return nil, err
@@ -146,9 +93,9 @@ func (d *Daemon) opBlock(ctx context.Context, c *Call) (any, error) {
 	dec := response.Decision{Action: response.ActionBlock, Targets: targets, Until: until,
 		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String(), Admin: true}
 	if len(targets) == 0 { // every target was unparseable (partial mode)
-		return Outcome{Action: response.ActionBlock, Refused: bad}, nil
+		return enforce.Outcome{Action: response.ActionBlock, Refused: bad}, nil
 	}
-	out, err := d.EnforceWith(ctx, dec, EnforceOptions{Partial: p.Partial})
+	out, err := d.path.EnforceWith(ctx, dec, enforce.EnforceOptions{Partial: p.Partial})
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +103,7 @@ func (d *Daemon) opBlock(ctx context.Context, c *Call) (any, error) {
 	return out, nil
 }
 
-func (d *Daemon) opUnblock(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opUnblock(ctx context.Context, c *control.Call) (any, error) {
 	var p struct {
 		Targets []string `json:"targets"`
 		Reason  string   `json:"reason"`
@@ -172,22 +119,22 @@ func (d *Daemon) opUnblock(ctx context.Context, c *Call) (any, error) {
 	if p.Source == "" {
 		p.Source = "control"
 	}
-	return d.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: targets,
+	return d.path.Enforce(ctx, response.Decision{Action: response.ActionUnblock, Targets: targets,
 		Reason: truncate(p.Reason, 1024), Source: truncate(p.Source, 64), Sender: c.Peer.String(), Admin: true})
 }
 
-func (d *Daemon) opRelease(ctx context.Context, c *Call) (any, error) {
+func (d *Daemon) opRelease(ctx context.Context, c *control.Call) (any, error) {
 	var p struct {
 		Reason string `json:"reason"`
 	}
 	if err := c.Decode(&p); err != nil {
 		return nil, err
 	}
-	return d.Enforce(ctx, response.Decision{Action: response.ActionRelease, Reason: truncate(p.Reason, 1024),
+	return d.path.Enforce(ctx, response.Decision{Action: response.ActionRelease, Reason: truncate(p.Reason, 1024),
 		Source: "control", Sender: c.Peer.String(), Admin: true})
 }
 
-func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {
+func (d *Daemon) opAuditVerify(context.Context, *control.Call) (any, error) {
 	res, err := d.verifyAudit()
 	if err != nil {
 		return nil, err
@@ -198,7 +145,7 @@ func (d *Daemon) opAuditVerify(context.Context, *Call) (any, error) {
 	return map[string]any{"audit": res}, nil
 }
 
-func chainBreakReason(b *ChainBreak) string {
+func chainBreakReason(b *api.ChainBreak) string {
 	kept := "the old log was missing"
 	if b.KeptAs != "" {
 		kept = "the old log is kept as " + b.KeptAs
@@ -226,27 +173,31 @@ func (d *Daemon) verifyAudit() (audit.Result, error) {
 	return res, err
 }
 
-func (d *Daemon) opReload(context.Context, *Call) (any, error) {
+func (d *Daemon) opReload(context.Context, *control.Call) (any, error) {
 	if d.reload == nil {
-		return nil, errorf(CodeInternal, "reload is not wired in this daemon")
+		return nil, api.Errorf(api.CodeInternal, "reload is not wired in this daemon")
 	}
 	if err := d.reload(); err != nil {
-		return nil, errorf(CodeBadRequest, "reload refused, old config kept: %v", err)
+		return nil, api.Errorf(api.CodeBadRequest, "reload refused, old config kept: %v", err)
 	}
 	return nil, nil
 }
 
-func (d *Daemon) opUninstallRules(_ context.Context, c *Call) (any, error) {
-	d.mu.Lock()
-	err := d.fw.Remove()
-	d.uninstalled = err == nil
-	d.mu.Unlock()
-	if err != nil {
-		return nil, errorf(CodeFirewall, "remove table: %v", err)
+func (d *Daemon) opUninstallRules(_ context.Context, c *control.Call) (any, error) {
+	if err := d.heal.Uninstall(); err != nil {
+		return nil, api.Errorf(api.CodeFirewall, "remove table: %v", err)
 	}
 	d.Audit("uninstall_rules", map[string]any{"table": d.Config().Table, "sender": c.Peer.String()})
 	if d.shutdown != nil {
 		d.shutdown() // else self-heal would put the table back
 	}
 	return map[string]any{"removed": "inet " + d.Config().Table, "daemon": "stopping"}, nil
+}
+
+func targetStrings(ps []netip.Prefix) []string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = api.FormatTarget(p)
+	}
+	return s
 }

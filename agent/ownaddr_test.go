@@ -13,55 +13,11 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/response"
 	"github.com/parryhq/parry/test/netns"
 )
-
-func TestCarve(t *testing.T) {
-	cases := []struct {
-		p      string
-		own    []string
-		pieces int
-	}{
-		{"203.0.113.0/24", []string{"203.0.113.7"}, 8},
-		{"203.0.113.0/24", []string{"203.0.113.7", "203.0.113.200"}, 14},
-		{"203.0.113.0/24", []string{"192.0.2.1"}, 1},
-		{"203.0.113.7/32", []string{"203.0.113.7"}, 0},
-		{"2001:db8:1::/64", []string{"2001:db8:1::5"}, 64},
-	}
-	for _, c := range cases {
-		p := netip.MustParsePrefix(c.p)
-		var own []netip.Addr
-		for _, s := range c.own {
-			own = append(own, netip.MustParseAddr(s))
-		}
-		got := carve(p, own)
-		if len(got) != c.pieces {
-			t.Errorf("carve(%s, %v): %d pieces %v, want %d", p, own, len(got), got, c.pieces)
-		}
-		if p.Addr().Is6() {
-			continue
-		}
-		// Every address of p is covered exactly once, except the own ones.
-		for a := p.Addr(); p.Contains(a); a = a.Next() {
-			n := 0
-			for _, q := range got {
-				if q.Contains(a) {
-					n++
-				}
-			}
-			want := 1
-			for _, o := range own {
-				if o == a {
-					want = 0
-				}
-			}
-			if n != want {
-				t.Fatalf("carve(%s, %v): %s covered %d times, want %d", p, own, a, n, want)
-			}
-		}
-	}
-}
 
 // fakeAddrs is an injected host: a settable address list and an address
 // watcher that reports a change when told.
@@ -99,6 +55,7 @@ func (f *fakeAddrs) Run(ctx context.Context, changed func()) error {
 // the guard as soon as the watcher reports it, and taken out of the
 // active blocks that cover it: a single-address block is removed, a CIDR
 // keeps the rest of its range with its decision and expiry; both audited.
+
 func TestNewOwnAddressLeavesBlocks(t *testing.T) {
 	clk := &clock{t: t0}
 	fw := newFakeFW()
@@ -110,17 +67,17 @@ func TestNewOwnAddressLeavesBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	if err := d.Reconcile("start"); err != nil {
+	if err := d.heal.Reconcile("start"); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { d.followAddrs(ctx); close(done) }()
+	go func() { d.heal.FollowAddrs(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 
 	until := t0.Add(time.Hour)
 	for _, tg := range []string{"203.0.113.0/29", "203.0.113.9", "198.18.0.0/24"} {
-		if _, err := d.Enforce(context.Background(), response.Decision{ID: "id-" + tg, Action: response.ActionBlock,
+		if _, err := d.path.Enforce(context.Background(), response.Decision{ID: "id-" + tg, Action: response.ActionBlock,
 			Targets: pfx(tg), Until: until, Reason: "r " + tg, Source: "cli"}); err != nil {
 			t.Fatalf("block %s: %v", tg, err)
 		}
@@ -130,8 +87,8 @@ func TestNewOwnAddressLeavesBlocks(t *testing.T) {
 	host.add("203.0.113.9")
 
 	refused := func(tg string) bool {
-		_, err := d.Enforce(context.Background(), response.Decision{ID: "x", Action: response.ActionBlock, Targets: pfx(tg), Until: until, Source: "cli"})
-		return CodeOf(err) == CodeOwnAddress
+		_, err := d.path.Enforce(context.Background(), response.Decision{ID: "x", Action: response.ActionBlock, Targets: pfx(tg), Until: until, Source: "cli"})
+		return api.CodeOf(err) == api.CodeOwnAddress
 	}
 	if !netns.Poll(5*time.Second, time.Millisecond, func() bool { return refused("203.0.113.9") && refused("203.0.113.4/30") }) {
 		t.Fatal("the guard did not learn the new addresses")
@@ -145,16 +102,18 @@ func TestNewOwnAddressLeavesBlocks(t *testing.T) {
 	if !netns.Poll(5*time.Second, time.Millisecond, func() bool { return fw.state() == want }) {
 		t.Fatalf("kernel (-want +got):\n%s", cmp.Diff(want, fw.state()))
 	}
-	st := d.Status()
+	st := statusOf(t, d)
 	if st.ActiveBlocks != 4 {
 		t.Errorf("active blocks %d, want 4", st.ActiveBlocks)
 	}
-	d.mu.Lock()
-	e, _ := d.blocks.get(netip.MustParsePrefix("203.0.113.6/31"))
-	reason := d.blocks.decision(e.dec).Reason
-	d.mu.Unlock()
-	if reason != "r 203.0.113.0/29" || e.until != until.UnixMilli() {
-		t.Errorf("piece lost its decision or expiry: reason %q until %d", reason, e.until)
+	var piece enforce.Block
+	for _, b := range d.path.Active() {
+		if b.Prefix == netip.MustParsePrefix("203.0.113.6/31") {
+			piece = b
+		}
+	}
+	if reason := piece.Decision.Reason; reason != "r 203.0.113.0/29" || piece.Until.UnixMilli() != until.UnixMilli() {
+		t.Errorf("piece lost its decision or expiry: reason %q until %d", reason, piece.Until.UnixMilli())
 	}
 	if err := d.audit.Sync(); err != nil {
 		t.Fatal(err)

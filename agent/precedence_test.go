@@ -3,11 +3,12 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"github.com/parryhq/parry/agent/api"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/response"
 )
@@ -39,8 +40,8 @@ func viewBlock(t *testing.T, d *Daemon, fw *fakeFW, p netip.Prefix) blockView {
 		return time.UnixMilli(ms).UTC().Format(time.RFC3339)
 	}
 	var v blockView
-	for _, b := range d.Blocks() {
-		if b.Target == FormatTarget(p) {
+	for _, b := range blocksOf(t, d) {
+		if b.Target == api.FormatTarget(p) {
 			v.Until, v.Reason = "permanent", b.Reason
 			if !b.Until.IsZero() {
 				v.Until = b.Until.Format(time.RFC3339)
@@ -69,9 +70,9 @@ func admin(t *testing.T, d *Daemon, line string) {
 	t.Helper()
 	var a struct {
 		OK    bool
-		Error *Error
+		Error *api.Error
 	}
-	resp := d.handleLine(context.Background(), rootPeer, []byte(line))
+	resp := d.server.HandleLine(context.Background(), rootPeer, []byte(line))
 	if err := json.Unmarshal(resp, &a); err != nil || !a.OK {
 		t.Fatalf("%s: %s", line, resp)
 	}
@@ -185,7 +186,7 @@ func TestAdminBlockMayShorten(t *testing.T) {
 
 // remoteDec is a fleet decision from host b.
 func remoteDec(act response.Action, until time.Time) response.Decision {
-	return response.Decision{ID: newID(), Action: act, Targets: []netip.Prefix{precPrefix}, Until: until,
+	return response.Decision{ID: enforce.NewID(), Action: act, Targets: []netip.Prefix{precPrefix}, Until: until,
 		Source: "fleet", Origin: "b", Reason: "from b"}
 }
 
@@ -195,14 +196,14 @@ var fleetPaths = []struct {
 	apply func(d *Daemon, dec response.Decision) error
 }{
 	{"single", func(d *Daemon, dec response.Decision) error {
-		_, err := d.ApplyRemote(context.Background(), dec)
+		_, err := d.fleet.ApplyRemote(context.Background(), dec)
 		return err
 	}},
 	{"batch", func(d *Daemon, dec response.Decision) error {
 		// A second, unrelated decision makes it a run of two.
 		other := dec
-		other.ID, other.Targets = newID(), []netip.Prefix{netip.MustParsePrefix("203.0.113.99/32")}
-		res := d.ApplyRemoteBatch(context.Background(), []response.Decision{dec, other})
+		other.ID, other.Targets = enforce.NewID(), []netip.Prefix{netip.MustParsePrefix("203.0.113.99/32")}
+		res := d.fleet.ApplyRemoteBatch(context.Background(), []response.Decision{dec, other})
 		for _, r := range res {
 			if r.Err != nil {
 				return r.Err
@@ -298,12 +299,12 @@ func TestIntegrityLockdownMerges(t *testing.T) {
 	d := newTestDaemon(t, cfg, fw, clk)
 	admin(t, d, `{"op":"lockdown","for":"2h","isolate":true,"allow":["10.0.0.0/24"]}`)
 	clk.Add(time.Minute)
-	d.handleIntegritySignal(context.Background(), response.Signal{Kind: "integrity_violation", Path: "/etc/passwd", Severity: "high"})
+	d.policy.handleOwn(context.Background(), response.Signal{Kind: "integrity_violation", Path: "/etc/passwd", Severity: "high"})
 	l := fw.lockdown
 	if l == nil || l.Timeout != 119*time.Minute || !l.Isolate || len(l.Allow) != 1 {
 		t.Errorf("after an integrity lockdown during an admin's: %+v, want the admin's 119m left, isolated, 10.0.0.0/24", l)
 	}
-	if st := d.Status().Lockdown; !st.Until.Equal(clk.Now().Add(119 * time.Minute)) {
+	if st := statusOf(t, d).Lockdown; !st.Until.Equal(clk.Now().Add(119 * time.Minute)) {
 		t.Errorf("lockdown until %s; want the admin's", st.Until)
 	}
 }
@@ -312,8 +313,8 @@ func TestIntegrityLockdownMerges(t *testing.T) {
 func TestNonAdminReleaseRefused(t *testing.T) {
 	d, fw, _ := precDaemon(t)
 	admin(t, d, `{"op":"lockdown","for":"2h","force":true}`)
-	if _, err := d.Enforce(context.Background(), response.Decision{Action: response.ActionRelease, Source: "policy"}); CodeOf(err) != CodeForbidden {
-		t.Errorf("non-admin release: %v; want %s", err, CodeForbidden)
+	if _, err := d.path.Enforce(context.Background(), response.Decision{Action: response.ActionRelease, Source: "policy"}); api.CodeOf(err) != api.CodeForbidden {
+		t.Errorf("non-admin release: %v; want %s", err, api.CodeForbidden)
 	}
 	if fw.lockdown == nil {
 		t.Error("a non-admin release ended the lockdown")
@@ -329,10 +330,10 @@ func TestAdminBlockSurvivesRestartAsAdmins(t *testing.T) {
 	admin(t, d, `{"op":"block","targets":["`+precTarget+`"],"reason":"admin ban","permanent":true}`)
 	d.Close()
 	d = newTestDaemon(t, cfg, fw, clk)
-	if _, err := d.ApplyRemote(context.Background(), remoteDec(response.ActionUnblock, time.Time{})); err != nil {
+	if _, err := d.fleet.ApplyRemote(context.Background(), remoteDec(response.ActionUnblock, time.Time{})); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.ApplyRemote(context.Background(), remoteDec(response.ActionBlock, clk.Now().Add(time.Hour))); err != nil {
+	if _, err := d.fleet.ApplyRemote(context.Background(), remoteDec(response.ActionBlock, clk.Now().Add(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
 	wantView(t, "after a restart, a fleet unblock and a fleet 1h block", viewBlock(t, d, fw, precPrefix),

@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"maps"
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/response"
 )
 
@@ -16,91 +17,39 @@ import (
 func refDecode(line []byte) (op string, id json.RawMessage, params map[string]json.RawMessage, code string) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(bytes.TrimSpace(line), &m); err != nil || m == nil {
-		return "", nil, nil, CodeBadRequest
+		return "", nil, nil, api.CodeBadRequest
 	}
 	if v, ok := m["id"]; ok {
 		delete(m, "id")
 		if len(v) > 128 || (v[0] != '"' && (v[0] < '0' || v[0] > '9') && v[0] != '-') {
-			return "", nil, nil, CodeBadRequest
+			return "", nil, nil, api.CodeBadRequest
 		}
 		id = v
 	}
 	v, ok := m["op"]
 	delete(m, "op")
 	if !ok || v[0] != '"' || json.Unmarshal(v, &op) != nil { // null is refused too
-		return "", id, m, CodeBadRequest
+		return "", id, m, api.CodeBadRequest
 	}
 	return op, id, m, ""
 }
 
-func decodedParams(t *testing.T, c *Call) map[string]json.RawMessage {
-	m := map[string]json.RawMessage{}
-	for _, p := range c.params {
-		var k string
-		if err := json.Unmarshal(p.rawKey, &k); err != nil || k != string(p.key) {
-			t.Fatalf("key %s unquoted as %q (%v)", p.rawKey, p.key, err)
-		}
-		m[k] = p.raw
-	}
-	return m
-}
-
-var requestSeeds = []string{
-	`{"op":"ping"}`, `{"op":"signal","kind":"auth_failure","ip":"203.0.113.7","source":"webapp"}`,
-	` { "op" : "signal" , "id" : 7 , "kind" : "x\"y" , "attrs" : {"a":"}","b":["]"]} } `,
-	`{"op":"block","targets":["203.0.113.7"],"for":"1h","targets":["198.51.100.1"]}`,
-	`{"o\u0070":"p\u0069ng","\u0069d":"a"}`, `{"op":1}`, `{"op":null}`, `{"id":true,"op":"ping"}`,
-	`{}`, `{"id":-1.5e3}`, `null`, `[]`, `"op"`, `{`, `{"op":"ping"} {}`, `{"op":"ping",}`, ``,
-	`{"op":"list","x":[{"y":[1,2,{"z":"\\"}]}],"w":false,"v":-0.1}`,
-}
-
-// FuzzDecodeRequest: decodeRequest agrees with decoding into a map on the
-// op, the id, the parameters and whether the line is refused.
-func FuzzDecodeRequest(f *testing.F) {
-	for _, s := range requestSeeds {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, line []byte) {
-		op, id, params, code := refDecode(line)
-		c, err := decodeRequest(line)
-		var e *Error
-		switch {
-		case code != "":
-			if !errors.As(err, &e) || e.Code != code {
-				t.Fatalf("%q: want %s, got %v", line, code, err)
-			}
-			if c != nil && !bytes.Equal(c.ID, id) {
-				t.Fatalf("%q: id %s, want %s", line, c.ID, id)
-			}
-			return
-		case err != nil:
-			t.Fatalf("%q: %v", line, err)
-		}
-		if c.Op != op || !bytes.Equal(c.ID, id) {
-			t.Fatalf("%q: op %q id %s, want %q %s", line, c.Op, c.ID, op, id)
-		}
-		if got := decodedParams(t, c); !maps.EqualFunc(got, params, func(a, b json.RawMessage) bool { return bytes.Equal(a, b) }) {
-			t.Fatalf("%q: params %q, want %q", line, got, params)
-		}
-	})
-}
-
 func TestCallDecodeStrict(t *testing.T) {
-	c, err := decodeRequest([]byte(`{"op":"block","targets":["203.0.113.7"],"for":"1h","bogus":1}`))
+	c, err := control.DecodeRequest([]byte(`{"op":"block","targets":["203.0.113.7"],"for":"1h","bogus":1}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var p blockParams
-	var e *Error
-	if err := c.Decode(&p); !errors.As(err, &e) || e.Code != CodeBadRequest {
+	var e *api.Error
+	if err := c.Decode(&p); !errors.As(err, &e) || e.Code != api.CodeBadRequest {
 		t.Fatalf("unknown field: got %v", err)
 	}
-	c, _ = decodeRequest([]byte(`{"op":"block","targets":["203.0.113.7"],"for":"1h","targets":["198.51.100.1"]}`))
+	c, _ = control.DecodeRequest([]byte(`{"op":"block","targets":["203.0.113.7"],"for":"1h","targets":["198.51.100.1"]}`))
 	if err := c.Decode(&p); err != nil || len(p.Targets) != 1 || p.Targets[0] != "198.51.100.1" || p.For != "1h" {
 		t.Fatalf("got %+v %v", p, err)
 	}
-	c, _ = decodeRequest([]byte(`{"op":"signal","kind":"k","bogus":"x"}`))
-	if _, err := decodeSignal(c); !errors.As(err, &e) || e.Code != CodeBadRequest {
+	c, _ = control.DecodeRequest([]byte(`{"op":"signal","kind":"k","bogus":"x"}`))
+	if _, err := decodeSignal(c); !errors.As(err, &e) || e.Code != api.CodeBadRequest {
 		t.Fatalf("signal unknown field: got %v", err)
 	}
 }
@@ -114,7 +63,7 @@ func BenchmarkDecodeRequest(b *testing.B) {
 	b.Run("impl=onepass", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			c, err := decodeRequest(benchSignal)
+			c, err := control.DecodeRequest(benchSignal)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -143,7 +92,7 @@ func TestOkLineSignalResult(t *testing.T) {
 		{Outcome: response.OutcomeDecided, Decisions: []SignalDecision{{Decision: response.Decision{Action: response.ActionBlock}}}},
 	} {
 		for _, id := range []json.RawMessage{nil, json.RawMessage(`"x"`)} {
-			got := okLine(id, r)
+			got := control.OKLine(id, r)
 			b, _ := json.Marshal(r)
 			want := `{"ok":true`
 			if id != nil {

@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 )
@@ -67,7 +69,7 @@ type auditLine struct {
 func auditHistory(path string) (map[netip.Prefix]*auditDecision, *auditDecision, int, int, error) {
 	last := map[netip.Prefix]*auditDecision{}
 	var lock *auditDecision
-	f, err := os.Open(path)
+	f, err := audit.OpenAll(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return last, nil, 0, 0, nil
 	}
@@ -118,7 +120,7 @@ func replay(b []byte, last map[netip.Prefix]*auditDecision, lock **auditDecision
 			if skip[t] {
 				continue
 			}
-			if p, err := ParseTarget(t); err == nil {
+			if p, err := api.ParseTarget(t); err == nil {
 				out = append(out, p)
 			}
 		}
@@ -179,7 +181,7 @@ func rebuildChange(els []firewall.Element, kl *firewall.Lockdown, hist map[netip
 			if recovered == 0 {
 				nextSeq++
 				recovered = nextSeq
-				ch.PutDecisions = append(ch.PutDecisions, store.Decision{Seq: recovered, ID: newID(), Time: now,
+				ch.PutDecisions = append(ch.PutDecisions, store.Decision{Seq: recovered, ID: enforce.NewID(), Time: now,
 					Reason: "recovered from the kernel by parryd --rebuild-store; no audit record matched", Source: "rebuild"})
 			}
 			b.Decision = recovered
@@ -189,7 +191,7 @@ func rebuildChange(els []firewall.Element, kl *firewall.Lockdown, hist map[netip
 	}
 	rep.Blocks = len(ch.PutBlocks)
 	if kl != nil && kl.Timeout > 0 {
-		l := &store.Lockdown{ID: newID(), Since: now, Until: now.Add(kl.Timeout), Allow: kl.Allow, Isolate: kl.Isolate,
+		l := &store.Lockdown{ID: enforce.NewID(), Since: now, Until: now.Add(kl.Timeout), Allow: kl.Allow, Isolate: kl.Isolate,
 			Reason: "recovered from the kernel by parryd --rebuild-store", Source: "rebuild"}
 		if lock != nil {
 			l.ID, l.Since, l.Reason, l.Source, l.Sender = lock.dec.ID, lock.time, lock.dec.Reason, lock.dec.Source, lock.dec.Sender
@@ -256,7 +258,7 @@ func (m *Main) rebuildStore(cfg Config) (RebuildReport, error) {
 	if err := st.Close(); err != nil {
 		return rep, fmt.Errorf("rebuild store: %w", err)
 	}
-	al, err := audit.Open(auditPath, time.Now)
+	al, err := audit.OpenConfig(auditPath, cfg.Audit, time.Now, nil)
 	if err == nil {
 		err = al.Append("store_rebuilt", map[string]any{"blocks": rep.Blocks, "matched": rep.Matched, "unmatched": rep.Unmatched,
 			"lockdown": rep.Lockdown, "kept_as": filepath.Base(kept), "audit_lines": lines, "audit_faults": faults})

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/firewall"
 )
 
@@ -52,7 +53,7 @@ func TestRebuildFromAuditHistory(t *testing.T) {
 		if b.Until != 0 {
 			until = time.UnixMilli(b.Until).Sub(now).String()
 		}
-		got[FormatTarget(b.Prefix)] = decs[b.Decision] + " " + until
+		got[api.FormatTarget(b.Prefix)] = decs[b.Decision] + " " + until
 	}
 	want := map[string]string{
 		"203.0.113.1": "a:first 1h0m0s",

@@ -8,19 +8,23 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/control"
 )
 
 // serve starts the daemon's control socket in a temp dir and returns a
 // dialer.
 func serve(t *testing.T, d *Daemon) func() net.Conn {
 	t.Helper()
-	ln, err := Listen(d.Config())
+	cfg := d.Config()
+	ln, err := control.Listen(cfg.Socket, cfg.Control)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { d.Serve(ctx, ln); close(done) }()
+	go func() { d.server.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return func() net.Conn {
 		c, err := net.Dial("unix", d.Config().Socket)
@@ -35,7 +39,7 @@ func serve(t *testing.T, d *Daemon) func() net.Conn {
 type wireResp struct {
 	OK    bool            `json:"ok"`
 	ID    json.RawMessage `json:"id"`
-	Error *Error          `json:"error"`
+	Error *api.Error      `json:"error"`
 	Added int             `json:"added"`
 }
 
@@ -63,24 +67,24 @@ func TestProtocolBadInputKeepsConnectionAndState(t *testing.T) {
 	r := bufio.NewReader(c)
 	big := `{"op":"block","targets":["` + strings.Repeat("1", 1<<20) + `"]}`
 	tests := []struct{ line, code string }{
-		{"hello", CodeBadRequest},
-		{`{"op":"block","targets":["203.0.113.7"]`, CodeBadRequest}, // half a line
-		{`[1,2]`, CodeBadRequest},
-		{`null`, CodeBadRequest},
-		{`{"op":42}`, CodeBadRequest},
-		{`{"targets":[]}`, CodeBadRequest},
-		{`{"op":"nope"}`, CodeUnknownOp},
-		{`{"op":"block","targets":["203.0.113.7"],"bogus":1}`, CodeBadRequest},
-		{`{"op":"block","targets":"203.0.113.7"}`, CodeBadRequest},
-		{`{"op":"block","targets":[]}`, CodeBadRequest},
-		{`{"op":"block","targets":["not-an-ip"]}`, CodeInvalidTarget},
-		{`{"op":"block","targets":["203.0.113.7","300.1.1.1"]}`, CodeInvalidTarget},
-		{`{"op":"block","targets":["127.0.0.1"]}`, CodeLoopback},
-		{`{"op":"block","targets":["203.0.113.7"],"for":"forever"}`, CodeInvalidDuration},
-		{`{"op":"block","targets":["203.0.113.7"],"for":"1h","permanent":true}`, CodeBadRequest},
-		{big, CodeLineTooLong},
-		{"\x00\xff\xfe", CodeBadRequest},
-		{`{"op":"block","id":{"x":1},"targets":["203.0.113.7"]}`, CodeBadRequest},
+		{"hello", api.CodeBadRequest},
+		{`{"op":"block","targets":["203.0.113.7"]`, api.CodeBadRequest}, // half a line
+		{`[1,2]`, api.CodeBadRequest},
+		{`null`, api.CodeBadRequest},
+		{`{"op":42}`, api.CodeBadRequest},
+		{`{"targets":[]}`, api.CodeBadRequest},
+		{`{"op":"nope"}`, api.CodeUnknownOp},
+		{`{"op":"block","targets":["203.0.113.7"],"bogus":1}`, api.CodeBadRequest},
+		{`{"op":"block","targets":"203.0.113.7"}`, api.CodeBadRequest},
+		{`{"op":"block","targets":[]}`, api.CodeBadRequest},
+		{`{"op":"block","targets":["not-an-ip"]}`, api.CodeInvalidTarget},
+		{`{"op":"block","targets":["203.0.113.7","300.1.1.1"]}`, api.CodeInvalidTarget},
+		{`{"op":"block","targets":["127.0.0.1"]}`, api.CodeLoopback},
+		{`{"op":"block","targets":["203.0.113.7"],"for":"forever"}`, api.CodeInvalidDuration},
+		{`{"op":"block","targets":["203.0.113.7"],"for":"1h","permanent":true}`, api.CodeBadRequest},
+		{big, api.CodeLineTooLong},
+		{"\x00\xff\xfe", api.CodeBadRequest},
+		{`{"op":"block","id":{"x":1},"targets":["203.0.113.7"]}`, api.CodeBadRequest},
 	}
 	for _, tt := range tests {
 		if _, err := c.Write([]byte(tt.line + "\n")); err != nil {
@@ -94,7 +98,7 @@ func TestProtocolBadInputKeepsConnectionAndState(t *testing.T) {
 	if s := fw.state(); s != "" {
 		t.Fatalf("bad input changed the kernel: %q", s)
 	}
-	if n := d.Status().ActiveBlocks; n != 0 {
+	if n := statusOf(t, d).ActiveBlocks; n != 0 {
 		t.Fatalf("bad input changed the store: %d blocks", n)
 	}
 	// The same connection still works, ids are echoed, and pipelining keeps order.
@@ -113,17 +117,17 @@ func TestProtocolBadInputKeepsConnectionAndState(t *testing.T) {
 func TestForbiddenForNonAdmins(t *testing.T) {
 	clk := &clock{t: time.Now()}
 	d := newTestDaemon(t, testConfig(t), newFakeFW(), clk)
-	peer := Peer{UID: 1000, User: "alice"}
+	peer := control.Peer{UID: 1000, User: "alice"}
 	var w wireResp
-	json.Unmarshal(d.handleLine(context.Background(), peer, []byte(`{"op":"block","targets":["203.0.113.7"]}`)), &w)
-	if w.OK || w.Error.Code != CodeForbidden {
+	json.Unmarshal(d.server.HandleLine(context.Background(), peer, []byte(`{"op":"block","targets":["203.0.113.7"]}`)), &w)
+	if w.OK || w.Error.Code != api.CodeForbidden {
 		t.Fatalf("non-admin block: %+v", w)
 	}
-	json.Unmarshal(d.handleLine(context.Background(), peer, []byte(`{"op":"ping"}`)), &w)
+	json.Unmarshal(d.server.HandleLine(context.Background(), peer, []byte(`{"op":"ping"}`)), &w)
 	if !w.OK {
 		t.Fatalf("non-admin ping: %+v", w)
 	}
-	peer = resolvePeer(Peer{UID: 0, GID: 0}, nil)
+	peer = control.ResolvePeer(control.Peer{UID: 0, GID: 0}, nil)
 	if !peer.Admin {
 		t.Fatal("root is not admin")
 	}
@@ -133,12 +137,12 @@ func TestRateLimit(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Control.Rate, cfg.Control.Burst = 1, 3
 	d := newTestDaemon(t, cfg, newFakeFW(), &clock{t: time.Now()})
-	peer := Peer{UID: 0, Admin: true}
+	peer := control.Peer{UID: 0, Admin: true}
 	limited := 0
 	for range 10 {
 		var w wireResp
-		json.Unmarshal(d.handleLine(context.Background(), peer, []byte(`{"op":"ping"}`)), &w)
-		if !w.OK && w.Error.Code == CodeRateLimited {
+		json.Unmarshal(d.server.HandleLine(context.Background(), peer, []byte(`{"op":"ping"}`)), &w)
+		if !w.OK && w.Error.Code == api.CodeRateLimited {
 			limited++
 		}
 	}
@@ -157,7 +161,7 @@ func TestTooManyConnections(t *testing.T) {
 	readResp(t, bufio.NewReader(c1)) // c1 is being served
 	c2 := dial()
 	w := readResp(t, bufio.NewReader(c2))
-	if w.OK || w.Error.Code != CodeTooManyConns {
+	if w.OK || w.Error.Code != api.CodeTooManyConns {
 		t.Fatalf("second connection: %+v", w)
 	}
 }

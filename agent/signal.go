@@ -5,13 +5,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
+	"github.com/parryhq/parry/agent/enforce"
+	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/response"
 )
 
@@ -20,19 +27,36 @@ const (
 	CodeInvalidSignal = "invalid_signal" // a field of the signal is malformed
 )
 
+// policy is the signal path: the response engine in force (swapped on
+// reload), its escalation memory saved to the store, the signal records
+// batched into the audit log, op signal and the daemon's own signals
+// (integrity). signals has its own lock; eng is swapped atomically.
+type policy struct {
+	log           *slog.Logger
+	now           func() time.Time
+	store         *store.Store
+	audit         *audit.Log
+	path          *enforce.Path
+	refused       func(uid uint32, op string, fields map[string]any) // the control server's aggregated refusals
+	observeSignal func(s response.Signal, result string)             // the incident tooling's metrics
+
+	eng     atomic.Pointer[response.Engine]
+	signals signalLog // signal records waiting for the audit log
+}
+
 // offendersKey is where the policy's escalation memory lives in the
 // store's key/value space.
 const offendersKey = "response/offenders"
 
-// newPolicy builds the policy engine for cfg. It protects the allowlist and
+// build builds the policy engine for cfg. It protects the allowlist and
 // the host's own addresses, and takes over the escalation memory of old, or
 // when old is nil, of the store.
-func (d *Daemon) newPolicy(cfg Config, own []netip.Addr, old *response.Engine) (*response.Engine, error) {
+func (sp *policy) build(cfg Config, own []netip.Addr, old *response.Engine) (*response.Engine, error) {
 	protect := slices.Clone(cfg.AllowPrefixes())
 	for _, a := range own {
 		protect = append(protect, netip.PrefixFrom(a, a.BitLen()))
 	}
-	eng, err := response.New(cfg.Response, response.Options{Now: d.now, Protect: protect})
+	eng, err := response.New(cfg.Response, response.Options{Now: sp.now, Protect: protect})
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
@@ -40,35 +64,35 @@ func (d *Daemon) newPolicy(cfg Config, own []netip.Addr, old *response.Engine) (
 		eng.Restore(old.Snapshot())
 		return eng, nil
 	}
-	b, err := d.store.Get(offendersKey)
+	b, err := sp.store.Get(offendersKey)
 	if err != nil {
 		return nil, fmt.Errorf("policy: read escalation memory: %w", err)
 	}
 	if len(b) > 0 {
 		var saved []response.Offender
 		if err := json.Unmarshal(b, &saved); err != nil {
-			d.log.Warn("policy: escalation memory unreadable; starting empty", "err", err)
+			sp.log.Warn("policy: escalation memory unreadable; starting empty", "err", err)
 		} else {
-			d.log.Info("policy: escalation memory restored", "offenders", eng.Restore(saved))
+			sp.log.Info("policy: escalation memory restored", "offenders", eng.Restore(saved))
 		}
 	}
 	return eng, nil
 }
 
-// policyStatus is the policy's part of op status. Caller holds d.mu.
-func (d *Daemon) policyStatus() PolicyStatus {
-	eng := d.Policy()
+// status is the policy's part of op status.
+func (sp *policy) status() api.PolicyStatus {
+	eng := sp.engine()
 	if eng == nil {
-		return PolicyStatus{}
+		return api.PolicyStatus{}
 	}
 	st := eng.Stats()
-	return PolicyStatus{DryRun: eng.Config().DryRun, Rules: len(eng.Rules()), Signals: st.Signals, NoRule: st.NoRule,
+	return api.PolicyStatus{DryRun: eng.Config().DryRun, Rules: len(eng.Rules()), Signals: st.Signals, NoRule: st.NoRule,
 		Decisions: st.Decisions, RateLimited: st.RateLimited, Keys: st.Keys, Offenders: st.Offenders, Evicted: st.EvictedKeys,
-		SenderBlockCap: d.capStatus(eng, d.now())}
+		SenderBlockCap: sp.path.CapStatus()}
 }
 
-// Policy returns the policy engine in force.
-func (d *Daemon) Policy() *response.Engine { return d.policy.Load() }
+// engine returns the policy engine in force.
+func (sp *policy) engine() *response.Engine { return sp.eng.Load() }
 
 // offendersSave is how long a change to the escalation memory may wait
 // before it is written: blocks are durable at once (the store), the memory
@@ -77,38 +101,38 @@ func (d *Daemon) Policy() *response.Engine { return d.policy.Load() }
 const offendersSave = time.Second
 
 // saveOffenders schedules a write of the escalation memory.
-func (d *Daemon) saveOffenders() {
-	d.signals.mu.Lock()
-	defer d.signals.mu.Unlock()
-	if d.signals.saveTimer == nil {
-		d.signals.saveTimer = time.AfterFunc(offendersSave, d.writeOffenders)
+func (sp *policy) saveOffenders() {
+	sp.signals.mu.Lock()
+	defer sp.signals.mu.Unlock()
+	if sp.signals.saveTimer == nil {
+		sp.signals.saveTimer = time.AfterFunc(offendersSave, sp.writeOffenders)
 	}
 }
 
 // flushOffenders writes the escalation memory if a write is pending (on close).
-func (d *Daemon) flushOffenders() {
-	d.signals.mu.Lock()
-	pending := d.signals.saveTimer != nil
-	d.signals.mu.Unlock()
+func (sp *policy) flushOffenders() {
+	sp.signals.mu.Lock()
+	pending := sp.signals.saveTimer != nil
+	sp.signals.mu.Unlock()
 	if pending {
-		d.writeOffenders()
+		sp.writeOffenders()
 	}
 }
 
 // writeOffenders writes the escalation memory now.
-func (d *Daemon) writeOffenders() {
-	d.signals.mu.Lock()
-	if d.signals.saveTimer != nil {
-		d.signals.saveTimer.Stop()
-		d.signals.saveTimer = nil
+func (sp *policy) writeOffenders() {
+	sp.signals.mu.Lock()
+	if sp.signals.saveTimer != nil {
+		sp.signals.saveTimer.Stop()
+		sp.signals.saveTimer = nil
 	}
-	d.signals.mu.Unlock()
-	b, err := json.Marshal(d.Policy().Snapshot())
+	sp.signals.mu.Unlock()
+	b, err := json.Marshal(sp.engine().Snapshot())
 	if err == nil {
-		err = d.store.Put(offendersKey, b)
+		err = sp.store.Put(offendersKey, b)
 	}
 	if err != nil {
-		d.log.Error("policy: saving escalation memory failed", "err", err)
+		sp.log.Error("policy: saving escalation memory failed", "err", err)
 	}
 }
 
@@ -132,9 +156,9 @@ type SignalResult struct {
 	Decisions []SignalDecision    `json:"decisions,omitempty"`
 }
 
-// appendFields renders a result without decisions (nearly every signal's)
+// AppendFields renders a result without decisions (nearly every signal's)
 // without reflection; one with decisions goes through encoding/json.
-func (r SignalResult) appendFields(b []byte) ([]byte, bool) {
+func (r SignalResult) AppendFields(b []byte) ([]byte, bool) {
 	if len(r.Decisions) > 0 {
 		return b, false
 	}
@@ -181,64 +205,64 @@ func appendPlainString(b []byte, s string) ([]byte, bool) {
 // SignalDecision is one decision and its enforcement.
 type SignalDecision struct {
 	response.Decision
-	Enforced *Outcome `json:"enforced,omitempty"` // what Enforce did
-	Error    *Error   `json:"error,omitempty"`    // why Enforce refused it
+	Enforced *enforce.Outcome `json:"enforced,omitempty"` // what Enforce did
+	Error    *api.Error       `json:"error,omitempty"`    // why Enforce refused it
 }
 
 // peerSender is the policy's view of a control peer.
-func peerSender(p Peer) response.Sender {
+func peerSender(p control.Peer) response.Sender {
 	return response.Sender{UID: p.UID, GID: p.GID, PID: p.PID, User: p.User, Groups: p.Groups}
 }
 
 // opSignal: authorise the sender for the kind, rate-limit it, run the
 // policy, record the signal, and enforce what the policy decided.
-func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
+func (sp *policy) opSignal(ctx context.Context, c *control.Call) (any, error) {
 	p, err := decodeSignal(c)
 	if err != nil {
 		return nil, err
 	}
 	sig := response.Signal{Kind: p.Kind, User: p.User, Source: p.Source, Severity: p.Severity,
-		Detail: p.Detail, Path: p.Path, Attrs: p.Attrs, Time: d.now().UTC(), Sender: peerSender(c.Peer)}
+		Detail: p.Detail, Path: p.Path, Attrs: p.Attrs, Time: sp.now().UTC(), Sender: peerSender(c.Peer)}
 	if p.IP != "" {
 		a, err := netip.ParseAddr(p.IP)
 		if err != nil {
-			return nil, errorf(CodeInvalidSignal, "signal ip: %q is not an IPv4 or IPv6 address", truncate(p.IP, 64))
+			return nil, api.Errorf(CodeInvalidSignal, "signal ip: %q is not an IPv4 or IPv6 address", truncate(p.IP, 64))
 		}
 		sig.IP = a
 	}
 	if err := response.ValidateSignal(sig); err != nil {
-		return nil, errorf(CodeInvalidSignal, "%v", err)
+		return nil, api.Errorf(CodeInvalidSignal, "%v", err)
 	}
-	eng := d.Policy()
+	eng := sp.engine()
 	if !c.Peer.Admin {
 		if err := eng.Authorize(sig.Sender, sig.Kind); err != nil {
-			d.refusals.note(c.Peer.UID, "signal", map[string]any{"op": "signal", "kind": sig.Kind, "code": CodeForbidden, "sender": c.Peer.String()})
-			d.observeSignal(sig, "forbidden")
-			return nil, errorf(CodeForbidden, "%v", err)
+			sp.refused(c.Peer.UID, "signal", map[string]any{"op": "signal", "kind": sig.Kind, "code": api.CodeForbidden, "sender": c.Peer.String()})
+			sp.observeSignal(sig, "forbidden")
+			return nil, api.Errorf(api.CodeForbidden, "%v", err)
 		}
 	}
 	if err := eng.Admit(sig.Sender); err != nil {
-		d.observeSignal(sig, "rate_limited")
-		return nil, errorf(CodeRateLimited, "%v; slow down", err)
+		sp.observeSignal(sig, "rate_limited")
+		return nil, api.Errorf(api.CodeRateLimited, "%v; slow down", err)
 	}
 	res, err := eng.Handle(sig)
 	if err != nil {
-		return nil, errorf(CodeInvalidSignal, "%v", err)
+		return nil, api.Errorf(CodeInvalidSignal, "%v", err)
 	}
-	d.recordSignal(sig, c.Peer, res)
-	d.observeSignal(sig, string(res.Outcome))
+	sp.recordSignal(sig, c.Peer, res)
+	sp.observeSignal(sig, string(res.Outcome))
 	if len(res.Decisions) > 0 {
-		d.flushSignals() // the cause is in the log before the decision
+		sp.flushSignals() // the cause is in the log before the decision
 	}
 	out := SignalResult{Outcome: res.Outcome, Progress: res.Progress}
 	blocked := false
 	for _, dec := range res.Decisions {
 		sd := SignalDecision{Decision: dec}
-		o, err := d.EnforceWith(ctx, dec, EnforceOptions{SenderCap: !c.Peer.Admin})
+		o, err := sp.path.EnforceWith(ctx, dec, enforce.EnforceOptions{SenderCap: !c.Peer.Admin})
 		if err != nil {
-			var e *Error
+			var e *api.Error
 			if !errors.As(err, &e) {
-				e = &Error{Code: CodeInternal, Message: err.Error()}
+				e = &api.Error{Code: api.CodeInternal, Message: err.Error()}
 			}
 			sd.Error = e
 		} else {
@@ -250,7 +274,7 @@ func (d *Daemon) opSignal(ctx context.Context, c *Call) (any, error) {
 		out.Decisions = append(out.Decisions, sd)
 	}
 	if blocked {
-		d.saveOffenders()
+		sp.saveOffenders()
 	}
 	return out, nil
 }
@@ -282,24 +306,6 @@ const (
 	signalFlush = 200 * time.Millisecond
 )
 
-// mergeLockdown keeps a policy lockdown from shortening or loosening an
-// active one (an operator's, typically): it ends no earlier, isolates if
-// either does, and keeps the active lockdown's allowlist. Caller holds d.mu
-// (startLockdown), so nothing changes between the merge and the lockdown.
-func (d *Daemon) mergeLockdown(dec response.Decision) response.Decision {
-	cur := d.lockdownState()
-	if !cur.Active {
-		return dec
-	}
-	if cur.Until.After(dec.Until) {
-		dec.Until = cur.Until
-	}
-	dec.Isolate = dec.Isolate || cur.Isolate
-	dec.Allow = slices.Clone(d.lockdown.Allow)
-	dec.Reason += fmt.Sprintf(" (merged with the active lockdown %s)", cur.ID)
-	return dec
-}
-
 // signalLog holds signal records not yet in the audit log.
 type signalLog struct {
 	mu        sync.Mutex
@@ -311,28 +317,28 @@ type signalLog struct {
 // recordSignal queues the audit record of a signal and what became of it.
 // It goes to the audit chain only, not the journal; the decisions it leads
 // to are journalled.
-func (d *Daemon) recordSignal(sig response.Signal, peer Peer, res response.Result) {
+func (sp *policy) recordSignal(sig response.Signal, peer control.Peer, res response.Result) {
 	r := signalRecord{Kind: sig.Kind, User: sig.User, Source: sig.Source, Severity: sig.Severity, Path: sig.Path,
 		Detail: sig.Detail, Attrs: sig.Attrs, Sender: peer.String(), Outcome: string(res.Outcome), Time: sig.Time}
 	if sig.IP.IsValid() {
 		r.IP = sig.IP.String()
 	}
-	l := &d.signals
+	l := &sp.signals
 	l.mu.Lock()
 	l.pending = append(l.pending, r)
 	n := len(l.pending)
 	if n == 1 {
-		l.timer = time.AfterFunc(signalFlush, d.flushSignals)
+		l.timer = time.AfterFunc(signalFlush, sp.flushSignals)
 	}
 	l.mu.Unlock()
 	if n >= signalBatch {
-		d.flushSignals()
+		sp.flushSignals()
 	}
 }
 
 // flushSignals appends the queued signal records as one audit event.
-func (d *Daemon) flushSignals() {
-	l := &d.signals
+func (sp *policy) flushSignals() {
+	l := &sp.signals
 	l.mu.Lock()
 	batch := l.pending
 	l.pending = nil
@@ -346,10 +352,10 @@ func (d *Daemon) flushSignals() {
 	}
 	fields, err := signalBatchRecord{Count: len(batch), Signals: batch}.MarshalJSON()
 	if err == nil {
-		err = d.audit.Append("signals", audit.Raw(fields))
+		err = sp.audit.Append("signals", audit.Raw(fields))
 	}
 	if err != nil {
-		d.log.Error("audit append failed", "event", "signals", "count", len(batch), "err", err)
+		sp.log.Error("audit append failed", "event", "signals", "count", len(batch), "err", err)
 	}
 }
 
@@ -421,12 +427,11 @@ func appendJSONString(b []byte, s string) []byte {
 // request's fields (Call.Decode re-encodes them first: too slow for the
 // rate signals come at), as strictly: unknown fields and wrong types are
 // bad_request.
-func decodeSignal(c *Call) (signalParams, error) {
+func decodeSignal(c *control.Call) (signalParams, error) {
 	var p signalParams
-	for _, m := range c.params {
-		raw := m.raw
+	for key, raw := range c.Params() {
 		var dst *string
-		switch string(m.key) {
+		switch string(key) {
 		case "kind":
 			dst = &p.Kind
 		case "ip":
@@ -444,21 +449,74 @@ func decodeSignal(c *Call) (signalParams, error) {
 		case "attrs":
 			p.Attrs = nil // a repeated member counts as its last occurrence
 			if err := json.Unmarshal(raw, &p.Attrs); err != nil {
-				return p, errorf(CodeBadRequest, `op signal: "attrs" must be an object of strings`)
+				return p, api.Errorf(api.CodeBadRequest, `op signal: "attrs" must be an object of strings`)
 			}
 			continue
 		default:
-			return p, errorf(CodeBadRequest, "op signal: unknown field %q", truncate(string(m.key), 64))
+			return p, api.Errorf(api.CodeBadRequest, "op signal: unknown field %q", truncate(string(key), 64))
 		}
-		k := m.key
+		k := key
 		if len(raw) < 2 || raw[0] != '"' {
-			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)
+			return p, api.Errorf(api.CodeBadRequest, "op signal: %q must be a string", k)
 		}
-		if plainString(raw[1 : len(raw)-1]) { // the request line was already checked as JSON
+		if control.PlainString(raw[1 : len(raw)-1]) { // the request line was already checked as JSON
 			*dst = string(raw[1 : len(raw)-1])
 		} else if err := json.Unmarshal(raw, dst); err != nil {
-			return p, errorf(CodeBadRequest, "op signal: %q must be a string", k)
+			return p, api.Errorf(api.CodeBadRequest, "op signal: %q must be a string", k)
 		}
 	}
 	return p, nil
+}
+
+// integritySender is how the integrity watcher appears as a signal sender
+// and in the audit log.
+func integritySender() control.Peer {
+	return control.Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), User: "parryd-integrity", Admin: true}
+}
+
+// handleOwn runs one integrity_violation signal through the
+// response policy (which may notify, log, block or lock down, as its rules
+// for kind integrity_violation say) and enforces what it decides, exactly
+// as op signal does for signals from the socket.
+func (sp *policy) handleOwn(ctx context.Context, sig response.Signal) {
+	eng := sp.engine()
+	if eng == nil {
+		sp.log.Warn("integrity_violation signal dropped: no policy engine", "path", sig.Path)
+		return
+	}
+	peer := integritySender()
+	sig.Sender = peerSender(peer)
+	if sig.Time.IsZero() {
+		sig.Time = sp.now().UTC()
+	}
+	if err := response.ValidateSignal(sig); err != nil {
+		sp.log.Error("integrity_violation signal invalid", "path", sig.Path, "err", err)
+		return
+	}
+	res, err := eng.Handle(sig)
+	if err != nil {
+		sp.log.Error("policy refused an integrity_violation signal", "path", sig.Path, "err", err)
+		return
+	}
+	sp.recordSignal(sig, peer, res)
+	sp.observeSignal(sig, string(res.Outcome))
+	blocked := false
+	for _, dec := range res.Decisions {
+		if _, err := sp.path.Enforce(ctx, dec); err != nil {
+			sp.log.Error("enforcing the policy's answer to an integrity finding failed", "action", dec.Action, "path", sig.Path, "err", err)
+			continue
+		}
+		blocked = blocked || (dec.Action == response.ActionBlock && !dec.DryRun)
+	}
+	if blocked {
+		sp.saveOffenders()
+	}
+}
+
+// senderCap is response.sender_block_cap of the policy in force.
+func (sp *policy) senderCap() response.BlockCap {
+	if eng := sp.engine(); eng != nil {
+		return eng.Config().SenderBlockCap
+	}
+	return response.BlockCap{}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/parryhq/parry/agent/api"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -15,25 +14,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/response"
 )
 
 var (
-	rootPeer = Peer{UID: 0, User: "root", Groups: []string{"root"}, Admin: true}
-	webPeer  = Peer{UID: 33, GID: 33, User: "www-data", Groups: []string{"www-data"}}
+	rootPeer = control.Peer{UID: 0, User: "root", Groups: []string{"root"}, Admin: true}
+	webPeer  = control.Peer{UID: 33, GID: 33, User: "www-data", Groups: []string{"www-data"}}
 )
 
 type signalAnswer struct {
 	OK    bool `json:"ok"`
-	Error *Error
+	Error *api.Error
 	SignalResult
 }
 
-func signal(t testing.TB, d *Daemon, p Peer, line string) signalAnswer {
+func signal(t testing.TB, d *Daemon, p control.Peer, line string) signalAnswer {
 	t.Helper()
 	var a signalAnswer
-	resp := d.handleLine(context.Background(), p, []byte(line))
+	resp := d.server.HandleLine(context.Background(), p, []byte(line))
 	if err := json.Unmarshal(resp, &a); err != nil {
 		t.Fatalf("%s: %v", resp, err)
 	}
@@ -60,26 +61,26 @@ func TestOpSignal(t *testing.T) {
 	if to, ok := fw.elems[netip.MustParsePrefix("203.0.113.7/32")]; !ok || to != time.Hour {
 		t.Errorf("kernel: %v %v, want a 1h block", to, ok)
 	}
-	blocks := d.Blocks()
+	blocks := blocksOf(t, d)
 	if len(blocks) != 1 || blocks[0].Rule != "auth-failure" || blocks[0].Source != "policy" || blocks[0].Sender != "uid=33(www-data)" {
 		t.Errorf("stored block: %+v", blocks)
 	}
 
 	// refusals change nothing
 	for _, tc := range []struct {
-		peer       Peer
+		peer       control.Peer
 		line, code string
 	}{
-		{webPeer, `{"op":"signal","kind":"scan_detected","ip":"203.0.113.8"}`, CodeForbidden},
-		{webPeer, `{"op":"block","targets":["203.0.113.8"]}`, CodeForbidden},
-		{webPeer, `{"op":"lockdown","for":"1m","force":true}`, CodeForbidden},
+		{webPeer, `{"op":"signal","kind":"scan_detected","ip":"203.0.113.8"}`, api.CodeForbidden},
+		{webPeer, `{"op":"block","targets":["203.0.113.8"]}`, api.CodeForbidden},
+		{webPeer, `{"op":"lockdown","for":"1m","force":true}`, api.CodeForbidden},
 		{rootPeer, `{"op":"signal","kind":"auth_failure","ip":"203.0.113.300"}`, CodeInvalidSignal},
 		{rootPeer, `{"op":"signal","kind":"auth failure"}`, CodeInvalidSignal},
 		{rootPeer, `{"op":"signal","kind":"x","severity":"doom"}`, CodeInvalidSignal},
-		{rootPeer, `{"op":"signal","kind":"x","colour":"red"}`, CodeBadRequest},
-		{rootPeer, `{"op":"signal","kind":"x","attrs":{"a":1}}`, CodeBadRequest},
-		{rootPeer, `{"op":"signal","kind":"x","user":5}`, CodeBadRequest},
-		{rootPeer, `{"op":"signal","kind":"x","user":null}`, CodeBadRequest},
+		{rootPeer, `{"op":"signal","kind":"x","colour":"red"}`, api.CodeBadRequest},
+		{rootPeer, `{"op":"signal","kind":"x","attrs":{"a":1}}`, api.CodeBadRequest},
+		{rootPeer, `{"op":"signal","kind":"x","user":5}`, api.CodeBadRequest},
+		{rootPeer, `{"op":"signal","kind":"x","user":null}`, api.CodeBadRequest},
 		{rootPeer, `{"op":"signal","kind":"a\u0020b"}`, CodeInvalidSignal}, // escapes are decoded before validation
 	} {
 		a := signal(t, d, tc.peer, tc.line)
@@ -113,7 +114,7 @@ func TestOpSignal(t *testing.T) {
 		t.Errorf("audit chain: %+v %v", res, err)
 	}
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	if o, ok := d2.Policy().Offender(netip.MustParseAddr("203.0.113.7")); !ok || o.Count != 1 {
+	if o, ok := d2.policy.engine().Offender(netip.MustParseAddr("203.0.113.7")); !ok || o.Count != 1 {
 		t.Errorf("offender after restart: %+v %v", o, ok)
 	}
 }
@@ -134,7 +135,7 @@ func TestOpSignalRateLimitAndDryRun(t *testing.T) {
 	if len(fw.elems) != 0 {
 		t.Errorf("dry run blocked: %v", fw.elems)
 	}
-	if a := signal(t, d, rootPeer, line); a.OK || a.Error.Code != CodeRateLimited {
+	if a := signal(t, d, rootPeer, line); a.OK || a.Error.Code != api.CodeRateLimited {
 		t.Errorf("fourth within the burst of 3: %+v", a)
 	}
 	clk.Add(time.Second)
@@ -154,7 +155,7 @@ func TestOpLockdown(t *testing.T) {
 	d := newTestDaemon(t, cfg, fw, clk)
 	call := func(line string) (map[string]any, string) {
 		var m map[string]any
-		json.Unmarshal(d.handleLine(context.Background(), rootPeer, []byte(line)), &m)
+		json.Unmarshal(d.server.HandleLine(context.Background(), rootPeer, []byte(line)), &m)
 		if e, ok := m["error"].(map[string]any); ok {
 			return m, e["code"].(string)
 		}
@@ -162,13 +163,13 @@ func TestOpLockdown(t *testing.T) {
 	}
 	for line, code := range map[string]string{
 		`{"op":"lockdown"}`:                                   CodeNeedsForce,
-		`{"op":"lockdown","for":"0s","force":true}`:           CodeInvalidDuration,
-		`{"op":"lockdown","for":"8d","force":true}`:           CodeInvalidDuration,
+		`{"op":"lockdown","for":"0s","force":true}`:           api.CodeInvalidDuration,
+		`{"op":"lockdown","for":"8d","force":true}`:           api.CodeInvalidDuration,
 		`{"op":"lockdown","extend":"5m"}`:                     CodeNoLockdown,
-		`{"op":"lockdown","for":"5m","extend":"5m"}`:          CodeBadRequest,
-		`{"op":"lockdown","for":"5m","allow":["10.0.0.300"]}`: CodeInvalidTarget,
-		`{"op":"lockdown","for":"5m","allow":["10.0.0.0/0"]}`: CodeInvalidTarget,
-		`{"op":"lockdown","for":"5m","allow":["::/0"]}`:       CodeInvalidTarget,
+		`{"op":"lockdown","for":"5m","extend":"5m"}`:          api.CodeBadRequest,
+		`{"op":"lockdown","for":"5m","allow":["10.0.0.300"]}`: api.CodeInvalidTarget,
+		`{"op":"lockdown","for":"5m","allow":["10.0.0.0/0"]}`: api.CodeInvalidTarget,
+		`{"op":"lockdown","for":"5m","allow":["::/0"]}`:       api.CodeInvalidTarget,
 	} {
 		if _, got := call(line); got != code {
 			t.Errorf("%s: code %q, want %q", line, got, code)
@@ -223,7 +224,7 @@ func BenchmarkOpSignal(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		line := fmt.Appendf(nil, `{"op":"signal","kind":"auth_failure","ip":"10.%d.%d.%d","source":"bench"}`, byte(i>>16), byte(i>>8), byte(i))
-		if resp := d.handleLine(context.Background(), rootPeer, line); !strings.HasPrefix(string(resp), `{"ok":true`) {
+		if resp := d.server.HandleLine(context.Background(), rootPeer, line); !strings.HasPrefix(string(resp), `{"ok":true`) {
 			b.Fatalf("%s", resp)
 		}
 		i++
@@ -246,7 +247,7 @@ func TestPolicyLockdownMerges(t *testing.T) {
 	if fw.lockdown == nil || fw.lockdown.Timeout != 10*time.Minute || len(fw.lockdown.Allow) != 1 {
 		t.Fatalf("policy lockdown: %+v", fw.lockdown)
 	}
-	d.handleLine(context.Background(), rootPeer, []byte(`{"op":"lockdown","for":"2h","isolate":true,"allow":["10.0.0.0/24"]}`))
+	d.server.HandleLine(context.Background(), rootPeer, []byte(`{"op":"lockdown","for":"2h","isolate":true,"allow":["10.0.0.0/24"]}`))
 	clk.Add(time.Minute)
 	a := signal(t, d, rootPeer, `{"op":"signal","kind":"tamper"}`)
 	if len(a.Decisions) != 1 || a.Decisions[0].Error != nil {

@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/response"
 )
@@ -47,7 +49,7 @@ func newAuditFaultDaemon(t *testing.T, cfg Config, fw *fakeFW, clk *clock, full 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	if err := d.Reconcile("start"); err != nil {
+	if err := d.heal.Reconcile("start"); err != nil {
 		t.Fatal(err)
 	}
 	return d
@@ -93,10 +95,10 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 	var full atomic.Bool
 	d := newAuditFaultDaemon(t, cfg, fw, clk, &full)
 	ctx := context.Background()
-	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	before, blocksBefore := fw.state(), d.Blocks()
+	before, blocksBefore := fw.state(), blocksOf(t, d)
 	full.Store(true)
 
 	decs := []response.Decision{
@@ -105,17 +107,17 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 		{Action: response.ActionLockdown, Until: t0.Add(time.Hour)},
 	}
 	for _, dec := range decs {
-		if _, err := d.Enforce(ctx, dec); CodeOf(err) != CodeAudit {
-			t.Fatalf("%s with a full disk: want code %s, got %v", dec.Action, CodeAudit, err)
+		if _, err := d.path.Enforce(ctx, dec); api.CodeOf(err) != api.CodeAudit {
+			t.Fatalf("%s with a full disk: want code %s, got %v", dec.Action, api.CodeAudit, err)
 		}
 	}
-	outs := d.EnforceBatch(ctx, []response.Decision{
+	outs := d.path.EnforceBatch(ctx, []response.Decision{
 		{Action: response.ActionBlock, Targets: pfx("203.0.113.20"), Until: t0.Add(time.Hour)},
 		{Action: response.ActionBlock, Targets: pfx("203.0.113.21"), Until: t0.Add(time.Hour)},
-	}, EnforceOptions{})
+	}, enforce.EnforceOptions{})
 	for _, o := range outs {
-		if CodeOf(o.Err) != CodeAudit {
-			t.Fatalf("batch with a full disk: want code %s, got %v", CodeAudit, o.Err)
+		if api.CodeOf(o.Err) != api.CodeAudit {
+			t.Fatalf("batch with a full disk: want code %s, got %v", api.CodeAudit, o.Err)
 		}
 	}
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
@@ -124,7 +126,7 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 	if fw.lockdown != nil {
 		t.Fatalf("lockdown in the kernel after a refused lockdown: %+v", fw.lockdown)
 	}
-	st := d.Status()
+	st := statusOf(t, d)
 	if st.AuditFailure == nil || st.AuditFailure.Op != "write" || !strings.Contains(st.AuditFailure.Error, "no space left") {
 		t.Fatalf("status.audit_failure = %+v, want the ENOSPC write failure", st.AuditFailure)
 	}
@@ -137,29 +139,29 @@ func TestAuditWriteFailureRefusesChanges(t *testing.T) {
 	d.Close()
 	full.Store(false)
 	d2 := newAuditFaultDaemon(t, cfg, fw, clk, &full)
-	if diff := cmp.Diff(blocksBefore, d2.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d2)); diff != "" {
 		t.Fatalf("store changed by refused requests (-want +got):\n%s", diff)
 	}
 	if p, _ := d2.store.Pending(); len(p) != 0 {
 		t.Fatalf("pending audit records of refused requests left in the store: %+v", p)
 	}
-	if d2.Status().AuditFailure != nil {
+	if statusOf(t, d2).AuditFailure != nil {
 		t.Fatal("audit failure reported after a restart with space")
 	}
 
 	// Space returns within a run: the next append succeeds and clears it.
 	full.Store(true)
-	if _, err := d2.Enforce(ctx, decs[0]); CodeOf(err) != CodeAudit {
-		t.Fatalf("want %s, got %v", CodeAudit, err)
+	if _, err := d2.path.Enforce(ctx, decs[0]); api.CodeOf(err) != api.CodeAudit {
+		t.Fatalf("want %s, got %v", api.CodeAudit, err)
 	}
-	if d2.Status().AuditFailure == nil {
+	if statusOf(t, d2).AuditFailure == nil {
 		t.Fatal("no audit failure in status")
 	}
 	full.Store(false)
-	if _, err := d2.Enforce(ctx, decs[0]); err != nil {
+	if _, err := d2.path.Enforce(ctx, decs[0]); err != nil {
 		t.Fatal(err)
 	}
-	if f := d2.Status().AuditFailure; f != nil {
+	if f := statusOf(t, d2).AuditFailure; f != nil {
 		t.Fatalf("audit failure still reported after a good append: %+v", f)
 	}
 	res, err := d2.verifyAudit()
@@ -177,14 +179,14 @@ func TestCrashBeforeAuditWriteRecoveredAtStart(t *testing.T) {
 	cfg := testConfig(t)
 	d := newTestDaemon(t, cfg, fw, clk)
 	ctx := context.Background()
-	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.1"), Until: t0.Add(time.Hour)}); err != nil {
+	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.1"), Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	d.crashAfterCommit = func() bool { return true }
-	d.EnforceBatch(ctx, []response.Decision{
+	d.path.EnforceBatch(ctx, []response.Decision{
 		{ID: "lost1", Action: response.ActionBlock, Targets: pfx("203.0.113.7", "203.0.113.8"), Until: t0.Add(time.Hour), Reason: "r1"},
 		{ID: "lost2", Action: response.ActionBlock, Targets: pfx("203.0.113.9"), Reason: "r2"},
-	}, EnforceOptions{})
+	}, enforce.EnforceOptions{})
 	d.Close()
 	for _, e := range readAuditLog(t, cfg.StateDir) {
 		if e["event"] == "block" && e["fields"].(map[string]any)["id"] != nil && strings.HasPrefix(e["fields"].(map[string]any)["id"].(string), "lost") {
@@ -193,7 +195,7 @@ func TestCrashBeforeAuditWriteRecoveredAtStart(t *testing.T) {
 	}
 
 	d2 := newTestDaemon(t, cfg, fw, clk)
-	if n := len(d2.Blocks()); n != 4 {
+	if n := len(blocksOf(t, d2)); n != 4 {
 		t.Fatalf("blocks after restart = %d, want 4 (committed before the crash)", n)
 	}
 	got := map[string]map[string]any{}
@@ -242,8 +244,8 @@ func TestRecoveryDoesNotDuplicateWrittenLines(t *testing.T) {
 	cfg := testConfig(t)
 	d := newTestDaemon(t, cfg, fw, clk)
 	d.audit.Sync()
-	anchor, _ := d.store.Get(keyAuditAnchor)
-	if _, err := d.Enforce(context.Background(), response.Decision{ID: "written", Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+	anchor, _ := d.store.Get(enforce.KeyAuditAnchor)
+	if _, err := d.path.Enforce(context.Background(), response.Decision{ID: "written", Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	pend, err := d.store.Pending()
@@ -256,7 +258,7 @@ func TestRecoveryDoesNotDuplicateWrittenLines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Commit(store.Change{PutPending: pend, PutKV: map[string][]byte{keyAuditAnchor: anchor}}); err != nil {
+	if err := st.Commit(store.Change{PutPending: pend, PutKV: map[string][]byte{enforce.KeyAuditAnchor: anchor}}); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()
@@ -298,10 +300,10 @@ func TestAuditOnFullFilesystem(t *testing.T) {
 	}
 	d := newTestDaemon(t, cfg, fw, clk)
 	ctx := context.Background()
-	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
+	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: pfx("203.0.113.7"), Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	before, blocksBefore := fw.state(), d.Blocks()
+	before, blocksBefore := fw.state(), blocksOf(t, d)
 	filler, err := os.Create(filepath.Join(mnt, "filler"))
 	if err != nil {
 		t.Fatal(err)
@@ -315,26 +317,26 @@ func TestAuditOnFullFilesystem(t *testing.T) {
 	for i := range 400 {
 		targets = append(targets, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32))
 	}
-	_, err = d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: targets, Until: t0.Add(time.Hour)})
-	if CodeOf(err) != CodeAudit {
-		t.Fatalf("block on a full filesystem: want code %s, got %v", CodeAudit, err)
+	_, err = d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: targets, Until: t0.Add(time.Hour)})
+	if api.CodeOf(err) != api.CodeAudit {
+		t.Fatalf("block on a full filesystem: want code %s, got %v", api.CodeAudit, err)
 	}
 	if diff := cmp.Diff(before, fw.state()); diff != "" {
 		t.Fatalf("kernel changed (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(blocksBefore, d.Blocks()); diff != "" {
+	if diff := cmp.Diff(blocksBefore, blocksOf(t, d)); diff != "" {
 		t.Fatalf("blocks changed (-want +got):\n%s", diff)
 	}
-	if f := d.Status().AuditFailure; f == nil || !strings.Contains(f.Error, "no space left") {
+	if f := statusOf(t, d).AuditFailure; f == nil || !strings.Contains(f.Error, "no space left") {
 		t.Fatalf("status.audit_failure = %+v", f)
 	}
 	verifyAuditOK(t, cfg.StateDir)
 
 	os.Remove(filepath.Join(mnt, "filler")) // space returns
-	if _, err := d.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: targets, Until: t0.Add(time.Hour)}); err != nil {
+	if _, err := d.path.Enforce(ctx, response.Decision{Action: response.ActionBlock, Targets: targets, Until: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	if f := d.Status().AuditFailure; f != nil {
+	if f := statusOf(t, d).AuditFailure; f != nil {
 		t.Fatalf("audit failure still reported: %+v", f)
 	}
 	if res, err := d.verifyAudit(); err != nil || !res.OK {

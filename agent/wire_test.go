@@ -12,6 +12,7 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
+	"github.com/parryhq/parry/agent/enforce"
 	"github.com/parryhq/parry/agent/evidence"
 	"github.com/parryhq/parry/agent/fleet"
 	"github.com/parryhq/parry/agent/hostcheck"
@@ -32,15 +33,15 @@ func wireAnswers() []struct {
 		name string
 		v    any
 	}{
-		{"Status", new(Status)},
-		{"BlockInfo", new(BlockInfo)},
-		{"Health", new(Health)},
-		{"LockdownState", new(LockdownState)},
-		{"ChainBreak", new(ChainBreak)},
-		{"PolicyStatus", new(PolicyStatus)},
-		{"Error", new(Error)},
-		{"EvidenceInfo", new(EvidenceInfo)},
-		{"Outcome", new(Outcome)},
+		{"Status", new(api.Status)},
+		{"BlockInfo", new(api.BlockInfo)},
+		{"Health", new(api.Health)},
+		{"LockdownState", new(api.LockdownState)},
+		{"ChainBreak", new(api.ChainBreak)},
+		{"PolicyStatus", new(api.PolicyStatus)},
+		{"Error", new(api.Error)},
+		{"EvidenceInfo", new(api.EvidenceInfo)},
+		{"Outcome", new(enforce.Outcome)},
 		{"LockdownResult", new(LockdownResult)},
 		{"SignalResult", new(SignalResult)},
 		{"IntegrityStatus", new(IntegrityStatus)},
@@ -105,7 +106,7 @@ func TestWireTwins(t *testing.T) {
 		daemon any // filled unless already set
 		twin   any
 	}{
-		{"Outcome", new(Outcome), new(api.Outcome)},
+		{"Outcome", new(enforce.Outcome), new(api.Outcome)},
 		{"LockdownResult", new(LockdownResult), new(api.LockdownResult)},
 		{"SignalResult", new(SignalResult), new(api.SignalResult)},
 		{"IntegrityStatus", new(IntegrityStatus), new(api.IntegrityStatus)},

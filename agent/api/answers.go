@@ -7,7 +7,7 @@ import (
 )
 
 // The types below are the wire twins of answers whose daemon-side types
-// carry more than the wire: agent.Outcome (the prefixes applied, the error
+// carry more than the wire: enforce.Outcome (the prefixes applied, the error
 // for observers), agent.SignalResult (its own fast encoder, the policy's
 // types), agent.LockdownResult and agent.IntegrityStatus (integrity's own
 // types). Each has the same JSON as its daemon type; agent's

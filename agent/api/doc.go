@@ -23,7 +23,7 @@
 // "7d" and "2w" the same way. Importing this package brings nothing else
 // with it.
 //
-// Where the daemon's own type carries more than the wire (agent.Outcome
+// Where the daemon's own type carries more than the wire (enforce.Outcome
 // keeps the applied prefixes for observers; integrity.Finding has methods
 // of its own), this package has the wire twin with the same JSON, and a
 // test in agent encodes the daemon's value and compares it byte for byte

@@ -29,6 +29,7 @@ const (
 	CodeFirewall        = "firewall_failed"  // the kernel refused; nothing changed
 	CodeAudit           = "audit"            // the audit log could not be written (full disk, I/O error); nothing changed
 	CodeShuttingDown    = "shutting_down"    // the daemon is stopping
+	CodeBusy            = "busy"             // the part the op needs did not become free within its bounded wait; nothing changed, try again
 	CodeInternal        = "internal"         // a bug; see the daemon's log
 )
 

@@ -3,6 +3,12 @@
 // previous line and its own hash. Editing, removing or reordering any line
 // breaks the chain, and Verify reports the first line where it breaks.
 //
+// The log rotates by size into segments whose chain continues across files
+// (segment.go); old segments are gzipped and removed by retention, each
+// removal recorded in the log (rotate.go). VerifyFile walks all segments;
+// CheckAnchor checks the tail after a durable line in time independent of
+// the log's length (anchor.go).
+//
 // Line format (fields in this order; "hash" is always last):
 //
 //	{"seq":7,"time":"2026-11-27T00:12:03.123Z","event":"block","fields":{...},"prev":"<64 hex>","hash":"<64 hex>"}
@@ -12,7 +18,6 @@
 package audit
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -58,7 +63,8 @@ type Failure struct {
 	Count int       `json:"count"` // failed appends and syncs since Since
 }
 
-// Log appends to one audit file. It is safe for concurrent use.
+// Log appends to the current segment of an audit log. It is safe for
+// concurrent use.
 //
 // An append that returns nil has written its whole line(s) to the file with
 // one write(2): they survive the daemon's death, and reach the disk at the
@@ -66,117 +72,179 @@ type Failure struct {
 // at once (ftruncate needs no free space), and if that fails too, before
 // the next write. A failed Sync is reported by Failure and makes the next
 // append retry the sync first, failing while the sync fails.
+//
+// When the current segment has reached Config.MaxSize, the next append
+// first rotates (rotate.go); a rotation that fails leaves the current
+// segment in use and is retried a minute later.
 type Log struct {
 	syncMu sync.Mutex // serializes Sync, so onSync sees seqs in order
-	onSync func(seq uint64, hash string)
+	onSync func(Anchor)
 	mu     sync.Mutex
+	p      logPath
+	cfg    Config
+	wrap   func(File) File
 	f      File
 	size   int64 // end of the last whole line
 	torn   bool  // the file may hold a partial line past size
 	seq    uint64
 	prev   string
+	first  uint64 // seq of the current segment's first line
+	lastAt int64  // offset of the last line in the current segment
 	now    func() time.Time
 	dirty  bool
 	buf    []byte
 	fail   *Failure
+
+	rot     rotation    // rotation state (rotate.go), under mu
+	maint   maintenance // compression and retention (rotate.go)
+	crashAt func(step string) error
 }
 
-// Open opens path for appending, continuing the chain from its last line.
+// Open opens path for appending with the default Config, continuing the
+// chain from its last line.
 func Open(path string, now func() time.Time) (*Log, error) {
-	return OpenWith(path, now, nil)
+	return OpenConfig(path, Config{}, now, nil)
 }
 
 // OpenWith is Open with the file wrapped by wrap (nil: none), for failure
 // injection.
 func OpenWith(path string, now func() time.Time, wrap func(File) File) (*Log, error) {
-	of, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	return OpenConfig(path, Config{}, now, wrap)
+}
+
+// OpenConfig opens the log whose current file is path (audit.log) for
+// appending, with rotation and retention as cfg says (zero values:
+// defaults), and starts its background maintenance. It finishes a rotation
+// a crash interrupted, cuts a torn last line, and continues the chain from
+// the last whole line — of the current file, or of the newest old segment
+// when the current file is empty (then its first line is a
+// segment_start). It reads only the ends of files: its cost does not grow
+// with the log.
+func OpenConfig(path string, cfg Config, now func() time.Time, wrap func(File) File) (*Log, error) {
+	l := &Log{p: splitPath(path), cfg: cfg.WithDefaults(), wrap: wrap, prev: Genesis, now: now}
+	if err := l.finishRotation(); err != nil {
+		return nil, fmt.Errorf("open audit log %s: %w", path, err)
+	}
+	f, err := l.openFile(path, false)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	var f File = of
-	if wrap != nil {
-		f = wrap(of)
-	}
-	l := &Log{f: f, prev: Genesis, now: now}
-	last, size, err := lastLine(f)
+	l.f = f
+	last, lastAt, size, err := lastLine(f)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("open audit log %s: %w", path, err)
 	}
-	l.size = size
+	l.size, l.lastAt = size, lastAt
 	if last != nil {
-		var h struct {
-			Seq  uint64 `json:"seq"`
-			Hash string `json:"hash"`
-		}
-		if err := json.Unmarshal(last, &h); err != nil || len(h.Hash) != 64 {
-			// An edited last line: continue after it; verify reports it.
-			h.Hash = hashOf(last)
-		}
-		l.seq, l.prev = h.Seq, h.Hash
+		l.seq, l.prev = lineEnd(last)
+		head := make([]byte, 96)
+		n, _ := f.ReadAt(head, 0)
+		l.first = lineSeq(head[:n])
+	} else if err := l.continueSegment(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open audit log %s: %w", path, err)
 	}
+	l.maint.start(l)
 	return l, nil
 }
 
-// lastLine returns the last complete line of f (without its newline), or
-// nil when the file has none, and the file's size after the repair: a torn
-// tail (a partial last line without its newline, left by a short write or
-// a crash mid-write) is cut off, so the chain continues from the last whole
-// line.
-func lastLine(f File) ([]byte, int64, error) {
+// openFile opens (or creates) a segment file for appending, wrapped.
+func (l *Log) openFile(path string, trunc bool) (File, error) {
+	flag := os.O_RDWR | os.O_CREATE | os.O_APPEND
+	if trunc {
+		flag |= os.O_TRUNC
+	}
+	of, err := os.OpenFile(path, flag, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	var f File = of
+	if l.wrap != nil {
+		f = l.wrap(of)
+	}
+	return f, nil
+}
+
+// lineEnd is the seq and hash of a whole line; an edited line continues
+// the chain after its bytes (verify reports it).
+func lineEnd(line []byte) (uint64, string) {
+	var h struct {
+		Seq  uint64 `json:"seq"`
+		Hash string `json:"hash"`
+	}
+	if err := json.Unmarshal(line, &h); err != nil || len(h.Hash) != 64 {
+		h.Hash = hashOf(line)
+	}
+	return h.Seq, h.Hash
+}
+
+// lastLine returns the last complete line of f (without its newline) and
+// its offset, or nil when the file has none, and the file's size after
+// the repair: a torn tail (a partial last line without its newline, left
+// by a short write or a crash mid-write) is cut off, so the chain
+// continues from the last whole line.
+func lastLine(f File) ([]byte, int64, int64, error) {
 	st, err := f.Stat()
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, 0, err
 	}
-	size := st.Size()
-	if size == 0 {
-		return nil, 0, nil
+	last, at, keep, err := findLast(f, st.Size())
+	if err != nil {
+		return nil, 0, 0, err
 	}
-	var tail []byte
+	if keep != st.Size() {
+		if err := f.Truncate(keep); err != nil {
+			return nil, 0, 0, fmt.Errorf("cut torn tail: %w", err)
+		}
+	}
+	return last, at, keep, nil
+}
+
+// findLast finds the last complete line in the first size bytes of r,
+// reading backwards from the end: the line (without its newline) or nil,
+// its offset, and the end of the last whole line (size, unless the tail is
+// torn).
+func findLast(r io.ReaderAt, size int64) (line []byte, at, keep int64, err error) {
+	var tail []byte // the bytes [off, size)
 	const chunk = 64 << 10
 	off := size
-	for off > 0 && bytes.Count(tail, []byte("\n")) < 2 {
-		n := int64(chunk)
-		if off < n {
-			n = off
-		}
+	read := func() error {
+		n := min(int64(chunk), off)
 		off -= n
-		b := make([]byte, n)
-		if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
-			return nil, 0, err
+		b := make([]byte, n, n+int64(len(tail)))
+		if _, err := r.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+			return err
 		}
 		tail = append(b, tail...)
+		return nil
 	}
-	if tail[len(tail)-1] != '\n' {
-		i := bytes.LastIndexByte(tail, '\n')
-		for i < 0 && off > 0 { // one torn line longer than what was read
-			n := int64(chunk)
-			if off < n {
-				n = off
-			}
-			off -= n
-			b := make([]byte, n)
-			if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
-				return nil, 0, err
-			}
-			tail = append(b, tail...)
-			i = bytes.LastIndexByte(tail, '\n')
+	for { // keep: just after the last newline
+		if i := bytes.LastIndexByte(tail, '\n'); i >= 0 {
+			keep = off + int64(i) + 1
+			break
 		}
-		keep := off + int64(i) + 1 // 0 when no whole line is left
-		if err := f.Truncate(keep); err != nil {
-			return nil, 0, fmt.Errorf("cut torn tail: %w", err)
+		if off == 0 {
+			return nil, 0, 0, nil // no whole line
 		}
-		size = keep
-		tail = tail[:i+1]
-		if len(tail) == 0 {
-			return nil, 0, nil
+		if err := read(); err != nil {
+			return nil, 0, 0, err
 		}
 	}
-	tail = tail[:len(tail)-1]
-	if i := bytes.LastIndexByte(tail, '\n'); i >= 0 {
-		tail = tail[i+1:]
+	for { // at: just after the newline before it, or 0
+		if i := bytes.LastIndexByte(tail[:keep-1-off], '\n'); i >= 0 {
+			at = off + int64(i) + 1
+			break
+		}
+		if off == 0 {
+			at = 0
+			break
+		}
+		if err := read(); err != nil {
+			return nil, 0, 0, err
+		}
 	}
-	return tail, size, nil
+	return tail[at-off : keep-1-off], at, keep, nil
 }
 
 type header struct {
@@ -237,26 +305,12 @@ func (l *Log) AppendAll(events ...Event) (uint64, error) {
 	if op, err := l.repairLocked(); err != nil {
 		return 0, l.failLocked(op, err)
 	}
-	seq, prev := l.seq, l.prev
-	line := l.buf[:0]
-	for _, ev := range events {
-		h := header{Seq: seq + 1, Time: l.now().UTC().Format(time.RFC3339Nano), Event: ev.Name, Fields: ev.Fields, Prev: prev}
-		var body []byte
-		if raw, ok := ev.Fields.(Raw); ok && len(raw) > 0 {
-			body = h.appendRaw(raw)
-		} else {
-			var err error
-			if body, err = json.Marshal(h); err != nil {
-				return 0, fmt.Errorf("%w: %s: encode: %w", ErrFailed, ev.Name, err)
-			}
-		}
-		sum := sha256.Sum256(body)
-		hash := hex.EncodeToString(sum[:])
-		line = append(line, body[:len(body)-1]...)
-		line = append(line, `,"hash":"`...)
-		line = append(line, hash...)
-		line = append(line, "\"}\n"...)
-		seq, prev = h.Seq, hash
+	if err := l.maybeRotateLocked(); err != nil {
+		return 0, err
+	}
+	line, seq, prev, lastAt, err := l.render(l.buf[:0], l.seq, l.prev, events)
+	if err != nil {
+		return 0, err
 	}
 	n, err := l.f.Write(line)
 	if err == nil && n != len(line) {
@@ -274,10 +328,39 @@ func (l *Log) AppendAll(events ...Event) (uint64, error) {
 	if cap(line) <= 1<<20 {
 		l.buf = line
 	}
+	l.lastAt = l.size + lastAt
 	l.size += int64(len(line))
 	l.seq, l.prev, l.dirty = seq, prev, true
 	l.fail = nil
 	return seq, nil
+}
+
+// render appends events to line as consecutive audit lines chained from
+// seq and prev; it returns the lines, the seq and hash of the last one and
+// its offset in line. An error wraps ErrFailed.
+func (l *Log) render(line []byte, seq uint64, prev string, events []Event) ([]byte, uint64, string, int64, error) {
+	var lastAt int64
+	for _, ev := range events {
+		h := header{Seq: seq + 1, Time: l.now().UTC().Format(time.RFC3339Nano), Event: ev.Name, Fields: ev.Fields, Prev: prev}
+		var body []byte
+		if raw, ok := ev.Fields.(Raw); ok && len(raw) > 0 {
+			body = h.appendRaw(raw)
+		} else {
+			var err error
+			if body, err = json.Marshal(h); err != nil {
+				return nil, 0, "", 0, fmt.Errorf("%w: %s: encode: %w", ErrFailed, ev.Name, err)
+			}
+		}
+		sum := sha256.Sum256(body)
+		hash := hex.EncodeToString(sum[:])
+		lastAt = int64(len(line))
+		line = append(line, body[:len(body)-1]...)
+		line = append(line, `,"hash":"`...)
+		line = append(line, hash...)
+		line = append(line, "\"}\n"...)
+		seq, prev = h.Seq, hash
+	}
+	return line, seq, prev, lastAt, nil
 }
 
 // repairLocked cuts a torn tail left by a failed write and retries a failed
@@ -324,25 +407,28 @@ func (l *Log) Failure() *Failure {
 }
 
 // OnSync sets fn, called after each fsync that made new lines durable, with
-// the seq and hash of the last durable line (calls are serialized and in
-// order). Set it before the log is used.
-func (l *Log) OnSync(fn func(seq uint64, hash string)) {
+// the anchor of the last durable line: its seq, hash, segment and offset
+// (calls are serialized and in order). Set it before the log is used.
+func (l *Log) OnSync(fn func(Anchor)) {
 	l.syncMu.Lock()
 	defer l.syncMu.Unlock()
 	l.onSync = fn
 }
 
-// Sync flushes written lines to disk (fsync) if any are pending.
+// Sync flushes written lines to disk (fsync) if any are pending. It also
+// starts the maintenance (compression, retention) when it is due: after a
+// rotation, and once an hour for retention by age.
 func (l *Log) Sync() error {
 	l.syncMu.Lock()
 	defer l.syncMu.Unlock()
 	l.mu.Lock()
 	if l.f == nil || !l.dirty {
 		l.mu.Unlock()
+		l.maint.kickIfDue(l)
 		return nil
 	}
 	l.dirty = false
-	seq, hash := l.seq, l.prev
+	a := Anchor{Seq: l.seq, Hash: l.prev, Segment: l.first, Offset: l.lastAt}
 	err := l.f.Sync()
 	if err != nil {
 		err = l.failLocked("sync", fmt.Errorf("sync: %w", err))
@@ -351,9 +437,11 @@ func (l *Log) Sync() error {
 	if err != nil {
 		return fmt.Errorf("audit sync: %w", err)
 	}
+	l.maint.synced(a)
 	if l.onSync != nil {
-		l.onSync(seq, hash)
+		l.onSync(a)
 	}
+	l.maint.kickIfDue(l)
 	return nil
 }
 
@@ -373,8 +461,10 @@ func (l *Log) Last() (uint64, string) {
 	return l.seq, l.prev
 }
 
-// Close syncs and closes the file.
+// Close stops the maintenance (an interrupted compression is redone at the
+// next one), syncs and closes the file.
 func (l *Log) Close() error {
+	l.maint.stop()
 	serr := l.Sync()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -389,98 +479,4 @@ func (l *Log) Close() error {
 func hashOf(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
-}
-
-// Result is the outcome of Verify.
-type Result struct {
-	OK       bool   `json:"ok"`
-	Lines    int    `json:"lines"`               // lines checked
-	LastSeq  uint64 `json:"last_seq"`            // seq of the last good line
-	FirstBad int    `json:"first_bad,omitempty"` // 1-based line number of the first bad line
-	Reason   string `json:"reason,omitempty"`    // why it is bad
-}
-
-// Verify checks the whole chain read from r.
-func Verify(r io.Reader) (Result, error) {
-	return verify(r, 0, "")
-}
-
-// verify checks the chain; when seq is not 0, the line with that sequence
-// number must also carry hash (the writer's checkpoint).
-func verify(r io.Reader, wantSeq uint64, wantHash string) (Result, error) {
-	br := bufio.NewReaderSize(r, 256<<10)
-	res := Result{OK: true}
-	prev := Genesis
-	var seq uint64
-	suffix := len(`,"hash":"`) + 64 + len(`"}`)
-	for n := 1; ; n++ {
-		line, err := br.ReadBytes('\n')
-		if len(line) == 0 && errors.Is(err, io.EOF) {
-			if wantSeq > seq {
-				res.OK, res.FirstBad = false, n
-				res.Reason = fmt.Sprintf("the log ends at seq %d but parryd has written up to seq %d: lines were removed from its end", seq, wantSeq)
-			}
-			return res, nil
-		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			return res, fmt.Errorf("audit verify: read: %w", err)
-		}
-		bad := func(format string, args ...any) (Result, error) {
-			res.OK, res.FirstBad, res.Reason = false, n, fmt.Sprintf(format, args...)
-			return res, nil
-		}
-		if line[len(line)-1] != '\n' {
-			return bad("truncated line (no newline)")
-		}
-		line = line[:len(line)-1]
-		if len(line) < suffix+2 || !bytes.HasPrefix(line[len(line)-suffix:], []byte(`,"hash":"`)) {
-			return bad("not an audit line (no trailing hash)")
-		}
-		hash := string(line[len(line)-suffix+len(`,"hash":"`) : len(line)-2])
-		body := append(append([]byte(nil), line[:len(line)-suffix]...), '}')
-		if hashOf(body) != hash {
-			return bad("hash mismatch: the line was edited")
-		}
-		var h struct {
-			Seq  uint64 `json:"seq"`
-			Prev string `json:"prev"`
-		}
-		if err := json.Unmarshal(body, &h); err != nil {
-			return bad("not valid JSON: %v", err)
-		}
-		if h.Prev != prev {
-			return bad("prev hash does not match the line before: a line was removed, inserted or reordered")
-		}
-		if h.Seq != seq+1 {
-			return bad("seq %d follows %d", h.Seq, seq)
-		}
-		if h.Seq == wantSeq && hash != wantHash {
-			return bad("seq %d is not the line parryd wrote: the log was replaced or rewritten", h.Seq)
-		}
-		prev, seq = hash, h.Seq
-		res.Lines, res.LastSeq = n, seq
-	}
-}
-
-// VerifyFile verifies the log at path. A missing file is an error
-// (errors.Is(err, os.ErrNotExist)), never an intact log.
-func VerifyFile(path string) (Result, error) {
-	return VerifyFileAgainst(path, 0, "")
-}
-
-// VerifyFileAgainst verifies the log at path and that it still holds the
-// line seq with hash, as the writer's Last reported them: a log whose end
-// was cut off, or that was rewritten with a consistent chain while the
-// writer runs, fails. seq 0 checks the chain only. A missing file is not OK
-// when seq is not 0.
-func VerifyFileAgainst(path string, seq uint64, hash string) (Result, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) && seq > 0 {
-		return Result{FirstBad: 1, Reason: fmt.Sprintf("the audit log is missing, but parryd has written %d lines to it: it was deleted or moved", seq)}, nil
-	}
-	if err != nil {
-		return Result{}, fmt.Errorf("audit verify: %w", err)
-	}
-	defer f.Close()
-	return verify(f, seq, hash)
 }

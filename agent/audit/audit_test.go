@@ -191,7 +191,7 @@ func TestOnSyncReportsDurableLineOnlyAfterFsync(t *testing.T) {
 	}
 	var got []uint64
 	var hashes []string
-	l.OnSync(func(seq uint64, hash string) { got, hashes = append(got, seq), append(hashes, hash) })
+	l.OnSync(func(a Anchor) { got, hashes = append(got, a.Seq), append(hashes, a.Hash) })
 	for range 3 {
 		if err := l.Append("x", nil); err != nil {
 			t.Fatal(err)

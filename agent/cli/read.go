@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"github.com/parryhq/parry/agent/api"
+	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -123,16 +124,20 @@ func (a *App) auditCmd() *cobra.Command {
 		Use:   "verify",
 		Short: "Check the hash chain of the audit log",
 		Long: `Check the hash chain of the audit log: every line's hash, its link to the
-line before, and the sequence numbers. Reports the first bad line.
+line before, and the sequence numbers, across all its segments (audit.log
+and the older audit-<seq>.log.gz beside it). Reports the first bad line, and
+the segments gone by retention (recorded in the log when they were removed);
+a segment deleted, edited or replaced otherwise is a break.
 
 By default parryd checks its own log. With --log FILE the file is checked
-here, without the daemon (e.g. a copy, or while parryd is stopped).`,
+here, without the daemon (e.g. a copy, or while parryd is stopped): an
+audit.log with the segments beside it, or one old segment alone.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var res audit.Result
 			var brk *api.ChainBreak
 			if file != "" {
-				r, err := audit.VerifyFile(file)
+				r, err := audit.VerifyLog(file)
 				if err != nil {
 					return &exitError{code: ExitFailed, err: err}
 				}
@@ -155,21 +160,25 @@ here, without the daemon (e.g. a copy, or while parryd is stopped).`,
 				if err := printResult(a.Stdout, res.OK, out); err != nil {
 					return err
 				}
-			} else if res.OK {
-				fmt.Fprintf(a.Stdout, "audit log ok: %d lines, chain intact (last seq %d)\n", res.Lines, res.LastSeq)
+			} else {
+				printVerify(a.Stdout, res)
 			}
 			if !res.OK && brk != nil && res.FirstBad == 1 && res.Lines > 0 {
 				return &exitError{code: ExitFailed, quiet: asJSON, err: fmt.Errorf("audit log BROKEN: %s", res.Reason)}
 			}
 			if !res.OK {
+				at := fmt.Sprintf("line %d", res.FirstBad)
+				if res.File != "" {
+					at += " of " + res.File
+				}
 				return &exitError{code: ExitFailed, quiet: asJSON,
-					err: fmt.Errorf("audit log BROKEN at line %d: %s (%d lines before it are intact)", res.FirstBad, res.Reason, res.Lines)}
+					err: fmt.Errorf("audit log BROKEN at %s: %s (%d lines before it are intact)", at, res.Reason, res.Lines)}
 			}
 			return nil
 		},
 	}
 	verify.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	verify.Flags().StringVar(&file, "log", "", "check this audit.log file directly instead of asking parryd")
+	verify.Flags().StringVar(&file, "log", "", "check this audit.log (with its segments) or one old segment directly instead of asking parryd")
 	ack := &cobra.Command{
 		Use:   "ack",
 		Short: "Acknowledge a reported audit chain break",
@@ -196,4 +205,38 @@ acknowledged. Review the kept file first. The acknowledgement is audited.`,
 	}
 	cmd.AddCommand(verify, ack)
 	return cmd
+}
+
+// maxRemovedShown caps the segments gone by retention that verify lists.
+const maxRemovedShown = 10
+
+// printVerify prints verify's verdict when the chain holds, and the
+// segments gone by retention either way (a.Stdout escapes control
+// characters of names read from a --log file).
+func printVerify(w io.Writer, res audit.Result) {
+	if res.OK {
+		in := ""
+		if res.Segments > 1 {
+			in = fmt.Sprintf(" in %d segments", res.Segments)
+		}
+		if res.FirstSeq > 1 {
+			fmt.Fprintf(w, "audit log ok: %d lines%s, chain intact (seq %d..%d)\n", res.Lines, in, res.FirstSeq, res.LastSeq)
+		} else {
+			fmt.Fprintf(w, "audit log ok: %d lines%s, chain intact (last seq %d)\n", res.Lines, in, res.LastSeq)
+		}
+	}
+	if len(res.Removed) == 0 {
+		if res.OK && res.FirstSeq > 1 {
+			fmt.Fprintf(w, "seq 1..%d gone by retention\n", res.FirstSeq-1)
+		}
+		return
+	}
+	fmt.Fprintf(w, "gone by retention (recorded in the log): %d segments\n", len(res.Removed))
+	shown := res.Removed[max(0, len(res.Removed)-maxRemovedShown):]
+	if n := len(res.Removed) - len(shown); n > 0 {
+		fmt.Fprintf(w, "  ... %d older\n", n)
+	}
+	for _, r := range shown {
+		fmt.Fprintf(w, "  %s  seq %d..%d  (%s, recorded at seq %d)\n", r.Segment, r.FirstSeq, r.LastSeq, r.Reason, r.RecordSeq)
+	}
 }

@@ -49,9 +49,9 @@ func (f *Fleet) applyLoop(ctx context.Context) {
 		case in := <-f.inbox:
 			batch = append(batch, in)
 		}
-		batch = f.collect(ctx, batch, time.Since(applied) < burstGap)
+		batch = f.collect(ctx, batch, f.now().Sub(applied) < burstGap)
 		f.applyBatch(ctx, batch)
-		applied = time.Now()
+		applied = f.now()
 		for _, in := range batch {
 			if in.seq != 0 {
 				f.lastSeq.Store(in.seq)
@@ -67,7 +67,7 @@ func (f *Fleet) applyLoop(ctx context.Context) {
 // arrives shortly after.
 func (f *Fleet) collect(ctx context.Context, batch []inbound, burst bool) []inbound {
 	var gap *time.Timer
-	end := time.Now().Add(lingerMax)
+	end := f.now().Add(lingerMax)
 	for len(batch) < maxBatch {
 		select {
 		case in := <-f.inbox:
@@ -75,7 +75,7 @@ func (f *Fleet) collect(ctx context.Context, batch []inbound, burst bool) []inbo
 			continue
 		default:
 		}
-		wait := min(linger, time.Until(end))
+		wait := min(linger, end.Sub(f.now()))
 		if !burst || wait <= 0 {
 			return batch
 		}

@@ -59,7 +59,7 @@ func TestApplyGroupMerges(t *testing.T) {
 // burst, entries arriving shortly after join the batch; alone, the loop
 // does not wait.
 func TestCollectGroupsABurst(t *testing.T) {
-	f := &Fleet{inbox: make(chan inbound, 8)}
+	f := &Fleet{inbox: make(chan inbound, 8), now: time.Now}
 	for range 3 {
 		f.inbox <- inbound{seq: 1}
 	}
@@ -69,7 +69,7 @@ func TestCollectGroupsABurst(t *testing.T) {
 	// In a burst, entries that keep coming less than linger apart join;
 	// a gap longer than linger ends the batch. (synctest: fake time.)
 	synctest.Test(t, func(t *testing.T) {
-		f := &Fleet{inbox: make(chan inbound, 8)}
+		f := &Fleet{inbox: make(chan inbound, 8), now: time.Now}
 		go func() {
 			for _, wait := range []time.Duration{linger / 2, linger / 2, 3 * linger} {
 				time.Sleep(wait)

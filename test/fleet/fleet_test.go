@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/parryhq/parry/agent"
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/test/netns"
 )
 
@@ -34,7 +34,7 @@ func TestFleetThreeHosts(t *testing.T) {
 	for _, h := range []*host{b, c} {
 		netns.Eventually(t, 10*time.Second, xBlocked.String()+" dropped by "+h.name, func() bool { return !l.reaches(xBlocked, hostAddr[h.name]) })
 	}
-	var list struct{ Blocks []agent.BlockInfo }
+	var list struct{ Blocks []api.BlockInfo }
 	if err := b.call(t, map[string]any{"op": "list"}, &list); err != nil {
 		t.Fatal(err)
 	}

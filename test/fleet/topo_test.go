@@ -15,7 +15,7 @@ import (
 
 	"github.com/nats-io/nkeys"
 
-	"github.com/parryhq/parry/agent"
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/client"
 	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/test/daemon"
@@ -197,9 +197,9 @@ func (h *host) block(t testing.TB, target netip.Addr, reason string) {
 	}
 }
 
-func (h *host) status(t testing.TB) agent.Status {
+func (h *host) status(t testing.TB) api.Status {
 	t.Helper()
-	var st agent.Status
+	var st api.Status
 	if err := h.call(t, map[string]any{"op": "status"}, &st); err != nil {
 		t.Fatalf("status of %s: %v", h.name, err)
 	}

@@ -1,90 +1,75 @@
-package agent
+package enforce
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"slices"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 )
 
-// followAddrs runs the address watcher and refreshes the guard on every
-// change it reports, until ctx ends. Bursts coalesce: one refresh re-reads
-// every address. If the watcher fails, the 30 s poll of the maintenance
-// loop remains.
-func (d *Daemon) followAddrs(ctx context.Context) {
-	kick := make(chan struct{}, 1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		err := d.addrEvents.Run(ctx, func() {
-			select {
-			case kick <- struct{}{}:
-			default:
-			}
-		})
-		if err != nil && ctx.Err() == nil {
-			d.log.Warn("host address watch ended; the guard now learns new addresses from the 30 s poll only", "err", err)
-		}
-	}()
-	for {
-		select {
-		case <-ctx.Done():
-			<-done
-			return
-		case <-done:
-			return
-		case <-kick:
-			d.RefreshHostAddrs()
-		}
-	}
+// RefreshOwn re-reads the host's own addresses for the guard and takes a
+// new one out of the active blocks that cover it. The address watcher
+// calls it on every change, the maintenance loop every 30 s as a safety net.
+func (dp *Path) RefreshOwn() {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	dp.refreshOwn("refresh")
+}
+
+// UnblockOwn takes every current own address out of the active blocks (at
+// start: an address may have appeared while parryd was down).
+func (dp *Path) UnblockOwn() {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	dp.unblockOwn(dp.guard.Own)
 }
 
 // refreshOwn re-reads the host's addresses into the guard and, for each
 // address that is new, takes it out of the active blocks that cover it.
-// Caller holds d.mu.
-func (d *Daemon) refreshOwn(why string) {
-	old := d.guard.Own
-	d.refreshGuard()
+// Caller holds dp.mu.
+func (dp *Path) refreshOwn(why string) {
+	old := dp.guard.Own
+	dp.refreshGuard()
 	var added, removed []netip.Addr
-	for _, a := range d.guard.Own {
+	for _, a := range dp.guard.Own {
 		if !slices.Contains(old, a) {
 			added = append(added, a)
 		}
 	}
 	for _, a := range old {
-		if !slices.Contains(d.guard.Own, a) {
+		if !slices.Contains(dp.guard.Own, a) {
 			removed = append(removed, a)
 		}
 	}
 	if len(added) == 0 && len(removed) == 0 {
 		return
 	}
-	d.log.Info("host addresses changed", "why", why, "added", added, "removed", removed)
-	d.unblockOwn(added)
+	dp.log.Info("host addresses changed", "why", why, "added", added, "removed", removed)
+	dp.unblockOwn(added)
 }
 
 // unblockOwn takes the addresses in own out of every active block that
 // covers one: a block of just that address is removed, a CIDR is replaced
 // by the prefixes that cover the rest of it (same decision, same expiry).
-// Each is audited as own_address and logged. Caller holds d.mu.
-func (d *Daemon) unblockOwn(own []netip.Addr) {
-	if len(own) == 0 || d.uninstalled {
+// Each is audited as own_address and logged. Caller holds dp.mu.
+func (dp *Path) unblockOwn(own []netip.Addr) {
+	if len(own) == 0 {
 		return
 	}
-	nowMs := d.now().UnixMilli()
+	nowMs := dp.now().UnixMilli()
 	hit := map[netip.Prefix]netip.Addr{}
 	for _, a := range own {
 		f := fam(netip.PrefixFrom(a, a.BitLen()))
 		for l := a.BitLen(); l >= 0; l-- {
-			if d.blocks.lens[f][l] == 0 {
+			if dp.blocks.lens[f][l] == 0 {
 				continue
 			}
 			p, _ := a.Prefix(l)
-			if e, ok := d.blocks.get(p); ok && !e.expired(nowMs) {
+			if e, ok := dp.blocks.get(p); ok && !e.expired(nowMs) {
 				hit[p] = a
 			}
 		}
@@ -95,19 +80,19 @@ func (d *Daemon) unblockOwn(own []netip.Addr) {
 	}
 	slices.SortFunc(keys, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	for _, p := range keys {
-		if err := d.carveBlock(p, d.guard.Own, nowMs); err != nil {
-			d.log.Error("cannot take an own address out of a block; the guard refuses it from now on, the block stays until fixed",
-				"target", FormatTarget(p), "address", hit[p], "err", err)
-			d.Audit("own_address", map[string]any{"target": FormatTarget(p), "address": hit[p].String(), "ok": false, "error": err.Error()})
+		if err := dp.carveBlock(p, dp.guard.Own, nowMs); err != nil {
+			dp.log.Error("cannot take an own address out of a block; the guard refuses it from now on, the block stays until fixed",
+				"target", api.FormatTarget(p), "address", hit[p], "err", err)
+			dp.rec.Audit("own_address", map[string]any{"target": api.FormatTarget(p), "address": hit[p].String(), "ok": false, "error": err.Error()})
 		}
 	}
 }
 
 // carveBlock replaces the block p by the pieces of p that hold none of
 // own: store first, then the kernel (the old element out, the pieces in);
-// a kernel failure puts the store back. Caller holds d.mu.
-func (d *Daemon) carveBlock(p netip.Prefix, own []netip.Addr, nowMs int64) error {
-	e, _ := d.blocks.get(p)
+// a kernel failure puts the store back. Caller holds dp.mu.
+func (dp *Path) carveBlock(p netip.Prefix, own []netip.Addr, nowMs int64) error {
+	e, _ := dp.blocks.get(p)
 	pieces := carve(p, own)
 	var ch, undo store.Change
 	ch.DelBlocks = []netip.Prefix{p}
@@ -122,36 +107,38 @@ func (d *Daemon) carveBlock(p netip.Prefix, own []netip.Addr, nowMs int64) error
 		undo.DelBlocks = append(undo.DelBlocks, q)
 		elems = append(elems, firewall.Element{Prefix: q, Timeout: timeout})
 	}
-	dec := d.blocks.decision(e.dec)
-	if m := d.blocks.decs[e.dec]; len(pieces) == 0 && (m == nil || m.refs <= 1) {
-		ch.DelDecisions = []uint64{e.dec}
-		undo.PutDecisions = []store.Decision{dec}
+	dec := dp.blocks.decision(e.dec)
+	if len(pieces) == 0 {
+		if orphans := dp.blocks.orphans([]netip.Prefix{p}); len(orphans) > 0 {
+			ch.DelDecisions = orphans
+			undo.PutDecisions = []store.Decision{dec}
+		}
 	}
-	if err := d.store.Commit(ch); err != nil {
+	if err := dp.store.Commit(ch); err != nil {
 		return err
 	}
-	err := d.fw.Unblock([]netip.Prefix{p})
+	err := dp.kernel.Unblock([]netip.Prefix{p})
 	if err == nil && len(elems) > 0 {
-		if err = d.fw.Block(elems); err != nil {
+		if err = dp.kernel.Block(elems); err != nil {
 			err = fmt.Errorf("%w (the old block is out of the kernel; the next reconcile puts the store's blocks back)", err)
 		}
 	}
 	if err != nil {
-		if uerr := d.store.Commit(undo); uerr != nil {
-			d.log.Error("store undo after firewall failure failed", "err", uerr)
+		if uerr := dp.store.Commit(undo); uerr != nil {
+			dp.log.Error("store undo after firewall failure failed", "err", uerr)
 		}
-		d.noteFirewallError(err)
+		dp.kernelError(err)
 		return fmt.Errorf("firewall: %w", err)
 	}
 	for _, q := range pieces { // before del: the decision keeps its text
-		d.blocks.put(q, e)
+		dp.blocks.put(q, e)
 	}
-	d.blocks.del(p)
+	dp.blocks.del(p)
 	action := "unblocked"
 	if len(pieces) > 0 {
 		action = "carved"
 	}
-	f := map[string]any{"ok": true, "target": FormatTarget(p), "action": action, "kept": len(pieces),
+	f := map[string]any{"ok": true, "target": api.FormatTarget(p), "action": action, "kept": len(pieces),
 		"reason":      "the host now has an address inside this block; parry never blocks its own addresses",
 		"decision_id": dec.ID}
 	var in []string
@@ -164,9 +151,9 @@ func (d *Daemon) carveBlock(p netip.Prefix, own []netip.Addr, nowMs int64) error
 	if len(pieces) > 0 {
 		f["pieces"] = targetStrings(pieces)
 	}
-	d.log.Warn("a block covered a new own address of this host: taken out of it", "target", FormatTarget(p), "action", action,
+	dp.log.Warn("a block covered a new own address of this host: taken out of it", "target", api.FormatTarget(p), "action", action,
 		"addresses", in, "kept", len(pieces))
-	d.Audit("own_address", f)
+	dp.rec.Audit("own_address", f)
 	return nil
 }
 

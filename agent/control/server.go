@@ -1,4 +1,4 @@
-package agent
+package control
 
 import (
 	"bufio"
@@ -14,12 +14,13 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Listen creates the control socket at path (mode and group from the
 // config), replacing a stale socket file.
-func Listen(cfg Config) (net.Listener, error) {
-	path := cfg.Socket
+func Listen(path string, cfg Config) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -35,12 +36,12 @@ func Listen(cfg Config) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	mode, _ := parseMode(cfg.Control.SocketMode)
+	mode, _ := ParseMode(cfg.SocketMode)
 	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	if g, err := user.LookupGroup(cfg.Control.SocketGroup); err == nil {
+	if g, err := user.LookupGroup(cfg.SocketGroup); err == nil {
 		gid, _ := strconv.Atoi(g.Gid)
 		if err := os.Chown(path, 0, gid); err != nil {
 			ln.Close()
@@ -59,14 +60,14 @@ func Listen(cfg Config) (net.Listener, error) {
 // of control.max_connections slots, of which the last control.admin_reserve
 // are for root and admin_groups only. Every answer is written under
 // control.write_timeout: a peer that does not read is disconnected.
-func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	// Fixed while serving (restart to change), and read here, not per
-	// connection: the accept loop never waits on the daemon's lock.
-	limits := d.Config().Control
+	// connection: the accept loop never waits on anything.
+	limits := s.config()
 	slots := newConnSlots(limits.MaxConnections)
 	refusedLog := &logThrottle{interval: refuseInterval}
 	var conns sync.Map
@@ -85,12 +86,12 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		cred, err := peerCred(c)
 		if err != nil {
-			d.log.Warn("control: no peer credentials; closing", "err", err)
+			s.log.Warn("control: no peer credentials; closing", "err", err)
 			c.Close()
 			continue
 		}
 		if !slots.enterUID(cred.UID, limits.MaxConnectionsPerUID) {
-			d.refuseConn(c, refusedLog, "uid", cred.UID, errorf(CodeTooManyConns,
+			s.refuseConn(c, refusedLog, "uid", cred.UID, api.Errorf(api.CodeTooManyConns,
 				"uid %d already has %d connections (control.max_connections_per_uid); close some and try again", cred.UID, limits.MaxConnectionsPerUID))
 			continue
 		}
@@ -101,18 +102,18 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 			defer slots.leaveUID(cred.UID)
 			defer conns.Delete(c)
 			defer c.Close()
-			cfg := d.Config().Control
-			peer := resolvePeer(cred, cfg.AdminGroups)
+			cfg := s.config()
+			peer := ResolvePeer(cred, cfg.AdminGroups)
 			if !slots.take(peer.Admin, limits.AdminReserve) {
 				msg := "too many connections; try again"
 				if !peer.Admin && limits.AdminReserve > 0 {
 					msg = fmt.Sprintf("too many connections (the last %d of control.max_connections are kept for root and control.admin_groups); try again", limits.AdminReserve)
 				}
-				d.refuseConn(c, refusedLog, "peer", peer.String(), errorf(CodeTooManyConns, "%s", msg))
+				s.refuseConn(c, refusedLog, "peer", peer.String(), api.Errorf(api.CodeTooManyConns, "%s", msg))
 				return
 			}
 			defer slots.put()
-			d.serveConn(ctx, c, peer, cfg)
+			s.serveConn(ctx, c, peer, cfg)
 		}()
 	}
 }
@@ -122,9 +123,9 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 // the write never waits; its short deadline only makes sure of that (the
 // accept loop calls this). The log line is throttled: a peer reconnecting
 // in a loop must not flood the journal either.
-func (d *Daemon) refuseConn(c net.Conn, lt *logThrottle, key string, who any, e *Error) {
+func (s *Server) refuseConn(c net.Conn, lt *logThrottle, key string, who any, e *api.Error) {
 	if n, ok := lt.allow(time.Now()); ok {
-		d.log.Warn("control: too many connections; refusing", key, who, "reason", e.Message, "refused_since_last_line", n)
+		s.log.Warn("control: too many connections; refusing", key, who, "reason", e.Message, "refused_since_last_line", n)
 	}
 	_, _ = deadlineWriter{c, 100 * time.Millisecond}.Write(errorLine(nil, e))
 	c.Close()
@@ -168,10 +169,10 @@ func (w deadlineWriter) Write(p []byte) (int, error) {
 
 // serveConn reads one request per line and writes one response per line,
 // in order. Nothing a client sends can crash it.
-func (d *Daemon) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Control) {
+func (s *Server) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Config) {
 	defer func() {
 		if r := recover(); r != nil {
-			d.log.Error("control: panic serving a connection (a bug)", "panic", r)
+			s.log.Error("control: panic serving a connection (a bug)", "panic", r)
 		}
 	}()
 	r := bufio.NewReaderSize(c, cfg.MaxLineBytes)
@@ -182,7 +183,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Contr
 			werr = w.Flush()
 		}
 		if errors.Is(werr, os.ErrDeadlineExceeded) {
-			d.log.Warn("control: peer does not read its answers; closing the connection",
+			s.log.Warn("control: peer does not read its answers; closing the connection",
 				"peer", peer.String(), "write_timeout", cfg.WriteTimeout.D())
 		}
 	}()
@@ -193,7 +194,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Contr
 		var resp []byte
 		switch {
 		case errors.Is(err, bufio.ErrBufferFull):
-			resp = errorLine(nil, errorf(CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes))
+			resp = errorLine(nil, api.Errorf(api.CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes))
 			if !discardLine(r) {
 				_, werr = w.Write(resp)
 				return
@@ -204,7 +205,7 @@ func (d *Daemon) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Contr
 			if len(bytes.TrimSpace(line)) == 0 {
 				continue // blank line: nothing asked, nothing answered
 			}
-			resp = d.handleLineInto(ctx, peer, line, &call)
+			resp = s.handleLineInto(ctx, peer, line, &call)
 		}
 		if _, werr = w.Write(resp); werr != nil {
 			return
@@ -234,65 +235,66 @@ func discardLine(r *bufio.Reader) bool {
 	}
 }
 
-// handleLine decodes and runs one request.
-func (d *Daemon) handleLine(ctx context.Context, peer Peer, line []byte) []byte {
-	return d.handleLineInto(ctx, peer, line, new(Call))
+// HandleLine decodes and runs one request line from peer and returns the
+// answer line (tests and fuzzing drive the server through it).
+func (s *Server) HandleLine(ctx context.Context, peer Peer, line []byte) []byte {
+	return s.handleLineInto(ctx, peer, line, new(Call))
 }
 
 // handleLineInto is handleLine decoding into buf, which no op keeps.
-func (d *Daemon) handleLineInto(ctx context.Context, peer Peer, line []byte, buf *Call) (resp []byte) {
+func (s *Server) handleLineInto(ctx context.Context, peer Peer, line []byte, buf *Call) (resp []byte) {
 	call, err := decodeRequestInto(buf, line)
 	if err != nil {
 		return errorLine(call.rawID(), err)
 	}
 	call.Peer = peer
 	if ctx.Err() != nil {
-		return errorLine(call.rawID(), errorf(CodeShuttingDown, "parryd is stopping; retry when it is back"))
+		return errorLine(call.rawID(), api.Errorf(api.CodeShuttingDown, "parryd is stopping; retry when it is back"))
 	}
-	op, ok := d.ops[call.Op]
+	op, ok := s.ops[call.Op]
 	if !ok {
-		return errorLine(call.rawID(), errorf(CodeUnknownOp, "unknown op %q; see docs/protocol.md", call.Op))
+		return errorLine(call.rawID(), api.Errorf(api.CodeUnknownOp, "unknown op %q; see docs/protocol.md", call.Op))
 	}
-	if !d.limiter.allow(peer.UID) { // before anything that costs, the audit line of a refusal included
-		return errorLine(call.rawID(), errorf(CodeRateLimited, "too many requests from uid %d; slow down", peer.UID))
+	if !s.limiter.allow(peer.UID) { // before anything that costs, the audit line of a refusal included
+		return errorLine(call.rawID(), api.Errorf(api.CodeRateLimited, "too many requests from uid %d; slow down", peer.UID))
 	}
-	if !op.perm(d, peer) {
-		d.refusals.note(peer.UID, call.Op, map[string]any{"op": call.Op, "code": CodeForbidden, "sender": peer.String()})
-		return errorLine(call.rawID(), errorf(CodeForbidden, "%s may not use op %q: run as root or as a member of control.admin_groups", peer.User, call.Op))
+	if !op.perm(peer) {
+		s.refusals.note(peer.UID, call.Op, map[string]any{"op": call.Op, "code": api.CodeForbidden, "sender": peer.String()})
+		return errorLine(call.rawID(), api.Errorf(api.CodeForbidden, "%s may not use op %q: run as root or as a member of control.admin_groups", peer.User, call.Op))
 	}
 	if !op.params && len(call.params) > 0 { // before the op runs: an ignored field could mean "not this" (dry_run, confirm)
-		return errorLine(call.rawID(), errorf(CodeBadRequest, "op %s takes no parameters: unknown field %q", call.Op, truncate(string(call.params[0].key), 64)))
+		return errorLine(call.rawID(), api.Errorf(api.CodeBadRequest, "op %s takes no parameters: unknown field %q", call.Op, truncate(string(call.params[0].key), 64)))
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			d.log.Error("control: panic in op (a bug)", "op", call.Op, "panic", r)
-			resp = errorLine(call.rawID(), errorf(CodeInternal, "internal error in op %q; see the daemon's log", call.Op))
+			s.log.Error("control: panic in op (a bug)", "op", call.Op, "panic", r)
+			resp = errorLine(call.rawID(), api.Errorf(api.CodeInternal, "internal error in op %q; see the daemon's log", call.Op))
 		}
 	}()
 	result, err := op.fn(ctx, call)
 	if err != nil {
 		return errorLine(call.rawID(), err)
 	}
-	return okLine(call.rawID(), result)
+	return OKLine(call.rawID(), result)
 }
 
-// fieldsAppender is a result that can render its own JSON fields (with a
+// FieldsAppender is a result that can render its own JSON fields (with a
 // leading comma), byte for byte as encoding/json would, without
 // reflection; false: it cannot this time, use encoding/json.
-type fieldsAppender interface {
-	appendFields(b []byte) ([]byte, bool)
+type FieldsAppender interface {
+	AppendFields(b []byte) ([]byte, bool)
 }
 
-// okLine renders {"ok":true,"id":...,<result fields>}.
-func okLine(id json.RawMessage, result any) []byte {
+// OKLine renders {"ok":true,"id":...,<result fields>}.
+func OKLine(id json.RawMessage, result any) []byte {
 	buf := bytes.NewBuffer(make([]byte, 0, 256))
 	buf.WriteString(`{"ok":true`)
 	if len(id) > 0 {
 		buf.WriteString(`,"id":`)
 		buf.Write(id)
 	}
-	if f, ok := result.(fieldsAppender); ok {
-		if b, ok := f.appendFields(buf.AvailableBuffer()); ok {
+	if f, ok := result.(FieldsAppender); ok {
+		if b, ok := f.AppendFields(buf.AvailableBuffer()); ok {
 			buf.Write(b)
 			buf.WriteString("}\n")
 			return buf.Bytes()
@@ -301,7 +303,7 @@ func okLine(id json.RawMessage, result any) []byte {
 	if result != nil {
 		b, err := json.Marshal(result)
 		if err != nil {
-			return errorLine(id, errorf(CodeInternal, "encode result: %v", err))
+			return errorLine(id, api.Errorf(api.CodeInternal, "encode result: %v", err))
 		}
 		if len(b) > 2 && b[0] == '{' {
 			buf.WriteByte(',')
@@ -318,14 +320,14 @@ func okLine(id json.RawMessage, result any) []byte {
 
 // errorLine renders {"ok":false,"id":...,"error":{"code":...,"message":...}}.
 func errorLine(id json.RawMessage, err error) []byte {
-	var e *Error
+	var e *api.Error
 	if !errors.As(err, &e) {
-		e = &Error{Code: CodeInternal, Message: err.Error()}
+		e = &api.Error{Code: api.CodeInternal, Message: err.Error()}
 	}
 	resp := struct {
 		OK    bool            `json:"ok"`
 		ID    json.RawMessage `json:"id,omitempty"`
-		Error *Error          `json:"error"`
+		Error *api.Error      `json:"error"`
 	}{false, id, e}
 	b, _ := json.Marshal(resp)
 	return append(b, '\n')

@@ -1,10 +1,11 @@
-package agent
+package enforce
 
 import (
 	"context"
 	"fmt"
 	"net/netip"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/response"
 )
 
@@ -21,32 +22,35 @@ import (
 // kernel update of a run fails, both sides are put back and every decision
 // of the run carries the error. Each decision gets its own audit line and
 // its own observer call. The outcomes are in the order of decs.
-func (d *Daemon) EnforceBatch(ctx context.Context, decs []response.Decision, opt EnforceOptions) []Outcome {
+func (dp *Path) EnforceBatch(ctx context.Context, decs []response.Decision, opt EnforceOptions) []Outcome {
 	outs := make([]Outcome, len(decs))
 	decs = append([]response.Decision(nil), decs...)
 	for i := range decs {
 		if decs[i].ID == "" {
-			decs[i].ID = newID()
+			decs[i].ID = NewID()
 		}
 	}
-	if err := ctx.Err(); err != nil {
+	err := ctx.Err()
+	if err == nil {
+		err = dp.mu.lockWithin(ctx, dp.lockWait)
+	}
+	if err != nil {
 		for i, dec := range decs {
 			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
 		}
 		return outs
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	defer dp.mu.Unlock()
 	for i := 0; i < len(decs); {
 		n := runLen(decs[i:])
 		switch {
 		case n == 0:
-			outs[i] = d.enforceLocked(decs[i], opt)
+			outs[i] = dp.enforceLocked(decs[i], opt)
 			n = 1
 		case decs[i].Action == response.ActionBlock:
-			d.blockRun(decs[i:i+n], outs[i:i+n], opt)
+			dp.blockRun(decs[i:i+n], outs[i:i+n], opt)
 		default:
-			d.unblockRun(decs[i:i+n], outs[i:i+n])
+			dp.unblockRun(decs[i:i+n], outs[i:i+n])
 		}
 		i += n
 	}
@@ -77,14 +81,14 @@ func runLen(decs []response.Decision) int {
 }
 
 // blockRun enforces a run of block decisions with distinct targets in one
-// plan. Caller holds d.mu.
-func (d *Daemon) blockRun(decs []response.Decision, outs []Outcome, opt EnforceOptions) {
-	pl := d.newBlockPlan()
+// plan. Caller holds dp.mu.
+func (dp *Path) blockRun(decs []response.Decision, outs []Outcome, opt EnforceOptions) {
+	pl := newBlockPlan(dp.now(), dp.blocks)
 	nowMs := pl.now.UnixMilli()
 	targets := make([][]netip.Prefix, len(decs))
 	run := newIndex() // the run's accepted targets: no overlap between decisions either
 	for i, dec := range decs {
-		out, ts, err := d.checkBlock(dec, opt, pl.now)
+		out, ts, err := checkBlock(&dp.guard, dp.blocks, dec, opt, pl.now)
 		if err == nil {
 			ts, out.Refused = runOverlap(run, ts, out.Refused)
 			if len(out.Refused) > 0 && (!opt.Partial || len(ts) == 0) {
@@ -100,13 +104,13 @@ func (d *Daemon) blockRun(decs []response.Decision, outs []Outcome, opt EnforceO
 				run.put(p, entry{created: nowMs})
 			}
 		}
-		targets[i] = d.planBlock(pl, dec, ts, &out)
+		targets[i] = pl.add(dp.blocks, dec, ts, &out)
 		outs[i] = out
 		applied := dec
 		applied.Targets = targets[i]
 		pl.audit = append(pl.audit, auditEvent{"block", decisionFields(applied, out)})
 	}
-	err := d.commitBlocks(pl)
+	err := dp.commitBlocks(pl)
 	for i, dec := range decs {
 		switch {
 		case outs[i].Err != nil:
@@ -115,21 +119,21 @@ func (d *Daemon) blockRun(decs []response.Decision, outs []Outcome, opt EnforceO
 		default:
 			outs[i].Applied = targets[i]
 		}
-		d.finish(dec, outs[i])
+		dp.finish(dec, outs[i])
 	}
 }
 
 // runOverlap refuses the targets that overlap a different target accepted
 // earlier in the same run, as the store would hold them together.
-func runOverlap(run *index, ts []netip.Prefix, refused []*Error) ([]netip.Prefix, []*Error) {
+func runOverlap(run *index, ts []netip.Prefix, refused []*api.Error) ([]netip.Prefix, []*api.Error) {
 	if run.len() == 0 {
 		return ts, refused
 	}
 	kept := ts[:0:0]
 	for _, p := range ts {
 		if q, hit := run.overlapping(p, 0); hit {
-			refused = append(refused, &Error{Code: CodeOverlap, Target: FormatTarget(p),
-				Message: fmt.Sprintf("%s overlaps %s, blocked by the same batch; unblock it first or block the same prefix", FormatTarget(p), FormatTarget(q))})
+			refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
+				Message: fmt.Sprintf("%s overlaps %s, blocked by the same batch; unblock it first or block the same prefix", api.FormatTarget(p), api.FormatTarget(q))})
 			continue
 		}
 		kept = append(kept, p)
@@ -138,25 +142,25 @@ func runOverlap(run *index, ts []netip.Prefix, refused []*Error) ([]netip.Prefix
 }
 
 // unblockRun enforces a run of unblock decisions with distinct targets in
-// one plan. Caller holds d.mu.
-func (d *Daemon) unblockRun(decs []response.Decision, outs []Outcome) {
+// one plan. Caller holds dp.mu.
+func (dp *Path) unblockRun(decs []response.Decision, outs []Outcome) {
 	var pl unblockPlan
-	nowMs := d.now().UnixMilli()
+	nowMs := dp.now().UnixMilli()
 	for i, dec := range decs {
-		out, err := d.planUnblock(&pl, dec, nowMs)
+		out, err := pl.add(dp.blocks, dec, nowMs)
 		out.Err = err
 		outs[i] = out
 		if err == nil {
 			pl.audit = append(pl.audit, auditEvent{"unblock", decisionFields(dec, out)})
 		}
 	}
-	err := d.commitUnblocks(&pl)
+	err := dp.commitUnblocks(&pl)
 	for i, dec := range decs {
 		switch {
 		case outs[i].Err != nil:
 		case err != nil:
 			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
 		}
-		d.finish(dec, outs[i])
+		dp.finish(dec, outs[i])
 	}
 }

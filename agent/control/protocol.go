@@ -1,12 +1,12 @@
-package agent
+package control
 
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
-	"net/netip"
-	"time"
+	"iter"
 	"unicode/utf8"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Call is one decoded request: its op, its optional id (echoed in the
@@ -28,6 +28,19 @@ type param struct {
 	raw    []byte // the value as sent (valid JSON)
 }
 
+// Params yields the call's parameters in the order sent: each member's
+// name (unquoted) and its value as sent (valid JSON). The bytes point into
+// the request line. For ops that decode faster than Decode (signal).
+func (c *Call) Params() iter.Seq2[[]byte, []byte] {
+	return func(yield func(key, raw []byte) bool) {
+		for _, p := range c.params {
+			if !yield(p.key, p.raw) {
+				return
+			}
+		}
+	}
+}
+
 func (c *Call) rawID() json.RawMessage {
 	if c == nil {
 		return nil
@@ -35,16 +48,16 @@ func (c *Call) rawID() json.RawMessage {
 	return c.ID
 }
 
-// decodeRequest parses one request line: a JSON object with a string "op"
+// DecodeRequest parses one request line: a JSON object with a string "op"
 // and an optional "id" (string or number, echoed back). The line is
 // checked as JSON once and then split into its members in one pass, with
 // no map and no copy of the values; a repeated member counts as its last
 // occurrence, as with encoding/json.
-func decodeRequest(line []byte) (*Call, error) {
+func DecodeRequest(line []byte) (*Call, error) {
 	return decodeRequestInto(new(Call), line)
 }
 
-// decodeRequestInto is decodeRequest into c, which it resets first (a
+// decodeRequestInto is DecodeRequest into c, which it resets first (a
 // connection reuses one Call for all its requests).
 func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 	*c = Call{}
@@ -52,7 +65,7 @@ func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 	if len(line) == 0 || line[0] != '{' || !json.Valid(line) {
 		var m map[string]json.RawMessage
 		err := json.Unmarshal(line, &m) // for its message; nil for null
-		return nil, errorf(CodeBadRequest, "request is not a JSON object on one line: %s", shortErr(err))
+		return nil, api.Errorf(api.CodeBadRequest, "request is not a JSON object on one line: %s", shortErr(err))
 	}
 	c.params = c.inline[:0]
 	var op []byte
@@ -60,10 +73,10 @@ func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 		kEnd := skipString(line, i)
 		rawKey := line[i:kEnd]
 		key := rawKey[1 : len(rawKey)-1]
-		if !plainString(key) {
+		if !PlainString(key) {
 			var s string
 			if err := json.Unmarshal(rawKey, &s); err != nil {
-				return nil, errorf(CodeBadRequest, "request: bad member name: %s", shortErr(err))
+				return nil, api.Errorf(api.CodeBadRequest, "request: bad member name: %s", shortErr(err))
 			}
 			key = []byte(s)
 		}
@@ -82,25 +95,25 @@ func decodeRequestInto(c *Call, line []byte) (*Call, error) {
 		}
 	}
 	if id := c.ID; id != nil && (len(id) > 128 || (id[0] != '"' && (id[0] < '0' || id[0] > '9') && id[0] != '-')) {
-		return nil, errorf(CodeBadRequest, `"id" must be a string or number of at most 128 bytes`)
+		return nil, api.Errorf(api.CodeBadRequest, `"id" must be a string or number of at most 128 bytes`)
 	}
 	if op == nil {
-		return c, errorf(CodeBadRequest, `request has no "op"`)
+		return c, api.Errorf(api.CodeBadRequest, `request has no "op"`)
 	}
 	if op[0] != '"' {
-		return c, errorf(CodeBadRequest, `"op" must be a string`)
+		return c, api.Errorf(api.CodeBadRequest, `"op" must be a string`)
 	}
-	if plainString(op[1 : len(op)-1]) {
+	if PlainString(op[1 : len(op)-1]) {
 		c.Op = string(op[1 : len(op)-1])
 	} else if err := json.Unmarshal(op, &c.Op); err != nil {
-		return c, errorf(CodeBadRequest, `"op" must be a string`)
+		return c, api.Errorf(api.CodeBadRequest, `"op" must be a string`)
 	}
 	return c, nil
 }
 
 // plainString reports whether the inside of a JSON string literal means
 // itself: no escapes and valid UTF-8 (which encoding/json would replace).
-func plainString(b []byte) bool {
+func PlainString(b []byte) bool {
 	return bytes.IndexByte(b, '\\') < 0 && utf8.Valid(b)
 }
 
@@ -188,32 +201,9 @@ func (c *Call) Decode(v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return errorf(CodeBadRequest, "op %s: %s", c.Op, shortErr(err))
+		return api.Errorf(api.CodeBadRequest, "op %s: %s", c.Op, shortErr(err))
 	}
 	return nil
-}
-
-// parseTargets parses request targets. Without partial, the first bad one
-// refuses the request; with it, bad ones are returned as refusals.
-func parseTargets(in []string, partial bool) ([]netip.Prefix, []*Error, error) {
-	if len(in) == 0 {
-		return nil, nil, errorf(CodeBadRequest, `"targets" is empty: give at least one IP or CIDR`)
-	}
-	out := make([]netip.Prefix, 0, len(in))
-	var bad []*Error
-	for i, s := range in {
-		p, err := ParseTarget(s)
-		if err != nil {
-			e := &Error{Code: CodeInvalidTarget, Message: fmt.Sprintf("targets[%d]: %v", i, err), Target: truncate(s, 64)}
-			if !partial {
-				return nil, nil, e
-			}
-			bad = append(bad, e)
-			continue
-		}
-		out = append(out, p)
-	}
-	return out, bad, nil
 }
 
 func truncate(s string, n int) string {
@@ -221,40 +211,4 @@ func truncate(s string, n int) string {
 		return s[:n]
 	}
 	return s
-}
-
-// blockParams are the parameters of op "block".
-type blockParams struct {
-	Targets   []string `json:"targets"`
-	For       string   `json:"for"`       // duration; default config default_block
-	Permanent bool     `json:"permanent"` // no expiry; excludes "for"
-	Reason    string   `json:"reason"`
-	Source    string   `json:"source"`  // who asks, free-form; default "control"
-	Partial   bool     `json:"partial"` // apply the acceptable targets, report the rest
-}
-
-// until resolves the block's end time (zero: permanent).
-func (p *blockParams) until(now time.Time, cfg *Config) (time.Time, error) {
-	switch {
-	case p.Permanent && p.For != "":
-		return time.Time{}, errorf(CodeBadRequest, `give either "for" or "permanent", not both`)
-	case p.Permanent:
-		return time.Time{}, nil
-	case p.For == "":
-		return now.Add(cfg.DefaultBlock.D()), nil
-	}
-	d, err := ParseDuration(p.For)
-	if err != nil {
-		return time.Time{}, errorf(CodeInvalidDuration, "%v", err)
-	}
-	if d < time.Second {
-		return time.Time{}, errorf(CodeInvalidDuration, `"for" must be at least 1s`)
-	}
-	if cfg.MaxBlock.D() > 0 && d > cfg.MaxBlock.D() {
-		return time.Time{}, errorf(CodeInvalidDuration, "%s is longer than max_block %s", FormatDuration(d), FormatDuration(cfg.MaxBlock.D()))
-	}
-	if d > 100*365*24*time.Hour {
-		return time.Time{}, errorf(CodeInvalidDuration, "%s is too long; use permanent", FormatDuration(d))
-	}
-	return now.Add(d), nil
 }

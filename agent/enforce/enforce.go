@@ -1,4 +1,4 @@
-package agent
+package enforce
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/response"
@@ -25,7 +26,7 @@ type Outcome struct {
 	Removed  int             `json:"removed,omitempty"`   // unblocked
 	Kept     []string        `json:"kept,omitempty"`      // targets left as they were: blocked at least as long, or an admin's block (docs/policy.md)
 	NotFound []string        `json:"not_found,omitempty"` // unblock: targets that were not blocked
-	Refused  []*Error        `json:"refused,omitempty"`   // targets the guard refused (partial mode)
+	Refused  []*api.Error    `json:"refused,omitempty"`   // targets the guard refused (partial mode)
 	Until    time.Time       `json:"until,omitzero"`      // block/lockdown: when it ends; zero = permanent
 	DryRun   bool            `json:"dry_run,omitempty"`   // recorded, not enforced
 	Applied  []netip.Prefix  `json:"-"`                   // the targets actually blocked or unblocked
@@ -49,64 +50,73 @@ type EnforceOptions struct {
 // guard checks the targets, the store commits the decision (fsync), the
 // firewall applies it, the audit log records it, and observers hear of it.
 // When Enforce returns without error the decision is durable and in effect.
-// Errors carry a protocol code (CodeOf); on error nothing changed.
-func (d *Daemon) Enforce(ctx context.Context, dec response.Decision) (Outcome, error) {
-	return d.EnforceWith(ctx, dec, EnforceOptions{})
+// Errors carry a protocol code (api.CodeOf); on error nothing changed. It
+// waits for another change at most Options.LockWait (then api.CodeBusy),
+// or until ctx ends.
+func (dp *Path) Enforce(ctx context.Context, dec response.Decision) (Outcome, error) {
+	return dp.EnforceWith(ctx, dec, EnforceOptions{})
 }
 
 // EnforceWith is Enforce with options.
-func (d *Daemon) EnforceWith(ctx context.Context, dec response.Decision, opt EnforceOptions) (Outcome, error) {
+func (dp *Path) EnforceWith(ctx context.Context, dec response.Decision, opt EnforceOptions) (Outcome, error) {
 	if err := ctx.Err(); err != nil {
 		return Outcome{}, err
 	}
 	if dec.ID == "" {
-		dec.ID = newID()
+		dec.ID = NewID()
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := d.enforceLocked(dec, opt)
+	if err := dp.mu.lockWithin(ctx, dp.lockWait); err != nil {
+		return Outcome{ID: dec.ID, Action: dec.Action}, err
+	}
+	defer dp.mu.Unlock()
+	out := dp.enforceLocked(dec, opt)
 	return out, out.Err
 }
 
 // enforceLocked enforces one decision, records a refusal and tells the
-// observers. Caller holds d.mu.
-func (d *Daemon) enforceLocked(dec response.Decision, opt EnforceOptions) Outcome {
+// observers. Caller holds dp.mu.
+func (dp *Path) enforceLocked(dec response.Decision, opt EnforceOptions) Outcome {
 	var out Outcome
 	var err error
 	switch {
 	case dec.DryRun || dec.Action == response.ActionLog || dec.Action == response.ActionNotify:
 		out = Outcome{ID: dec.ID, Action: dec.Action, DryRun: dec.DryRun, Until: dec.Until}
-		err = d.writeAudit([]auditEvent{{string(dec.Action), decisionFields(dec, out)}}, nil, nil)
+		err = dp.rec.write([]auditEvent{{string(dec.Action), decisionFields(dec, out)}}, nil, nil)
 	case dec.Action == response.ActionBlock:
-		out, err = d.block(dec, opt)
+		out, err = dp.block(dec, opt)
 	case dec.Action == response.ActionUnblock:
-		out, err = d.unblock(dec)
+		out, err = dp.unblock(dec)
 	case dec.Action == response.ActionLockdown:
-		out, err = d.startLockdown(dec)
+		out, err = dp.lock.start(dec)
 	case dec.Action == response.ActionRelease:
-		out, err = d.release(dec)
+		out, err = dp.lock.release(dec)
 	default:
-		err = errorf(CodeBadRequest, "unknown action %q", dec.Action)
+		err = api.Errorf(api.CodeBadRequest, "unknown action %q", dec.Action)
 	}
 	out.Err = err
-	d.finish(dec, out)
+	dp.finish(dec, out)
 	return out
 }
 
 // finish audits a refusal (out.Err set; the success was audited by the
-// action) and tells the observers. Caller holds d.mu.
-func (d *Daemon) finish(dec response.Decision, out Outcome) {
-	if out.Err != nil && CodeOf(out.Err) != CodeSenderBlockCap { // the cap audits once per window
+// action) and tells the observers. Caller holds dp.mu.
+func (dp *Path) finish(dec response.Decision, out Outcome) {
+	if out.Err != nil && api.CodeOf(out.Err) != CodeSenderBlockCap { // the cap audits once per window
 		f := decisionFields(dec, Outcome{ID: dec.ID, Action: dec.Action})
-		f["code"], f["error"] = CodeOf(out.Err), out.Err.Error()
-		d.Audit("refuse", f)
+		f["code"], f["error"] = api.CodeOf(out.Err), out.Err.Error()
+		dp.rec.Audit("refuse", f)
 	}
-	for _, o := range d.observers {
-		o(dec, out)
+	if len(dp.observers) == 0 {
+		return
+	}
+	st := dp.state()
+	for _, o := range dp.observers {
+		o(dec, out, st)
 	}
 }
 
-func newID() string {
+// NewID returns a new random decision ID.
+func NewID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
@@ -162,48 +172,48 @@ func decisionFields(dec response.Decision, out Outcome) map[string]any {
 func targetStrings(ps []netip.Prefix) []string {
 	s := make([]string, len(ps))
 	for i, p := range ps {
-		s[i] = FormatTarget(p)
+		s[i] = api.FormatTarget(p)
 	}
 	return s
 }
 
-// block enforces a block decision. Caller holds d.mu.
-func (d *Daemon) block(dec response.Decision, opt EnforceOptions) (Outcome, error) {
-	pl := d.newBlockPlan()
-	out, targets, err := d.checkBlock(dec, opt, pl.now)
+// block enforces a block decision. Caller holds dp.mu.
+func (dp *Path) block(dec response.Decision, opt EnforceOptions) (Outcome, error) {
+	pl := newBlockPlan(dp.now(), dp.blocks)
+	out, targets, err := checkBlock(&dp.guard, dp.blocks, dec, opt, pl.now)
 	if err != nil {
 		return out, err
 	}
-	if opt.SenderCap && d.changes(dec, targets, pl.now.UnixMilli()) {
-		if err := d.capAdmit(dec, pl.now); err != nil {
+	if opt.SenderCap && dp.blocks.changes(dec, targets, pl.now.UnixMilli()) {
+		if err := dp.blockCap.admit(dec, pl.now); err != nil {
 			return Outcome{ID: dec.ID, Action: dec.Action}, err
 		}
 	}
-	changed := d.planBlock(pl, dec, targets, &out)
+	changed := pl.add(dp.blocks, dec, targets, &out)
 	applied := dec
 	applied.Targets = changed
 	pl.audit = append(pl.audit, auditEvent{"block", decisionFields(applied, out)})
-	if err := d.commitBlocks(pl); err != nil {
+	if err := dp.commitBlocks(pl); err != nil {
 		return Outcome{ID: dec.ID, Action: dec.Action}, err
 	}
 	if opt.SenderCap {
-		d.blockCap.blocks += len(changed)
+		dp.blockCap.blocks += len(changed)
 	}
 	out.Applied = changed
 	return out, nil
 }
 
 // checkBlock validates a block decision and runs the guard: it returns the
-// targets to apply, or the refusal. Caller holds d.mu.
-func (d *Daemon) checkBlock(dec response.Decision, opt EnforceOptions, now time.Time) (Outcome, []netip.Prefix, error) {
+// targets to apply, or the refusal.
+func checkBlock(g *Guard, x *index, dec response.Decision, opt EnforceOptions, now time.Time) (Outcome, []netip.Prefix, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action, Until: dec.Until}
 	if len(dec.Targets) == 0 {
-		return out, nil, errorf(CodeBadRequest, "block: no targets")
+		return out, nil, api.Errorf(api.CodeBadRequest, "block: no targets")
 	}
 	if !dec.Until.IsZero() && !dec.Until.After(now) {
-		return out, nil, errorf(CodeInvalidDuration, "block: until %s is in the past", dec.Until.Format(time.RFC3339))
+		return out, nil, api.Errorf(api.CodeInvalidDuration, "block: until %s is in the past", dec.Until.Format(time.RFC3339))
 	}
-	targets, refused := d.checkTargets(dec.Targets, now.UnixMilli())
+	targets, refused := checkTargets(g, x, dec.Targets, now.UnixMilli())
 	if len(refused) > 0 && (!opt.Partial || len(targets) == 0) {
 		return out, nil, refusal(refused, len(dec.Targets))
 	}
@@ -212,7 +222,7 @@ func (d *Daemon) checkBlock(dec response.Decision, opt EnforceOptions, now time.
 }
 
 // refusal is the error of a decision whose targets were refused.
-func refusal(refused []*Error, total int) error {
+func refusal(refused []*api.Error, total int) error {
 	if len(refused) == 1 {
 		return refused[0]
 	}
@@ -224,7 +234,7 @@ func refusal(refused []*Error, total int) error {
 		}
 		parts = append(parts, fmt.Sprintf("%s (%s)", r.Target, r.Code))
 	}
-	return errorf(CodeRefused, "%d of %d targets refused, nothing changed: %s; first: %s",
+	return api.Errorf(api.CodeRefused, "%d of %d targets refused, nothing changed: %s; first: %s",
 		len(refused), total, strings.Join(parts, ", "), refused[0].Message)
 }
 
@@ -235,17 +245,17 @@ type blockPlan struct {
 	ch, undo store.Change
 	elems    []firewall.Element
 	targets  []netip.Prefix // targets taken over by the plan's decisions, distinct (orphan check)
-	lastSeq  uint64         // d.blocks.lastSeq before the plan
+	lastSeq  uint64         // dp.blocks.lastSeq before the plan
 	audit    []auditEvent   // the audit lines of the plan's decisions
 }
 
-func (d *Daemon) newBlockPlan() *blockPlan {
-	return &blockPlan{now: d.now(), lastSeq: d.blocks.lastSeq}
+func newBlockPlan(now time.Time, x *index) *blockPlan {
+	return &blockPlan{now: now, lastSeq: x.lastSeq}
 }
 
-// planBlock adds one checked block decision to pl and counts its added,
+// add adds one checked block decision to pl and counts its added,
 // updated and kept targets in out; it returns the targets it changes.
-// targets must not be in pl already. Caller holds d.mu.
+// targets must not be in pl already. Caller holds dp.mu.
 //
 // Precedence (docs/policy.md): an admin's explicit block replaces any
 // block, shorter or longer. Any other decision (policy, fleet...) may only
@@ -253,7 +263,7 @@ func (d *Daemon) newBlockPlan() *blockPlan {
 // is (expiry, reason and cause), and an admin's block that it lengthens
 // stays the admin's (only its expiry moves), so that only an admin can lift
 // it.
-func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip.Prefix, out *Outcome) []netip.Prefix {
+func (pl *blockPlan) add(x *index, dec response.Decision, targets []netip.Prefix, out *Outcome) []netip.Prefix {
 	nowMs := pl.now.UnixMilli()
 	var seq uint64 // the decision's record, written if a target points to it
 	until := int64(0)
@@ -265,12 +275,12 @@ func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip
 	changed := make([]netip.Prefix, 0, len(targets))
 	for _, p := range targets {
 		created, owner := nowMs, uint64(0)
-		if old, ok := d.blocks.get(p); ok && !old.expired(nowMs) {
+		if old, ok := x.get(p); ok && !old.expired(nowMs) {
 			if !dec.Admin && !outlasts(until, old.until) {
-				out.Kept = append(out.Kept, FormatTarget(p))
+				out.Kept = append(out.Kept, api.FormatTarget(p))
 				continue
 			}
-			if !dec.Admin && d.blocks.decision(old.dec).Admin {
+			if !dec.Admin && x.decision(old.dec).Admin {
 				owner = old.dec
 			}
 			created = old.created
@@ -282,7 +292,7 @@ func (d *Daemon) planBlock(pl *blockPlan, dec response.Decision, targets []netip
 		}
 		if owner == 0 {
 			if seq == 0 {
-				seq = d.planDecision(pl, dec)
+				seq = pl.decision(x, dec)
 			}
 			owner = seq
 			pl.targets = append(pl.targets, p)
@@ -306,9 +316,9 @@ func outlasts(a, b int64) bool {
 	return a > b
 }
 
-// planDecision adds dec's store record to pl and returns its seq.
-func (d *Daemon) planDecision(pl *blockPlan, dec response.Decision) uint64 {
-	seq := d.blocks.nextSeq()
+// decision adds dec's store record to pl and returns its seq.
+func (pl *blockPlan) decision(x *index, dec response.Decision) uint64 {
+	seq := x.nextSeq()
 	cause, _ := json.Marshal(dec.Cause)
 	if len(dec.Cause) == 0 {
 		cause = nil
@@ -322,83 +332,83 @@ func (d *Daemon) planDecision(pl *blockPlan, dec response.Decision) uint64 {
 // commitBlocks applies a plan: one store commit (fsync, with the pending
 // audit records) and one kernel update, run in parallel, then the audit
 // lines. If any of the three fails, the others are undone, so nothing
-// changes, and the error is returned. Caller holds d.mu.
-func (d *Daemon) commitBlocks(pl *blockPlan) error {
+// changes, and the error is returned. Caller holds dp.mu.
+func (dp *Path) commitBlocks(pl *blockPlan) error {
 	if len(pl.ch.PutBlocks) == 0 { // nothing to change (every target kept): only the audit lines
 		if len(pl.audit) == 0 {
 			return nil
 		}
-		return d.writeAudit(pl.audit, nil, nil)
+		return dp.rec.write(pl.audit, nil, nil)
 	}
 	// Decisions whose last block this plan takes over are dropped with it.
-	orphans := d.orphansAfterReplace(pl.targets)
+	orphans := dp.blocks.orphans(pl.targets)
 	pl.ch.DelDecisions = orphans
 	for _, o := range orphans {
-		pl.undo.PutDecisions = append(pl.undo.PutDecisions, d.blocks.decision(o))
+		pl.undo.PutDecisions = append(pl.undo.PutDecisions, dp.blocks.decision(o))
 	}
-	evs, keys, err := d.stageAudit(&pl.ch, &pl.undo, pl.audit)
+	evs, keys, err := dp.rec.stage(&pl.ch, &pl.undo, pl.audit)
 	if err != nil {
-		d.blocks.lastSeq = pl.lastSeq
+		dp.blocks.lastSeq = pl.lastSeq
 		return err
 	}
 	fwDone := make(chan error, 1)
-	go func() { fwDone <- d.fw.Block(pl.elems) }()
-	stErr := d.store.Commit(pl.ch)
+	go func() { fwDone <- dp.kernel.Block(pl.elems) }()
+	stErr := dp.store.Commit(pl.ch)
 	fwErr := <-fwDone
 	if stErr != nil || fwErr != nil {
-		d.blocks.lastSeq = pl.lastSeq
-		return d.undoBlock(pl.undo, pl.now, stErr, fwErr)
+		dp.blocks.lastSeq = pl.lastSeq
+		return dp.undoBlock(pl.undo, pl.now, stErr, fwErr)
 	}
-	if d.crashAfterCommit != nil && d.crashAfterCommit() {
-		return errorf(CodeInternal, "test: crashed after the store commit")
+	if dp.crash != nil && dp.crash() {
+		return api.Errorf(api.CodeInternal, "test: crashed after the store commit")
 	}
-	if err := d.writeAudit(pl.audit, evs, keys); err != nil {
-		d.blocks.lastSeq = pl.lastSeq
-		d.restoreKernel(pl.undo, pl.now)
-		if uerr := d.store.Commit(pl.undo); uerr != nil {
-			d.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
+	if err := dp.rec.write(pl.audit, evs, keys); err != nil {
+		dp.blocks.lastSeq = pl.lastSeq
+		dp.restoreKernel(pl.undo, pl.now)
+		if uerr := dp.store.Commit(pl.undo); uerr != nil {
+			dp.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
 		}
 		return err
 	}
 	for _, dr := range pl.ch.PutDecisions {
-		d.blocks.addDecision(dr)
+		dp.blocks.addDecision(dr)
 	}
 	for _, b := range pl.ch.PutBlocks {
-		d.blocks.put(b.Prefix, entry{created: b.Created, until: b.Until, dec: b.Decision})
+		dp.blocks.put(b.Prefix, entry{created: b.Created, until: b.Until, dec: b.Decision})
 	}
-	if len(pl.elems) >= bulkTargets {
-		d.bulk.Store(true)
+	if len(pl.elems) >= BulkTargets {
+		dp.bulk()
 	}
 	return nil
 }
 
 // undoBlock puts back whichever of store and kernel succeeded, and returns
 // the error for the client.
-func (d *Daemon) undoBlock(undo store.Change, now time.Time, stErr, fwErr error) error {
+func (dp *Path) undoBlock(undo store.Change, now time.Time, stErr, fwErr error) error {
 	if fwErr != nil {
-		d.noteFirewallError(fwErr)
+		dp.kernelError(fwErr)
 	}
 	// The kernel may hold part of a multi-transaction batch even when Block
 	// failed; put it back as the store has it.
-	d.restoreKernel(undo, now)
+	dp.restoreKernel(undo, now)
 	if stErr != nil {
-		return &Error{Code: CodeStore, Message: stErr.Error()}
+		return &api.Error{Code: api.CodeStore, Message: stErr.Error()}
 	}
-	if uerr := d.store.Commit(undo); uerr != nil {
-		d.log.Error("store undo after firewall failure failed; reconcile will re-assert", "err", uerr)
+	if uerr := dp.store.Commit(undo); uerr != nil {
+		dp.log.Error("store undo after firewall failure failed; reconcile will re-assert", "err", uerr)
 	}
 	if errors.Is(fwErr, firewall.ErrOverlap) {
-		return &Error{Code: CodeOverlap, Message: fwErr.Error()}
+		return &api.Error{Code: api.CodeOverlap, Message: fwErr.Error()}
 	}
-	return &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", fwErr)}
+	return &api.Error{Code: api.CodeFirewall, Message: fmt.Sprintf("firewall: %v", fwErr)}
 }
 
 // restoreKernel undoes a block in the kernel, best effort: removes what
 // was added, re-asserts the previous expiry of what was updated.
-func (d *Daemon) restoreKernel(undo store.Change, now time.Time) {
+func (dp *Path) restoreKernel(undo store.Change, now time.Time) {
 	if len(undo.DelBlocks) > 0 {
-		if err := d.fw.Unblock(undo.DelBlocks); err != nil {
-			d.log.Error("undo in the kernel failed; reconcile will correct it", "err", err)
+		if err := dp.kernel.Unblock(undo.DelBlocks); err != nil {
+			dp.log.Error("undo in the kernel failed; reconcile will correct it", "err", err)
 		}
 	}
 	var back []firewall.Element
@@ -413,34 +423,16 @@ func (d *Daemon) restoreKernel(undo store.Change, now time.Time) {
 		back = append(back, firewall.Element{Prefix: b.Prefix, Timeout: t})
 	}
 	if len(back) > 0 {
-		if err := d.fw.Block(back); err != nil {
-			d.log.Error("undo in the kernel failed; reconcile will correct it", "err", err)
+		if err := dp.kernel.Block(back); err != nil {
+			dp.log.Error("undo in the kernel failed; reconcile will correct it", "err", err)
 		}
 	}
-}
-
-// orphansAfterReplace lists the decisions that will have no blocks once
-// targets are re-pointed to a new decision.
-func (d *Daemon) orphansAfterReplace(targets []netip.Prefix) []uint64 {
-	lose := map[uint64]int{}
-	for _, p := range targets {
-		if old, ok := d.blocks.get(p); ok {
-			lose[old.dec]++
-		}
-	}
-	var out []uint64
-	for seq, n := range lose {
-		if m := d.blocks.decs[seq]; m == nil || m.refs <= n {
-			out = append(out, seq)
-		}
-	}
-	return out
 }
 
 // checkTargets runs the guard and the overlap check; duplicates collapse.
-func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, []*Error) {
+func checkTargets(g *Guard, x *index, in []netip.Prefix, nowMs int64) ([]netip.Prefix, []*api.Error) {
 	ok := make([]netip.Prefix, 0, len(in))
-	var refused []*Error
+	var refused []*api.Error
 	seen := make(map[netip.Prefix]struct{}, len(in))
 	cidrs := false
 	for _, p := range in {
@@ -448,14 +440,14 @@ func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, [
 			continue
 		}
 		seen[p] = struct{}{}
-		if e := d.guard.Check(p); e != nil {
-			e.Target = FormatTarget(p)
+		if e := g.Check(p); e != nil {
+			e.Target = api.FormatTarget(p)
 			refused = append(refused, e)
 			continue
 		}
-		if q, hit := d.blocks.overlapping(p, nowMs); hit {
-			refused = append(refused, &Error{Code: CodeOverlap, Target: FormatTarget(p),
-				Message: fmt.Sprintf("%s overlaps the existing block %s; unblock it first or block the same prefix", FormatTarget(p), FormatTarget(q))})
+		if q, hit := x.overlapping(p, nowMs); hit {
+			refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
+				Message: fmt.Sprintf("%s overlaps the existing block %s; unblock it first or block the same prefix", api.FormatTarget(p), api.FormatTarget(q))})
 			continue
 		}
 		cidrs = cidrs || !p.IsSingleIP()
@@ -468,8 +460,8 @@ func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, [
 	kept := ok[:0]
 	for _, p := range ok {
 		if q, hit := batch.overlapping(p, 0); hit {
-			refused = append(refused, &Error{Code: CodeOverlap, Target: FormatTarget(p),
-				Message: fmt.Sprintf("%s overlaps %s in the same request", FormatTarget(p), FormatTarget(q))})
+			refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
+				Message: fmt.Sprintf("%s overlaps %s in the same request", api.FormatTarget(p), api.FormatTarget(q))})
 			continue
 		}
 		batch.put(p, entry{})
@@ -478,15 +470,15 @@ func (d *Daemon) checkTargets(in []netip.Prefix, nowMs int64) ([]netip.Prefix, [
 	return kept, refused
 }
 
-// unblock enforces an unblock decision. Caller holds d.mu.
-func (d *Daemon) unblock(dec response.Decision) (Outcome, error) {
+// unblock enforces an unblock decision. Caller holds dp.mu.
+func (dp *Path) unblock(dec response.Decision) (Outcome, error) {
 	var pl unblockPlan
-	out, err := d.planUnblock(&pl, dec, d.now().UnixMilli())
+	out, err := pl.add(dp.blocks, dec, dp.now().UnixMilli())
 	if err != nil {
 		return out, err
 	}
 	pl.audit = append(pl.audit, auditEvent{"unblock", decisionFields(dec, out)})
-	if err := d.commitUnblocks(&pl); err != nil {
+	if err := dp.commitUnblocks(&pl); err != nil {
 		return Outcome{ID: dec.ID, Action: dec.Action}, err
 	}
 	return out, nil
@@ -500,13 +492,13 @@ type unblockPlan struct {
 	audit    []auditEvent   // the audit lines of the plan's decisions
 }
 
-// planUnblock adds one unblock decision to pl: its targets must not be in
+// add adds one unblock decision to pl: its targets must not be in
 // pl already. A decision other than an admin's keeps an admin's block
-// (Outcome.Kept). Caller holds d.mu.
-func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64) (Outcome, error) {
+// (Outcome.Kept). Caller holds dp.mu.
+func (pl *unblockPlan) add(x *index, dec response.Decision, nowMs int64) (Outcome, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action}
 	if len(dec.Targets) == 0 {
-		return out, errorf(CodeBadRequest, "unblock: no targets")
+		return out, api.Errorf(api.CodeBadRequest, "unblock: no targets")
 	}
 	seen := map[netip.Prefix]bool{}
 	for _, p := range dec.Targets {
@@ -514,13 +506,13 @@ func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64
 			continue
 		}
 		seen[p] = true
-		old, ok := d.blocks.get(p)
+		old, ok := x.get(p)
 		if !ok || old.expired(nowMs) {
-			out.NotFound = append(out.NotFound, FormatTarget(p))
+			out.NotFound = append(out.NotFound, api.FormatTarget(p))
 			continue
 		}
-		if !dec.Admin && d.blocks.decision(old.dec).Admin { // only an admin lifts an admin's block
-			out.Kept = append(out.Kept, FormatTarget(p))
+		if !dec.Admin && x.decision(old.dec).Admin { // only an admin lifts an admin's block
+			out.Kept = append(out.Kept, api.FormatTarget(p))
 			continue
 		}
 		out.Applied = append(out.Applied, p)
@@ -534,59 +526,44 @@ func (d *Daemon) planUnblock(pl *unblockPlan, dec response.Decision, nowMs int64
 
 // commitUnblocks applies a plan: the store first (with the pending audit
 // records), then the kernel, then the audit lines; if the kernel or the
-// audit log fails, what was done is put back. Caller holds d.mu.
-func (d *Daemon) commitUnblocks(pl *unblockPlan) error {
+// audit log fails, what was done is put back. Caller holds dp.mu.
+func (dp *Path) commitUnblocks(pl *unblockPlan) error {
 	if len(pl.present) == 0 { // nothing to change: only the audit lines
 		if len(pl.audit) == 0 {
 			return nil
 		}
-		return d.writeAudit(pl.audit, nil, nil)
+		return dp.rec.write(pl.audit, nil, nil)
 	}
-	lose := map[uint64]int{}
-	for _, p := range pl.present {
-		e, _ := d.blocks.get(p)
-		lose[e.dec]++
+	for _, seq := range dp.blocks.orphans(pl.present) {
+		pl.ch.DelDecisions = append(pl.ch.DelDecisions, seq)
+		pl.undo.PutDecisions = append(pl.undo.PutDecisions, dp.blocks.decision(seq))
 	}
-	for seq, n := range lose {
-		if m := d.blocks.decs[seq]; m == nil || m.refs <= n {
-			pl.ch.DelDecisions = append(pl.ch.DelDecisions, seq)
-			pl.undo.PutDecisions = append(pl.undo.PutDecisions, d.blocks.decision(seq))
-		}
-	}
-	evs, keys, err := d.stageAudit(&pl.ch, &pl.undo, pl.audit)
+	evs, keys, err := dp.rec.stage(&pl.ch, &pl.undo, pl.audit)
 	if err != nil {
 		return err
 	}
-	if err := d.store.Commit(pl.ch); err != nil {
-		return &Error{Code: CodeStore, Message: err.Error()}
+	if err := dp.store.Commit(pl.ch); err != nil {
+		return &api.Error{Code: api.CodeStore, Message: err.Error()}
 	}
-	if err := d.fw.Unblock(pl.present); err != nil {
-		if uerr := d.store.Commit(pl.undo); uerr != nil {
-			d.log.Error("store undo after firewall failure failed", "err", uerr)
+	if err := dp.kernel.Unblock(pl.present); err != nil {
+		if uerr := dp.store.Commit(pl.undo); uerr != nil {
+			dp.log.Error("store undo after firewall failure failed", "err", uerr)
 		}
-		d.noteFirewallError(err)
-		return &Error{Code: CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
+		dp.kernelError(err)
+		return &api.Error{Code: api.CodeFirewall, Message: fmt.Sprintf("firewall: %v", err)}
 	}
-	if d.crashAfterCommit != nil && d.crashAfterCommit() {
-		return errorf(CodeInternal, "test: crashed after the store commit")
+	if dp.crash != nil && dp.crash() {
+		return api.Errorf(api.CodeInternal, "test: crashed after the store commit")
 	}
-	if err := d.writeAudit(pl.audit, evs, keys); err != nil {
-		d.restoreKernel(pl.undo, d.now())
-		if uerr := d.store.Commit(pl.undo); uerr != nil {
-			d.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
+	if err := dp.rec.write(pl.audit, evs, keys); err != nil {
+		dp.restoreKernel(pl.undo, dp.now())
+		if uerr := dp.store.Commit(pl.undo); uerr != nil {
+			dp.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
 		}
 		return err
 	}
 	for _, p := range pl.present {
-		d.blocks.del(p)
+		dp.blocks.del(p)
 	}
 	return nil
-}
-
-func (d *Daemon) noteFirewallError(err error) {
-	d.health.LastError = err.Error()
-	select { // let the healer check the table
-	case d.heal <- struct{}{}:
-	default:
-	}
 }

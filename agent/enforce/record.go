@@ -1,4 +1,4 @@
-package agent
+package enforce
 
 import (
 	"bufio"
@@ -7,12 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/store"
 )
@@ -46,10 +47,17 @@ type auditEvent struct {
 	fields map[string]any
 }
 
-// auditTrail holds the pending records in flight. It has its own lock: the
-// fsync callback runs outside d.mu.
-type auditTrail struct {
-	mu      sync.Mutex
+// Record is the audit log as the daemon writes it: every part's events
+// (Audit), and the trail of the decision path's store changes (stage,
+// write, OnSync, Recover). It owns the trail's state under its own lock,
+// mu: the fsync callback runs outside the path's lock.
+type Record struct {
+	log    *audit.Log
+	logger *slog.Logger
+	store  *store.Store
+	now    func() time.Time
+
+	mu      sync.Mutex    // guards next, written and lost
 	next    uint64        // key of the next pending record
 	written []writtenLine // written, waiting for the fsync that makes them durable
 	// lost are records found at start without their audit line, whose
@@ -58,25 +66,71 @@ type auditTrail struct {
 	lost []store.Pending
 }
 
+// KeyAuditAnchor is the store key of the audit anchor, the last line
+// known durable in audit.log.
+const KeyAuditAnchor = "audit/anchor"
+
+// AuditAnchor is the last line known durable in audit.log: seq, hash,
+// and where it is (segment and offset), so the check at start reads only
+// the tail after it.
+type AuditAnchor = audit.Anchor
+
 type writtenLine struct{ key, seq uint64 }
 
-// stageAudit encodes events as pending records added to ch (and their
+// NewRecord returns the record of store st; Use gives it its audit log.
+// OnSync may be wired to the log before Use.
+func NewRecord(st *store.Store, logger *slog.Logger, now func() time.Time) *Record {
+	return &Record{store: st, logger: logger, now: now}
+}
+
+// Use sets the audit log the record appends to.
+func (r *Record) Use(al *audit.Log) { r.log = al }
+
+// Audit appends an event to the audit log (and the structured log). An
+// error (wrapping audit.ErrFailed) means the line was not written; it is
+// logged, and status reports the failure while it lasts. Requests that
+// change the store check their audit write through the trail instead
+// (stage and write), and fail when it fails.
+func (r *Record) Audit(event string, fields map[string]any) error {
+	if err := r.log.Append(event, fields); err != nil {
+		r.logger.Error("audit append failed", "event", event, "err", err)
+		return err
+	}
+	r.logAudit(event, fields)
+	return nil
+}
+
+// logAudit writes an audit event to the structured log.
+func (r *Record) logAudit(event string, fields map[string]any) {
+	attrs := make([]any, 0, 2*len(fields)+2)
+	attrs = append(attrs, "event", event)
+	for k, v := range fields {
+		if k == "targets" { // can be thousands; the audit log has them
+			if s, ok := v.([]string); ok && len(s) > 8 {
+				v = fmt.Sprintf("%d targets", len(s))
+			}
+		}
+		attrs = append(attrs, k, v)
+	}
+	r.logger.Info("audit", attrs...)
+}
+
+// stage encodes events as pending records added to ch (and their
 // deletion to undo); it returns the events ready for the log and the keys.
-// Caller holds d.mu.
-func (d *Daemon) stageAudit(ch, undo *store.Change, events []auditEvent) ([]audit.Event, []uint64, error) {
+// Caller holds dp.mu.
+func (r *Record) stage(ch, undo *store.Change, events []auditEvent) ([]audit.Event, []uint64, error) {
 	evs := make([]audit.Event, len(events))
 	keys := make([]uint64, len(events))
-	now := d.now().UTC()
-	t := &d.trail
-	t.mu.Lock()
-	defer t.mu.Unlock()
+	now := r.now().UTC()
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for i, ev := range events {
 		b, err := json.Marshal(ev.fields)
 		if err != nil {
-			return nil, nil, errorf(CodeInternal, "audit %s: encode: %v", ev.name, err)
+			return nil, nil, api.Errorf(api.CodeInternal, "audit %s: encode: %v", ev.name, err)
 		}
-		keys[i] = t.next
-		t.next++
+		keys[i] = r.next
+		r.next++
 		evs[i] = audit.Event{Name: ev.name, Fields: audit.Raw(b)}
 		ch.PutPending = append(ch.PutPending, store.Pending{Key: keys[i], Event: ev.name, Time: now, Fields: b})
 		undo.DelPending = append(undo.DelPending, keys[i])
@@ -84,76 +138,77 @@ func (d *Daemon) stageAudit(ch, undo *store.Change, events []auditEvent) ([]audi
 	return evs, keys, nil
 }
 
-// writeAudit appends the staged lines of a committed change with one
+// write appends the staged lines of a committed change with one
 // write. An error is a CodeAudit *Error: the caller undoes the change.
-func (d *Daemon) writeAudit(events []auditEvent, evs []audit.Event, keys []uint64) error {
+func (r *Record) write(events []auditEvent, evs []audit.Event, keys []uint64) error {
 	if evs == nil { // not staged: nothing in the store to recover
 		evs = make([]audit.Event, len(events))
 		for i, ev := range events {
 			evs[i] = audit.Event{Name: ev.name, Fields: ev.fields}
 		}
 	}
-	seq, err := d.audit.AppendAll(evs...)
+	seq, err := r.log.AppendAll(evs...)
 	if err != nil {
-		d.log.Error("audit append failed: the request fails and changes nothing", "event", events[0].name, "err", err)
-		return &Error{Code: CodeAudit, Message: fmt.Sprintf("audit log not writable, nothing changed: %v", err)}
+		r.logger.Error("audit append failed: the request fails and changes nothing", "event", events[0].name, "err", err)
+		return &api.Error{Code: api.CodeAudit, Message: fmt.Sprintf("audit log not writable, nothing changed: %v", err)}
 	}
 	if len(keys) > 0 {
-		d.trail.mu.Lock()
+		r.mu.Lock()
 		for _, k := range keys {
-			d.trail.written = append(d.trail.written, writtenLine{key: k, seq: seq})
+			r.written = append(r.written, writtenLine{key: k, seq: seq})
 		}
-		d.trail.mu.Unlock()
+		r.mu.Unlock()
 	}
 	for _, ev := range events {
-		d.logAudit(ev.name, ev.fields)
+		r.logAudit(ev.name, ev.fields)
 	}
 	return nil
 }
 
-// onAuditSync saves the anchor (the last durable line) and deletes the
+// OnSync saves the anchor (the last durable line) and deletes the
 // pending records whose lines it covers, in one transaction.
-func (d *Daemon) onAuditSync(seq uint64, hash string) {
-	t := &d.trail
-	t.mu.Lock()
+func (r *Record) OnSync(a audit.Anchor) {
+	seq := a.Seq
+	r.mu.Lock()
 	var done []uint64
-	kept := t.written[:0]
-	for _, w := range t.written {
+	kept := r.written[:0]
+	for _, w := range r.written {
 		if w.seq <= seq {
 			done = append(done, w.key)
 		} else {
 			kept = append(kept, w)
 		}
 	}
-	t.written = kept
-	t.mu.Unlock()
-	b, _ := json.Marshal(auditAnchor{Seq: seq, Hash: hash})
+	r.written = kept
+	r.mu.Unlock()
+	b, _ := json.Marshal(a)
 	// On failure the records stay; at start they are found in the log and
 	// not written twice.
-	if err := d.store.Commit(store.Change{PutKV: map[string][]byte{keyAuditAnchor: b}, DelPending: done}); err != nil {
-		d.log.Error("audit anchor: save", "seq", seq, "err", err)
+	if err := r.store.Commit(store.Change{PutKV: map[string][]byte{KeyAuditAnchor: b}, DelPending: done}); err != nil {
+		r.logger.Error("audit anchor: save", "seq", seq, "err", err)
 	}
 }
 
-// recoverAudit writes the audit lines of changes committed to the store
-// whose lines never reached the audit log (see above). anchor is the seq
-// of the last line known durable before this start (0: none); fresh is
+// Recover writes the audit lines of changes committed to the store
+// whose lines never reached the audit log (see above). anchor is the
+// last line known durable before this start (0: none); fresh is
 // true when the log was started anew (chain break): nothing of the old one
 // counts. A failure to write leaves the records for the maintenance loop
 // to retry; status shows the audit failure meanwhile.
-func (d *Daemon) recoverAudit(anchor uint64, fresh bool) error {
-	pend, err := d.store.Pending()
+// path is the audit log's file.
+func (r *Record) Recover(path string, anchor AuditAnchor, fresh bool) error {
+	pend, err := r.store.Pending()
 	if err != nil {
 		return fmt.Errorf("audit recovery: %w", err)
 	}
-	d.trail.next = 1
+	r.next = 1
 	if len(pend) == 0 {
 		return nil
 	}
-	d.trail.next = pend[len(pend)-1].Key + 1
+	r.next = pend[len(pend)-1].Key + 1
 	found := map[uint64]bool{}
 	if !fresh {
-		if found, err = findLines(filepath.Join(d.cfg.StateDir, "audit.log"), anchor, pend); err != nil {
+		if found, err = findLines(path, anchor, pend); err != nil {
 			return fmt.Errorf("audit recovery: %w", err)
 		}
 	}
@@ -167,21 +222,22 @@ func (d *Daemon) recoverAudit(anchor uint64, fresh bool) error {
 		}
 	}
 	if len(done) > 0 {
-		if err := d.store.Commit(store.Change{DelPending: done}); err != nil {
+		if err := r.store.Commit(store.Change{DelPending: done}); err != nil {
 			return fmt.Errorf("audit recovery: %w", err)
 		}
 	}
-	d.trail.lost = lost
-	d.retryRecovery()
+	r.mu.Lock()
+	r.lost = lost
+	r.mu.Unlock()
+	r.RetryRecovery()
 	return nil
 }
 
-// retryRecovery writes the recovered lines still missing, if any.
-func (d *Daemon) retryRecovery() {
-	t := &d.trail
-	t.mu.Lock()
-	lost := t.lost
-	t.mu.Unlock()
+// RetryRecovery writes the recovered lines still missing, if any.
+func (r *Record) RetryRecovery() {
+	r.mu.Lock()
+	lost := r.lost
+	r.mu.Unlock()
 	if len(lost) == 0 {
 		return
 	}
@@ -201,30 +257,32 @@ func (d *Daemon) retryRecovery() {
 		evs = append(evs, audit.Event{Name: p.Event, Fields: audit.Raw(b)})
 		keys = append(keys, p.Key)
 	}
-	if _, err := d.audit.AppendAll(evs...); err != nil {
-		d.log.Error("audit recovery: cannot write the missing audit lines of committed changes; retrying", "count", len(evs), "err", err)
+	if _, err := r.log.AppendAll(evs...); err != nil {
+		r.logger.Error("audit recovery: cannot write the missing audit lines of committed changes; retrying", "count", len(evs), "err", err)
 		return
 	}
-	err := d.audit.Sync()
+	err := r.log.Sync()
 	if err == nil {
-		err = d.store.Commit(store.Change{DelPending: keys})
+		err = r.store.Commit(store.Change{DelPending: keys})
 	}
 	if err != nil {
 		// The lines are in the log; the records would be found there at
 		// the next start.
-		d.log.Error("audit recovery: clear pending records", "err", err)
+		r.logger.Error("audit recovery: clear pending records", "err", err)
 	}
-	t.mu.Lock()
-	t.lost = nil
-	t.mu.Unlock()
-	d.log.Warn("audit recovery: wrote the audit lines of changes committed before a crash but never recorded", "count", len(evs))
+	r.mu.Lock()
+	r.lost = nil
+	r.mu.Unlock()
+	r.logger.Warn("audit recovery: wrote the audit lines of changes committed before a crash but never recorded", "count", len(evs))
 }
 
 // findLines reports which of pend have their audit line in the log at path
-// after the line with seq anchor: the event and the exact fields bytes.
-func findLines(path string, anchor uint64, pend []store.Pending) (map[uint64]bool, error) {
+// after the anchored line (across segments, from the anchor's offset):
+// the event and the exact fields bytes.
+func findLines(path string, a AuditAnchor, pend []store.Pending) (map[uint64]bool, error) {
+	anchor := a.Seq
 	found := map[uint64]bool{}
-	f, err := os.Open(path)
+	f, err := audit.OpenAfter(path, a)
 	if errors.Is(err, os.ErrNotExist) {
 		return found, nil
 	}

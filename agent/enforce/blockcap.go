@@ -1,9 +1,11 @@
-package agent
+package enforce
 
 import (
+	"log/slog"
 	"net/netip"
 	"time"
 
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/response"
 )
 
@@ -21,35 +23,37 @@ const CodeSenderBlockCap = "sender_block_cap"
 // interval is a fixed window that starts with the first block counted after
 // the previous one ended.
 
-// blockCap is the cap's state; the decision path's lock (d.mu) guards it.
-type blockCap struct {
+// senderCap is the cap's state; the decision path's lock (dp.mu) guards it.
+type senderCap struct {
+	cfg   func() response.BlockCap // the cap in force (the policy's config)
+	audit func(event string, fields map[string]any) error
+	log   *slog.Logger
+
 	since   time.Time // start of the current window; zero: none yet
 	blocks  int       // targets blocked or lengthened in the window
 	refused int       // decisions refused in the window
 	total   uint64    // decisions refused since start
 }
 
-// capWindow rolls the window over if it has ended, auditing how many
-// decisions the cap refused in it. Caller holds d.mu.
-func (d *Daemon) capWindow(c response.BlockCap, now time.Time) {
-	bc := &d.blockCap
+// window rolls the window over if it has ended, auditing how many
+// decisions the cap refused in it. Caller holds dp.mu.
+func (bc *senderCap) window(c response.BlockCap, now time.Time) {
 	if !bc.since.IsZero() && now.Before(bc.since.Add(c.Per.D())) {
 		return
 	}
 	if bc.refused > 0 {
-		d.Audit("sender_block_cap_end", map[string]any{"max": c.Max, "per": c.Per.String(), "blocks": bc.blocks,
+		bc.audit("sender_block_cap_end", map[string]any{"max": c.Max, "per": c.Per.String(), "blocks": bc.blocks,
 			"refused": bc.refused, "since": bc.since.UTC().Format(time.RFC3339), "until": bc.since.Add(c.Per.D()).UTC().Format(time.RFC3339)})
 	}
 	bc.since, bc.blocks, bc.refused = now, 0, 0
 }
 
-// capAdmit refuses a block when the cap is reached; the first refusal of
+// admit refuses a block when the cap is reached; the first refusal of
 // a window is audited (one line with the counts), the others are not.
-// Caller holds d.mu.
-func (d *Daemon) capAdmit(dec response.Decision, now time.Time) error {
-	c := d.Policy().Config().SenderBlockCap
-	d.capWindow(c, now)
-	bc := &d.blockCap
+// Caller holds dp.mu.
+func (bc *senderCap) admit(dec response.Decision, now time.Time) error {
+	c := bc.cfg()
+	bc.window(c, now)
 	if bc.blocks < c.Max {
 		return nil
 	}
@@ -57,40 +61,36 @@ func (d *Daemon) capAdmit(dec response.Decision, now time.Time) error {
 	bc.total++
 	ends := bc.since.Add(c.Per.D())
 	if bc.refused == 1 {
-		d.Audit("sender_block_cap", map[string]any{"max": c.Max, "per": c.Per.String(), "blocks": bc.blocks,
+		bc.audit("sender_block_cap", map[string]any{"max": c.Max, "per": c.Per.String(), "blocks": bc.blocks,
 			"since": bc.since.UTC().Format(time.RFC3339), "until": ends.UTC().Format(time.RFC3339),
 			"first_refused": dec.ID, "sender": dec.Sender, "rule": dec.Rule})
-		d.log.Warn("sender block cap reached: policy blocks caused by non-admin senders are refused until the window ends",
+		bc.log.Warn("sender block cap reached: policy blocks caused by non-admin senders are refused until the window ends",
 			"max", c.Max, "per", c.Per, "until", ends)
 	}
-	return errorf(CodeSenderBlockCap, "%d blocks caused by non-admin senders' signals within %s (response.sender_block_cap): this block is refused until %s",
-		bc.blocks, FormatDuration(c.Per.D()), ends.UTC().Format(time.RFC3339))
+	return api.Errorf(CodeSenderBlockCap, "%d blocks caused by non-admin senders' signals within %s (response.sender_block_cap): this block is refused until %s",
+		bc.blocks, api.FormatDuration(c.Per.D()), ends.UTC().Format(time.RFC3339))
 }
 
 // changes reports whether a non-admin block of targets would block or
-// lengthen any of them (planBlock's rule): one that changes nothing costs
-// no part of the cap. Caller holds d.mu.
-func (d *Daemon) changes(dec response.Decision, targets []netip.Prefix, nowMs int64) bool {
+// lengthen any of them (blockPlan.add's rule): one that changes nothing costs
+// no part of the cap.
+func (x *index) changes(dec response.Decision, targets []netip.Prefix, nowMs int64) bool {
 	until := int64(0)
 	if !dec.Until.IsZero() {
 		until = dec.Until.UnixMilli()
 	}
 	for _, p := range targets {
-		if old, ok := d.blocks.get(p); !ok || old.expired(nowMs) || outlasts(until, old.until) {
+		if old, ok := x.get(p); !ok || old.expired(nowMs) || outlasts(until, old.until) {
 			return true
 		}
 	}
 	return false
 }
 
-// capStatus is the cap's state for op status. Caller holds d.mu.
-func (d *Daemon) capStatus(eng *response.Engine, now time.Time) *BlockCapStatus {
-	if eng == nil {
-		return nil
-	}
-	c := eng.Config().SenderBlockCap
-	bc := d.blockCap
-	st := &BlockCapStatus{Max: c.Max, Per: FormatDuration(c.Per.D()), RefusedTotal: bc.total}
+// status is the cap's state for op status. Caller holds dp.mu.
+func (bc *senderCap) status(now time.Time) *api.BlockCapStatus {
+	c := bc.cfg()
+	st := &api.BlockCapStatus{Max: c.Max, Per: api.FormatDuration(c.Per.D()), RefusedTotal: bc.total}
 	if !bc.since.IsZero() && now.Before(bc.since.Add(c.Per.D())) {
 		st.Blocks, st.Refused, st.WindowEnds = bc.blocks, bc.refused, bc.since.Add(c.Per.D()).UTC()
 		st.Refusing = bc.blocks >= c.Max

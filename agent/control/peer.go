@@ -1,4 +1,4 @@
-package agent
+package control
 
 import (
 	"fmt"
@@ -55,8 +55,8 @@ func peerCred(c net.Conn) (Peer, error) {
 	return Peer{UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}, nil
 }
 
-// resolvePeer fills in the user and group names and the admin flag.
-func resolvePeer(p Peer, adminGroups []string) Peer {
+// ResolvePeer fills in the user and group names and the admin flag.
+func ResolvePeer(p Peer, adminGroups []string) Peer {
 	p.User = strconv.FormatUint(uint64(p.UID), 10)
 	gids := []string{strconv.FormatUint(uint64(p.GID), 10)}
 	if u, err := user.LookupId(p.User); err == nil {

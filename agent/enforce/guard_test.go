@@ -1,8 +1,10 @@
-package agent
+package enforce
 
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 func TestGuard(t *testing.T) {
@@ -20,33 +22,33 @@ func TestGuard(t *testing.T) {
 		{"10.1.0.0/16", ""},
 		{"2001:db8:1::/48", ""},
 		{"2001:db9::/32", ""},
-		{"127.0.0.1", CodeLoopback},
-		{"127.0.0.0/8", CodeLoopback},
-		{"::1", CodeLoopback},
-		{"169.254.1.1", CodeLinkLocal},
-		{"fe80::1", CodeLinkLocal},
-		{"224.0.0.1", CodeMulticast},
-		{"ff02::1", CodeMulticast},
-		{"255.255.255.255", CodeMulticast},
-		{"0.0.0.0", CodeUnspecified},
-		{"::", CodeUnspecified},
-		{"0.0.0.0/0", CodeTooBroad},
-		{"::/0", CodeTooBroad},
-		{"10.0.0.0/8", CodeTooBroad},
-		{"10.0.0.0/15", CodeTooBroad},
-		{"2001::/16", CodeTooBroad},
-		{"198.51.100.5", CodeAllowlisted},
-		{"198.51.100.0/24", CodeAllowlisted}, // contains the allowlist
+		{"127.0.0.1", api.CodeLoopback},
+		{"127.0.0.0/8", api.CodeLoopback},
+		{"::1", api.CodeLoopback},
+		{"169.254.1.1", api.CodeLinkLocal},
+		{"fe80::1", api.CodeLinkLocal},
+		{"224.0.0.1", api.CodeMulticast},
+		{"ff02::1", api.CodeMulticast},
+		{"255.255.255.255", api.CodeMulticast},
+		{"0.0.0.0", api.CodeUnspecified},
+		{"::", api.CodeUnspecified},
+		{"0.0.0.0/0", api.CodeTooBroad},
+		{"::/0", api.CodeTooBroad},
+		{"10.0.0.0/8", api.CodeTooBroad},
+		{"10.0.0.0/15", api.CodeTooBroad},
+		{"2001::/16", api.CodeTooBroad},
+		{"198.51.100.5", api.CodeAllowlisted},
+		{"198.51.100.0/24", api.CodeAllowlisted}, // contains the allowlist
 		{"198.51.100.16", ""},
-		{"2001:db8:aaaa::5", CodeAllowlisted},
-		{"192.0.2.1", CodeOwnAddress},
-		{"192.0.2.0/24", CodeOwnAddress},
+		{"2001:db8:aaaa::5", api.CodeAllowlisted},
+		{"192.0.2.1", api.CodeOwnAddress},
+		{"192.0.2.0/24", api.CodeOwnAddress},
 		{"192.0.2.2", ""},
-		{"2001:db8::1", CodeOwnAddress},
-		{"2001:db8::/32", CodeAllowlisted}, // contains the allowlisted /48 too; allowlist is checked first
+		{"2001:db8::1", api.CodeOwnAddress},
+		{"2001:db8::/32", api.CodeAllowlisted}, // contains the allowlisted /48 too; allowlist is checked first
 	}
 	for _, tt := range tests {
-		p, err := ParseTarget(tt.target)
+		p, err := api.ParseTarget(tt.target)
 		if err != nil {
 			t.Fatalf("ParseTarget(%q): %v", tt.target, err)
 		}
@@ -82,7 +84,7 @@ func TestParseTarget(t *testing.T) {
 		{"::ffff:0:0/90", ""},
 	}
 	for _, tt := range tests {
-		p, err := ParseTarget(tt.in)
+		p, err := api.ParseTarget(tt.in)
 		if tt.want == "" {
 			if err == nil {
 				t.Errorf("ParseTarget(%q) = %v, want an error", tt.in, p)

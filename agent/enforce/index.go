@@ -1,4 +1,4 @@
-package agent
+package enforce
 
 import (
 	"net/netip"
@@ -24,8 +24,8 @@ type decMeta struct {
 }
 
 // index is the in-memory view of the store's active blocks, so list and
-// status never touch the kernel. Not safe for concurrent use: the daemon's
-// lock guards it.
+// status never touch the kernel. Not safe for concurrent use: the path's
+// lock (dp.mu) guards it.
 type index struct {
 	m       map[netip.Prefix]entry
 	lens    [2][129]int32 // number of blocks per family and prefix length
@@ -246,4 +246,34 @@ func (x *index) sorted(nowMs int64) []netip.Prefix {
 		return a.Bits() - b.Bits()
 	})
 	return out
+}
+
+// orphans lists the decisions that keep no block once the blocks at
+// targets leave them: unblocked, expired, or taken over by another
+// decision. The one rule for dropping a decision's record.
+func (x *index) orphans(targets []netip.Prefix) []uint64 {
+	lose := map[uint64]int{}
+	for _, p := range targets {
+		if e, ok := x.m[p]; ok {
+			lose[e.dec]++
+		}
+	}
+	var out []uint64
+	for seq, n := range lose {
+		if m := x.decs[seq]; m == nil || m.refs <= n {
+			out = append(out, seq)
+		}
+	}
+	return out
+}
+
+// familyCounts sums the per-prefix-length counters: O(1) in the blocks.
+func (x *index) familyCounts() (v4, v6 int) {
+	for _, n := range x.lens[0] {
+		v4 += int(n)
+	}
+	for _, n := range x.lens[1] {
+		v6 += int(n)
+	}
+	return v4, v6
 }

@@ -1,8 +1,11 @@
 package api
 
 import (
+	"cmp"
 	"encoding/json"
+	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -172,4 +175,51 @@ type BaselineResult struct {
 	Entries    int           `json:"entries"`
 	Unreadable []string      `json:"unreadable,omitempty"`
 	Took       time.Duration `json:"took_ns"`
+}
+
+// String is the actor in one line, "" for nil: "pid 4242
+// /usr/bin/vim.basic (uid 0 root, login uid 1000 alice, sshd session from
+// 198.51.100.4, unit session-7.scope, parent pid 4200 /usr/bin/bash)".
+// It is the process's own text: escape it before it reaches a terminal.
+func (a *Actor) String() string {
+	if a == nil {
+		return ""
+	}
+	if a.Exited {
+		return fmt.Sprintf("pid %d (exited before it could be identified)", a.PID)
+	}
+	s := fmt.Sprintf("pid %d %s (uid %d", a.PID, cmp.Or(a.Exe, "-"), a.UID)
+	if a.User != "" {
+		s += " " + a.User
+	}
+	if a.LoginUID >= 0 && a.LoginUID != int64(a.UID) {
+		s += fmt.Sprintf(", login uid %d", a.LoginUID)
+		if a.LoginUser != "" {
+			s += " " + a.LoginUser
+		}
+	}
+	if a.Remote != "" {
+		s += ", " + cmp.Or(a.LoginService, "login") + " session from " + a.Remote
+	}
+	if a.Unit != "" {
+		s += ", unit " + a.Unit
+	}
+	if len(a.Parents) > 0 {
+		s += fmt.Sprintf(", parent pid %d %s", a.Parents[0].PID, cmp.Or(a.Parents[0].Exe, "-"))
+	}
+	return s + ")"
+}
+
+// ContentText is what changed in a file's content, as one text for
+// evidence and reports: the diff lines (with how many were left off), or
+// the note saying why there is no diff.
+func ContentText(diff []string, omitted int, note string) string {
+	if len(diff) == 0 {
+		return note
+	}
+	s := strings.Join(diff, "\n")
+	if omitted > 0 {
+		s += fmt.Sprintf("\n… %d more lines", omitted)
+	}
+	return s
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"github.com/parryhq/parry/agent/api"
@@ -218,7 +217,7 @@ func printFindings(w io.Writer, fs []api.Finding, fullDiff bool) {
 			fmt.Fprintf(w, "           remediated: %s\n", oneLine(f.Remediation))
 		}
 		if f.Actor != nil {
-			fmt.Fprintf(w, "           by %s\n", oneLine(actorLine(f.Actor)))
+			fmt.Fprintf(w, "           by %s\n", oneLine(f.Actor.String()))
 		} else if fileKinds[f.Kind] {
 			fmt.Fprintln(w, "           actor unknown")
 		}
@@ -252,34 +251,6 @@ func printDiff(w io.Writer, f api.Finding, full bool) {
 	if f.DiffOmitted > 0 {
 		fmt.Fprintf(w, "           … %d more lines not kept\n", f.DiffOmitted)
 	}
-}
-
-// actorLine is "pid 4242 /usr/bin/vim.basic (uid 1000 alice, login uid
-// 1000 alice, unit session-7.scope)".
-func actorLine(a *api.Actor) string {
-	if a.Exited {
-		return fmt.Sprintf("pid %d (exited before it could be identified)", a.PID)
-	}
-	s := fmt.Sprintf("pid %d %s (uid %d", a.PID, dash(a.Exe), a.UID)
-	if a.User != "" {
-		s += " " + a.User
-	}
-	if a.LoginUID >= 0 && a.LoginUID != int64(a.UID) {
-		s += fmt.Sprintf(", login uid %d", a.LoginUID)
-		if a.LoginUser != "" {
-			s += " " + a.LoginUser
-		}
-	}
-	if a.Remote != "" {
-		s += ", " + cmp.Or(a.LoginService, "login") + " session from " + a.Remote
-	}
-	if a.Unit != "" {
-		s += ", unit " + a.Unit
-	}
-	if len(a.Parents) > 0 {
-		s += fmt.Sprintf(", parent pid %d %s", a.Parents[0].PID, dash(a.Parents[0].Exe))
-	}
-	return s + ")"
 }
 
 // countOf is "1 entry", "2 entries", "3 paths".

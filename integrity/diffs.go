@@ -55,6 +55,7 @@ func DefaultDiff() []string {
 // guards it.
 type differ struct {
 	globs   []glob
+	fixed   []string // the literal leading directories of each glob: a cheap first test
 	secrets *secrets
 	store   *copyStore
 	hashOf  func([]byte) [32]byte
@@ -64,6 +65,7 @@ func newDiffer(cfg Config, stateDir string, hashOf func([]byte) [32]byte) *diffe
 	d := &differ{secrets: newSecrets(cfg.Rules), store: newCopyStore(stateDir, hashOf), hashOf: hashOf}
 	for _, g := range cfg.Diff {
 		d.globs = append(d.globs, compileGlob(g))
+		d.fixed = append(d.fixed, literalDir(g))
 	}
 	d.store.keep = d.selected
 	return d
@@ -72,19 +74,41 @@ func newDiffer(cfg Config, stateDir string, hashOf func([]byte) [32]byte) *diffe
 // selected reports whether path's content may be kept: integrity.diff
 // selects it and it is not a secret.
 func (d *differ) selected(path string) bool {
-	if len(d.globs) == 0 || d.secrets.secret(path) {
-		return false
-	}
-	return d.wanted(path)
+	return len(d.globs) > 0 && d.wanted(path) && !d.secrets.secret(path)
 }
 
 func (d *differ) wanted(path string) bool {
-	for _, g := range d.globs {
-		if g.match(path) {
+	var segs []string // split once, for the globs whose literal part fits
+	for i, g := range d.globs {
+		if !strings.HasPrefix(path, d.fixed[i]) {
+			continue
+		}
+		if g.segs == nil {
+			if g.match(path) {
+				return true
+			}
+			continue
+		}
+		if segs == nil {
+			segs = strings.Split(strings.TrimPrefix(path, "/"), "/")
+		}
+		if matchSegs(g.segs, segs) {
 			return true
 		}
 	}
 	return false
+}
+
+// literalDir is the leading directories of glob g without pattern
+// characters, with a trailing "/": every path g matches starts with it.
+// ("/etc/ssh/sshd_config.d/*" → "/etc/ssh/sshd_config.d/", "/etc/cron*/**"
+// → "/etc/").
+func literalDir(g string) string {
+	end := strings.IndexAny(g, "*?[\\")
+	if end < 0 {
+		end = len(g)
+	}
+	return g[:strings.LastIndexByte(g[:end], '/')+1]
 }
 
 // take keeps a copy of every selected regular file among ents (the new
@@ -95,7 +119,7 @@ func (d *differ) wanted(path string) bool {
 func (d *differ) take(ents map[string]Entry, under func(string) bool, now time.Time) int {
 	failed := 0
 	for p, e := range ents {
-		if e.Type != TypeFile || e.HashHex() == "" || !d.selected(p) {
+		if e.Type != TypeFile || e.HashHex() == "" || (under != nil && !under(p)) || !d.selected(p) {
 			continue
 		}
 		data, err := readCopy(p, e.Hash, d.hashOf)

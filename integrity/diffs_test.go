@@ -553,3 +553,31 @@ func TestOpenDiffBudget(t *testing.T) {
 		t.Errorf("after accept: %d bytes accounted", m.diffBytes)
 	}
 }
+
+func TestLiteralDir(t *testing.T) {
+	for g, want := range map[string]string{
+		"/etc/ssh/sshd_config.d/*": "/etc/ssh/sshd_config.d/", "/etc/cron*/**": "/etc/", "/etc/hosts": "/etc/",
+		"/**": "/", "/a/b[c]/d": "/a/", "/x?/y": "/",
+	} {
+		if got := literalDir(g); got != want {
+			t.Errorf("literalDir(%q) = %q, want %q", g, got, want)
+		}
+	}
+}
+
+// The diff selection costs the baseline little: checking 50,000 paths
+// outside it against the default globs.
+func BenchmarkDiffSelected(b *testing.B) {
+	d := newDiffer(Defaults(), b.TempDir(), func([]byte) [32]byte { return [32]byte{} })
+	paths := make([]string, 50000)
+	for i := range paths {
+		dir := []string{"/usr/bin", "/usr/sbin", "/etc/ssl/certs", "/usr/lib/systemd/system"}[i%4]
+		paths[i] = fmt.Sprintf("%s/file-%d", dir, i)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		for _, p := range paths {
+			d.selected(p)
+		}
+	}
+}

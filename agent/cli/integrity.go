@@ -88,7 +88,7 @@ Exit status: 0 nothing changed, 1 changes found (or the check failed),
 					return err
 				}
 			} else {
-				printFindings(a.Stdout, res.Findings, fullDiff)
+				printFindings(a.Stdout, res.Findings, fullDiff, false)
 				fmt.Fprintf(a.Stdout, "checked in %s: %s\n", res.TookNs.Round(time.Millisecond), countOf(len(res.Findings), "finding"))
 			}
 			if !res.Clean {
@@ -153,7 +153,7 @@ func (a *App) integrityStatusCmd() *cobra.Command {
 			if st.Copies > 0 || st.CopiesDropped > 0 {
 				fmt.Fprintf(w, "content copies: %s, %d KiB (%d dropped to stay under the bound)\n", countOf(st.Copies, "file"), st.CopiesBytes>>10, st.CopiesDropped)
 			}
-			printFindings(w, st.Open, fullDiff)
+			printFindings(w, st.Open, fullDiff, st.Attribution != "" && st.Attribution != "off")
 			return nil
 		},
 	}
@@ -201,7 +201,9 @@ baseline digest goes into the audit chain, with who accepted what.`,
 // shownDiffLines is how much of a finding's diff is printed without --diff.
 const shownDiffLines = 20
 
-func printFindings(w io.Writer, fs []api.Finding, fullDiff bool) {
+// printFindings prints findings; unknownActor says "actor unknown" for a
+// file finding without one (attribution is on, but did not name anyone).
+func printFindings(w io.Writer, fs []api.Finding, fullDiff, unknownActor bool) {
 	for _, f := range fs {
 		fmt.Fprintf(w, "%-8s %-14s %s\n", f.Severity, f.Kind, oneLine(f.Path))
 		for _, c := range f.Changes {
@@ -218,7 +220,7 @@ func printFindings(w io.Writer, fs []api.Finding, fullDiff bool) {
 		}
 		if f.Actor != nil {
 			fmt.Fprintf(w, "           by %s\n", oneLine(f.Actor.String()))
-		} else if fileKinds[f.Kind] {
+		} else if unknownActor && fileKinds[f.Kind] {
 			fmt.Fprintln(w, "           actor unknown")
 		}
 		printDiff(w, f, fullDiff)

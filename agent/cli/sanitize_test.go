@@ -45,7 +45,7 @@ func TestTermSafe(t *testing.T) {
 // finding line in 'parry integrity status/check'.
 func TestFindingsKeepFileNamesOnOneLine(t *testing.T) {
 	var b bytes.Buffer
-	printFindings(&b, []api.Finding{{Severity: "medium", Kind: "added", Path: "/app/evil\ncritical removed        /etc/shadow", Detail: "x\ny"}}, false)
+	printFindings(&b, []api.Finding{{Severity: "medium", Kind: "added", Path: "/app/evil\ncritical removed        /etc/shadow", Detail: "x\ny"}}, false, false)
 	for _, l := range strings.Split(b.String(), "\n") {
 		if strings.HasPrefix(l, "critical") || l == "y" {
 			t.Fatalf("a file name broke out of its line:\n%s", b.String())
@@ -66,7 +66,7 @@ func TestFindingDiffAndActorEscaped(t *testing.T) {
 		Actor: &api.Actor{PID: 42, Exe: "/tmp/x\x1b]0;pwned\x07", UID: 1000, User: "alice", LoginUID: -1}}
 	for _, full := range []bool{false, true} {
 		var b bytes.Buffer
-		printFindings(termSafe{&b}, []api.Finding{f}, full)
+		printFindings(termSafe{&b}, []api.Finding{f}, full, true)
 		out := b.String()
 		if strings.ContainsAny(out, "\x1b\r\x07") {
 			t.Fatalf("control characters reached the terminal:\n%q", out)

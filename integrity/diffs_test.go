@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/parryhq/parry/response"
 )
 
 const sshdConfig = `# sshd_config
@@ -181,6 +183,11 @@ func TestDiffCutInReports(t *testing.T) {
 	}
 	if n := len(strings.Join(rep.Diff, "\n")); n > ReportDiffBytes {
 		t.Errorf("reported diff %d bytes", n)
+	}
+	for _, x := range []*Finding{f, rep} {
+		if err := response.ValidateSignal(x.Signal()); err != nil {
+			t.Errorf("signal of a finding with a diff: %v", err)
+		}
 	}
 }
 

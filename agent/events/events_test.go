@@ -108,6 +108,8 @@ func TestReplayJoinsLive(t *testing.T) {
 	}
 	st := h.Open(Options{Since: time.Now().Add(-time.Hour), AuditPath: path})
 	defer st.Close()
+	rawSub := h.Subscribe(nil)
+	defer rawSub.Close()
 	server, cl := net.Pipe()
 	defer cl.Close()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -118,6 +120,7 @@ func TestReplayJoinsLive(t *testing.T) {
 	const last = 500 + 4*500
 	var want uint64 = 1
 	replayed, live := 0, false
+	var liveAfter uint64
 	_ = cl.SetReadDeadline(time.Now().Add(30 * time.Second))
 	for want <= last || !live {
 		b, err := r.ReadBytes('\n')
@@ -129,20 +132,27 @@ func TestReplayJoinsLive(t *testing.T) {
 			Live     bool   `json:"live"`
 			Replayed int    `json:"replayed"`
 			Missed   int    `json:"missed"`
+			After    uint64 `json:"after_seq"`
 		}
 		if err := json.Unmarshal(b, &m); err != nil {
 			t.Fatalf("line %q: %v", b, err)
 		}
 		switch {
 		case m.Live:
-			replayed, live = m.Replayed, true
+			replayed, live, liveAfter = m.Replayed, true, m.After
 			if want-1 != uint64(replayed) {
 				t.Fatalf("live marker after seq %d says %d replayed", want-1, replayed)
 			}
 		case m.Missed > 0:
 			t.Fatalf("missed %d events (queue of 65536)", m.Missed)
 		case m.Seq != want:
-			t.Fatalf("seq %d, want %d: a gap or a duplicate at the join", m.Seq, want)
+			var hubSeqs []uint64
+			for _, it := range rawSub.Take(nil) {
+				if it.Seq >= want-2 && it.Seq <= m.Seq+2 {
+					hubSeqs = append(hubSeqs, it.Seq)
+				}
+			}
+			t.Fatalf("seq %d, want %d: a gap or a duplicate at the join (live %v, replayed %d, after %d); hub delivered %v", m.Seq, want, live, replayed, liveAfter, hubSeqs)
 		default:
 			want++
 		}
@@ -252,4 +262,21 @@ func unixPair(t *testing.T) ([2]net.Conn, error) {
 		out[i] = c
 	}
 	return out, nil
+}
+
+// TestHubLateAppendCountedMissed: an append overtaken by more than
+// maxPending others is skipped, and counted missed when it comes, never
+// silently lost.
+func TestHubLateAppendCountedMissed(t *testing.T) {
+	h := NewHub(maxPending + 16)
+	s := h.Subscribe(nil)
+	defer s.Close()
+	for seq := uint64(2); seq <= maxPending+2; seq++ { // seq 1 is late
+		h.Appended(seq-1, seq, []string{"x"}, line(seq, "x"))
+	}
+	h.Appended(0, 1, []string{"x"}, line(1, "x"))
+	got := s.Take(nil)
+	if len(got) != maxPending+2 || got[0].Seq != 2 || got[len(got)-1].Line != nil || got[len(got)-1].Missed != 1 {
+		t.Fatalf("%d items, first %+v, last %+v; want seqs 2..%d then 1 missed", len(got), got[0], got[len(got)-1], maxPending+2)
+	}
 }

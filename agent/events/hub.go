@@ -23,9 +23,11 @@ import (
 const DefaultQueueLen = 4096
 
 // maxPending bounds the appends the hub holds back while it waits for an
-// earlier one (concurrent appenders call Appended out of order); past it,
-// the hub skips the gap rather than hold on.
-const maxPending = 64
+// earlier one: concurrent appenders call Appended out of order, and one
+// descheduled between the log's unlock and its call can be overtaken by
+// many others. Past it, the hub skips the gap rather than hold on; the
+// skipped append's events, when it comes, are counted missed.
+const maxPending = 1 << 13
 
 // Hub fans the audit log's lines out to subscribers.
 type Hub struct {
@@ -87,7 +89,14 @@ func (h *Hub) Appended(before, last uint64, names []string, lines []byte) {
 		h.last = max(h.last, last)
 		clear(h.pending)
 		return
-	case before < h.last: // from before a skipped gap or the first subscriber: too late
+	case before < h.last: // from before the first subscriber, or after a skipped gap: too late
+		if lines != nil {
+			for _, s := range h.subs {
+				for i, name := range names {
+					s.miss(last-uint64(len(names)-1-i), name)
+				}
+			}
+		}
 		return
 	case before > h.last:
 		h.pending[before] = chunk{last, names, lines}
@@ -201,11 +210,7 @@ func (s *Sub) offer(seq uint64, name string, line []byte) {
 		return
 	}
 	if s.n == len(s.q) {
-		if s.missed == 0 {
-			s.after = s.last
-		}
-		s.missed++
-		s.missedMax = seq
+		s.missLocked(seq)
 		s.mu.Unlock()
 		return
 	}
@@ -222,6 +227,28 @@ func (s *Sub) offer(seq uint64, name string, line []byte) {
 	case s.ready <- struct{}{}:
 	default:
 	}
+}
+
+// miss counts an event the subscriber will not get.
+func (s *Sub) miss(seq uint64, name string) {
+	if s.want != nil && !s.want(name) {
+		return
+	}
+	s.mu.Lock()
+	s.missLocked(seq)
+	s.mu.Unlock()
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Sub) missLocked(seq uint64) {
+	if s.missed == 0 {
+		s.after = s.last
+	}
+	s.missed++
+	s.missedMax = max(s.missedMax, seq)
 }
 
 // Ready has a token when events may be waiting.

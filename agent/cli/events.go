@@ -135,6 +135,9 @@ func (a *App) events(ctx context.Context, req eventsRequest, follow, asJSON bool
 	if errors.Is(err, errStop) {
 		return nil
 	}
+	if err == nil { // the daemon ended the stream: stopping, or it dropped this reader
+		err = errors.New("parryd ended the event stream (stopping, or this reader fell too far behind); run it again")
+	}
 	if err != nil {
 		if ctx != nil && ctx.Err() != nil {
 			return nil // interrupted

@@ -65,7 +65,9 @@ func startFollower(t *testing.T, d *daemon.Daemon, args ...string) *follower {
 	t.Cleanup(func() {
 		cancel()
 		<-f.done
-		_ = cmd.Wait()
+		if cmd.ProcessState == nil {
+			_ = cmd.Wait()
+		}
 		if t.Failed() {
 			t.Logf("parry events stderr: %s", stderr.String())
 		}
@@ -208,6 +210,18 @@ func TestEventsFollow(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("stream:\n%s", f.dump())
+	}
+
+	// parryd stopping ends the stream (with an end line if the connection
+	// is still open when the stream sees the stop); the CLI exits 1.
+	d.Stop()
+	select {
+	case <-f.done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("parry events --follow still running 20s after parryd stopped")
+	}
+	if err := f.cmd.Wait(); f.cmd.ProcessState == nil || f.cmd.ProcessState.ExitCode() != 1 {
+		t.Errorf("parry events --follow after parryd stopped: %v, want exit 1", err)
 	}
 }
 

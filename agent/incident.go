@@ -86,6 +86,7 @@ func AttachIncident(d *Daemon, configPath string) (*Incident, error) {
 	in.evidence = st
 	if cfg.Metrics.Enabled {
 		in.metrics = metrics.New()
+		in.metrics.AuditChain(d.auditChainOK)
 	}
 	nopts := webhook.Options{Logger: in.log, Now: d.now, Host: in.host}
 	if in.metrics != nil {
@@ -259,7 +260,8 @@ func (d *Daemon) observeFinding(s response.Signal) {
 // or above notify.min_severity, and captures evidence when it is critical.
 // It never blocks.
 func (in *Incident) finding(s response.Signal) {
-	f := evidence.Finding{Path: s.Path, Kind: s.Attrs["finding"], Severity: s.Severity, Detail: s.Detail, Time: s.Time}
+	f := evidence.Finding{Path: s.Path, Kind: s.Attrs["finding"], Severity: s.Severity, Detail: s.Detail, Time: s.Time,
+		Actor: s.Attrs["actor"], Diff: cmp.Or(s.Attrs["diff"], s.Attrs["content"])}
 	in.mu.Lock()
 	in.findings = append(in.findings, f)
 	if len(in.findings) > maxFindingsKept {
@@ -488,7 +490,8 @@ func (in *Incident) openFindings(ctx context.Context) ([]evidence.Finding, bool,
 	}
 	var out []evidence.Finding
 	for _, f := range open {
-		out = append(out, evidence.Finding{Path: f.Path, Kind: f.Kind, Severity: f.Severity, Detail: f.Detail, Time: f.Time})
+		out = append(out, evidence.Finding{Path: f.Path, Kind: f.Kind, Severity: f.Severity, Detail: f.Detail, Time: f.Time,
+			Actor: f.ActorText(), Diff: f.ContentText()})
 	}
 	return out, true, nil
 }

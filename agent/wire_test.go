@@ -53,6 +53,7 @@ func wireAnswers() []struct {
 		{"hostcheck.Report", new(hostcheck.Report)},
 		{"report.Report", new(report.Report)},
 		{"audit.Result", new(audit.Result)},
+		{"SourcesStatus", new(api.SourcesStatus)},
 	}
 }
 

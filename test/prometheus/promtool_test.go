@@ -106,7 +106,7 @@ func exported(t *testing.T) map[string]bool {
 	}
 	// Labelled counters appear in Gather only once used.
 	for _, n := range []string{"parry_decisions_total", "parry_signals_total", "parry_integrity_findings_total",
-		"parry_notify_failures_total", "parry_evidence_captures_total"} {
+		"parry_notify_failures_total", "parry_evidence_captures_total", "parry_source_lines_total", "parry_source_last_line_timestamp_seconds"} {
 		names[n] = true
 	}
 	return names

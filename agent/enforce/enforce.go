@@ -258,7 +258,6 @@ type blockPlan struct {
 	targets  []netip.Prefix // targets taken over by the plan's decisions, distinct (orphan check)
 	lastSeq  uint64         // dp.blocks.lastSeq before the plan
 	audit    []auditEvent   // the audit lines of the plan's decisions
-	lift     *Requester     // lift only this requester's own blocks (EnforceOptions.Lift)
 }
 
 func newBlockPlan(now time.Time, x *index) *blockPlan {

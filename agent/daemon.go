@@ -101,6 +101,7 @@ type Daemon struct {
 
 	incident atomic.Pointer[Incident] // set by AttachIncident; told of every signal
 	fleet    *fleetGlue               // the fleet, once joined (fleet.go)
+	feeds    *feedsPart               // blocklist feeds and their refresh loops (feeds.go)
 
 	server *control.Server // the control server: socket, peers, limits, op table
 
@@ -185,6 +186,10 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	d.policy.eng.Store(eng)
 	d.fleet = &fleetGlue{path: d.path}
+	if d.feeds, err = newFeeds(cfg.Feeds, st, d.path, d.log, d.now); err != nil {
+		d.Close()
+		return nil, err
+	}
 	d.integ = &integrityGlue{log: d.log, now: d.now, store: st, audit: d.Audit, config: d.Config,
 		observe: d.observeFinding, handle: d.policy.handleOwn}
 	d.registerOps()
@@ -262,6 +267,10 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 	if cfg.Socket != old.Socket || cfg.StateDir != old.StateDir {
 		restart = append(restart, "socket/state_dir")
 		cfg.Socket, cfg.StateDir = old.Socket, old.StateDir
+	}
+	if !reflect.DeepEqual(cfg.Feeds, old.Feeds) {
+		restart = append(restart, "feeds")
+		cfg.Feeds = old.Feeds
 	}
 	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
 		restart = append(restart, "fleet")

@@ -32,6 +32,7 @@ func (d *Daemon) registerOps() {
 	d.server.Handle("reload", control.PermAdmin, d.opReload)
 	d.server.Handle("uninstall_rules", control.PermAdmin, d.opUninstallRules)
 	d.integ.register(d.server)
+	d.feeds.register(d.server)
 }
 
 func (d *Daemon) opPing(context.Context, *control.Call) (any, error) {

@@ -31,6 +31,9 @@ type index struct {
 	lens    [2][129]int32 // number of blocks per family and prefix length
 	decs    map[uint64]*decMeta
 	lastSeq uint64
+	// ignore, while set, are blocks overlapping does not see: those the
+	// same change lifts (ApplyFeed).
+	ignore []netip.Prefix
 }
 
 func newIndex() *index {
@@ -130,6 +133,9 @@ func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
 	if p.IsSingleIP() {
 		return netip.Prefix{}, false
 	}
+	if len(x.ignore) > 0 {
+		return x.overlappingExcept(p, nowMs)
+	}
 	f, bits := fam(p), p.Bits()
 	lens := &x.lens[f]
 	full := p.Addr().BitLen()
@@ -175,6 +181,31 @@ func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
 		}
 	}
 	return netip.Prefix{}, false
+}
+
+// overlappingExcept is overlapping without the blocks of x.ignore.
+func (x *index) overlappingExcept(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
+	ign := x.ignore
+	x.ignore = nil
+	defer func() { x.ignore = ign }()
+	q, hit := x.overlapping(p, nowMs)
+	if !hit || !slices.Contains(ign, q) {
+		return q, hit
+	}
+	// The first hit is lifted: look again without the lifted ones (rare:
+	// a feed replacing an entry by one of another length).
+	saved := make(map[netip.Prefix]entry, len(ign))
+	for _, r := range ign {
+		if e, ok := x.m[r]; ok {
+			saved[r] = e
+			delete(x.m, r)
+		}
+	}
+	q, hit = x.overlapping(p, nowMs)
+	for r, e := range saved {
+		x.m[r] = e
+	}
+	return q, hit
 }
 
 // enumerate looks up every /l inside p.

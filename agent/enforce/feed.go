@@ -2,6 +2,7 @@ package enforce
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -109,7 +110,7 @@ func (dp *Path) ApplyFeed(ctx context.Context, fc FeedChange) (FeedOutcome, erro
 	var targets []netip.Prefix
 	var refused []*api.Error
 	dp.blocks.ignore = lifted
-	targets, refused = checkTargets(&g, dp.blocks, fc.Block, nowMs)
+	targets, refused = checkFeedTargets(&g, dp.blocks, fc.Block, nowMs)
 	dp.blocks.ignore = nil
 	for _, r := range refused {
 		if out.Refused == nil {
@@ -154,6 +155,33 @@ func (dp *Path) ApplyFeed(ctx context.Context, fc FeedChange) (FeedOutcome, erro
 		dp.finish(un, Outcome{ID: un.ID, Action: un.Action, Removed: len(lifted), Applied: lifted})
 	}
 	return out, nil
+}
+
+// checkFeedTargets runs the guard and the overlap check on a feed's
+// entries. They are distinct and do not overlap one another (the feed
+// normalised them: duplicates and covered entries dropped), so unlike
+// checkTargets there is no check within the request; and an entry that is
+// an active block already (a kept entry being renewed) cannot overlap a
+// CIDR of another length, which the index never holds beside it.
+func checkFeedTargets(g *Guard, x *index, in []netip.Prefix, nowMs int64) ([]netip.Prefix, []*api.Error) {
+	ok := make([]netip.Prefix, 0, len(in))
+	var refused []*api.Error
+	for _, p := range in {
+		if e := g.Check(p); e != nil {
+			e.Target = api.FormatTarget(p)
+			refused = append(refused, e)
+			continue
+		}
+		if old, present := x.m[p]; !present || old.expired(nowMs) {
+			if q, hit := x.overlapping(p, nowMs); hit {
+				refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
+					Message: fmt.Sprintf("%s overlaps the existing block %s", api.FormatTarget(p), api.FormatTarget(q))})
+				continue
+			}
+		}
+		ok = append(ok, p)
+	}
+	return ok, refused
 }
 
 // feedFields are the audit fields of one feed refresh: counts, and the

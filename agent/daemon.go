@@ -102,6 +102,7 @@ type Daemon struct {
 	incident atomic.Pointer[Incident] // set by AttachIncident; told of every signal
 	fleet    *fleetGlue               // the fleet, once joined (fleet.go)
 	feeds    *feedsPart               // blocklist feeds and their refresh loops (feeds.go)
+	geo      *geoGlue                 // the country and ASN databases (geo.go)
 
 	server *control.Server // the control server: socket, peers, limits, op table
 
@@ -186,6 +187,8 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	d.policy.eng.Store(eng)
 	d.fleet = &fleetGlue{path: d.path}
+	d.geo = &geoGlue{log: d.log}
+	d.geo.open(cfg.GeoIP)
 	if d.feeds, err = newFeeds(cfg.Feeds, st, d.path, d.log, d.now); err != nil {
 		d.Close()
 		return nil, err
@@ -294,6 +297,7 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 	d.cfg = cfg
 	d.cfgMu.Unlock()
 	d.policy.eng.Store(eng)
+	d.geo.open(cfg.GeoIP) // the files may have been replaced (geoipupdate)
 	d.server.Limit(cfg.Control.Rate, cfg.Control.Burst)
 	d.audit.SetConfig(cfg.Audit)
 	f := map[string]any{"ok": true, "allowlist": len(cfg.AllowPrefixes())}

@@ -71,6 +71,7 @@ func (d *Daemon) opList(ctx context.Context, _ *control.Call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.geo.annotate(b)
 	return map[string]any{"count": len(b), "blocks": b}, nil
 }
 
@@ -79,11 +80,14 @@ func (d *Daemon) opBlock(ctx context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&p); err != nil {
 		return nil, err
 	}
+	cfg := d.Config()
+	if p.Country != "" || p.ASN != "" {
+		return d.blockGeo(ctx, c, p, &cfg)
+	}
 	targets, bad, err := parseTargets(p.Targets, p.Partial)
 	if err != nil {
 		return nil, err
 	}
-	cfg := d.Config()
 	until, err := p.until(d.now(), &cfg)
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/parryhq/parry/agent/api"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -40,7 +41,12 @@ func (a *App) listCmd() *cobra.Command {
 			}
 			bw := bufio.NewWriterSize(a.Stdout, 64<<10) // 100,000 rows: one write per 64 KiB, not per row
 			tw := tabwriter.NewWriter(bw, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TARGET\tEXPIRES IN\tREASON\tSOURCE\tORIGIN")
+			geo := slices.ContainsFunc(resp.Blocks, func(b api.BlockInfo) bool { return b.Country != "" || b.ASN != 0 })
+			head := "TARGET\tEXPIRES IN\tREASON\tSOURCE\tORIGIN"
+			if geo {
+				head += "\tCOUNTRY\tAS"
+			}
+			fmt.Fprintln(tw, head)
 			now := time.Now()
 			for _, b := range resp.Blocks {
 				left := "never"
@@ -51,7 +57,15 @@ func (a *App) listCmd() *cobra.Command {
 				if origin == "" {
 					origin = "local"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Target, left, dash(oneLine(b.Reason)), dash(oneLine(b.Source)), oneLine(origin))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", b.Target, left, dash(oneLine(b.Reason)), dash(oneLine(b.Source)), oneLine(origin))
+				if geo {
+					as := "-"
+					if b.ASN != 0 {
+						as = fmt.Sprintf("AS%d %s", b.ASN, oneLine(b.ASOrg))
+					}
+					fmt.Fprintf(tw, "\t%s\t%s", dash(b.Country), strings.TrimSpace(as))
+				}
+				fmt.Fprintln(tw)
 			}
 			if err := tw.Flush(); err != nil {
 				return err

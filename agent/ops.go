@@ -22,7 +22,8 @@ func (d *Daemon) registerOps() {
 	d.server.Handle("ping", control.PermAnyone, d.opPing)
 	d.server.HandleParams("signal", control.PermAnyone, d.policy.opSignal) // per-kind authorisation inside
 	d.server.Handle("status", control.PermAdmin, d.opStatus)
-	d.server.Handle("list", control.PermAdmin, d.opList)
+	d.server.HandleParams("list", control.PermAdmin, d.opList)
+	d.server.HandleParams("why", control.PermAdmin, d.opWhy)
 	d.server.HandleParams("block", control.PermAdmin, d.opBlock)
 	d.server.HandleParams("unblock", control.PermAdmin, d.opUnblock)
 	d.server.HandleParams("lockdown", control.PermAdmin, d.opLockdown)
@@ -66,8 +67,17 @@ func (d *Daemon) Status(ctx context.Context) (api.Status, error) {
 
 func (d *Daemon) opStatus(ctx context.Context, _ *control.Call) (any, error) { return d.Status(ctx) }
 
-func (d *Daemon) opList(ctx context.Context, _ *control.Call) (any, error) {
-	b, err := d.path.Blocks(ctx)
+func (d *Daemon) opList(ctx context.Context, c *control.Call) (any, error) {
+	q, err := d.listQuery(c)
+	if err != nil {
+		return nil, err
+	}
+	var b []api.BlockInfo
+	if q.Empty() {
+		b, err = d.path.Blocks(ctx)
+	} else {
+		b, err = d.path.Query(ctx, q)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -120,7 +120,7 @@ func feedList(t *testing.T, d *daemon.Daemon) api.FeedInfo {
 // (packets pass again), while an admin's block of an entry the feed drops
 // stays (the admin blocked it over the feed's block); a 304 renews the entries without a download; an entry
 // overlapping the allowlist is refused and counted; every block is
-// marked feed:lab.
+// marked feed:lab, and list --contains and why find them.
 func TestFeedRefreshBlocksAndLifts(t *testing.T) {
 	p := netns.NewPair(t)
 	srv := &feedServer{}
@@ -188,6 +188,17 @@ func TestFeedRefreshBlocksAndLifts(t *testing.T) {
 	}
 	if _, ok := k["192.0.2.2"]; ok {
 		t.Errorf("lifted entry still in the kernel: %v", k)
+	}
+
+	// list --contains and why find the feed's /24 around an address.
+	if out := d.MustParry("list", "--contains", "198.51.100.9", "--source", "feed:lab"); !strings.Contains(out, "198.51.100.0/24") {
+		t.Errorf("list --contains --source:\n%s", out)
+	}
+	if out := d.MustParry("why", "198.51.100.9"); !strings.Contains(out, "198.51.100.0/24") || !strings.Contains(out, "source feed:lab") {
+		t.Errorf("why:\n%s", out)
+	}
+	if _, _, code := d.Parry("why", "192.0.2.2"); code != 1 {
+		t.Errorf("why of a lifted address: exit %d, want 1 (not blocked)", code)
 	}
 
 	// A 304: nothing downloaded, the entries renewed.

@@ -155,7 +155,7 @@ func (p *feedsPart) apply(ctx context.Context, r *feedRun, u *feed.Update) error
 	}
 	out, err := p.path.ApplyFeed(ctx, fc)
 	fa := &api.FeedApply{At: p.now().UTC(), Added: out.Added, Renewed: out.Renewed, Kept: out.Kept,
-		Lifted: out.Lifted, Others: out.Others, Refused: out.Refused, Example: out.Example}
+		Lifted: out.Lifted, Others: out.Others, Carved: out.Carved, Refused: out.Refused, Example: out.Example}
 	if err != nil {
 		fa = &api.FeedApply{At: fa.At, Error: err.Error()}
 	} else if n := out.RefusedTotal(); n > 0 {

@@ -46,6 +46,7 @@ type FeedApply struct {
 	Kept    int       `json:"kept"`    // already blocked at least as long, or an admin's: left as they are
 	Lifted  int       `json:"lifted"`  // removed entries whose block was the feed's own
 	Others  int       `json:"others"`  // removed entries blocked by another cause: left
+	Carved  int       `json:"carved"`  // entries overlapping the allowlist, own addresses or reserved ranges: blocked minus those
 	// Refused are the entries the guard refused, by code: allowlisted,
 	// own_address, loopback ..., and overlap (an entry overlapping an
 	// active CIDR block of another length).

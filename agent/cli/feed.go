@@ -125,6 +125,9 @@ func printFeed(w io.Writer, fi api.FeedInfo, now time.Time) {
 	}
 	fmt.Fprintf(w, "  last apply (%s): %d added, %d renewed, %d kept, %d lifted, %d left to another cause\n",
 		when(la.At), la.Added, la.Renewed, la.Kept, la.Lifted, la.Others)
+	if la.Carved > 0 {
+		fmt.Fprintf(w, "  %d entries carved around the allowlist, own addresses or reserved ranges (blocked minus those)\n", la.Carved)
+	}
 	if len(la.Refused) > 0 {
 		codes := make([]string, 0, len(la.Refused))
 		for c := range la.Refused {
@@ -138,9 +141,6 @@ func printFeed(w io.Writer, fi api.FeedInfo, now time.Time) {
 		fmt.Fprintf(w, "  refused by the guard: %s\n", strings.Join(parts, ", "))
 		for _, c := range codes {
 			fmt.Fprintf(w, "    %s: %s\n", c, oneLine(la.Example[c]))
-		}
-		if la.Refused[api.CodeAllowlisted] > 0 {
-			fmt.Fprintln(w, "    (entries overlapping the allowlist are refused whole for now; carving them comes with the kernel union)")
 		}
 		if la.Refused[api.CodeOverlap] > 0 {
 			fmt.Fprintln(w, "    (entries overlapping an active CIDR block of another length are refused for now)")

@@ -35,6 +35,7 @@ type FeedOutcome struct {
 	Kept    int               `json:"kept"`                      // blocked already at least as long, or an admin's block: left as it is
 	Lifted  int               `json:"lifted"`                    // the feed's own blocks of removed entries, lifted
 	Others  int               `json:"others"`                    // removed entries blocked by another cause (an admin, the policy, another feed): left
+	Carved  int               `json:"carved"`                    // entries overlapping guarded ranges, blocked minus those ranges
 	Refused map[string]int    `json:"refused,omitempty"`         // entries the guard refused, by code (allowlisted, own_address, overlap...)
 	Example map[string]string `json:"refused_example,omitempty"` // one refused entry per code
 }
@@ -63,8 +64,10 @@ const feedAuditSample = 20
 // transaction: on error nothing changed. It waits for another change at
 // most LockWait (busy) or until ctx ends.
 //
-// An entry overlapping an active CIDR of another length is refused
-// (overlap) until the kernel holds the union of logical blocks.
+// An entry overlapping the allowlist, the host's own addresses or the
+// ranges parry never blocks is carved around them (carveEntries). An
+// entry overlapping an active CIDR of another length is refused (overlap)
+// until the kernel holds the union of logical blocks.
 func (dp *Path) ApplyFeed(ctx context.Context, fc FeedChange) (FeedOutcome, error) {
 	out := FeedOutcome{ID: NewID()}
 	if err := ctx.Err(); err != nil {
@@ -85,18 +88,33 @@ func (dp *Path) ApplyFeed(ctx context.Context, fc FeedChange) (FeedOutcome, erro
 		Reason: "listed by feed " + fc.Feed, Source: src, Origin: src}
 	pl := newBlockPlan(dp.now(), dp.blocks)
 	nowMs := pl.now.UnixMilli()
+	// The feed's own broadest prefix was the feed's to enforce.
+	g := dp.guard
+	g.MinV4, g.MinV6 = 1, 1
+
+	// An entry overlapping what the guard protects (the allowlist, own
+	// addresses, loopback...) is carved: the kernel gets the rest of it.
+	// The pieces follow from the entry and the guard, so a removed entry
+	// lifts the same pieces; a kept entry now carved (the allowlist grew)
+	// lifts its whole block.
+	block, carvedWhole, nCarved := carveEntries(&g, fc.Block)
+	lift, _, _ := carveEntries(&g, fc.Lift)
+	out.Carved = nCarved
+	lift = append(lift, carvedWhole...)
 
 	// Lifts first: the feed's own blocks of removed entries. They do not
 	// count as overlapping what the same refresh adds.
 	var lifted []netip.Prefix
 	var liftUndo []store.Block
-	for _, p := range fc.Lift {
+	for _, p := range lift {
 		old, ok := dp.blocks.get(p)
 		if !ok || old.expired(nowMs) {
 			continue
 		}
 		if dp.blocks.decision(old.dec).Source != src {
-			out.Others++
+			if !slices.Contains(carvedWhole, p) {
+				out.Others++
+			}
 			continue
 		}
 		lifted = append(lifted, p)
@@ -104,13 +122,10 @@ func (dp *Path) ApplyFeed(ctx context.Context, fc FeedChange) (FeedOutcome, erro
 	}
 	out.Lifted = len(lifted)
 
-	// The feed's own broadest prefix was the feed's to enforce.
-	g := dp.guard
-	g.MinV4, g.MinV6 = 1, 1
 	var targets []netip.Prefix
 	var refused []*api.Error
 	dp.blocks.ignore = lifted
-	targets, refused = checkFeedTargets(&g, dp.blocks, fc.Block, nowMs)
+	targets, refused = checkFeedTargets(&g, dp.blocks, block, nowMs)
 	dp.blocks.ignore = nil
 	for _, r := range refused {
 		if out.Refused == nil {
@@ -157,6 +172,44 @@ func (dp *Path) ApplyFeed(ctx context.Context, fc FeedChange) (FeedOutcome, erro
 	return out, nil
 }
 
+// carveEntries replaces each entry the guard refuses for what overlaps it
+// by the pieces of it outside the guarded ranges (carveHoles). It returns
+// the entries and pieces, the carved entries, and how many were carved.
+// An entry the guard refuses for itself, or that nothing would remain of,
+// stays as it is (checkFeedTargets refuses it with its code).
+func carveEntries(g *Guard, in []netip.Prefix) (out, carved []netip.Prefix, n int) {
+	var holes []netip.Prefix
+	for i, p := range in {
+		e := g.Check(p)
+		if e == nil || p.IsSingleIP() || !carvable(e.Code) {
+			if out != nil {
+				out = append(out, p)
+			}
+			continue
+		}
+		if holes == nil {
+			holes = g.holes()
+		}
+		pieces, ok := carveHoles(p, holes)
+		if !ok || len(pieces) == 0 {
+			if out != nil {
+				out = append(out, p)
+			}
+			continue
+		}
+		if out == nil {
+			out = append(make([]netip.Prefix, 0, len(in)+len(pieces)), in[:i]...)
+		}
+		out = append(out, pieces...)
+		carved = append(carved, p)
+		n++
+	}
+	if out == nil {
+		out = in
+	}
+	return out, carved, n
+}
+
 // checkFeedTargets runs the guard and the overlap check on a feed's
 // entries. They are distinct and do not overlap one another (the feed
 // normalised them: duplicates and covered entries dropped), so unlike
@@ -189,7 +242,7 @@ func checkFeedTargets(g *Guard, x *index, in []netip.Prefix, nowMs int64) ([]net
 func feedFields(fc FeedChange, dec response.Decision, out FeedOutcome, changed, lifted []netip.Prefix) map[string]any {
 	f := map[string]any{"id": dec.ID, "action": "feed", "feed": fc.Feed, "source": dec.Source, "origin": dec.Origin,
 		"until": fc.Until.UTC().Format(time.RFC3339), "added": out.Added, "renewed": out.Renewed, "kept": out.Kept,
-		"lifted": out.Lifted, "others": out.Others}
+		"lifted": out.Lifted, "others": out.Others, "carved": out.Carved}
 	sample := func(ps []netip.Prefix) []string {
 		return targetStrings(ps[:min(len(ps), feedAuditSample)])
 	}

@@ -163,3 +163,46 @@ func TestApplyFeedReplacesPrefix(t *testing.T) {
 		t.Errorf("kernel %v", k.m)
 	}
 }
+
+// A feed's /8 with an allowlisted /24 inside: the kernel gets the /8
+// minus the /24 (16 pieces), marked as the feed's; removing the entry
+// lifts them all; an allowlist that grows under a kept entry replaces its
+// whole block by the pieces at the next refresh.
+func TestApplyFeedCarvesTheAllowlist(t *testing.T) {
+	k := &memKernel{m: map[netip.Prefix]bool{}}
+	dp := newTestPath(t, k, time.Second)
+	ctx := context.Background()
+	until := time.Now().Add(time.Hour)
+	if _, _, err := dp.Configure(ctx, GuardConfig{Allow: mustPfx("10.9.9.0/24"), MinV4: 16, MinV6: 32}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := dp.ApplyFeed(ctx, FeedChange{Feed: "a", Block: mustPfx("10.0.0.0/8", "192.0.2.0/24"), Until: until})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Carved != 1 || out.Added != 17 || out.RefusedTotal() != 0 {
+		t.Errorf("carved apply: %+v; want the /8 carved into 16 pieces, the /24 whole", out)
+	}
+	if !k.has("10.9.8.0/24") || !k.has("10.128.0.0/9") || k.has("10.9.9.0/24") || k.has("10.0.0.0/8") {
+		t.Errorf("kernel %v: want the /8 minus 10.9.9.0/24", k.m)
+	}
+	// Renewed: the same pieces.
+	if out, err := dp.ApplyFeed(ctx, FeedChange{Feed: "a", Block: mustPfx("10.0.0.0/8", "192.0.2.0/24"), Until: until.Add(time.Minute)}); err != nil || out.Renewed != 17 {
+		t.Errorf("renewal of a carved entry: %+v %v", out, err)
+	}
+	// The allowlist grows inside the kept 192.0.2.0/24.
+	if _, _, err := dp.Configure(ctx, GuardConfig{Allow: mustPfx("10.9.9.0/24", "192.0.2.128/25"), MinV4: 16, MinV6: 32}); err != nil {
+		t.Fatal(err)
+	}
+	out, err = dp.ApplyFeed(ctx, FeedChange{Feed: "a", Block: mustPfx("10.0.0.0/8", "192.0.2.0/24"), Until: until.Add(2 * time.Minute)})
+	if err != nil || out.Lifted != 1 || out.Added != 1 || out.Carved != 2 {
+		t.Errorf("after the allowlist grew: %+v %v; want the /24 lifted and its half added", out, err)
+	}
+	if !k.has("192.0.2.0/25") || k.has("192.0.2.0/24") {
+		t.Errorf("kernel %v", k.m)
+	}
+	out, err = dp.ApplyFeed(ctx, FeedChange{Feed: "a", Lift: mustPfx("10.0.0.0/8", "192.0.2.0/24")})
+	if err != nil || out.Lifted != 17 || len(k.m) != 0 {
+		t.Errorf("removing the carved entries: %+v %v, kernel %v", out, err, k.m)
+	}
+}

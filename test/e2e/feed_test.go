@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -119,7 +121,7 @@ func feedList(t *testing.T, d *daemon.Daemon) api.FeedInfo {
 // addition and a removal blocks the new entry and lifts the removed one
 // (packets pass again), while an admin's block of an entry the feed drops
 // stays (the admin blocked it over the feed's block); a 304 renews the entries without a download; an entry
-// overlapping the allowlist is refused and counted; every block is
+// overlapping the allowlist is carved around it; every block is
 // marked feed:lab, and list --contains and why find them.
 func TestFeedRefreshBlocksAndLifts(t *testing.T) {
 	p := netns.NewPair(t)
@@ -141,8 +143,8 @@ func TestFeedRefreshBlocksAndLifts(t *testing.T) {
 	if fi.Entries != 4 || fi.LastError != "" || fi.LastApply.Error != "" {
 		t.Fatalf("after the first load: %+v %+v", fi, fi.LastApply)
 	}
-	if fi.LastApply.Added != 3 || fi.LastApply.Refused[api.CodeAllowlisted] != 1 {
-		t.Errorf("first apply %+v: want 3 added, 1 allowlisted", fi.LastApply)
+	if fi.LastApply.Added != 3+8 || fi.LastApply.Carved != 1 || len(fi.LastApply.Refused) != 0 {
+		t.Errorf("first apply %+v: want 3 added, and 10.9.0.0/16 carved around the allowlisted /24 into 8", fi.LastApply)
 	}
 	// The admin takes 203.0.113.9 over: the feed must not lift it.
 	d.MustParry("block", "203.0.113.9", "--for", "6h", "--reason", "admin's own")
@@ -165,7 +167,7 @@ func TestFeedRefreshBlocksAndLifts(t *testing.T) {
 	if marks["192.0.2.2"] != "feed:lab|feed:lab" || marks["198.51.100.0/24"] != "feed:lab|feed:lab" || marks["203.0.113.9"] != "cli|" {
 		t.Errorf("list marks %v: feed blocks marked feed:lab, the admin's its own", marks)
 	}
-	if out := d.MustParry("feed", "list"); !strings.Contains(out, "1 allowlisted") || !strings.Contains(out, "entries: 4") {
+	if out := d.MustParry("feed", "list"); !strings.Contains(out, "1 entries carved") || !strings.Contains(out, "entries: 4") {
 		t.Errorf("feed list:\n%s", out)
 	}
 
@@ -209,7 +211,7 @@ func TestFeedRefreshBlocksAndLifts(t *testing.T) {
 		t.Errorf("304s %d -> %d: the refresh did not send the ETag back", before, after)
 	}
 	fi2 := feedList(t, d)
-	if fi2.LastApply.Renewed != 2 || fi2.LastApply.Added != 0 || fi2.LastApply.Lifted != 0 || !fi2.LastSuccess.After(fi.LastSuccess) {
+	if fi2.LastApply.Renewed != 2+8 || fi2.LastApply.Added != 0 || fi2.LastApply.Lifted != 0 || !fi2.LastSuccess.After(fi.LastSuccess) {
 		t.Errorf("after a 304: %+v (success %v, before %v): want the 2 entries renewed", fi2.LastApply, fi2.LastSuccess, fi.LastSuccess)
 	}
 	if p.Peer.Ping(p.HostV6) {
@@ -235,5 +237,44 @@ func TestFeedRefreshBlocksAndLifts(t *testing.T) {
 	}
 	if p.Peer.Ping(p.HostV6) {
 		t.Fatal("feed entry not dropped after a restart")
+	}
+}
+
+// A feed's /8 with an allowlisted /24 inside it: the /24 gets through,
+// the rest of the /8 is dropped (real packets), and the kernel holds the
+// /8 minus the /24 and minus the host's own address.
+func TestFeedSlashEightCarvesTheAllowlist(t *testing.T) {
+	p := netns.NewPair(t)
+	p.Host.MustRun(t, "ip", "addr", "add", "10.1.1.1/8", "dev", p.HostIf)
+	p.Peer.MustRun(t, "ip", "addr", "add", "10.2.2.2/8", "dev", p.PeerIf)
+	p.Peer.MustRun(t, "ip", "addr", "add", "10.3.3.3/8", "dev", p.PeerIf)
+	host, allowed, listed := netip.MustParseAddr("10.1.1.1"), netip.MustParseAddr("10.2.2.2"), netip.MustParseAddr("10.3.3.3")
+	file := filepath.Join(t.TempDir(), "level1.netset")
+	if err := os.WriteFile(file, []byte("# firehol-like\n10.0.0.0/8\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemon.New(t, p.Host, daemon.Options{Config: quietConfig + "allowlist: [10.2.2.0/24]\nfeeds:\n  - name: level1\n    path: " +
+		file + "\n    min_prefix_v4: 8\n"})
+	d.Start()
+	netns.Eventually(t, 20*time.Second, "the first load", func() bool { return feedList(t, d).LastApply != nil })
+	if la := feedList(t, d).LastApply; la.Carved != 1 || la.Error != "" {
+		t.Fatalf("apply %+v: want the /8 carved", la)
+	}
+	if !pingFrom(p.Peer, allowed, host) {
+		t.Fatal("10.2.2.2 in the allowlisted /24 is dropped")
+	}
+	if pingFrom(p.Peer, listed, host) {
+		t.Fatal("10.3.3.3, in the feed's /8 and not allowlisted, still reaches the host")
+	}
+	k := kernelElems(t, p.Host, d.Table)
+	for _, want := range []string{"10.2.3.0/24", "10.128.0.0/9", "10.1.1.0"} {
+		if _, ok := k[want]; !ok {
+			t.Errorf("kernel lacks %s: %v", want, k)
+		}
+	}
+	for _, not := range []string{"10.0.0.0/8", "10.2.2.0/24", "10.1.1.1"} {
+		if _, ok := k[not]; ok {
+			t.Errorf("kernel holds %s: %v", not, k)
+		}
 	}
 }

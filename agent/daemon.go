@@ -189,7 +189,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	d.fleet = &fleetGlue{path: d.path}
 	d.geo = &geoGlue{log: d.log}
 	d.geo.open(cfg.GeoIP)
-	if d.feeds, err = newFeeds(cfg.Feeds, st, d.path, d.log, d.now); err != nil {
+	if d.feeds, err = newFeeds(cfg.Feeds, st, d.path, func() { d.heal.Bulk() }, d.log, d.now); err != nil {
 		d.Close()
 		return nil, err
 	}

@@ -38,6 +38,7 @@ type feedsPart struct {
 	log   *slog.Logger
 	now   func() time.Time
 	path  feedApplier
+	bulk  func()     // after a large refresh, once its update is garbage: return freed memory to the OS
 	feeds []*feedRun // read-only once built
 }
 
@@ -54,8 +55,8 @@ type feedRun struct {
 // from the store. A state that does not decode is logged and dropped (the
 // feed then fetches at once and its diff starts from nothing: the blocks
 // of the old state stay until they expire).
-func newFeeds(cfgs []feed.Config, st *store.Store, path feedApplier, log *slog.Logger, now func() time.Time) (*feedsPart, error) {
-	p := &feedsPart{log: log, now: now, path: path}
+func newFeeds(cfgs []feed.Config, st *store.Store, path feedApplier, bulk func(), log *slog.Logger, now func() time.Time) (*feedsPart, error) {
+	p := &feedsPart{log: log, now: now, path: path, bulk: bulk}
 	for _, c := range cfgs {
 		f, err := feed.New(c, feed.Options{Now: now})
 		if err != nil {
@@ -102,7 +103,9 @@ func (p *feedsPart) loop(ctx context.Context, r *feedRun) {
 		case done = <-r.kick:
 		case <-timer.C:
 		}
-		p.refresh(ctx, r)
+		if p.refresh(ctx, r) >= enforce.BulkTargets {
+			p.bulk() // the update, its diff and the path's plan are garbage now
+		}
 		if done != nil {
 			close(done)
 		}
@@ -112,14 +115,16 @@ func (p *feedsPart) loop(ctx context.Context, r *feedRun) {
 	}
 }
 
-// refresh fetches r's feed once and applies the update.
-func (p *feedsPart) refresh(ctx context.Context, r *feedRun) {
+// refresh fetches r's feed once and applies the update; it returns the
+// number of entries the update carried.
+func (p *feedsPart) refresh(ctx context.Context, r *feedRun) int {
 	name := r.f.Config().Name
 	u, err := r.f.Fetch(ctx)
 	if u == nil { // ErrBusy cannot happen with one fetcher
 		p.log.Error("feed fetch", "feed", name, "err", err)
-		return
+		return 0
 	}
+	n := u.Diff.Added.Len() + u.Diff.Removed.Len() + u.Diff.Kept.Len()
 	if err != nil {
 		p.log.Warn("feed refresh failed; the last good entries stay", "feed", name, "err", err)
 	}
@@ -128,12 +133,13 @@ func (p *feedsPart) refresh(ctx context.Context, r *feedRun) {
 		applyErr = p.apply(ctx, r, u)
 	}
 	if ctx.Err() != nil {
-		return
+		return n
 	}
 	if applyErr != nil {
 		p.log.Error("feed apply failed; the last good state stays", "feed", name, "err", applyErr)
 	}
 	_ = r.f.Commit(u, applyErr) // ErrConflict cannot happen with one fetcher
+	return n
 }
 
 // apply hands one update to the decision path: added and kept entries

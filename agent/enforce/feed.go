@@ -49,8 +49,9 @@ func (o FeedOutcome) RefusedTotal() int {
 	return n
 }
 
-// feedAuditSample bounds the targets named in a feed's audit line: a
-// 100,000-entry refresh is one line with its counts, not 100,000 targets.
+// feedAuditSample bounds the targets named in a feed's audit line and
+// observer call: a 100,000-entry refresh is one line with its counts, not
+// 100,000 targets.
 const feedAuditSample = 20
 
 // ApplyFeed applies one refresh of a feed through the path: the entries
@@ -161,13 +162,17 @@ func (dp *Path) ApplyFeed(ctx context.Context, fc FeedChange) (FeedOutcome, erro
 	if err := dp.commitFeed(pl, lifted); err != nil {
 		return FeedOutcome{ID: out.ID}, err
 	}
+	// The observers hear of the refresh with its counts and the first few
+	// targets: a 1,000,000-entry feed must not become a webhook or a
+	// connection lookup of a million targets (the audit line is the same).
 	applied := dec
-	applied.Targets = changed
-	dp.finish(applied, Outcome{ID: dec.ID, Action: dec.Action, Added: out.Added, Updated: out.Renewed, Until: fc.Until, Applied: changed})
+	applied.Targets = sample(changed)
+	applied.Reason = fmt.Sprintf("%s (%d blocked or renewed)", dec.Reason, len(changed))
+	dp.finish(applied, Outcome{ID: dec.ID, Action: dec.Action, Added: out.Added, Updated: out.Renewed, Until: fc.Until, Applied: applied.Targets})
 	if len(lifted) > 0 {
-		un := response.Decision{ID: NewID(), Action: response.ActionUnblock, Targets: lifted,
-			Reason: "no longer listed by feed " + fc.Feed, Source: src, Origin: src}
-		dp.finish(un, Outcome{ID: un.ID, Action: un.Action, Removed: len(lifted), Applied: lifted})
+		un := response.Decision{ID: NewID(), Action: response.ActionUnblock, Targets: sample(lifted),
+			Reason: fmt.Sprintf("no longer listed by feed %s (%d lifted)", fc.Feed, len(lifted)), Source: src, Origin: src}
+		dp.finish(un, Outcome{ID: un.ID, Action: un.Action, Removed: len(lifted), Applied: un.Targets})
 	}
 	return out, nil
 }
@@ -225,7 +230,7 @@ func checkFeedTargets(g *Guard, x *index, in []netip.Prefix, nowMs int64) ([]net
 			refused = append(refused, e)
 			continue
 		}
-		if old, present := x.m[p]; !present || old.expired(nowMs) {
+		if old, present := x.m.get(p); !present || old.expired(nowMs) {
 			if q, hit := x.overlapping(p, nowMs); hit {
 				refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
 					Message: fmt.Sprintf("%s overlaps the existing block %s", api.FormatTarget(p), api.FormatTarget(q))})
@@ -237,20 +242,22 @@ func checkFeedTargets(g *Guard, x *index, in []netip.Prefix, nowMs int64) ([]net
 	return ok, refused
 }
 
+// sample is the first feedAuditSample of ps, copied.
+func sample(ps []netip.Prefix) []netip.Prefix {
+	return slices.Clone(ps[:min(len(ps), feedAuditSample)])
+}
+
 // feedFields are the audit fields of one feed refresh: counts, and the
 // first few targets of each kind.
 func feedFields(fc FeedChange, dec response.Decision, out FeedOutcome, changed, lifted []netip.Prefix) map[string]any {
 	f := map[string]any{"id": dec.ID, "action": "feed", "feed": fc.Feed, "source": dec.Source, "origin": dec.Origin,
 		"until": fc.Until.UTC().Format(time.RFC3339), "added": out.Added, "renewed": out.Renewed, "kept": out.Kept,
 		"lifted": out.Lifted, "others": out.Others, "carved": out.Carved}
-	sample := func(ps []netip.Prefix) []string {
-		return targetStrings(ps[:min(len(ps), feedAuditSample)])
-	}
 	if len(changed) > 0 {
-		f["blocked"] = sample(changed)
+		f["blocked"] = targetStrings(sample(changed))
 	}
 	if len(lifted) > 0 {
-		f["unblocked"] = sample(lifted)
+		f["unblocked"] = targetStrings(sample(lifted))
 	}
 	if len(out.Refused) > 0 {
 		f["refused"] = out.Refused

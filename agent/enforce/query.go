@@ -43,7 +43,7 @@ func (x *index) covering(a netip.Addr, nowMs int64) []netip.Prefix {
 		if err != nil {
 			continue
 		}
-		if e, ok := x.m[p]; ok && !e.expired(nowMs) {
+		if e, ok := x.m.get(p); ok && !e.expired(nowMs) {
 			out = append(out, p)
 		}
 	}
@@ -87,12 +87,12 @@ func (dp *Path) Query(ctx context.Context, q Query) ([]api.BlockInfo, error) {
 	var ps []netip.Prefix
 	if q.Contains.IsValid() {
 		for _, p := range dp.blocks.covering(q.Contains, nowMs) {
-			if match(p, dp.blocks.m[p]) {
+			if match(p, dp.blocks.m.at(p)) {
 				ps = append(ps, p)
 			}
 		}
 	} else {
-		for p, e := range dp.blocks.m {
+		for p, e := range dp.blocks.m.all() {
 			if match(p, e) {
 				ps = append(ps, p)
 			}
@@ -106,7 +106,7 @@ func (dp *Path) Query(ctx context.Context, q Query) ([]api.BlockInfo, error) {
 	})
 	out := make([]api.BlockInfo, len(ps))
 	for i, p := range ps {
-		out[i] = dp.blockInfo(p, dp.blocks.m[p])
+		out[i] = dp.blockInfo(p, dp.blocks.m.at(p))
 	}
 	return out, nil
 }
@@ -134,7 +134,7 @@ func (dp *Path) Why(ctx context.Context, a netip.Addr) (api.Why, error) {
 	w := api.Why{Addr: a.Unmap().String(), Blocks: make([]api.WhyBlock, 0, len(ps))}
 	seqs := make([]uint64, len(ps))
 	for i, p := range ps {
-		e := dp.blocks.m[p]
+		e := dp.blocks.m.at(p)
 		dr := dp.blocks.decision(e.dec)
 		w.Blocks = append(w.Blocks, api.WhyBlock{BlockInfo: dp.blockInfo(p, e), Decided: dr.Time, Admin: dr.Admin})
 		seqs[i] = e.dec

@@ -224,7 +224,7 @@ func (p *feedsPart) opRefresh(ctx context.Context, c *control.Call) (any, error)
 	}
 	r := p.find(params.Name)
 	if r == nil {
-		return nil, api.Errorf(api.CodeBadRequest, "feed %q is not configured (parry feed list)", params.Name)
+		return nil, api.Errorf(api.CodeBadRequest, "feed %q is not configured (parry feed list)", truncate(params.Name, 64))
 	}
 	ctx, cancel := context.WithTimeout(ctx, feedRefreshWait)
 	defer cancel()

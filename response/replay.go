@@ -36,7 +36,7 @@ func (e *Engine) Replay(sig Signal, at time.Time) error {
 		if r.Threshold <= 1 || now.Sub(at) >= r.Window.D() || severities[sig.Severity] < minSeverity(r.MinSeverity) {
 			continue
 		}
-		if k, ok := keyOf(i, r.Key, sig); ok {
+		if k, ok := keyOf(i, r, sig); ok {
 			e.count(k, r, sig, at)
 		}
 	}

@@ -162,3 +162,95 @@ func inKernel(t *testing.T, ns *netns.NS, addr string) bool {
 	}
 	return strings.Contains(out, `"`+addr+`"`)
 }
+
+// TestFail2banRoundTrip: Debian's real fail2ban (a private server: its own
+// config directory, socket, pid file and in-memory database; never the
+// host's service) with the shipped action installed in a jail as a user
+// would, the CLI and socket given as action options. fail2ban-client's
+// banip reaches the kernel with fail2ban's bantime and the jail as the
+// block's source; unbanip takes it out again.
+func TestFail2banRoundTrip(t *testing.T) {
+	netns.RequireRoot(t)
+	server, err := exec.LookPath("fail2ban-server")
+	if err != nil {
+		t.Fatal("fail2ban-server not found: install fail2ban (test/ci/deps.sh)")
+	}
+	top := newTopology(t)
+	d := newDaemon(t, top.host, "")
+	d.Start()
+	_, parry := parrybin.Build(t)
+	peer := top.peerAddr.String()
+
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "conf")
+	if out, err := exec.Command("cp", "-r", "/etc/fail2ban", conf).CombinedOutput(); err != nil {
+		t.Fatalf("copy /etc/fail2ban: %v: %s", err, out)
+	}
+	os.RemoveAll(filepath.Join(conf, "jail.d")) // the host's jail choices (Debian's enables sshd)
+	if err := os.Mkdir(filepath.Join(conf, "jail.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	action, err := os.ReadFile(repoFile(t, "packaging/fail2ban/action.d/parry.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "auth.log")
+	sock := filepath.Join(dir, "fail2ban.sock")
+	for name, text := range map[string]string{
+		"action.d/parry.conf": string(action),
+		"fail2ban.local": "[Definition]\nloglevel = INFO\nlogtarget = " + filepath.Join(dir, "fail2ban.log") +
+			"\nsocket = " + sock + "\npidfile = " + filepath.Join(dir, "fail2ban.pid") + "\ndbfile = :memory:\n",
+		"jail.local": "[DEFAULT]\nenabled = false\n\n[parrytest]\nenabled = true\nfilter = sshd\nbackend = polling\nlogpath = " + logPath +
+			"\nbantime = 600\naction = parry[parry=\"" + parry + "\", socket=\"" + d.Socket + "\"]\n",
+		"../auth.log": "",
+	} {
+		if err := os.WriteFile(filepath.Join(conf, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := exec.CommandContext(ctx, server, "-xf", "-c", conf, "-s", sock, "-p", filepath.Join(dir, "fail2ban.pid"))
+	out := &strings.Builder{}
+	srv.Stdout, srv.Stderr = out, out
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = srv.Wait()
+		if t.Failed() {
+			log, _ := os.ReadFile(filepath.Join(dir, "fail2ban.log"))
+			t.Logf("fail2ban-server output:\n%s\nfail2ban.log:\n%s", out, log)
+		}
+	})
+	client := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		b, err := exec.CommandContext(ctx, "fail2ban-client", append([]string{"-c", conf, "-s", sock}, args...)...).CombinedOutput()
+		return string(b), err
+	}
+	netns.Eventually(t, 30*time.Second, "fail2ban-server answering with the jail", func() bool {
+		out, err := client("status", "parrytest")
+		return err == nil && strings.Contains(out, "Currently banned")
+	})
+
+	if out, err := client("set", "parrytest", "banip", peer); err != nil {
+		t.Fatalf("banip: %v: %s", err, out)
+	}
+	netns.Eventually(t, 10*time.Second, "fail2ban's ban in the kernel", func() bool { return inKernel(t, top.host, peer) })
+	if top.peer.CanConnect(top.hostAddr, port) {
+		t.Error("the banned peer still connects")
+	}
+	if left, ok := blockLeft(t, d, peer); !ok || left < 9*time.Minute || left > 10*time.Minute {
+		t.Errorf("block: %v left (%v), want fail2ban's bantime, 10m", left, ok)
+	}
+	if list := d.MustParry("list"); !strings.Contains(list, "fail2ban-parrytest") {
+		t.Errorf("parry list does not show the jail:\n%s", list)
+	}
+
+	if out, err := client("set", "parrytest", "unbanip", peer); err != nil {
+		t.Fatalf("unbanip: %v: %s", err, out)
+	}
+	netns.Eventually(t, 10*time.Second, "fail2ban's unban out of the kernel", func() bool { return !inKernel(t, top.host, peer) })
+	netns.Eventually(t, 5*time.Second, "the unbanned peer connects", func() bool { return top.peer.CanConnect(top.hostAddr, port) })
+}

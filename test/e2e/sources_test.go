@@ -110,6 +110,9 @@ func testSSHBruteForce(t *testing.T, restart bool) {
 	if !strings.Contains(list, "sshd@lab-sshd") || !strings.Contains(list, "sshd: 5 auth_failure signals for ip "+peer) {
 		t.Errorf("parry list does not say which detector and source:\n%s", list)
 	}
+	if rep := d.MustParry("report", "--format", "json", "--since", "1h"); !strings.Contains(rep, "sshd@lab-sshd") {
+		t.Errorf("parry report does not name the detector and source:\n%s", rep)
+	}
 	st := sourceStatus(t, d)
 	if st.Decisions != 1 {
 		t.Errorf("source status: %d decisions, want 1: %+v", st.Decisions, st)

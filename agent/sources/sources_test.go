@@ -2,6 +2,7 @@ package sources
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -187,4 +188,78 @@ func TestRestartBlocksAtNth(t *testing.T) {
 	if _, ok := l3.p.eng.Offender(netip.MustParseAddr("203.0.113.9")); ok {
 		t.Fatalf("reading back recorded an offence")
 	}
+}
+
+// stuckPolicy holds Enforce until released.
+type stuckPolicy struct {
+	*policy
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (p stuckPolicy) Enforce(ctx context.Context, decs []response.Decision) {
+	p.entered <- struct{}{}
+	<-p.release
+	p.policy.Enforce(ctx, decs)
+}
+
+// TestPositionWaitsForEnforcement: while a line's decision is not yet
+// enforced, the saved position stays before that line (a crash then reads
+// it again as new, and the block is not lost); once enforced, it moves past.
+func TestPositionWaitsForEnforcement(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sshd.log")
+	appendLines(t, path, "Server listening on 0.0.0.0 port 22.")
+	st := &memStore{m: map[string][]byte{}}
+	p := stuckPolicy{policy: newPolicy(t), entered: make(chan struct{}), release: make(chan struct{})}
+	m, err := New(fileConfig(path), Options{Handler: p, Store: st, Window: func() time.Duration { return p.eng.LongestWindow() },
+		Poll: 20 * time.Millisecond, SaveEvery: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	var once sync.Once
+	release := func() { once.Do(func() { close(p.release) }) }
+	defer func() { release(); cancel(); <-done }()
+	waitFor(t, "the file open", func() bool { return m.Status()[0].Available })
+	appendLines(t, path, failure, failure, failure, failure)
+	waitFor(t, "4 failures handled and saved", func() bool { return savedOffset(t, st, path) == fileSize(t, path) })
+	before := fileSize(t, path)
+	appendLines(t, path, failure, "Accepted password for alice from 192.0.2.7 port 4000 ssh2")
+	<-p.entered // the 5th failure's block is at the enforcer
+	waitFor(t, "the line after it handled", func() bool { return m.Status()[0].Lines == 6 }) // a first start reads from the end
+	r := m.runners[0]
+	r.mu.Lock()
+	r.dirty = true
+	r.mu.Unlock()
+	r.save()
+	if got := savedOffset(t, st, path); got != before {
+		t.Fatalf("saved offset %d while the block waits, want %d (before the 5th failure)", got, before)
+	}
+	release()
+	waitFor(t, "the position past both lines once enforced", func() bool { return savedOffset(t, st, path) == fileSize(t, path) })
+}
+
+func savedOffset(t *testing.T, st *memStore, path string) int64 {
+	b, _ := st.Get("sources/" + path + "/position")
+	if len(b) == 0 {
+		return -1
+	}
+	var rec record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Pos.File == nil {
+		return -1
+	}
+	return rec.Pos.File.Offset
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
 }

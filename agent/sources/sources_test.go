@@ -227,7 +227,7 @@ func TestPositionWaitsForEnforcement(t *testing.T) {
 	waitFor(t, "4 failures handled and saved", func() bool { return savedOffset(t, st, path) == fileSize(t, path) })
 	before := fileSize(t, path)
 	appendLines(t, path, failure, "Accepted password for alice from 192.0.2.7 port 4000 ssh2")
-	<-p.entered // the 5th failure's block is at the enforcer
+	<-p.entered                                                                              // the 5th failure's block is at the enforcer
 	waitFor(t, "the line after it handled", func() bool { return m.Status()[0].Lines == 6 }) // a first start reads from the end
 	r := m.runners[0]
 	r.mu.Lock()

@@ -65,6 +65,8 @@ type Monitor struct {
 type stats struct {
 	lastScan     time.Time
 	lastScanTook time.Duration
+	lastScanFast bool      // the last full check was a fast one (metadata, see Scanner.scanEach)
+	lastFull     time.Time // the last check that re-hashed everything
 	events       uint64
 	overflows    int
 	watchFails   int
@@ -194,7 +196,22 @@ func (m *Monitor) Check(ctx context.Context) ([]Finding, error) {
 		return nil, err
 	}
 	defer m.mu.Unlock()
-	if err := m.fullRescan(ctx, true); err != nil {
+	if err := m.fullRescan(ctx, true, false); err != nil {
+		return nil, err
+	}
+	return m.openLocked(), nil
+}
+
+// FastCheck is Check as the scheduled checks between full ones do it: only
+// the files whose inode, size, mtime or ctime differ from their last state
+// are re-read and re-hashed (see docs/integrity.md for what this cannot
+// see).
+func (m *Monitor) FastCheck(ctx context.Context) ([]Finding, error) {
+	if err := m.mu.LockContext(ctx, "check", m.opt.LockWait); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	if err := m.fullRescan(ctx, true, true); err != nil {
 		return nil, err
 	}
 	return m.openLocked(), nil
@@ -267,11 +284,15 @@ type Status struct {
 	BaselineEntries int           `json:"baseline_entries"`
 	LastScan        time.Time     `json:"last_scan,omitzero"`
 	LastScanTook    time.Duration `json:"last_scan_took_ns"`
-	Events          uint64        `json:"events"`
-	Overflows       int           `json:"overflows"`
-	Rescans         int           `json:"rescans"`
-	Hash            string        `json:"hash"`
-	Open            []Finding     `json:"open"`
+	// LastScanFast says the last check re-hashed only what changed by
+	// its metadata; LastFullScan is the last one that re-hashed everything.
+	LastScanFast bool      `json:"last_scan_fast"`
+	LastFullScan time.Time `json:"last_full_scan,omitzero"`
+	Events       uint64    `json:"events"`
+	Overflows    int       `json:"overflows"`
+	Rescans      int       `json:"rescans"`
+	Hash         string    `json:"hash"`
+	Open         []Finding `json:"open"`
 	// MaxOpenFindings is integrity.max_open_findings; OpenDropped counts
 	// the findings reported but not kept open because it was reached.
 	MaxOpenFindings int    `json:"max_open_findings"`
@@ -290,7 +311,7 @@ func (m *Monitor) Status(ctx context.Context) (Status, error) {
 	}
 	defer m.mu.Unlock()
 	s := Status{Roots: m.sel.Roots(), Running: m.w != nil, Hash: m.scanner.Algo(), Open: m.openLocked(),
-		LastScan: m.st.lastScan, LastScanTook: m.st.lastScanTook, Events: m.st.events,
+		LastScan: m.st.lastScan, LastScanTook: m.st.lastScanTook, LastScanFast: m.st.lastScanFast, LastFullScan: m.st.lastFull, Events: m.st.events,
 		Overflows: m.st.overflows, Rescans: m.st.rescans, WatchFailures: m.st.watchFails, BaselineDigest: m.digest,
 		MaxOpenFindings: m.cfg.MaxOpenFindings, OpenDropped: m.st.openDropped, Aggregated: m.agg.count}
 	if m.base != nil {
@@ -406,15 +427,17 @@ func (m *Monitor) scanWatching(ctx context.Context) (map[string]Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.st.lastScan, m.st.lastScanTook = m.opt.Now(), time.Since(start)
+	m.st.lastScan, m.st.lastScanTook, m.st.lastScanFast = m.opt.Now(), time.Since(start), false
+	m.st.lastFull = m.st.lastScan
 	return ents, nil
 }
 
 // fullRescan scans everything and evaluates every path known from the
 // baseline, earlier observations, or the scan. Entries are judged as they
 // come (no second copy of the whole tree in memory); what was not seen is
-// judged absent afterwards.
-func (m *Monitor) fullRescan(ctx context.Context, force bool) error {
+// judged absent afterwards. A fast one re-reads only the paths whose
+// metadata differs from their last state (Scanner.scanEach).
+func (m *Monitor) fullRescan(ctx context.Context, force, fast bool) error {
 	if m.base == nil {
 		return m.noBaseline()
 	}
@@ -423,9 +446,23 @@ func (m *Monitor) fullRescan(ctx context.Context, force bool) error {
 	if m.w != nil {
 		onDir = m.w.watchDir
 	}
+	var prev Previous
+	if fast {
+		// The workers look states up while this goroutine's evaluate
+		// records new ones: they read a copy (usually small: the paths
+		// that differ from the baseline).
+		obs, base := maps.Clone(m.observed), m.base.Entries
+		prev = func(p string) (Entry, bool) {
+			if e, ok := obs[p]; ok {
+				return e, true
+			}
+			e, ok := base[p]
+			return e, ok
+		}
+	}
 	seen := make(map[string]bool, len(m.base.Entries))
 	dirs := map[string]bool{}
-	err := m.scanner.scanEach(ctx, m.sel.Roots(), onDir, func(r Result) {
+	err := m.scanner.scanEach(ctx, m.sel.Roots(), onDir, prev, func(r Result) {
 		seen[r.Path] = true
 		if r.Entry.Type == TypeDir {
 			dirs[r.Path] = true
@@ -435,7 +472,10 @@ func (m *Monitor) fullRescan(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	m.st.lastScan, m.st.lastScanTook = m.opt.Now(), time.Since(start)
+	m.st.lastScan, m.st.lastScanTook, m.st.lastScanFast = m.opt.Now(), time.Since(start), fast
+	if !fast {
+		m.st.lastFull = m.st.lastScan
+	}
 	m.st.rescans++
 	var gone []string
 	outside := 0

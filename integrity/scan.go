@@ -111,6 +111,33 @@ func (w *worker) entry(ctx context.Context, path string) Entry {
 	return e
 }
 
+// unchanged records path from its previous state when its metadata says
+// nothing changed (a fast scan): one lstat. False: record it in full.
+func (w *worker) unchanged(path string, prev Previous, e *Entry) bool {
+	var st unix.Stat_t
+	if unix.Lstat(path, &st) != nil {
+		return false
+	}
+	return w.sameAs(path, &st, prev, e)
+}
+
+// sameAs fills e from st and path's previous state when the type, inode,
+// size, mtime and ctime are unchanged and the previous state is complete
+// (no error; a regular file hashed unless it is over max_hash_size).
+func (w *worker) sameAs(path string, st *unix.Stat_t, prev Previous, e *Entry) bool {
+	p, ok := prev(path)
+	if !ok || p.Err != "" || p.Type != typeOf(st.Mode) || p.Inode != st.Ino || p.Size != st.Size ||
+		p.Mtime != st.Mtim.Nano() || p.Ctime != st.Ctim.Nano() {
+		return false
+	}
+	if p.Type == TypeFile && p.Hash == ([32]byte{}) && (w.s.maxHash == 0 || p.Size <= w.s.maxHash) {
+		return false // not hashed then (max_hash_size was lower): hash it now
+	}
+	*e = entryFromStat(st)
+	e.Hash, e.Xattrs, e.Flags, e.Target = p.Hash, p.Xattrs, p.Flags, p.Target
+	return true
+}
+
 // regularEntry records a path the directory listing says is a regular
 // file, without a separate lstat: open (never following a symlink), fstat,
 // hash. It returns false when the path turns out to be something else or
@@ -225,18 +252,30 @@ func (s *Scanner) ScanTree(ctx context.Context, root string, onDir func(string))
 
 func (s *Scanner) scan(ctx context.Context, roots []string, onDir func(string)) (map[string]Entry, error) {
 	out := make(map[string]Entry, 1024)
-	err := s.scanEach(ctx, roots, onDir, func(r Result) { out[r.Path] = r.Entry })
+	err := s.scanEach(ctx, roots, onDir, nil, func(r Result) { out[r.Path] = r.Entry })
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
+// Previous gives the last recorded state of a path (the baseline's, or the
+// last one seen), for a fast scan; ok false when none. It is called from
+// several goroutines at once and must not change.
+type Previous func(path string) (e Entry, ok bool)
+
 // scanEach walks roots and calls each for every result, from one goroutine
 // while the caller waits (so each may use the caller's locked state). A
 // path may come twice (a directory that could not be read completely); the
 // later result wins.
-func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(string), each func(Result)) error {
+//
+// With prev (a fast scan), a path whose type, inode, size, mtime and ctime
+// are those of its previous state takes its content hash, xattrs, flags
+// and symlink target from that state: it costs one lstat instead of an
+// open, the xattr and flag reads and reading the content. Writing a file,
+// its xattrs or flags, or re-linking it changes its ctime, which no system
+// call can set back (see docs/integrity.md, "Fast scheduled checks").
+func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(string), prev Previous, each func(Result)) error {
 	jobs := make(chan []job, 4*s.workers)
 	results := make(chan []Result, 4*s.workers)
 	free := make(chan []Result, 8*s.workers)
@@ -278,6 +317,10 @@ func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(strin
 				}
 				for _, j := range batch {
 					var e Entry
+					if prev != nil && w.unchanged(j.path, prev, &e) {
+						res = append(res, Result{Path: j.path, Entry: e})
+						continue
+					}
 					if !j.regular || !w.regularEntry(ctx, j.path, &e) {
 						e = w.entry(ctx, j.path)
 					}
@@ -287,7 +330,7 @@ func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(strin
 			}
 		})
 	}
-	wk := &walker{s: s, ctx: ctx, jobs: jobs, results: results, onDir: onDir, seen: map[[2]uint64]bool{}, w: s.newWorker()}
+	wk := &walker{s: s, ctx: ctx, jobs: jobs, results: results, onDir: onDir, prev: prev, seen: map[[2]uint64]bool{}, w: s.newWorker()}
 	for _, root := range roots {
 		wk.root(root)
 	}
@@ -335,6 +378,7 @@ type walker struct {
 	jobs    chan<- []job
 	results chan<- []Result
 	onDir   func(string)
+	prev    Previous           // nil: a full scan
 	seen    map[[2]uint64]bool // directories entered, by (dev, inode)
 	batch   []job
 	w       *worker
@@ -371,7 +415,10 @@ func (wk *walker) visit(r *selRoot, path string, depth int) {
 		wk.add(job{path: path})
 		return
 	}
-	e := wk.w.entry(wk.ctx, path)
+	var e Entry
+	if wk.prev == nil || !wk.w.sameAs(path, &st, wk.prev, &e) {
+		e = wk.w.entry(wk.ctx, path)
+	}
 	wk.results <- []Result{{Path: path, Entry: e}}
 	if depth > 0 && !r.recursive {
 		return

@@ -103,7 +103,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	m.w = ws
 	m.checker.Dpkg.Len() // read the package sums now, not on the first change
 	ws.watchFileRoots()
-	err = m.fullRescan(ctx, true)
+	err = m.fullRescan(ctx, true, false)
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock("stop watcher")
@@ -151,7 +151,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 			m.locked("burst findings", func() { m.flushBursts(false) })
 		case <-tick:
 			m.locked("scheduled check", func() {
-				if err := m.fullRescan(ctx, false); err != nil {
+				if err := m.fullRescan(ctx, false, !m.fullDue()); err != nil {
 					m.log.Warn("integrity scheduled check", "err", err)
 				}
 			})
@@ -249,6 +249,13 @@ func (q *eventQueue) take(buf []queued) ([]queued, bool, bool) {
 	return out, lost, closed
 }
 
+// fullDue says whether a scheduled check re-hashes everything:
+// full_check_interval has passed since the last one that did (or it is 0).
+func (m *Monitor) fullDue() bool {
+	iv := m.cfg.FullCheckInterval.D()
+	return iv <= 0 || !m.opt.Now().Before(m.st.lastFull.Add(iv))
+}
+
 func (m *Monitor) locked(what string, f func()) {
 	m.mu.Lock(what)
 	defer m.mu.Unlock()
@@ -323,7 +330,7 @@ func (ws *watchState) onError(ctx context.Context, err error) {
 	}
 	m.st.overflows++
 	m.reportEvent(KindOverflow, SevMedium, "", "inotify event queue overflowed: events were lost; rescanning everything now")
-	if err := m.fullRescan(ctx, false); err != nil {
+	if err := m.fullRescan(ctx, false, true); err != nil {
 		m.log.Warn("integrity rescan after overflow", "err", err)
 	}
 }

@@ -111,16 +111,6 @@ func (w *worker) entry(ctx context.Context, path string) Entry {
 	return e
 }
 
-// unchanged records path from its previous state when its metadata says
-// nothing changed (a fast scan): one lstat. False: record it in full.
-func (w *worker) unchanged(path string, prev Previous, e *Entry) bool {
-	var st unix.Stat_t
-	if unix.Lstat(path, &st) != nil {
-		return false
-	}
-	return w.sameAs(path, &st, prev, e)
-}
-
 // sameAs fills e from st and path's previous state when the type, inode,
 // size, mtime and ctime are unchanged and the previous state is complete
 // (no error; a regular file hashed unless it is over max_hash_size).
@@ -317,10 +307,6 @@ func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(strin
 				}
 				for _, j := range batch {
 					var e Entry
-					if prev != nil && w.unchanged(j.path, prev, &e) {
-						res = append(res, Result{Path: j.path, Entry: e})
-						continue
-					}
 					if !j.regular || !w.regularEntry(ctx, j.path, &e) {
 						e = w.entry(ctx, j.path)
 					}
@@ -379,6 +365,7 @@ type walker struct {
 	results chan<- []Result
 	onDir   func(string)
 	prev    Previous           // nil: a full scan
+	same    []Result           // unchanged paths of a fast scan, not yet sent
 	seen    map[[2]uint64]bool // directories entered, by (dev, inode)
 	batch   []job
 	w       *worker
@@ -437,7 +424,6 @@ func (wk *walker) visit(r *selRoot, path string, depth int) {
 		return
 	}
 	ents, err := f.ReadDir(-1)
-	f.Close()
 	if err != nil {
 		wk.results <- []Result{{Path: path, Entry: withErr(e, "read directory", err)}}
 	}
@@ -449,12 +435,42 @@ func (wk *walker) visit(r *selRoot, path string, depth int) {
 		}
 		if de.IsDir() {
 			dirs = append(dirs, child)
-		} else {
+		} else if !wk.unchanged(f, de.Name(), child) {
 			wk.add(job{path: child, regular: de.Type().IsRegular()})
 		}
 	}
+	f.Close()
+	wk.flushSame()
 	for _, d := range dirs {
 		wk.visit(r, d, depth+1)
+	}
+}
+
+// unchanged records child (name in the open directory dir) from its
+// previous state when a fast scan finds its metadata unchanged: one
+// fstatat relative to dir, here in the walker (cheaper than a lookup of
+// the whole path, and than handing it to a worker). False: a worker
+// records it.
+func (wk *walker) unchanged(dir *os.File, name, child string) bool {
+	if wk.prev == nil {
+		return false
+	}
+	var st unix.Stat_t
+	var e Entry
+	if unix.Fstatat(int(dir.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || !wk.w.sameAs(child, &st, wk.prev, &e) {
+		return false
+	}
+	wk.same = append(wk.same, Result{Path: child, Entry: e})
+	if len(wk.same) == 256 {
+		wk.flushSame()
+	}
+	return true
+}
+
+func (wk *walker) flushSame() {
+	if len(wk.same) > 0 {
+		wk.results <- wk.same
+		wk.same = make([]Result, 0, 256)
 	}
 }
 

@@ -50,6 +50,7 @@ type watchState struct {
 	parents  map[string]bool // parents watched for roots that are files
 	failed   map[string]bool // directories whose watch could not be added
 	pending  map[string]pend
+	reconf   chan struct{} // cap 1: Reconfigure changed the intervals
 	timer    *time.Timer
 	armed    bool
 	maxDelay time.Duration
@@ -90,7 +91,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	go func() { defer close(pumped); q.pump(src, stop) }()
 	defer func() { src.Close(); close(stop); <-pumped }()
 	ws := &watchState{m: m, src: src, watched: map[string]bool{}, parents: map[string]bool{},
-		failed: map[string]bool{}, pending: map[string]pend{}, timer: time.NewTimer(time.Hour),
+		failed: map[string]bool{}, pending: map[string]pend{}, reconf: make(chan struct{}, 1), timer: time.NewTimer(time.Hour),
 		maxDelay: max(10*m.cfg.Debounce.D(), 500*time.Millisecond)}
 	ws.timer.Stop()
 	defer ws.timer.Stop()
@@ -114,18 +115,41 @@ func (m *Monitor) Run(ctx context.Context) error {
 		return err
 	}
 	var tick <-chan time.Time
-	if iv := *m.cfg.ScanInterval; iv > 0 {
-		t := time.NewTicker(iv.D())
-		defer t.Stop()
-		tick = t.C
+	var ticker *time.Ticker
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+	}()
+	var scanIv, burstIv time.Duration
+	arm := func() { // the scheduled checks' ticker, after a start or a reload
+		if iv := m.cfg.ScanInterval.D(); iv != scanIv {
+			if ticker != nil {
+				ticker.Stop()
+			}
+			ticker, tick, scanIv = nil, nil, iv
+			if iv > 0 {
+				ticker = time.NewTicker(iv)
+				tick = ticker.C
+			}
+		}
 	}
-	bursts := time.NewTicker(*m.cfg.BurstInterval)
+	m.locked("start watcher", func() { arm(); burstIv = *m.cfg.BurstInterval })
+	bursts := time.NewTicker(burstIv)
 	defer bursts.Stop()
 	var batch []queued
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-ws.reconf:
+			m.locked("reload", func() {
+				arm()
+				if iv := *m.cfg.BurstInterval; iv != burstIv {
+					burstIv = iv
+					bursts.Reset(iv)
+				}
+			})
 		case <-q.ready:
 			var lost, closed bool
 			batch, lost, closed = q.take(batch[:0])
@@ -400,8 +424,10 @@ func (ws *watchState) fire(ctx context.Context) {
 	var due []string
 	for p, pd := range ws.pending {
 		if !pd.due.After(now) {
-			due = append(due, p)
 			delete(ws.pending, p)
+			if ws.m.sel.Selected(p) { // a reload may have taken it out
+				due = append(due, p)
+			}
 		}
 	}
 	slices.Sort(due)

@@ -68,7 +68,9 @@ func fastCheck(n, big, runs int, withAIDE, keep bool) error {
 	slices.SortFunc(fast, func(a, b measured) int { return int(a.wall - b.wall) })
 	p99 := fast[min(len(fast)-1, len(fast)*99/100)]
 	fmt.Printf("\n%-58s %10s %10s\n", "measurement (warm page cache, nothing changed)", "wall s", "cpu s")
-	row := func(name string, d measured) { fmt.Printf("%-58s %10.3f %10.3f\n", name, d.wall.Seconds(), d.cpu.Seconds()) }
+	row := func(name string, d measured) {
+		fmt.Printf("%-58s %10.3f %10.3f\n", name, d.wall.Seconds(), d.cpu.Seconds())
+	}
 	row(fmt.Sprintf("parry fast check (median of %d)", len(fast)), median(fast))
 	row(fmt.Sprintf("parry fast check (p99 of %d)", len(fast)), p99)
 	row(fmt.Sprintf("parry full check, sha256 (median of %d)", len(full)), median(full))

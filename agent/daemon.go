@@ -112,7 +112,7 @@ type Daemon struct {
 	closeMu sync.Once
 
 	reload   func() (api.ReloadResult, error) // set by Main: re-read and apply the config
-	shutdown func()       // set by Main: stop the daemon
+	shutdown func()                           // set by Main: stop the daemon
 
 	// crashAfterCommit, set by tests, simulates a crash between the store
 	// commit of a change and its audit write (enforce.Options).

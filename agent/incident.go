@@ -51,8 +51,8 @@ type Incident struct {
 
 	collector atomic.Pointer[evidence.Collector] // swapped on reload
 	evidence  *evidence.Store
-	notifier  *webhook.Notifier // updated in place on reload
-	metrics   *metrics.Metrics  // nil when metrics are off
+	notifier  *webhook.Notifier  // updated in place on reload
+	metrics   *metrics.Metrics   // nil when metrics are off
 	rebind    chan metricsRebind // reload: serve the metrics at a new address or path
 
 	jobs    chan incidentJob

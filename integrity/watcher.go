@@ -102,9 +102,11 @@ func (m *Monitor) Run(ctx context.Context) error {
 		return ErrNoBaseline
 	}
 	m.w = ws
+	relax := tightGC()
 	m.checker.Dpkg.Len() // read the package sums now, not on the first change
 	ws.watchFileRoots()
 	err = m.fullRescan(ctx, true, false)
+	relax()
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock("stop watcher")

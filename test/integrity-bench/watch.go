@@ -185,7 +185,7 @@ func memoryChild(tree, state string) error {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	rss, hwm := procStatus("VmRSS"), procStatus("VmHWM")
-	fmt.Printf("watching %d entries in %d directories (%d watches):\n", st.BaselineEntries, st.Watches, st.Watches)
+	fmt.Printf("watching %d entries in %d directories (%d watches); start-up check took %s:\n", st.BaselineEntries, st.Watches, st.Watches, st.LastScanTook.Round(time.Millisecond))
 	fmt.Printf("  RSS %s (peak %s: %s after loading the baseline, the rest during the start-up check); Go heap in use %.1f MiB\n",
 		rss, hwm, afterLoad, float64(ms.HeapInuse)/(1<<20))
 	objs, total := peak()

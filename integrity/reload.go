@@ -11,13 +11,15 @@ import (
 // without stopping the watcher: the watches, the debounced events pending,
 // the findings open and the states observed stay. It swaps the selection
 // (paths, excludes), the permission rules, the scanner's knobs (workers,
-// nice, io_rate, max_hash_size), package awareness, debounce, the flood
+// nice, io_rate, max_hash_size), package awareness, the diff selection,
+// debounce, the flood
 // bounds and the scan intervals; then, when the watcher runs, a fast check
 // (force: every state is judged again) adds watches for new directories,
 // drops those of directories that left the selection, and applies the new
 // rules to every file. Findings of paths that left the selection are
 // closed. It returns the keys that can change only with a restart (hash:
-// the baseline was recorded with the old one; enabled: the glue's); they
+// the baseline was recorded with the old one; enabled: the glue's;
+// attribution: fanotify is set up when the watcher starts); they
 // keep their old values. It waits for the monitor as a request does
 // (ErrBusy), and nothing changes when it fails.
 //
@@ -42,6 +44,10 @@ func (m *Monitor) Reconfigure(ctx context.Context, cfg Config) ([]string, error)
 		restart = append(restart, "integrity.enabled")
 		cfg.Enabled = m.cfg.Enabled
 	}
+	if (cfg.Attribution != nil && *cfg.Attribution) != (m.cfg.Attribution != nil && *m.cfg.Attribution) {
+		restart = append(restart, "integrity.attribution") // fanotify is set up when the watcher starts
+		cfg.Attribution = m.cfg.Attribution
+	}
 	sc, err := NewScanner(cfg)
 	if err != nil {
 		return nil, err
@@ -65,6 +71,12 @@ func (m *Monitor) Reconfigure(ctx context.Context, cfg Config) ([]string, error)
 		}
 	}
 	m.checker = checker
+	if !slices.Equal(cfg.Diff, old.Diff) || !reflect.DeepEqual(cfg.Rules, old.Rules) {
+		// What may be kept and shown changed (a rule may mark a file
+		// secret now): a new differ, whose store drops the copies it may
+		// not keep when it loads.
+		m.diff = newDiffer(cfg, m.opt.StateDir, sc.hashOf)
+	}
 	m.agg.threshold, m.agg.interval = cfg.BurstThreshold, *cfg.BurstInterval
 	m.warnedOutside = false // say again if the baseline has entries outside the new selection
 	for p := range m.open {

@@ -121,3 +121,31 @@ func TestReloadNeedsRestart(t *testing.T) {
 		t.Fatal("the rest of the reload was not applied")
 	}
 }
+
+// TestReloadSecretRuleDropsCopy: a reload whose rules mark a file secret
+// drops the copy kept of its content, and its next change shows no diff.
+func TestReloadSecretRuleDropsCopy(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "app.conf")
+	writeFile(t, p, "token=abc\n")
+	m, _ := diffMonitor(t, dir, t.TempDir())
+	ctx := context.Background()
+	_, err := m.Baseline(ctx)
+	must(t, err)
+	if st := statusWithin(t, m, 5*time.Second); st.Copies != 1 {
+		t.Fatalf("copies before the reload: %d", st.Copies)
+	}
+	next := m.Config()
+	next.Rules = []Rule{{Path: p, Secret: true}}
+	_, err = m.Reconfigure(ctx, next)
+	must(t, err)
+	if st := statusWithin(t, m, 5*time.Second); st.Copies != 0 {
+		t.Fatalf("copies after marking it secret: %d", st.Copies)
+	}
+	writeFile(t, p, "token=xyz\n")
+	fs, err := m.Check(ctx)
+	must(t, err)
+	if f := findingFor(fs, p); f == nil || len(f.Diff) != 0 {
+		t.Fatalf("finding of the secret file: %+v", f)
+	}
+}

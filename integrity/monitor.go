@@ -121,7 +121,12 @@ func NewMonitor(cfg Config, opt Options) (*Monitor, error) {
 }
 
 // Config returns the effective configuration (defaults applied).
-func (m *Monitor) Config() Config { return m.cfg }
+// A reload (Reconfigure) changes it; it is read under the monitor's lock.
+func (m *Monitor) Config() Config {
+	m.mu.Lock("config")
+	defer m.mu.Unlock()
+	return m.cfg
+}
 
 // Load reads the stored baseline, refusing one whose digest does not match
 // (ErrBaselineTampered) — it is then not used. ErrNoBaseline when none.

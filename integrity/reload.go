@@ -101,7 +101,8 @@ func (m *Monitor) Reconfigure(ctx context.Context, cfg Config) ([]string, error)
 	}
 	m.checker.Dpkg.Len() // read the package sums now, not on the first change
 	ws.watchFileRoots()
-	if err := m.fullRescan(ctx, true, true); err != nil {
+	// ctx bounded the wait for the lock; the check itself is not cut short.
+	if err := m.fullRescan(context.WithoutCancel(ctx), true, true); err != nil {
 		m.log.Warn("integrity reload: check of the new selection", "err", err)
 	}
 	return restart, nil

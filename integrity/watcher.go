@@ -86,8 +86,10 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var cfg Config // a reload may swap m.cfg meanwhile: read it under the lock
+	m.locked("start watcher", func() { cfg = m.cfg })
 	attState, att := "off", (*actors)(nil)
-	if *m.cfg.Attribution {
+	if *cfg.Attribution {
 		if fa, err := newFanotifySource(src, m.log); err != nil {
 			m.log.Warn("integrity attribution unavailable: changes come without the process behind them", "err", err)
 			attState = "unavailable: " + err.Error()
@@ -101,7 +103,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	defer func() { src.Close(); close(stop); <-pumped }()
 	ws := &watchState{m: m, src: src, watched: map[string]bool{}, parents: map[string]bool{},
 		failed: map[string]bool{}, pending: map[string]pend{}, reconf: make(chan struct{}, 1), timer: time.NewTimer(time.Hour),
-		maxDelay: max(10*m.cfg.Debounce.D(), 500*time.Millisecond)}
+		maxDelay: max(10*cfg.Debounce.D(), 500*time.Millisecond)}
 	ws.timer.Stop()
 	defer ws.timer.Stop()
 

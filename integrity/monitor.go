@@ -237,7 +237,7 @@ func (m *Monitor) FastCheck(ctx context.Context) ([]Finding, error) {
 		return nil, err
 	}
 	defer m.mu.Unlock()
-	if err := m.fullRescan(ctx, true, true); err != nil {
+	if err := m.fullRescan(ctx, false, true); err != nil {
 		return nil, err
 	}
 	return m.openLocked(), nil

@@ -50,6 +50,9 @@ func (d *Daemon) reloadParts(old Config, cfg *Config) api.ReloadResult {
 // kept), waiting for it at most integrityWait. Before the monitor exists
 // there is nothing to change: it is built from the config in force.
 func (g *integrityGlue) reconfigure(old, cfg integrity.Config) ([]string, error) {
+	if reflect.DeepEqual(old, cfg) {
+		return nil, nil // unchanged: no check of the selection for nothing
+	}
 	g.mu.Lock()
 	mon := g.mon
 	g.mu.Unlock()

@@ -23,6 +23,7 @@ import (
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
+	"github.com/parryhq/parry/agent/events"
 	"github.com/parryhq/parry/agent/heal"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
@@ -98,15 +99,21 @@ type Daemon struct {
 
 	breakMu    sync.Mutex      // guards chainBreak
 	chainBreak *api.ChainBreak // unacknowledged audit chain break
+	breakOpen  atomic.Bool     // chainBreak != nil, for the metrics (no lock)
 
 	incident atomic.Pointer[Incident] // set by AttachIncident; told of every signal
 	fleet    *fleetGlue               // the fleet, once joined (fleet.go)
+	feeds    *feedsPart               // blocklist feeds and their refresh loops (feeds.go)
+	geo      *geoGlue                 // the country and ASN databases (geo.go)
 
 	server *control.Server // the control server: socket, peers, limits, op table
 
 	policy *policy // the signal path: engine, escalation memory, signal records (signal.go)
 
 	integ *integrityGlue // the integrity monitor and its ops (agent/integrity.go)
+
+	events    *events.Hub // the audit log's tap: live events for op events (events_ops.go)
+	auditPath string
 
 	closing chan struct{}
 	closeMu sync.Once
@@ -153,7 +160,11 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	d.audit, d.chainBreak = al, brk
+	d.breakOpen.Store(brk != nil)
 	d.rec.Use(al)
+	d.auditPath = filepath.Join(cfg.StateDir, "audit.log")
+	d.events = events.NewHub(0)
+	d.events.Start(al.SetTap(d.events))
 	if err := d.rec.Recover(filepath.Join(cfg.StateDir, "audit.log"), anchor, fresh); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("agent: %w", err)
@@ -171,6 +182,11 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.heal = heal.New(heal.Options{Table: opts.Firewall, Path: d.path, Audit: d.Audit, Log: d.log, Now: d.now,
+		Reasserted: func(reason string) {
+			if in := d.incident.Load(); in != nil && in.metrics != nil {
+				in.metrics.Reasserted(reason)
+			}
+		},
 		TableName: cfg.Table, Sweeper: opts.Sweeper, AddrEvents: opts.AddrEvents,
 		PruneEvery:    func() time.Duration { return d.Config().Prune.D() },
 		ReassertEvery: func() time.Duration { return d.Config().Reassert.D() }})
@@ -185,6 +201,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	d.policy.eng.Store(eng)
 	d.fleet = &fleetGlue{path: d.path}
+	d.geo = &geoGlue{log: d.log}
+	d.geo.open(cfg.GeoIP)
+	if d.feeds, err = newFeeds(cfg.Feeds, st, d.path, func() { d.heal.Bulk() }, d.log, d.now); err != nil {
+		d.Close()
+		return nil, err
+	}
 	d.integ = &integrityGlue{log: d.log, now: d.now, store: st, audit: d.Audit, config: d.Config,
 		observe: d.observeFinding, handle: d.policy.handleOwn}
 	d.registerOps()
@@ -270,6 +292,10 @@ func (d *Daemon) applyConfig(cfg Config) (api.ReloadResult, error) {
 		restart = append(restart, "socket/state_dir")
 		cfg.Socket, cfg.StateDir = old.Socket, old.StateDir
 	}
+	if !reflect.DeepEqual(cfg.Feeds, old.Feeds) {
+		restart = append(restart, "feeds")
+		cfg.Feeds = old.Feeds
+	}
 	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
 		restart = append(restart, "fleet")
 		cfg.Fleet = old.Fleet
@@ -294,6 +320,7 @@ func (d *Daemon) applyConfig(cfg Config) (api.ReloadResult, error) {
 	d.cfg = cfg
 	d.cfgMu.Unlock()
 	d.policy.eng.Store(eng)
+	d.geo.open(cfg.GeoIP) // the files may have been replaced (geoipupdate)
 	d.server.Limit(cfg.Control.Rate, cfg.Control.Burst)
 	d.audit.SetConfig(cfg.Audit)
 	f := map[string]any{"ok": true, "allowlist": len(cfg.AllowPrefixes())}

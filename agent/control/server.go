@@ -208,6 +208,15 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Confi
 			resp = s.handleLineInto(ctx, peer, line, &call)
 		}
 		if _, werr = w.Write(resp); werr != nil {
+			call.closeStream()
+			return
+		}
+		if st := call.stream; st != nil { // the op answers with a stream: it takes the connection
+			call.stream = nil
+			if werr = w.Flush(); werr == nil {
+				werr = s.runStream(ctx, c, r, st, cfg)
+			}
+			st.Close()
 			return
 		}
 		if r.Buffered() == 0 { // batch responses to pipelined requests
@@ -238,7 +247,9 @@ func discardLine(r *bufio.Reader) bool {
 // HandleLine decodes and runs one request line from peer and returns the
 // answer line (tests and fuzzing drive the server through it).
 func (s *Server) HandleLine(ctx context.Context, peer Peer, line []byte) []byte {
-	return s.handleLineInto(ctx, peer, line, new(Call))
+	c := new(Call)
+	defer c.closeStream() // a stream's answer line only
+	return s.handleLineInto(ctx, peer, line, c)
 }
 
 // handleLineInto is handleLine decoding into buf, which no op keeps.
@@ -273,7 +284,13 @@ func (s *Server) handleLineInto(ctx context.Context, peer Peer, line []byte, buf
 	}()
 	result, err := op.fn(ctx, call)
 	if err != nil {
+		if st, ok := result.(Stream); ok {
+			st.Close()
+		}
 		return errorLine(call.rawID(), err)
+	}
+	if st, ok := result.(Stream); ok {
+		call.stream = st // serveConn runs it after the answer line
 	}
 	return OKLine(call.rawID(), result)
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -35,6 +36,9 @@ var (
 // Sentinel errors.
 var (
 	ErrCorrupt = errors.New("store: corrupt record")
+	// ErrFailed: an earlier commit failed (an fsync, a full disk); the
+	// store refuses writes until it is opened again (Commit).
+	ErrFailed = errors.New("store: a commit failed earlier")
 )
 
 // Block is one active block.
@@ -86,6 +90,9 @@ type Pending struct {
 type Store struct {
 	db   *bolt.DB
 	path string
+
+	mu     sync.Mutex
+	failed error // the first failed commit: final (Commit)
 }
 
 // Open opens (creating if needed) the store file at path. A file that
@@ -172,7 +179,17 @@ type Change struct {
 }
 
 // Commit applies c in one fsync'd transaction.
+//
+// A failed commit is final: after it every write is refused (ErrFailed)
+// until the store is opened again. An fsync that failed may have lost
+// pages that a later one that succeeds does not write again (the kernel
+// drops the error and the dirty state), and bbolt's in-memory view of a
+// transaction whose commit failed half-way is not to be trusted; a
+// restart re-reads the file, which is the truth.
 func (s *Store) Commit(c Change) error {
+	if err := s.failure(); err != nil {
+		return err
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		bb, db := tx.Bucket(bucketBlocks), tx.Bucket(bucketDecisions)
 		// bbolt keeps pointers to keys and values until commit: carve them
@@ -257,10 +274,33 @@ func (s *Store) Commit(c Change) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("store commit: %w", err)
+		return s.fail(fmt.Errorf("store commit: %w", err))
 	}
 	return nil
 }
+
+// fail makes err the store's final failure and returns it.
+func (s *Store) fail(err error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed == nil {
+		s.failed = err
+	}
+	return err
+}
+
+// failure is ErrFailed with the first failure, or nil.
+func (s *Store) failure() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed == nil {
+		return nil
+	}
+	return fmt.Errorf("%w (%v): writes are refused until parryd restarts", ErrFailed, s.failed)
+}
+
+// Failed is the store's final failure, or nil.
+func (s *Store) Failed() error { return s.failure() }
 
 // Load calls block for every stored block and decision for every stored
 // decision, in one read transaction.
@@ -354,12 +394,19 @@ func (s *Store) Get(key string) ([]byte, error) {
 
 // Put writes key in the key/value space (fsync'd); a nil value deletes it.
 func (s *Store) Put(key string, value []byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	if err := s.failure(); err != nil {
+		return err
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		if value == nil {
 			return tx.Bucket(bucketKV).Delete([]byte(key))
 		}
 		return tx.Bucket(bucketKV).Put([]byte(key), value)
 	})
+	if err != nil {
+		return s.fail(err)
+	}
+	return nil
 }
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }

@@ -28,6 +28,11 @@ type fakeFW struct {
 	failUnblock error
 	ensures     int
 	blockCalls  int // Block calls, failed or not
+	blockSizes  []int
+	unblocks    int // Unblock calls
+	// hold, when set, makes Block wait for it to be closed after telling
+	// entered (group commit tests: a commit in flight).
+	hold, entered chan struct{}
 }
 
 func newFakeFW() *fakeFW { return &fakeFW{elems: map[netip.Prefix]time.Duration{}} }
@@ -42,8 +47,19 @@ func (f *fakeFW) Ensure() error {
 
 func (f *fakeFW) Block(elems []firewall.Element) error {
 	f.mu.Lock()
+	hold, entered := f.hold, f.entered
+	f.mu.Unlock()
+	if hold != nil {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-hold
+	}
+	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.blockCalls++
+	f.blockSizes = append(f.blockSizes, len(elems))
 	if f.failBlock != nil {
 		return f.failBlock
 	}
@@ -59,6 +75,7 @@ func (f *fakeFW) Block(elems []firewall.Element) error {
 func (f *fakeFW) Unblock(ps []netip.Prefix) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.unblocks++
 	if f.failUnblock != nil {
 		return f.failUnblock
 	}

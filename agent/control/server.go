@@ -13,9 +13,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/pipeline"
 )
 
 // Listen creates the control socket at path (mode and group from the
@@ -167,58 +169,148 @@ func (w deadlineWriter) Write(p []byte) (int, error) {
 	return w.c.Write(p)
 }
 
+// Pipelining: a connection's requests are in flight together, so that a
+// client that sends many without waiting (parry block --file, a log
+// shipper) has them join the same group commit (agent/enforce, group.go).
+// The answers are written in request order. Request n+1 starts only once
+// request n has joined the decision path's queue (pipeline.Joined) or
+// finished, so decisions reach the path in the order sent; a request whose
+// op is not one of pipelined (a read: list, status...) waits until every
+// earlier answer is written, so it sees their effects. At most
+// maxInFlight requests, and maxInFlightBytes of request lines (or one line,
+// whichever is more), are in flight per connection.
+const (
+	maxInFlight      = 64
+	maxInFlightBytes = 4 << 20
+)
+
+// pipelined are the ops that may run while the connection's earlier
+// requests are still in flight: their decisions keep their order through
+// pipeline.Joined.
+var pipelined = map[string]bool{"block": true, "unblock": true, "signal": true}
+
+// slot is one request in flight on a connection.
+type slot struct {
+	size    int
+	resp    []byte
+	join    func()        // closes joined, once
+	joined  chan struct{} // the request joined the path's queue, or finished
+	done    chan struct{} // resp is set
+	written chan struct{} // resp was written (and every earlier one)
+}
+
+func newSlot(size int) *slot {
+	sl := &slot{size: size, joined: make(chan struct{}), done: make(chan struct{}), written: make(chan struct{})}
+	sl.join = sync.OnceFunc(func() { close(sl.joined) })
+	return sl
+}
+
+// ready is a slot answered without running anything.
+func ready(resp []byte) *slot {
+	sl := newSlot(0)
+	sl.resp = resp
+	sl.join()
+	close(sl.done)
+	return sl
+}
+
 // serveConn reads one request per line and writes one response per line,
 // in order. Nothing a client sends can crash it.
 func (s *Server) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Config) {
-	defer func() {
-		if r := recover(); r != nil {
-			s.log.Error("control: panic serving a connection (a bug)", "panic", r)
-		}
-	}()
 	r := bufio.NewReaderSize(c, cfg.MaxLineBytes)
-	w := bufio.NewWriterSize(deadlineWriter{c, cfg.WriteTimeout.D()}, 64<<10)
+	slots := make(chan *slot, maxInFlight)
+	freed := make(chan struct{}, 1)
+	var inFlight atomic.Int64 // bytes of request lines in flight
 	var werr error
-	defer func() {
-		if werr == nil {
-			werr = w.Flush()
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		w := bufio.NewWriterSize(deadlineWriter{c, cfg.WriteTimeout.D()}, 64<<10)
+		for sl := range slots {
+			<-sl.done
+			if werr == nil {
+				if _, werr = w.Write(sl.resp); werr == nil && len(slots) == 0 {
+					werr = w.Flush() // batch the answers of pipelined requests
+				}
+				if werr != nil {
+					s.logWriteErr(werr, peer, cfg)
+					c.Close() // the reader stops at its next read
+				}
+			}
+			close(sl.written)
+			inFlight.Add(-int64(sl.size))
+			select {
+			case freed <- struct{}{}:
+			default:
+			}
 		}
-		if errors.Is(werr, os.ErrDeadlineExceeded) {
-			s.log.Warn("control: peer does not read its answers; closing the connection",
-				"peer", peer.String(), "write_timeout", cfg.WriteTimeout.D())
+		if werr == nil {
+			if werr = w.Flush(); werr != nil {
+				s.logWriteErr(werr, peer, cfg)
+			}
 		}
 	}()
-	var call Call // reused by every request of the connection
+	defer func() { <-writerDone }()
+	defer close(slots)
+	var prev *slot
+	push := func(sl *slot) { slots <- sl; prev = sl }
 	for ctx.Err() == nil {
 		_ = c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout.D()))
 		line, err := r.ReadSlice('\n')
-		var resp []byte
 		switch {
 		case errors.Is(err, bufio.ErrBufferFull):
-			resp = errorLine(nil, api.Errorf(api.CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes))
+			push(ready(errorLine(nil, api.Errorf(api.CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes))))
 			if !discardLine(r) {
-				_, werr = w.Write(resp)
 				return
 			}
+			continue
 		case err != nil && len(bytes.TrimSpace(line)) == 0:
 			return // EOF, idle timeout, or closed
-		default:
-			if len(bytes.TrimSpace(line)) == 0 {
-				continue // blank line: nothing asked, nothing answered
-			}
-			resp = s.handleLineInto(ctx, peer, line, &call)
+		case len(bytes.TrimSpace(line)) == 0:
+			continue // blank line: nothing asked, nothing answered
 		}
-		if _, werr = w.Write(resp); werr != nil {
-			return
+		for inFlight.Load() > 0 && inFlight.Load()+int64(len(line)) > maxInFlightBytes {
+			<-freed
 		}
-		if r.Buffered() == 0 { // batch responses to pipelined requests
-			if werr = w.Flush(); werr != nil {
-				return
-			}
-		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+		inFlight.Add(int64(len(line)))
+		sl := newSlot(len(line))
+		go s.runSlot(ctx, peer, append([]byte(nil), line...), sl, prev)
+		push(sl)
+		if err != nil {
 			return // the last line had no newline
 		}
 	}
+}
+
+func (s *Server) logWriteErr(err error, peer Peer, cfg Config) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		s.log.Warn("control: peer does not read its answers; closing the connection",
+			"peer", peer.String(), "write_timeout", cfg.WriteTimeout.D())
+	}
+}
+
+// runSlot runs one pipelined request once its turn has come.
+func (s *Server) runSlot(ctx context.Context, peer Peer, line []byte, sl, prev *slot) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("control: panic serving a request (a bug)", "panic", r)
+			sl.resp = errorLine(nil, api.Errorf(api.CodeInternal, "internal error; see the daemon's log"))
+		}
+		sl.join()
+		close(sl.done)
+	}()
+	if prev != nil {
+		<-prev.joined
+	}
+	call, err := decodeRequestInto(new(Call), line)
+	if err != nil {
+		sl.resp = errorLine(call.rawID(), err)
+		return
+	}
+	if prev != nil && !pipelined[call.Op] {
+		<-prev.written
+	}
+	sl.resp = s.handleCall(pipeline.WithJoined(ctx, sl.join), peer, call)
 }
 
 // discardLine skips the rest of an oversized line; false if the
@@ -247,6 +339,11 @@ func (s *Server) handleLineInto(ctx context.Context, peer Peer, line []byte, buf
 	if err != nil {
 		return errorLine(call.rawID(), err)
 	}
+	return s.handleCall(ctx, peer, call)
+}
+
+// handleCall runs one decoded request from peer and returns the answer line.
+func (s *Server) handleCall(ctx context.Context, peer Peer, call *Call) (resp []byte) {
 	call.Peer = peer
 	if ctx.Err() != nil {
 		return errorLine(call.rawID(), api.Errorf(api.CodeShuttingDown, "parryd is stopping; retry when it is back"))

@@ -73,6 +73,13 @@ func (q *queue) remove(r *request) bool {
 	return false
 }
 
+// Waiting is the number of decisions waiting for the next group.
+func (dp *Path) Waiting() int {
+	dp.q.mu.Lock()
+	defer dp.q.mu.Unlock()
+	return len(dp.q.reqs)
+}
+
 // enqueue runs dec in the next group and returns its outcome. It waits for
 // the path at most dp.lockWait (then CodeBusy) or until ctx ends, unless a
 // leader has taken dec already: then it waits for that group's commit.

@@ -217,4 +217,3 @@ func TestStoreOnFullFilesystem(t *testing.T) {
 	}
 	verifyAuditOK(t, cfg.StateDir)
 }
-

@@ -160,10 +160,15 @@ func (r *Record) write(events []auditEvent, evs []audit.Event, keys []uint64) er
 		r.logger.Error("audit append failed: the request fails and changes nothing", "event", events[0].name, "err", err)
 		return &api.Error{Code: api.CodeAudit, Message: fmt.Sprintf("audit log not writable, nothing changed: %v", err)}
 	}
-	// The lines are durable before anyone is told ok: one fsync for the
-	// whole group. A failed fsync is final (pages it lost are not written
-	// again by a later one that succeeds).
-	if err := r.log.SyncLines(); err != nil {
+	// The lines are durable before anyone is told ok. Staged lines (keys)
+	// already are: their pending records are in the store's journal,
+	// synced with the change, and Recover writes any that a crash kept
+	// from the log. Lines not staged (a decision that changed nothing, a
+	// dry run) are synced here. A failed fsync is final (pages it lost are
+	// not written again by a later one that succeeds).
+	if len(keys) > 0 {
+		// durable through the store
+	} else if err := r.log.SyncLines(); err != nil {
 		r.mu.Lock()
 		r.syncFailed = err
 		r.mu.Unlock()

@@ -252,7 +252,8 @@ func (d *Daemon) observeFinding(s response.Signal) {
 // or above notify.min_severity, and captures evidence when it is critical.
 // It never blocks.
 func (in *Incident) finding(s response.Signal) {
-	f := evidence.Finding{Path: s.Path, Kind: s.Attrs["finding"], Severity: s.Severity, Detail: s.Detail, Time: s.Time}
+	f := evidence.Finding{Path: s.Path, Kind: s.Attrs["finding"], Severity: s.Severity, Detail: s.Detail, Time: s.Time,
+		Actor: s.Attrs["actor"], Diff: cmp.Or(s.Attrs["diff"], s.Attrs["content"])}
 	in.mu.Lock()
 	in.findings = append(in.findings, f)
 	if len(in.findings) > maxFindingsKept {
@@ -481,7 +482,8 @@ func (in *Incident) openFindings(ctx context.Context) ([]evidence.Finding, bool,
 	}
 	var out []evidence.Finding
 	for _, f := range open {
-		out = append(out, evidence.Finding{Path: f.Path, Kind: f.Kind, Severity: f.Severity, Detail: f.Detail, Time: f.Time})
+		out = append(out, evidence.Finding{Path: f.Path, Kind: f.Kind, Severity: f.Severity, Detail: f.Detail, Time: f.Time,
+			Actor: f.ActorText(), Diff: f.ContentText()})
 	}
 	return out, true, nil
 }

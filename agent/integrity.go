@@ -178,6 +178,18 @@ func (g *integrityGlue) finding(f integrity.Finding) {
 	if f.Count > 0 {
 		fields["count"] = f.Count // a burst finding: files aggregated
 	}
+	if f.Actor != nil {
+		fields["actor"] = f.Actor // who changed it (integrity.attribution)
+	}
+	if len(f.Diff) > 0 {
+		fields["diff"] = f.Diff
+		if f.DiffOmitted > 0 {
+			fields["diff_omitted"] = f.DiffOmitted
+		}
+	}
+	if f.ContentNote != "" {
+		fields["content_note"] = f.ContentNote // secret or binary: no content shown
+	}
 	g.audit("integrity_finding", fields)
 	g.observe(f.Signal()) // incident tooling: metrics, webhook, evidence on critical
 	select {

@@ -3,6 +3,7 @@ package firewall_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,7 +13,9 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/parryhq/parry/firewall"
+	"github.com/parryhq/parry/firewall/union"
 	"github.com/parryhq/parry/test/netns"
+	"golang.org/x/sys/unix"
 )
 
 // benchSets are the inputs of the Block benchmarks: 100,000 elements of
@@ -29,6 +32,14 @@ func benchSets() []struct {
 		a6 := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i), 14: byte(i >> 8), 13: byte(i >> 16)})
 		single6 = append(single6, firewall.Element{Prefix: netip.PrefixFrom(a6, 128), Timeout: time.Hour})
 	}
+	scoped := func(els []firewall.Element, proto uint8, port uint16, a firewall.Action) []firewall.Element {
+		out := make([]firewall.Element, len(els))
+		for i, e := range els {
+			e.Proto, e.Port, e.Action = proto, port, a
+			out[i] = e
+		}
+		return out
+	}
 	return []struct {
 		name, set string
 		elems     []firewall.Element
@@ -36,6 +47,11 @@ func benchSets() []struct {
 		{"ipv4-addr", "block4", single4},
 		{"ipv4-cidr", "block4net", cidr4},
 		{"ipv6-addr", "block6", single6},
+		{"ipv4-addr-reject", "reject4", scoped(single4, 0, 0, firewall.Reject)},
+		{"ipv4-addr-tcp22", "block4port", scoped(single4, unix.IPPROTO_TCP, 22, firewall.Drop)},
+		{"ipv4-cidr-tcp22", "block4port", scoped(cidr4, unix.IPPROTO_TCP, 22, firewall.Drop)},
+		{"ipv6-addr-tcp22-reject", "reject6port", scoped(single6, unix.IPPROTO_TCP, 22, firewall.Reject)},
+		{"ipv4-addr-udp", "block4proto", scoped(single4, unix.IPPROTO_UDP, 0, firewall.Drop)},
 	}
 }
 
@@ -143,6 +159,12 @@ func nftFile(b *testing.B, set string, elems []firewall.Element) string {
 		if e.Prefix.IsSingleIP() && set != "block4net" {
 			p = e.Prefix.Addr().String()
 		}
+		if e.Proto != 0 {
+			p += " . " + map[uint8]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp"}[e.Proto]
+		}
+		if e.Port != 0 {
+			p += fmt.Sprintf(" . %d", e.Port)
+		}
 		fmt.Fprintf(&sb, "%s timeout 1h,\n", p)
 	}
 	sb.WriteString("}\n")
@@ -223,5 +245,196 @@ func BenchmarkBlockOneWatch(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	})
+}
+
+// BenchmarkBlockOne is the latency of Block with one element of each kind
+// (plain, reject, port-scoped, protocol-scoped), into sets that are empty
+// and into sets that already hold 100,000 elements of that kind, in the
+// same namespace and run.
+func BenchmarkBlockOne(b *testing.B) {
+	ns := netns.New(b)
+	f, err := firewall.New(ns.Conn(b, firewall.ConnOptions()...), firewall.Config{Table: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Ensure(); err != nil {
+		b.Fatal(err)
+	}
+	one := netip.MustParsePrefix("203.0.113.8/32")
+	kinds := []struct {
+		name string
+		elem firewall.Element
+	}{
+		{"plain", firewall.Element{Prefix: one, Timeout: time.Hour}},
+		{"reject", firewall.Element{Prefix: one, Action: firewall.Reject, Timeout: time.Hour}},
+		{"tcp22", firewall.Element{Prefix: one, Proto: unix.IPPROTO_TCP, Port: 22, Timeout: time.Hour}},
+		{"tcp22-reject", firewall.Element{Prefix: one, Proto: unix.IPPROTO_TCP, Port: 22, Action: firewall.Reject, Timeout: time.Hour}},
+		{"udp", firewall.Element{Prefix: one, Proto: unix.IPPROTO_UDP, Timeout: time.Hour}},
+		{"cidr", firewall.Element{Prefix: netip.MustParsePrefix("203.0.113.0/28"), Timeout: time.Hour}},
+		{"cidr-tcp22", firewall.Element{Prefix: netip.MustParsePrefix("203.0.113.0/28"), Proto: unix.IPPROTO_TCP, Port: 22, Timeout: time.Hour}},
+	}
+	for _, fill := range []int{0, 100_000} {
+		for _, k := range kinds {
+			b.Run(fmt.Sprintf("%s/set%d", k.name, fill), func(b *testing.B) {
+				if fill > 0 {
+					b.StopTimer()
+					if err := f.Remove(); err != nil {
+						b.Fatal(err)
+					}
+					if err := f.Ensure(); err != nil {
+						b.Fatal(err)
+					}
+					els := v4Elements(fill, 0)
+					for i := range els {
+						els[i].Proto, els[i].Port, els[i].Action = k.elem.Proto, k.elem.Port, k.elem.Action
+						if !k.elem.Prefix.IsSingleIP() {
+							els[i].Prefix = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 12), byte(i >> 4), byte(i << 4)}), 28)
+						}
+					}
+					if err := f.Block(els); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+				for b.Loop() {
+					if err := f.Block([]firewall.Element{k.elem}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// feedPrefixes makes n feed entries: 85% single IPv4 addresses, 15%
+// /24-/28 prefixes, a fifth of all of them inside, around or equal to an
+// earlier entry (overlap).
+func feedPrefixes(n int, rng *rand.Rand) []netip.Prefix {
+	out := make([]netip.Prefix, 0, n)
+	for range n {
+		a := netip.AddrFrom4([4]byte{byte(1 + rng.IntN(222)), byte(rng.IntN(256)), byte(rng.IntN(256)), byte(rng.IntN(256))})
+		p := netip.PrefixFrom(a, 32)
+		if rng.IntN(100) < 15 {
+			p = netip.PrefixFrom(a, 24+rng.IntN(5)).Masked()
+		}
+		if len(out) > 0 && rng.IntN(5) == 0 {
+			q := out[rng.IntN(len(out))]
+			p = netip.PrefixFrom(q.Addr(), max(16, min(32, q.Bits()+rng.IntN(9)-4))).Masked()
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// BenchmarkFeed100k is issue 14's feed figure: 100,000 entries with 20%
+// overlap through firewall/union into the kernel with Apply (first load),
+// then a refresh with 1% of the entries replaced (the union's diff, one
+// Apply), beside `nft -f` loading the same union (the first load's pieces)
+// into the same sets. Entries expire in 1h (first load) and 2h (refresh:
+// every kept entry is renewed, so every piece is re-timed).
+func BenchmarkFeed100k(b *testing.B) {
+	ns := netns.New(b)
+	f, err := firewall.New(ns.Conn(b, firewall.ConnOptions()...), firewall.Config{Table: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(14, 1))
+	entries := feedPrefixes(100_000, rng)
+	fresh := func() {
+		b.Helper()
+		if err := f.Remove(); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Ensure(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	toElements := func(ps []union.Piece[firewall.Scope], now time.Time) []firewall.Element {
+		out := make([]firewall.Element, 0, len(ps))
+		for _, p := range ps {
+			out = append(out, p.Scope.Element(p.Prefix, time.UnixMilli(p.Expiry).Sub(now)))
+		}
+		return out
+	}
+	load := func(now time.Time) (*union.Union[int, firewall.Scope], []union.Piece[firewall.Scope]) {
+		u := union.New[int, firewall.Scope]()
+		for i, p := range entries {
+			if err := u.Add(i, union.Block[firewall.Scope]{Prefix: p, Expiry: now.Add(time.Hour).UnixMilli()}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return u, u.Pieces()
+	}
+	var pieces int
+	b.Run("first-load/parry", func(b *testing.B) {
+		for b.Loop() {
+			b.StopTimer()
+			fresh()
+			b.StartTimer()
+			now := time.Now()
+			_, ps := load(now)
+			pieces = len(ps)
+			if err := f.Apply(nil, toElements(ps, now)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(pieces), "pieces")
+	})
+	b.Run("first-load/nft-f", func(b *testing.B) {
+		now := time.Now()
+		_, ps := load(now)
+		var single, nets []firewall.Element
+		for _, e := range toElements(ps, now) {
+			if e.Prefix.IsSingleIP() {
+				single = append(single, e)
+			} else {
+				nets = append(nets, e)
+			}
+		}
+		files := []string{nftFile(b, "block4", single), nftFile(b, "block4net", nets)}
+		for b.Loop() {
+			b.StopTimer()
+			fresh()
+			b.StartTimer()
+			for _, file := range files {
+				if out, err := ns.Run("nft", "-f", file); err != nil {
+					b.Fatalf("nft -f: %v: %s", err, out)
+				}
+			}
+		}
+	})
+	b.Run("refresh-1pct/parry", func(b *testing.B) {
+		var diff int
+		for b.Loop() {
+			b.StopTimer()
+			fresh()
+			now := time.Now()
+			u, ps := load(now)
+			if err := f.Apply(nil, toElements(ps, now)); err != nil {
+				b.Fatal(err)
+			}
+			changed := feedPrefixes(1_000, rng)
+			b.StartTimer()
+			// The refresh: 1% replaced, every kept entry renewed.
+			later := now.Add(time.Minute)
+			exp := later.Add(2 * time.Hour).UnixMilli()
+			for i, p := range entries {
+				if i < len(changed) {
+					u.Remove(i, union.Block[firewall.Scope]{Prefix: p, Expiry: now.Add(time.Hour).UnixMilli()})
+					p = changed[i]
+					i += len(entries)
+				}
+				if err := u.Add(i, union.Block[firewall.Scope]{Prefix: p, Expiry: exp}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			d := u.Changes()
+			diff = len(d.Add) + len(d.Del) + len(d.Retime)
+			if err := f.Apply(toElements(d.Del, later), toElements(append(d.Add, d.Retime...), later)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(diff), "diff-elems")
 	})
 }

@@ -135,6 +135,15 @@ func decodeElem(el *netlink.AttributeDecoder, e *nftables.SetElement) {
 				}
 				return nil
 			})
+		case nftables.NFTA_SET_ELEM_KEY_END:
+			el.Nested(func(k *netlink.AttributeDecoder) error {
+				for k.Next() {
+					if k.Type() == unix.NFTA_DATA_VALUE {
+						e.KeyEnd = k.Bytes()
+					}
+				}
+				return nil
+			})
 		case unix.NFTA_SET_ELEM_FLAGS:
 			e.IntervalEnd = el.Uint32()&unix.NFT_SET_ELEM_INTERVAL_END != 0
 		case unix.NFTA_SET_ELEM_TIMEOUT:

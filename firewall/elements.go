@@ -50,6 +50,9 @@ func elemBytes(e nftables.SetElement) int {
 	if e.Timeout != 0 {
 		n += 12
 	}
+	if len(e.KeyEnd) > 0 {
+		n += 4 + 4 + (len(e.KeyEnd)+3)&^3
+	}
 	return n
 }
 
@@ -92,18 +95,141 @@ func intervalElems(p netip.Prefix, timeout time.Duration) []nftables.SetElement 
 	return out
 }
 
-// blockSet picks the set for a normalised prefix.
-func (f *NFT) blockSet(p netip.Prefix) *nftables.Set {
-	switch {
-	case p.Addr().Is4() && isSingle(p):
-		return f.sets[setBlock4]
-	case p.Addr().Is4():
-		return f.sets[setBlock4Net]
-	case isSingle(p):
-		return f.sets[setBlock6]
-	default:
-		return f.sets[setBlock6Net]
+// elemKey is what identifies an element in the kernel: all but its timeout.
+type elemKey struct {
+	prefix netip.Prefix
+	proto  uint8
+	port   uint16
+	action Action
+}
+
+func (e Element) key() elemKey { return elemKey{e.Prefix, e.Proto, e.Port, e.Action} }
+
+// hasPorts reports whether an IP protocol has destination ports at the
+// offset `th dport` reads (2 bytes at byte 2 of the transport header).
+func hasPorts(proto uint8) bool {
+	switch proto {
+	case unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_SCTP, unix.IPPROTO_DCCP, unix.IPPROTO_UDPLITE:
+		return true
 	}
+	return false
+}
+
+// normElement validates e and returns it with its prefix normalised and its
+// timeout in milliseconds.
+func normElement(e Element) (Element, error) {
+	p, err := normPrefix(e.Prefix)
+	if err != nil {
+		return Element{}, err
+	}
+	if e.Action != Drop && e.Action != Reject {
+		return Element{}, fmt.Errorf("%w: %v", ErrInvalidScope, e.Action)
+	}
+	if e.Port != 0 && !hasPorts(e.Proto) {
+		return Element{}, fmt.Errorf("%w: port %d needs tcp, udp, sctp, dccp or udplite (proto %d)", ErrInvalidScope, e.Port, e.Proto)
+	}
+	t, err := msTimeout(e.Timeout)
+	if err != nil {
+		return Element{}, fmt.Errorf("%v: %w", p, err)
+	}
+	return Element{Prefix: p, Timeout: t, Proto: e.Proto, Port: e.Port, Action: e.Action}, nil
+}
+
+// normElements normalises a batch; of elements with the same key the last
+// one's timeout wins.
+func normElements(elems []Element) ([]Element, error) {
+	seen := make(map[elemKey]int, len(elems))
+	norm := make([]Element, 0, len(elems))
+	for _, e := range elems {
+		n, err := normElement(e)
+		if err != nil {
+			return nil, err
+		}
+		if i, ok := seen[n.key()]; ok {
+			norm[i].Timeout = n.Timeout
+			continue
+		}
+		seen[n.key()] = len(norm)
+		norm = append(norm, n)
+	}
+	return norm, nil
+}
+
+// kindSuffix is the kind of block set a normalised element goes to.
+func kindSuffix(e Element) string {
+	switch {
+	case e.Port != 0:
+		return "port"
+	case e.Proto != 0:
+		return "proto"
+	case isSingle(e.Prefix):
+		return ""
+	}
+	return "net"
+}
+
+// blockSet picks the set for a normalised element.
+func (f *NFT) blockSet(e Element) *nftables.Set {
+	return f.sets[blockSetName(e.Action, e.Prefix.Addr().Is6(), kindSuffix(e))]
+}
+
+// encode returns the set of a normalised element and its kernel elements
+// with timeout t: one hash element, an rbtree interval's start and end (a
+// unit never split between messages), or one concatenated range element
+// (key and inclusive key end). A single address gets a key end equal to
+// its key: the kernel would accept it without one, but nft then lists such
+// elements as ranges spanning two of them.
+func (f *NFT) encode(e Element, t time.Duration) (*nftables.Set, []nftables.SetElement) {
+	s := f.blockSet(e)
+	switch {
+	case e.Proto != 0:
+		return s, []nftables.SetElement{{Key: scopeKey(e.Prefix.Addr(), e), KeyEnd: scopeKey(lastAddr(e.Prefix), e), Timeout: t}}
+	case isSingle(e.Prefix):
+		return s, []nftables.SetElement{{Key: e.Prefix.Addr().AsSlice(), Timeout: t}}
+	}
+	return s, intervalElems(e.Prefix, t)
+}
+
+// scopeKey is a concatenated key: the address, the protocol byte and, for a
+// port set, the port in network order, each field padded to 4 bytes.
+func scopeKey(a netip.Addr, e Element) []byte {
+	k := append(a.AsSlice(), e.Proto, 0, 0, 0)
+	if e.Port != 0 {
+		k = append(k, byte(e.Port>>8), byte(e.Port), 0, 0)
+	}
+	return k
+}
+
+// scopedToElements decodes the elements of a concatenated set.
+func scopedToElements(els []nftables.SetElement, v6 bool, a Action) []Element {
+	n := 4
+	if v6 {
+		n = 16
+	}
+	var out []Element
+	for _, el := range els {
+		if len(el.Key) < n+4 {
+			continue
+		}
+		end := el.KeyEnd
+		if len(end) < n {
+			end = el.Key
+		}
+		first, ok1 := netip.AddrFromSlice(el.Key[:n])
+		last, ok2 := netip.AddrFromSlice(end[:n])
+		if !ok1 || !ok2 || last.Less(first) {
+			continue
+		}
+		e := Element{Proto: el.Key[n], Action: a, Timeout: remaining(el)}
+		if len(el.Key) >= n+8 {
+			e.Port = uint16(el.Key[n+4])<<8 | uint16(el.Key[n+5])
+		}
+		for _, p := range prefixesOfRange(first, last) {
+			e.Prefix = p
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // msTimeout converts a timeout to what the kernel stores (milliseconds),

@@ -44,11 +44,64 @@ type Config struct {
 }
 
 // Element is one block: a single address (/32, /128) or a CIDR, and how long
-// it has left. Timeout 0 means permanent.
+// it has left. Timeout 0 means permanent. The zero scope and action (the
+// only ones before issue 14) drop every packet from Prefix.
+//
+// Proto and Port scope a block: Proto alone (Port 0) blocks every packet of
+// that IP protocol (unix.IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, ...); Port
+// needs a protocol with ports (TCP, UDP, SCTP, DCCP, UDP-Lite) and blocks
+// that destination port only, the port the client connected to (before any
+// DNAT). A block of several ports, or of "tcp and udp", is one Element per
+// (Proto, Port).
+//
+// Action is Drop (silent) or Reject (a TCP reset for TCP, ICMP/ICMPv6
+// administratively prohibited otherwise).
 type Element struct {
 	Prefix  netip.Prefix
 	Timeout time.Duration
+	Proto   uint8  // 0: every protocol (then Port must be 0)
+	Port    uint16 // 0: every port of Proto
+	Action  Action
 }
+
+// Action is what the kernel does with a blocked packet.
+type Action uint8
+
+const (
+	Drop   Action = iota // silently (the default)
+	Reject               // TCP reset for TCP, ICMP(v6) administratively prohibited otherwise
+)
+
+func (a Action) String() string {
+	switch a {
+	case Drop:
+		return "drop"
+	case Reject:
+		return "reject"
+	}
+	return fmt.Sprintf("action(%d)", uint8(a))
+}
+
+// Scope is an element's kernel class: protocol, port and action. Elements
+// of one scope live in one set and must not overlap there; package
+// firewall/union keeps them apart (use Scope as its scope type).
+type Scope struct {
+	Proto  uint8
+	Port   uint16
+	Action Action
+}
+
+// Scope returns e's scope.
+func (e Element) Scope() Scope { return Scope{e.Proto, e.Port, e.Action} }
+
+// Element is the element of scope s for prefix p with timeout t.
+func (s Scope) Element(p netip.Prefix, t time.Duration) Element {
+	return Element{Prefix: p, Timeout: t, Proto: s.Proto, Port: s.Port, Action: s.Action}
+}
+
+// Plain reports whether e has no scope and the default action: it lives in
+// the sets of the original layout (block4, block6, block4net, block6net).
+func (e Element) Plain() bool { return e.Proto == 0 && e.Port == 0 && e.Action == Drop }
 
 // Lockdown is the state of a host lockdown. The kernel ends it after Timeout
 // even if the daemon is dead.
@@ -68,6 +121,9 @@ var (
 	ErrInvalidPrefix = errors.New("firewall: invalid prefix")
 	// ErrInvalidTimeout: a negative timeout, or a lockdown without one.
 	ErrInvalidTimeout = errors.New("firewall: invalid timeout")
+	// ErrInvalidScope: a port without a protocol that has ports, or an
+	// unknown action.
+	ErrInvalidScope = errors.New("firewall: invalid block scope or action")
 	// ErrNotEnsured: the table is not there; call Ensure.
 	ErrNotEnsured = errors.New("firewall: table missing, call Ensure")
 )

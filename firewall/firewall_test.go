@@ -27,6 +27,12 @@ func TestEnsureCreatesLayout(t *testing.T) {
 		"allow4": {"ipv4_addr", "interval"}, "allow6": {"ipv6_addr", "interval"},
 		"block4": {"ipv4_addr", "timeout"}, "block6": {"ipv6_addr", "timeout"},
 		"block4net": {"ipv4_addr", "interval,timeout"}, "block6net": {"ipv6_addr", "interval,timeout"},
+		"block4proto": {"ipv4_addr . inet_proto", "interval,timeout"}, "block6proto": {"ipv6_addr . inet_proto", "interval,timeout"},
+		"block4port": {"ipv4_addr . inet_proto . inet_service", "interval,timeout"}, "block6port": {"ipv6_addr . inet_proto . inet_service", "interval,timeout"},
+		"reject4": {"ipv4_addr", "timeout"}, "reject6": {"ipv6_addr", "timeout"},
+		"reject4net": {"ipv4_addr", "interval,timeout"}, "reject6net": {"ipv6_addr", "interval,timeout"},
+		"reject4proto": {"ipv4_addr . inet_proto", "interval,timeout"}, "reject6proto": {"ipv6_addr . inet_proto", "interval,timeout"},
+		"reject4port": {"ipv4_addr . inet_proto . inet_service", "interval,timeout"}, "reject6port": {"ipv6_addr . inet_proto . inet_service", "interval,timeout"},
 		"lockdown4": {"ipv4_addr", "interval,timeout"}, "lockdown6": {"ipv6_addr", "interval,timeout"},
 		"lockallow4": {"ipv4_addr", "interval,timeout"}, "lockallow6": {"ipv6_addr", "interval,timeout"},
 		"isolate4": {"ipv4_addr", "interval,timeout"}, "isolate6": {"ipv6_addr", "interval,timeout"},
@@ -39,14 +45,16 @@ func TestEnsureCreatesLayout(t *testing.T) {
 		t.Errorf("sets (-want +got):\n%s", d)
 	}
 	wantChains := map[string]nftChain{
-		"input":   {Type: "filter", Hook: "input", Policy: "accept", Prio: -10},
-		"forward": {Type: "filter", Hook: "forward", Policy: "accept", Prio: -10},
-		"output":  {Type: "filter", Hook: "output", Policy: "accept", Prio: -10},
+		"prerouting": {Type: "filter", Hook: "prerouting", Policy: "accept", Prio: -300},
+		"rejecting":  {},
+		"input":      {Type: "filter", Hook: "input", Policy: "accept", Prio: -10},
+		"forward":    {Type: "filter", Hook: "forward", Policy: "accept", Prio: -10},
+		"output":     {Type: "filter", Hook: "output", Policy: "accept", Prio: -10},
 	}
 	if d := cmp.Diff(wantChains, got.Chains); d != "" {
 		t.Errorf("chains (-want +got):\n%s", d)
 	}
-	if d := cmp.Diff(map[string]int{"input": 12, "forward": 12, "output": 8}, got.Rules); d != "" {
+	if d := cmp.Diff(map[string]int{"prerouting": 12, "input": 16, "forward": 16, "output": 8, "rejecting": 2}, got.Rules); d != "" {
 		t.Errorf("rules per chain (-want +got):\n%s", d)
 	}
 	if ok, err := f.Present(); err != nil || !ok {
@@ -55,9 +63,23 @@ func TestEnsureCreatesLayout(t *testing.T) {
 	// A readable ruleset: spot-check the rules nft prints.
 	out := ns.MustRun(t, "nft", "list", "chain", "inet", f.Table(), "input")
 	for _, want := range []string{`iif "lo" accept`, "ip saddr @allow4 accept", "ip saddr @block4 counter", "ip6 saddr @block6net counter",
+		"ip saddr @reject4net counter packets 0 bytes 0 jump rejecting",
 		"ip saddr @lockallow4 accept", "icmpv6 type", "ip saddr @lockdown4 counter"} {
 		if !containsLine(out, want) {
 			t.Errorf("input chain lacks %q:\n%s", want, out)
+		}
+	}
+	out = ns.MustRun(t, "nft", "list", "chain", "inet", f.Table(), "prerouting")
+	for _, want := range []string{`iif "lo" accept`, "ip saddr @allow4 accept", "ip saddr . meta l4proto . th dport @block4port counter",
+		"ip6 saddr . meta l4proto @block6proto counter", "ip saddr . meta l4proto . th dport @reject4port counter packets 0 bytes 0 jump rejecting"} {
+		if !containsLine(out, want) {
+			t.Errorf("prerouting chain lacks %q:\n%s", want, out)
+		}
+	}
+	out = ns.MustRun(t, "nft", "list", "chain", "inet", f.Table(), "rejecting")
+	for _, want := range []string{"meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited"} {
+		if !containsLine(out, want) {
+			t.Errorf("rejecting chain lacks %q:\n%s", want, out)
 		}
 	}
 }
@@ -399,7 +421,7 @@ func TestEnsureRebuildsADamagedTable(t *testing.T) {
 				t.Fatalf("Present after Ensure = %v, %v; want true", ok, err)
 			}
 			got := listTable(t, ns, f.Table())
-			if len(got.Sets) != 12 || got.Rules["input"] != 12 || got.Rules["output"] != 8 {
+			if len(got.Sets) != 24 || got.Rules["input"] != 16 || got.Rules["output"] != 8 || got.Rules["prerouting"] != 12 {
 				t.Errorf("rebuilt table: %d sets, rules %v", len(got.Sets), got.Rules)
 			}
 			if other := listTable(t, ns, "other"); other.Sets["keep"].Elems["192.0.2.55/32"] != 0 || len(other.Sets["keep"].Elems) != 1 {

@@ -74,12 +74,12 @@ func listTable(t testing.TB, ns *netns.NS, table string) nftTable {
 		case obj["set"] != nil:
 			var s struct {
 				Name  string            `json:"name"`
-				Type  string            `json:"type"`
+				Type  json.RawMessage   `json:"type"`
 				Flags []string          `json:"flags"`
 				Elem  []json.RawMessage `json:"elem"`
 			}
 			mustUnmarshal(t, obj["set"], &s)
-			set := nftSet{Type: s.Type, Flags: s.Flags, Elems: map[string]float64{}}
+			set := nftSet{Type: joinType(t, s.Type), Flags: s.Flags, Elems: map[string]float64{}}
 			sort.Strings(set.Flags)
 			for _, e := range s.Elem {
 				p, timeout := parseElem(t, e)
@@ -124,12 +124,43 @@ func parseElem(t testing.TB, raw json.RawMessage) (string, float64) {
 	return parseVal(t, raw), 0
 }
 
+// joinType renders a set's type: "ipv4_addr", or a concatenation as
+// "ipv4_addr . inet_proto . inet_service".
+func joinType(t testing.TB, raw json.RawMessage) string {
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		return one
+	}
+	var many []string
+	mustUnmarshal(t, raw, &many)
+	return strings.Join(many, " . ")
+}
+
+// parseVal renders an element's value: "prefix", or for a concatenation
+// "prefix . proto . port" (nft's names: "tcp", or a number).
 func parseVal(t testing.TB, raw json.RawMessage) string {
 	t.Helper()
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
-		a := netip.MustParseAddr(s)
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return s // a protocol name in a concatenation
+		}
 		return netip.PrefixFrom(a, a.BitLen()).String()
+	}
+	var n float64
+	if json.Unmarshal(raw, &n) == nil {
+		return fmt.Sprint(n)
+	}
+	var c struct {
+		Concat []json.RawMessage `json:"concat"`
+	}
+	if json.Unmarshal(raw, &c) == nil && c.Concat != nil {
+		parts := make([]string, len(c.Concat))
+		for i, x := range c.Concat {
+			parts[i] = parseVal(t, x)
+		}
+		return strings.Join(parts, " . ")
 	}
 	var p struct {
 		Prefix *struct {

@@ -62,6 +62,15 @@ type Config struct {
 	// PackageRoot is the root the package database and the files it lists
 	// live under (<root>/var/lib/dpkg/info/*.md5sums). Default "/".
 	PackageRoot string `yaml:"package_root"`
+	// Diff selects the files whose last accepted content is kept
+	// (compressed, under the state directory) so that a content change
+	// comes with a unified diff: globs on the whole path ("**" spans
+	// directories). Default: DefaultDiff. An explicit empty list keeps
+	// nothing. Secret files are never kept or shown.
+	Diff []string `yaml:"diff"`
+	// Attribution names the process behind each change (fanotify; needs
+	// CAP_SYS_ADMIN, which the shipped unit does not grant). Default false.
+	Attribution *bool `yaml:"attribution"`
 }
 
 // PathSpec is one root of the selection.
@@ -91,6 +100,10 @@ type Rule struct {
 	Remediate bool `yaml:"remediate"`
 	// Severity of a violation: low, medium, high (default), critical.
 	Severity string `yaml:"severity"`
+	// Secret marks the matching files as holding secrets: their content is
+	// never kept or shown in a diff (a rule denying world_readable marks
+	// them too).
+	Secret bool `yaml:"secret"`
 }
 
 // Hash algorithm names.
@@ -181,6 +194,13 @@ func (c Config) WithDefaults() Config {
 	if c.MaxOpenFindings == 0 {
 		c.MaxOpenFindings = DefaultMaxOpenFindings
 	}
+	if c.Diff == nil {
+		c.Diff = DefaultDiff()
+	}
+	if c.Attribution == nil {
+		f := false
+		c.Attribution = &f
+	}
 	return c
 }
 
@@ -245,6 +265,11 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("integrity.package_manager %q: want dpkg or none", c.PackageManager))
 	}
+	for _, g := range c.Diff {
+		if err := validGlob(g); err != nil || !strings.HasPrefix(g, "/") {
+			errs = append(errs, fmt.Errorf("integrity.diff %q: want an absolute glob", g))
+		}
+	}
 	if c.PackageRoot != "" && !filepath.IsAbs(c.PackageRoot) {
 		errs = append(errs, fmt.Errorf("integrity.package_root %q: must be absolute", c.PackageRoot))
 	}
@@ -273,8 +298,8 @@ func (r Rule) validate() error {
 	default:
 		return fmt.Errorf("severity %q: want low, medium, high or critical", r.Severity)
 	}
-	if r.ModeMax == "" && r.Owner == "" && r.Group == "" && len(r.Deny) == 0 {
-		return errors.New("rule checks nothing: set mode_max, owner, group or deny")
+	if r.ModeMax == "" && r.Owner == "" && r.Group == "" && len(r.Deny) == 0 && !r.Secret {
+		return errors.New("rule checks nothing: set mode_max, owner, group, deny or secret")
 	}
 	return nil
 }

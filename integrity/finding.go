@@ -55,13 +55,26 @@ type Finding struct {
 	Remediation string    `json:"remediation,omitempty"` // what was put back, if anything
 	Count       int       `json:"count,omitempty"`       // burst: files aggregated into this finding in its interval
 	Detail      string    `json:"detail"`
+	// Diff is the unified diff (hunks, no header) from the accepted content
+	// to the current one, for files integrity.diff selects; DiffOmitted
+	// counts the lines left off (bounds: MaxDiffLines in status,
+	// ReportDiffLines in what is reported at once). ContentNote says why a
+	// selected file's content change has no diff (secret, binary, too
+	// large, no copy kept).
+	Diff        []string `json:"diff,omitempty"`
+	DiffOmitted int      `json:"diff_omitted,omitempty"`
+	ContentNote string   `json:"content_note,omitempty"`
+	// Actor is the process behind the change (integrity.attribution), nil
+	// when unknown.
+	Actor *Actor `json:"actor,omitempty"`
 }
 
 // Signal turns f into the signal the response policy receives. Text is
 // made valid UTF-8 (paths are bytes) and cut to the signal's limits.
 func (f Finding) Signal() response.Signal {
 	attrs := map[string]string{"finding": f.Kind}
-	for k, v := range map[string]string{"rule": f.Rule, "package": f.Package, "remediation": f.Remediation} {
+	for k, v := range map[string]string{"rule": f.Rule, "package": f.Package, "remediation": f.Remediation,
+		"diff": diffText(f, response.MaxAttrValue), "content": f.ContentNote, "actor": actorText(f.Actor)} {
 		if v != "" {
 			attrs[k] = clip(v, response.MaxAttrValue)
 		}
@@ -70,6 +83,26 @@ func (f Finding) Signal() response.Signal {
 		Kind: SignalKind, Source: "integrity", Severity: f.Severity,
 		Path: clip(f.Path, response.MaxTextLen), Detail: clip(f.Detail, response.MaxTextLen), Time: f.Time, Attrs: attrs,
 	}
+}
+
+// ActorText is the actor in one line, "" when unknown (for evidence and
+// reports).
+func (f Finding) ActorText() string { return actorText(f.Actor) }
+
+// ContentText is what changed in the content, for evidence and reports:
+// the diff as text cut to ReportDiffBytes, or the content note.
+func (f Finding) ContentText() string {
+	if len(f.Diff) == 0 {
+		return f.ContentNote
+	}
+	return diffText(f, ReportDiffBytes)
+}
+
+func actorText(a *Actor) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }
 
 // clip makes s valid UTF-8 of at most n bytes.

@@ -1,6 +1,7 @@
 package integrity
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -48,16 +49,21 @@ type Monitor struct {
 	checker *Checker
 	log     *slog.Logger
 
-	mu       opLock // requests wait for it at most Options.LockWait
-	base     *Baseline
-	digest   string
-	loadErr  error                // why Load failed: given instead of ErrNoBaseline
-	observed map[string]Entry     // last state seen, where it differs from the baseline
-	open     map[string][]Finding // current deviations per path
-	openN    int                  // findings in open
-	agg      *aggregator          // flood aggregation (burst findings)
-	st       stats
-	w        *watchState // non-nil while Run runs
+	mu         opLock // requests wait for it at most Options.LockWait
+	base       *Baseline
+	digest     string
+	loadErr    error                // why Load failed: given instead of ErrNoBaseline
+	observed   map[string]Entry     // last state seen, where it differs from the baseline
+	open       map[string][]Finding // current deviations per path
+	openN      int                  // findings in open
+	diffBytes  int                  // diff text in open
+	diffBudget int                  // its bound: MaxOpenDiffBytes
+	agg        *aggregator          // flood aggregation (burst findings)
+	diff       *differ              // copies of accepted content, diffs
+	st         stats
+	w          *watchState // non-nil while Run runs
+	att        *actors     // attribution table, while Run runs with fanotify
+	attState   string      // "off", "on", "unavailable: why"
 
 	warnedOutside bool // logged that baseline entries lie outside the selection
 }
@@ -99,7 +105,8 @@ func NewMonitor(cfg Config, opt Options) (*Monitor, error) {
 		opt.Report = func(Finding) {}
 	}
 	m := &Monitor{cfg: cfg, opt: opt, scanner: sc, sel: sc.Selection(), log: opt.Logger,
-		mu: newOpLock(), observed: map[string]Entry{}, open: map[string][]Finding{}, agg: newAggregator(cfg)}
+		mu: newOpLock(), observed: map[string]Entry{}, open: map[string][]Finding{}, agg: newAggregator(cfg),
+		diff: newDiffer(cfg, opt.StateDir, sc.hashOf), diffBudget: MaxOpenDiffBytes}
 	m.checker = &Checker{Rules: rules, Now: opt.Now, MaxHash: sc.MaxHashSize()}
 	if cfg.PackageManager == "dpkg" {
 		m.checker.Dpkg = NewDpkg(cfg.PackageRoot, m.sel)
@@ -135,6 +142,7 @@ func (m *Monitor) setBaseline(b *Baseline, digest string) {
 	clear(m.observed)
 	clear(m.open)
 	m.openN = 0
+	m.diffBytes = 0
 	m.agg.reset()
 	m.st.openDropped = 0
 }
@@ -177,6 +185,9 @@ func (m *Monitor) Baseline(ctx context.Context) (BaselineResult, error) {
 		return BaselineResult{}, err
 	}
 	m.setBaseline(b, digest)
+	if n := m.diff.take(ents, nil, m.opt.Now()); n > 0 {
+		m.log.Info("integrity: content of some files selected by integrity.diff not kept; their changes come without a diff", "files", n)
+	}
 	res := BaselineResult{Digest: digest, Entries: len(ents), Took: time.Since(start)}
 	for _, p := range paths {
 		if ents[p].Err != "" {
@@ -239,6 +250,14 @@ func (m *Monitor) Accept(ctx context.Context, paths []string) (string, error) {
 		return "", err
 	}
 	m.base, m.digest, m.opt.WantDigest = b, digest, digest
+	m.diff.take(ents, func(q string) bool {
+		for _, p := range paths {
+			if q == p || strings.HasPrefix(q, p+"/") {
+				return true
+			}
+		}
+		return false
+	}, m.opt.Now())
 	for _, p := range paths {
 		for q := range m.open {
 			if q == p || strings.HasPrefix(q, p+"/") {
@@ -280,6 +299,17 @@ type Status struct {
 	// of new files) since the baseline, instead of being recorded one by
 	// one.
 	Aggregated uint64 `json:"aggregated"`
+	// Copies and CopiesBytes are the files whose accepted content is kept
+	// for diffs (integrity.diff) and their compressed size; CopiesDropped
+	// counts the copies dropped since start to stay under MaxCopyTotal.
+	Copies        int    `json:"copies"`
+	CopiesBytes   int64  `json:"copies_bytes"`
+	CopiesDropped uint64 `json:"copies_dropped"`
+	// Attribution is "off" (integrity.attribution false), "on", or
+	// "unavailable: <why>" (then findings come without an actor);
+	// AttributionEvents counts the fanotify events read.
+	Attribution       string `json:"attribution"`
+	AttributionEvents uint64 `json:"attribution_events"`
 }
 
 // Status reports the monitor's state and open findings. It waits for the
@@ -293,6 +323,14 @@ func (m *Monitor) Status(ctx context.Context) (Status, error) {
 		LastScan: m.st.lastScan, LastScanTook: m.st.lastScanTook, Events: m.st.events,
 		Overflows: m.st.overflows, Rescans: m.st.rescans, WatchFailures: m.st.watchFails, BaselineDigest: m.digest,
 		MaxOpenFindings: m.cfg.MaxOpenFindings, OpenDropped: m.st.openDropped, Aggregated: m.agg.count}
+	s.Attribution = cmp.Or(m.attState, "off")
+	if m.att != nil {
+		m.att.mu.Lock()
+		s.AttributionEvents = m.att.events
+		m.att.mu.Unlock()
+	}
+	m.diff.store.load()
+	s.Copies, s.CopiesBytes, s.CopiesDropped = len(m.diff.store.index), m.diff.store.total, m.diff.store.dropped
 	if m.base != nil {
 		s.BaselineTime, s.BaselineEntries = m.base.Created, len(m.base.Entries)
 	}
@@ -318,10 +356,12 @@ func (m *Monitor) openLocked() []Finding {
 // exceed it are not kept, only counted. It reports whether fs is kept.
 func (m *Monitor) setOpen(path string, fs []Finding) bool {
 	old := len(m.open[path])
+	oldDiff := diffSize(m.open[path])
 	if len(fs) == 0 {
 		if old > 0 {
 			delete(m.open, path)
 			m.openN -= old
+			m.diffBytes -= oldDiff
 		}
 		return true
 	}
@@ -329,8 +369,16 @@ func (m *Monitor) setOpen(path string, fs []Finding) bool {
 		m.st.openDropped += uint64(len(fs))
 		return false
 	}
+	newDiff := diffSize(fs)
+	if m.diffBytes-oldDiff+newDiff > m.diffBudget {
+		for i := range fs {
+			fs[i] = cutDiff(fs[i]) // over the budget: keep what a report keeps
+		}
+		newDiff = diffSize(fs)
+	}
 	m.open[path] = fs
 	m.openN += len(fs) - old
+	m.diffBytes += newDiff - oldDiff
 	return true
 }
 
@@ -346,6 +394,14 @@ func (m *Monitor) evaluate(path string, cur Entry, force bool) {
 		return
 	}
 	fs, after := m.checker.Judge(path, base, cur)
+	for i := range fs {
+		if fs[i].Path == path && fs[i].Kind != KindPermission {
+			m.diff.explain(&fs[i], &base, &cur)
+		}
+		if fs[i].Path == path {
+			fs[i].Actor = m.actorFor(path)
+		}
+	}
 	if after == base {
 		delete(m.observed, path)
 	} else {
@@ -356,7 +412,7 @@ func (m *Monitor) evaluate(path string, cur Entry, force bool) {
 		if len(old) > 0 {
 			m.setOpen(path, nil)
 			m.report(Finding{Time: m.opt.Now(), Kind: KindRestored, Severity: SevLow, Path: path,
-				Detail: "back to its baseline state"})
+				Detail: "back to its baseline state", Actor: m.actorFor(path)})
 		}
 		return
 	}
@@ -379,13 +435,23 @@ func (m *Monitor) evaluate(path string, cur Entry, force bool) {
 	}
 }
 
+// actorFor is the latest process seen changing path recently enough to
+// have caused what is being judged now: within the longest debounce
+// delay and a second of slack.
+func (m *Monitor) actorFor(path string) *Actor {
+	if m.att == nil || m.w == nil {
+		return nil
+	}
+	return m.att.latest(path, time.Now().Add(-m.w.maxDelay-m.cfg.Debounce.D()-time.Second))
+}
+
 func sameFinding(a, b Finding) bool {
 	return a.Kind == b.Kind && a.Rule == b.Rule && a.Detail == b.Detail
 }
 
 func (m *Monitor) report(f Finding) {
 	m.log.Debug("integrity finding", "kind", f.Kind, "severity", f.Severity, "path", f.Path, "detail", f.Detail)
-	m.opt.Report(f)
+	m.opt.Report(cutDiff(f))
 }
 
 // reportEvent reports a watcher condition (overflow, watch limit) that is

@@ -85,6 +85,15 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	attState, att := "off", (*actors)(nil)
+	if *m.cfg.Attribution {
+		if fa, err := newFanotifySource(src, m.log); err != nil {
+			m.log.Warn("integrity attribution unavailable: changes come without the process behind them", "err", err)
+			attState = "unavailable: " + err.Error()
+		} else {
+			src, attState, att = fa, "on", fa.table
+		}
+	}
 	q := newEventQueue(cmp.Or(m.opt.EventQueue, DefaultEventQueue))
 	pumped, stop := make(chan struct{}), make(chan struct{})
 	go func() { defer close(pumped); q.pump(src, stop) }()
@@ -100,14 +109,14 @@ func (m *Monitor) Run(ctx context.Context) error {
 		m.mu.Unlock()
 		return ErrNoBaseline
 	}
-	m.w = ws
+	m.w, m.att, m.attState = ws, att, attState
 	m.checker.Dpkg.Len() // read the package sums now, not on the first change
 	ws.watchFileRoots()
 	err = m.fullRescan(ctx, true)
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock("stop watcher")
-		m.w = nil
+		m.w, m.att = nil, nil
 		m.mu.Unlock()
 	}()
 	if err != nil {

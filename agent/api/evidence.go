@@ -112,6 +112,8 @@ type SnapshotFinding struct {
 	Severity string    `json:"severity,omitempty"`
 	Detail   string    `json:"detail,omitempty"`
 	Time     time.Time `json:"time,omitzero"`
+	Actor    string    `json:"actor,omitempty"` // who changed it, one line (integrity.attribution)
+	Diff     string    `json:"diff,omitempty"`  // what changed, the diff cut to 1,000 bytes, or why there is none
 }
 
 // EvidenceInfo is a stored snapshot with its hash as the audit chain

@@ -97,6 +97,8 @@ type ReportFinding struct {
 	Path     string    `json:"path"`
 	Severity string    `json:"severity,omitempty"`
 	Detail   string    `json:"detail,omitempty"`
+	Actor    string    `json:"actor,omitempty"` // who changed it, one line (integrity.attribution)
+	Diff     string    `json:"diff,omitempty"`  // what changed, the diff cut to 1,000 bytes, or why there is none
 }
 
 // ReportEvidence is one evidence snapshot.

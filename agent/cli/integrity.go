@@ -66,7 +66,7 @@ longer matches it is refused as tampered. Open findings are cleared.`,
 }
 
 func (a *App) integrityCheckCmd() *cobra.Command {
-	var asJSON bool
+	var asJSON, fullDiff bool
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Compare the watched paths with the baseline now",
@@ -88,7 +88,7 @@ Exit status: 0 nothing changed, 1 changes found (or the check failed),
 					return err
 				}
 			} else {
-				printFindings(a.Stdout, res.Findings)
+				printFindings(a.Stdout, res.Findings, fullDiff, false)
 				fmt.Fprintf(a.Stdout, "checked in %s: %s\n", res.TookNs.Round(time.Millisecond), countOf(len(res.Findings), "finding"))
 			}
 			if !res.Clean {
@@ -98,11 +98,12 @@ Exit status: 0 nothing changed, 1 changes found (or the check failed),
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&fullDiff, "diff", false, "print whole diffs (default: the first 20 lines of each)")
 	return cmd
 }
 
 func (a *App) integrityStatusCmd() *cobra.Command {
-	var asJSON bool
+	var asJSON, fullDiff bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show watched paths, watches in use, the last scan and open findings",
@@ -146,11 +147,18 @@ func (a *App) integrityStatusCmd() *cobra.Command {
 				fmt.Fprintf(w, " (%d not kept: integrity.max_open_findings %d reached)", st.OpenDropped, st.MaxOpenFindings)
 			}
 			fmt.Fprintln(w)
-			printFindings(w, st.Open)
+			if st.Attribution != "" && st.Attribution != "off" {
+				fmt.Fprintf(w, "attribution: %s\n", oneLine(st.Attribution))
+			}
+			if st.Copies > 0 || st.CopiesDropped > 0 {
+				fmt.Fprintf(w, "content copies: %s, %d KiB (%d dropped to stay under the bound)\n", countOf(st.Copies, "file"), st.CopiesBytes>>10, st.CopiesDropped)
+			}
+			printFindings(w, st.Open, fullDiff, st.Attribution != "" && st.Attribution != "off")
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&fullDiff, "diff", false, "print whole diffs (default: the first 20 lines of each)")
 	return cmd
 }
 
@@ -190,7 +198,12 @@ baseline digest goes into the audit chain, with who accepted what.`,
 	return cmd
 }
 
-func printFindings(w io.Writer, fs []api.Finding) {
+// shownDiffLines is how much of a finding's diff is printed without --diff.
+const shownDiffLines = 20
+
+// printFindings prints findings; unknownActor says "actor unknown" for a
+// file finding without one (attribution is on, but did not name anyone).
+func printFindings(w io.Writer, fs []api.Finding, fullDiff, unknownActor bool) {
 	for _, f := range fs {
 		fmt.Fprintf(w, "%-8s %-14s %s\n", f.Severity, f.Kind, oneLine(f.Path))
 		for _, c := range f.Changes {
@@ -205,6 +218,40 @@ func printFindings(w io.Writer, fs []api.Finding) {
 		if f.Remediation != "" {
 			fmt.Fprintf(w, "           remediated: %s\n", oneLine(f.Remediation))
 		}
+		if f.Actor != nil {
+			fmt.Fprintf(w, "           by %s\n", oneLine(f.Actor.String()))
+		} else if unknownActor && fileKinds[f.Kind] {
+			fmt.Fprintln(w, "           actor unknown")
+		}
+		printDiff(w, f, fullDiff)
+	}
+}
+
+// fileKinds are the findings about a file's state, which have an actor
+// when attribution knows one.
+var fileKinds = map[string]bool{"added": true, "removed": true, "changed": true, "permission": true, "package_update": true}
+
+// printDiff prints f's diff: "- old", "+ new", "  context". Lines come
+// from the file (hostile): newlines and carriage returns are shown as \n
+// and \r, and every other control character is escaped by termSafe.
+func printDiff(w io.Writer, f api.Finding, full bool) {
+	if f.ContentNote != "" {
+		fmt.Fprintf(w, "           %s\n", oneLine(f.ContentNote))
+	}
+	esc := strings.NewReplacer("\n", `\n`, "\r", `\r`)
+	for i, l := range f.Diff {
+		if !full && i == shownDiffLines {
+			fmt.Fprintf(w, "           … %d more lines (parry integrity status --diff)\n", len(f.Diff)-i+f.DiffOmitted)
+			return
+		}
+		if strings.HasPrefix(l, "@@") || l == "" {
+			fmt.Fprintf(w, "           %s\n", esc.Replace(l))
+			continue
+		}
+		fmt.Fprintf(w, "           %c %s\n", l[0], esc.Replace(l[1:]))
+	}
+	if f.DiffOmitted > 0 {
+		fmt.Fprintf(w, "           … %d more lines not kept\n", f.DiffOmitted)
 	}
 }
 

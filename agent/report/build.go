@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/parryhq/parry/agent/api"
 )
 
 // Row caps: a report stays readable (and bounded) on a day with a flood.
@@ -44,9 +46,14 @@ type fields struct {
 	Present  *bool           `json:"table_was_present"`
 	Signals  []fields        `json:"signals"` // event "signals": a batch of signal records
 	Detector string          `json:"detector"`
-	Country  string          `json:"country"`
-	ASN      json.RawMessage `json:"asn"` // a number or a string
-	Attrs    struct {
+	// integrity findings: who changed the file and what changed in it
+	Actor       *api.Actor      `json:"actor"`
+	Diff        []string        `json:"diff"`
+	DiffOmitted int             `json:"diff_omitted"`
+	ContentNote string          `json:"content_note"`
+	Country     string          `json:"country"`
+	ASN         json.RawMessage `json:"asn"` // a number or a string
+	Attrs       struct {
 		Detector string `json:"detector"`
 		Country  string `json:"country"`
 		ASN      string `json:"asn"`
@@ -343,7 +350,8 @@ func (b *builder) finding(l Line, f fields) {
 	b.r.Totals.Findings++
 	b.tick(l.Time, findingsOf)
 	if len(b.r.Findings) < MaxRows {
-		b.r.Findings = append(b.r.Findings, Finding{Time: l.Time.UTC(), Path: f.Path, Severity: f.Severity, Detail: f.Detail})
+		b.r.Findings = append(b.r.Findings, Finding{Time: l.Time.UTC(), Path: f.Path, Severity: f.Severity, Detail: f.Detail,
+			Actor: f.Actor.String(), Diff: api.ContentText(f.Diff, f.DiffOmitted, f.ContentNote)})
 	}
 }
 

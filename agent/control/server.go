@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
@@ -193,73 +192,122 @@ var pipelined = map[string]bool{"block": true, "unblock": true, "signal": true}
 type slot struct {
 	size    int
 	resp    []byte
+	done    bool          // resp is set (under connWriter.mu)
 	join    func()        // closes joined, once
 	joined  chan struct{} // the request joined the path's queue, or finished
-	done    chan struct{} // resp is set
 	written chan struct{} // resp was written (and every earlier one)
 }
 
 func newSlot(size int) *slot {
-	sl := &slot{size: size, joined: make(chan struct{}), done: make(chan struct{}), written: make(chan struct{})}
+	sl := &slot{size: size, joined: make(chan struct{}), written: make(chan struct{})}
 	sl.join = sync.OnceFunc(func() { close(sl.joined) })
 	return sl
 }
 
-// ready is a slot answered without running anything.
-func ready(resp []byte) *slot {
-	sl := newSlot(0)
-	sl.resp = resp
-	sl.join()
-	close(sl.done)
-	return sl
+// connWriter writes a connection's answers in request order: whoever
+// completes the request at the head writes it and every completed one
+// behind it, then flushes if the next is not ready.
+type connWriter struct {
+	s    *Server
+	c    net.Conn
+	peer Peer
+	cfg  Config
+
+	mu       sync.Mutex
+	w        *bufio.Writer
+	werr     error
+	queue    []*slot // in flight, in request order
+	inFlight int     // bytes of request lines in flight
+	freed    chan struct{}
+	wg       sync.WaitGroup
+}
+
+// add queues sl behind the requests in flight; it waits while the
+// connection's in-flight bound is reached.
+func (cw *connWriter) add(sl *slot) {
+	cw.mu.Lock()
+	for len(cw.queue) > 0 && (len(cw.queue) >= maxInFlight || cw.inFlight+sl.size > maxInFlightBytes) {
+		cw.mu.Unlock()
+		<-cw.freed
+		cw.mu.Lock()
+	}
+	cw.queue = append(cw.queue, sl)
+	cw.inFlight += sl.size
+	cw.wg.Add(1)
+	cw.mu.Unlock()
+}
+
+// idle reports whether no request is in flight.
+func (cw *connWriter) idle() bool {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	return len(cw.queue) == 0
+}
+
+// complete sets sl's answer and writes what is ready.
+func (cw *connWriter) complete(sl *slot, resp []byte) {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	sl.resp, sl.done = resp, true
+	wrote := false
+	for len(cw.queue) > 0 && cw.queue[0].done {
+		h := cw.queue[0]
+		cw.queue = cw.queue[1:]
+		if cw.werr == nil {
+			_, cw.werr = cw.w.Write(h.resp)
+			wrote = true
+		}
+		cw.inFlight -= h.size
+		close(h.written)
+		cw.wg.Done()
+	}
+	if wrote && cw.werr == nil {
+		cw.werr = cw.w.Flush()
+	}
+	if wrote && cw.werr != nil {
+		cw.s.logWriteErr(cw.werr, cw.peer, cw.cfg)
+		cw.c.Close() // the reader stops at its next read
+	}
+	select {
+	case cw.freed <- struct{}{}:
+	default:
+	}
+}
+
+// err is the first write error.
+func (cw *connWriter) err() error {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	return cw.werr
 }
 
 // serveConn reads one request per line and writes one response per line,
-// in order. Nothing a client sends can crash it.
+// in order. A request that arrives with nothing in flight and nothing more
+// to read runs on the reading goroutine (a client waiting for each answer
+// pays for no hand-off); others run on their own goroutine, in order
+// (runSlot). Nothing a client sends can crash it.
 func (s *Server) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Config) {
-	r := bufio.NewReaderSize(c, cfg.MaxLineBytes)
-	slots := make(chan *slot, maxInFlight)
-	freed := make(chan struct{}, 1)
-	var inFlight atomic.Int64 // bytes of request lines in flight
-	var werr error
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		w := bufio.NewWriterSize(deadlineWriter{c, cfg.WriteTimeout.D()}, 64<<10)
-		for sl := range slots {
-			<-sl.done
-			if werr == nil {
-				if _, werr = w.Write(sl.resp); werr == nil && len(slots) == 0 {
-					werr = w.Flush() // batch the answers of pipelined requests
-				}
-				if werr != nil {
-					s.logWriteErr(werr, peer, cfg)
-					c.Close() // the reader stops at its next read
-				}
-			}
-			close(sl.written)
-			inFlight.Add(-int64(sl.size))
-			select {
-			case freed <- struct{}{}:
-			default:
-			}
-		}
-		if werr == nil {
-			if werr = w.Flush(); werr != nil {
-				s.logWriteErr(werr, peer, cfg)
-			}
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("control: panic serving a connection (a bug)", "panic", r)
 		}
 	}()
-	defer func() { <-writerDone }()
-	defer close(slots)
-	var prev *slot
-	push := func(sl *slot) { slots <- sl; prev = sl }
-	for ctx.Err() == nil {
+	r := bufio.NewReaderSize(c, cfg.MaxLineBytes)
+	cw := &connWriter{s: s, c: c, peer: peer, cfg: cfg, freed: make(chan struct{}, 1),
+		w: bufio.NewWriterSize(deadlineWriter{c, cfg.WriteTimeout.D()}, 64<<10)}
+	defer cw.wg.Wait()
+	var prev *slot // the last request queued, if still in flight
+	var call Call  // reused by the requests run inline
+	for ctx.Err() == nil && cw.err() == nil {
 		_ = c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout.D()))
 		line, err := r.ReadSlice('\n')
 		switch {
 		case errors.Is(err, bufio.ErrBufferFull):
-			push(ready(errorLine(nil, api.Errorf(api.CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes))))
+			sl := newSlot(0)
+			cw.add(sl)
+			cw.complete(sl, errorLine(nil, api.Errorf(api.CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes)))
+			sl.join()
+			prev = sl
 			if !discardLine(r) {
 				return
 			}
@@ -269,13 +317,17 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Confi
 		case len(bytes.TrimSpace(line)) == 0:
 			continue // blank line: nothing asked, nothing answered
 		}
-		for inFlight.Load() > 0 && inFlight.Load()+int64(len(line)) > maxInFlightBytes {
-			<-freed
+		if r.Buffered() == 0 && cw.idle() {
+			sl := newSlot(0)
+			cw.add(sl)
+			cw.complete(sl, s.handleLineInto(ctx, peer, line, &call))
+			prev = nil
+		} else {
+			sl := newSlot(len(line))
+			cw.add(sl)
+			go s.runSlot(ctx, peer, append([]byte(nil), line...), cw, sl, prev)
+			prev = sl
 		}
-		inFlight.Add(int64(len(line)))
-		sl := newSlot(len(line))
-		go s.runSlot(ctx, peer, append([]byte(nil), line...), sl, prev)
-		push(sl)
 		if err != nil {
 			return // the last line had no newline
 		}
@@ -290,27 +342,28 @@ func (s *Server) logWriteErr(err error, peer Peer, cfg Config) {
 }
 
 // runSlot runs one pipelined request once its turn has come.
-func (s *Server) runSlot(ctx context.Context, peer Peer, line []byte, sl, prev *slot) {
+func (s *Server) runSlot(ctx context.Context, peer Peer, line []byte, cw *connWriter, sl, prev *slot) {
+	var resp []byte
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("control: panic serving a request (a bug)", "panic", r)
-			sl.resp = errorLine(nil, api.Errorf(api.CodeInternal, "internal error; see the daemon's log"))
+			resp = errorLine(nil, api.Errorf(api.CodeInternal, "internal error; see the daemon's log"))
 		}
 		sl.join()
-		close(sl.done)
+		cw.complete(sl, resp)
 	}()
 	if prev != nil {
 		<-prev.joined
 	}
 	call, err := decodeRequestInto(new(Call), line)
 	if err != nil {
-		sl.resp = errorLine(call.rawID(), err)
+		resp = errorLine(call.rawID(), err)
 		return
 	}
 	if prev != nil && !pipelined[call.Op] {
 		<-prev.written
 	}
-	sl.resp = s.handleCall(pipeline.WithJoined(ctx, sl.join), peer, call)
+	resp = s.handleCall(pipeline.WithJoined(ctx, sl.join), peer, call)
 }
 
 // discardLine skips the rest of an oversized line; false if the

@@ -171,13 +171,16 @@ func (w deadlineWriter) Write(p []byte) (int, error) {
 // Pipelining: a connection's requests are in flight together, so that a
 // client that sends many without waiting (parry block --file, a log
 // shipper) has them join the same group commit (agent/enforce, group.go).
-// The answers are written in request order. Request n+1 starts only once
-// request n has joined the decision path's queue (pipeline.Joined) or
-// finished, so decisions reach the path in the order sent; a request whose
-// op is not one of pipelined (a read: list, status...) waits until every
-// earlier answer is written, so it sees their effects. At most
-// maxInFlight requests, and maxInFlightBytes of request lines (or one line,
-// whichever is more), are in flight per connection.
+// The answers are written in request order (connWriter). Requests run one
+// after another on the goroutine that reads the connection; when one joins
+// the decision path's queue (pipeline.Joined) and so waits for a commit,
+// the reading role passes to a new goroutine, which reads and runs the next
+// request: decisions reach the path in the order sent, and a request that
+// never waits costs no hand-off. A request whose op is not pipelined (a
+// read: list, status...) waits until every earlier answer is written, so
+// it sees their effects. At most maxInFlight requests, and
+// maxInFlightBytes of request lines (or one line, whichever is more), are
+// in flight per connection.
 const (
 	maxInFlight      = 64
 	maxInFlightBytes = 4 << 20
@@ -193,16 +196,10 @@ type slot struct {
 	size    int
 	resp    []byte
 	done    bool          // resp is set (under connWriter.mu)
-	join    func()        // closes joined, once
-	joined  chan struct{} // the request joined the path's queue, or finished
 	written chan struct{} // resp was written (and every earlier one)
 }
 
-func newSlot(size int) *slot {
-	sl := &slot{size: size, joined: make(chan struct{}), written: make(chan struct{})}
-	sl.join = sync.OnceFunc(func() { close(sl.joined) })
-	return sl
-}
+func newSlot(size int) *slot { return &slot{size: size, written: make(chan struct{})} }
 
 // connWriter writes a connection's answers in request order: whoever
 // completes the request at the head writes it and every completed one
@@ -282,33 +279,50 @@ func (cw *connWriter) err() error {
 }
 
 // serveConn reads one request per line and writes one response per line,
-// in order. A request that arrives with nothing in flight and nothing more
-// to read runs on the reading goroutine (a client waiting for each answer
-// pays for no hand-off); others run on their own goroutine, in order
-// (runSlot). Nothing a client sends can crash it.
+// in order. Nothing a client sends can crash it.
 func (s *Server) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Config) {
+	cw := &connWriter{s: s, c: c, peer: peer, cfg: cfg, freed: make(chan struct{}, 1),
+		w: bufio.NewWriterSize(deadlineWriter{c, cfg.WriteTimeout.D()}, 64<<10)}
+	cw.wg.Add(1) // the reading role
+	s.readLoop(ctx, &connReader{r: bufio.NewReaderSize(c, cfg.MaxLineBytes), c: c, peer: peer, cfg: cfg, cw: cw})
+	cw.wg.Wait()
+}
+
+// connReader is the reading role of a connection: one goroutine holds it
+// at a time.
+type connReader struct {
+	r    *bufio.Reader
+	c    net.Conn
+	peer Peer
+	cfg  Config
+	cw   *connWriter
+	prev *slot // the last request, if still in flight
+}
+
+// readLoop reads and runs requests until the connection ends, or until a
+// request it runs joins the decision path's queue: then it hands the
+// reading role to a new goroutine (the next request may join the same
+// group) and finishes that request. A request that never waits on the path
+// costs no hand-off. A request whose op is not pipelined waits until every
+// earlier answer is written.
+func (s *Server) readLoop(ctx context.Context, cr *connReader) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("control: panic serving a connection (a bug)", "panic", r)
 		}
 	}()
-	r := bufio.NewReaderSize(c, cfg.MaxLineBytes)
-	cw := &connWriter{s: s, c: c, peer: peer, cfg: cfg, freed: make(chan struct{}, 1),
-		w: bufio.NewWriterSize(deadlineWriter{c, cfg.WriteTimeout.D()}, 64<<10)}
-	defer cw.wg.Wait()
-	var prev *slot // the last request queued, if still in flight
-	var call Call  // reused by the requests run inline
-	for ctx.Err() == nil && cw.err() == nil {
-		_ = c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout.D()))
-		line, err := r.ReadSlice('\n')
+	defer cr.cw.wg.Done()
+	cfg := cr.cfg
+	for ctx.Err() == nil && cr.cw.err() == nil {
+		_ = cr.c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout.D()))
+		line, err := cr.r.ReadSlice('\n')
 		switch {
 		case errors.Is(err, bufio.ErrBufferFull):
 			sl := newSlot(0)
-			cw.add(sl)
-			cw.complete(sl, errorLine(nil, api.Errorf(api.CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes)))
-			sl.join()
-			prev = sl
-			if !discardLine(r) {
+			cr.cw.add(sl)
+			cr.cw.complete(sl, errorLine(nil, api.Errorf(api.CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes)))
+			cr.prev = sl
+			if !discardLine(cr.r) {
 				return
 			}
 			continue
@@ -317,19 +331,38 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Confi
 		case len(bytes.TrimSpace(line)) == 0:
 			continue // blank line: nothing asked, nothing answered
 		}
-		if r.Buffered() == 0 && cw.idle() {
-			sl := newSlot(0)
-			cw.add(sl)
-			cw.complete(sl, s.handleLineInto(ctx, peer, line, &call))
-			prev = nil
+		last := err != nil                  // the last line had no newline
+		line = append([]byte(nil), line...) // the next reader reuses the buffer
+		sl := newSlot(len(line))
+		cr.cw.add(sl)
+		call, derr := decodeRequestInto(new(Call), line)
+		if derr != nil {
+			cr.cw.complete(sl, errorLine(call.rawID(), derr))
+			cr.prev = sl
 		} else {
-			sl := newSlot(len(line))
-			cw.add(sl)
-			go s.runSlot(ctx, peer, append([]byte(nil), line...), cw, sl, prev)
-			prev = sl
+			if cr.prev != nil && !pipelined[call.Op] {
+				<-cr.prev.written
+			}
+			handedOff := false
+			joined := func() {
+				if last || handedOff {
+					return
+				}
+				handedOff = true
+				next := *cr
+				next.prev = sl
+				cr.cw.wg.Add(1)
+				go s.readLoop(ctx, &next)
+			}
+			resp := s.handleCall(pipeline.WithJoined(ctx, joined), cr.peer, call)
+			cr.cw.complete(sl, resp)
+			if handedOff {
+				return // the new reader goes on
+			}
+			cr.prev = sl
 		}
-		if err != nil {
-			return // the last line had no newline
+		if last {
+			return
 		}
 	}
 }
@@ -339,31 +372,6 @@ func (s *Server) logWriteErr(err error, peer Peer, cfg Config) {
 		s.log.Warn("control: peer does not read its answers; closing the connection",
 			"peer", peer.String(), "write_timeout", cfg.WriteTimeout.D())
 	}
-}
-
-// runSlot runs one pipelined request once its turn has come.
-func (s *Server) runSlot(ctx context.Context, peer Peer, line []byte, cw *connWriter, sl, prev *slot) {
-	var resp []byte
-	defer func() {
-		if r := recover(); r != nil {
-			s.log.Error("control: panic serving a request (a bug)", "panic", r)
-			resp = errorLine(nil, api.Errorf(api.CodeInternal, "internal error; see the daemon's log"))
-		}
-		sl.join()
-		cw.complete(sl, resp)
-	}()
-	if prev != nil {
-		<-prev.joined
-	}
-	call, err := decodeRequestInto(new(Call), line)
-	if err != nil {
-		resp = errorLine(call.rawID(), err)
-		return
-	}
-	if prev != nil && !pipelined[call.Op] {
-		<-prev.written
-	}
-	resp = s.handleCall(pipeline.WithJoined(ctx, sl.join), peer, call)
 }
 
 // discardLine skips the rest of an oversized line; false if the

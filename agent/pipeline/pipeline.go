@@ -1,11 +1,11 @@
 // Package pipeline lets a connection's pipelined requests be in flight
 // together while they reach the decision path in the order they were sent.
 //
-// The control server runs a connection's requests concurrently, but
-// starts request n+1 only once request n has joined the decision path's
-// queue (or finished): the path calls Joined when it has queued a
-// decision. Both sides only share a context value, so neither imports the
-// other.
+// The control server runs a connection's requests one after another, and
+// when one has taken its place in the decision path's queue (the path
+// calls Joined) and waits for its group's commit, it goes on reading and
+// running the next request on another goroutine. Both sides only share a
+// context value, so neither imports the other.
 package pipeline
 
 import (

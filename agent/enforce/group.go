@@ -99,8 +99,10 @@ func (dp *Path) enqueue(ctx context.Context, dec response.Decision, opt EnforceO
 			return r.out
 		default:
 		}
-		dp.commitGroup(dp.q.take())
-		dp.mu.Unlock()
+		func() {
+			defer dp.mu.Unlock()
+			dp.commitGroup(dp.q.take())
+		}()
 		<-r.done // r was queued and not done: it was in the group
 		return r.out
 	case <-ctx.Done():
@@ -128,11 +130,24 @@ func (dp *Path) commitGroup(g []*request) {
 		decs[i], opts[i] = r.dec, r.opt
 	}
 	outs := make([]Outcome, len(g))
+	answered := false
+	defer func() {
+		if answered {
+			return
+		}
+		// A panic (a bug): no member may wait for ever. The panic goes on
+		// to the control server's recovery, which logs it.
+		for _, r := range g {
+			r.out = Outcome{ID: r.dec.ID, Action: r.dec.Action, Err: api.Errorf(api.CodeInternal, "internal error in the decision path; see the daemon's log")}
+			close(r.done)
+		}
+	}()
 	dp.enforceRuns(decs, opts, outs)
 	for i, r := range g {
 		r.out = outs[i]
 		close(r.done)
 	}
+	answered = true
 }
 
 // enforceRuns enforces decs in order, one commit per run (runLen), with

@@ -33,6 +33,8 @@ type fakeFW struct {
 	// hold, when set, makes Block wait for it to be closed after telling
 	// entered (group commit tests: a commit in flight).
 	hold, entered chan struct{}
+	// failIf, when set, fails the Block calls it returns an error for.
+	failIf func([]firewall.Element) error
 }
 
 func newFakeFW() *fakeFW { return &fakeFW{elems: map[netip.Prefix]time.Duration{}} }
@@ -62,6 +64,11 @@ func (f *fakeFW) Block(elems []firewall.Element) error {
 	f.blockSizes = append(f.blockSizes, len(elems))
 	if f.failBlock != nil {
 		return f.failBlock
+	}
+	if f.failIf != nil {
+		if err := f.failIf(elems); err != nil {
+			return err
+		}
 	}
 	if !f.present {
 		return errors.New("no table")

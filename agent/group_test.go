@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/response"
 )
 
@@ -214,4 +216,64 @@ func TestStoreOnFullFilesystem(t *testing.T) {
 		t.Fatal("the block acknowledged before the failure is gone")
 	}
 	verifyAuditOK(t, cfg.StateDir)
+}
+
+// TestGroupKernelFailureFailsTheGroup: when the kernel refuses a group's
+// transaction, every member fails and nothing of the group is left in the
+// store or the kernel; a member refused by the guard keeps its own code.
+func TestGroupKernelFailureFailsTheGroup(t *testing.T) {
+	clk := &clock{t: t0}
+	fw := newFakeFW()
+	d := newTestDaemon(t, testConfig(t), fw, clk)
+	dial := serve(t, d)
+	hold, entered := make(chan struct{}), make(chan struct{}, 1)
+	fw.mu.Lock()
+	fw.hold, fw.entered = hold, entered
+	fw.mu.Unlock()
+	first := dial()
+	fmt.Fprintf(first, `{"op":"block","id":"first","targets":["203.0.113.1"],"for":"1h"}`+"\n")
+	<-entered
+	fw.mu.Lock()
+	fw.hold = nil
+	fw.mu.Unlock()
+	targets := []string{"203.0.113.2", "203.0.113.3", "127.0.0.1", "203.0.113.4"}
+	conns := make([]*bufio.Reader, len(targets))
+	for i, tg := range targets {
+		c := dial()
+		fmt.Fprintf(c, `{"op":"block","targets":["%s"],"for":"1h"}`+"\n", tg)
+		conns[i] = bufio.NewReader(c)
+		pollFor(t, "the block queued", func() bool { return d.path.Waiting() == i+1 })
+	}
+	fw.mu.Lock()
+	fw.failIf = func(elems []firewall.Element) error { // the group's transaction, not the first's
+		if slices.ContainsFunc(elems, func(e firewall.Element) bool { return e.Prefix.Addr().String() == "203.0.113.2" }) {
+			return errors.New("injected")
+		}
+		return nil
+	}
+	fw.mu.Unlock()
+	close(hold) // the first commit ends; the group's fails
+	if w := readResp(t, bufio.NewReader(first)); !w.OK {
+		t.Fatalf("first: %+v", w.Error)
+	}
+	var codes []string
+	for i, r := range conns {
+		w := readResp(t, r)
+		code := "ok"
+		if !w.OK {
+			code = w.Error.Code
+		}
+		codes = append(codes, targets[i]+" "+code)
+	}
+	want := []string{"203.0.113.2 firewall_failed", "203.0.113.3 firewall_failed", "127.0.0.1 loopback", "203.0.113.4 firewall_failed"}
+	if !cmp.Equal(codes, want) {
+		t.Fatalf("answers %v, want %v: a group fails as a whole, the guard's refusal alone", codes, want)
+	}
+	if diff := cmp.Diff("block 203.0.113.1/32 timeout=1h0m0s", fw.state()); diff != "" {
+		t.Errorf("kernel after a failed group (-want +got):\n%s", diff)
+	}
+	if n := len(blocksOf(t, d)); n != 1 {
+		t.Errorf("store holds %d blocks after a failed group, want 1", n)
+	}
+	verifyAuditOK(t, d.Config().StateDir)
 }

@@ -234,13 +234,6 @@ func (cw *connWriter) add(sl *slot) {
 	cw.mu.Unlock()
 }
 
-// idle reports whether no request is in flight.
-func (cw *connWriter) idle() bool {
-	cw.mu.Lock()
-	defer cw.mu.Unlock()
-	return len(cw.queue) == 0
-}
-
 // complete sets sl's answer and writes what is ready.
 func (cw *connWriter) complete(sl *slot, resp []byte) {
 	cw.mu.Lock()

@@ -63,7 +63,14 @@ func Listen(path string, cfg Config) (net.Listener, error) {
 // control.write_timeout: a peer that does not read is disconnected.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	var conns sync.Map
+	// At the end, requests in flight finish and their answers are written
+	// (an uninstall_rules that stops the daemon is answered): reads end at
+	// once, then each connection closes when its requests are done.
+	defer func() {
+		conns.Range(func(k, _ any) bool { _ = k.(net.Conn).SetReadDeadline(time.Now()); return true })
+		wg.Wait()
+	}()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	// Fixed while serving (restart to change), and read here, not per
@@ -71,8 +78,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	limits := s.config()
 	slots := newConnSlots(limits.MaxConnections)
 	refusedLog := &logThrottle{interval: refuseInterval}
-	var conns sync.Map
-	defer conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
 	for {
 		c, err := ln.Accept()
 		if err != nil {

@@ -118,6 +118,11 @@ func loadBreak(st *store.Store) (*api.ChainBreak, error) {
 	return &brk, nil
 }
 
+// auditChainOK is parry_audit_chain_ok: the audit log is being written
+// and no chain break waits for acknowledgement. Atomics only: a scrape
+// never waits on the audit log or the daemon.
+func (d *Daemon) auditChainOK() bool { return !d.breakOpen.Load() && !d.audit.Failing() }
+
 // AuditBreak is the unacknowledged chain break, or nil.
 func (d *Daemon) AuditBreak() *api.ChainBreak {
 	d.breakMu.Lock()
@@ -135,6 +140,7 @@ func (d *Daemon) opAuditAck(_ context.Context, c *control.Call) (any, error) {
 	}
 	d.breakMu.Lock()
 	d.chainBreak = nil
+	d.breakOpen.Store(false)
 	d.breakMu.Unlock()
 	d.Audit("audit_break_acknowledged", map[string]any{"break_time": brk.Time, "kept_as": brk.KeptAs, "sender": c.Peer.String()})
 	return map[string]any{"acknowledged": true, "chain_break": brk}, nil

@@ -23,6 +23,7 @@ import (
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/enforce"
+	"github.com/parryhq/parry/agent/events"
 	"github.com/parryhq/parry/agent/heal"
 	"github.com/parryhq/parry/agent/store"
 	"github.com/parryhq/parry/firewall"
@@ -98,6 +99,7 @@ type Daemon struct {
 
 	breakMu    sync.Mutex      // guards chainBreak
 	chainBreak *api.ChainBreak // unacknowledged audit chain break
+	breakOpen  atomic.Bool     // chainBreak != nil, for the metrics (no lock)
 
 	incident atomic.Pointer[Incident] // set by AttachIncident; told of every signal
 	fleet    *fleetGlue               // the fleet, once joined (fleet.go)
@@ -107,6 +109,9 @@ type Daemon struct {
 	policy *policy // the signal path: engine, escalation memory, signal records (signal.go)
 
 	integ *integrityGlue // the integrity monitor and its ops (agent/integrity.go)
+
+	events    *events.Hub // the audit log's tap: live events for op events (events_ops.go)
+	auditPath string
 
 	closing chan struct{}
 	closeMu sync.Once
@@ -153,7 +158,11 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	d.audit, d.chainBreak = al, brk
+	d.breakOpen.Store(brk != nil)
 	d.rec.Use(al)
+	d.auditPath = filepath.Join(cfg.StateDir, "audit.log")
+	d.events = events.NewHub(0)
+	d.events.Start(al.SetTap(d.events))
 	if err := d.rec.Recover(filepath.Join(cfg.StateDir, "audit.log"), anchor, fresh); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("agent: %w", err)
@@ -171,6 +180,11 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.heal = heal.New(heal.Options{Table: opts.Firewall, Path: d.path, Audit: d.Audit, Log: d.log, Now: d.now,
+		Reasserted: func(reason string) {
+			if in := d.incident.Load(); in != nil && in.metrics != nil {
+				in.metrics.Reasserted(reason)
+			}
+		},
 		TableName: cfg.Table, Sweeper: opts.Sweeper, AddrEvents: opts.AddrEvents,
 		PruneEvery:    func() time.Duration { return d.Config().Prune.D() },
 		ReassertEvery: func() time.Duration { return d.Config().Reassert.D() }})

@@ -86,6 +86,7 @@ func AttachIncident(d *Daemon, configPath string) (*Incident, error) {
 	in.evidence = st
 	if cfg.Metrics.Enabled {
 		in.metrics = metrics.New()
+		in.metrics.AuditChain(d.auditChainOK)
 	}
 	nopts := webhook.Options{Logger: in.log, Now: d.now, Host: in.host}
 	if in.metrics != nil {

@@ -31,6 +31,7 @@ func (d *Daemon) registerOps() {
 	d.server.Handle("audit_ack", control.PermAdmin, d.opAuditAck)
 	d.server.Handle("reload", control.PermAdmin, d.opReload)
 	d.server.Handle("uninstall_rules", control.PermAdmin, d.opUninstallRules)
+	d.server.HandleParams("events", control.PermAdmin, d.opEvents) // a stream (events_ops.go)
 	d.integ.register(d.server)
 }
 

@@ -28,6 +28,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -98,6 +99,31 @@ type Log struct {
 	rot     rotation    // rotation state (rotate.go), under mu
 	maint   maintenance // compression and retention (rotate.go)
 	crashAt func(step string) error
+	tap     Tap         // under mu
+	failing atomic.Bool // fail != nil, readable without mu (metrics)
+}
+
+// Tap hears of every line appended (parry events, agent/events): the log
+// calls Appended after each append that moved its seq, outside its lock.
+// The lines are a copy, made under the lock only while Tapping is true.
+type Tap interface {
+	// Tapping reports whether anyone listens now; it must not block.
+	Tapping() bool
+	// Appended says that an append moved the log's seq from before to
+	// last. lines (nil when no one was tapping) are the append's lines,
+	// the last len(names) seqs up to last, one per name, each ending in a
+	// newline. Concurrent appends may call it out of seq order: before
+	// chains them. A rotation's segment_start line is not among them.
+	Appended(before, last uint64, names []string, lines []byte)
+}
+
+// SetTap installs t (nil: none) and returns the seq of the last line
+// appended: the first Appended call's before.
+func (l *Log) SetTap(t Tap) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.tap = t
+	return l.seq
 }
 
 // Open opens path for appending with the default Config, continuing the
@@ -298,19 +324,40 @@ func (l *Log) Append(event string, fields any) error {
 // one, or none (the error wraps ErrFailed).
 func (l *Log) AppendAll(events ...Event) (uint64, error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	before, tap := l.seq, l.tap
+	seq, tapped, err := l.appendLocked(events)
+	after := l.seq
+	l.mu.Unlock()
+	if tap != nil && after != before {
+		var names []string
+		if tapped != nil {
+			names = make([]string, len(events))
+			for i, ev := range events {
+				names[i] = ev.Name
+			}
+		}
+		tap.Appended(before, after, names, tapped)
+	}
+	return seq, err
+}
+
+// appendLocked is AppendAll under l.mu; tapped is a copy of the lines
+// written if the tap is tapping once they are written (not before: a
+// subscriber that missed the copy can find the line in the file). Caller
+// holds l.mu.
+func (l *Log) appendLocked(events []Event) (seq uint64, tapped []byte, err error) {
 	if l.f == nil {
-		return 0, ErrClosed
+		return 0, nil, ErrClosed
 	}
 	if op, err := l.repairLocked(); err != nil {
-		return 0, l.failLocked(op, err)
+		return 0, nil, l.failLocked(op, err)
 	}
 	if err := l.maybeRotateLocked(); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	line, seq, prev, lastAt, err := l.render(l.buf[:0], l.seq, l.prev, events)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	n, err := l.f.Write(line)
 	if err == nil && n != len(line) {
@@ -323,7 +370,7 @@ func (l *Log) AppendAll(events ...Event) (uint64, error) {
 				l.torn = false
 			}
 		}
-		return 0, l.failLocked("write", fmt.Errorf("%s: write: %w", events[0].Name, err))
+		return 0, nil, l.failLocked("write", fmt.Errorf("%s: write: %w", events[0].Name, err))
 	}
 	if cap(line) <= 1<<20 {
 		l.buf = line
@@ -332,7 +379,11 @@ func (l *Log) AppendAll(events ...Event) (uint64, error) {
 	l.size += int64(len(line))
 	l.seq, l.prev, l.dirty = seq, prev, true
 	l.fail = nil
-	return seq, nil
+	l.failing.Store(false)
+	if l.tap != nil && l.tap.Tapping() {
+		tapped = append([]byte(nil), line...)
+	}
+	return seq, tapped, nil
 }
 
 // render appends events to line as consecutive audit lines chained from
@@ -391,8 +442,13 @@ func (l *Log) failLocked(op string, err error) error {
 	l.fail.Op = op
 	l.fail.Error = err.Error()
 	l.fail.Count++
+	l.failing.Store(true)
 	return fmt.Errorf("%w: %w", ErrFailed, err)
 }
+
+// Failing reports whether an audit failure lasts (Failure is not nil),
+// without waiting for the log's lock: for the metrics.
+func (l *Log) Failing() bool { return l.failing.Load() }
 
 // Failure reports the audit failure that lasts, or nil when the last append
 // (and sync) succeeded.

@@ -96,13 +96,15 @@ type App struct {
 	Stdout, Stderr io.Writer
 	Getenv         func(string) string
 	socket         string
+	raw            io.Writer // stdout unfiltered (events.go), nil: none
 }
 
 // Main runs the CLI and returns the process exit code.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	out := &countingWriter{w: termSafe{stdout}}
+	raw := &countingWriter{w: stdout}
 	stdout, stderr = out, termSafe{stderr}
-	a := &App{Stdin: stdin, Stdout: stdout, Stderr: stderr, Getenv: os.Getenv}
+	a := &App{Stdin: stdin, Stdout: stdout, Stderr: stderr, Getenv: os.Getenv, raw: raw}
 	root := a.command(args)
 	root.SetArgs(args)
 	root.SetIn(stdin)
@@ -115,7 +117,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	if err == nil {
 		return ExitOK
 	}
-	if out.n == 0 && wantsJSON(root, args) {
+	if out.n == 0 && raw.n == 0 && wantsJSON(root, args) {
 		// --json promised an object on stdout: say what failed in one.
 		printFailure(stdout, err)
 	}
@@ -180,7 +182,7 @@ The socket is --socket, else $PARRY_SOCKET, else ` + client.DefaultSocket + `.`,
 	root.PersistentFlags().StringVar(&a.socket, "socket", "", "control socket (default $PARRY_SOCKET or "+client.DefaultSocket+")")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	root.AddCommand(a.blockCmd(), a.unblockCmd(), a.listCmd(), a.statusCmd(), a.auditCmd(),
-		a.lockdownCmd(), a.releaseCmd(), a.signalCmd(), a.uninstallCmd(), a.integrityCmd())
+		a.lockdownCmd(), a.releaseCmd(), a.signalCmd(), a.uninstallCmd(), a.integrityCmd(), a.eventsCmd())
 	root.AddCommand(a.incidentCmds()...)
 	return root
 }

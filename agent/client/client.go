@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"time"
@@ -121,4 +122,45 @@ func (c *Client) Pipeline(reqs [][]byte, each func(i int, r Response) error) err
 		}
 	}
 	return <-werr
+}
+
+// Stream sends one request whose answer goes on (op events): answer gets
+// the answer line (an ok:false one is returned as *api.Error), then each
+// gets every line after it, newline included, until the daemon ends the
+// stream (nil), each returns an error (that error), or the connection
+// fails. Close the client from another goroutine to stop it.
+func (c *Client) Stream(req any, answer func(Response) error, each func(line []byte) error) error {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encode request: %w", err)
+	}
+	first := true
+	var resp Response
+	err = c.Pipeline([][]byte{b}, func(_ int, r Response) error {
+		resp, first = r, false
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if first || !resp.OK {
+		return resp.Error
+	}
+	if err := answer(resp); err != nil {
+		return err
+	}
+	for {
+		line, err := c.r.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			if err := each(line); err != nil {
+				return err
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read stream: %w", err)
+		}
+	}
 }

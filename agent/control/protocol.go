@@ -19,6 +19,7 @@ type Call struct {
 	Peer   Peer
 	params []param
 	inline [6]param // params' backing array for the usual request
+	stream Stream   // the op's answer goes on (stream.go)
 }
 
 // param is one top-level member of a request other than op and id.

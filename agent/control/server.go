@@ -357,6 +357,17 @@ func (s *Server) readLoop(ctx context.Context, cr *connReader) {
 			if handedOff {
 				return // the new reader goes on
 			}
+			if st := call.stream; st != nil { // the op answers with a stream: it takes the connection
+				// Not pipelined: every earlier answer, and its own, is written.
+				call.stream = nil
+				if cr.cw.err() == nil {
+					if werr := s.runStream(ctx, cr.c, cr.r, st, cfg); werr != nil {
+						s.logWriteErr(werr, cr.peer, cfg)
+					}
+				}
+				st.Close()
+				return
+			}
 			cr.prev = sl
 		}
 		if last {
@@ -389,7 +400,9 @@ func discardLine(r *bufio.Reader) bool {
 // HandleLine decodes and runs one request line from peer and returns the
 // answer line (tests and fuzzing drive the server through it).
 func (s *Server) HandleLine(ctx context.Context, peer Peer, line []byte) []byte {
-	return s.handleLineInto(ctx, peer, line, new(Call))
+	c := new(Call)
+	defer c.closeStream() // a stream's answer line only
+	return s.handleLineInto(ctx, peer, line, c)
 }
 
 // handleLineInto is handleLine decoding into buf, which no op keeps.
@@ -429,7 +442,13 @@ func (s *Server) handleCall(ctx context.Context, peer Peer, call *Call) (resp []
 	}()
 	result, err := op.fn(ctx, call)
 	if err != nil {
+		if st, ok := result.(Stream); ok {
+			st.Close()
+		}
 		return errorLine(call.rawID(), err)
+	}
+	if st, ok := result.(Stream); ok {
+		call.stream = st // serveConn runs it after the answer line
 	}
 	return OKLine(call.rawID(), result)
 }

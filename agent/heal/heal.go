@@ -93,6 +93,10 @@ type Options struct {
 	// PruneEvery and ReassertEvery read prune_interval and
 	// reassert_interval of the config in force.
 	PruneEvery, ReassertEvery func() time.Duration
+	// Reasserted, if set, hears of each re-assertion that succeeded, with
+	// its reason ("start", "table missing", "foreign_change"...): the
+	// metrics. It must not call back into the healer.
+	Reasserted func(reason string)
 }
 
 // Healer is reconcile and self-heal.
@@ -190,6 +194,12 @@ func (h *Healer) Reconcile(reason string) error {
 	return h.reconcile(reason)
 }
 
+func (h *Healer) reasserted(reason string) {
+	if h.o.Reasserted != nil {
+		h.o.Reasserted(reason)
+	}
+}
+
 func (h *Healer) reconcile(reason string) error {
 	start := h.o.Now()
 	wasPresent, err := h.o.Table.Present()
@@ -217,6 +227,7 @@ func (h *Healer) reconcile(reason string) error {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	h.noteHealth(true, nil)
+	h.reasserted(reason)
 	f := map[string]any{"reason": reason, "table_was_present": wasPresent, "restored": n,
 		"lockdown": lock, "took_ms": h.o.Now().Sub(start).Milliseconds()}
 	if len(unknown) > 0 {
@@ -249,6 +260,7 @@ func (h *Healer) reassertForeign() {
 		h.checkSoon() // the structure may be gone since
 		return
 	}
+	h.reasserted("foreign_change")
 	took := h.o.Now().Sub(start).Milliseconds()
 	h.o.Log.Info("re-asserted blocks after a foreign nftables change", "blocks", n, "lockdown", lock, "took_ms", took)
 	h.o.Audit("reconcile", map[string]any{"reason": "foreign_change", "restored": n, "lockdown": lock, "took_ms": took})

@@ -77,6 +77,8 @@ type Metrics struct {
 	lockdownUntil  prometheus.Gauge
 	notifyFailures *prometheus.CounterVec
 	evidence       *prometheus.CounterVec
+	reasserts      *prometheus.CounterVec
+	heals          prometheus.Counter
 
 	mu     sync.Mutex
 	labels map[string]map[string]bool // label name -> values seen
@@ -109,15 +111,54 @@ func New() *Metrics {
 		[]string{"webhook", "reason"})
 	m.evidence = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parry_evidence_captures_total",
 		Help: "Evidence snapshots written, by trigger."}, []string{"trigger"})
+	m.reasserts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parry_table_reasserts_total",
+		Help: "Times the store's blocks, allowlist and lockdown were re-asserted into the kernel, by reason (start, missing: the table was gone and was rebuilt, foreign_change: another program changed nftables, other)."},
+		[]string{"reason"})
+	m.heals = prometheus.NewCounter(prometheus.CounterOpts{Name: "parry_table_heals_total",
+		Help: "Times parry's nftables table was found missing and rebuilt (self-heal)."})
 	for _, c := range []prometheus.Collector{m.activeBlocks, m.decisions, m.signals, m.applyLatency, m.findings,
-		m.findingsOpen, m.lockdown, m.lockdownUntil, m.notifyFailures, m.evidence,
+		m.findingsOpen, m.lockdown, m.lockdownUntil, m.notifyFailures, m.evidence, m.reasserts, m.heals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
 	for _, fam := range []string{"ipv4", "ipv6"} {
 		m.activeBlocks.WithLabelValues(fam)
 	}
+	for _, r := range ReassertReasons {
+		m.reasserts.WithLabelValues(r)
+	}
 	return m
+}
+
+// ReassertReasons are the values of parry_table_reasserts_total's reason.
+var ReassertReasons = []string{"start", "missing", "foreign_change", "other"}
+
+// Reasserted counts a re-assertion of the store into the kernel; reason
+// is the healer's ("start", "table missing", "foreign_change", ...),
+// mapped to ReassertReasons. A table found missing is also a heal.
+func (m *Metrics) Reasserted(reason string) {
+	switch reason {
+	case "start", "foreign_change":
+	case "table missing":
+		reason = "missing"
+		m.heals.Inc()
+	default:
+		reason = "other"
+	}
+	m.reasserts.WithLabelValues(reason).Inc()
+}
+
+// AuditChain exports parry_audit_chain_ok from ok, called at each scrape:
+// it must read only a snapshot (atomics), never wait on a lock.
+func (m *Metrics) AuditChain(ok func() bool) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "parry_audit_chain_ok",
+		Help: "1 while the audit log is being written and its chain is intact; 0 when appends are failing (full disk, I/O error) or the chain was found broken at start and not yet acknowledged (parry audit ack)."},
+		func() float64 {
+			if ok() {
+				return 1
+			}
+			return 0
+		}))
 }
 
 // Registry is the registry scraped by Handler (tests use it with testutil).

@@ -108,6 +108,9 @@ scrape_configs:
 		{`sum(parry_decisions_total{job="parry",action="block",result="applied"})`, "1"},
 		{`sum(parry_signals_total{job="parry",kind="auth_failure"})`, "1"},
 		{`count(parry_lockdown_until_timestamp_seconds{job="parry"} > time())`, "1"},
+		{`parry_audit_chain_ok{job="parry"}`, "1"},
+		{`parry_table_reasserts_total{job="parry",reason="start"}`, "1"},
+		{`parry_table_heals_total{job="parry"}`, "0"},
 		{`count(process_resident_memory_bytes{job="parry"})`, "1"},
 	} {
 		if got := one(c.q); got != c.want {
@@ -153,7 +156,7 @@ scrape_configs:
 				return false
 			}
 		}
-		return len(rulesResp.Data.Groups[0].Rules) == 7
+		return len(rulesResp.Data.Groups[0].Rules) == 9
 	})
 }
 

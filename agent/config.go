@@ -16,7 +16,9 @@ import (
 	"github.com/parryhq/parry/agent/audit"
 	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/evidence"
+	"github.com/parryhq/parry/agent/feed"
 	"github.com/parryhq/parry/agent/fleet"
+	"github.com/parryhq/parry/agent/geoip"
 	"github.com/parryhq/parry/agent/hostcheck"
 	"github.com/parryhq/parry/agent/metrics"
 	webhook "github.com/parryhq/parry/agent/notify"
@@ -59,6 +61,9 @@ type Config struct {
 	Notify   webhook.Config   `yaml:"notify"`
 	Metrics  metrics.Config   `yaml:"metrics"`
 	Check    hostcheck.Config `yaml:"check"`
+
+	Feeds []feed.Config `yaml:"feeds"` // blocklist feeds (docs/feeds.md)
+	GeoIP geoip.Config  `yaml:"geoip"` // country and ASN .mmdb files (docs/feeds.md)
 
 	allow []netip.Prefix // parsed Allowlist, set by Validate
 }
@@ -191,6 +196,12 @@ func (c *Config) Validate() error {
 	}
 	if ct.AdminReserve < 0 || ct.AdminReserve >= ct.MaxConnections {
 		bad("control.admin_reserve: %d must be at least 0 and less than control.max_connections (%d)", ct.AdminReserve, ct.MaxConnections)
+	}
+	feeds, err := feed.ValidateAll(c.Feeds)
+	if err != nil {
+		bad("feeds: %w", err)
+	} else {
+		c.Feeds = feeds
 	}
 	errs = append(errs, validateSections(c)...)
 	return errors.Join(errs...)

@@ -103,6 +103,8 @@ type Daemon struct {
 
 	incident atomic.Pointer[Incident] // set by AttachIncident; told of every signal
 	fleet    *fleetGlue               // the fleet, once joined (fleet.go)
+	feeds    *feedsPart               // blocklist feeds and their refresh loops (feeds.go)
+	geo      *geoGlue                 // the country and ASN databases (geo.go)
 
 	server *control.Server // the control server: socket, peers, limits, op table
 
@@ -199,6 +201,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	d.policy.eng.Store(eng)
 	d.fleet = &fleetGlue{path: d.path}
+	d.geo = &geoGlue{log: d.log}
+	d.geo.open(cfg.GeoIP)
+	if d.feeds, err = newFeeds(cfg.Feeds, st, d.path, func() { d.heal.Bulk() }, d.log, d.now); err != nil {
+		d.Close()
+		return nil, err
+	}
 	d.integ = &integrityGlue{log: d.log, now: d.now, store: st, audit: d.Audit, config: d.Config,
 		observe: d.observeFinding, handle: d.policy.handleOwn}
 	d.registerOps()
@@ -277,6 +285,10 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		restart = append(restart, "socket/state_dir")
 		cfg.Socket, cfg.StateDir = old.Socket, old.StateDir
 	}
+	if !reflect.DeepEqual(cfg.Feeds, old.Feeds) {
+		restart = append(restart, "feeds")
+		cfg.Feeds = old.Feeds
+	}
 	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
 		restart = append(restart, "fleet")
 		cfg.Fleet = old.Fleet
@@ -299,6 +311,7 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 	d.cfg = cfg
 	d.cfgMu.Unlock()
 	d.policy.eng.Store(eng)
+	d.geo.open(cfg.GeoIP) // the files may have been replaced (geoipupdate)
 	d.server.Limit(cfg.Control.Rate, cfg.Control.Burst)
 	d.audit.SetConfig(cfg.Audit)
 	f := map[string]any{"ok": true, "allowlist": len(cfg.AllowPrefixes())}

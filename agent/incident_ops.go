@@ -150,7 +150,11 @@ func (in *Incident) Report(since time.Duration) (report.Report, error) {
 		return report.Report{}, fmt.Errorf("report: %w", err)
 	}
 	defer f.Close()
-	return report.Summarize(f, chain, in.host, from, to.Add(time.Second))
+	rep, err := report.Summarize(f, chain, in.host, from, to.Add(time.Second))
+	if err == nil {
+		in.d.geo.annotateSources(rep.Sources)
+	}
+	return rep, err
 }
 
 func (in *Incident) opCheck(ctx context.Context, c *control.Call) (any, error) {

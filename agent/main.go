@@ -224,6 +224,8 @@ func (m *Main) Run(ctx context.Context) error {
 	d.path.UnblockOwn()
 	incDone := make(chan struct{})
 	go func() { inc.Run(ctx); close(incDone) }()
+	feedsDone := make(chan struct{})
+	go func() { defer close(feedsDone); d.feeds.Run(ctx) }() // agent/feeds.go
 	notify(m.Logger, sddaemon.SdNotifyReady)
 	m.notifyStatus()
 	serveErr := make(chan error, 1)
@@ -250,6 +252,7 @@ func (m *Main) Run(ctx context.Context) error {
 	<-maintained
 	<-integrityDone
 	<-addrsDone
+	<-feedsDone
 	<-incDone // evidence in flight is written and audited before the log closes
 	d.Audit("stop", map[string]any{"pid": os.Getpid()})
 	return err

@@ -22,7 +22,8 @@ func (d *Daemon) registerOps() {
 	d.server.Handle("ping", control.PermAnyone, d.opPing)
 	d.server.HandleParams("signal", control.PermAnyone, d.policy.opSignal) // per-kind authorisation inside
 	d.server.Handle("status", control.PermAdmin, d.opStatus)
-	d.server.Handle("list", control.PermAdmin, d.opList)
+	d.server.HandleParams("list", control.PermAdmin, d.opList)
+	d.server.HandleParams("why", control.PermAdmin, d.opWhy)
 	d.server.HandleParams("block", control.PermAdmin, d.opBlock)
 	d.server.HandleParams("unblock", control.PermAdmin, d.opUnblock)
 	d.server.HandleParams("lockdown", control.PermAdmin, d.opLockdown)
@@ -33,6 +34,7 @@ func (d *Daemon) registerOps() {
 	d.server.Handle("uninstall_rules", control.PermAdmin, d.opUninstallRules)
 	d.server.HandleParams("events", control.PermAdmin, d.opEvents) // a stream (events_ops.go)
 	d.integ.register(d.server)
+	d.feeds.register(d.server)
 }
 
 func (d *Daemon) opPing(context.Context, *control.Call) (any, error) {
@@ -66,11 +68,21 @@ func (d *Daemon) Status(ctx context.Context) (api.Status, error) {
 
 func (d *Daemon) opStatus(ctx context.Context, _ *control.Call) (any, error) { return d.Status(ctx) }
 
-func (d *Daemon) opList(ctx context.Context, _ *control.Call) (any, error) {
-	b, err := d.path.Blocks(ctx)
+func (d *Daemon) opList(ctx context.Context, c *control.Call) (any, error) {
+	q, err := d.listQuery(c)
 	if err != nil {
 		return nil, err
 	}
+	var b []api.BlockInfo
+	if q.Empty() {
+		b, err = d.path.Blocks(ctx)
+	} else {
+		b, err = d.path.Query(ctx, q)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.geo.annotate(b)
 	return map[string]any{"count": len(b), "blocks": b}, nil
 }
 
@@ -79,11 +91,14 @@ func (d *Daemon) opBlock(ctx context.Context, c *control.Call) (any, error) {
 	if err := c.Decode(&p); err != nil {
 		return nil, err
 	}
+	cfg := d.Config()
+	if p.Country != "" || p.ASN != "" {
+		return d.blockGeo(ctx, c, p, &cfg)
+	}
 	targets, bad, err := parseTargets(p.Targets, p.Partial)
 	if err != nil {
 		return nil, err
 	}
-	cfg := d.Config()
 	until, err := p.until(d.now(), &cfg)
 	if err != nil {
 		return nil, err

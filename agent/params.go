@@ -46,6 +46,8 @@ type blockParams struct {
 	Reason    string   `json:"reason"`
 	Source    string   `json:"source"`  // who asks, free-form; default "control"
 	Partial   bool     `json:"partial"` // apply the acceptable targets, report the rest
+	Country   string   `json:"country"` // instead of targets: the prefixes of this country (geoip:)
+	ASN       string   `json:"asn"`     // instead of targets: the prefixes of this AS (geoip:)
 }
 
 // until resolves the block's end time (zero: permanent).

@@ -53,6 +53,8 @@ func wireAnswers() []struct {
 		{"hostcheck.Report", new(hostcheck.Report)},
 		{"report.Report", new(report.Report)},
 		{"audit.Result", new(audit.Result)},
+		{"FeedList", new(api.FeedList)},
+		{"Why", new(api.Why)},
 	}
 }
 

@@ -1,10 +1,13 @@
 package response
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
@@ -30,6 +33,11 @@ type Config struct {
 	// make, all such senders together: a compromised sender can get any
 	// unprotected address blocked, and this bounds how many.
 	SenderBlockCap BlockCap `yaml:"sender_block_cap"`
+	// PrefixV4 and PrefixV6 are what a rule keyed on the address counts and
+	// blocks per, by family, unless the rule says otherwise: 32 (each IPv4
+	// address) and 64 (an IPv6 /64, which one host can hop around in).
+	PrefixV4 int `yaml:"prefix_v4"`
+	PrefixV6 int `yaml:"prefix_v6"`
 }
 
 // BlockCap is at most Max blocks per Per. The agent enforces it (it knows
@@ -48,8 +56,13 @@ type Rule struct {
 	MinSeverity string `yaml:"min_severity"`
 	// Key is what signals are counted per: "ip" (default), "user", "ip+user",
 	// or "none" (all signals of the kind together). Signals lacking a part of
-	// the key are not counted by this rule.
-	Key       string       `yaml:"key"`
+	// the key are not counted by this rule. "ip/N" (and "ip/N+user") is "ip"
+	// counted per prefix: N of 33..128 sets PrefixV6, N of 8..32 PrefixV4.
+	Key string `yaml:"key"`
+	// PrefixV4 and PrefixV6 are the prefix lengths an address key counts
+	// and blocks per (0: the response section's prefix_v4 / prefix_v6).
+	PrefixV4  int          `yaml:"prefix_v4"`
+	PrefixV6  int          `yaml:"prefix_v6"`
 	Threshold int          `yaml:"threshold"` // signals needed within Window; default 1
 	Window    api.Duration `yaml:"window"`    // default 1m; ignored when Threshold is 1
 	Action    Action       `yaml:"action"`    // block, lockdown, notify or log
@@ -106,6 +119,10 @@ const (
 	DefaultWindow       = time.Minute
 	DefaultBlockCapMax  = 100
 	DefaultBlockCapPer  = time.Minute
+	DefaultPrefixV4     = 32
+	DefaultPrefixV6     = 64
+	MinPolicyPrefixV4   = 8  // broadest prefix a rule may count per
+	MinPolicyPrefixV6   = 32 //
 
 	maxThreshold = 10_000 // state per key grows with min(threshold, cause_signals)
 	maxLimit     = 100_000_000
@@ -209,6 +226,9 @@ func (c Config) Validate() error {
 	if err := c.Limits.validate(); err != nil {
 		return err
 	}
+	if err := validPrefixes("", c.PrefixV4, c.PrefixV6); err != nil {
+		return err
+	}
 	return c.SenderBlockCap.validate()
 }
 
@@ -233,10 +253,18 @@ func (r Rule) validate(field string) error {
 	if _, ok := severities[r.MinSeverity]; !ok {
 		return cfgErr(field+".min_severity", "%q is not one of low, medium, high, critical", r.MinSeverity)
 	}
-	switch r.Key {
-	case "", KeyIP, KeyUser, KeyIPUser, KeyNone:
-	default:
-		return cfgErr(field+".key", "%q is not one of ip, user, ip+user, none", r.Key)
+	key, v4, v6, ok := splitKey(r.Key)
+	if !ok {
+		return cfgErr(field+".key", "%q is not one of ip, ip/N, user, ip+user, ip/N+user, none", r.Key)
+	}
+	if (v4 != 0 && r.PrefixV4 != 0) || (v6 != 0 && r.PrefixV6 != 0) {
+		return cfgErr(field+".key", "%q and prefix_v4/prefix_v6 both set the prefix", r.Key)
+	}
+	if err := validPrefixes(field+".", max(v4, r.PrefixV4), max(v6, r.PrefixV6)); err != nil {
+		return err
+	}
+	if (r.PrefixV4 != 0 || r.PrefixV6 != 0) && key != KeyIP && key != KeyIPUser {
+		return cfgErr(field+".prefix_v4", "only a rule keyed on the address counts per prefix")
 	}
 	if r.Threshold < 0 || r.Threshold > maxThreshold {
 		return cfgErr(field+".threshold", "%d is outside 1..%d", r.Threshold, maxThreshold)
@@ -308,17 +336,69 @@ func (l Limits) validate() error {
 	return nil
 }
 
-// key returns the rule's key kind with its default.
+// key returns the rule's key kind with its default, without a prefix.
 func (r Rule) key() string {
-	if r.Key == "" {
-		return KeyIP
-	}
-	return r.Key
+	k, _, _, _ := splitKey(r.Key)
+	return k
 }
 
-// withDefaults returns the rule with every zero field set to its default.
-func (r Rule) withDefaults() Rule {
-	r.Key = r.key()
+// splitKey parses a rule's key: "ip/64" is KeyIP with an IPv6 prefix of
+// 64, "ip/24+user" KeyIPUser with an IPv4 prefix of 24. ok false: not a
+// key.
+func splitKey(s string) (key string, v4, v6 int, ok bool) {
+	switch s {
+	case "":
+		return KeyIP, 0, 0, true
+	case KeyIP, KeyUser, KeyIPUser, KeyNone:
+		return s, 0, 0, true
+	}
+	rest, found := strings.CutPrefix(s, "ip/")
+	if !found {
+		return "", 0, 0, false
+	}
+	key = KeyIP
+	if r, ok := strings.CutSuffix(rest, "+user"); ok {
+		key, rest = KeyIPUser, r
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil || len(rest) > 3 || (len(rest) > 1 && rest[0] == '0') {
+		return "", 0, 0, false
+	}
+	switch {
+	case n >= MinPolicyPrefixV4 && n <= 32:
+		return key, n, 0, true
+	case n > 32 && n <= 128:
+		return key, 0, n, true
+	}
+	return "", 0, 0, false
+}
+
+// validPrefixes checks prefix lengths of the two families (0: default).
+func validPrefixes(field string, v4, v6 int) error {
+	if v4 != 0 && (v4 < MinPolicyPrefixV4 || v4 > 32) {
+		return cfgErr(field+"prefix_v4", "%d is outside %d..32", v4, MinPolicyPrefixV4)
+	}
+	if v6 != 0 && (v6 < MinPolicyPrefixV6 || v6 > 128) {
+		return cfgErr(field+"prefix_v6", "%d is outside %d..128", v6, MinPolicyPrefixV6)
+	}
+	return nil
+}
+
+// bits is the prefix length the rule counts and blocks an address per.
+func (r *Rule) bits(a netip.Addr) int {
+	if a.Is4() {
+		return r.PrefixV4
+	}
+	return r.PrefixV6
+}
+
+// withDefaults returns the rule with every zero field set to its default
+// (v4 and v6: the section's prefixes).
+func (r Rule) withDefaults(v4, v6 int) Rule {
+	key, kv4, kv6, _ := splitKey(r.Key)
+	r.Key = key
+	r.PrefixV4 = cmp.Or(r.PrefixV4, kv4, v4, DefaultPrefixV4)
+	r.PrefixV6 = cmp.Or(r.PrefixV6, kv6, v6, DefaultPrefixV6)
 	if r.Threshold == 0 {
 		r.Threshold = 1
 	}
@@ -352,7 +432,7 @@ func (c Config) EffectiveRules() []Rule {
 		out = append(out, r)
 	}
 	for i := range out {
-		out[i] = out[i].withDefaults()
+		out[i] = out[i].withDefaults(c.PrefixV4, c.PrefixV6)
 	}
 	return out
 }
@@ -377,6 +457,8 @@ func (c Config) withDefaults() Config {
 	if l.SenderRate == 0 {
 		l.SenderRate = DefaultSenderRate
 	}
+	c.PrefixV4 = orDefault(c.PrefixV4, DefaultPrefixV4)
+	c.PrefixV6 = orDefault(c.PrefixV6, DefaultPrefixV6)
 	c.SenderBlockCap.Max = orDefault(c.SenderBlockCap.Max, DefaultBlockCapMax)
 	if c.SenderBlockCap.Per == 0 {
 		c.SenderBlockCap.Per = api.Duration(DefaultBlockCapPer)

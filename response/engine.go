@@ -80,7 +80,7 @@ type Engine struct {
 	now       func() time.Time
 	protect   []netip.Prefix
 	keys      *lru[stateKey, counter]
-	offenders *lru[netip.Addr, Offender]
+	offenders *lru[netip.Prefix, Offender]
 	limiter   *limiter
 	stats     Stats
 }
@@ -98,7 +98,7 @@ func New(cfg Config, opts Options) (*Engine, error) {
 		now:       opts.Now,
 		protect:   slices.Clone(opts.Protect),
 		keys:      newLRU[stateKey, counter](cfg.Limits.MaxKeys),
-		offenders: newLRU[netip.Addr, Offender](cfg.Limits.MaxOffenders),
+		offenders: newLRU[netip.Prefix, Offender](cfg.Limits.MaxOffenders),
 		limiter:   newLimiter(cfg.Limits.SenderRate, cfg.Limits.SenderBurst, cfg.Limits.MaxSenders),
 	}
 	if e.now == nil {
@@ -180,13 +180,13 @@ func (e *Engine) Handle(sig Signal) (Result, error) {
 		if severities[sig.Severity] < minSeverity(r.MinSeverity) {
 			continue
 		}
-		k, ok := keyOf(i, r.Key, sig)
+		k, ok := keyOf(i, r, sig)
 		if !ok {
 			continue
 		}
 		cause, count, fired := e.count(k, r, sig, now)
 		if !fired {
-			res.Progress = append(res.Progress, Progress{Rule: r.Name, Key: keyText(r.Key, sig),
+			res.Progress = append(res.Progress, Progress{Rule: r.Name, Key: keyText(r, sig),
 				Count: count, Threshold: r.Threshold, Window: r.Window.D()})
 			continue
 		}
@@ -205,17 +205,19 @@ func (e *Engine) Handle(sig Signal) (Result, error) {
 	return res, nil
 }
 
-// keyOf returns the counter key of sig under a rule's key kind, or false
-// when sig lacks a part of it.
-func keyOf(rule int32, key string, sig Signal) (stateKey, bool) {
+// keyOf returns the counter key of sig under a rule's key, or false when
+// sig lacks a part of it. An address counts by the rule's prefix of its
+// family (an IPv6 /64 by default): the prefix's first address is the key.
+func keyOf(rule int32, r *Rule, sig Signal) (stateKey, bool) {
 	k := stateKey{rule: rule}
+	key := r.Key
 	switch key {
 	case KeyIP:
-		k.ip = sig.IP
+		k.ip = prefixOf(r, sig.IP).Addr()
 	case KeyUser:
 		k.user = sig.User
 	case KeyIPUser:
-		k.ip, k.user = sig.IP, sig.User
+		k.ip, k.user = prefixOf(r, sig.IP).Addr(), sig.User
 	}
 	needIP := key == KeyIP || key == KeyIPUser
 	needUser := key == KeyUser || key == KeyIPUser
@@ -225,14 +227,35 @@ func keyOf(rule int32, key string, sig Signal) (stateKey, bool) {
 	return k, true
 }
 
-func keyText(key string, sig Signal) string {
-	switch key {
+// prefixOf is the prefix of a that rule r counts and blocks per; a
+// single address is its /32 or /128.
+func prefixOf(r *Rule, a netip.Addr) netip.Prefix {
+	if !a.IsValid() {
+		return netip.Prefix{}
+	}
+	p, err := a.Prefix(r.bits(a))
+	if err != nil {
+		return netip.PrefixFrom(a, a.BitLen())
+	}
+	return p
+}
+
+// ipText is an address as a key shows it: the address, or its prefix.
+func ipText(r *Rule, a netip.Addr) string {
+	if p := prefixOf(r, a); !p.IsSingleIP() {
+		return p.String()
+	}
+	return a.String()
+}
+
+func keyText(r *Rule, sig Signal) string {
+	switch r.Key {
 	case KeyIP:
-		return "ip " + sig.IP.String()
+		return "ip " + ipText(r, sig.IP)
 	case KeyUser:
 		return "user " + sig.User
 	case KeyIPUser:
-		return "ip " + sig.IP.String() + " user " + sig.User
+		return "ip " + ipText(r, sig.IP) + " user " + sig.User
 	}
 	return "all"
 }
@@ -300,9 +323,9 @@ func (e *Engine) decide(r *Rule, sig Signal, cause []Signal, now time.Time) Deci
 		Cause:  cause,
 		DryRun: e.cfg.DryRun || r.DryRun || r.Action == ActionLog,
 	}
-	what := fmt.Sprintf("%d %s signal(s) for %s", len(cause), sig.Kind, keyText(r.Key, sig))
+	what := fmt.Sprintf("%d %s signal(s) for %s", len(cause), sig.Kind, keyText(r, sig))
 	if r.Threshold > 1 {
-		what = fmt.Sprintf("%d %s signals for %s within %s", r.Threshold, sig.Kind, keyText(r.Key, sig), r.Window)
+		what = fmt.Sprintf("%d %s signals for %s within %s", r.Threshold, sig.Kind, keyText(r, sig), r.Window)
 	}
 	switch r.Action {
 	case ActionBlock:
@@ -311,13 +334,19 @@ func (e *Engine) decide(r *Rule, sig Signal, cause []Signal, now time.Time) Deci
 			d.Reason = fmt.Sprintf("%s: would block %s but it is protected (allowlist, loopback or own address)", what, sig.IP)
 			return d
 		}
+		// The rule's prefix, or the address alone when the prefix holds a
+		// protected address (the host's own /64, an allowlisted neighbour).
+		target := prefixOf(r, sig.IP)
+		if !target.IsSingleIP() && e.protectedIn(target) {
+			target = netip.PrefixFrom(sig.IP, sig.IP.BitLen())
+		}
 		dur, repeat := r.Duration.D(), 0
 		if *r.Escalate {
-			dur, repeat = e.escalate(sig.IP, r.Duration.D(), now, !d.DryRun)
+			dur, repeat = e.escalate(target, r.Duration.D(), now, !d.DryRun)
 		}
-		d.Targets = []netip.Prefix{netip.PrefixFrom(sig.IP, sig.IP.BitLen())}
+		d.Targets = []netip.Prefix{target}
 		d.Until = now.Add(dur)
-		d.Reason = fmt.Sprintf("%s: block %s for %s", what, sig.IP, dur)
+		d.Reason = fmt.Sprintf("%s: block %s for %s", what, formatTarget(target), dur)
 		if repeat > 0 {
 			d.Reason += fmt.Sprintf(" (repeat offence %d)", repeat+1)
 		}
@@ -332,6 +361,29 @@ func (e *Engine) decide(r *Rule, sig Signal, cause []Signal, now time.Time) Deci
 		d.Reason = what + ": log only"
 	}
 	return d
+}
+
+// protectedIn reports whether the prefix p holds a protected address.
+func (e *Engine) protectedIn(p netip.Prefix) bool {
+	for _, q := range append(e.protect, alwaysProtected...) {
+		if q.Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// alwaysProtected are the ranges protected reports by their kind.
+var alwaysProtected = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("0.0.0.0/32"), netip.MustParsePrefix("::/128"),
+	netip.MustParsePrefix("224.0.0.0/4"), netip.MustParsePrefix("ff00::/8")}
+
+// formatTarget is a target as parry prints it: a single address bare.
+func formatTarget(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
 }
 
 func (e *Engine) protected(ip netip.Addr) bool {

@@ -401,9 +401,9 @@ func TestShuffledReplaysConverge(t *testing.T) {
 	}
 	sigs = append(sigs, Signal{Kind: "printer_on_fire"}, Signal{Kind: "integrity_violation", Path: "/etc/shadow"})
 	want := []string{
-		"block 2001:db8::5/128 until=t0+1h0m0s rule=scan-detected sender=uid=33(www-data) cause=1",
-		"block 2001:db8::5/128 until=t0+2h0m0s rule=scan-detected sender=uid=33(www-data) cause=1",
-		"block 2001:db8::5/128 until=t0+4h0m0s rule=scan-detected sender=uid=33(www-data) cause=1",
+		"block 2001:db8::/64 until=t0+1h0m0s rule=scan-detected sender=uid=33(www-data) cause=1",
+		"block 2001:db8::/64 until=t0+2h0m0s rule=scan-detected sender=uid=33(www-data) cause=1",
+		"block 2001:db8::/64 until=t0+4h0m0s rule=scan-detected sender=uid=33(www-data) cause=1",
 		"block 203.0.113.1/32 until=t0+1h0m0s rule=auth-failure sender=uid=33(www-data) cause=5",
 		"block 203.0.113.2/32 until=t0+1h0m0s rule=auth-failure sender=uid=33(www-data) cause=5",
 		"block 203.0.113.4/32 until=t0+1h0m0s rule=auth-failure sender=uid=33(www-data) cause=5",

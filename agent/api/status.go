@@ -31,6 +31,10 @@ type BlockInfo struct {
 	Origin  string    `json:"origin,omitempty"`
 	Rule    string    `json:"rule,omitempty"`
 	Sender  string    `json:"sender,omitempty"`
+	// Where the target's address is, when the geoip: databases know it.
+	Country string `json:"country,omitempty"` // ISO 3166-1 alpha-2
+	ASN     uint32 `json:"asn,omitempty"`
+	ASOrg   string `json:"as_org,omitempty"`
 }
 
 // Health is the state of the nftables table as last seen.

@@ -182,7 +182,8 @@ The socket is --socket, else $PARRY_SOCKET, else ` + client.DefaultSocket + `.`,
 	root.PersistentFlags().StringVar(&a.socket, "socket", "", "control socket (default $PARRY_SOCKET or "+client.DefaultSocket+")")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	root.AddCommand(a.blockCmd(), a.unblockCmd(), a.listCmd(), a.statusCmd(), a.auditCmd(),
-		a.lockdownCmd(), a.releaseCmd(), a.signalCmd(), a.uninstallCmd(), a.integrityCmd(), a.eventsCmd())
+		a.lockdownCmd(), a.releaseCmd(), a.signalCmd(), a.uninstallCmd(), a.integrityCmd(), a.eventsCmd(),
+		a.feedCmd(), a.whyCmd())
 	root.AddCommand(a.incidentCmds()...)
 	return root
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/parryhq/parry/agent/api"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,17 +16,34 @@ import (
 
 func (a *App) listCmd() *cobra.Command {
 	var asJSON bool
+	var contains, source, origin, reason, since, expiring string
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List active blocks",
-		Long:  "List the active blocks, in address order: target, time left, reason, source,\nand origin (local, or the fleet host that decided it).\nRead from parryd's memory; the kernel is not queried.",
-		Args:  cobra.NoArgs,
+		Long: `List the active blocks, in address order: target, time left, reason, source,
+and origin (local, the fleet host that decided it, or feed:NAME).
+Read from parryd's memory; the kernel is not queried.
+
+Filters (all given must hold): --contains ADDR (the blocks covering it),
+--source S and --origin O (exact; origin "local" is this host's own),
+--reason TEXT (substring, any case), --since D (created within the last D),
+--expiring D (ending within D; permanent blocks never match).`,
+		Example: `  parry list --contains 198.51.100.9
+  parry list --source feed:firehol1 --since 1h --expiring 10m`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var resp struct {
 				Count  int             `json:"count"`
 				Blocks []api.BlockInfo `json:"blocks"`
 			}
-			if err := a.call(map[string]any{"op": "list"}, &resp); err != nil {
+			req := map[string]any{"op": "list"}
+			for k, v := range map[string]string{"contains": contains, "source": source, "origin": origin,
+				"reason": reason, "since": since, "expiring": expiring} {
+				if v != "" {
+					req[k] = v
+				}
+			}
+			if err := a.call(req, &resp); err != nil {
 				return err
 			}
 			if asJSON {
@@ -35,12 +53,21 @@ func (a *App) listCmd() *cobra.Command {
 				return printResult(a.Stdout, true, resp)
 			}
 			if resp.Count == 0 {
-				fmt.Fprintln(a.Stdout, "no active blocks")
+				if len(req) > 1 {
+					fmt.Fprintln(a.Stdout, "no active block matches")
+				} else {
+					fmt.Fprintln(a.Stdout, "no active blocks")
+				}
 				return nil
 			}
 			bw := bufio.NewWriterSize(a.Stdout, 64<<10) // 100,000 rows: one write per 64 KiB, not per row
 			tw := tabwriter.NewWriter(bw, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TARGET\tEXPIRES IN\tREASON\tSOURCE\tORIGIN")
+			geo := slices.ContainsFunc(resp.Blocks, func(b api.BlockInfo) bool { return b.Country != "" || b.ASN != 0 })
+			head := "TARGET\tEXPIRES IN\tREASON\tSOURCE\tORIGIN"
+			if geo {
+				head += "\tCOUNTRY\tAS"
+			}
+			fmt.Fprintln(tw, head)
 			now := time.Now()
 			for _, b := range resp.Blocks {
 				left := "never"
@@ -51,7 +78,15 @@ func (a *App) listCmd() *cobra.Command {
 				if origin == "" {
 					origin = "local"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Target, left, dash(oneLine(b.Reason)), dash(oneLine(b.Source)), oneLine(origin))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", b.Target, left, dash(oneLine(b.Reason)), dash(oneLine(b.Source)), oneLine(origin))
+				if geo {
+					as := "-"
+					if b.ASN != 0 {
+						as = fmt.Sprintf("AS%d %s", b.ASN, oneLine(b.ASOrg))
+					}
+					fmt.Fprintf(tw, "\t%s\t%s", dash(b.Country), strings.TrimSpace(as))
+				}
+				fmt.Fprintln(tw)
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -59,7 +94,14 @@ func (a *App) listCmd() *cobra.Command {
 			return bw.Flush()
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	f := cmd.Flags()
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	f.StringVar(&contains, "contains", "", "only the blocks covering this address")
+	f.StringVar(&source, "source", "", "only blocks of this source (cli, policy, feed:NAME ...)")
+	f.StringVar(&origin, "origin", "", "only blocks of this origin (local, a fleet host, feed:NAME)")
+	f.StringVar(&reason, "reason", "", "only blocks whose reason contains this text (any case)")
+	f.StringVar(&since, "since", "", "only blocks created within the last D (90s, 1h, 7d)")
+	f.StringVar(&expiring, "expiring", "", "only blocks ending within D")
 	return cmd
 }
 

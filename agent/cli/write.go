@@ -31,10 +31,10 @@ type outcome struct {
 }
 
 func (a *App) blockCmd() *cobra.Command {
-	var forS, reason, file string
+	var forS, reason, file, country, asn string
 	var permanent, skipInvalid, asJSON bool
 	cmd := &cobra.Command{
-		Use:   "block TARGET... [--for D | --permanent] [--reason TEXT]",
+		Use:   "block (TARGET... | --country XX | --asn N) [--for D | --permanent] [--reason TEXT]",
 		Short: "Block IPs or CIDRs",
 		Long: `Block IPv4/IPv6 addresses or CIDR prefixes: packets from them are dropped on
 the input and forward hooks until the block ends (the kernel ends it, even if
@@ -48,11 +48,18 @@ configured default_block applies; a block that never ends needs --permanent.
 chunk is one transaction. With --file, targets parryd refuses (allowlist,
 loopback, ...) are reported and the rest are blocked.
 
+--country and --asn block the prefixes that the admin's .mmdb files
+(geoip: in parry.yaml) give for a country or an autonomous system, as one
+transaction; prefixes broader than min_prefix_v4/v6 are cut into pieces of
+that size, and those the guard protects are reported and the rest blocked.
+
 parryd refuses loopback, link-local, multicast, the host's own addresses, the
 allowlist, and prefixes broader than min_prefix_v4/v6 (default /16 and /32).`,
 		Example: `  parry block 203.0.113.7 --for 1h --reason "ssh brute force"
   parry block 198.51.100.0/24 2001:db8::/48 --for 30m
   parry block --file bad-ips.txt --for 1d
+  parry block --country XX --for 12h
+  parry block --asn 64500 --for 1d
   curl -s https://example.org/feed.txt | parry block --file - --for 12h`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if permanent && forS != "" {
@@ -67,9 +74,16 @@ allowlist, and prefixes broader than min_prefix_v4/v6 (default /16 and /32).`,
 					return usageErr("--for %s: a block lasts at least 1s (a block that never ends needs --permanent)", forS)
 				}
 			}
-			targets, err := a.gatherTargets(args, file, skipInvalid)
-			if err != nil {
-				return err
+			geo := country != "" || asn != ""
+			if geo && (len(args) > 0 || file != "" || (country != "" && asn != "")) {
+				return usageErr("--country and --asn take no targets and no --file, and not both")
+			}
+			var targets []string
+			if !geo {
+				var err error
+				if targets, err = a.gatherTargets(args, file, skipInvalid); err != nil {
+					return err
+				}
 			}
 			base := map[string]any{"op": "block", "reason": reason, "source": "cli"}
 			if forS != "" {
@@ -81,6 +95,10 @@ allowlist, and prefixes broader than min_prefix_v4/v6 (default /16 and /32).`,
 			if file != "" {
 				base["partial"] = true
 			}
+			if geo {
+				base["country"], base["asn"] = country, asn
+				return a.sendGeo(base, asJSON)
+			}
 			return a.sendChunks(base, targets, asJSON)
 		},
 	}
@@ -90,8 +108,24 @@ allowlist, and prefixes broader than min_prefix_v4/v6 (default /16 and /32).`,
 	f.StringVar(&reason, "reason", "", "why (recorded in the audit log and shown by list)")
 	f.StringVar(&file, "file", "", "read targets from FILE, one per line ('-' for stdin)")
 	f.BoolVar(&skipInvalid, "skip-invalid", false, "with --file: skip lines that are not IPs/CIDRs instead of refusing the file")
+	f.StringVar(&country, "country", "", "block the prefixes of this country (ISO code, from geoip.country_db)")
+	f.StringVar(&asn, "asn", "", "block the prefixes of this autonomous system (64500 or AS64500, from geoip.asn_db)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
+}
+
+// sendGeo sends one block of a country or an AS (parryd expands it into
+// prefixes, one transaction) and reports it as block does.
+func (a *App) sendGeo(base map[string]any, asJSON bool) error {
+	var o outcome
+	if err := a.call(base, &o); err != nil {
+		return err
+	}
+	a.report("block", o, nil, asJSON, 1)
+	if len(o.Refused) > 0 {
+		return &exitError{code: ExitFailed, err: fmt.Errorf("%d refused", len(o.Refused)), quiet: asJSON}
+	}
+	return nil
 }
 
 func (a *App) unblockCmd() *cobra.Command {

@@ -27,14 +27,17 @@ type decMeta struct {
 // status never touch the kernel. Not safe for concurrent use: the path's
 // lock (dp.mu) guards it.
 type index struct {
-	m       map[netip.Prefix]entry
+	m       blockMap
 	lens    [2][129]int32 // number of blocks per family and prefix length
 	decs    map[uint64]*decMeta
 	lastSeq uint64
+	// ignore, while set, are blocks overlapping does not see: those the
+	// same change lifts (ApplyFeed).
+	ignore []netip.Prefix
 }
 
 func newIndex() *index {
-	return &index{m: make(map[netip.Prefix]entry), decs: make(map[uint64]*decMeta)}
+	return &index{m: newBlockMap(), decs: make(map[uint64]*decMeta)}
 }
 
 func fam(p netip.Prefix) int {
@@ -44,21 +47,21 @@ func fam(p netip.Prefix) int {
 	return 1
 }
 
-func (x *index) len() int { return len(x.m) }
+func (x *index) len() int { return x.m.len() }
 
-func (x *index) get(p netip.Prefix) (entry, bool) { e, ok := x.m[p]; return e, ok }
+func (x *index) get(p netip.Prefix) (entry, bool) { return x.m.get(p) }
 
 // put adds or replaces a block, keeping the decisions' reference counts.
 func (x *index) put(p netip.Prefix, e entry) {
-	if old, ok := x.m[p]; ok && old.dec == e.dec { // a new expiry, same decision
-		x.m[p] = e
+	if old, ok := x.m.get(p); ok && old.dec == e.dec { // a new expiry, same decision
+		x.m.set(p, e)
 		return
 	} else if ok {
 		x.unref(old.dec)
 	} else {
 		x.lens[fam(p)][p.Bits()]++
 	}
-	x.m[p] = e
+	x.m.set(p, e)
 	if d := x.decs[e.dec]; d != nil {
 		d.refs++
 	} else {
@@ -72,11 +75,11 @@ func (x *index) put(p netip.Prefix, e entry) {
 // del removes a block; it reports the decision seq if that decision has no
 // blocks left.
 func (x *index) del(p netip.Prefix) (orphan uint64, ok bool) {
-	old, found := x.m[p]
+	old, found := x.m.get(p)
 	if !found {
 		return 0, false
 	}
-	delete(x.m, p)
+	x.m.delete(p)
 	x.lens[fam(p)][p.Bits()]--
 	if x.unref(old.dec) {
 		return old.dec, true
@@ -130,6 +133,9 @@ func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
 	if p.IsSingleIP() {
 		return netip.Prefix{}, false
 	}
+	if len(x.ignore) > 0 {
+		return x.overlappingExcept(p, nowMs)
+	}
 	f, bits := fam(p), p.Bits()
 	lens := &x.lens[f]
 	full := p.Addr().BitLen()
@@ -138,7 +144,7 @@ func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
 			continue
 		}
 		q := netip.PrefixFrom(p.Addr(), l).Masked()
-		if e, ok := x.m[q]; ok && !e.expired(nowMs) {
+		if e, ok := x.m.get(q); ok && !e.expired(nowMs) {
 			return q, true
 		}
 	}
@@ -158,8 +164,8 @@ func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
 	if !longer {
 		return netip.Prefix{}, false
 	}
-	if cost > 4096 || cost > len(x.m) {
-		for q, e := range x.m {
+	if cost > 4096 || cost > x.m.len() {
+		for q, e := range x.m.all() {
 			if q.Bits() > bits && !q.IsSingleIP() && p.Contains(q.Addr()) && !e.expired(nowMs) {
 				return q, true
 			}
@@ -177,13 +183,38 @@ func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
 	return netip.Prefix{}, false
 }
 
+// overlappingExcept is overlapping without the blocks of x.ignore.
+func (x *index) overlappingExcept(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
+	ign := x.ignore
+	x.ignore = nil
+	defer func() { x.ignore = ign }()
+	q, hit := x.overlapping(p, nowMs)
+	if !hit || !slices.Contains(ign, q) {
+		return q, hit
+	}
+	// The first hit is lifted: look again without the lifted ones (rare:
+	// a feed replacing an entry by one of another length).
+	saved := make(map[netip.Prefix]entry, len(ign))
+	for _, r := range ign {
+		if e, ok := x.m.get(r); ok {
+			saved[r] = e
+			x.m.delete(r)
+		}
+	}
+	q, hit = x.overlapping(p, nowMs)
+	for r, e := range saved {
+		x.m.set(r, e)
+	}
+	return q, hit
+}
+
 // enumerate looks up every /l inside p.
 func (x *index) enumerate(p netip.Prefix, l int, nowMs int64) (netip.Prefix, bool) {
 	n := 1 << (l - p.Bits())
 	a := p.Addr()
 	for i := 0; i < n; i++ {
 		q := netip.PrefixFrom(a, l)
-		if e, ok := x.m[q]; ok && !e.expired(nowMs) {
+		if e, ok := x.m.get(q); ok && !e.expired(nowMs) {
 			return q, true
 		}
 		a = nextPrefixAddr(a, l)
@@ -221,7 +252,7 @@ func nextPrefixAddr(a netip.Addr, l int) netip.Addr {
 // expired returns the blocks whose time is up.
 func (x *index) expiredBlocks(nowMs int64) []netip.Prefix {
 	var out []netip.Prefix
-	for p, e := range x.m {
+	for p, e := range x.m.all() {
 		if e.expired(nowMs) {
 			out = append(out, p)
 		}
@@ -233,8 +264,8 @@ func (x *index) countExpired(nowMs int64) int { return len(x.expiredBlocks(nowMs
 
 // sorted returns the active prefixes in address order.
 func (x *index) sorted(nowMs int64) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(x.m))
-	for p, e := range x.m {
+	out := make([]netip.Prefix, 0, x.m.len())
+	for p, e := range x.m.all() {
 		if !e.expired(nowMs) {
 			out = append(out, p)
 		}
@@ -254,7 +285,7 @@ func (x *index) sorted(nowMs int64) []netip.Prefix {
 func (x *index) orphans(targets []netip.Prefix) []uint64 {
 	lose := map[uint64]int{}
 	for _, p := range targets {
-		if e, ok := x.m[p]; ok {
+		if e, ok := x.m.get(p); ok {
 			lose[e.dec]++
 		}
 	}

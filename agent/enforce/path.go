@@ -239,7 +239,7 @@ func (x *index) overlappingAny(allow []netip.Prefix) (int, string) {
 		return 0, ""
 	}
 	n, example := 0, ""
-	for q := range x.m {
+	for q := range x.m.all() {
 		for _, a := range allow {
 			if a.Overlaps(q) {
 				if n == 0 || api.FormatTarget(q) < example {
@@ -337,7 +337,7 @@ func (dp *Path) Active() []Block {
 	dp.mu.Lock()
 	nowMs := dp.now().UnixMilli()
 	out := make([]Block, 0, dp.blocks.len())
-	for q, e := range dp.blocks.m {
+	for q, e := range dp.blocks.m.all() {
 		if e.expired(nowMs) {
 			continue
 		}

@@ -22,7 +22,7 @@ func (dp *Path) Reassert() (blocks int, lockdown bool, err error) {
 	}
 	nowMs := dp.now().UnixMilli()
 	elems := make([]firewall.Element, 0, dp.blocks.len())
-	for p, e := range dp.blocks.m {
+	for p, e := range dp.blocks.m.all() {
 		if e.expired(nowMs) {
 			continue
 		}

@@ -3,16 +3,15 @@ package geoip
 import (
 	"context"
 	"errors"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/maxmind/mmdbwriter"
 	"github.com/maxmind/mmdbwriter/mmdbtype"
 	"github.com/oschwald/maxminddb-golang/v2"
+	"github.com/parryhq/parry/agent/geoip/geoiptest"
 )
 
 type rec struct {
@@ -20,38 +19,14 @@ type rec struct {
 	val mmdbtype.DataType
 }
 
-// writeDB builds an .mmdb with MaxMind's own writer (an implementation
-// independent of the reader under test). IPv6 databases alias the IPv4
-// subtree at ::ffff:0:0/96, 2001::/32 and 2002::/16, as MaxMind's do.
+// writeDB builds an .mmdb with MaxMind's own writer (geoiptest.WriteDB).
 func writeDB(t testing.TB, ipVersion int, recs []rec) string {
 	t.Helper()
-	tree, err := mmdbwriter.New(mmdbwriter.Options{
-		DatabaseType: "Test-DB", IPVersion: ipVersion, IncludeReservedNetworks: true, RecordSize: 24,
-	})
-	if err != nil {
-		t.Fatal(err)
+	rs := make([]geoiptest.Rec, len(recs))
+	for i, r := range recs {
+		rs[i] = geoiptest.Rec{Net: r.net, Val: r.val}
 	}
-	for _, r := range recs {
-		_, n, err := net.ParseCIDR(r.net)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := tree.Insert(n, r.val); err != nil {
-			t.Fatalf("insert %s: %v", r.net, err)
-		}
-	}
-	path := filepath.Join(t.TempDir(), "test.mmdb")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tree.WriteTo(f); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return geoiptest.WriteDB(t, ipVersion, rs)
 }
 
 func country(code string) mmdbtype.Map {

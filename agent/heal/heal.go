@@ -392,6 +392,10 @@ func (h *Healer) Run(ctx context.Context, tick func()) {
 				lastAddrs = h.o.Now()
 			}
 			if h.bulk.Swap(false) {
+				// Twice: what a sync.Pool holds (bbolt's pages of a large
+				// commit: 70 MiB after 1,000,000 blocks) survives one GC
+				// in its victim cache and goes only at the second.
+				debug.FreeOSMemory()
 				debug.FreeOSMemory()
 			}
 			if tick != nil {

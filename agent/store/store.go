@@ -482,3 +482,20 @@ func decodeBlock(k, v []byte) (Block, error) {
 	}
 	return Block{Prefix: p, Created: int64(vals[0]), Until: int64(vals[1]), Decision: vals[2]}, nil
 }
+
+// Decision reads one decision record by its seq (with its cause); ok false
+// when there is none.
+func (s *Store) Decision(seq uint64) (d Decision, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketDecisions).Get(seqKey(seq))
+		if v == nil {
+			return nil
+		}
+		ok = true
+		if err := json.Unmarshal(v, &d); err != nil {
+			return fmt.Errorf("%w: decision %d: %v", ErrCorrupt, seq, err)
+		}
+		return nil
+	})
+	return d, ok, err
+}

@@ -21,7 +21,12 @@ func TestEveryJSONHasOK(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(watched, "app.conf"), []byte("x=1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := daemon.New(t, ns, daemon.Options{Config: "integrity:\n  paths:\n    - path: " + watched + "\n  package_manager: none\n"})
+	feedFile := filepath.Join(watched, "feed.txt")
+	if err := os.WriteFile(feedFile, []byte("198.51.100.0/24\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemon.New(t, ns, daemon.Options{Config: "integrity:\n  paths:\n    - path: " + watched + "\n  package_manager: none\n" +
+		"feeds:\n  - name: local\n    path: " + feedFile + "\n"})
 	d.Start()
 
 	var evidenceID string
@@ -34,6 +39,10 @@ func TestEveryJSONHasOK(t *testing.T) {
 		{[]string{"block", "203.0.113.7", "--for", "1h", "--reason", "e2e"}, true},
 		{[]string{"block", "127.0.0.1"}, false}, // refused: loopback
 		{[]string{"list"}, true},
+		{[]string{"why", "203.0.113.7"}, true},
+		{[]string{"why", "192.0.2.99"}, false}, // not blocked
+		{[]string{"feed", "list"}, true},
+		{[]string{"feed", "refresh", "local"}, true},
 		{[]string{"unblock", "203.0.113.7"}, true},
 		{[]string{"signal", "auth_failure", "--ip", "203.0.113.9", "--source", "e2e"}, true},
 		{[]string{"lockdown", "--for", "1m", "--allow", "192.0.2.0/24", "--reason", "e2e"}, true},
@@ -54,7 +63,7 @@ func TestEveryJSONHasOK(t *testing.T) {
 	covered := map[string]bool{}
 	for _, s := range steps {
 		name := s.args[0]
-		if len(s.args) > 1 && (name == "audit" || name == "evidence" || name == "integrity") {
+		if len(s.args) > 1 && (name == "audit" || name == "evidence" || name == "integrity" || name == "feed") {
 			name += " " + s.args[1]
 		}
 		covered[name] = true

@@ -486,6 +486,7 @@ func decodeBlock(k, v []byte) (Block, error) {
 // Decision reads one decision record by its seq (with its cause); ok false
 // when there is none.
 func (s *Store) Decision(seq uint64) (d Decision, ok bool, err error) {
+	s.sync() // the journal first: a read of bbolt sees every commit
 	err = s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketDecisions).Get(seqKey(seq))
 		if v == nil {

@@ -88,6 +88,9 @@ func CheckAnchor(path string, a Anchor) (Result, error) {
 	}
 	v := newVerifier(a.Seq, a.Hash)
 	v.noGaps, v.anchored = true, true
+	if last := segs[len(segs)-1]; last.Current {
+		v.tornOK = last.Name
+	}
 	good, err := v.segment(r, s.Name, s.Compressed)
 	r.Close()
 	if err != nil {

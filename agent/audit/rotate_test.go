@@ -837,3 +837,41 @@ func TestSetConfigAppliesToTheNextAppend(t *testing.T) {
 		t.Fatalf("keep 1 removed nothing: %+v", res)
 	}
 }
+
+// TestCheckAnchorTornTailAfterTheAnchor: kill -9 during a write leaves a
+// torn last line after the anchored one; that is the end of the log (Open
+// cuts it, the store's pending records bring back what it held), not a
+// break. The same torn line at the end of a closed segment is a break.
+func TestCheckAnchorTornTailAfterTheAnchor(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := openRot(t, path, Config{MaxSize: 1 << 20, Keep: -1}, newClock())
+	var anchor Anchor
+	l.OnSync(func(a Anchor) { anchor = a })
+	fill(t, l, 10)
+	l.Sync()
+	a := anchor
+	fill(t, l, 5) // written after the anchor, not yet anchored
+	l.Sync()
+	l.Close()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"seq":16,"time":"`)
+	f.Close()
+	if res, err := CheckAnchor(path, a); err != nil || !res.OK {
+		t.Fatalf("torn tail after the anchor counted as a break: %+v, %v", res, err)
+	}
+
+	// Rotate past it: the torn line now sits inside a closed segment.
+	old := filepath.Join(filepath.Dir(path), "audit-00000000000000000001.log")
+	if err := os.Rename(path, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := CheckAnchor(path, Anchor{Seq: a.Seq, Hash: a.Hash}); res.OK {
+		t.Fatalf("a torn line inside a closed segment passed: %+v", res)
+	}
+}

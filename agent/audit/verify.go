@@ -66,16 +66,21 @@ type gap struct {
 }
 
 type verifier struct {
-	res       Result
-	prev      string
-	seq       uint64
-	wantSeq   uint64 // the writer's checkpoint (0: none)
-	wantHash  string
-	gaps      []gap
-	removed   map[uint64]Removed // by LastSeq
-	noGaps    bool               // a stream, or the tail after an anchor: nothing may be missing
-	anyStart  bool               // one segment alone: its first line may continue an earlier one
-	anchored  bool               // the first line read must be the checkpoint itself
+	res      Result
+	prev     string
+	seq      uint64
+	wantSeq  uint64 // the writer's checkpoint (0: none)
+	wantHash string
+	gaps     []gap
+	removed  map[uint64]Removed // by LastSeq
+	noGaps   bool               // a stream, or the tail after an anchor: nothing may be missing
+	anyStart bool               // one segment alone: its first line may continue an earlier one
+	anchored bool               // the first line read must be the checkpoint itself
+	// tornOK names the current segment when a torn last line there, after
+	// the anchored line, is the end of the log rather than a break: a crash
+	// (kill -9 during a write) leaves exactly that, Open cuts it, and the
+	// store's pending records bring back what it held (agent/enforce).
+	tornOK    string
 	prevFile  string
 	present   map[uint64]bool // first seqs of the segments read
 	last      Segment         // the last segment read whole
@@ -126,6 +131,10 @@ func (v *verifier) segment(r io.Reader, name string, compressed bool) (bool, err
 			return true, nil
 		}
 		if line[len(line)-1] != '\n' {
+			if name == v.tornOK && v.res.Lines > 0 && errors.Is(err, io.EOF) {
+				v.prevFile = name
+				return true, nil
+			}
 			return bad("truncated line (no newline)")
 		}
 		line = line[:len(line)-1]

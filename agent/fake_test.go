@@ -56,6 +56,19 @@ func (f *fakeFW) Block(elems []firewall.Element) error {
 	return nil
 }
 
+func (f *fakeFW) Apply(del, add []firewall.Element) error {
+	f.mu.Lock()
+	if f.failBlock == nil && f.present {
+		for _, e := range del {
+			delete(f.elems, e.Prefix)
+		}
+	}
+	f.mu.Unlock()
+	return f.Block(add)
+}
+
+func (f *fakeFW) AllElements() ([]firewall.Element, error) { return f.Elements() }
+
 func (f *fakeFW) Unblock(ps []netip.Prefix) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -2,10 +2,8 @@ package enforce
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 
-	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/response"
 )
 
@@ -84,25 +82,12 @@ func runLen(decs []response.Decision) int {
 // plan. Caller holds dp.mu.
 func (dp *Path) blockRun(decs []response.Decision, outs []Outcome, opt EnforceOptions) {
 	pl := newBlockPlan(dp.now(), dp.blocks)
-	nowMs := pl.now.UnixMilli()
 	targets := make([][]netip.Prefix, len(decs))
-	run := newIndex() // the run's accepted targets: no overlap between decisions either
 	for i, dec := range decs {
-		out, ts, err := checkBlock(&dp.guard, dp.blocks, dec, opt, pl.now)
-		if err == nil {
-			ts, out.Refused = runOverlap(run, ts, out.Refused)
-			if len(out.Refused) > 0 && (!opt.Partial || len(ts) == 0) {
-				err = refusal(out.Refused, len(dec.Targets))
-			}
-		}
+		out, ts, err := checkBlock(&dp.guard, dec, opt, pl.now)
 		if err != nil {
 			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
 			continue
-		}
-		for _, p := range ts {
-			if !p.IsSingleIP() { // single addresses never overlap (index.overlapping)
-				run.put(p, entry{created: nowMs})
-			}
 		}
 		targets[i] = pl.add(dp.blocks, dec, ts, &out)
 		outs[i] = out
@@ -121,24 +106,6 @@ func (dp *Path) blockRun(decs []response.Decision, outs []Outcome, opt EnforceOp
 		}
 		dp.finish(dec, outs[i])
 	}
-}
-
-// runOverlap refuses the targets that overlap a different target accepted
-// earlier in the same run, as the store would hold them together.
-func runOverlap(run *index, ts []netip.Prefix, refused []*api.Error) ([]netip.Prefix, []*api.Error) {
-	if run.len() == 0 {
-		return ts, refused
-	}
-	kept := ts[:0:0]
-	for _, p := range ts {
-		if q, hit := run.overlapping(p, 0); hit {
-			refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
-				Message: fmt.Sprintf("%s overlaps %s, blocked by the same batch; unblock it first or block the same prefix", api.FormatTarget(p), api.FormatTarget(q))})
-			continue
-		}
-		kept = append(kept, p)
-	}
-	return kept, refused
 }
 
 // unblockRun enforces a run of unblock decisions with distinct targets in

@@ -33,6 +33,12 @@ import (
 type Kernel interface {
 	Block(elems []firewall.Element) error
 	Unblock(prefixes []netip.Prefix) error
+	// Apply deletes del, then adds or re-times add, in one transaction
+	// (the union's diff: kunion.go).
+	Apply(del, add []firewall.Element) error
+	// AllElements reads every block set (Reassert, when the kernel holds
+	// elements that overlap the union's pieces).
+	AllElements() ([]firewall.Element, error)
 	SetAllow(prefixes []netip.Prefix) error
 	Lockdown(l firewall.Lockdown) error
 	Release() error

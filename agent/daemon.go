@@ -118,8 +118,8 @@ type Daemon struct {
 	closing chan struct{}
 	closeMu sync.Once
 
-	reload   func() error // set by Main: re-read and apply the config
-	shutdown func()       // set by Main: stop the daemon
+	reload   func() (api.ReloadResult, error) // set by Main: re-read and apply the config
+	shutdown func()                           // set by Main: stop the daemon
 
 	// crashAfterCommit, set by tests, simulates a crash between the store
 	// commit of a change and its audit write (enforce.Options).
@@ -273,6 +273,13 @@ func (d *Daemon) Audit(event string, fields map[string]any) error { return d.rec
 // ApplyConfig switches to a new, validated config (SIGHUP). Table, socket
 // and state_dir only change on restart; everything else applies now.
 func (d *Daemon) ApplyConfig(cfg Config) error {
+	_, err := d.applyConfig(cfg)
+	return err
+}
+
+// applyConfig is ApplyConfig, with what needs a restart or could not be
+// applied (the answer of op reload).
+func (d *Daemon) applyConfig(cfg Config) (api.ReloadResult, error) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	old := d.Config()
@@ -300,13 +307,15 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 	eng, err := d.policy.build(cfg, d.path.Own(), d.policy.engine())
 	if err != nil {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
-		return fmt.Errorf("reload: %w", err)
+		return api.ReloadResult{}, fmt.Errorf("reload: %w", err)
 	}
 	n, example, err := d.path.Configure(context.Background(), guardConfig(cfg))
 	if err != nil {
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
-		return fmt.Errorf("reload: %w", err)
+		return api.ReloadResult{}, fmt.Errorf("reload: %w", err)
 	}
+	parts := d.reloadParts(old, &cfg) // integrity, evidence, notify, metrics, check (agent/reload.go)
+	restart = append(restart, parts.NeedsRestart...)
 	d.cfgMu.Lock()
 	d.cfg = cfg
 	d.cfgMu.Unlock()
@@ -319,11 +328,15 @@ func (d *Daemon) ApplyConfig(cfg Config) error {
 		f["needs_restart"] = restart
 		d.log.Warn("config reload: some changes apply only after a restart", "keys", restart)
 	}
+	if len(parts.NotApplied) > 0 {
+		f["not_applied"] = parts.NotApplied
+		d.log.Warn("config reload: some sections were not applied; they keep their old values, reload again", "sections", parts.NotApplied)
+	}
 	if n > 0 {
 		f["allowlisted_blocks"] = n
 		d.log.Warn("config reload: active blocks overlap the new allowlist; the allowlist wins (their traffic is accepted), 'parry list' still shows them: unblock them to tidy up",
 			"count", n, "example", example)
 	}
 	d.Audit("config_reload", f)
-	return nil
+	return api.ReloadResult{NeedsRestart: restart, NotApplied: parts.NotApplied}, nil
 }

@@ -28,6 +28,13 @@ type fakeFW struct {
 	failUnblock error
 	ensures     int
 	blockCalls  int // Block calls, failed or not
+	blockSizes  []int
+	unblocks    int // Unblock calls
+	// hold, when set, makes Block wait for it to be closed after telling
+	// entered (group commit tests: a commit in flight).
+	hold, entered chan struct{}
+	// failIf, when set, fails the Block calls it returns an error for.
+	failIf func([]firewall.Element) error
 }
 
 func newFakeFW() *fakeFW { return &fakeFW{elems: map[netip.Prefix]time.Duration{}} }
@@ -42,10 +49,26 @@ func (f *fakeFW) Ensure() error {
 
 func (f *fakeFW) Block(elems []firewall.Element) error {
 	f.mu.Lock()
+	hold, entered := f.hold, f.entered
+	f.mu.Unlock()
+	if hold != nil {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-hold
+	}
+	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.blockCalls++
+	f.blockSizes = append(f.blockSizes, len(elems))
 	if f.failBlock != nil {
 		return f.failBlock
+	}
+	if f.failIf != nil {
+		if err := f.failIf(elems); err != nil {
+			return err
+		}
 	}
 	if !f.present {
 		return errors.New("no table")
@@ -66,6 +89,14 @@ func (f *fakeFW) Apply(del, add []firewall.Element) error {
 		for _, e := range del {
 			delete(f.elems, e.Prefix)
 		}
+	}
+	if len(add) == 0 { // an unblock
+		defer f.mu.Unlock()
+		f.unblocks++
+		if f.failBlock != nil {
+			return f.failBlock
+		}
+		return nil
 	}
 	f.mu.Unlock()
 	return f.Block(add)
@@ -89,6 +120,7 @@ func (f *fakeFW) AllElements() ([]firewall.Element, error) { return f.Elements()
 func (f *fakeFW) Unblock(ps []netip.Prefix) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.unblocks++
 	if f.failUnblock != nil {
 		return f.failUnblock
 	}

@@ -43,14 +43,17 @@ const (
 type Incident struct {
 	d          *Daemon
 	log        *slog.Logger
-	cfg        Config
 	configPath string
 	host       string
 
-	collector *evidence.Collector
+	cfgMu sync.Mutex // guards cfg: the sections in force (reload: agent/reload.go)
+	cfg   Config
+
+	collector atomic.Pointer[evidence.Collector] // swapped on reload
 	evidence  *evidence.Store
-	notifier  *webhook.Notifier
-	metrics   *metrics.Metrics // nil when metrics are off
+	notifier  *webhook.Notifier  // updated in place on reload
+	metrics   *metrics.Metrics   // nil when metrics are off
+	rebind    chan metricsRebind // reload: serve the metrics at a new address or path
 
 	jobs    chan incidentJob
 	dropped atomic.Uint64
@@ -76,9 +79,9 @@ type incidentJob struct {
 func AttachIncident(d *Daemon, configPath string) (*Incident, error) {
 	cfg := d.Config()
 	in := &Incident{d: d, log: d.log.With("part", "incident"), cfg: cfg, configPath: configPath,
-		jobs: make(chan incidentJob, incidentQueue), pendSig: make(chan struct{}, 1)}
+		jobs: make(chan incidentJob, incidentQueue), pendSig: make(chan struct{}, 1), rebind: make(chan metricsRebind)}
 	in.host, _ = os.Hostname()
-	in.collector = evidence.NewCollector(cfg.Evidence, d.now)
+	in.collector.Store(evidence.NewCollector(cfg.Evidence, d.now))
 	st, err := evidence.OpenStore(filepath.Join(cfg.StateDir, "evidence"), d.now)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -116,19 +119,6 @@ func (in *Incident) Run(ctx context.Context) {
 		wg.Go(func() { in.refreshGauges(ctx) })
 	}
 	wg.Wait()
-}
-
-func (in *Incident) serveMetrics(ctx context.Context) {
-	mc := in.cfg.Metrics.WithDefaults()
-	ln, err := metrics.Listen(mc)
-	if err != nil {
-		in.log.Error("metrics endpoint not started; enforcement continues", "err", err)
-		return
-	}
-	in.log.Info("metrics endpoint", "listen", ln.Addr().String(), "path", mc.Path)
-	if err := in.metrics.Serve(ctx, ln, mc.Path); err != nil {
-		in.log.Error("metrics endpoint stopped", "err", err)
-	}
 }
 
 // refreshGauges keeps the block and lockdown gauges right between
@@ -226,7 +216,7 @@ func (in *Incident) observe(dec response.Decision, out enforce.Outcome, st enfor
 	if out.DryRun {
 		return
 	}
-	ecfg := in.cfg.Evidence
+	ecfg := in.config().Evidence
 	switch dec.Action {
 	case response.ActionBlock:
 		if ecfg.RecordBlockConnections() {
@@ -267,7 +257,7 @@ func (in *Incident) finding(s response.Signal) {
 	}
 	in.notifier.Notify(webhook.Event{Kind: webhook.KindFinding, Severity: s.Severity,
 		Title: fmt.Sprintf("integrity %s on %s: %s", cmp.Or(f.Kind, "finding"), s.Path, s.Detail), Finding: &s})
-	if strings.EqualFold(s.Severity, "critical") && in.cfg.Evidence.AutoOnCritical() {
+	if strings.EqualFold(s.Severity, "critical") && in.config().Evidence.AutoOnCritical() {
 		reason := fmt.Sprintf("critical integrity finding on %s: %s", s.Path, s.Detail)
 		in.enqueue("evidence", func(ctx context.Context) { in.captureLogged(ctx, reason, "integrity") })
 	}
@@ -386,7 +376,7 @@ func (in *Incident) recordConnections(ctx context.Context, batch []pendingBlock)
 	if len(all) == 0 {
 		return
 	}
-	conns, err := in.collector.ConnectionsOf(ctx, all)
+	conns, err := in.collector.Load().ConnectionsOf(ctx, all)
 	if err != nil {
 		in.log.Warn("connections of blocked addresses not recorded", "decisions", len(batch), "err", err)
 		return
@@ -429,7 +419,7 @@ func (in *Incident) captureLogged(ctx context.Context, reason, trigger string) {
 // lockdown, recent findings), writes it once and records its hash in the
 // audit chain.
 func (in *Incident) Capture(ctx context.Context, reason, trigger string) (evidence.Record, error) {
-	snap, err := in.collector.Capture(ctx, reason, trigger)
+	snap, err := in.collector.Load().Capture(ctx, reason, trigger)
 	if err != nil {
 		return evidence.Record{}, err
 	}

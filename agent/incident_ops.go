@@ -51,7 +51,7 @@ func (in *Incident) recordedHashes() (map[string]string, error) {
 	if err := in.d.audit.Sync(); err != nil {
 		return nil, err
 	}
-	f, err := audit.OpenAll(filepath.Join(in.cfg.StateDir, "audit.log"))
+	f, err := audit.OpenAll(filepath.Join(in.config().StateDir, "audit.log"))
 	if errors.Is(err, os.ErrNotExist) {
 		return map[string]string{}, nil
 	}
@@ -134,7 +134,7 @@ func (in *Incident) opReport(_ context.Context, c *control.Call) (any, error) {
 // Report summarises the audit log of the last `since`, with the chain
 // verified.
 func (in *Incident) Report(since time.Duration) (report.Report, error) {
-	path := filepath.Join(in.cfg.StateDir, "audit.log")
+	path := filepath.Join(in.config().StateDir, "audit.log")
 	res, err := in.d.verifyAudit()
 	if err != nil {
 		return report.Report{}, err
@@ -168,8 +168,8 @@ func (in *Incident) opCheck(ctx context.Context, c *control.Call) (any, error) {
 // state comes from the daemon's last presence check (memory, not a kernel
 // walk).
 func (in *Incident) Check(ctx context.Context) hostcheck.Report {
-	ch := &hostcheck.Checker{Config: in.cfg.Check, Now: in.d.now, ConfigPath: in.configPath,
-		StateDir: in.cfg.StateDir, SocketPath: in.cfg.Socket, Table: "inet " + in.cfg.Table,
+	ch := &hostcheck.Checker{Config: in.config().Check, Now: in.d.now, ConfigPath: in.configPath,
+		StateDir: in.config().StateDir, SocketPath: in.config().Socket, Table: "inet " + in.config().Table,
 		TablePresent: func() (bool, error) { return in.d.heal.Health().Present, nil }}
 	return ch.Run(ctx)
 }

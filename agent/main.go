@@ -15,6 +15,7 @@ import (
 	"github.com/coreos/go-systemd/v22/activation"
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/google/nftables"
+	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/control"
 	"github.com/parryhq/parry/agent/heal"
 	"github.com/parryhq/parry/firewall"
@@ -359,10 +360,11 @@ func (m *Main) Reload() error {
 	if m.Daemon == nil {
 		return errors.New("reload: not running")
 	}
-	return m.reload()
+	_, err := m.reload()
+	return err
 }
 
-func (m *Main) reload() error {
+func (m *Main) reload() (api.ReloadResult, error) {
 	d := m.Daemon
 	notify(m.Logger, sddaemon.SdNotifyReloading)
 	defer notify(m.Logger, sddaemon.SdNotifyReady)
@@ -370,9 +372,9 @@ func (m *Main) reload() error {
 	if err != nil {
 		m.Logger.Error("config reload refused; keeping the old config", "err", err)
 		d.Audit("config_reload", map[string]any{"ok": false, "error": err.Error()})
-		return err
+		return api.ReloadResult{}, err
 	}
-	return d.ApplyConfig(cfg)
+	return d.applyConfig(cfg)
 }
 
 // Close releases the daemon, the socket and the netlink connection. The

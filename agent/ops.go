@@ -193,10 +193,11 @@ func (d *Daemon) opReload(context.Context, *control.Call) (any, error) {
 	if d.reload == nil {
 		return nil, api.Errorf(api.CodeInternal, "reload is not wired in this daemon")
 	}
-	if err := d.reload(); err != nil {
+	res, err := d.reload()
+	if err != nil {
 		return nil, api.Errorf(api.CodeBadRequest, "reload refused, old config kept: %v", err)
 	}
-	return nil, nil
+	return res, nil
 }
 
 func (d *Daemon) opUninstallRules(_ context.Context, c *control.Call) (any, error) {

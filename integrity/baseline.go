@@ -1,12 +1,14 @@
 package integrity
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -99,26 +101,37 @@ func appendString(b []byte, s string) []byte {
 
 // DecodeBaseline parses what Encode wrote.
 func DecodeBaseline(data []byte) (*Baseline, error) {
-	d := decoder{data: data}
-	v1 := bytes.HasPrefix(data, []byte(baselineMagicV1))
-	if !v1 && !bytes.HasPrefix(data, []byte(baselineMagic)) {
+	return decodeBaseline(bytes.NewReader(data), int64(len(data)))
+}
+
+// maxBaselineString bounds one string of a baseline (a path, a symlink
+// target, the xattrs, an error): a corrupt length never allocates more.
+const maxBaselineString = 1 << 20
+
+// decodeBaseline parses a baseline of size bytes from r as it reads it
+// (LoadBaseline hashes the file meanwhile): the file is never held in
+// memory beside the entries it decodes to. Each path is allocated once.
+func decodeBaseline(r io.Reader, size int64) (*Baseline, error) {
+	d := decoder{r: bufio.NewReaderSize(r, 64<<10)}
+	magic := d.take(uint64(len(baselineMagic)))
+	v1 := string(magic) == baselineMagicV1
+	if d.err != nil || (!v1 && string(magic) != baselineMagic) {
 		return nil, errors.New("decode baseline: bad magic")
 	}
-	d.data = d.data[len(baselineMagic):]
 	b := &Baseline{Algo: d.str()}
 	b.Created = time.Unix(0, d.varint()).UTC()
 	n := d.uvarint()
-	if n > uint64(len(data)) {
+	if n > uint64(size) {
 		return nil, errors.New("decode baseline: bad entry count")
 	}
 	b.Entries = make(map[string]Entry, n)
-	prev := ""
+	var path []byte
 	for range n {
 		common := d.uvarint()
-		if common > uint64(len(prev)) {
+		if common > uint64(len(path)) {
 			return nil, errors.New("decode baseline: bad path prefix")
 		}
-		p := prev[:common] + d.str()
+		path = append(path[:common], d.take(d.uvarint())...)
 		var e Entry
 		e.Type = FileType(d.byte())
 		e.Mode, e.UID, e.GID = uint32(d.uvarint()), uint32(d.uvarint()), uint32(d.uvarint())
@@ -128,7 +141,7 @@ func DecodeBaseline(data []byte) (*Baseline, error) {
 		if !v1 {
 			if f := d.uvarint(); f <= 0xffffffff {
 				e.Flags = uint32(f)
-			} else {
+			} else if d.err == nil {
 				d.err = errors.New("bad flags")
 			}
 		}
@@ -139,10 +152,9 @@ func DecodeBaseline(data []byte) (*Baseline, error) {
 		if d.err != nil {
 			return nil, fmt.Errorf("decode baseline: %w", d.err)
 		}
-		b.Entries[p] = e
-		prev = p
+		b.Entries[string(path)] = e
 	}
-	if d.err == nil && len(d.data) != 0 {
+	if _, err := d.r.ReadByte(); d.err == nil && err == nil {
 		d.err = errors.New("trailing bytes")
 	}
 	if d.err != nil {
@@ -152,51 +164,82 @@ func DecodeBaseline(data []byte) (*Baseline, error) {
 }
 
 type decoder struct {
-	data []byte
-	err  error
+	r   *bufio.Reader
+	buf []byte // scratch for take
+	err error
 }
 
-func (d *decoder) fail() { d.err, d.data = errors.New("truncated"), nil }
+func (d *decoder) fail(err error) {
+	if d.err == nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			err = errors.New("truncated")
+		}
+		d.err = err
+	}
+}
 
 func (d *decoder) uvarint() uint64 {
-	v, n := binary.Uvarint(d.data)
-	if n <= 0 {
-		d.fail()
+	if d.err != nil {
 		return 0
 	}
-	d.data = d.data[n:]
+	v, err := binary.ReadUvarint(d.r)
+	if err != nil {
+		d.fail(err)
+		return 0
+	}
 	return v
 }
 
 func (d *decoder) varint() int64 {
-	v, n := binary.Varint(d.data)
-	if n <= 0 {
-		d.fail()
+	if d.err != nil {
 		return 0
 	}
-	d.data = d.data[n:]
+	v, err := binary.ReadVarint(d.r)
+	if err != nil {
+		d.fail(err)
+		return 0
+	}
 	return v
 }
 
+// take reads n bytes into scratch space, valid until the next take.
 func (d *decoder) take(n uint64) []byte {
-	if n > uint64(len(d.data)) {
-		d.fail()
+	if d.err != nil {
 		return nil
 	}
-	b := d.data[:n]
-	d.data = d.data[n:]
+	if n > maxBaselineString {
+		d.fail(errors.New("string too long"))
+		return nil
+	}
+	if uint64(cap(d.buf)) < n {
+		d.buf = make([]byte, n)
+	}
+	b := d.buf[:n]
+	if _, err := io.ReadFull(d.r, b); err != nil {
+		d.fail(err)
+		return nil
+	}
 	return b
 }
 
 func (d *decoder) byte() byte {
-	b := d.take(1)
-	if b == nil {
+	if d.err != nil {
 		return 0
 	}
-	return b[0]
+	c, err := d.r.ReadByte()
+	if err != nil {
+		d.fail(err)
+	}
+	return c
 }
 
-func (d *decoder) str() string { return string(d.take(d.uvarint())) }
+func (d *decoder) str() string {
+	b := d.take(d.uvarint())
+	if len(b) == 0 {
+		return ""
+	}
+	return string(b)
+}
 
 // Digest is the baseline file digest as recorded: "sha256:<hex>".
 func Digest(data []byte) string {
@@ -258,14 +301,29 @@ func writeAtomic(path string, data []byte) error {
 // digest the caller recorded in its audit chain). Any mismatch gives
 // ErrBaselineTampered and no baseline.
 func LoadBaseline(dir, want string) (*Baseline, string, error) {
-	data, err := os.ReadFile(filepath.Join(dir, BaselineFile))
+	f, err := os.Open(filepath.Join(dir, BaselineFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, "", ErrNoBaseline
 	}
 	if err != nil {
 		return nil, "", fmt.Errorf("load baseline: %w", err)
 	}
-	digest := Digest(data)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, "", fmt.Errorf("load baseline: %w", err)
+	}
+	// Decoded while it is read and hashed: the entries are trusted only
+	// once the digest of every byte read matches.
+	h := sha256.New()
+	b, decErr := decodeBaseline(io.TeeReader(f, h), fi.Size())
+	if decErr != nil {
+		b = nil
+		if _, err := io.Copy(h, f); err != nil { // the rest, for the digest
+			return nil, "", fmt.Errorf("load baseline: %w", err)
+		}
+	}
+	digest := "sha256:" + hex.EncodeToString(h.Sum(nil))
 	rec, err := os.ReadFile(filepath.Join(dir, BaselineDigest))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, digest, fmt.Errorf("load baseline: digest file missing: %w", ErrBaselineTampered)
@@ -279,9 +337,8 @@ func LoadBaseline(dir, want string) (*Baseline, string, error) {
 	if want != "" && want != digest {
 		return nil, digest, fmt.Errorf("load baseline: file %s, audit chain %s: %w", digest, want, ErrBaselineTampered)
 	}
-	b, err := DecodeBaseline(data)
-	if err != nil {
-		return nil, digest, fmt.Errorf("load baseline: %w: %w", ErrBaselineTampered, err)
+	if decErr != nil {
+		return nil, digest, fmt.Errorf("load baseline: %w: %w", ErrBaselineTampered, decErr)
 	}
 	return b, digest, nil
 }

@@ -40,6 +40,10 @@ type Config struct {
 	// ScanInterval is the time between scheduled full checks. Default 1h;
 	// "0s" turns scheduled checks off (the watcher still runs).
 	ScanInterval *api.Duration `yaml:"scan_interval"`
+	// FullCheckInterval is how often a scheduled check re-hashes every
+	// file; the others re-read only the files whose inode, size, mtime or
+	// ctime changed. Default 24h; "0s" makes every scheduled check full.
+	FullCheckInterval *api.Duration `yaml:"full_check_interval"`
 	// Debounce is how long a path must stay quiet before it is re-checked
 	// after an event. Default 50ms.
 	Debounce api.Duration `yaml:"debounce"`
@@ -116,6 +120,7 @@ const (
 const (
 	DefaultDebounce     = 50 * time.Millisecond
 	DefaultScanInterval = time.Hour
+	DefaultFullCheck    = 24 * time.Hour
 	DefaultMaxHashSize  = "1GiB"
 )
 
@@ -171,6 +176,10 @@ func (c Config) WithDefaults() Config {
 	if c.ScanInterval == nil {
 		d := api.Duration(DefaultScanInterval)
 		c.ScanInterval = &d
+	}
+	if c.FullCheckInterval == nil {
+		d := api.Duration(DefaultFullCheck)
+		c.FullCheckInterval = &d
 	}
 	if c.Debounce == 0 {
 		c.Debounce = api.Duration(DefaultDebounce)
@@ -256,6 +265,9 @@ func (c Config) Validate() error {
 	}
 	if c.ScanInterval != nil && *c.ScanInterval != 0 && c.ScanInterval.D() < time.Minute {
 		errs = append(errs, fmt.Errorf("integrity.scan_interval %s: want 0 (off) or at least 1m", *c.ScanInterval))
+	}
+	if c.FullCheckInterval != nil && *c.FullCheckInterval != 0 && c.FullCheckInterval.D() < time.Minute {
+		errs = append(errs, fmt.Errorf("integrity.full_check_interval %s: want 0 (every check full) or at least 1m", *c.FullCheckInterval))
 	}
 	if c.Debounce < 0 || c.Debounce.D() > 10*time.Second {
 		errs = append(errs, fmt.Errorf("integrity.debounce %s: want 0..10s", c.Debounce))

@@ -1,13 +1,14 @@
 package integrity
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 
@@ -73,7 +74,7 @@ type worker struct {
 }
 
 func (s *Scanner) newWorker() *worker {
-	return &worker{s: s, h: s.newHash(), buf: make([]byte, s.chunk), xbuf: make([]byte, 1024)}
+	return &worker{s: s, h: s.newHash(), xbuf: make([]byte, 1024)} // buf on the first read: a fast check may read nothing
 }
 
 // Stat records one path now; a path that does not exist gives the zero
@@ -109,6 +110,23 @@ func (w *worker) entry(ctx context.Context, path string) Entry {
 		e.Err = fmt.Sprintf("xattrs: %v", err)
 	}
 	return e
+}
+
+// sameAs fills e from st and path's previous state when the type, inode,
+// size, mtime and ctime are unchanged and the previous state is complete
+// (no error; a regular file hashed unless it is over max_hash_size).
+func (w *worker) sameAs(path string, st *unix.Stat_t, prev Previous, e *Entry) bool {
+	p, ok := prev(path)
+	if !ok || p.Err != "" || p.Type != typeOf(st.Mode) || p.Inode != st.Ino || p.Size != st.Size ||
+		p.Mtime != st.Mtim.Nano() || p.Ctime != st.Ctim.Nano() {
+		return false
+	}
+	if p.Type == TypeFile && p.Hash == ([32]byte{}) && (w.s.maxHash == 0 || p.Size <= w.s.maxHash) {
+		return false // not hashed then (max_hash_size was lower): hash it now
+	}
+	*e = entryFromStat(st)
+	e.Hash, e.Xattrs, e.Flags, e.Target = p.Hash, p.Xattrs, p.Flags, p.Target
+	return true
 }
 
 // regularEntry records a path the directory listing says is a regular
@@ -178,6 +196,9 @@ func (w *worker) readAndHash(ctx context.Context, fd int, e *Entry) {
 	// read for most files instead of a data read and an EOF read). A file
 	// growing meanwhile is hashed as it was at fstat; the next check sees it.
 	for total := int64(0); e.Size == 0 || total < e.Size; {
+		if w.buf == nil {
+			w.buf = make([]byte, w.s.chunk)
+		}
 		buf := w.buf
 		if rem := e.Size - total; e.Size > 0 && rem < int64(len(buf)) {
 			buf = buf[:rem]
@@ -225,18 +246,30 @@ func (s *Scanner) ScanTree(ctx context.Context, root string, onDir func(string))
 
 func (s *Scanner) scan(ctx context.Context, roots []string, onDir func(string)) (map[string]Entry, error) {
 	out := make(map[string]Entry, 1024)
-	err := s.scanEach(ctx, roots, onDir, func(r Result) { out[r.Path] = r.Entry })
+	err := s.scanEach(ctx, roots, onDir, nil, func(r Result) { out[r.Path] = r.Entry })
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
+// Previous gives the last recorded state of a path (the baseline's, or the
+// last one seen), for a fast scan; ok false when none. It is called from
+// several goroutines at once and must not change.
+type Previous func(path string) (e Entry, ok bool)
+
 // scanEach walks roots and calls each for every result, from one goroutine
 // while the caller waits (so each may use the caller's locked state). A
 // path may come twice (a directory that could not be read completely); the
 // later result wins.
-func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(string), each func(Result)) error {
+//
+// With prev (a fast scan), a path whose type, inode, size, mtime and ctime
+// are those of its previous state takes its content hash, xattrs, flags
+// and symlink target from that state: it costs one lstat instead of an
+// open, the xattr and flag reads and reading the content. Writing a file,
+// its xattrs or flags, or re-linking it changes its ctime, which no system
+// call can set back (see docs/integrity.md, "Fast scheduled checks").
+func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(string), prev Previous, each func(Result)) error {
 	jobs := make(chan []job, 4*s.workers)
 	results := make(chan []Result, 4*s.workers)
 	free := make(chan []Result, 8*s.workers)
@@ -287,7 +320,7 @@ func (s *Scanner) scanEach(ctx context.Context, roots []string, onDir func(strin
 			}
 		})
 	}
-	wk := &walker{s: s, ctx: ctx, jobs: jobs, results: results, onDir: onDir, seen: map[[2]uint64]bool{}, w: s.newWorker()}
+	wk := &walker{s: s, ctx: ctx, jobs: jobs, results: results, free: free, onDir: onDir, prev: prev, seen: map[[2]uint64]bool{}, w: s.newWorker()}
 	for _, root := range roots {
 		wk.root(root)
 	}
@@ -335,6 +368,10 @@ type walker struct {
 	jobs    chan<- []job
 	results chan<- []Result
 	onDir   func(string)
+	prev    Previous           // nil: a full scan
+	same    []Result           // unchanged paths of a fast scan, not yet sent
+	free    chan []Result      // batches the collector is done with, for reuse
+	dbuf    []byte             // getdents buffer
 	seen    map[[2]uint64]bool // directories entered, by (dev, inode)
 	batch   []job
 	w       *worker
@@ -371,7 +408,10 @@ func (wk *walker) visit(r *selRoot, path string, depth int) {
 		wk.add(job{path: path})
 		return
 	}
-	e := wk.w.entry(wk.ctx, path)
+	var e Entry
+	if wk.prev == nil || !wk.w.sameAs(path, &st, wk.prev, &e) {
+		e = wk.w.entry(wk.ctx, path)
+	}
 	wk.results <- []Result{{Path: path, Entry: e}}
 	if depth > 0 && !r.recursive {
 		return
@@ -384,30 +424,130 @@ func (wk *walker) visit(r *selRoot, path string, depth int) {
 	if wk.onDir != nil {
 		wk.onDir(path)
 	}
-	f, err := os.Open(path)
+	// O_NOFOLLOW: a directory swapped for a symlink since the lstat is not
+	// entered.
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		wk.results <- []Result{{Path: path, Entry: withErr(e, "open directory", err)}}
 		return
 	}
-	ents, err := f.ReadDir(-1)
-	f.Close()
+	var dirs []string
+	err = wk.list(fd, func(name []byte, typ uint8) {
+		var child string
+		if path == "/" {
+			child = "/" + string(name)
+		} else {
+			child = path + "/" + string(name) // one allocation: the path kept
+		}
+		if wk.s.sel.excluded(r, child) {
+			return
+		}
+		if typ == unix.DT_UNKNOWN { // file systems that do not say: ask
+			var st unix.Stat_t
+			if unix.Fstatat(fd, child[len(child)-len(name):], &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+				typ = dtOf(typeOf(st.Mode))
+			}
+		}
+		if typ == unix.DT_DIR {
+			dirs = append(dirs, child)
+		} else if !wk.unchanged(fd, child[len(child)-len(name):], child) {
+			wk.add(job{path: child, regular: typ == unix.DT_REG})
+		}
+	})
+	unix.Close(fd)
 	if err != nil {
 		wk.results <- []Result{{Path: path, Entry: withErr(e, "read directory", err)}}
 	}
-	var dirs []string
-	for _, de := range ents {
-		child := filepath.Join(path, de.Name())
-		if wk.s.sel.excluded(r, child) {
-			continue
-		}
-		if de.IsDir() {
-			dirs = append(dirs, child)
-		} else {
-			wk.add(job{path: child, regular: de.Type().IsRegular()})
-		}
-	}
+	wk.flushSame()
 	for _, d := range dirs {
 		wk.visit(r, d, depth+1)
+	}
+}
+
+// list calls fn for every entry of the open directory fd but . and ..,
+// with its name (valid during the call) and its d_type, reading the
+// directory with getdents64 into the walker's buffer: no allocation per
+// entry (os.File.ReadDir makes two).
+func (wk *walker) list(fd int, fn func(name []byte, typ uint8)) error {
+	if wk.dbuf == nil {
+		wk.dbuf = make([]byte, 32<<10)
+	}
+	for {
+		n, err := unix.Getdents(fd, wk.dbuf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return nil
+		}
+		// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
+		for b := wk.dbuf[:n]; len(b) > 0; {
+			if len(b) < 20 {
+				return errors.New("getdents: short record")
+			}
+			reclen := int(binary.NativeEndian.Uint16(b[16:18]))
+			if reclen < 20 || reclen > len(b) {
+				return errors.New("getdents: bad record length")
+			}
+			typ, name := b[18], b[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			b = b[reclen:]
+			if len(name) == 0 || string(name) == "." || string(name) == ".." || bytes.IndexByte(name, '/') >= 0 {
+				continue
+			}
+			fn(name, typ)
+		}
+	}
+}
+
+// dtOf is the d_type of a file type.
+func dtOf(t FileType) uint8 {
+	switch t {
+	case TypeFile:
+		return unix.DT_REG
+	case TypeDir:
+		return unix.DT_DIR
+	case TypeSymlink:
+		return unix.DT_LNK
+	}
+	return unix.DT_UNKNOWN
+}
+
+// unchanged records child (name in the open directory dir) from its
+// previous state when a fast scan finds its metadata unchanged: one
+// fstatat relative to dir, here in the walker (cheaper than a lookup of
+// the whole path, and than handing it to a worker). False: a worker
+// records it.
+func (wk *walker) unchanged(dir int, name, child string) bool {
+	if wk.prev == nil {
+		return false
+	}
+	var st unix.Stat_t
+	var e Entry
+	if unix.Fstatat(dir, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || !wk.w.sameAs(child, &st, wk.prev, &e) {
+		return false
+	}
+	wk.same = append(wk.same, Result{Path: child, Entry: e})
+	if len(wk.same) >= 64 { // the size of the batches recycled
+		wk.flushSame()
+	}
+	return true
+}
+
+func (wk *walker) flushSame() {
+	if len(wk.same) == 0 {
+		return
+	}
+	wk.results <- wk.same
+	select { // a batch the collector is done with: no garbage per file
+	case wk.same = <-wk.free:
+	default:
+		wk.same = make([]Result, 0, 64)
 	}
 }
 

@@ -50,6 +50,7 @@ type watchState struct {
 	parents  map[string]bool // parents watched for roots that are files
 	failed   map[string]bool // directories whose watch could not be added
 	pending  map[string]pend
+	reconf   chan struct{} // cap 1: Reconfigure changed the intervals
 	timer    *time.Timer
 	armed    bool
 	maxDelay time.Duration
@@ -85,8 +86,10 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var cfg Config // a reload may swap m.cfg meanwhile: read it under the lock
+	m.locked("start watcher", func() { cfg = m.cfg })
 	attState, att := "off", (*actors)(nil)
-	if *m.cfg.Attribution {
+	if *cfg.Attribution {
 		if fa, err := newFanotifySource(src, m.log); err != nil {
 			m.log.Warn("integrity attribution unavailable: changes come without the process behind them", "err", err)
 			attState = "unavailable: " + err.Error()
@@ -99,8 +102,8 @@ func (m *Monitor) Run(ctx context.Context) error {
 	go func() { defer close(pumped); q.pump(src, stop) }()
 	defer func() { src.Close(); close(stop); <-pumped }()
 	ws := &watchState{m: m, src: src, watched: map[string]bool{}, parents: map[string]bool{},
-		failed: map[string]bool{}, pending: map[string]pend{}, timer: time.NewTimer(time.Hour),
-		maxDelay: max(10*m.cfg.Debounce.D(), 500*time.Millisecond)}
+		failed: map[string]bool{}, pending: map[string]pend{}, reconf: make(chan struct{}, 1), timer: time.NewTimer(time.Hour),
+		maxDelay: max(10*cfg.Debounce.D(), 500*time.Millisecond)}
 	ws.timer.Stop()
 	defer ws.timer.Stop()
 
@@ -110,9 +113,11 @@ func (m *Monitor) Run(ctx context.Context) error {
 		return ErrNoBaseline
 	}
 	m.w, m.att, m.attState = ws, att, attState
+	relax := tightGC()
 	m.checker.Dpkg.Len() // read the package sums now, not on the first change
 	ws.watchFileRoots()
-	err = m.fullRescan(ctx, true)
+	err = m.fullRescan(ctx, true, false)
+	relax()
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock("stop watcher")
@@ -123,18 +128,41 @@ func (m *Monitor) Run(ctx context.Context) error {
 		return err
 	}
 	var tick <-chan time.Time
-	if iv := *m.cfg.ScanInterval; iv > 0 {
-		t := time.NewTicker(iv.D())
-		defer t.Stop()
-		tick = t.C
+	var ticker *time.Ticker
+	defer func() {
+		if ticker != nil {
+			ticker.Stop()
+		}
+	}()
+	var scanIv, burstIv time.Duration
+	arm := func() { // the scheduled checks' ticker, after a start or a reload
+		if iv := m.cfg.ScanInterval.D(); iv != scanIv {
+			if ticker != nil {
+				ticker.Stop()
+			}
+			ticker, tick, scanIv = nil, nil, iv
+			if iv > 0 {
+				ticker = time.NewTicker(iv)
+				tick = ticker.C
+			}
+		}
 	}
-	bursts := time.NewTicker(*m.cfg.BurstInterval)
+	m.locked("start watcher", func() { arm(); burstIv = *m.cfg.BurstInterval })
+	bursts := time.NewTicker(burstIv)
 	defer bursts.Stop()
 	var batch []queued
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-ws.reconf:
+			m.locked("reload", func() {
+				arm()
+				if iv := *m.cfg.BurstInterval; iv != burstIv {
+					burstIv = iv
+					bursts.Reset(iv)
+				}
+			})
 		case <-q.ready:
 			var lost, closed bool
 			batch, lost, closed = q.take(batch[:0])
@@ -160,7 +188,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 			m.locked("burst findings", func() { m.flushBursts(false) })
 		case <-tick:
 			m.locked("scheduled check", func() {
-				if err := m.fullRescan(ctx, false); err != nil {
+				if err := m.fullRescan(ctx, false, !m.fullDue()); err != nil {
 					m.log.Warn("integrity scheduled check", "err", err)
 				}
 			})
@@ -258,6 +286,13 @@ func (q *eventQueue) take(buf []queued) ([]queued, bool, bool) {
 	return out, lost, closed
 }
 
+// fullDue says whether a scheduled check re-hashes everything:
+// full_check_interval has passed since the last one that did (or it is 0).
+func (m *Monitor) fullDue() bool {
+	iv := m.cfg.FullCheckInterval.D()
+	return iv <= 0 || !m.opt.Now().Before(m.st.lastFull.Add(iv))
+}
+
 func (m *Monitor) locked(what string, f func()) {
 	m.mu.Lock(what)
 	defer m.mu.Unlock()
@@ -332,7 +367,7 @@ func (ws *watchState) onError(ctx context.Context, err error) {
 	}
 	m.st.overflows++
 	m.reportEvent(KindOverflow, SevMedium, "", "inotify event queue overflowed: events were lost; rescanning everything now")
-	if err := m.fullRescan(ctx, false); err != nil {
+	if err := m.fullRescan(ctx, false, true); err != nil {
 		m.log.Warn("integrity rescan after overflow", "err", err)
 	}
 }
@@ -402,8 +437,10 @@ func (ws *watchState) fire(ctx context.Context) {
 	var due []string
 	for p, pd := range ws.pending {
 		if !pd.due.After(now) {
-			due = append(due, p)
 			delete(ws.pending, p)
+			if ws.m.sel.Selected(p) { // a reload may have taken it out
+				due = append(due, p)
+			}
 		}
 	}
 	slices.Sort(due)

@@ -92,6 +92,8 @@ type IntegrityStatus struct {
 	BaselineEntries   int           `json:"baseline_entries"`
 	LastScan          time.Time     `json:"last_scan,omitzero"`
 	LastScanTook      time.Duration `json:"last_scan_took_ns"`
+	LastScanFast      bool          `json:"last_scan_fast"` // the last check re-read only what changed by its metadata
+	LastFullScan      time.Time     `json:"last_full_scan,omitzero"`
 	Events            uint64        `json:"events"`
 	Overflows         int           `json:"overflows"`
 	Rescans           int           `json:"rescans"`

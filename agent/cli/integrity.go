@@ -137,7 +137,14 @@ func (a *App) integrityStatusCmd() *cobra.Command {
 				fmt.Fprintln(w, "baseline: none (run 'parry integrity baseline')")
 			}
 			if !st.LastScan.IsZero() {
-				fmt.Fprintf(w, "last full scan: %s (took %s)\n", st.LastScan.Local().Format(time.RFC3339), st.LastScanTook.Round(time.Millisecond))
+				kind := "full"
+				if st.LastScanFast {
+					kind = "fast" // re-read only what changed by its metadata
+				}
+				fmt.Fprintf(w, "last check: %s, %s (took %s)\n", st.LastScan.Local().Format(time.RFC3339), kind, st.LastScanTook.Round(time.Millisecond))
+				if st.LastScanFast && !st.LastFullScan.IsZero() {
+					fmt.Fprintf(w, "last full check: %s\n", st.LastFullScan.Local().Format(time.RFC3339))
+				}
 			}
 			fmt.Fprintf(w, "open findings: %d", len(st.Open))
 			if st.Aggregated > 0 {

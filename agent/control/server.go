@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
+	"github.com/parryhq/parry/agent/pipeline"
 )
 
 // Listen creates the control socket at path (mode and group from the
@@ -62,7 +63,14 @@ func Listen(path string, cfg Config) (net.Listener, error) {
 // control.write_timeout: a peer that does not read is disconnected.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	var conns sync.Map
+	// At the end, requests in flight finish and their answers are written
+	// (an uninstall_rules that stops the daemon is answered): reads end at
+	// once, then each connection closes when its requests are done.
+	defer func() {
+		conns.Range(func(k, _ any) bool { _ = k.(net.Conn).SetReadDeadline(time.Now()); return true })
+		wg.Wait()
+	}()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	// Fixed while serving (restart to change), and read here, not per
@@ -70,8 +78,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	limits := s.config()
 	slots := newConnSlots(limits.MaxConnections)
 	refusedLog := &logThrottle{interval: refuseInterval}
-	var conns sync.Map
-	defer conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -167,66 +173,213 @@ func (w deadlineWriter) Write(p []byte) (int, error) {
 	return w.c.Write(p)
 }
 
+// Pipelining: a connection's requests are in flight together, so that a
+// client that sends many without waiting (parry block --file, a log
+// shipper) has them join the same group commit (agent/enforce, group.go).
+// The answers are written in request order (connWriter). Requests run one
+// after another on the goroutine that reads the connection; when one joins
+// the decision path's queue (pipeline.Joined) and so waits for a commit,
+// the reading role passes to a new goroutine, which reads and runs the next
+// request: decisions reach the path in the order sent, and a request that
+// never waits costs no hand-off. A request whose op is not pipelined (a
+// read: list, status...) waits until every earlier answer is written, so
+// it sees their effects. At most maxInFlight requests, and
+// maxInFlightBytes of request lines (or one line, whichever is more), are
+// in flight per connection.
+const (
+	maxInFlight      = 64
+	maxInFlightBytes = 4 << 20
+)
+
+// pipelined are the ops that may run while the connection's earlier
+// requests are still in flight: their decisions keep their order through
+// pipeline.Joined.
+var pipelined = map[string]bool{"block": true, "unblock": true, "signal": true}
+
+// slot is one request in flight on a connection.
+type slot struct {
+	size    int
+	resp    []byte
+	done    bool          // resp is set (under connWriter.mu)
+	written chan struct{} // resp was written (and every earlier one)
+}
+
+func newSlot(size int) *slot { return &slot{size: size, written: make(chan struct{})} }
+
+// connWriter writes a connection's answers in request order: whoever
+// completes the request at the head writes it and every completed one
+// behind it, then flushes if the next is not ready.
+type connWriter struct {
+	s    *Server
+	c    net.Conn
+	peer Peer
+	cfg  Config
+
+	mu       sync.Mutex
+	w        *bufio.Writer
+	werr     error
+	queue    []*slot // in flight, in request order
+	inFlight int     // bytes of request lines in flight
+	freed    chan struct{}
+	wg       sync.WaitGroup
+}
+
+// add queues sl behind the requests in flight; it waits while the
+// connection's in-flight bound is reached.
+func (cw *connWriter) add(sl *slot) {
+	cw.mu.Lock()
+	for len(cw.queue) > 0 && (len(cw.queue) >= maxInFlight || cw.inFlight+sl.size > maxInFlightBytes) {
+		cw.mu.Unlock()
+		<-cw.freed
+		cw.mu.Lock()
+	}
+	cw.queue = append(cw.queue, sl)
+	cw.inFlight += sl.size
+	cw.wg.Add(1)
+	cw.mu.Unlock()
+}
+
+// complete sets sl's answer and writes what is ready.
+func (cw *connWriter) complete(sl *slot, resp []byte) {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	sl.resp, sl.done = resp, true
+	wrote := false
+	for len(cw.queue) > 0 && cw.queue[0].done {
+		h := cw.queue[0]
+		cw.queue = cw.queue[1:]
+		if cw.werr == nil {
+			_, cw.werr = cw.w.Write(h.resp)
+			wrote = true
+		}
+		cw.inFlight -= h.size
+		close(h.written)
+		cw.wg.Done()
+	}
+	if wrote && cw.werr == nil {
+		cw.werr = cw.w.Flush()
+	}
+	if wrote && cw.werr != nil {
+		cw.s.logWriteErr(cw.werr, cw.peer, cw.cfg)
+		cw.c.Close() // the reader stops at its next read
+	}
+	select {
+	case cw.freed <- struct{}{}:
+	default:
+	}
+}
+
+// err is the first write error.
+func (cw *connWriter) err() error {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	return cw.werr
+}
+
 // serveConn reads one request per line and writes one response per line,
 // in order. Nothing a client sends can crash it.
 func (s *Server) serveConn(ctx context.Context, c net.Conn, peer Peer, cfg Config) {
+	cw := &connWriter{s: s, c: c, peer: peer, cfg: cfg, freed: make(chan struct{}, 1),
+		w: bufio.NewWriterSize(deadlineWriter{c, cfg.WriteTimeout.D()}, 64<<10)}
+	cw.wg.Add(1) // the reading role
+	s.readLoop(ctx, &connReader{r: bufio.NewReaderSize(c, cfg.MaxLineBytes), c: c, peer: peer, cfg: cfg, cw: cw})
+	cw.wg.Wait()
+}
+
+// connReader is the reading role of a connection: one goroutine holds it
+// at a time.
+type connReader struct {
+	r    *bufio.Reader
+	c    net.Conn
+	peer Peer
+	cfg  Config
+	cw   *connWriter
+	prev *slot // the last request, if still in flight
+}
+
+// readLoop reads and runs requests until the connection ends, or until a
+// request it runs joins the decision path's queue: then it hands the
+// reading role to a new goroutine (the next request may join the same
+// group) and finishes that request. A request that never waits on the path
+// costs no hand-off. A request whose op is not pipelined waits until every
+// earlier answer is written.
+func (s *Server) readLoop(ctx context.Context, cr *connReader) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("control: panic serving a connection (a bug)", "panic", r)
 		}
 	}()
-	r := bufio.NewReaderSize(c, cfg.MaxLineBytes)
-	w := bufio.NewWriterSize(deadlineWriter{c, cfg.WriteTimeout.D()}, 64<<10)
-	var werr error
-	defer func() {
-		if werr == nil {
-			werr = w.Flush()
-		}
-		if errors.Is(werr, os.ErrDeadlineExceeded) {
-			s.log.Warn("control: peer does not read its answers; closing the connection",
-				"peer", peer.String(), "write_timeout", cfg.WriteTimeout.D())
-		}
-	}()
-	var call Call // reused by every request of the connection
-	for ctx.Err() == nil {
-		_ = c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout.D()))
-		line, err := r.ReadSlice('\n')
-		var resp []byte
+	defer cr.cw.wg.Done()
+	cfg := cr.cfg
+	for ctx.Err() == nil && cr.cw.err() == nil {
+		_ = cr.c.SetReadDeadline(time.Now().Add(cfg.IdleTimeout.D()))
+		line, err := cr.r.ReadSlice('\n')
 		switch {
 		case errors.Is(err, bufio.ErrBufferFull):
-			resp = errorLine(nil, api.Errorf(api.CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes))
-			if !discardLine(r) {
-				_, werr = w.Write(resp)
+			sl := newSlot(0)
+			cr.cw.add(sl)
+			cr.cw.complete(sl, errorLine(nil, api.Errorf(api.CodeLineTooLong, "request line longer than %d bytes (control.max_line_bytes); split it", cfg.MaxLineBytes)))
+			cr.prev = sl
+			if !discardLine(cr.r) {
 				return
 			}
+			continue
 		case err != nil && len(bytes.TrimSpace(line)) == 0:
 			return // EOF, idle timeout, or closed
-		default:
-			if len(bytes.TrimSpace(line)) == 0 {
-				continue // blank line: nothing asked, nothing answered
+		case len(bytes.TrimSpace(line)) == 0:
+			continue // blank line: nothing asked, nothing answered
+		}
+		last := err != nil                  // the last line had no newline
+		line = append([]byte(nil), line...) // the next reader reuses the buffer
+		sl := newSlot(len(line))
+		cr.cw.add(sl)
+		call, derr := decodeRequestInto(new(Call), line)
+		if derr != nil {
+			cr.cw.complete(sl, errorLine(call.rawID(), derr))
+			cr.prev = sl
+		} else {
+			if cr.prev != nil && !pipelined[call.Op] {
+				<-cr.prev.written
 			}
-			resp = s.handleLineInto(ctx, peer, line, &call)
-		}
-		if _, werr = w.Write(resp); werr != nil {
-			call.closeStream()
-			return
-		}
-		if st := call.stream; st != nil { // the op answers with a stream: it takes the connection
-			call.stream = nil
-			if werr = w.Flush(); werr == nil {
-				werr = s.runStream(ctx, c, r, st, cfg)
+			handedOff := false
+			joined := func() {
+				if last || handedOff {
+					return
+				}
+				handedOff = true
+				next := *cr
+				next.prev = sl
+				cr.cw.wg.Add(1)
+				go s.readLoop(ctx, &next)
 			}
-			st.Close()
-			return
-		}
-		if r.Buffered() == 0 { // batch responses to pipelined requests
-			if werr = w.Flush(); werr != nil {
+			resp := s.handleCall(pipeline.WithJoined(ctx, joined), cr.peer, call)
+			cr.cw.complete(sl, resp)
+			if handedOff {
+				return // the new reader goes on
+			}
+			if st := call.stream; st != nil { // the op answers with a stream: it takes the connection
+				// Not pipelined: every earlier answer, and its own, is written.
+				call.stream = nil
+				if cr.cw.err() == nil {
+					if werr := s.runStream(ctx, cr.c, cr.r, st, cfg); werr != nil {
+						s.logWriteErr(werr, cr.peer, cfg)
+					}
+				}
+				st.Close()
 				return
 			}
+			cr.prev = sl
 		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return // the last line had no newline
+		if last {
+			return
 		}
+	}
+}
+
+func (s *Server) logWriteErr(err error, peer Peer, cfg Config) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		s.log.Warn("control: peer does not read its answers; closing the connection",
+			"peer", peer.String(), "write_timeout", cfg.WriteTimeout.D())
 	}
 }
 
@@ -258,6 +411,11 @@ func (s *Server) handleLineInto(ctx context.Context, peer Peer, line []byte, buf
 	if err != nil {
 		return errorLine(call.rawID(), err)
 	}
+	return s.handleCall(ctx, peer, call)
+}
+
+// handleCall runs one decoded request from peer and returns the answer line.
+func (s *Server) handleCall(ctx context.Context, peer Peer, call *Call) (resp []byte) {
 	call.Peer = peer
 	if ctx.Err() != nil {
 		return errorLine(call.rawID(), api.Errorf(api.CodeShuttingDown, "parryd is stopping; retry when it is back"))

@@ -39,19 +39,11 @@ func (dp *Path) EnforceBatch(ctx context.Context, decs []response.Decision, opt 
 		return outs
 	}
 	defer dp.mu.Unlock()
-	for i := 0; i < len(decs); {
-		n := runLen(decs[i:])
-		switch {
-		case n == 0:
-			outs[i] = dp.enforceLocked(decs[i], opt)
-			n = 1
-		case decs[i].Action == response.ActionBlock:
-			dp.blockRun(decs[i:i+n], outs[i:i+n], opt)
-		default:
-			dp.unblockRun(decs[i:i+n], outs[i:i+n])
-		}
-		i += n
+	opts := make([]EnforceOptions, len(decs))
+	for i := range opts {
+		opts[i] = opt
 	}
+	dp.enforceRuns(decs, opts, outs)
 	return outs
 }
 
@@ -80,22 +72,34 @@ func runLen(decs []response.Decision) int {
 
 // blockRun enforces a run of block decisions with distinct targets in one
 // plan. Caller holds dp.mu.
-func (dp *Path) blockRun(decs []response.Decision, outs []Outcome, opt EnforceOptions) {
+func (dp *Path) blockRun(decs []response.Decision, outs []Outcome, opts []EnforceOptions) {
 	pl := newBlockPlan(dp.now(), dp.blocks)
 	targets := make([][]netip.Prefix, len(decs))
+	capped := 0 // targets counted against the sender cap by this run
 	for i, dec := range decs {
+		opt := opts[i]
 		out, ts, err := checkBlock(&dp.guard, dec, opt, pl.now)
+		if err == nil && opt.SenderCap && dp.blocks.changes(dec, ts, pl.now.UnixMilli()) {
+			err = dp.blockCap.admit(dec, pl.now)
+		}
 		if err != nil {
 			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
 			continue
 		}
 		targets[i] = pl.add(dp.blocks, dec, ts, &out)
+		if opt.SenderCap { // counted now, so that the run's next members see it; given back if the commit fails
+			dp.blockCap.blocks += len(targets[i])
+			capped += len(targets[i])
+		}
 		outs[i] = out
 		applied := dec
 		applied.Targets = targets[i]
 		pl.audit = append(pl.audit, auditEvent{"block", decisionFields(applied, out)})
 	}
 	err := dp.commitBlocks(pl)
+	if err != nil {
+		dp.blockCap.blocks = max(0, dp.blockCap.blocks-capped)
+	}
 	for i, dec := range decs {
 		switch {
 		case outs[i].Err != nil:

@@ -63,12 +63,11 @@ func (dp *Path) EnforceWith(ctx context.Context, dec response.Decision, opt Enfo
 	if dec.ID == "" {
 		dec.ID = NewID()
 	}
-	if err := dp.mu.lockWithin(ctx, dp.lockWait); err != nil {
-		return Outcome{ID: dec.ID, Action: dec.Action}, err
+	out := dp.enqueue(ctx, dec, opt) // group.go
+	if out.Err != nil {
+		return Outcome{ID: dec.ID, Action: dec.Action}, out.Err
 	}
-	defer dp.mu.Unlock()
-	out := dp.enforceLocked(dec, opt)
-	return out, out.Err
+	return out, nil
 }
 
 // enforceLocked enforces one decision, records a refusal and tells the

@@ -124,6 +124,7 @@ type Path struct {
 	// else takes it; Observers run under it. A decision waits for it at
 	// most lockWait (lock.go).
 	mu        pathLock
+	q         queue // decisions waiting for the next group (group.go); its own lock
 	blocks    *index
 	guard     Guard
 	gcfg      GuardConfig

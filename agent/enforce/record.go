@@ -57,9 +57,11 @@ type Record struct {
 	store  *store.Store
 	now    func() time.Time
 
-	mu      sync.Mutex    // guards next, written and lost
-	next    uint64        // key of the next pending record
-	written []writtenLine // written, waiting for the fsync that makes them durable
+	mu sync.Mutex // guards next, written, lost and syncFailed
+	// syncFailed is the first failed fsync of a group's lines: final.
+	syncFailed error
+	next       uint64        // key of the next pending record
+	written    []writtenLine // written, waiting for the fsync that makes them durable
 	// lost are records found at start without their audit line, whose
 	// recovery failed (the audit log was not writable); retried by the
 	// maintenance loop.
@@ -147,10 +149,31 @@ func (r *Record) write(events []auditEvent, evs []audit.Event, keys []uint64) er
 			evs[i] = audit.Event{Name: ev.name, Fields: ev.fields}
 		}
 	}
+	r.mu.Lock()
+	failed := r.syncFailed
+	r.mu.Unlock()
+	if failed != nil {
+		return &api.Error{Code: api.CodeAudit, Message: fmt.Sprintf("an fsync of the audit log failed earlier (%v): what reached the disk is unknown, so changes are refused until parryd restarts; nothing changed", failed)}
+	}
 	seq, err := r.log.AppendAll(evs...)
 	if err != nil {
 		r.logger.Error("audit append failed: the request fails and changes nothing", "event", events[0].name, "err", err)
 		return &api.Error{Code: api.CodeAudit, Message: fmt.Sprintf("audit log not writable, nothing changed: %v", err)}
+	}
+	// The lines are durable before anyone is told ok. Staged lines (keys)
+	// already are: their pending records are in the store's journal,
+	// synced with the change, and Recover writes any that a crash kept
+	// from the log. Lines not staged (a decision that changed nothing, a
+	// dry run) are synced here. A failed fsync is final (pages it lost are
+	// not written again by a later one that succeeds).
+	if len(keys) > 0 {
+		// durable through the store
+	} else if err := r.log.SyncLines(); err != nil {
+		r.mu.Lock()
+		r.syncFailed = err
+		r.mu.Unlock()
+		r.logger.Error("audit fsync failed: the group fails, and changes are refused until parryd restarts", "err", err)
+		return &api.Error{Code: api.CodeAudit, Message: fmt.Sprintf("audit log fsync failed, nothing changed; changes are refused until parryd restarts: %v", err)}
 	}
 	if len(keys) > 0 {
 		r.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -60,18 +61,31 @@ type Stats struct {
 }
 
 type hook struct {
-	Webhook
 	name                                string
-	target                              string // redacted, for logs
+	conf                                atomic.Pointer[hookConf] // swapped by Update
 	queue                               chan Event
+	stop                                chan struct{} // closed when Update removes the webhook
 	delivered, retries, failed, dropped atomic.Uint64
+}
+
+// hookConf is what Update may change of a webhook in place.
+type hookConf struct {
+	Webhook
+	target string // redacted, for logs
+}
+
+// state is the notifier's configuration in force; Update swaps it whole.
+type state struct {
+	cfg   Config
+	hooks []*hook
 }
 
 // Notifier fans events out to the configured webhooks.
 type Notifier struct {
-	cfg   Config
-	opts  Options
-	hooks []*hook
+	opts    Options
+	mu      sync.Mutex // serializes Update
+	st      atomic.Pointer[state]
+	changed chan struct{} // cap 1: Update added webhooks for Run to start
 }
 
 // New builds a notifier; nothing is sent until Run.
@@ -79,7 +93,6 @@ func New(cfg Config, opts Options) (*Notifier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg = cfg.WithDefaults()
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -89,30 +102,85 @@ func New(cfg Config, opts Options) (*Notifier, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	n := &Notifier{cfg: cfg, opts: opts}
-	for i, w := range cfg.Webhooks {
-		n.hooks = append(n.hooks, &hook{Webhook: w, name: w.name(i), target: Redact(w.URL),
-			queue: make(chan Event, cfg.QueueSize)})
-	}
+	n := &Notifier{opts: opts, changed: make(chan struct{}, 1)}
+	n.st.Store(n.build(cfg.WithDefaults(), nil))
 	return n, nil
 }
 
+// build makes the state for cfg, keeping the hooks of old whose name is
+// still configured (with their queue, counters and worker).
+func (n *Notifier) build(cfg Config, old *state) *state {
+	st := &state{cfg: cfg}
+	for i, w := range cfg.Webhooks {
+		name := w.name(i)
+		var h *hook
+		if old != nil {
+			for _, o := range old.hooks {
+				if o.name == name {
+					h = o
+				}
+			}
+		}
+		if h == nil {
+			h = &hook{name: name, queue: make(chan Event, cfg.QueueSize), stop: make(chan struct{})}
+		}
+		h.conf.Store(&hookConf{Webhook: w, target: Redact(w.URL)})
+		st.hooks = append(st.hooks, h)
+	}
+	return st
+}
+
+// Update switches to cfg (a config reload) without losing queued events:
+// a webhook that keeps its name keeps its queue, its counters and its
+// worker, and sends what it has queued and everything after with its new
+// URL, headers and format; a new one starts; a removed one stops, and the
+// events still in its queue are dropped (counted, and logged). Events,
+// severities, retries, backoff and timeout apply to the next delivery
+// attempt. queue_size applies to new webhooks only.
+func (n *Notifier) Update(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	old := n.st.Load()
+	st := n.build(cfg.WithDefaults(), old)
+	n.st.Store(st)
+	for _, o := range old.hooks {
+		if !slices.Contains(st.hooks, o) {
+			close(o.stop)
+			if q := len(o.queue); q > 0 {
+				o.dropped.Add(uint64(q))
+				n.opts.Logger.Warn("notify: webhook removed by a reload; its queued events are dropped", "webhook", o.name, "dropped", q)
+			}
+		}
+	}
+	select {
+	case n.changed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
 // Enabled reports whether any webhook is configured.
-func (n *Notifier) Enabled() bool { return len(n.hooks) > 0 }
+func (n *Notifier) Enabled() bool { return len(n.st.Load().hooks) > 0 }
 
 // Wants reports whether an event of this kind and severity would be sent.
-func (n *Notifier) Wants(kind, severity string) bool {
-	if !n.Enabled() || !slices.Contains(n.cfg.Events, kind) {
+func (n *Notifier) Wants(kind, severity string) bool { return n.st.Load().wants(kind, severity) }
+
+func (st *state) wants(kind, severity string) bool {
+	if len(st.hooks) == 0 || !slices.Contains(st.cfg.Events, kind) {
 		return false
 	}
-	return kind != KindFinding || SeverityRank(severity) >= SeverityRank(n.cfg.MinSeverity)
+	return kind != KindFinding || SeverityRank(severity) >= SeverityRank(st.cfg.MinSeverity)
 }
 
 // Notify queues the event for every webhook without ever blocking; a full
 // queue drops it for that webhook (counted). It reports whether every
 // webhook accepted it.
 func (n *Notifier) Notify(ev Event) bool {
-	if !n.Wants(ev.Kind, ev.Severity) {
+	st := n.st.Load()
+	if !st.wants(ev.Kind, ev.Severity) {
 		return true
 	}
 	if ev.Time.IsZero() {
@@ -122,7 +190,7 @@ func (n *Notifier) Notify(ev Event) bool {
 		ev.Host = n.opts.Host
 	}
 	all := true
-	for _, h := range n.hooks {
+	for _, h := range st.hooks {
 		select {
 		case h.queue <- ev:
 		default:
@@ -142,33 +210,46 @@ func (n *Notifier) observe(h *hook, result string) {
 
 // Stats returns the counters of each webhook.
 func (n *Notifier) Stats() []Stats {
-	out := make([]Stats, 0, len(n.hooks))
-	for _, h := range n.hooks {
-		out = append(out, Stats{Name: h.name, Target: h.target, Queued: len(h.queue),
+	hooks := n.st.Load().hooks
+	out := make([]Stats, 0, len(hooks))
+	for _, h := range hooks {
+		out = append(out, Stats{Name: h.name, Target: h.conf.Load().target, Queued: len(h.queue),
 			Delivered: h.delivered.Load(), Retries: h.retries.Load(), Failed: h.failed.Load(), Dropped: h.dropped.Load()})
 	}
 	return out
 }
 
-// Run delivers until ctx ends, one worker per webhook. Events still queued
-// then are abandoned.
+// Run delivers until ctx ends, one worker per webhook (started as Update
+// adds webhooks, stopped as it removes them). Events still queued then are
+// abandoned.
 func (n *Notifier) Run(ctx context.Context) {
-	done := make(chan struct{})
-	for _, h := range n.hooks {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case ev := <-h.queue:
-					n.deliver(ctx, h, ev)
-				}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	started := map[*hook]bool{}
+	for {
+		for _, h := range n.st.Load().hooks {
+			if started[h] {
+				continue
 			}
-		}()
-	}
-	for range n.hooks {
-		<-done
+			started[h] = true
+			wg.Go(func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-h.stop:
+						return
+					case ev := <-h.queue:
+						n.deliver(ctx, h, ev)
+					}
+				}
+			})
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.changed:
+		}
 	}
 }
 
@@ -181,7 +262,8 @@ func (n *Notifier) deliver(ctx context.Context, h *hook, ev Event) {
 		n.opts.Logger.Error("notify: encode", "webhook", h.name, "err", err)
 		return
 	}
-	wait := n.cfg.Backoff.D()
+	cfg := n.st.Load().cfg
+	wait := cfg.Backoff.D()
 	for attempt := 0; ; attempt++ {
 		err := n.post(ctx, h, body)
 		if err == nil {
@@ -190,16 +272,16 @@ func (n *Notifier) deliver(ctx context.Context, h *hook, ev Event) {
 			return
 		}
 		var perm *permanentError
-		if attempt >= n.cfg.Retries || errors.As(err, &perm) || ctx.Err() != nil {
+		if attempt >= cfg.Retries || errors.As(err, &perm) || ctx.Err() != nil {
 			h.failed.Add(1)
 			n.observe(h, ResultFailed)
-			n.opts.Logger.Warn("notify: giving up", "webhook", h.name, "target", h.target,
+			n.opts.Logger.Warn("notify: giving up", "webhook", h.name, "target", h.conf.Load().target,
 				"kind", ev.Kind, "attempts", attempt+1, "err", err)
 			return
 		}
 		h.retries.Add(1)
 		n.observe(h, ResultRetry)
-		n.opts.Logger.Info("notify: retrying", "webhook", h.name, "target", h.target, "in", wait, "err", err)
+		n.opts.Logger.Info("notify: retrying", "webhook", h.name, "target", h.conf.Load().target, "in", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -209,7 +291,7 @@ func (n *Notifier) deliver(ctx context.Context, h *hook, ev Event) {
 			return
 		case <-t.C:
 		}
-		wait = min(2*wait, n.cfg.MaxBackoff.D())
+		wait = min(2*wait, cfg.MaxBackoff.D())
 	}
 }
 
@@ -219,15 +301,16 @@ func (e *permanentError) Error() string { return fmt.Sprintf("HTTP %d (not retri
 
 // post sends one attempt. Errors never contain the URL (see redactErr).
 func (n *Notifier) post(ctx context.Context, h *hook, body []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.Timeout.D())
+	ctx, cancel := context.WithTimeout(ctx, n.st.Load().cfg.Timeout.D())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL, bytes.NewReader(body))
+	hc := h.conf.Load() // the URL in force now: a retry after a reload goes to the new one
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, hc.URL, bytes.NewReader(body))
 	if err != nil {
 		return redactErr(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "parry")
-	for k, v := range h.Headers {
+	for k, v := range hc.Headers {
 		req.Header.Set(k, v)
 	}
 	resp, err := n.opts.Client.Do(req)
@@ -256,7 +339,7 @@ func redactErr(err error) error {
 }
 
 func (n *Notifier) body(h *hook, ev Event) ([]byte, error) {
-	if h.Format == "slack" {
+	if h.conf.Load().Format == "slack" {
 		return json.Marshal(map[string]string{"text": slackText(ev)})
 	}
 	return json.Marshal(ev)

@@ -283,3 +283,43 @@ func TestValidate(t *testing.T) {
 		t.Error(Redact("https://hooks.slack.com/services/T/B/XYZ"))
 	}
 }
+
+// TestUpdateAddsAndRemovesWebhooks: Update starts a webhook it adds (while
+// Run runs), stops one it removes (its queued events dropped and counted),
+// and a kept one goes on with its counters.
+func TestUpdateAddsAndRemovesWebhooks(t *testing.T) {
+	got := make(chan string, 8)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got <- r.URL.Path }))
+	defer srv.Close()
+	n, err := New(Config{Webhooks: []Webhook{{Name: "a", URL: srv.URL + "/a"}}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, n)
+	n.Notify(blockEvent())
+	if p := within(t, got, "delivery to a"); p != "/a" {
+		t.Fatalf("delivered to %s", p)
+	}
+	if err := n.Update(Config{Webhooks: []Webhook{{Name: "a", URL: srv.URL + "/a"}, {Name: "b", URL: srv.URL + "/b"}}}); err != nil {
+		t.Fatal(err)
+	}
+	n.Notify(blockEvent())
+	seen := map[string]bool{within(t, got, "delivery"): true, within(t, got, "delivery"): true}
+	if !seen["/a"] || !seen["/b"] {
+		t.Fatalf("after adding b: %v", seen)
+	}
+	if err := n.Update(Config{Webhooks: []Webhook{{Name: "b", URL: srv.URL + "/b2"}}}); err != nil {
+		t.Fatal(err)
+	}
+	n.Notify(blockEvent())
+	if p := within(t, got, "delivery to b"); p != "/b2" {
+		t.Fatalf("after the update: delivered to %s, want /b2", p)
+	}
+	st := n.Stats()
+	if len(st) != 1 || st[0].Name != "b" {
+		t.Fatalf("stats after removing a: %+v", st)
+	}
+	if err := n.Update(Config{Webhooks: []Webhook{{URL: "ftp://x"}}}); err == nil || len(n.Stats()) != 1 {
+		t.Fatalf("an invalid config was taken: %v", err)
+	}
+}

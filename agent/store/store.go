@@ -13,10 +13,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -35,6 +37,9 @@ var (
 // Sentinel errors.
 var (
 	ErrCorrupt = errors.New("store: corrupt record")
+	// ErrFailed: an earlier commit failed (an fsync, a full disk); the
+	// store refuses writes until it is opened again (Commit).
+	ErrFailed = errors.New("store: a commit failed earlier")
 )
 
 // Block is one active block.
@@ -86,12 +91,24 @@ type Pending struct {
 type Store struct {
 	db   *bolt.DB
 	path string
+
+	j *journal
+
+	mu     sync.Mutex
+	failed error // the first failed commit: final (Commit)
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Open opens (creating if needed) the store file at path. A file that
 // fails the consistency check (see check) is refused with a
 // *CorruptError and left as it is; Open never panics on a bad file.
-func Open(path string) (*Store, error) {
+func Open(path string) (*Store, error) { return OpenWith(path, Options{}) }
+
+// OpenWith is Open with options. It replays the journal (journal.go) into
+// the file before anything reads it.
+func OpenWith(path string, o Options) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -115,7 +132,22 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: create buckets: %w", path, err)
 	}
-	return &Store{db: db, path: path}, nil
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	j := &journal{dir: filepath.Dir(path), base: filepath.Base(path), wrap: o.WrapJournal, log: o.Log,
+		kick: make(chan struct{}, 1), stop: make(chan struct{})}
+	if j.n, err = j.replay(db); err == nil {
+		j.f, err = j.create(j.n)
+	}
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s := &Store{db: db, path: path, j: j}
+	j.wg.Add(1)
+	go j.run(s)
+	return s, nil
 }
 
 func options() bolt.Options {
@@ -154,8 +186,28 @@ func openErr(path string, err error) error {
 // Path is the store file.
 func (s *Store) Path() string { return s.path }
 
-// Close closes the file.
-func (s *Store) Close() error { return s.db.Close() }
+// Close checkpoints the journal and closes the file.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.closeErr = s.j.close(s.db)
+		if s.failure() != nil {
+			s.closeErr = nil // the journal keeps what the disk has; the next Open replays it
+		}
+		s.closeErr = errors.Join(s.closeErr, s.db.Close())
+	})
+	return s.closeErr
+}
+
+// sync applies the journal to the file, so that a read of bbolt sees
+// every commit. A failed store reads what the file has.
+func (s *Store) sync() {
+	if s.failure() != nil {
+		return
+	}
+	if err := s.j.checkpoint(s.db); err != nil {
+		s.fail(err)
+	}
+}
 
 // Change is one transaction: blocks to put and delete, decisions to put and
 // delete.
@@ -172,99 +224,135 @@ type Change struct {
 }
 
 // Commit applies c in one fsync'd transaction.
+//
+// A failed commit is final: after it every write is refused (ErrFailed)
+// until the store is opened again. An fsync that failed may have lost
+// pages that a later one that succeeds does not write again (the kernel
+// drops the error and the dirty state), and bbolt's in-memory view of a
+// transaction whose commit failed half-way is not to be trusted; a
+// restart re-reads the file, which is the truth.
 func (s *Store) Commit(c Change) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		bb, db := tx.Bucket(bucketBlocks), tx.Bucket(bucketDecisions)
-		// bbolt keeps pointers to keys and values until commit: carve them
-		// from one slab that never reallocates.
-		slab := make([]byte, 0, (len(c.PutBlocks)+len(c.DelBlocks))*(17+3*binary.MaxVarintLen64))
-		carve := func(b []byte) []byte {
-			start := len(slab)
-			slab = append(slab, b...)
-			return slab[start:len(slab):len(slab)]
-		}
-		var kbuf [17]byte
-		var vbuf [3 * binary.MaxVarintLen64]byte
-		for _, d := range c.PutDecisions {
-			v, err := json.Marshal(d)
-			if err != nil {
-				return err
-			}
-			if err := db.Put(seqKey(d.Seq), v); err != nil {
-				return err
-			}
-		}
-		for _, p := range c.DelBlocks {
-			if err := bb.Delete(carve(prefixKey(kbuf[:0], p))); err != nil {
-				return err
-			}
-		}
-		for _, b := range c.PutBlocks {
-			v := binary.AppendUvarint(vbuf[:0], uint64(b.Created))
-			v = binary.AppendUvarint(v, uint64(b.Until))
-			v = binary.AppendUvarint(v, b.Decision)
-			if err := bb.Put(carve(prefixKey(kbuf[:0], b.Prefix)), carve(v)); err != nil {
-				return err
-			}
-		}
-		for _, seq := range c.DelDecisions {
-			if err := db.Delete(seqKey(seq)); err != nil {
-				return err
-			}
-		}
-		pb := tx.Bucket(bucketPending)
-		for _, p := range c.PutPending {
-			v, err := json.Marshal(p)
-			if err != nil {
-				return err
-			}
-			if err := pb.Put(seqKey(p.Key), v); err != nil {
-				return err
-			}
-		}
-		for _, k := range c.DelPending {
-			if err := pb.Delete(seqKey(k)); err != nil {
-				return err
-			}
-		}
-		kv := tx.Bucket(bucketKV)
-		for k, v := range c.PutKV {
-			var err error
-			if v == nil {
-				err = kv.Delete([]byte(k))
-			} else {
-				err = kv.Put([]byte(k), v)
-			}
-			if err != nil {
-				return err
-			}
-		}
-		st := tx.Bucket(bucketState)
-		if c.ClearLockdown {
-			if err := st.Delete(keyLockdown); err != nil {
-				return err
-			}
-		}
-		if c.SetLockdown != nil {
-			v, err := json.Marshal(c.SetLockdown)
-			if err != nil {
-				return err
-			}
-			if err := st.Put(keyLockdown, v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("store commit: %w", err)
+	if err := s.failure(); err != nil {
+		return err
+	}
+	if err := s.j.append(c); err != nil {
+		return s.fail(fmt.Errorf("store commit: %w", err))
 	}
 	return nil
 }
 
+// apply writes c in tx.
+func apply(tx *bolt.Tx, c Change) error {
+	bb, db := tx.Bucket(bucketBlocks), tx.Bucket(bucketDecisions)
+	// bbolt keeps pointers to keys and values until commit: carve them
+	// from one slab that never reallocates.
+	slab := make([]byte, 0, (len(c.PutBlocks)+len(c.DelBlocks))*(17+3*binary.MaxVarintLen64))
+	carve := func(b []byte) []byte {
+		start := len(slab)
+		slab = append(slab, b...)
+		return slab[start:len(slab):len(slab)]
+	}
+	var kbuf [17]byte
+	var vbuf [3 * binary.MaxVarintLen64]byte
+	for _, d := range c.PutDecisions {
+		v, err := json.Marshal(d)
+		if err != nil {
+			return err
+		}
+		if err := db.Put(seqKey(d.Seq), v); err != nil {
+			return err
+		}
+	}
+	for _, p := range c.DelBlocks {
+		if err := bb.Delete(carve(prefixKey(kbuf[:0], p))); err != nil {
+			return err
+		}
+	}
+	for _, b := range c.PutBlocks {
+		v := binary.AppendUvarint(vbuf[:0], uint64(b.Created))
+		v = binary.AppendUvarint(v, uint64(b.Until))
+		v = binary.AppendUvarint(v, b.Decision)
+		if err := bb.Put(carve(prefixKey(kbuf[:0], b.Prefix)), carve(v)); err != nil {
+			return err
+		}
+	}
+	for _, seq := range c.DelDecisions {
+		if err := db.Delete(seqKey(seq)); err != nil {
+			return err
+		}
+	}
+	pb := tx.Bucket(bucketPending)
+	for _, p := range c.PutPending {
+		v, err := json.Marshal(p)
+		if err != nil {
+			return err
+		}
+		if err := pb.Put(seqKey(p.Key), v); err != nil {
+			return err
+		}
+	}
+	for _, k := range c.DelPending {
+		if err := pb.Delete(seqKey(k)); err != nil {
+			return err
+		}
+	}
+	kv := tx.Bucket(bucketKV)
+	for k, v := range c.PutKV {
+		var err error
+		if v == nil {
+			err = kv.Delete([]byte(k))
+		} else {
+			err = kv.Put([]byte(k), v)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	st := tx.Bucket(bucketState)
+	if c.ClearLockdown {
+		if err := st.Delete(keyLockdown); err != nil {
+			return err
+		}
+	}
+	if c.SetLockdown != nil {
+		v, err := json.Marshal(c.SetLockdown)
+		if err != nil {
+			return err
+		}
+		if err := st.Put(keyLockdown, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fail makes err the store's final failure and returns it.
+func (s *Store) fail(err error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed == nil {
+		s.failed = err
+	}
+	return err
+}
+
+// failure is ErrFailed with the first failure, or nil.
+func (s *Store) failure() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed == nil {
+		return nil
+	}
+	return fmt.Errorf("%w (%v): writes are refused until parryd restarts", ErrFailed, s.failed)
+}
+
+// Failed is the store's final failure, or nil.
+func (s *Store) Failed() error { return s.failure() }
+
 // Load calls block for every stored block and decision for every stored
 // decision, in one read transaction.
 func (s *Store) Load(block func(Block), decision func(Decision)) (err error) {
+	s.sync()
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
@@ -301,6 +389,7 @@ func (s *Store) Load(block func(Block), decision func(Decision)) (err error) {
 // Pending returns the audit records not yet known durable in the audit
 // log, in key order.
 func (s *Store) Pending() ([]Pending, error) {
+	s.sync()
 	var out []Pending
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketPending).ForEach(func(k, v []byte) error {
@@ -324,6 +413,7 @@ func (s *Store) Pending() ([]Pending, error) {
 
 // Lockdown returns the stored lockdown, or nil.
 func (s *Store) Lockdown() (*Lockdown, error) {
+	s.sync()
 	var l *Lockdown
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketState).Get(keyLockdown)
@@ -342,6 +432,7 @@ func (s *Store) Lockdown() (*Lockdown, error) {
 // Get reads key from the key/value space (nil if absent). Namespace keys by
 // owner ("fleet/last_seq").
 func (s *Store) Get(key string) ([]byte, error) {
+	s.sync()
 	var out []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketKV).Get([]byte(key)); v != nil {
@@ -354,12 +445,7 @@ func (s *Store) Get(key string) ([]byte, error) {
 
 // Put writes key in the key/value space (fsync'd); a nil value deletes it.
 func (s *Store) Put(key string, value []byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		if value == nil {
-			return tx.Bucket(bucketKV).Delete([]byte(key))
-		}
-		return tx.Bucket(bucketKV).Put([]byte(key), value)
-	})
+	return s.Commit(Change{PutKV: map[string][]byte{key: value}})
 }
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
@@ -400,6 +486,7 @@ func decodeBlock(k, v []byte) (Block, error) {
 // Decision reads one decision record by its seq (with its cause); ok false
 // when there is none.
 func (s *Store) Decision(seq uint64) (d Decision, ok bool, err error) {
+	s.sync() // the journal first: a read of bbolt sees every commit
 	err = s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketDecisions).Get(seqKey(seq))
 		if v == nil {

@@ -129,12 +129,16 @@ func cleanRel(p string) (string, bool) {
 	if p == "" || len(p) > 4096 || strings.IndexByte(p, 0) >= 0 {
 		return "", false
 	}
-	for _, c := range strings.Split(p, "/") {
+	for rest := p; ; { // each component, without a slice of them (one call per package file)
+		c, more, found := strings.Cut(rest, "/")
 		if c == "" || c == "." || c == ".." {
 			return "", false
 		}
+		if !found {
+			return p, true
+		}
+		rest = more
 	}
-	return p, true
 }
 
 // validName: package names are [a-z0-9][a-z0-9+.-]*, architectures
@@ -190,16 +194,16 @@ func (d *db) readStatus() ([]pkgInfo, error) {
 		if !ok {
 			return
 		}
-		val := string(bytes.TrimSpace(v))
-		switch string(k) {
+		v = bytes.TrimSpace(v)
+		switch string(k) { // no string for the fields not used (most lines of the file)
 		case "Package":
-			cur.name = val
+			cur.name = string(v)
 		case "Architecture":
-			cur.arch = val
+			cur.arch = string(v)
 		case "Status":
-			cur.status = val
+			cur.status = string(v)
 		case "Multi-Arch":
-			cur.multiArchSame = val == "same"
+			cur.multiArchSame = string(v) == "same"
 		case "Conffiles":
 			inConf = true
 		}

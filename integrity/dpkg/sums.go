@@ -57,7 +57,7 @@ func Sums(root string, keep func(path string) bool) (map[string][]Listing, int, 
 		}
 		n := from
 		for _, e := range d.entries[from:] {
-			if keep(filepath.Join(root, d.phys(&e))) {
+			if keep(d.under(d.phys(&e))) {
 				d.entries[n] = e
 				n++
 			}
@@ -74,7 +74,7 @@ func Sums(root string, keep func(path string) bool) (map[string][]Listing, int, 
 	}
 	out := map[string][]Listing{}
 	for _, it := range d.items() {
-		p := filepath.Join(root, it.rel)
+		p := d.under(it.rel)
 		if keep != nil && !keep(p) {
 			continue
 		}
@@ -85,4 +85,14 @@ func Sums(root string, keep func(path string) bool) (map[string][]Listing, int, 
 		out[p] = ls
 	}
 	return out, d.malformed, nil
+}
+
+// under is the absolute path of p (absolute or relative to the root) on
+// this host: the root joined with it, without an allocation when the root
+// is / (the daemon's case, once per package file).
+func (d *db) under(p string) string {
+	if d.root == "/" && strings.HasPrefix(p, "/") {
+		return p
+	}
+	return filepath.Join(d.root, p)
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -90,6 +91,53 @@ func BenchmarkBlockLatency(b *testing.B) {
 	b.ReportMetric(float64(percentile(commits, 0.5).Microseconds()), "store-commit-median-µs")
 	b.Logf("block over the socket: median %v p99 %v (n=%d); bare store commit (fsync): median %v",
 		percentile(lat, 0.5), percentile(lat, 0.99), b.N, percentile(commits, 0.5))
+}
+
+// BenchmarkConcurrentBlocks: 10,000 separate block requests from 8
+// clients, each with one request in flight (as a web app or a fleet peer
+// sends them): total time and per-request latency.
+func BenchmarkConcurrentBlocks(b *testing.B) {
+	const clients, total = 8, 10_000
+	for range b.N {
+		ns := netns.New(b)
+		d := daemon.New(b, ns, daemon.Options{Config: quietConfig + "control:\n  rate: 1000000\n  burst: 1000000\n"})
+		d.Start()
+		lat := make([][]time.Duration, clients)
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		for c := range clients {
+			s := raw(b, d)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := c; i < total; i += clients {
+					req := `{"op":"block","targets":["` + ipN(i) + `"],"for":"1h"}` + "\n"
+					t1 := time.Now()
+					if err := s.send([]byte(req)); err != nil {
+						b.Error(err)
+						return
+					}
+					if resp, err := s.read(); err != nil || resp["ok"] != true {
+						b.Errorf("block: %v %v", resp, err)
+						return
+					}
+					lat[c] = append(lat[c], time.Since(t1))
+				}
+			}()
+		}
+		wg.Wait()
+		took := time.Since(t0)
+		var all []time.Duration
+		for _, l := range lat {
+			all = append(all, l...)
+		}
+		b.ReportMetric(float64(took.Milliseconds()), "total-ms")
+		b.ReportMetric(float64(percentile(all, 0.5).Microseconds()), "median-µs")
+		b.ReportMetric(float64(percentile(all, 0.99).Microseconds()), "p99-µs")
+		b.Logf("%d blocks from %d clients: %v (%.0f/s), median %v, p99 %v", total, clients, took,
+			float64(total)/took.Seconds(), percentile(all, 0.5), percentile(all, 0.99))
+		d.Kill()
+	}
 }
 
 // BenchmarkBlockFile100k: `parry block --file` with 100,000 IPs end to end

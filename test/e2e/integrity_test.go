@@ -14,11 +14,13 @@ import (
 )
 
 type integrityStatus struct {
-	Running         bool   `json:"running"`
-	Error           string `json:"not_watching"`
-	BaselineDigest  string `json:"baseline_digest"`
-	BaselineEntries int    `json:"baseline_entries"`
-	Watches         int    `json:"watches"`
+	Running         bool     `json:"running"`
+	Error           string   `json:"not_watching"`
+	BaselineDigest  string   `json:"baseline_digest"`
+	BaselineEntries int      `json:"baseline_entries"`
+	Watches         int      `json:"watches"`
+	Roots           []string `json:"roots"`
+	Hash            string   `json:"hash"`
 	Open            []struct {
 		Kind        string `json:"kind"`
 		Path        string `json:"path"`

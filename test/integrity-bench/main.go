@@ -32,10 +32,10 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "speed", "speed | latency | memory | flood")
+	mode := flag.String("mode", "speed", "speed | fast | latency | memory | flood")
 	files := flag.Int("files", 50000, "speed: number of files in the tree")
 	big := flag.Int("big", 60, "speed: how many of them are 1-16 MiB (the rest 1-64 KiB)")
-	runs := flag.Int("runs", 3, "speed: runs of each parry measurement (median reported)")
+	runs := flag.Int("runs", 3, "speed: runs of each parry measurement (median reported); fast: runs of the fast check (at least 11)")
 	noAIDE := flag.Bool("no-aide", false, "speed: skip AIDE")
 	changes := flag.Int("changes", 1000, "latency: number of changes")
 	watched := flag.Int("watched", 100000, "memory: number of watched files")
@@ -49,6 +49,8 @@ func main() {
 	switch *mode {
 	case "speed":
 		err = speed(*files, *big, *runs, *hash, !*noAIDE, *keep)
+	case "fast":
+		err = fastCheck(*files, *big, max(*runs, 11), !*noAIDE, *keep)
 	case "latency":
 		err = latency(*changes, *keep)
 	case "memory":

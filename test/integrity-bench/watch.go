@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"slices"
 	"strings"
 	"sync"
@@ -169,6 +170,7 @@ func memoryChild(tree, state string) error {
 	afterLoad := procStatus("VmHWM")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	peak := peakGoMemory(ctx)
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx) }()
 	for st, _ := m.Status(ctx); !st.Running; st, _ = m.Status(ctx) {
@@ -183,9 +185,12 @@ func memoryChild(tree, state string) error {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	rss, hwm := procStatus("VmRSS"), procStatus("VmHWM")
-	fmt.Printf("watching %d entries in %d directories (%d watches):\n", st.BaselineEntries, st.Watches, st.Watches)
+	fmt.Printf("watching %d entries in %d directories (%d watches); start-up check took %s:\n", st.BaselineEntries, st.Watches, st.Watches, st.LastScanTook.Round(time.Millisecond))
 	fmt.Printf("  RSS %s (peak %s: %s after loading the baseline, the rest during the start-up check); Go heap in use %.1f MiB\n",
 		rss, hwm, afterLoad, float64(ms.HeapInuse)/(1<<20))
+	objs, total := peak()
+	fmt.Printf("  peak during the start-up check (runtime/metrics, sampled every 5 ms): heap objects %.1f MiB, all Go memory %.1f MiB\n",
+		float64(objs)/(1<<20), float64(total)/(1<<20))
 	cancel()
 	return <-done
 }
@@ -203,4 +208,37 @@ func procStatus(key string) string {
 		}
 	}
 	return "?"
+}
+
+// peakGoMemory samples runtime/metrics every 5 ms until ctx ends or the
+// returned function is called, which gives the highest heap-object and
+// total Go memory seen.
+func peakGoMemory(ctx context.Context) func() (uint64, uint64) {
+	samples := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/total:bytes"}}
+	var mu sync.Mutex
+	var objs, total uint64
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			metrics.Read(samples)
+			mu.Lock()
+			objs, total = max(objs, samples[0].Value.Uint64()), max(total, samples[1].Value.Uint64())
+			mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() (uint64, uint64) {
+		close(stop)
+		mu.Lock()
+		defer mu.Unlock()
+		return objs, total
+	}
 }

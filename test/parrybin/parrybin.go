@@ -44,6 +44,11 @@ func Build(t testing.TB) (parryd, parry string) {
 	if bin.err != nil {
 		t.Fatal(bin.err)
 	}
+	if old := os.Getenv("PARRY_BENCH_PARRYD"); old != "" {
+		// Benchmarks compare with another build of parryd (e.g. main's) in
+		// the same run: the CLI stays this tree's.
+		return old, bin.parry
+	}
 	return bin.parryd, bin.parry
 }
 

@@ -37,10 +37,12 @@ type index struct {
 	// is set once its changes are tracked.
 	un       *blockUnion
 	tracking bool
+	carves   map[netip.Prefix]bool // the union's carve-outs (syncCarves)
 }
 
 func newIndex() *index {
-	return &index{m: newBlockMap(), decs: make(map[uint64]*decMeta), un: union.New[netip.Prefix, firewall.Scope]()}
+	return &index{m: newBlockMap(), decs: make(map[uint64]*decMeta), un: union.New[netip.Prefix, firewall.Scope](),
+		carves: map[netip.Prefix]bool{}}
 }
 
 func fam(p netip.Prefix) int {

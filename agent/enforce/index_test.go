@@ -124,3 +124,30 @@ func TestUnionOfOverlappingBlocks(t *testing.T) {
 		t.Errorf("kernel after the sweep: %q, want %q", k.list(), want)
 	}
 }
+
+// The union leaves out what parry never blocks, whatever the records say:
+// an allowlist entry added under a block is carved out of its pieces in
+// the kernel (the record stays), and taken out again it comes back.
+func TestUnionCarvesTheGuardedRanges(t *testing.T) {
+	k := &memKernel{m: map[netip.Prefix]bool{}}
+	dp := newTestPath(t, k, time.Second)
+	ctx := context.Background()
+	if _, err := dp.Enforce(ctx, blockOf("198.51.100.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	if want := "198.51.100.0/24"; k.list() != want {
+		t.Fatalf("kernel %q, want %q", k.list(), want)
+	}
+	if _, _, err := dp.Configure(ctx, GuardConfig{Allow: pfx("198.51.100.0/26"), MinV4: 16, MinV6: 32}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "198.51.100.64/26 198.51.100.128/25"; k.list() != want {
+		t.Errorf("kernel after allowlisting a /26 inside the block: %q, want %q", k.list(), want)
+	}
+	if _, _, err := dp.Configure(ctx, GuardConfig{MinV4: 16, MinV6: 32}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "198.51.100.0/24"; k.list() != want {
+		t.Errorf("kernel after the allowlist entry went: %q, want %q", k.list(), want)
+	}
+}

@@ -159,3 +159,43 @@ func (dp *Path) restoreKernel(back kdiff) {
 		dp.log.Error("undo in the kernel failed; reconcile will correct it", "err", err)
 	}
 }
+
+// syncCarves makes the union's carve-outs the guard's holes (the
+// allowlist, the host's own addresses, loopback, link-local and the other
+// ranges parry never blocks): no piece covers them, whatever the records
+// say (a block from before an allowlist entry, a feed's /8). Once the
+// kernel follows the union, the change goes to the kernel now; a failure
+// is the reconcile's to correct. Caller holds dp.mu or runs before the
+// Path is shared.
+func (dp *Path) syncCarves() {
+	x := dp.blocks
+	want := make(map[netip.Prefix]bool)
+	for _, h := range dp.guard.holes() {
+		// The guard's IPv4-mapped range (::ffff:0:0/96) is a refusal of
+		// IPv6 targets written as IPv4-mapped; the union reads it as all
+		// of IPv4.
+		if !h.Addr().Is4In6() {
+			want[h.Masked()] = true
+		}
+	}
+	for h := range x.carves {
+		if !want[h] {
+			_ = x.un.Uncarve(h)
+			delete(x.carves, h)
+		}
+	}
+	for h := range want {
+		if !x.carves[h] {
+			if x.un.Carve(h) == nil {
+				x.carves[h] = true
+			}
+		}
+	}
+	if !x.tracking {
+		return
+	}
+	if err := dp.applyKernel(toKernel(x.un.Changes(), dp.now().UnixMilli())); err != nil {
+		dp.log.Error("carving guarded ranges out of the kernel's blocks failed; reconcile will correct it", "err", err)
+		dp.kernelError(err)
+	}
+}

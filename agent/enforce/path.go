@@ -214,6 +214,7 @@ func (dp *Path) refreshGuard() {
 	}
 	dp.guard = Guard{Allow: dp.gcfg.Allow, Own: own, MinV4: dp.gcfg.MinV4, MinV6: dp.gcfg.MinV6}
 	dp.own.Store(&own)
+	dp.syncCarves()
 }
 
 // Own is the host's own addresses as the guard last read them (a

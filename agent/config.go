@@ -22,6 +22,7 @@ import (
 	"github.com/parryhq/parry/agent/hostcheck"
 	"github.com/parryhq/parry/agent/metrics"
 	webhook "github.com/parryhq/parry/agent/notify"
+	"github.com/parryhq/parry/agent/sources"
 	"github.com/parryhq/parry/integrity"
 	"github.com/parryhq/parry/response"
 	"go.yaml.in/yaml/v3"
@@ -54,7 +55,8 @@ type Config struct {
 	Response  response.Config  `yaml:"response"`
 	Integrity integrity.Config `yaml:"integrity"`
 	Fleet     fleet.Config     `yaml:"fleet"`
-	Audit     audit.Config     `yaml:"audit"` // rotation and retention of the audit log
+	Sources   sources.Config   `yaml:"sources"` // log sources and detectors (docs/sources.md)
+	Audit     audit.Config     `yaml:"audit"`   // rotation and retention of the audit log
 
 	// Incident tooling (docs/incident.md).
 	Evidence evidence.Config  `yaml:"evidence"`

@@ -71,6 +71,14 @@ func TestConfigRefusesBadInput(t *testing.T) {
 		{"control:\n  socket_mode: rw\n", "socket_mode"},
 		{"priority: [1]\n", "line 1"},
 		{"a: 1\n---\nb: 2\n", ""},
+		// sources: a bad pattern names the detector, the pattern and its line in parry.yaml
+		{"sources:\n  detectors:\n    - name: myapp\n      kind: auth_failure\n      patterns:\n        - '^ok <IP>$'\n        - '^bad (<IP>$'\n",
+			`sources: detectors: detector "myapp": invalid detector: pattern 2 (line 7)`},
+		{"sources:\n  detectors:\n    - name: myapp\n      kind: auth_failure\n      patterns: ['^login from <IP>']\n", "must be anchored"},
+		{"sources:\n  journal:\n    detectors: [no-such]\n", `journal.detectors: no detector "no-such"`},
+		{"sources:\n  files:\n    - path: /srv/app.log\n", "no detector reads /srv/app.log"},
+		{"sources:\n  files:\n    - path: relative.log\n      detectors: [sshd]\n", "must be absolute"},
+		{"sources:\n  detectors:\n    - name: x\n      kind: auth_failure\n      patterns: ['^a <IP>$']\n      bogus: 1\n", "line 6"},
 	}
 	for _, tt := range tests {
 		_, err := LoadConfig(writeConfig(t, tt.body), false)

@@ -115,6 +115,8 @@ type Daemon struct {
 	events    *events.Hub // the audit log's tap: live events for op events (events_ops.go)
 	auditPath string
 
+	sources *sourcesGlue // the log sources and detectors (agent/sources.go)
+
 	closing chan struct{}
 	closeMu sync.Once
 
@@ -193,7 +195,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	d.server = control.NewServer(control.Options{Log: d.log, Now: d.now, Audit: d.Audit,
 		Config: func() control.Config { return d.Config().Control }})
 	d.policy = &policy{log: d.log, now: d.now, store: st, audit: al, path: d.path, refused: d.server.Refused,
-		observeSignal: d.observeSignal}
+		observeSignal: d.observeSignal, observeSource: d.observeSource}
 	eng, err := d.policy.build(cfg, d.path.Own(), nil)
 	if err != nil {
 		d.Close()
@@ -209,6 +211,10 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	d.integ = &integrityGlue{log: d.log, now: d.now, store: st, audit: d.Audit, config: d.Config,
 		observe: d.observeFinding, handle: d.policy.handleOwn}
+	if d.sources, err = newSourcesGlue(cfg.Sources, d.policy, st, d.log, d.now); err != nil {
+		d.Close()
+		return nil, err
+	}
 	d.registerOps()
 	return d, nil
 }
@@ -299,6 +305,10 @@ func (d *Daemon) applyConfig(cfg Config) (api.ReloadResult, error) {
 	if !reflect.DeepEqual(cfg.Fleet, old.Fleet) {
 		restart = append(restart, "fleet")
 		cfg.Fleet = old.Fleet
+	}
+	if !reflect.DeepEqual(cfg.Sources, old.Sources) {
+		restart = append(restart, "sources")
+		cfg.Sources = old.Sources
 	}
 	if cfg.Control.MaxConnections != old.Control.MaxConnections || cfg.Control.MaxConnectionsPerUID != old.Control.MaxConnectionsPerUID ||
 		cfg.Control.AdminReserve != old.Control.AdminReserve {

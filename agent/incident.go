@@ -174,6 +174,13 @@ func (d *Daemon) observeSignal(s response.Signal, result string) {
 	}
 }
 
+// observeSource counts a line of a log source (metrics).
+func (d *Daemon) observeSource(source, detector, result string) {
+	if in := d.incident.Load(); in != nil && in.metrics != nil {
+		in.metrics.SourceLine(source, detector, result, d.now())
+	}
+}
+
 // succeeded tells from the outcome and the path's state after it whether
 // the decision took effect.
 func (in *Incident) succeeded(dec response.Decision, out enforce.Outcome, st enforce.State) bool {

@@ -242,6 +242,11 @@ func (m *Main) Run(ctx context.Context) error {
 		defer close(integrityDone)
 		d.integ.run(ctx) // agent/integrity.go
 	}()
+	sourcesDone := make(chan struct{})
+	go func() {
+		defer close(sourcesDone)
+		d.runSources(ctx) // agent/sources.go
+	}()
 	select {
 	case <-ctx.Done():
 		notify(m.Logger, sddaemon.SdNotifyStopping)
@@ -252,6 +257,7 @@ func (m *Main) Run(ctx context.Context) error {
 	cancel()
 	<-maintained
 	<-integrityDone
+	<-sourcesDone // positions saved
 	<-addrsDone
 	<-feedsDone
 	<-incDone // evidence in flight is written and audited before the log closes

@@ -35,6 +35,7 @@ func (d *Daemon) registerOps() {
 	d.server.HandleParams("events", control.PermAdmin, d.opEvents) // a stream (events_ops.go)
 	d.integ.register(d.server)
 	d.feeds.register(d.server)
+	d.sources.register(d.server)
 }
 
 func (d *Daemon) opPing(context.Context, *control.Call) (any, error) {
@@ -63,7 +64,8 @@ func (d *Daemon) Status(ctx context.Context) (api.Status, error) {
 	}
 	return api.Status{Version: Version, PID: os.Getpid(), Started: d.started.UTC(), Uptime: api.FormatDuration(now.Sub(d.started).Truncate(time.Second)),
 		ActiveBlocks: ps.Active, Table: "inet " + cfg.Table, TableHealth: d.heal.Health(), Lockdown: ps.Lockdown,
-		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policy.status(), Fleet: d.fleet.status()}, nil
+		StateDir: cfg.StateDir, AuditSeq: d.audit.Seq(), AuditBreak: d.AuditBreak(), AuditFailure: d.auditFailure(), Policy: d.policy.status(), Fleet: d.fleet.status(),
+		Sources: d.sources.summary()}, nil
 }
 
 func (d *Daemon) opStatus(ctx context.Context, _ *control.Call) (any, error) { return d.Status(ctx) }

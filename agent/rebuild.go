@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/parryhq/parry/agent/api"
@@ -247,6 +248,17 @@ func (m *Main) rebuildStore(cfg Config) (RebuildReport, error) {
 		return rep, fmt.Errorf("rebuild store: move the corrupt store aside: %w", err)
 	}
 	rep.KeptAs = kept
+	// The corrupt store's write-ahead journal goes with it: replayed onto
+	// the rebuilt store, it would bring back what the kernel no longer has.
+	wal, err := filepath.Glob(path + ".wal.*")
+	if err != nil {
+		return rep, fmt.Errorf("rebuild store: %w", err)
+	}
+	for _, w := range wal {
+		if err := os.Rename(w, kept+strings.TrimPrefix(w, path)); err != nil {
+			return rep, fmt.Errorf("rebuild store: move the corrupt store's journal aside: %w", err)
+		}
+	}
 	st, err := store.Open(path)
 	if err != nil {
 		return rep, fmt.Errorf("rebuild store: new store: %w", err)

@@ -39,6 +39,7 @@ type policy struct {
 	path          *enforce.Path
 	refused       func(uid uint32, op string, fields map[string]any) // the control server's aggregated refusals
 	observeSignal func(s response.Signal, result string)             // the incident tooling's metrics
+	observeSource func(source, detector, result string)              // the log sources' lines (metrics)
 
 	eng     atomic.Pointer[response.Engine]
 	signals signalLog // signal records waiting for the audit log
@@ -245,6 +246,9 @@ func (sp *policy) opSignal(ctx context.Context, c *control.Call) (any, error) {
 		sp.observeSignal(sig, "rate_limited")
 		return nil, api.Errorf(api.CodeRateLimited, "%v; slow down", err)
 	}
+	if sig.Kind == KindUnbanRequested {
+		return sp.unbanRequested(ctx, sig, c.Peer)
+	}
 	res, err := eng.Handle(sig)
 	if err != nil {
 		return nil, api.Errorf(CodeInvalidSignal, "%v", err)
@@ -257,6 +261,7 @@ func (sp *policy) opSignal(ctx context.Context, c *control.Call) (any, error) {
 	out := SignalResult{Outcome: res.Outcome, Progress: res.Progress}
 	blocked := false
 	for _, dec := range res.Decisions {
+		requested(&dec, sig, eng.Config(), sp.now())
 		sd := SignalDecision{Decision: dec}
 		o, err := sp.path.EnforceWith(ctx, dec, enforce.EnforceOptions{SenderCap: !c.Peer.Admin})
 		if err != nil {

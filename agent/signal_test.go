@@ -62,7 +62,7 @@ func TestOpSignal(t *testing.T) {
 		t.Errorf("kernel: %v %v, want a 1h block", to, ok)
 	}
 	blocks := blocksOf(t, d)
-	if len(blocks) != 1 || blocks[0].Rule != "auth-failure" || blocks[0].Source != "policy" || blocks[0].Sender != "uid=33(www-data)" {
+	if len(blocks) != 1 || blocks[0].Rule != "auth-failure" || blocks[0].Source != "webapp" || blocks[0].Sender != "uid=33(www-data)" {
 		t.Errorf("stored block: %+v", blocks)
 	}
 

@@ -55,6 +55,7 @@ func wireAnswers() []struct {
 		{"audit.Result", new(audit.Result)},
 		{"FeedList", new(api.FeedList)},
 		{"Why", new(api.Why)},
+		{"SourcesStatus", new(api.SourcesStatus)},
 	}
 }
 

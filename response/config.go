@@ -155,6 +155,14 @@ func DefaultRules() []Rule {
 			Action: ActionBlock, Duration: api.Duration(time.Hour)},
 		{Name: "auth-failure-user", Kind: "auth_failure", Key: KeyUser, Threshold: 20, Window: api.Duration(15 * time.Minute),
 			Action: ActionNotify},
+		// Connection-level events of the log detectors (sshd: invalid user,
+		// too many attempts, pre-auth disconnects, banner and kex probes).
+		// A failed password login logs one too, so this counts
+		// connections, not attempts, and fires well after auth-failure
+		// for a password guesser; it catches scanners that never send a
+		// password (docs/policy.md).
+		{Name: "probe", Kind: "probe", Key: KeyIP, Threshold: 10, Window: api.Duration(10 * time.Minute),
+			Action: ActionBlock, Duration: api.Duration(time.Hour)},
 		{Name: "rate-exceeded", Kind: "rate_exceeded", Key: KeyIP, Threshold: 10, Window: api.Duration(time.Minute),
 			Action: ActionBlock, Duration: api.Duration(10 * time.Minute)},
 		{Name: "scan-detected", Kind: "scan_detected", Key: KeyIP, Threshold: 1,

@@ -4,20 +4,21 @@ import "time"
 
 // Status is the answer to op status.
 type Status struct {
-	Version      string        `json:"version"`
-	PID          int           `json:"pid"`
-	Started      time.Time     `json:"started"`
-	Uptime       string        `json:"uptime"`
-	ActiveBlocks int           `json:"active_blocks"`
-	Table        string        `json:"table"`
-	TableHealth  Health        `json:"table_health"`
-	Lockdown     LockdownState `json:"lockdown"`
-	StateDir     string        `json:"state_dir"`
-	AuditSeq     uint64        `json:"audit_seq"`
-	AuditBreak   *ChainBreak   `json:"audit_chain_broken,omitempty"` // until acknowledged (parry audit ack)
-	AuditFailure *AuditFailure `json:"audit_failure,omitempty"`      // while audit appends fail
-	Policy       PolicyStatus  `json:"policy"`
-	Fleet        *FleetStatus  `json:"fleet,omitempty"` // absent: fleet off
+	Version      string          `json:"version"`
+	PID          int             `json:"pid"`
+	Started      time.Time       `json:"started"`
+	Uptime       string          `json:"uptime"`
+	ActiveBlocks int             `json:"active_blocks"`
+	Table        string          `json:"table"`
+	TableHealth  Health          `json:"table_health"`
+	Lockdown     LockdownState   `json:"lockdown"`
+	StateDir     string          `json:"state_dir"`
+	AuditSeq     uint64          `json:"audit_seq"`
+	AuditBreak   *ChainBreak     `json:"audit_chain_broken,omitempty"` // until acknowledged (parry audit ack)
+	AuditFailure *AuditFailure   `json:"audit_failure,omitempty"`      // while audit appends fail
+	Policy       PolicyStatus    `json:"policy"`
+	Fleet        *FleetStatus    `json:"fleet,omitempty"`   // absent: fleet off
+	Sources      *SourcesSummary `json:"sources,omitempty"` // absent: no log source configured
 }
 
 // BlockInfo is one active block as op list reports it.

@@ -183,7 +183,7 @@ The socket is --socket, else $PARRY_SOCKET, else ` + client.DefaultSocket + `.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
 	root.AddCommand(a.blockCmd(), a.unblockCmd(), a.listCmd(), a.statusCmd(), a.auditCmd(),
 		a.lockdownCmd(), a.releaseCmd(), a.signalCmd(), a.uninstallCmd(), a.integrityCmd(), a.eventsCmd(),
-		a.feedCmd(), a.whyCmd())
+		a.feedCmd(), a.whyCmd(), a.sourceCmd())
 	root.AddCommand(a.incidentCmds()...)
 	return root
 }

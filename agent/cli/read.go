@@ -151,6 +151,12 @@ func (a *App) statusCmd() *cobra.Command {
 					f.Since.Format(time.RFC3339), f.Op, f.Count, f.Error)
 			}
 			printFleet(a.Stdout, st.Fleet)
+			if s := st.Sources; s != nil {
+				fmt.Fprintf(a.Stdout, "log sources: %d (parry source status)\n", s.Count)
+				for _, w := range s.Warnings {
+					fmt.Fprintf(a.Stdout, "WARNING: %s\n", oneLine(w))
+				}
+			}
 			return nil
 		},
 	}

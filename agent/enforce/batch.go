@@ -114,10 +114,11 @@ func (dp *Path) blockRun(decs []response.Decision, outs []Outcome, opts []Enforc
 
 // unblockRun enforces a run of unblock decisions with distinct targets in
 // one plan. Caller holds dp.mu.
-func (dp *Path) unblockRun(decs []response.Decision, outs []Outcome) {
+func (dp *Path) unblockRun(decs []response.Decision, outs []Outcome, opts []EnforceOptions) {
 	var pl unblockPlan
 	nowMs := dp.now().UnixMilli()
 	for i, dec := range decs {
+		pl.lift = opts[i].Lift // each decision's own (EnforceOptions.Lift)
 		out, err := pl.add(dp.blocks, dec, nowMs)
 		out.Err = err
 		outs[i] = out

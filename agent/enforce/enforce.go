@@ -42,6 +42,17 @@ type EnforceOptions struct {
 	// when the cap is reached: for decisions caused by a non-admin sender's
 	// signal (blockcap.go). Such a refusal is not audited one by one.
 	SenderCap bool
+	// Lift limits an unblock to what one requester's own request caused:
+	// a target is lifted only if its block in force was created by a
+	// decision with Lift's Source and Sender (not one that lengthened a
+	// block another cause made); the others are kept (Outcome.Kept).
+	// fail2ban's unban (signal unban_requested) lifts with it.
+	Lift *Requester
+}
+
+// Requester names who asked for a decision: its Source and Sender.
+type Requester struct {
+	Source, Sender string
 }
 
 // Enforce is the single path by which anything changes the kernel: the
@@ -82,7 +93,7 @@ func (dp *Path) enforceLocked(dec response.Decision, opt EnforceOptions) Outcome
 	case dec.Action == response.ActionBlock:
 		out, err = dp.block(dec, opt)
 	case dec.Action == response.ActionUnblock:
-		out, err = dp.unblock(dec)
+		out, err = dp.unblock(dec, opt.Lift)
 	case dec.Action == response.ActionLockdown:
 		out, err = dp.lock.start(dec)
 	case dec.Action == response.ActionRelease:
@@ -419,8 +430,8 @@ func checkTargets(g *Guard, in []netip.Prefix) ([]netip.Prefix, []*api.Error) {
 }
 
 // unblock enforces an unblock decision. Caller holds dp.mu.
-func (dp *Path) unblock(dec response.Decision) (Outcome, error) {
-	var pl unblockPlan
+func (dp *Path) unblock(dec response.Decision, lift *Requester) (Outcome, error) {
+	pl := unblockPlan{lift: lift}
 	out, err := pl.add(dp.blocks, dec, dp.now().UnixMilli())
 	if err != nil {
 		return out, err
@@ -438,6 +449,7 @@ type unblockPlan struct {
 	ch, undo store.Change
 	present  []netip.Prefix // blocked targets to remove, distinct
 	audit    []auditEvent   // the audit lines of the plan's decisions
+	lift     *Requester     // lift only this requester's own blocks (EnforceOptions.Lift)
 }
 
 // add adds one unblock decision to pl: its targets must not be in
@@ -462,6 +474,13 @@ func (pl *unblockPlan) add(x *index, dec response.Decision, nowMs int64) (Outcom
 		if !dec.Admin && x.decision(old.dec).Admin { // only an admin lifts an admin's block
 			out.Kept = append(out.Kept, api.FormatTarget(p))
 			continue
+		}
+		if r := pl.lift; r != nil {
+			dr := x.decision(old.dec)
+			if dr.Source != r.Source || dr.Sender != r.Sender || old.created < dr.Time.UnixMilli() {
+				out.Kept = append(out.Kept, api.FormatTarget(p)) // another cause made it, or holds it now
+				continue
+			}
 		}
 		out.Applied = append(out.Applied, p)
 		pl.ch.DelBlocks = append(pl.ch.DelBlocks, p)

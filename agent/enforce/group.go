@@ -162,7 +162,7 @@ func (dp *Path) enforceRuns(decs []response.Decision, opts []EnforceOptions, out
 		case decs[i].Action == response.ActionBlock:
 			dp.blockRun(decs[i:i+n], outs[i:i+n], opts[i:i+n])
 		default:
-			dp.unblockRun(decs[i:i+n], outs[i:i+n])
+			dp.unblockRun(decs[i:i+n], outs[i:i+n], opts[i:i+n])
 		}
 		i += n
 	}

@@ -50,7 +50,9 @@ type Line struct {
 	Cut  bool     // the line was longer than MaxLine; Text is its first MaxLine bytes
 	Path string   // the path the source follows (the line may come from its rotated file)
 	Pos  Position // position after this line: save it once the line is handled
-	Time time.Time
+	// Start is the offset in Pos's file where the line began.
+	Start int64
+	Time  time.Time
 }
 
 // FileStats are a file source's counters.
@@ -122,7 +124,8 @@ type reader struct {
 	dev, ino   uint64
 	off        int64 // next byte to read
 	pending    []byte
-	cut        bool // the pending line passed MaxLine
+	cut        bool  // the pending line passed MaxLine
+	lineStart  int64 // offset of the pending line's first byte
 	fpLen      int
 	fp         string
 	rotated    bool // the path names another file (or none): drain, then switch
@@ -428,6 +431,9 @@ func (s *File) read(r *reader, emit func(Line)) int64 {
 // MaxLine bytes: the rest of a longer line is skipped.
 func (s *File) consume(r *reader, b []byte, emit func(Line)) {
 	for len(b) > 0 {
+		if len(r.pending) == 0 && !r.cut {
+			r.lineStart = r.off
+		}
 		i := bytes.IndexByte(b, '\n')
 		seg := b
 		if i >= 0 {
@@ -459,7 +465,11 @@ func (s *File) flush(r *reader, emit func(Line)) {
 
 func (s *File) deliver(r *reader, emit func(Line)) {
 	now := s.o.Now()
-	l := Line{Text: string(r.pending), Cut: r.cut, Path: s.o.Path, Pos: r.pos(), Time: now}
+	text := r.pending
+	if !r.cut && len(text) > 0 && text[len(text)-1] == '\r' {
+		text = text[:len(text)-1] // a CRLF line ending (sshd -e -E writes them)
+	}
+	l := Line{Text: string(text), Cut: r.cut, Path: s.o.Path, Pos: r.pos(), Start: r.lineStart, Time: now}
 	r.pending, r.cut = r.pending[:0], false
 	s.update(func(st *FileStats) {
 		st.Lines++

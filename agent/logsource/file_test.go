@@ -481,3 +481,27 @@ func TestFileUnreadable(t *testing.T) {
 		t.Errorf("error not cleared: %q", st.Err)
 	}
 }
+
+// TestFileCRLFAndStart: a CRLF line ending (sshd -e -E writes them) is
+// delivered without its \r, and every line says where it began.
+func TestFileCRLFAndStart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sshd.log")
+	must(t, os.WriteFile(path, nil, 0o644))
+	r := runFile(t, FileOptions{Path: path})
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	must(t, err)
+	defer f.Close()
+	_, err = f.WriteString("Failed password for root from 192.0.2.2 port 4000 ssh2\r\nsecond\n\r\n")
+	must(t, err)
+	r.c.waitFor(t, 3)
+	got := r.c.snapshot()
+	want := []struct {
+		text       string
+		start, end int64
+	}{{"Failed password for root from 192.0.2.2 port 4000 ssh2", 0, 56}, {"second", 56, 63}, {"", 63, 65}}
+	for i, w := range want {
+		if got[i].Text != w.text || got[i].Start != w.start || got[i].Pos.Offset != w.end {
+			t.Errorf("line %d: %q start %d end %d, want %q %d %d", i, got[i].Text, got[i].Start, got[i].Pos.Offset, w.text, w.start, w.end)
+		}
+	}
+}

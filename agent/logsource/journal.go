@@ -75,8 +75,11 @@ type Entry struct {
 	Unit       string // _SYSTEMD_UNIT, set by journald
 	Identifier string // SYSLOG_IDENTIFIER, set by the sender
 	PID        int
-	Time       time.Time // __REALTIME_TIMESTAMP
-	Cursor     string    // save it once the entry is handled
+	// Root is set when the entry's _UID (a trusted field: journald sets it
+	// from the sender's credentials) is 0.
+	Root   bool
+	Time   time.Time // __REALTIME_TIMESTAMP
+	Cursor string    // save it once the entry is handled
 }
 
 // JournalStats are a journal source's counters.
@@ -272,6 +275,46 @@ func (j *Journal) Run(ctx context.Context, emit func(Entry)) error {
 	}
 }
 
+// matchArgs are the match arguments of Args: units and identifiers,
+// joined by "+".
+func (j *Journal) matchArgs() []string {
+	var args []string
+	for _, u := range j.o.Units {
+		if len(args) > 0 {
+			args = append(args, "+")
+		}
+		args = append(args, "_SYSTEMD_UNIT="+u)
+	}
+	for _, id := range j.o.Identifiers {
+		if len(args) > 0 {
+			args = append(args, "+")
+		}
+		args = append(args, "SYSLOG_IDENTIFIER="+id)
+	}
+	return args
+}
+
+// Selects reports whether the journal holds any entry the source's
+// matches select (journalctl --lines=1, fixed arguments, bounded by ctx):
+// false on a host where no such unit or program ever logged, which is
+// worth a warning (the unit is named differently, or logs elsewhere).
+func (j *Journal) Selects(ctx context.Context) (bool, error) {
+	path, err := exec.LookPath(j.o.Command)
+	if err != nil {
+		return false, fmt.Errorf("journal source: %w", err)
+	}
+	args := append([]string{"--lines=1", "--output=cat", "--no-pager", "--quiet"}, j.matchArgs()...)
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.WaitDelay = time.Second
+	out := &tailBuffer{max: 4096}
+	stderr := &tailBuffer{max: maxStderr}
+	cmd.Stdout, cmd.Stderr = out, stderr
+	if err := cmd.Run(); err != nil {
+		return false, fmt.Errorf("journal source: journalctl --lines=1: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.TrimSpace(out.String()) != "", nil
+}
+
 // runOnce runs journalctl once and returns the entries it delivered.
 func (j *Journal) runOnce(ctx context.Context, emit func(Entry)) (int, error) {
 	path, err := exec.LookPath(j.o.Command)
@@ -359,6 +402,7 @@ type jsonEntry struct {
 	Unit       json.RawMessage `json:"_SYSTEMD_UNIT"`
 	Identifier json.RawMessage `json:"SYSLOG_IDENTIFIER"`
 	PID        json.RawMessage `json:"_PID"`
+	UID        json.RawMessage `json:"_UID"`
 	Realtime   string          `json:"__REALTIME_TIMESTAMP"`
 	Cursor     string          `json:"__CURSOR"`
 }
@@ -385,6 +429,9 @@ func (j *Journal) parse(line []byte, tooLong bool) (Entry, bool) {
 	e.Identifier, _ = field(je.Identifier)
 	if p, ok := field(je.PID); ok {
 		e.PID, _ = strconv.Atoi(p)
+	}
+	if u, ok := field(je.UID); ok && u == "0" {
+		e.Root = true
 	}
 	if us, err := strconv.ParseInt(je.Realtime, 10, 64); err == nil {
 		e.Time = time.UnixMicro(us)

@@ -77,6 +77,8 @@ type Metrics struct {
 	lockdownUntil  prometheus.Gauge
 	notifyFailures *prometheus.CounterVec
 	evidence       *prometheus.CounterVec
+	sourceLines    *prometheus.CounterVec
+	sourceLast     *prometheus.GaugeVec
 	reasserts      *prometheus.CounterVec
 	heals          prometheus.Counter
 
@@ -111,13 +113,18 @@ func New() *Metrics {
 		[]string{"webhook", "reason"})
 	m.evidence = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parry_evidence_captures_total",
 		Help: "Evidence snapshots written, by trigger."}, []string{"trigger"})
+	m.sourceLines = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parry_source_lines_total",
+		Help: "Lines read by the log sources, by source, detector (empty: none decided) and result (matched, ignored, missed, refused, not_applicable)."},
+		[]string{"source", "detector", "result"})
+	m.sourceLast = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "parry_source_last_line_timestamp_seconds",
+		Help: "When each log source last read a line (Unix time); the source's start while it has read none."}, []string{"source"})
 	m.reasserts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "parry_table_reasserts_total",
 		Help: "Times the store's blocks, allowlist and lockdown were re-asserted into the kernel, by reason (start, missing: the table was gone and was rebuilt, foreign_change: another program changed nftables, other)."},
 		[]string{"reason"})
 	m.heals = prometheus.NewCounter(prometheus.CounterOpts{Name: "parry_table_heals_total",
 		Help: "Times parry's nftables table was found missing and rebuilt (self-heal)."})
 	for _, c := range []prometheus.Collector{m.activeBlocks, m.decisions, m.signals, m.applyLatency, m.findings,
-		m.findingsOpen, m.lockdown, m.lockdownUntil, m.notifyFailures, m.evidence, m.reasserts, m.heals,
+		m.findingsOpen, m.lockdown, m.lockdownUntil, m.notifyFailures, m.evidence, m.reasserts, m.heals, m.sourceLines, m.sourceLast,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -212,6 +219,24 @@ func (m *Metrics) Signal(s response.Signal, result string) {
 		sender = fmt.Sprintf("uid=%d", s.Sender.UID)
 	}
 	m.signals.WithLabelValues(m.bounded("kind", s.Kind), m.bounded("sender", sender), m.bounded("result", result)).Inc()
+}
+
+// SourceLine counts one line of a log source and what its detectors made
+// of it.
+func (m *Metrics) SourceLine(source, detector, result string, at time.Time) {
+	src := m.bounded("source", source)
+	det := detector
+	if det != "" {
+		det = m.bounded("detector", detector)
+	}
+	m.sourceLines.WithLabelValues(src, det, m.bounded("result", result)).Inc()
+	m.sourceLast.WithLabelValues(src).Set(float64(at.UnixNano()) / 1e9)
+}
+
+// SourceStarted sets a source's last-line time to its start, so that a
+// source that never reads a line is seen as silent.
+func (m *Metrics) SourceStarted(source string, at time.Time) {
+	m.sourceLast.WithLabelValues(m.bounded("source", source)).Set(float64(at.UnixNano()) / 1e9)
 }
 
 // Finding counts an integrity finding; open is the number now unresolved.

@@ -162,3 +162,21 @@ func TestConfig(t *testing.T) {
 		t.Error("metrics must be off by default")
 	}
 }
+
+func TestSourceLine(t *testing.T) {
+	m := New()
+	at := time.Unix(1796119014, 500_000_000)
+	m.SourceStarted("journal", at.Add(-time.Minute))
+	m.SourceLine("journal", "sshd", "matched", at)
+	m.SourceLine("journal", "sshd", "matched", at)
+	m.SourceLine("journal", "", "missed", at)
+	if got := testutil.ToFloat64(m.sourceLines.WithLabelValues("journal", "sshd", "matched")); got != 2 {
+		t.Errorf("parry_source_lines_total{journal,sshd,matched} = %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(m.sourceLines.WithLabelValues("journal", "", "missed")); got != 1 {
+		t.Errorf("parry_source_lines_total{journal,,missed} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.sourceLast.WithLabelValues("journal")); got != 1796119014.5 {
+		t.Errorf("parry_source_last_line_timestamp_seconds = %v", got)
+	}
+}

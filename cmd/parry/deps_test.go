@@ -12,7 +12,8 @@ import (
 // `parry audit verify --log FILE` without the daemon) and the one-request
 // table delete of `parry uninstall-rules` without the daemon
 // (firewall/droptable), and the dpkg verifier of `parry integrity
-// verify-packages` (integrity/dpkg; standard library and x/sys). None of the
+// verify-packages` (integrity/dpkg; standard library and x/sys), and the detectors of
+// `parry source test` (agent/detect, with response for its signal type). None of the
 // daemon's dependencies.
 func TestCLIDoesNotLinkTheDaemon(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
@@ -29,6 +30,8 @@ func TestCLIDoesNotLinkTheDaemon(t *testing.T) {
 		"github.com/parryhq/parry/agent/cli/reportfmt/svg": true, // the HTML report's charts (v-report): standard library only
 		"github.com/parryhq/parry/firewall/droptable":      true,
 		"github.com/parryhq/parry/integrity/dpkg":          true,
+		"github.com/parryhq/parry/agent/detect":            true, // parry source test runs the detectors without the daemon: regexp, yaml, response
+		"github.com/parryhq/parry/response":                true, // the detectors' signal type; imports agent/api only
 	}
 	forbidden := []string{"go.etcd.io/bbolt", "github.com/nats-io/", "github.com/prometheus/", "github.com/shirou/gopsutil",
 		"github.com/fsnotify/", "github.com/coreos/go-systemd", "github.com/google/nftables", "github.com/mdlayher/"}

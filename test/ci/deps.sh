@@ -16,6 +16,10 @@ missing=""
 # starting (/etc/ssh/sshd_not_to_be_run, which Debian's unit and init script
 # honour).
 PKGS="$PKGS openssh-server openssh-client sshpass"
+# fail2ban: test/response TestFail2banRoundTrip runs a private fail2ban-server
+# (own config, socket, in-memory db) with the shipped action; the host's
+# fail2ban.service is never started (the policy-rc.d guard below).
+PKGS="$PKGS fail2ban"
 installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in $PKGS; do
 	installed "$p" || missing="$missing $p"

@@ -59,11 +59,13 @@ func TestEveryJSONHasOK(t *testing.T) {
 		{[]string{"report"}, true},
 		{[]string{"report", "--format", "json", "--since", "1h"}, true}, // same shape without --json
 		{[]string{"check"}, false},                                      // ok follows the exit code (the host's posture)
+		{[]string{"source", "status"}, true},
+		{[]string{"source", "test", d.ConfigPath, "--detector", "sshd"}, true}, // runs in the CLI
 	}
 	covered := map[string]bool{}
 	for _, s := range steps {
 		name := s.args[0]
-		if len(s.args) > 1 && (name == "audit" || name == "evidence" || name == "integrity" || name == "feed") {
+		if len(s.args) > 1 && (name == "audit" || name == "evidence" || name == "integrity" || name == "feed" || name == "source") {
 			name += " " + s.args[1]
 		}
 		covered[name] = true

@@ -83,6 +83,12 @@ func TestRebuildStore(t *testing.T) {
 	// An element only the kernel knows (no audit record).
 	p.Host.MustRun(t, "nft", "add", "element", "inet", d.Table, "block4", "{ 203.0.113.99 timeout 30m }")
 	corruptStore(t, d.StateDir)
+	// A journal segment of the corrupt store must go aside with it, not be
+	// replayed onto the rebuilt one.
+	stale := filepath.Join(d.StateDir, "store.db.wal.999999")
+	if err := os.WriteFile(stale, []byte("left by the corrupt store"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	out, code := d.RunOnce("--rebuild-store")
 	t.Logf("parryd --rebuild-store:\n%s", out)
@@ -92,9 +98,15 @@ func TestRebuildStore(t *testing.T) {
 	if !strings.Contains(out, "4 blocks from the kernel") || !strings.Contains(out, "3 with their decision from the audit log, 1 without") {
 		t.Errorf("summary does not say what was recovered:\n%s", out)
 	}
-	kept, _ := filepath.Glob(filepath.Join(d.StateDir, "store.db.corrupt-*"))
+	kept, _ := filepath.Glob(filepath.Join(d.StateDir, "store.db.corrupt-*[0-9]Z"))
 	if len(kept) != 1 {
 		t.Errorf("corrupt store kept as %v, want one file", kept)
+	}
+	if _, err := os.Stat(stale); err == nil {
+		t.Errorf("the corrupt store's journal segment %s is still beside the rebuilt store", stale)
+	}
+	if moved, _ := filepath.Glob(filepath.Join(d.StateDir, "store.db.corrupt-*.wal.999999")); len(moved) != 1 {
+		t.Errorf("the corrupt store's journal segment was not kept beside it: %v", moved)
 	}
 	// A second rebuild refuses: the store is healthy now.
 	if out, code := d.RunOnce("--rebuild-store"); code == 0 || !strings.Contains(out, "not corrupt") {

@@ -61,7 +61,7 @@ func TestRulesCheck(t *testing.T) {
 	if err != nil {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "SUCCESS: 9 rules found") {
+	if !strings.Contains(out, "SUCCESS: 10 rules found") {
 		t.Errorf("promtool check rules:\n%s", out)
 	}
 }
@@ -106,7 +106,7 @@ func exported(t *testing.T) map[string]bool {
 	}
 	// Labelled counters appear in Gather only once used.
 	for _, n := range []string{"parry_decisions_total", "parry_signals_total", "parry_integrity_findings_total",
-		"parry_notify_failures_total", "parry_evidence_captures_total"} {
+		"parry_notify_failures_total", "parry_evidence_captures_total", "parry_source_lines_total", "parry_source_last_line_timestamp_seconds"} {
 		names[n] = true
 	}
 	return names

@@ -112,6 +112,7 @@ scrape_configs:
 		{`parry_table_reasserts_total{job="parry",reason="start"}`, "1"},
 		{`parry_table_heals_total{job="parry"}`, "0"},
 		{`count(process_resident_memory_bytes{job="parry"})`, "1"},
+		{`count(parry_source_last_line_timestamp_seconds{job="parry",source="journal"})`, "1"}, // the default source, from its start
 	} {
 		if got := one(c.q); got != c.want {
 			t.Errorf("%s = %q, want %s (all: %v)", c.q, got, c.want, query(c.q))
@@ -156,7 +157,7 @@ scrape_configs:
 				return false
 			}
 		}
-		return len(rulesResp.Data.Groups[0].Rules) == 9
+		return len(rulesResp.Data.Groups[0].Rules) == 10
 	})
 }
 

@@ -98,7 +98,7 @@ func TestAuthFailuresBlockPeer(t *testing.T) {
 	})
 
 	// the user key (alice, 5 of 20) is still counting
-	if out := d.MustParry("status"); !strings.Contains(out, "policy: 8 rules; 5 signals (0 no rule, 0 rate-limited), 1 decisions; 1 keys counting, 1 offenders remembered") {
+	if out := d.MustParry("status"); !strings.Contains(out, "policy: 9 rules; 5 signals (0 no rule, 0 rate-limited), 1 decisions; 1 keys counting, 1 offenders remembered") {
 		t.Errorf("status after restart and one block: %q", out)
 	}
 

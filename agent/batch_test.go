@@ -103,7 +103,7 @@ func TestEnforceBatchGuardsEachDecision(t *testing.T) {
 }
 
 // TestEnforceBatchSameAsOneByOne: a target repeated in a batch, mixed
-// actions, a dry run, overlapping CIDRs and an expiry in the past give the
+// actions, a dry run, overlapping CIDRs (the kernel gets their union) and an expiry in the past give the
 // same outcomes, store and kernel as enforcing the decisions one by one.
 func TestEnforceBatchSameAsOneByOne(t *testing.T) {
 	until := t0.Add(time.Hour)
@@ -121,7 +121,7 @@ func TestEnforceBatchSameAsOneByOne(t *testing.T) {
 		ub("5", "203.0.113.3"),
 		{ID: "6", Action: response.ActionBlock, Until: until, Targets: pfx("203.0.113.4"), DryRun: true},
 		b("7", until, "10.0.0.0/16"),
-		b("8", until, "10.0.1.0/24"),                   // overlaps 7 within the run: refused
+		b("8", until.Add(time.Hour), "10.0.1.0/24"),    // inside 7, longer: its own record, the union splits 7
 		b("9", until.Add(-2*time.Hour), "203.0.113.8"), // in the past
 	}
 	state := func(batch bool) (string, []string) {

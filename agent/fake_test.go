@@ -79,6 +79,44 @@ func (f *fakeFW) Block(elems []firewall.Element) error {
 	return nil
 }
 
+func (f *fakeFW) Apply(del, add []firewall.Element) error {
+	f.mu.Lock()
+	if f.failUnblock != nil && len(del) > 0 {
+		f.mu.Unlock()
+		return f.failUnblock
+	}
+	if f.failBlock == nil && f.present {
+		for _, e := range del {
+			delete(f.elems, e.Prefix)
+		}
+	}
+	if len(add) == 0 { // an unblock
+		defer f.mu.Unlock()
+		f.unblocks++
+		if f.failBlock != nil {
+			return f.failBlock
+		}
+		return nil
+	}
+	f.mu.Unlock()
+	return f.Block(add)
+}
+
+// covers reports whether an element holds the address ip.
+func (f *fakeFW) covers(ip string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a := netip.MustParseAddr(ip)
+	for p := range f.elems {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *fakeFW) AllElements() ([]firewall.Element, error) { return f.Elements() }
+
 func (f *fakeFW) Unblock(ps []netip.Prefix) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -520,9 +520,9 @@ type timedFirewall struct {
 	last atomic.Int64
 }
 
-func (t *timedFirewall) Block(elems []firewall.Element) error {
+func (t *timedFirewall) Apply(del, add []firewall.Element) error {
 	start := time.Now()
-	err := t.Firewall.Block(elems)
+	err := t.Firewall.Apply(del, add)
 	t.last.Store(int64(time.Since(start)))
 	return err
 }

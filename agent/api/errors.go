@@ -23,7 +23,7 @@ const (
 	CodeTooBroad        = "too_broad"        // guard: broader than min_prefix_v4/v6, or /0
 	CodeAllowlisted     = "allowlisted"      // guard: overlaps the allowlist
 	CodeOwnAddress      = "own_address"      // guard: one of the host's addresses
-	CodeOverlap         = "overlap"          // a CIDR overlapping an existing CIDR block of another length
+	CodeOverlap         = "overlap"          // no longer returned (blocks may overlap: the kernel holds their union); reserved
 	CodeRefused         = "refused"          // several targets refused (see "refused")
 	CodeStore           = "store_failed"     // could not commit to the store; nothing changed
 	CodeFirewall        = "firewall_failed"  // the kernel refused; nothing changed

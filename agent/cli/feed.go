@@ -142,8 +142,5 @@ func printFeed(w io.Writer, fi api.FeedInfo, now time.Time) {
 		for _, c := range codes {
 			fmt.Fprintf(w, "    %s: %s\n", c, oneLine(la.Example[c]))
 		}
-		if la.Refused[api.CodeOverlap] > 0 {
-			fmt.Fprintln(w, "    (entries overlapping an active CIDR block of another length are refused for now)")
-		}
 	}
 }

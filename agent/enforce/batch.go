@@ -2,10 +2,8 @@ package enforce
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 
-	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/response"
 )
 
@@ -76,30 +74,17 @@ func runLen(decs []response.Decision) int {
 // plan. Caller holds dp.mu.
 func (dp *Path) blockRun(decs []response.Decision, outs []Outcome, opts []EnforceOptions) {
 	pl := newBlockPlan(dp.now(), dp.blocks)
-	nowMs := pl.now.UnixMilli()
 	targets := make([][]netip.Prefix, len(decs))
-	capped := 0       // targets counted against the sender cap by this run
-	run := newIndex() // the run's accepted targets: no overlap between decisions either
+	capped := 0 // targets counted against the sender cap by this run
 	for i, dec := range decs {
 		opt := opts[i]
-		out, ts, err := checkBlock(&dp.guard, dp.blocks, dec, opt, pl.now)
-		if err == nil {
-			ts, out.Refused = runOverlap(run, ts, out.Refused)
-			if len(out.Refused) > 0 && (!opt.Partial || len(ts) == 0) {
-				err = refusal(out.Refused, len(dec.Targets))
-			}
-		}
-		if err == nil && opt.SenderCap && dp.blocks.changes(dec, ts, nowMs) {
+		out, ts, err := checkBlock(&dp.guard, dec, opt, pl.now)
+		if err == nil && opt.SenderCap && dp.blocks.changes(dec, ts, pl.now.UnixMilli()) {
 			err = dp.blockCap.admit(dec, pl.now)
 		}
 		if err != nil {
 			outs[i] = Outcome{ID: dec.ID, Action: dec.Action, Err: err}
 			continue
-		}
-		for _, p := range ts {
-			if !p.IsSingleIP() { // single addresses never overlap (index.overlapping)
-				run.put(p, entry{created: nowMs})
-			}
 		}
 		targets[i] = pl.add(dp.blocks, dec, ts, &out)
 		if opt.SenderCap { // counted now, so that the run's next members see it; given back if the commit fails
@@ -125,24 +110,6 @@ func (dp *Path) blockRun(decs []response.Decision, outs []Outcome, opts []Enforc
 		}
 		dp.finish(dec, outs[i])
 	}
-}
-
-// runOverlap refuses the targets that overlap a different target accepted
-// earlier in the same run, as the store would hold them together.
-func runOverlap(run *index, ts []netip.Prefix, refused []*api.Error) ([]netip.Prefix, []*api.Error) {
-	if run.len() == 0 {
-		return ts, refused
-	}
-	kept := ts[:0:0]
-	for _, p := range ts {
-		if q, hit := run.overlapping(p, 0); hit {
-			refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
-				Message: fmt.Sprintf("%s overlaps %s, blocked by the same batch; unblock it first or block the same prefix", api.FormatTarget(p), api.FormatTarget(q))})
-			continue
-		}
-		kept = append(kept, p)
-	}
-	return kept, refused
 }
 
 // unblockRun enforces a run of unblock decisions with distinct targets in

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/store"
-	"github.com/parryhq/parry/firewall"
 	"github.com/parryhq/parry/response"
 )
 
@@ -190,7 +188,7 @@ func targetStrings(ps []netip.Prefix) []string {
 // block enforces a block decision. Caller holds dp.mu.
 func (dp *Path) block(dec response.Decision, opt EnforceOptions) (Outcome, error) {
 	pl := newBlockPlan(dp.now(), dp.blocks)
-	out, targets, err := checkBlock(&dp.guard, dp.blocks, dec, opt, pl.now)
+	out, targets, err := checkBlock(&dp.guard, dec, opt, pl.now)
 	if err != nil {
 		return out, err
 	}
@@ -215,7 +213,7 @@ func (dp *Path) block(dec response.Decision, opt EnforceOptions) (Outcome, error
 
 // checkBlock validates a block decision and runs the guard: it returns the
 // targets to apply, or the refusal.
-func checkBlock(g *Guard, x *index, dec response.Decision, opt EnforceOptions, now time.Time) (Outcome, []netip.Prefix, error) {
+func checkBlock(g *Guard, dec response.Decision, opt EnforceOptions, now time.Time) (Outcome, []netip.Prefix, error) {
 	out := Outcome{ID: dec.ID, Action: dec.Action, Until: dec.Until}
 	if len(dec.Targets) == 0 {
 		return out, nil, api.Errorf(api.CodeBadRequest, "block: no targets")
@@ -223,7 +221,7 @@ func checkBlock(g *Guard, x *index, dec response.Decision, opt EnforceOptions, n
 	if !dec.Until.IsZero() && !dec.Until.After(now) {
 		return out, nil, api.Errorf(api.CodeInvalidDuration, "block: until %s is in the past", dec.Until.Format(time.RFC3339))
 	}
-	targets, refused := checkTargets(g, x, dec.Targets, now.UnixMilli())
+	targets, refused := checkTargets(g, dec.Targets)
 	if len(refused) > 0 && (!opt.Partial || len(targets) == 0) {
 		return out, nil, refusal(refused, len(dec.Targets))
 	}
@@ -253,7 +251,7 @@ func refusal(refused []*api.Error, total int) error {
 type blockPlan struct {
 	now      time.Time
 	ch, undo store.Change
-	elems    []firewall.Element
+	fw, back kdiff          // the kernel diff of ch and of undo (kernelDiff, set by commit)
 	targets  []netip.Prefix // targets taken over by the plan's decisions, distinct (orphan check)
 	lastSeq  uint64         // dp.blocks.lastSeq before the plan
 	audit    []auditEvent   // the audit lines of the plan's decisions
@@ -277,10 +275,8 @@ func (pl *blockPlan) add(x *index, dec response.Decision, targets []netip.Prefix
 	nowMs := pl.now.UnixMilli()
 	var seq uint64 // the decision's record, written if a target points to it
 	until := int64(0)
-	var timeout time.Duration
 	if !dec.Until.IsZero() {
 		until = dec.Until.UnixMilli()
-		timeout = dec.Until.Sub(pl.now)
 	}
 	changed := make([]netip.Prefix, 0, len(targets))
 	for _, p := range targets {
@@ -308,7 +304,6 @@ func (pl *blockPlan) add(x *index, dec response.Decision, targets []netip.Prefix
 			pl.targets = append(pl.targets, p)
 		}
 		pl.ch.PutBlocks = append(pl.ch.PutBlocks, store.Block{Prefix: p, Created: created, Until: until, Decision: owner})
-		pl.elems = append(pl.elems, firewall.Element{Prefix: p, Timeout: timeout})
 		changed = append(changed, p)
 	}
 	return changed
@@ -361,20 +356,21 @@ func (dp *Path) commitBlocks(pl *blockPlan) error {
 		dp.blocks.lastSeq = pl.lastSeq
 		return err
 	}
+	pl.fw, pl.back = dp.blocks.kernelDiff(pl.ch, pl.now.UnixMilli())
 	fwDone := make(chan error, 1)
-	go func() { fwDone <- dp.kernel.Block(pl.elems) }()
+	go func() { fwDone <- dp.applyKernel(pl.fw) }()
 	stErr := dp.store.Commit(pl.ch)
 	fwErr := <-fwDone
 	if stErr != nil || fwErr != nil {
 		dp.blocks.lastSeq = pl.lastSeq
-		return dp.undoBlock(pl.undo, pl.now, stErr, fwErr)
+		return dp.undoBlock(pl.undo, pl.back, stErr, fwErr)
 	}
 	if dp.crash != nil && dp.crash() {
 		return api.Errorf(api.CodeInternal, "test: crashed after the store commit")
 	}
 	if err := dp.rec.write(pl.audit, evs, keys); err != nil {
 		dp.blocks.lastSeq = pl.lastSeq
-		dp.restoreKernel(pl.undo, pl.now)
+		dp.restoreKernel(pl.back)
 		if uerr := dp.store.Commit(pl.undo); uerr != nil {
 			dp.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
 		}
@@ -386,7 +382,8 @@ func (dp *Path) commitBlocks(pl *blockPlan) error {
 	for _, b := range pl.ch.PutBlocks {
 		dp.blocks.put(b.Prefix, entry{created: b.Created, until: b.Until, dec: b.Decision})
 	}
-	if len(pl.elems) >= BulkTargets {
+	dp.blocks.settle()
+	if pl.fw.size() >= BulkTargets {
 		dp.bulk()
 	}
 	return nil
@@ -394,57 +391,29 @@ func (dp *Path) commitBlocks(pl *blockPlan) error {
 
 // undoBlock puts back whichever of store and kernel succeeded, and returns
 // the error for the client.
-func (dp *Path) undoBlock(undo store.Change, now time.Time, stErr, fwErr error) error {
+func (dp *Path) undoBlock(undo store.Change, back kdiff, stErr, fwErr error) error {
 	if fwErr != nil {
 		dp.kernelError(fwErr)
 	}
-	// The kernel may hold part of a multi-transaction batch even when Block
+	// The kernel may hold part of a multi-transaction batch even when Apply
 	// failed; put it back as the store has it.
-	dp.restoreKernel(undo, now)
+	dp.restoreKernel(back)
 	if stErr != nil {
 		return &api.Error{Code: api.CodeStore, Message: stErr.Error()}
 	}
 	if uerr := dp.store.Commit(undo); uerr != nil {
 		dp.log.Error("store undo after firewall failure failed; reconcile will re-assert", "err", uerr)
 	}
-	if errors.Is(fwErr, firewall.ErrOverlap) {
-		return &api.Error{Code: api.CodeOverlap, Message: fwErr.Error()}
-	}
 	return &api.Error{Code: api.CodeFirewall, Message: fmt.Sprintf("firewall: %v", fwErr)}
 }
 
-// restoreKernel undoes a block in the kernel, best effort: removes what
-// was added, re-asserts the previous expiry of what was updated.
-func (dp *Path) restoreKernel(undo store.Change, now time.Time) {
-	if len(undo.DelBlocks) > 0 {
-		if err := dp.kernel.Unblock(undo.DelBlocks); err != nil {
-			dp.log.Error("undo in the kernel failed; reconcile will correct it", "err", err)
-		}
-	}
-	var back []firewall.Element
-	for _, b := range undo.PutBlocks {
-		var t time.Duration
-		if b.Until != 0 {
-			t = time.Duration(b.Until-now.UnixMilli()) * time.Millisecond
-			if t <= 0 {
-				continue
-			}
-		}
-		back = append(back, firewall.Element{Prefix: b.Prefix, Timeout: t})
-	}
-	if len(back) > 0 {
-		if err := dp.kernel.Block(back); err != nil {
-			dp.log.Error("undo in the kernel failed; reconcile will correct it", "err", err)
-		}
-	}
-}
-
-// checkTargets runs the guard and the overlap check; duplicates collapse.
-func checkTargets(g *Guard, x *index, in []netip.Prefix, nowMs int64) ([]netip.Prefix, []*api.Error) {
+// checkTargets runs the guard; duplicates collapse. Targets may overlap
+// one another and the blocks in force: each is its own record, and the
+// kernel gets their union (kunion.go).
+func checkTargets(g *Guard, in []netip.Prefix) ([]netip.Prefix, []*api.Error) {
 	ok := make([]netip.Prefix, 0, len(in))
 	var refused []*api.Error
 	seen := make(map[netip.Prefix]struct{}, len(in))
-	cidrs := false
 	for _, p := range in {
 		if _, dup := seen[p]; dup {
 			continue
@@ -455,29 +424,9 @@ func checkTargets(g *Guard, x *index, in []netip.Prefix, nowMs int64) ([]netip.P
 			refused = append(refused, e)
 			continue
 		}
-		if q, hit := x.overlapping(p, nowMs); hit {
-			refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
-				Message: fmt.Sprintf("%s overlaps the existing block %s; unblock it first or block the same prefix", api.FormatTarget(p), api.FormatTarget(q))})
-			continue
-		}
-		cidrs = cidrs || !p.IsSingleIP()
 		ok = append(ok, p)
 	}
-	if !cidrs { // distinct single addresses cannot overlap each other
-		return ok, refused
-	}
-	batch := newIndex()
-	kept := ok[:0]
-	for _, p := range ok {
-		if q, hit := batch.overlapping(p, 0); hit {
-			refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
-				Message: fmt.Sprintf("%s overlaps %s in the same request", api.FormatTarget(p), api.FormatTarget(q))})
-			continue
-		}
-		batch.put(p, entry{})
-		kept = append(kept, p)
-	}
-	return kept, refused
+	return ok, refused
 }
 
 // unblock enforces an unblock decision. Caller holds dp.mu.
@@ -560,10 +509,12 @@ func (dp *Path) commitUnblocks(pl *unblockPlan) error {
 	if err != nil {
 		return err
 	}
+	fw, back := dp.blocks.kernelDiff(pl.ch, dp.now().UnixMilli())
 	if err := dp.store.Commit(pl.ch); err != nil {
 		return &api.Error{Code: api.CodeStore, Message: err.Error()}
 	}
-	if err := dp.kernel.Unblock(pl.present); err != nil {
+	if err := dp.applyKernel(fw); err != nil {
+		dp.restoreKernel(back) // part of a multi-transaction change may be in
 		if uerr := dp.store.Commit(pl.undo); uerr != nil {
 			dp.log.Error("store undo after firewall failure failed", "err", uerr)
 		}
@@ -574,7 +525,7 @@ func (dp *Path) commitUnblocks(pl *unblockPlan) error {
 		return api.Errorf(api.CodeInternal, "test: crashed after the store commit")
 	}
 	if err := dp.rec.write(pl.audit, evs, keys); err != nil {
-		dp.restoreKernel(pl.undo, dp.now())
+		dp.restoreKernel(back)
 		if uerr := dp.store.Commit(pl.undo); uerr != nil {
 			dp.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
 		}
@@ -583,5 +534,6 @@ func (dp *Path) commitUnblocks(pl *unblockPlan) error {
 	for _, p := range pl.present {
 		dp.blocks.del(p)
 	}
+	dp.blocks.settle()
 	return nil
 }

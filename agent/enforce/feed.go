@@ -67,8 +67,7 @@ const feedAuditSample = 20
 //
 // An entry overlapping the allowlist, the host's own addresses or the
 // ranges parry never blocks is carved around them (carveEntries). An
-// entry overlapping an active CIDR of another length is refused (overlap)
-// until the kernel holds the union of logical blocks.
+// entry may overlap any other block: the kernel holds their union.
 func (dp *Path) ApplyFeed(ctx context.Context, fc FeedChange) (FeedOutcome, error) {
 	out := FeedOutcome{ID: NewID()}
 	if err := ctx.Err(); err != nil {
@@ -103,8 +102,7 @@ func (dp *Path) ApplyFeed(ctx context.Context, fc FeedChange) (FeedOutcome, erro
 	out.Carved = nCarved
 	lift = append(lift, carvedWhole...)
 
-	// Lifts first: the feed's own blocks of removed entries. They do not
-	// count as overlapping what the same refresh adds.
+	// Lifts first: the feed's own blocks of removed entries.
 	var lifted []netip.Prefix
 	var liftUndo []store.Block
 	for _, p := range lift {
@@ -125,9 +123,7 @@ func (dp *Path) ApplyFeed(ctx context.Context, fc FeedChange) (FeedOutcome, erro
 
 	var targets []netip.Prefix
 	var refused []*api.Error
-	dp.blocks.ignore = lifted
-	targets, refused = checkFeedTargets(&g, dp.blocks, block, nowMs)
-	dp.blocks.ignore = nil
+	targets, refused = checkFeedTargets(&g, block)
 	for _, r := range refused {
 		if out.Refused == nil {
 			out.Refused, out.Example = map[string]int{}, map[string]string{}
@@ -215,13 +211,9 @@ func carveEntries(g *Guard, in []netip.Prefix) (out, carved []netip.Prefix, n in
 	return out, carved, n
 }
 
-// checkFeedTargets runs the guard and the overlap check on a feed's
-// entries. They are distinct and do not overlap one another (the feed
-// normalised them: duplicates and covered entries dropped), so unlike
-// checkTargets there is no check within the request; and an entry that is
-// an active block already (a kept entry being renewed) cannot overlap a
-// CIDR of another length, which the index never holds beside it.
-func checkFeedTargets(g *Guard, x *index, in []netip.Prefix, nowMs int64) ([]netip.Prefix, []*api.Error) {
+// checkFeedTargets runs the guard on a feed's entries. They may overlap
+// the blocks in force (the kernel gets the union, kunion.go).
+func checkFeedTargets(g *Guard, in []netip.Prefix) ([]netip.Prefix, []*api.Error) {
 	ok := make([]netip.Prefix, 0, len(in))
 	var refused []*api.Error
 	for _, p := range in {
@@ -229,13 +221,6 @@ func checkFeedTargets(g *Guard, x *index, in []netip.Prefix, nowMs int64) ([]net
 			e.Target = api.FormatTarget(p)
 			refused = append(refused, e)
 			continue
-		}
-		if old, present := x.m.get(p); !present || old.expired(nowMs) {
-			if q, hit := x.overlapping(p, nowMs); hit {
-				refused = append(refused, &api.Error{Code: api.CodeOverlap, Target: api.FormatTarget(p),
-					Message: fmt.Sprintf("%s overlaps the existing block %s", api.FormatTarget(p), api.FormatTarget(q))})
-				continue
-			}
 		}
 		ok = append(ok, p)
 	}
@@ -281,32 +266,21 @@ func (dp *Path) commitFeed(pl *blockPlan, lifted []netip.Prefix) error {
 		dp.blocks.lastSeq = pl.lastSeq
 		return err
 	}
+	pl.fw, pl.back = dp.blocks.kernelDiff(pl.ch, pl.now.UnixMilli())
 	fwDone := make(chan error, 1)
-	go func() {
-		if len(lifted) > 0 {
-			if err := dp.kernel.Unblock(lifted); err != nil {
-				fwDone <- err
-				return
-			}
-		}
-		if len(pl.elems) > 0 {
-			fwDone <- dp.kernel.Block(pl.elems)
-			return
-		}
-		fwDone <- nil
-	}()
+	go func() { fwDone <- dp.applyKernel(pl.fw) }()
 	stErr := dp.store.Commit(pl.ch)
 	fwErr := <-fwDone
 	if stErr != nil || fwErr != nil {
 		dp.blocks.lastSeq = pl.lastSeq
-		return dp.undoBlock(pl.undo, pl.now, stErr, fwErr)
+		return dp.undoBlock(pl.undo, pl.back, stErr, fwErr)
 	}
 	if dp.crash != nil && dp.crash() {
 		return api.Errorf(api.CodeInternal, "test: crashed after the store commit")
 	}
 	if err := dp.rec.write(pl.audit, evs, keys); err != nil {
 		dp.blocks.lastSeq = pl.lastSeq
-		dp.restoreKernel(pl.undo, pl.now)
+		dp.restoreKernel(pl.back)
 		if uerr := dp.store.Commit(pl.undo); uerr != nil {
 			dp.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
 		}
@@ -321,7 +295,8 @@ func (dp *Path) commitFeed(pl *blockPlan, lifted []netip.Prefix) error {
 	for _, b := range pl.ch.PutBlocks {
 		dp.blocks.put(b.Prefix, entry{created: b.Created, until: b.Until, dec: b.Decision})
 	}
-	if len(pl.elems)+len(lifted) >= BulkTargets {
+	dp.blocks.settle()
+	if pl.fw.size() >= BulkTargets {
 		dp.bulk()
 	}
 	return nil

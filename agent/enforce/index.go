@@ -5,6 +5,8 @@ import (
 	"slices"
 
 	"github.com/parryhq/parry/agent/store"
+	"github.com/parryhq/parry/firewall"
+	"github.com/parryhq/parry/firewall/union"
 )
 
 // entry is one active block in memory: 24 bytes, the text lives in its
@@ -31,13 +33,16 @@ type index struct {
 	lens    [2][129]int32 // number of blocks per family and prefix length
 	decs    map[uint64]*decMeta
 	lastSeq uint64
-	// ignore, while set, are blocks overlapping does not see: those the
-	// same change lifts (ApplyFeed).
-	ignore []netip.Prefix
+	// un is what the blocks add up to in the kernel (kunion.go); tracking
+	// is set once its changes are tracked.
+	un       *blockUnion
+	tracking bool
+	carves   map[netip.Prefix]bool // the union's carve-outs (syncCarves)
 }
 
 func newIndex() *index {
-	return &index{m: newBlockMap(), decs: make(map[uint64]*decMeta)}
+	return &index{m: newBlockMap(), decs: make(map[uint64]*decMeta), un: union.New[netip.Prefix, firewall.Scope](),
+		carves: map[netip.Prefix]bool{}}
 }
 
 func fam(p netip.Prefix) int {
@@ -53,6 +58,7 @@ func (x *index) get(p netip.Prefix) (entry, bool) { return x.m.get(p) }
 
 // put adds or replaces a block, keeping the decisions' reference counts.
 func (x *index) put(p netip.Prefix, e entry) {
+	x.unionPut(p, e.until)
 	if old, ok := x.m.get(p); ok && old.dec == e.dec { // a new expiry, same decision
 		x.m.set(p, e)
 		return
@@ -80,6 +86,7 @@ func (x *index) del(p netip.Prefix) (orphan uint64, ok bool) {
 		return 0, false
 	}
 	x.m.delete(p)
+	x.unionDel(p, old.until)
 	x.lens[fam(p)][p.Bits()]--
 	if x.unref(old.dec) {
 		return old.dec, true
@@ -122,104 +129,6 @@ func (x *index) decision(seq uint64) store.Decision {
 		return d.Decision
 	}
 	return store.Decision{Seq: seq}
-}
-
-// overlapping returns an active CIDR block of another length that overlaps
-// the CIDR p. Single addresses never overlap anything: they live in the
-// kernel's hash sets, apart from the CIDRs' interval sets, so an address
-// inside a blocked CIDR (or a CIDR around blocked addresses) is fine and
-// each keeps its own expiry. Only CIDR against CIDR conflicts in the kernel.
-func (x *index) overlapping(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
-	if p.IsSingleIP() {
-		return netip.Prefix{}, false
-	}
-	if len(x.ignore) > 0 {
-		return x.overlappingExcept(p, nowMs)
-	}
-	f, bits := fam(p), p.Bits()
-	lens := &x.lens[f]
-	full := p.Addr().BitLen()
-	for l := 0; l < bits; l++ {
-		if lens[l] == 0 {
-			continue
-		}
-		q := netip.PrefixFrom(p.Addr(), l).Masked()
-		if e, ok := x.m.get(q); ok && !e.expired(nowMs) {
-			return q, true
-		}
-	}
-	// Longer blocks inside p: enumerate when cheap, else scan.
-	cost, longer := 0, false
-	for l := bits + 1; l < full; l++ {
-		if lens[l] == 0 {
-			continue
-		}
-		longer = true
-		if l-bits > 12 {
-			cost = 1 << 30
-			break
-		}
-		cost += 1 << (l - bits)
-	}
-	if !longer {
-		return netip.Prefix{}, false
-	}
-	if cost > 4096 || cost > x.m.len() {
-		for q, e := range x.m.all() {
-			if q.Bits() > bits && !q.IsSingleIP() && p.Contains(q.Addr()) && !e.expired(nowMs) {
-				return q, true
-			}
-		}
-		return netip.Prefix{}, false
-	}
-	for l := bits + 1; l < full; l++ {
-		if lens[l] == 0 {
-			continue
-		}
-		if found, ok := x.enumerate(p, l, nowMs); ok {
-			return found, true
-		}
-	}
-	return netip.Prefix{}, false
-}
-
-// overlappingExcept is overlapping without the blocks of x.ignore.
-func (x *index) overlappingExcept(p netip.Prefix, nowMs int64) (netip.Prefix, bool) {
-	ign := x.ignore
-	x.ignore = nil
-	defer func() { x.ignore = ign }()
-	q, hit := x.overlapping(p, nowMs)
-	if !hit || !slices.Contains(ign, q) {
-		return q, hit
-	}
-	// The first hit is lifted: look again without the lifted ones (rare:
-	// a feed replacing an entry by one of another length).
-	saved := make(map[netip.Prefix]entry, len(ign))
-	for _, r := range ign {
-		if e, ok := x.m.get(r); ok {
-			saved[r] = e
-			x.m.delete(r)
-		}
-	}
-	q, hit = x.overlapping(p, nowMs)
-	for r, e := range saved {
-		x.m.set(r, e)
-	}
-	return q, hit
-}
-
-// enumerate looks up every /l inside p.
-func (x *index) enumerate(p netip.Prefix, l int, nowMs int64) (netip.Prefix, bool) {
-	n := 1 << (l - p.Bits())
-	a := p.Addr()
-	for i := 0; i < n; i++ {
-		q := netip.PrefixFrom(a, l)
-		if e, ok := x.m.get(q); ok && !e.expired(nowMs) {
-			return q, true
-		}
-		a = nextPrefixAddr(a, l)
-	}
-	return netip.Prefix{}, false
 }
 
 // nextPrefixAddr adds 1 at bit position l-1 of a (the next /l block).

@@ -1,6 +1,11 @@
 package enforce
 
 import (
+	"context"
+	"time"
+
+	"github.com/parryhq/parry/firewall"
+	"github.com/parryhq/parry/response"
 	"net/netip"
 	"testing"
 
@@ -65,32 +70,84 @@ func TestCarve(t *testing.T) {
 	}
 }
 
-func TestOverlapIndex(t *testing.T) {
-	x := newIndex()
-	for _, s := range []string{"10.1.2.3", "10.9.0.0/16", "2001:db8::/48"} {
-		x.put(pfx(s)[0], entry{dec: 1})
+// Each block is its own record; the kernel gets their union. A /24 and a
+// /25 inside it with a later expiry: the kernel holds the /25 until its
+// end and the other half until the /24's; unblocking the /24 leaves the
+// /25 (issue 14).
+func TestUnionOfOverlappingBlocks(t *testing.T) {
+	k := &memKernel{m: map[netip.Prefix]bool{}}
+	dp := newTestPath(t, k, time.Second)
+	ctx := context.Background()
+	if _, err := dp.Enforce(ctx, blockOf("198.51.100.0/24")); err != nil {
+		t.Fatal(err)
 	}
-	for s, want := range map[string]string{
-		"10.1.2.0/24":       "", // addresses (hash set) never overlap CIDRs (interval set)
-		"10.1.0.0/16":       "",
-		"10.9.5.5":          "",
-		"10.9.0.0/24":       "10.9.0.0/16",
-		"10.0.0.0/8":        "10.9.0.0/16",
-		"10.1.2.4":          "",
-		"10.1.3.0/24":       "",
-		"2001:db8:0:1::1":   "",
-		"2001:db8:0:1::/64": "2001:db8::/48",
-		"2001:db8:1::/48":   "",
-		"2001:db8::/32":     "2001:db8::/48",
-		"10.1.2.3":          "", // same prefix: an update, not an overlap
-	} {
-		q, ok := x.overlapping(pfx(s)[0], 0)
-		got := ""
-		if ok {
-			got = q.String()
-		}
-		if got != want {
-			t.Errorf("overlapping(%s) = %q, want %q", s, got, want)
-		}
+	long := blockOf("198.51.100.0/25")
+	long.Until = time.Now().Add(24 * time.Hour)
+	if _, err := dp.Enforce(ctx, long); err != nil {
+		t.Fatalf("block of a /25 inside a blocked /24: %v (no overlap refusal remains)", err)
+	}
+	if want := "198.51.100.0/25 198.51.100.128/25"; k.list() != want {
+		t.Errorf("kernel after /24 and /25: %q, want %q", k.list(), want)
+	}
+	un := response.Decision{Action: response.ActionUnblock, Targets: pfx("198.51.100.0/24"), Admin: true}
+	out, err := dp.Enforce(ctx, un)
+	if err != nil || out.Removed != 1 {
+		t.Fatalf("unblock /24: %+v %v", out, err)
+	}
+	if want := "198.51.100.0/25"; k.list() != want {
+		t.Errorf("kernel after unblocking the /24: %q, want %q", k.list(), want)
+	}
+	src := sources(t, dp)
+	if _, ok := src["198.51.100.0/25"]; len(src) != 1 || !ok {
+		t.Errorf("records after unblocking the /24: %v, want the /25 only", src)
+	}
+	// A single address inside the /25 and a /16 around it: one piece.
+	if _, err := dp.Enforce(ctx, blockOf("198.51.100.7")); err != nil {
+		t.Fatal(err)
+	}
+	if want := "198.51.100.0/25"; k.list() != want {
+		t.Errorf("kernel after an address inside the /25 (shorter): %q, want %q", k.list(), want)
+	}
+	// Re-assert sends the same pieces; the sweep finds nothing unknown.
+	if _, _, err := dp.Reassert(); err != nil {
+		t.Fatal(err)
+	}
+	have, _ := k.AllElements()
+	if unknown, err := dp.RemoveUnknown(have); err != nil || len(unknown) != 0 {
+		t.Errorf("sweep after re-assert: unknown %v, %v", unknown, err)
+	}
+	k.m[netip.MustParsePrefix("192.0.2.0/24")] = true
+	if unknown, err := dp.RemoveUnknown(append(have, firewall.Element{Prefix: netip.MustParsePrefix("192.0.2.0/24")})); err != nil || len(unknown) != 1 {
+		t.Errorf("sweep of a foreign element: unknown %v, %v", unknown, err)
+	}
+	if want := "198.51.100.0/25"; k.list() != want {
+		t.Errorf("kernel after the sweep: %q, want %q", k.list(), want)
+	}
+}
+
+// The union leaves out what parry never blocks, whatever the records say:
+// an allowlist entry added under a block is carved out of its pieces in
+// the kernel (the record stays), and taken out again it comes back.
+func TestUnionCarvesTheGuardedRanges(t *testing.T) {
+	k := &memKernel{m: map[netip.Prefix]bool{}}
+	dp := newTestPath(t, k, time.Second)
+	ctx := context.Background()
+	if _, err := dp.Enforce(ctx, blockOf("198.51.100.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	if want := "198.51.100.0/24"; k.list() != want {
+		t.Fatalf("kernel %q, want %q", k.list(), want)
+	}
+	if _, _, err := dp.Configure(ctx, GuardConfig{Allow: pfx("198.51.100.0/26"), MinV4: 16, MinV6: 32}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "198.51.100.64/26 198.51.100.128/25"; k.list() != want {
+		t.Errorf("kernel after allowlisting a /26 inside the block: %q, want %q", k.list(), want)
+	}
+	if _, _, err := dp.Configure(ctx, GuardConfig{MinV4: 16, MinV6: 32}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "198.51.100.0/24"; k.list() != want {
+		t.Errorf("kernel after the allowlist entry went: %q, want %q", k.list(), want)
 	}
 }

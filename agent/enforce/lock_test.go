@@ -34,10 +34,12 @@ func (k *holdKernel) Block([]firewall.Element) error {
 	}
 	return nil
 }
-func (k *holdKernel) Unblock([]netip.Prefix) error     { return nil }
-func (k *holdKernel) SetAllow([]netip.Prefix) error    { return nil }
-func (k *holdKernel) Lockdown(firewall.Lockdown) error { return nil }
-func (k *holdKernel) Release() error                   { return nil }
+func (k *holdKernel) Apply(_, add []firewall.Element) error    { return k.Block(add) }
+func (k *holdKernel) AllElements() ([]firewall.Element, error) { return nil, nil }
+func (k *holdKernel) Unblock([]netip.Prefix) error             { return nil }
+func (k *holdKernel) SetAllow([]netip.Prefix) error            { return nil }
+func (k *holdKernel) Lockdown(firewall.Lockdown) error         { return nil }
+func (k *holdKernel) Release() error                           { return nil }
 
 func newTestPath(t *testing.T, k Kernel, wait time.Duration) *Path {
 	t.Helper()

@@ -4,11 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/parryhq/parry/agent/api"
 	"github.com/parryhq/parry/agent/store"
-	"github.com/parryhq/parry/firewall"
 )
 
 // RefreshOwn re-reads the host's own addresses for the guard and takes a
@@ -97,15 +95,12 @@ func (dp *Path) carveBlock(p netip.Prefix, own []netip.Addr, nowMs int64) error 
 	var ch, undo store.Change
 	ch.DelBlocks = []netip.Prefix{p}
 	undo.PutBlocks = []store.Block{{Prefix: p, Created: e.created, Until: e.until, Decision: e.dec}}
-	var timeout time.Duration
-	if e.until != 0 {
-		timeout = time.Duration(e.until-nowMs) * time.Millisecond
-	}
-	elems := make([]firewall.Element, 0, len(pieces))
 	for _, q := range pieces {
+		if old, ok := dp.blocks.get(q); ok && !old.expired(nowMs) {
+			continue // a record of its own already: it stays as it is
+		}
 		ch.PutBlocks = append(ch.PutBlocks, store.Block{Prefix: q, Created: e.created, Until: e.until, Decision: e.dec})
 		undo.DelBlocks = append(undo.DelBlocks, q)
-		elems = append(elems, firewall.Element{Prefix: q, Timeout: timeout})
 	}
 	dec := dp.blocks.decision(e.dec)
 	if len(pieces) == 0 {
@@ -114,26 +109,23 @@ func (dp *Path) carveBlock(p netip.Prefix, own []netip.Addr, nowMs int64) error 
 			undo.PutDecisions = []store.Decision{dec}
 		}
 	}
+	fw, back := dp.blocks.kernelDiff(ch, nowMs)
 	if err := dp.store.Commit(ch); err != nil {
 		return err
 	}
-	err := dp.kernel.Unblock([]netip.Prefix{p})
-	if err == nil && len(elems) > 0 {
-		if err = dp.kernel.Block(elems); err != nil {
-			err = fmt.Errorf("%w (the old block is out of the kernel; the next reconcile puts the store's blocks back)", err)
-		}
-	}
-	if err != nil {
+	if err := dp.applyKernel(fw); err != nil {
+		dp.restoreKernel(back)
 		if uerr := dp.store.Commit(undo); uerr != nil {
 			dp.log.Error("store undo after firewall failure failed", "err", uerr)
 		}
 		dp.kernelError(err)
 		return fmt.Errorf("firewall: %w", err)
 	}
-	for _, q := range pieces { // before del: the decision keeps its text
-		dp.blocks.put(q, e)
+	for _, b := range ch.PutBlocks { // before del: the decision keeps its text
+		dp.blocks.put(b.Prefix, e)
 	}
 	dp.blocks.del(p)
+	dp.blocks.settle()
 	action := "unblocked"
 	if len(pieces) > 0 {
 		action = "carved"

@@ -33,6 +33,12 @@ import (
 type Kernel interface {
 	Block(elems []firewall.Element) error
 	Unblock(prefixes []netip.Prefix) error
+	// Apply deletes del, then adds or re-times add, in one transaction
+	// (the union's diff: kunion.go).
+	Apply(del, add []firewall.Element) error
+	// AllElements reads every block set (Reassert, when the kernel holds
+	// elements that overlap the union's pieces).
+	AllElements() ([]firewall.Element, error)
 	SetAllow(prefixes []netip.Prefix) error
 	Lockdown(l firewall.Lockdown) error
 	Release() error
@@ -208,6 +214,7 @@ func (dp *Path) refreshGuard() {
 	}
 	dp.guard = Guard{Allow: dp.gcfg.Allow, Own: own, MinV4: dp.gcfg.MinV4, MinV6: dp.gcfg.MinV6}
 	dp.own.Store(&own)
+	dp.syncCarves()
 }
 
 // Own is the host's own addresses as the guard last read them (a

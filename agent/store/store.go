@@ -42,9 +42,14 @@ var (
 	ErrFailed = errors.New("store: a commit failed earlier")
 )
 
-// Block is one active block.
+// Block is one active block: one record per target and scope (protocol,
+// port, action; all zero for a plain drop on every port), keyed by them
+// (blockKey).
 type Block struct {
 	Prefix   netip.Prefix
+	Proto    uint8  // IP protocol (6 tcp, 17 udp); 0: every protocol
+	Port     uint16 // destination port of Proto; 0: every port
+	Action   uint8  // 0 drop, 1 reject
 	Created  int64  // unix milliseconds
 	Until    int64  // unix milliseconds; 0 means permanent
 	Decision uint64 // Seq of the Decision record that set it
@@ -134,6 +139,12 @@ func OpenWith(path string, o Options) (*Store, error) {
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
+	}
+	if n, err := migrateKeys(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: migrate block keys: %w", path, err)
+	} else if n > 0 {
+		o.Log.Info("store migrated to one record per block and scope", "blocks", n)
 	}
 	j := &journal{dir: filepath.Dir(path), base: filepath.Base(path), wrap: o.WrapJournal, log: o.Log,
 		kick: make(chan struct{}, 1), stop: make(chan struct{})}
@@ -246,13 +257,13 @@ func apply(tx *bolt.Tx, c Change) error {
 	bb, db := tx.Bucket(bucketBlocks), tx.Bucket(bucketDecisions)
 	// bbolt keeps pointers to keys and values until commit: carve them
 	// from one slab that never reallocates.
-	slab := make([]byte, 0, (len(c.PutBlocks)+len(c.DelBlocks))*(17+3*binary.MaxVarintLen64))
+	slab := make([]byte, 0, (len(c.PutBlocks)+len(c.DelBlocks))*(blockKeyMax+3*binary.MaxVarintLen64))
 	carve := func(b []byte) []byte {
 		start := len(slab)
 		slab = append(slab, b...)
 		return slab[start:len(slab):len(slab)]
 	}
-	var kbuf [17]byte
+	var kbuf [blockKeyMax]byte
 	var vbuf [3 * binary.MaxVarintLen64]byte
 	for _, d := range c.PutDecisions {
 		v, err := json.Marshal(d)
@@ -264,7 +275,7 @@ func apply(tx *bolt.Tx, c Change) error {
 		}
 	}
 	for _, p := range c.DelBlocks {
-		if err := bb.Delete(carve(prefixKey(kbuf[:0], p))); err != nil {
+		if err := bb.Delete(carve(blockKey(kbuf[:0], Block{Prefix: p}))); err != nil {
 			return err
 		}
 	}
@@ -272,7 +283,7 @@ func apply(tx *bolt.Tx, c Change) error {
 		v := binary.AppendUvarint(vbuf[:0], uint64(b.Created))
 		v = binary.AppendUvarint(v, uint64(b.Until))
 		v = binary.AppendUvarint(v, b.Decision)
-		if err := bb.Put(carve(prefixKey(kbuf[:0], b.Prefix)), carve(v)); err != nil {
+		if err := bb.Put(carve(blockKey(kbuf[:0], b)), carve(v)); err != nil {
 			return err
 		}
 	}
@@ -463,12 +474,24 @@ func prefixKey(buf []byte, p netip.Prefix) []byte {
 	return append(buf, byte(p.Bits()))
 }
 
+// blockKeyMax is the longest block key: an IPv6 one.
+const blockKeyMax = 17 + 4
+
+// blockKey is a block record's key: prefixKey, then the scope: protocol,
+// port (big endian), action. Stores from before logical blocks keyed a
+// block by prefixKey alone (migrateKeys).
+func blockKey(buf []byte, b Block) []byte {
+	buf = prefixKey(buf, b.Prefix)
+	return append(buf, b.Proto, byte(b.Port>>8), byte(b.Port), b.Action)
+}
+
 func decodeBlock(k, v []byte) (Block, error) {
-	if len(k) != 5 && len(k) != 17 {
+	if len(k) != 5+4 && len(k) != 17+4 {
 		return Block{}, fmt.Errorf("%w: block key %x", ErrCorrupt, k)
 	}
-	a, _ := netip.AddrFromSlice(k[:len(k)-1])
-	p, err := a.Prefix(int(k[len(k)-1]))
+	pk, sk := k[:len(k)-4], k[len(k)-4:]
+	a, _ := netip.AddrFromSlice(pk[:len(pk)-1])
+	p, err := a.Prefix(int(pk[len(pk)-1]))
 	if err != nil {
 		return Block{}, fmt.Errorf("%w: block key %x", ErrCorrupt, k)
 	}
@@ -480,7 +503,41 @@ func decodeBlock(k, v []byte) (Block, error) {
 		}
 		vals[i], v = x, v[n:]
 	}
-	return Block{Prefix: p, Created: int64(vals[0]), Until: int64(vals[1]), Decision: vals[2]}, nil
+	return Block{Prefix: p, Proto: sk[0], Port: uint16(sk[1])<<8 | uint16(sk[2]), Action: sk[3],
+		Created: int64(vals[0]), Until: int64(vals[1]), Decision: vals[2]}, nil
+}
+
+// migrateKeys rewrites the block keys of a store from before logical
+// blocks (the prefix alone: 5 or 17 bytes) as record keys with the plain
+// scope, in one transaction; a store already migrated is not touched. It
+// runs before the journal is replayed (the journal writes record keys).
+func migrateKeys(db *bolt.DB) (int, error) {
+	n := 0
+	err := db.Update(func(tx *bolt.Tx) error {
+		bb := tx.Bucket(bucketBlocks)
+		type kv struct{ k, v []byte }
+		var old []kv
+		err := bb.ForEach(func(k, v []byte) error {
+			if len(k) == 5 || len(k) == 17 {
+				old = append(old, kv{append([]byte(nil), k...), append([]byte(nil), v...)})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, e := range old {
+			if err := bb.Delete(e.k); err != nil {
+				return err
+			}
+			if err := bb.Put(append(e.k, 0, 0, 0, 0), e.v); err != nil {
+				return err
+			}
+		}
+		n = len(old)
+		return nil
+	})
+	return n, err
 }
 
 // Decision reads one decision record by its seq (with its cause); ok false

@@ -140,7 +140,7 @@ func checkCrashState(t *testing.T, round int, when string, d *daemon.Daemon, tar
 			kernel = kernelElems(t, d.NS, d.Table)
 			for _, ts := range targets {
 				for _, x := range ts {
-					if _, k := kernel[x.addr]; k != store[x.addr] {
+					if kernelCovers(kernel, x.addr) != store[x.addr] {
 						return false
 					}
 				}
@@ -153,7 +153,7 @@ func checkCrashState(t *testing.T, round int, when string, d *daemon.Daemon, tar
 	}
 	for _, ts := range targets {
 		for _, x := range ts {
-			_, inKernel := kernel[x.addr]
+			inKernel := kernelCovers(kernel, x.addr)
 			if up && store[x.addr] != inKernel {
 				t.Fatalf("round %d %s: %s: store has it %v, kernel %v: half-present", round, when, x.addr, store[x.addr], inKernel)
 			}

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -134,4 +135,37 @@ func (s *rawSession) read() (map[string]any, error) {
 		return nil, fmt.Errorf("response %q: %w", line, err)
 	}
 	return m, nil
+}
+
+// kernelCovers reports whether an element of elems (kernelElems) holds
+// addr. The kernel holds the union of the blocks, where neighbours with
+// the same expiry merge into one prefix, so a blocked address need not be
+// an element of its own.
+func kernelCovers(elems map[string]int, addr string) bool {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return false
+	}
+	for k := range elems {
+		if p, err := netip.ParsePrefix(k); err == nil && p.Contains(a) {
+			return true
+		}
+		if b, err := netip.ParseAddr(k); err == nil && b == a {
+			return true
+		}
+	}
+	return false
+}
+
+// kernelCovered counts the IPv4 addresses the elements of elems hold.
+func kernelCovered(elems map[string]int) int {
+	n := 0
+	for k := range elems {
+		if p, err := netip.ParsePrefix(k); err == nil && p.Addr().Is4() {
+			n += 1 << (32 - p.Bits())
+		} else if a, err := netip.ParseAddr(k); err == nil && a.Is4() {
+			n++
+		}
+	}
+	return n
 }

@@ -47,18 +47,7 @@ func TestRecordSSHJournal(t *testing.T) {
 	sshlab.Require(t)
 	requireTools(t, map[string]string{"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nsenter": "util-linux", "apt-get": "apt"})
 	root := rootFS(t)
-	pkgDir := t.TempDir()
-	if err := os.Chmod(pkgDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	dl := exec.CommandContext(ctx, "apt-get", append([]string{"download", "-q"}, sshDebs...)...)
-	dl.Dir = pkgDir
-	if out, err := dl.CombinedOutput(); err != nil {
-		t.Fatalf("apt-get download: %v\n%s", err, tail(string(out), 20))
-	}
-	debs, _ := filepath.Glob(filepath.Join(pkgDir, "*.deb"))
+	pkgDir, debs := downloadSSH(t)
 	key := filepath.Join(t.TempDir(), "root_ed25519")
 	mustRun(t, time.Minute, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "parry-sshlab", "-f", key)
 	pub, err := os.ReadFile(key + ".pub")
@@ -71,20 +60,9 @@ func TestRecordSSHJournal(t *testing.T) {
 
 	pair := netns.NewPair(t)
 	c := boot(t, machine{root: root, upper: t.TempDir(), ns: pair.Host, hostDir: pkgDir})
-	args := []string{"-i"}
-	for _, d := range debs {
-		args = append(args, "/parry-pkg/"+filepath.Base(d))
-	}
-	c.must("dpkg", args...)
+	c.installSSH(debs)
 	c.must("install", "-D", "-m", "0600", "/parry-pkg/authorized_keys", "/root/.ssh/authorized_keys")
-	for _, unit := range []string{"ssh.service", "rsyslog.service"} {
-		c.eventually(30*time.Second, unit+" active", func() bool {
-			out, _ := c.run("systemctl", "is-active", unit)
-			return strings.TrimSpace(out) == "active"
-		})
-	}
 	version := strings.TrimSpace(c.must("dpkg-query", "-W", "-f", "${Version}", "openssh-server"))
-	mainPID := strings.TrimSpace(strings.TrimPrefix(c.must("systemctl", "show", "-p", "MainPID", "ssh.service"), "MainPID="))
 
 	v4 := sshlab.NewClient(t, pair.Peer, pair.HostV4, 22)
 	v6 := sshlab.NewClient(t, pair.Peer, pair.HostV6, 22)
@@ -111,12 +89,7 @@ func TestRecordSSHJournal(t *testing.T) {
 		{"identification-then-close", "", "a valid SSH identification, then close", true, v4, func(cl *sshlab.Client) error { return cl.BannerProbe("SSH-2.0-x from 6.6.6.6 port 22") }},
 		{"accepted-publickey", "root", "negative: the authorized key logs in and runs true", false, v4.WithKey("root", key), func(cl *sshlab.Client) error { return cl.KeyLogin() }},
 	}
-	idle := func(what string) {
-		c.eventually(30*time.Second, what+": sshd's connections to end", func() bool {
-			_, err := c.run("pgrep", "-P", mainPID)
-			return err != nil // pgrep exits 1 when sshd has no child
-		})
-	}
+	idle := c.sshIdle
 	for _, a := range attempts {
 		from := pair.PeerV4
 		if a.client.Server.Is6() {
@@ -181,4 +154,53 @@ func TestRecordSSHJournal(t *testing.T) {
 		}
 	}
 	t.Logf("recorded openssh-server %s: %d journal entries, %d auth.log lines", version, strings.Count(journal, "\n"), strings.Count(authLog, "\n"))
+}
+
+// downloadSSH fetches sshDebs with apt-get download into a new directory
+// (world-readable, for the container's /parry-pkg) and returns it and the
+// packages' paths.
+func downloadSSH(t *testing.T) (string, []string) {
+	t.Helper()
+	pkgDir := t.TempDir()
+	if err := os.Chmod(pkgDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dl := exec.CommandContext(ctx, "apt-get", append([]string{"download", "-q"}, sshDebs...)...)
+	dl.Dir = pkgDir
+	if out, err := dl.CombinedOutput(); err != nil {
+		t.Fatalf("apt-get download: %v\n%s", err, tail(string(out), 20))
+	}
+	debs, _ := filepath.Glob(filepath.Join(pkgDir, "*.deb"))
+	return pkgDir, debs
+}
+
+// installSSH installs the packages of downloadSSH (bound at /parry-pkg)
+// with dpkg and waits until ssh.service and rsyslog.service are active:
+// Debian's sshd with its default config, logging to the real journald.
+func (c *container) installSSH(debs []string) {
+	c.t.Helper()
+	args := []string{"-i"}
+	for _, d := range debs {
+		args = append(args, "/parry-pkg/"+filepath.Base(d))
+	}
+	c.must("dpkg", args...)
+	for _, unit := range []string{"ssh.service", "rsyslog.service"} {
+		c.eventually(30*time.Second, unit+" active", func() bool {
+			out, _ := c.run("systemctl", "is-active", unit)
+			return strings.TrimSpace(out) == "active"
+		})
+	}
+}
+
+// sshIdle waits until ssh.service's sshd has no connection child left:
+// every attempt made so far has logged its last line.
+func (c *container) sshIdle(what string) {
+	c.t.Helper()
+	mainPID := strings.TrimSpace(c.must("systemctl", "show", "-p", "MainPID", "--value", "ssh.service"))
+	c.eventually(30*time.Second, what+": sshd's connections to end", func() bool {
+		_, err := c.run("pgrep", "-P", mainPID)
+		return err != nil // pgrep exits 1 when sshd has no child
+	})
 }

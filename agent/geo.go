@@ -95,35 +95,9 @@ func appendSplit(out []netip.Prefix, p netip.Prefix, minV4, minV6 int) []netip.P
 	a := p.Addr()
 	for range 1 << (min - p.Bits()) {
 		out = append(out, netip.PrefixFrom(a, min))
-		a = nextAddrAt(a, min)
+		a = enforce.NextPrefixAddr(a, min)
 	}
 	return out
-}
-
-// nextAddrAt is a plus one at prefix length l: the start of the next /l.
-func nextAddrAt(a netip.Addr, l int) netip.Addr {
-	b := a.As16()
-	bit := l - 1
-	if a.Is4() {
-		bit += 96
-	}
-	for i := bit / 8; i >= 0; i-- {
-		inc := byte(1) << (7 - uint(bit%8))
-		if i != bit/8 {
-			inc = 1
-		}
-		s := b[i] + inc
-		carry := s < b[i]
-		b[i] = s
-		if !carry {
-			break
-		}
-	}
-	n := netip.AddrFrom16(b)
-	if a.Is4() {
-		n = n.Unmap()
-	}
-	return n
 }
 
 // annotate fills in the country and AS of each block's address.

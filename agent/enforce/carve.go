@@ -68,7 +68,7 @@ func carveInto(out []netip.Prefix, p netip.Prefix, holes []netip.Prefix) ([]neti
 		return append(out, p), true
 	}
 	lo := netip.PrefixFrom(p.Addr(), p.Bits()+1)
-	hi := netip.PrefixFrom(nextPrefixAddr(p.Addr(), p.Bits()+1), p.Bits()+1)
+	hi := netip.PrefixFrom(NextPrefixAddr(p.Addr(), p.Bits()+1), p.Bits()+1)
 	out, ok := carveInto(out, lo, in)
 	if !ok {
 		return out, false

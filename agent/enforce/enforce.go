@@ -346,38 +346,8 @@ func (dp *Path) commitBlocks(pl *blockPlan) error {
 		return dp.rec.write(pl.audit, nil, nil)
 	}
 	// Decisions whose last block this plan takes over are dropped with it.
-	orphans := dp.blocks.orphans(pl.targets)
-	pl.ch.DelDecisions = orphans
-	for _, o := range orphans {
-		pl.undo.PutDecisions = append(pl.undo.PutDecisions, dp.blocks.decision(o))
-	}
-	evs, keys, err := dp.rec.stage(&pl.ch, &pl.undo, pl.audit)
-	if err != nil {
-		dp.blocks.lastSeq = pl.lastSeq
+	if err := dp.commitPlan(pl, pl.targets); err != nil {
 		return err
-	}
-	pl.fw, pl.back = dp.blocks.kernelDiff(pl.ch, pl.now.UnixMilli())
-	fwDone := make(chan error, 1)
-	go func() { fwDone <- dp.applyKernel(pl.fw) }()
-	stErr := dp.store.Commit(pl.ch)
-	fwErr := <-fwDone
-	if stErr != nil || fwErr != nil {
-		dp.blocks.lastSeq = pl.lastSeq
-		return dp.undoBlock(pl.undo, pl.back, stErr, fwErr)
-	}
-	if dp.crash != nil && dp.crash() {
-		return api.Errorf(api.CodeInternal, "test: crashed after the store commit")
-	}
-	if err := dp.rec.write(pl.audit, evs, keys); err != nil {
-		dp.blocks.lastSeq = pl.lastSeq
-		dp.restoreKernel(pl.back)
-		if uerr := dp.store.Commit(pl.undo); uerr != nil {
-			dp.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
-		}
-		return err
-	}
-	for _, dr := range pl.ch.PutDecisions {
-		dp.blocks.addDecision(dr)
 	}
 	for _, b := range pl.ch.PutBlocks {
 		dp.blocks.put(b.Prefix, entry{created: b.Created, until: b.Until, dec: b.Decision})
@@ -535,5 +505,48 @@ func (dp *Path) commitUnblocks(pl *unblockPlan) error {
 		dp.blocks.del(p)
 	}
 	dp.blocks.settle()
+	return nil
+}
+
+// commitPlan commits a planned change: the decisions that lose their last
+// block to owners (targets taken over or lifted) are dropped with it, the
+// store commit (with the pending audit records) runs beside the kernel
+// diff, then the audit line is written; if any of the three fails, the
+// others are undone and nothing changed. On success the plan's decisions
+// are in the index; the caller puts its blocks. Caller holds dp.mu.
+func (dp *Path) commitPlan(pl *blockPlan, owners []netip.Prefix) error {
+	orphans := dp.blocks.orphans(owners)
+	pl.ch.DelDecisions = orphans
+	for _, o := range orphans {
+		pl.undo.PutDecisions = append(pl.undo.PutDecisions, dp.blocks.decision(o))
+	}
+	evs, keys, err := dp.rec.stage(&pl.ch, &pl.undo, pl.audit)
+	if err != nil {
+		dp.blocks.lastSeq = pl.lastSeq
+		return err
+	}
+	pl.fw, pl.back = dp.blocks.kernelDiff(pl.ch, pl.now.UnixMilli())
+	fwDone := make(chan error, 1)
+	go func() { fwDone <- dp.applyKernel(pl.fw) }()
+	stErr := dp.store.Commit(pl.ch)
+	fwErr := <-fwDone
+	if stErr != nil || fwErr != nil {
+		dp.blocks.lastSeq = pl.lastSeq
+		return dp.undoBlock(pl.undo, pl.back, stErr, fwErr)
+	}
+	if dp.crash != nil && dp.crash() {
+		return api.Errorf(api.CodeInternal, "test: crashed after the store commit")
+	}
+	if err := dp.rec.write(pl.audit, evs, keys); err != nil {
+		dp.blocks.lastSeq = pl.lastSeq
+		dp.restoreKernel(pl.back)
+		if uerr := dp.store.Commit(pl.undo); uerr != nil {
+			dp.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
+		}
+		return err
+	}
+	for _, dr := range pl.ch.PutDecisions {
+		dp.blocks.addDecision(dr)
+	}
 	return nil
 }

@@ -256,38 +256,8 @@ func feedFields(fc FeedChange, dec response.Decision, out FeedOutcome, changed, 
 // then blocks), then the audit line; if any fails, the others are undone.
 // Caller holds dp.mu.
 func (dp *Path) commitFeed(pl *blockPlan, lifted []netip.Prefix) error {
-	orphans := dp.blocks.orphans(append(slices.Clone(pl.targets), lifted...))
-	pl.ch.DelDecisions = orphans
-	for _, o := range orphans {
-		pl.undo.PutDecisions = append(pl.undo.PutDecisions, dp.blocks.decision(o))
-	}
-	evs, keys, err := dp.rec.stage(&pl.ch, &pl.undo, pl.audit)
-	if err != nil {
-		dp.blocks.lastSeq = pl.lastSeq
+	if err := dp.commitPlan(pl, append(slices.Clone(pl.targets), lifted...)); err != nil {
 		return err
-	}
-	pl.fw, pl.back = dp.blocks.kernelDiff(pl.ch, pl.now.UnixMilli())
-	fwDone := make(chan error, 1)
-	go func() { fwDone <- dp.applyKernel(pl.fw) }()
-	stErr := dp.store.Commit(pl.ch)
-	fwErr := <-fwDone
-	if stErr != nil || fwErr != nil {
-		dp.blocks.lastSeq = pl.lastSeq
-		return dp.undoBlock(pl.undo, pl.back, stErr, fwErr)
-	}
-	if dp.crash != nil && dp.crash() {
-		return api.Errorf(api.CodeInternal, "test: crashed after the store commit")
-	}
-	if err := dp.rec.write(pl.audit, evs, keys); err != nil {
-		dp.blocks.lastSeq = pl.lastSeq
-		dp.restoreKernel(pl.back)
-		if uerr := dp.store.Commit(pl.undo); uerr != nil {
-			dp.log.Error("store undo after audit failure failed; reconcile will re-assert", "err", uerr)
-		}
-		return err
-	}
-	for _, dr := range pl.ch.PutDecisions {
-		dp.blocks.addDecision(dr)
 	}
 	for _, p := range lifted {
 		dp.blocks.del(p)

@@ -131,8 +131,8 @@ func (x *index) decision(seq uint64) store.Decision {
 	return store.Decision{Seq: seq}
 }
 
-// nextPrefixAddr adds 1 at bit position l-1 of a (the next /l block).
-func nextPrefixAddr(a netip.Addr, l int) netip.Addr {
+// NextPrefixAddr adds 1 at bit position l-1 of a (the next /l block).
+func NextPrefixAddr(a netip.Addr, l int) netip.Addr {
 	b := a.As16()
 	off := 0
 	if a.Is4() {
